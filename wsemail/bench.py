@@ -1,0 +1,1 @@
+def run_bench(**kw): raise NotImplementedError

@@ -1,0 +1,137 @@
+"""`wsemail login / send / list / retrieve / delete`: the scriptable client."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from wsemail.cli import session
+from wsemail.errors import UsageError
+from wsemail.message import MessageHeader
+
+ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")
+UserOpt = typer.Option(None, "--user", help="your address (or WSEMAIL_USER)")
+
+
+def _ids(ids: list[str] | None) -> list[str]:
+    """Ids from the arguments, or one per line on stdin (`wsemail list --json | jq …`)."""
+    if ids:
+        return ids
+    if sys.stdin.isatty():
+        raise UsageError("give message ids as arguments or one per line on stdin")
+    found = [line.strip() for line in sys.stdin if line.strip()]
+    if not found:
+        raise UsageError("no message ids on stdin")
+    return found
+
+
+def _line(header: MessageHeader) -> str:
+    flag = " " if header.seen else "N"
+    return f"{flag} {header.id:16}  {header.date}  {header.sender:28.28}  {header.subject}"
+
+
+def login(
+    server: str = typer.Option(session.DEFAULT_SERVER, "--server", help="server URL"),
+    user: str = typer.Option(..., "--user", prompt=True, help="your address"),
+    password_stdin: bool = typer.Option(False, "--password-stdin"),
+) -> None:
+    """Check your password with the server and keep it in the OS keyring."""
+    from wsemail.client import Client
+
+    password = session.read_password(password_stdin)
+    with Client(server, user, password, verify=session.tls_verify()) as client:
+        client.list_headers(limit=1)
+        address = client.username
+    session.keyring_set(server, address, password)
+    path = session.write_config({"server": server, "user": address})
+    typer.echo(f"logged in as {address} at {server} (settings in {path})")
+
+
+def send(
+    to: list[str] = typer.Option(..., "--to", help="recipient (repeatable)"),
+    cc: list[str] = typer.Option([], "--cc", help="copy to (repeatable)"),
+    subject: str = typer.Option("", "--subject", "-s"),
+    body: str | None = typer.Option(None, "--body", help="the text (else --body-file or stdin)"),
+    body_file: Path | None = typer.Option(None, "--body-file", help="read the text from a file"),
+    as_json: bool = typer.Option(False, "--json"),
+    server: str | None = ServerOpt,
+    user: str | None = UserOpt,
+) -> None:
+    """Send a message; the text comes from --body, --body-file or stdin."""
+    if body is None:
+        if body_file is not None:
+            try:
+                body = body_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UsageError(f"cannot read {body_file}: {exc}") from exc
+        elif not sys.stdin.isatty():
+            body = sys.stdin.read()
+        else:
+            body = ""
+    with session.open_client(server, user) as client:
+        result = client.send(to, subject, body, cc=cc)
+    if as_json:
+        typer.echo(json.dumps({"id": result.id, "message_id": result.message_id}))
+    else:
+        typer.echo(result.id)
+
+
+def list_(
+    folder: str = typer.Option("inbox", "--folder", help="inbox or sent"),
+    unread: bool = typer.Option(False, "--unread", help="only unread messages"),
+    limit: int = typer.Option(0, "--limit", help="at most this many (0: all)"),
+    as_json: bool = typer.Option(False, "--json", help="NDJSON, one header per line"),
+    server: str | None = ServerOpt,
+    user: str | None = UserOpt,
+) -> None:
+    """List message headers, newest first (pages through large mailboxes)."""
+    if limit < 0:
+        raise UsageError("--limit must not be negative")
+    with session.open_client(server, user) as client:
+        for count, header in enumerate(client.iter_headers(folder, unread_only=unread), 1):
+            typer.echo(json.dumps(header.as_dict()) if as_json else _line(header))
+            if count == limit:
+                break
+
+
+def retrieve(
+    ids: list[str] = typer.Argument(None, help="message ids (else read from stdin)"),
+    as_json: bool = typer.Option(False, "--json", help="NDJSON, one message per line"),
+    server: str | None = ServerOpt,
+    user: str | None = UserOpt,
+) -> None:
+    """Print messages (and mark them seen)."""
+    with session.open_client(server, user) as client:
+        for message_id in _ids(ids):
+            message = client.retrieve(message_id)
+            if as_json:
+                typer.echo(json.dumps(message.as_dict()))
+                continue
+            typer.echo(f"Id: {message.id}\nMessage-Id: {message.message_id}\n"
+                       f"From: {message.sender}\nTo: {', '.join(message.to)}")
+            if message.cc:
+                typer.echo(f"Cc: {', '.join(message.cc)}")
+            typer.echo(f"Date: {message.date}\nSubject: {message.subject}\n\n{message.body}")
+
+
+def delete(
+    ids: list[str] = typer.Argument(None, help="message ids (else read from stdin)"),
+    server: str | None = ServerOpt,
+    user: str | None = UserOpt,
+) -> None:
+    """Delete messages from your mailbox (final)."""
+    with session.open_client(server, user) as client:
+        for message_id in _ids(ids):
+            client.delete(message_id)
+            typer.echo(f"deleted {message_id}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(login)
+    app.command()(send)
+    app.command("list")(list_)
+    app.command()(retrieve)
+    app.command()(delete)

@@ -1,0 +1,71 @@
+"""`wsemail serve`: run one domain's server; with no arguments, the embedded default
+(domain localhost, SQLite under the platform data dir, created on first run)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+
+import typer
+
+from wsemail.server.config import load_config
+
+
+def serve(
+    config: Path | None = typer.Option(None, "--config", help="server config (TOML)"),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="where the server keeps data"),
+    domain: str | None = typer.Option(None, "--domain", help="mail domain served"),
+    host: str | None = typer.Option(None, "--host", help="address to listen on"),
+    port: int | None = typer.Option(None, "--port", help="port to listen on"),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate chain"),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key"),
+    demo: bool = typer.Option(False, "--demo", help="create two users and send a message"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run a wsemail server (Ctrl-C stops it)."""
+    from wsemail.server.controller import serve_forever
+
+    logging.getLogger("wsemail").setLevel(logging.INFO if verbose else logging.WARNING)
+    cfg = load_config(config, data_dir, domain=domain, host=host, port=port,
+                      tls_cert=tls_cert, tls_key=tls_key)
+
+    def ready(url: str) -> None:
+        typer.echo(f"wsemail: serving {cfg.domain} at {url} (data in {cfg.data_dir})")
+        if demo:
+            run_demo(url, cfg.data_dir, cfg.domain)
+
+    serve_forever(cfg, on_ready=ready)
+
+
+def run_demo(url: str, data_dir: Path, domain: str) -> None:
+    """Two fresh demo accounts, one message between them, read back through the client."""
+    from wsemail.client import Client
+    from wsemail.server.accounts import set_user
+    from wsemail.server.store import SqliteStore
+
+    store = SqliteStore(data_dir / "wsemail.db")
+    suffix = secrets.token_hex(2)
+    people = {name: secrets.token_urlsafe(9) for name in (f"alice{suffix}", f"bob{suffix}")}
+    try:
+        for name, password in people.items():
+            set_user(store, domain, f"{name}@{domain}", password)
+    finally:
+        store.close()
+    (alice, alice_pw), (bob, bob_pw) = people.items()
+    with Client(url, f"{alice}@{domain}", alice_pw) as client:
+        sent = client.send([f"{bob}@{domain}"], "Hello from wsemail",
+                           "Signed, sealed, delivered over SOAP.")
+    with Client(url, f"{bob}@{domain}", bob_pw) as client:
+        header = client.list_headers().headers[0]
+        message = client.retrieve(header.id)
+    typer.echo(f"demo: {alice}@{domain} sent {sent.message_id}; {bob}@{domain} read "
+               f"{message.subject!r} from {message.sender}")
+    typer.echo("demo: try it yourself:\n"
+               f"  export WSEMAIL_SERVER={url} WSEMAIL_USER={bob}@{domain} "
+               f"WSEMAIL_PASSWORD={bob_pw}\n  wsemail list && wsemail list --json | "
+               "jq -r .id | wsemail retrieve")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)

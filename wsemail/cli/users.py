@@ -1,0 +1,81 @@
+"""`wsemail user add / list / passwd / remove`: accounts, straight on the server's data dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from wsemail.cli.session import read_password
+from wsemail.server import accounts
+from wsemail.server.config import ServerConfig, load_config
+from wsemail.server.store import SqliteStore
+
+app = typer.Typer(help="Manage the accounts of a server's domain.", no_args_is_help=True)
+
+DataDirOpt = typer.Option(None, "--data-dir", help="server data dir (default: embedded)")
+ConfigOpt = typer.Option(None, "--config", help="server config file")
+
+
+def _open(data_dir: Path | None, config: Path | None) -> tuple[ServerConfig, SqliteStore]:
+    cfg = load_config(config, data_dir)
+    cfg.prepare()
+    return cfg, SqliteStore(cfg.db_path)
+
+
+@app.command()
+def add(
+    address: str,
+    admin: bool = typer.Option(False, "--admin", help="may administer plug-ins"),
+    password_stdin: bool = typer.Option(False, "--password-stdin"),
+    data_dir: Path | None = DataDirOpt,
+    config: Path | None = ConfigOpt,
+) -> None:
+    """Create an account."""
+    cfg, store = _open(data_dir, config)
+    try:
+        password = read_password(password_stdin)
+        address = accounts.set_user(store, cfg.domain, address, password, admin=admin)
+    finally:
+        store.close()
+    typer.echo(f"added {address}")
+
+
+@app.command("list")
+def list_(data_dir: Path | None = DataDirOpt, config: Path | None = ConfigOpt) -> None:
+    """List the accounts."""
+    _, store = _open(data_dir, config)
+    try:
+        for user in accounts.list_users(store):
+            typer.echo(user.address + ("  (admin)" if user.admin else ""))
+    finally:
+        store.close()
+
+
+@app.command()
+def passwd(
+    address: str,
+    password_stdin: bool = typer.Option(False, "--password-stdin"),
+    data_dir: Path | None = DataDirOpt,
+    config: Path | None = ConfigOpt,
+) -> None:
+    """Set a new password."""
+    cfg, store = _open(data_dir, config)
+    try:
+        password = read_password(password_stdin, "New password")
+        accounts.set_user(store, cfg.domain, address, password, create=False)
+    finally:
+        store.close()
+    typer.echo(f"password changed for {address}")
+
+
+@app.command()
+def remove(address: str, data_dir: Path | None = DataDirOpt,
+           config: Path | None = ConfigOpt) -> None:
+    """Delete an account and its mailbox."""
+    cfg, store = _open(data_dir, config)
+    try:
+        accounts.remove_user(store, cfg.domain, address)
+    finally:
+        store.close()
+    typer.echo(f"removed {address}")

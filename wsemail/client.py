@@ -1,0 +1,181 @@
+"""The client library (RC/SC in the paper): used by the CLI now and the TUI later.
+
+    with Client("http://127.0.0.1:8025/wsemail", "alice@localhost", password="…") as c:
+        c.send(["bob@localhost"], "hi", "hello")
+        for header in c.iter_headers(folder="inbox"):
+            print(c.retrieve(header.id).body)
+
+The password is turned into the MAC key once (scrypt) on the first authenticated call;
+every request after that costs one HMAC. `transport` is a test seam: pass
+`httpx.ASGITransport(app)` to talk to an in-process server.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+
+import httpx
+from lxml import etree
+
+from wsemail import soap
+from wsemail.auth import KDF_N, KDF_P, KDF_R, Credentials, derive_key
+from wsemail.errors import RemoteFault, ServerError, TransportError, UsageError
+from wsemail.message import Draft, Message, MessageHeader, new_message_id, normalize_address
+from wsemail.soap import element, q, text_of
+from wsemail.xmlsafe import XmlLimits, parse_untrusted
+
+RESPONSE_LIMITS = XmlLimits(max_bytes=64 << 20, max_depth=32, max_elements=1_000_000)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    id: str
+    message_id: str
+
+
+@dataclass(frozen=True)
+class Page:
+    headers: list[MessageHeader]
+    next_cursor: str | None
+
+
+class Client:
+    def __init__(self, server: str, username: str, password: str | None = None, *,
+                 credentials: Credentials | None = None,
+                 transport: httpx.BaseTransport | None = None,
+                 verify: str | bool = True, timeout: float = 30.0) -> None:
+        if password is None and credentials is None:
+            raise UsageError("a password is needed")
+        self.server = server
+        self.username = normalize_address(username)
+        self._password = password
+        self._credentials = credentials
+        self._http = httpx.Client(transport=transport, verify=verify, timeout=timeout,
+                                  headers={"content-type": soap.CONTENT_TYPE})
+
+    def __repr__(self) -> str:
+        return f"Client({self.server!r}, {self.username!r})"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # authentication ---------------------------------------------------------------------
+    @property
+    def credentials(self) -> Credentials:
+        """The session key: fetched salt + scrypt, once per client session."""
+        if self._credentials is None:
+            assert self._password is not None
+            salt = self.get_salt(self.username)
+            self._credentials = Credentials(self.username, derive_key(self._password, salt))
+            self._password = None
+        return self._credentials
+
+    def get_salt(self, username: str) -> bytes:
+        op = etree.Element(q("GetSalt"))
+        element(op, "Username", username)
+        answer = self.call(op, authenticated=False)
+        kdf = answer.find(q("Kdf"))
+        if kdf is None or (kdf.get("n"), kdf.get("r"), kdf.get("p")) != (
+                str(KDF_N), str(KDF_R), str(KDF_P)):
+            raise ServerError("server asks for KDF parameters this client does not support")
+        return base64.b64decode(text_of(answer, "Salt", "") or "")
+
+    # transport --------------------------------------------------------------------------
+    def call(self, operation: etree._Element, *, authenticated: bool = True) -> etree._Element:
+        """POST one operation; return the response element or raise its fault."""
+        env, header, body = soap.new_envelope()
+        body.append(operation)
+        if authenticated:
+            self.credentials.sign(header, body)
+        else:
+            env.remove(header)
+        try:
+            response = self._http.post(self.server, content=soap.serialize(env))
+        except httpx.HTTPError as exc:
+            raise TransportError(f"cannot reach {self.server}: {exc}") from exc
+        try:
+            root = parse_untrusted(response.content, RESPONSE_LIMITS)
+            answer = soap.split_envelope(root).operation
+        except RemoteFault as exc:
+            raise ServerError(f"unreadable answer (HTTP {response.status_code}) from "
+                              f"{self.server}") from exc
+        soap.raise_if_fault(answer)
+        return answer
+
+    # operations -------------------------------------------------------------------------
+    def send(self, to: list[str], subject: str = "", body: str = "", *,
+             cc: list[str] | None = None, message_id: str | None = None,
+             retries: int = 2) -> SendResult:
+        """Submit a message. A retry after a lost answer reuses the MessageId, so the server
+        stores it once."""
+        draft = Draft(to=list(to), cc=list(cc or []), subject=subject, body=body,
+                      message_id=message_id or new_message_id(self.username.rpartition("@")[2]))
+        for attempt in range(retries + 1):
+            op = etree.Element(q("Send"))
+            draft.to_xml(op)
+            try:
+                answer = self.call(op)
+            except TransportError:
+                if attempt == retries:
+                    raise
+                continue
+            return SendResult(text_of(answer, "Id", "") or "", text_of(answer, "MessageId", "")
+                              or "")
+        raise AssertionError("unreachable")
+
+    def list_headers(self, folder: str = "inbox", *, limit: int = 50,
+                     cursor: str | None = None, unread_only: bool = False) -> Page:
+        op = etree.Element(q("ListHeaders"))
+        element(op, "Folder", folder)
+        element(op, "Limit", str(limit))
+        if cursor:
+            element(op, "Cursor", cursor)
+        element(op, "UnreadOnly", "true" if unread_only else "false")
+        answer = self.call(op)
+        headers = [MessageHeader.from_xml(n) for n in answer.findall(q("MessageHeader"))]
+        return Page(headers, text_of(answer, "NextCursor"))
+
+    def iter_headers(self, folder: str = "inbox", *, unread_only: bool = False,
+                     page_size: int = 100) -> Iterator[MessageHeader]:
+        """Every header of a folder, newest first, one page in memory at a time."""
+        cursor: str | None = None
+        while True:
+            page = self.list_headers(folder, limit=page_size, cursor=cursor,
+                                     unread_only=unread_only)
+            yield from page.headers
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def retrieve(self, message_id: str) -> Message:
+        op = etree.Element(q("Retrieve"))
+        element(op, "Id", message_id)
+        node = self.call(op).find(q("Message"))
+        if node is None:
+            raise ServerError("RetrieveResponse without a Message")
+        return Message.from_xml(node)
+
+    def delete(self, message_id: str) -> None:
+        op = etree.Element(q("Delete"))
+        element(op, "Id", message_id)
+        self.call(op)
+
+    def extension(self, extension_id: str, payload: etree._Element | None = None
+                  ) -> etree._Element | None:
+        op = etree.Element(q("Extension"))
+        element(op, "ExtensionId", extension_id)
+        holder = element(op, "Payload")
+        if payload is not None:
+            holder.append(payload)
+        answer = self.call(op).find(q("Payload"))
+        return answer[0] if answer is not None and len(answer) else None

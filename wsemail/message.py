@@ -1,0 +1,172 @@
+"""Messages and their headers as values, and their urn:wsemail XML form."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from wsemail.errors import RequestInvalid
+from wsemail.soap import element, q, text_of, texts_of
+
+_ADDRESS = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_MESSAGE_ID = re.compile(r"^<[!-;=?-~]{1,250}@[A-Za-z0-9.-]{1,253}>$")
+FOLDERS = ("inbox", "sent")
+MAX_RECIPIENTS = 100
+MAX_SUBJECT = 998
+
+
+def normalize_address(address: str) -> str:
+    """Lower-case the domain, keep the local part; raise on anything not a plain address."""
+    address = address.strip()
+    if not _ADDRESS.match(address):
+        raise RequestInvalid(f"not a valid address: {address[:80]!r}")
+    local, _, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}"
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2]
+
+
+def new_message_id(domain: str) -> str:
+    return f"<{secrets.token_urlsafe(18)}@{domain}>"
+
+
+def check_message_id(message_id: str) -> str:
+    if not _MESSAGE_ID.match(message_id):
+        raise RequestInvalid("MessageId must look like <unique@domain>")
+    return message_id
+
+
+@dataclass
+class Draft:
+    """What a client submits: the server adds sender, date and id."""
+
+    to: list[str]
+    subject: str = ""
+    body: str = ""
+    cc: list[str] = field(default_factory=list)
+    message_id: str | None = None
+
+    def to_xml(self, parent: etree._Element) -> etree._Element:
+        msg = element(parent, "Message")
+        if self.message_id:
+            element(msg, "MessageId", self.message_id)
+        for address in self.to:
+            element(msg, "To", address)
+        for address in self.cc:
+            element(msg, "Cc", address)
+        element(msg, "Subject", self.subject)
+        element(msg, "Body", self.body)
+        return msg
+
+    @classmethod
+    def from_xml(cls, msg: etree._Element | None) -> Draft:
+        if msg is None:
+            raise RequestInvalid("Send needs a Message")
+        to = [normalize_address(a) for a in texts_of(msg, "To")]
+        cc = [normalize_address(a) for a in texts_of(msg, "Cc")]
+        if not to and not cc:
+            raise RequestInvalid("a message needs at least one recipient")
+        if len(to) + len(cc) > MAX_RECIPIENTS:
+            raise RequestInvalid(f"at most {MAX_RECIPIENTS} recipients")
+        subject = text_of(msg, "Subject", "") or ""
+        if len(subject) > MAX_SUBJECT or "\n" in subject or "\r" in subject:
+            raise RequestInvalid("Subject must be one line of at most 998 characters")
+        message_id = text_of(msg, "MessageId")
+        return cls(
+            to=to,
+            cc=cc,
+            subject=subject,
+            body=text_of(msg, "Body", "") or "",
+            message_id=check_message_id(message_id) if message_id else None,
+        )
+
+    @property
+    def recipients(self) -> list[str]:
+        """To and Cc, each address once, in order."""
+        return list(dict.fromkeys([*self.to, *self.cc]))
+
+
+@dataclass
+class MessageHeader:
+    """One line of a mailbox listing."""
+
+    id: str
+    message_id: str
+    folder: str
+    sender: str
+    to: list[str]
+    cc: list[str]
+    subject: str
+    date: str
+    size: int
+    seen: bool
+
+    def to_xml(self, parent: etree._Element, tag: str = "MessageHeader") -> etree._Element:
+        node = element(parent, tag)
+        element(node, "Id", self.id)
+        element(node, "MessageId", self.message_id)
+        element(node, "Folder", self.folder)
+        element(node, "From", self.sender)
+        for address in self.to:
+            element(node, "To", address)
+        for address in self.cc:
+            element(node, "Cc", address)
+        element(node, "Subject", self.subject)
+        element(node, "Date", self.date)
+        element(node, "Size", str(self.size))
+        element(node, "Seen", "true" if self.seen else "false")
+        return node
+
+    @classmethod
+    def from_xml(cls, node: etree._Element) -> MessageHeader:
+        return cls(
+            id=text_of(node, "Id", "") or "",
+            message_id=text_of(node, "MessageId", "") or "",
+            folder=text_of(node, "Folder", "") or "",
+            sender=text_of(node, "From", "") or "",
+            to=texts_of(node, "To"),
+            cc=texts_of(node, "Cc"),
+            subject=text_of(node, "Subject", "") or "",
+            date=text_of(node, "Date", "") or "",
+            size=int(text_of(node, "Size", "0") or 0),
+            seen=text_of(node, "Seen") == "true",
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "message_id": self.message_id,
+            "folder": self.folder,
+            "from": self.sender,
+            "to": self.to,
+            "cc": self.cc,
+            "subject": self.subject,
+            "date": self.date,
+            "size": self.size,
+            "seen": self.seen,
+        }
+
+
+@dataclass
+class Message(MessageHeader):
+    """A stored message: its header and its text body."""
+
+    body: str = ""
+
+    def to_xml(self, parent: etree._Element, tag: str = "Message") -> etree._Element:
+        node = super().to_xml(parent, tag)
+        element(node, "Body", self.body)
+        return node
+
+    @classmethod
+    def from_xml(cls, node: etree._Element) -> Message:
+        header = MessageHeader.from_xml(node)
+        return cls(**vars(header), body=text_of(node, "Body", "") or "")
+
+    def as_dict(self) -> dict[str, object]:
+        return {**super().as_dict(), "body": self.body}

@@ -1,0 +1,230 @@
+"""In charge of the SOAP endpoint: reading a request within its limits, parsing it with the
+hardened parser, authenticating it, running the operation in one unit of work, and
+answering with a response or a fault (never a traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lxml import etree
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from wsemail import soap
+from wsemail.auth import (
+    KDF_N,
+    KDF_P,
+    KDF_R,
+    MAC_TYPE,
+    PASSWORD_TEXT,
+    UsernameToken,
+    read_username_token,
+)
+from wsemail.errors import (
+    AuthenticationFailed,
+    InvalidSecurity,
+    RemoteFault,
+    RequestInvalid,
+    ServerBusy,
+    ServerError,
+    TooLarge,
+)
+from wsemail.message import normalize_address
+from wsemail.server.config import ServerConfig
+from wsemail.server.operations import AUTHENTICATED
+from wsemail.server.pipeline import Environment, Pipeline, resolve_class
+from wsemail.server.security import Authenticator
+from wsemail.server.store import SqliteStore, Tx, UserRecord
+from wsemail.server.wsdl import wsdl_document
+from wsemail.soap import element, q, text_of
+from wsemail.xmlsafe import c14n, parse_untrusted
+
+log = logging.getLogger("wsemail.server")
+
+
+class RequestTimeout(RequestInvalid):
+    status = 408
+
+
+@dataclass
+class Server:
+    """Everything one running domain server holds: config, store, pipeline, authenticator."""
+
+    config: ServerConfig
+    store: SqliteStore
+    pipeline: Pipeline
+    auth: Authenticator
+    clock: Callable[[], float] = time.time
+    inflight: int = 0
+
+    def asgi(self) -> Starlette:
+        return Starlette(routes=[Route("/wsemail", self.endpoint, methods=["GET", "POST"])])
+
+    async def endpoint(self, request: Request) -> Response:
+        if request.method == "GET":
+            if "wsdl" in request.query_params or request.url.query.lower() == "wsdl":
+                url = str(request.url.replace(query=""))
+                return Response(wsdl_document(url), media_type="text/xml; charset=utf-8")
+            return Response("POST SOAP 1.2 envelopes here; the WSDL is at ?wsdl\n",
+                            media_type="text/plain")
+        if self.inflight >= self.config.max_concurrency:
+            return self.fault(ServerBusy("server busy, try again"))
+        self.inflight += 1
+        try:
+            data = await self.read_body(request)
+            payload = await self.dispatch(data, request.client.host if request.client else "")
+            return Response(soap.response(payload), media_type=soap.CONTENT_TYPE)
+        except RemoteFault as exc:
+            return self.fault(exc)
+        except ClientDisconnect:
+            return Response(b"", status_code=400)
+        except Exception:
+            log.exception("unexpected error")
+            return self.fault(ServerError("internal server error"))
+        finally:
+            self.inflight -= 1
+
+    @staticmethod
+    def fault(exc: RemoteFault) -> Response:
+        return Response(soap.fault(exc), status_code=exc.status, media_type=soap.CONTENT_TYPE)
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.config.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise TooLarge(f"request larger than {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+
+        async def collect() -> None:
+            nonlocal size
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"request larger than {limit} bytes")
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(collect(), self.config.read_timeout)
+        except TimeoutError as exc:
+            raise RequestTimeout("timed out reading the request") from exc
+        return b"".join(chunks)
+
+    async def dispatch(self, data: bytes, peer: str) -> etree._Element:
+        envelope = soap.split_envelope(parse_untrusted(data, self.config.xml_limits))
+        name = envelope.operation_name
+        if etree.QName(envelope.operation).namespace != soap.WSEMAIL:
+            raise RequestInvalid("the operation must be in the urn:wsemail namespace")
+        if name == "GetSalt":
+            return await self.get_salt(envelope.operation)
+        operation = AUTHENTICATED.get(name)
+        if operation is None:
+            raise RequestInvalid(f"unknown operation {name!r}")
+        token = read_username_token(envelope.header)
+        try:
+            username = normalize_address(token.username)
+        except RemoteFault:
+            username = token.username[:320]
+        self.auth.check_rate(username, peer)
+        try:
+            if token.password_type == MAC_TYPE:
+                self.auth.check_fresh(token.created)
+                nonce = self.auth.canonical_nonce(token)
+                body_c14n = c14n(envelope.body)
+
+                def authenticate(tx: Tx) -> UserRecord:
+                    return self.auth.verify_mac(tx, token, nonce, name, body_c14n)
+
+            elif token.password_type == PASSWORD_TEXT:
+                authenticate = await self.password_text(token, username, peer)
+            else:
+                raise InvalidSecurity("unsupported wsse:Password Type")
+
+            def work(tx: Tx) -> tuple[etree._Element, Environment]:
+                user = authenticate(tx)
+                env = Environment(principal=user.address, domain=self.config.domain, tx=tx,
+                                  request=envelope.operation, pipeline=self.pipeline,
+                                  clock=self.clock, is_admin=user.admin)
+                return operation(env, envelope.operation), env
+
+            result, env = await self.store.transact(work)
+        except AuthenticationFailed:
+            self.auth.record_failure(username, peer)
+            log.info("authentication failed for %r from %s", username, peer)
+            raise
+        for callback in env.after_commit:
+            callback()
+        return result
+
+    async def password_text(self, token: UsernameToken, username: str, peer: str
+                            ) -> Callable[[Tx], UserRecord]:
+        """UsernameToken/PasswordText: only over TLS or from loopback."""
+        if self.config.tls_cert is None and not _is_loopback(peer):
+            raise InvalidSecurity("PasswordText is accepted only over TLS")
+        nonce = None
+        if token.created is not None:
+            self.auth.check_fresh(token.created)
+        if token.nonce is not None:
+            nonce = self.auth.canonical_nonce(token)
+        user = await self.store.transact(lambda tx: tx.user(username))
+        await self.auth.check_password(user, username, token.password)
+        assert user is not None
+
+        def authenticate(tx: Tx) -> UserRecord:
+            current = tx.user(username)
+            if current is None or current.key != user.key:  # changed meanwhile
+                raise AuthenticationFailed("authentication failed")
+            if nonce is not None:
+                self.auth.remember(tx, username, nonce)
+            return current
+
+        return authenticate
+
+    async def get_salt(self, op: etree._Element) -> etree._Element:
+        """Unauthenticated: the salt and KDF parameters for a name (fake for unknown names)."""
+        raw = (text_of(op, "Username") or "").strip()
+        try:
+            username = normalize_address(raw)
+        except RemoteFault:
+            username = raw[:320]
+        user = await self.store.transact(lambda tx: tx.user(username))
+        salt = user.salt if user is not None else self.auth.fake_salt(username)
+        result = etree.Element(q("GetSaltResponse"))
+        element(result, "Salt", base64.b64encode(salt).decode("ascii"))
+        kdf = element(result, "Kdf")
+        kdf.set("algorithm", "scrypt")
+        kdf.set("n", str(KDF_N))
+        kdf.set("r", str(KDF_R))
+        kdf.set("p", str(KDF_P))
+        return result
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_server(config: ServerConfig, *, clock: Callable[[], float] = time.time) -> Server:
+    """Open the data dir, the store and the pipeline for `config`."""
+    secret = config.prepare()
+    store_cls = resolve_class(config.store)
+    store = store_cls(config.db_path, clock=clock)
+    pipeline = Pipeline(config.domain, config.plugins)
+    auth = Authenticator(
+        secret, clock=clock, past_seconds=config.past_seconds,
+        future_seconds=config.future_seconds, failures_per_user=config.failures_per_user,
+        failures_per_peer=config.failures_per_peer, failure_window=config.failure_window,
+    )
+    return Server(config, store, pipeline, auth, clock)
+

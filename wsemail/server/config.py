@@ -1,0 +1,162 @@
+"""Server configuration: a TOML file in the data dir, overridden by command-line flags.
+
+    domain = "example.org"
+    host = "127.0.0.1"
+    port = 8025
+    store = "sqlite-store"
+    [tls]
+    cert = "/etc/wsemail/cert.pem"
+    key = "/etc/wsemail/key.pem"
+    [limits]
+    max_request_bytes = 4194304
+    max_depth = 32
+    max_elements = 10000
+    max_concurrency = 512
+    read_timeout = 30
+    [security]
+    past_seconds = 300
+    future_seconds = 60
+    failures_per_user = 10
+    failures_per_peer = 100
+    failure_window = 60
+    [[plugins]]
+    ref = "size-limit"
+    priority = 10
+    options = { max_bytes = 2097152 }
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from wsemail.errors import UsageError
+from wsemail.server.pipeline import PluginSpec
+from wsemail.xmlsafe import XmlLimits
+
+DEFAULT_PORT = 8025
+CONFIG_NAME = "server.toml"
+
+DEFAULT_PLUGINS = [
+    PluginSpec("relay-policy", 10),
+    PluginSpec("size-limit", 20),
+    PluginSpec("local-delivery", 1000),
+    PluginSpec("sqlite-queue", 1000),
+    PluginSpec("admin", 100),
+]
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("WSEMAIL_DATA_DIR")
+    if env:
+        return Path(env)
+    return Path(platformdirs.user_data_dir("wsemail", appauthor=False)) / "server"
+
+
+@dataclass
+class ServerConfig:
+    data_dir: Path = field(default_factory=default_data_dir)
+    domain: str = "localhost"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    store: str = "sqlite-store"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_request_bytes: int = 4 << 20
+    max_depth: int = 32
+    max_elements: int = 10_000
+    max_concurrency: int = 512
+    read_timeout: float = 30.0
+    past_seconds: float = 300.0
+    future_seconds: float = 60.0
+    failures_per_user: int = 10
+    failures_per_peer: int = 100
+    failure_window: float = 60.0
+    plugins: list[PluginSpec] = field(default_factory=lambda: list(DEFAULT_PLUGINS))
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "wsemail.db"
+
+    @property
+    def xml_limits(self) -> XmlLimits:
+        return XmlLimits(self.max_request_bytes, self.max_depth, self.max_elements)
+
+    def prepare(self) -> bytes:
+        """Create the data dir on first run; return the server secret (made once)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        secret_file = self.data_dir / "secret.key"
+        if not secret_file.exists():
+            fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(secrets.token_bytes(32))
+                out.flush()
+                os.fsync(out.fileno())
+        return secret_file.read_bytes()
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise UsageError(f"[{name}] must be a table")
+    return value
+
+
+def load_config(path: Path | None, data_dir: Path | None = None, **overrides: Any
+                ) -> ServerConfig:
+    """Read `path` (or DATA_DIR/server.toml when it exists) and apply the overrides."""
+    config = ServerConfig()
+    if data_dir is not None:
+        config.data_dir = data_dir
+    if path is None and (config.data_dir / CONFIG_NAME).exists():
+        path = config.data_dir / CONFIG_NAME
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read config {path}: {exc}") from exc
+        _apply(config, raw, Path(path).parent)
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    return config
+
+
+def _apply(config: ServerConfig, raw: dict[str, Any], base: Path) -> None:
+    simple = {"domain": str, "host": str, "port": int, "store": str}
+    sections = {
+        "limits": {"max_request_bytes": int, "max_depth": int, "max_elements": int,
+                   "max_concurrency": int, "read_timeout": float},
+        "security": {"past_seconds": float, "future_seconds": float,
+                     "failures_per_user": int, "failures_per_peer": int,
+                     "failure_window": float},
+    }
+    try:
+        if "data_dir" in raw:
+            config.data_dir = base / str(raw["data_dir"])
+        for key, kind in simple.items():
+            if key in raw:
+                setattr(config, key, kind(raw[key]))
+        for name, keys in sections.items():
+            table = _section(raw, name)
+            for key, kind in keys.items():
+                if key in table:
+                    setattr(config, key, kind(table[key]))
+        tls = _section(raw, "tls")
+        if "cert" in tls:
+            config.tls_cert = base / str(tls["cert"])
+        if "key" in tls:
+            config.tls_key = base / str(tls["key"])
+        if "plugins" in raw:
+            config.plugins = [
+                PluginSpec(str(p["ref"]), int(p.get("priority", 100)), dict(p.get("options", {})))
+                for p in raw["plugins"]
+            ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"bad server config: {exc}") from exc

@@ -1,0 +1,127 @@
+"""Runs a domain server on uvicorn: bound first, ready when `start()` returns. Used by
+`wsemail serve` (foreground) and by the tests (a thread per server)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+from wsemail.errors import UsageError
+from wsemail.server.app import Server, build_server
+from wsemail.server.config import ServerConfig
+
+log = logging.getLogger("wsemail.server")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def uvicorn_config(server: Server, **extra: Any) -> uvicorn.Config:
+    config = server.config
+    tls: dict[str, Any] = {}
+    if config.tls_cert is not None:
+        if config.tls_key is None:
+            raise UsageError("--tls-cert needs --tls-key")
+        tls = {"ssl_certfile": str(config.tls_cert), "ssl_keyfile": str(config.tls_key)}
+    return uvicorn.Config(
+        server.asgi(), loop="uvloop", http="httptools", lifespan="off", access_log=False,
+        log_config=None, timeout_keep_alive=30, backlog=2048, **tls, **extra,
+    )
+
+
+class ServerController:
+    """`ServerController(config).start()` → serving on `url`; `.stop()` shuts it down."""
+
+    def __init__(self, config: ServerConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.server = build_server(config, clock=clock)
+        self._sock: socket.socket | None = None
+        self._uvicorn: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._sock is not None, "not started"
+        host, port = self._sock.getsockname()[:2]
+        scheme = "https" if self.config.tls_cert else "http"
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}:{port}/wsemail"
+
+    def start(self, timeout: float = 15) -> ServerController:
+        self._sock = bind(self.config.host, self.config.port)
+        self._uvicorn = uvicorn.Server(uvicorn_config(self.server))
+        self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._thread = threading.Thread(target=self._run, name="wsemail-uvicorn", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._uvicorn.started:
+            if self._error is not None or not self._thread.is_alive():
+                raise UsageError(f"server failed to start: {self._error}") from self._error
+            if time.monotonic() > deadline:
+                raise UsageError("server did not start in time")
+            time.sleep(0.01)
+        return self
+
+    def _run(self) -> None:
+        assert self._uvicorn is not None and self._sock is not None
+        try:
+            asyncio.run(self._uvicorn.serve(sockets=[self._sock]))
+        except BaseException as exc:  # reported by start()
+            self._error = exc
+
+    def stop(self) -> None:
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        if self._sock is not None:
+            self._sock.close()
+        self.server.store.close()
+
+    def __enter__(self) -> ServerController:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_forever(config: ServerConfig, on_ready: Callable[[str], None] | None = None) -> None:
+    """Foreground serving for `wsemail serve`: Ctrl-C or SIGTERM stops it cleanly."""
+    server = build_server(config)
+    sock = bind(config.host, config.port)
+    runner = uvicorn.Server(uvicorn_config(server))
+    host, port = sock.getsockname()[:2]
+    scheme = "https" if config.tls_cert else "http"
+
+    async def main() -> None:
+        task = asyncio.create_task(runner.serve(sockets=[sock]))
+        while not runner.started and not task.done():
+            await asyncio.sleep(0.01)
+        if runner.started and on_ready is not None:
+            await asyncio.to_thread(on_ready, f"{scheme}://{host}:{port}/wsemail")
+        await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        sock.close()
+        server.store.close()

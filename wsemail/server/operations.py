@@ -1,0 +1,151 @@
+"""The client operations. Each runs inside one unit of work, after authentication, and
+returns its response element; whatever it raised rolls the whole unit back.
+
+Send is the submission step of the message path: sending processors in priority order,
+one copy in the sender's `sent` folder, then for every recipient the delivery processors
+and the local MTA (local domain) or one queue row per destination domain (elsewhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from lxml import etree
+
+from wsemail.errors import NotFound, RequestInvalid, ServerError
+from wsemail.message import FOLDERS, Draft, Message, domain_of, new_message_id
+from wsemail.server.pipeline import Environment, Verdict
+from wsemail.soap import element, q, text_of
+
+MAX_PAGE = 500
+
+
+def send(env: Environment, op: etree._Element) -> etree._Element:
+    draft = Draft.from_xml(op.find(q("Message")))
+    tx = env.tx
+    message_id = draft.message_id or new_message_id(env.domain)
+    result = etree.Element(q("SendResponse"))
+    existing = tx.find_copy(env.principal, "sent", env.principal, message_id)
+    if existing is not None:  # the client retried after a lost answer: same result, once
+        element(result, "Id", existing)
+        element(result, "MessageId", message_id)
+        return result
+    date = datetime.fromtimestamp(env.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    message = Message(
+        id="", message_id=message_id, folder="sent", sender=env.principal, to=draft.to,
+        cc=draft.cc, subject=draft.subject, date=date,
+        size=len(draft.body.encode()) + len(draft.subject.encode()), seen=True,
+        body=draft.body,
+    )
+    for processor in env.pipeline.sending:
+        processor.process_outgoing(message, env)
+    sent_id, _ = tx.add_message(env.principal, "sent", message)
+    remote: dict[str, list[str]] = {}
+    for recipient in draft.recipients:
+        domain = domain_of(recipient)
+        if domain == env.domain:
+            deliver_locally(message, recipient, env)
+        else:
+            remote.setdefault(domain, []).append(recipient)
+    for domain, recipients in sorted(remote.items()):
+        if env.pipeline.queue is None:
+            raise ServerError("no mail queue is loaded")
+        env.pipeline.queue.enqueue(message, domain, recipients, env)
+    element(result, "Id", sent_id)
+    element(result, "MessageId", message_id)
+    return result
+
+
+def deliver_locally(message: Message, recipient: str, env: Environment) -> None:
+    """Delivery processors first (any may take the message), then the local MTA."""
+    for processor in env.pipeline.delivery:
+        if processor.deliver(message, recipient, env) is Verdict.TAKEN:
+            return
+    if env.pipeline.local_mta is None:
+        raise ServerError("no local delivery plug-in is loaded")
+    env.pipeline.local_mta.store(message, recipient, env)
+
+
+def _int(op: etree._Element, name: str, default: int, low: int, high: int) -> int:
+    raw = text_of(op, name)
+    if raw is None or raw.strip() == "":
+        return default
+    if not raw.strip().isdigit():
+        raise RequestInvalid(f"{name} must be a whole number")
+    value = int(raw)
+    if not low <= value <= high:
+        raise RequestInvalid(f"{name} must be between {low} and {high}")
+    return value
+
+
+def list_headers(env: Environment, op: etree._Element) -> etree._Element:
+    folder = (text_of(op, "Folder") or "inbox").strip()
+    if folder not in FOLDERS:
+        raise RequestInvalid(f"Folder must be one of {', '.join(FOLDERS)}")
+    limit = _int(op, "Limit", 50, 1, MAX_PAGE)
+    cursor = text_of(op, "Cursor")
+    before = _int(op, "Cursor", 0, 1, 2**62) if cursor and cursor.strip() else None
+    unread = (text_of(op, "UnreadOnly") or "false").strip()
+    if unread not in ("true", "false", "1", "0"):
+        raise RequestInvalid("UnreadOnly must be true or false")
+    rows = env.tx.list_headers(env.principal, folder, limit + 1, before, unread in ("true", "1"))
+    result = etree.Element(q("ListHeadersResponse"))
+    for _, header in rows[:limit]:
+        header.to_xml(result)
+    if len(rows) > limit:
+        element(result, "NextCursor", str(rows[limit - 1][0]))
+    return result
+
+
+def _message_id(op: etree._Element) -> str:
+    value = (text_of(op, "Id") or "").strip()
+    if not value or len(value) > 64:
+        raise RequestInvalid("a message Id is required")
+    return value
+
+
+def retrieve(env: Environment, op: etree._Element) -> etree._Element:
+    public_id = _message_id(op)
+    message = env.tx.get_message(env.principal, public_id)
+    if message is None:
+        raise NotFound("no such message")
+    env.tx.mark_seen(env.principal, public_id)
+    message.seen = True
+    result = etree.Element(q("RetrieveResponse"))
+    message.to_xml(result)
+    return result
+
+
+def delete(env: Environment, op: etree._Element) -> etree._Element:
+    public_id = _message_id(op)
+    if not env.tx.delete_message(env.principal, public_id):
+        raise NotFound("no such message")
+    result = etree.Element(q("DeleteResponse"))
+    element(result, "Id", public_id)
+    return result
+
+
+def extension(env: Environment, op: etree._Element) -> etree._Element:
+    extension_id = (text_of(op, "ExtensionId") or "").strip()
+    processor = env.pipeline.extensions.get(extension_id)
+    if processor is None:
+        raise NotFound(f"no extension {extension_id!r} is loaded")
+    payload = op.find(q("Payload"))
+    if payload is None:
+        raise RequestInvalid("Extension needs a Payload")
+    answer = processor.handle(payload, env)
+    result = etree.Element(q("ExtensionResponse"))
+    out = element(result, "Payload")
+    if answer is not None:
+        out.append(answer)
+    return result
+
+
+AUTHENTICATED: dict[str, Callable[[Environment, etree._Element], etree._Element]] = {
+    "Send": send,
+    "ListHeaders": list_headers,
+    "Retrieve": retrieve,
+    "Delete": delete,
+    "Extension": extension,
+}

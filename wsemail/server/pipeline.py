@@ -1,0 +1,232 @@
+"""The server's plug-in contracts (paper §3.1, DESIGN.md §5) and the pipeline that runs them.
+
+A plug-in is a class named in the server config by entry-point name (group
+`wsemail.server_plugins`) or as `module:Class`, with a priority (lower runs first) and
+options (passed as keyword arguments). One instance may implement several interfaces (a
+composite, such as the IM plug-in); it then takes part in each. Built-ins register as entry
+points exactly as third-party plug-ins do.
+
+    SendingProcessor.process_outgoing(message, env)      on submission, before storing
+    DeliveryProcessor.deliver(message, recipient, env)   at the final destination
+    ExtensionProcessor.handle(payload, env)              `Extension` RPC calls by id
+    LocalMTA.store(message, recipient, env)              final write into a mailbox (role)
+    MailQueue.enqueue(message, domain, recipients, env)  outbound, per domain (role)
+
+The store role (data access and database management, `SqliteStore`) is chosen when the
+server starts; the processors and the other roles can be loaded, unloaded and
+reprioritised while it runs.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from lxml import etree
+
+from wsemail.errors import PluginError
+from wsemail.message import Message
+from wsemail.server.store import Tx
+
+GROUP = "wsemail.server_plugins"
+log = logging.getLogger("wsemail.plugins")
+
+
+@dataclass
+class Environment:
+    """What a processor may use: who asked, the verified request, the open transaction."""
+
+    principal: str
+    domain: str
+    tx: Tx
+    request: etree._Element
+    pipeline: Pipeline
+    clock: Callable[[], float]
+    is_admin: bool = False
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("wsemail.server"))
+    after_commit: list[Callable[[], Any]] = field(default_factory=list)
+
+
+class Verdict(enum.Enum):
+    PASS = "pass"  # not mine: go on to the next processor / the local MTA
+    TAKEN = "taken"  # delivered (or deliberately dropped) by this processor
+
+
+class Plugin:
+    """Common base: a name, a priority, and options given as keyword arguments."""
+
+    name: str = ""
+    priority: int = 100
+
+    def describe(self) -> str:
+        return (self.__doc__ or "").strip().splitlines()[0] if self.__doc__ else ""
+
+
+class SendingProcessor(Plugin, ABC):
+    @abstractmethod
+    def process_outgoing(self, message: Message, env: Environment) -> None:
+        """Inspect or amend a submitted message; raise a Rejected fault to refuse it."""
+
+
+class DeliveryProcessor(Plugin, ABC):
+    @abstractmethod
+    def deliver(self, message: Message, recipient: str, env: Environment) -> Verdict:
+        """Take the message for `recipient`, pass it on, or raise a Rejected fault."""
+
+
+class ExtensionProcessor(Plugin, ABC):
+    extension_id: str = ""
+
+    @abstractmethod
+    def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:
+        """Answer one `Extension` call; `payload` is the verified request's Payload element."""
+
+
+class LocalMTA(Plugin, ABC):
+    @abstractmethod
+    def store(self, message: Message, recipient: str, env: Environment) -> str:
+        """Write the message into `recipient`'s inbox; return the stored copy's id."""
+
+
+class MailQueue(Plugin, ABC):
+    @abstractmethod
+    def enqueue(self, message: Message, domain: str, recipients: list[str],
+                env: Environment) -> None:
+        """Record the message for delivery to `domain` in the current transaction."""
+
+
+INTERFACES: dict[str, type[Plugin]] = {
+    "sending": SendingProcessor,
+    "delivery": DeliveryProcessor,
+    "extension": ExtensionProcessor,
+    "local-mta": LocalMTA,
+    "queue": MailQueue,
+}
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    ref: str  # entry-point name or module:Class
+    priority: int = 100
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def available() -> dict[str, str]:
+    """Installed plug-ins by entry-point name, without importing them."""
+    return {ep.name: ep.value for ep in entry_points(group=GROUP)}
+
+
+def resolve_class(ref: str) -> Any:
+    """Import whatever an entry-point name or `module:Class` names."""
+    if ":" in ref:
+        module_name, _, attr = ref.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise PluginError(f"cannot import plug-in {ref!r}: {exc}") from exc
+    matches = [ep for ep in entry_points(group=GROUP) if ep.name == ref]
+    if not matches:
+        names = ", ".join(sorted(available())) or "none"
+        raise PluginError(f"no plug-in named {ref!r}; installed: {names}")
+    try:
+        return matches[0].load()
+    except Exception as exc:
+        raise PluginError(f"cannot load plug-in {ref!r}: {exc}") from exc
+
+
+def resolve(ref: str) -> type[Plugin]:
+    """Import a processor or role plug-in class."""
+    cls = resolve_class(ref)
+    if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+        raise PluginError(f"{ref!r} is not a wsemail server plug-in class")
+    return cls
+
+
+def interfaces_of(plugin: Plugin) -> list[str]:
+    return [kind for kind, iface in INTERFACES.items() if isinstance(plugin, iface)]
+
+
+@dataclass
+class Loaded:
+    name: str
+    ref: str
+    priority: int
+    plugin: Plugin
+
+
+class Pipeline:
+    """The loaded plug-ins, sorted by priority; changed atomically while serving."""
+
+    def __init__(self, domain: str, specs: list[PluginSpec]) -> None:
+        self.domain = domain
+        self._lock = threading.Lock()
+        self._loaded: dict[str, Loaded] = {}
+        self.sending: tuple[SendingProcessor, ...] = ()
+        self.delivery: tuple[DeliveryProcessor, ...] = ()
+        self.extensions: dict[str, ExtensionProcessor] = {}
+        self.local_mta: LocalMTA | None = None
+        self.queue: MailQueue | None = None
+        for spec in specs:
+            self.load(spec)
+
+    def load(self, spec: PluginSpec) -> Loaded:
+        cls = resolve(spec.ref)
+        try:
+            plugin = cls(**spec.options)
+        except (TypeError, ValueError) as exc:
+            raise PluginError(f"bad options for plug-in {spec.ref!r}: {exc}") from exc
+        name = getattr(plugin, "name", "") or spec.ref
+        plugin.priority = spec.priority
+        if not interfaces_of(plugin):
+            raise PluginError(f"{spec.ref!r} implements no plug-in interface")
+        with self._lock:
+            if name in self._loaded:
+                raise PluginError(f"plug-in {name!r} is already loaded")
+            entry = Loaded(name, spec.ref, spec.priority, plugin)
+            self._loaded[name] = entry
+            self._rebuild()
+        log.info("loaded plug-in %r (%s) at priority %d", name, spec.ref, spec.priority)
+        return entry
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            entry = self._loaded.get(name)
+            if entry is None:
+                raise PluginError(f"plug-in {name!r} is not loaded")
+            for role in ("local-mta",):
+                kind = INTERFACES[role]
+                if isinstance(entry.plugin, kind) and sum(
+                    isinstance(e.plugin, kind) for e in self._loaded.values()
+                ) == 1:
+                    raise PluginError(f"{name!r} is the only {role}; load another one first")
+            del self._loaded[name]
+            self._rebuild()
+        log.info("unloaded plug-in %r", name)
+
+    def set_priority(self, name: str, priority: int) -> None:
+        with self._lock:
+            entry = self._loaded.get(name)
+            if entry is None:
+                raise PluginError(f"plug-in {name!r} is not loaded")
+            entry.priority = entry.plugin.priority = priority
+            self._rebuild()
+
+    def listing(self) -> list[Loaded]:
+        return sorted(self._loaded.values(), key=lambda e: (e.priority, e.name))
+
+    def _rebuild(self) -> None:
+        ordered = [e.plugin for e in sorted(self._loaded.values(),
+                                            key=lambda e: (e.priority, e.name))]
+        self.sending = tuple(p for p in ordered if isinstance(p, SendingProcessor))
+        self.delivery = tuple(p for p in ordered if isinstance(p, DeliveryProcessor))
+        self.extensions = {p.extension_id: p for p in reversed(ordered)
+                           if isinstance(p, ExtensionProcessor)}
+        self.local_mta = next((p for p in ordered if isinstance(p, LocalMTA)), None)
+        self.queue = next((p for p in ordered if isinstance(p, MailQueue)), None)

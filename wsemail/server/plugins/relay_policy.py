@@ -1,0 +1,30 @@
+"""Sending processor: who may send where. Local users may always write to the server's own
+domain; other domains only when listed in `allow` (exact names or `*.suffix`), so the
+server is never an open relay."""
+
+from __future__ import annotations
+
+from wsemail.errors import RelayDenied
+from wsemail.message import Message, domain_of
+from wsemail.server.pipeline import Environment, SendingProcessor
+
+
+class RelayPolicy(SendingProcessor):
+    """Refuse recipients outside the local domain unless their domain is allowed."""
+
+    name = "relay-policy"
+
+    def __init__(self, allow: list[str] | None = None) -> None:
+        self.allow = [a.lower() for a in (allow or [])]
+
+    def permits(self, domain: str, local_domain: str) -> bool:
+        if domain == local_domain:
+            return True
+        return any(domain == a or (a.startswith("*.") and domain.endswith(a[1:]))
+                   for a in self.allow)
+
+    def process_outgoing(self, message: Message, env: Environment) -> None:
+        denied = [r for r in [*message.to, *message.cc]
+                  if not self.permits(domain_of(r), env.domain)]
+        if denied:
+            raise RelayDenied("relaying denied for " + ", ".join(sorted(set(denied))))

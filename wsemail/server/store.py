@@ -1,0 +1,366 @@
+"""In charge of durable state: the SQLite data-access plug-in (the `store` role).
+
+Every request's effect, together with its replay-cache row, runs as one unit of work in a
+single writer thread. Units that arrive together share one transaction and one fsync
+(group commit, synchronous=FULL); each unit runs inside its own SAVEPOINT, so one that
+fails is rolled back alone and the others still commit. An answer is sent only after the
+commit returned: accepted means on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from wsemail.errors import StoreError, WsemailError
+from wsemail.message import Message, MessageHeader
+
+log = logging.getLogger("wsemail.store")
+T = TypeVar("T")
+
+MIGRATIONS: list[str] = [
+    # 1: accounts, mailboxes, replay cache, outbound queue
+    """
+    CREATE TABLE users(
+        address TEXT PRIMARY KEY,
+        salt BLOB NOT NULL,
+        key BLOB NOT NULL,
+        admin INTEGER NOT NULL DEFAULT 0,
+        created TEXT NOT NULL
+    );
+    CREATE TABLE messages(
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        to_json TEXT NOT NULL,
+        cc_json TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        date TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        seen INTEGER NOT NULL DEFAULT 0,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX messages_mailbox ON messages(owner, folder, seq);
+    CREATE UNIQUE INDEX messages_once ON messages(owner, folder, sender, message_id);
+    CREATE TABLE nonces(
+        principal TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        expires REAL NOT NULL,
+        PRIMARY KEY(principal, nonce)
+    ) WITHOUT ROWID;
+    CREATE INDEX nonces_expiry ON nonces(expires);
+    CREATE TABLE queue(
+        id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        recipients_json TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        lease_until REAL,
+        created REAL NOT NULL,
+        last_error TEXT
+    );
+    CREATE INDEX queue_due ON queue(state, next_attempt);
+    """,
+]
+
+
+@dataclass(frozen=True, repr=False)
+class UserRecord:
+    address: str
+    salt: bytes
+    key: bytes
+    admin: bool
+
+    def __repr__(self) -> str:
+        return f"UserRecord(address={self.address!r}, admin={self.admin})"
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open the database with the pragmas every connection needs."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=10000")
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database {path}: {exc}") from exc
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply the migrations this database has not seen yet, in order."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+class Tx:
+    """The data-access operations available inside one unit of work."""
+
+    def __init__(self, conn: sqlite3.Connection, now: float) -> None:
+        self.conn = conn
+        self.now = now
+
+    # replay cache -----------------------------------------------------------------------
+    def nonce_seen(self, principal: str, nonce: str) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM nonces WHERE principal=? AND nonce=?", (principal, nonce)
+        ).fetchone()
+        return row is not None
+
+    def remember_nonce(self, principal: str, nonce: str, keep_seconds: float) -> bool:
+        """Insert (principal, nonce); False if it was already there."""
+        try:
+            self.conn.execute(
+                "INSERT INTO nonces(principal, nonce, expires) VALUES (?,?,?)",
+                (principal, nonce, self.now + keep_seconds),
+            )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    # accounts ---------------------------------------------------------------------------
+    def user(self, address: str) -> UserRecord | None:
+        row = self.conn.execute(
+            "SELECT address, salt, key, admin FROM users WHERE address=?", (address,)
+        ).fetchone()
+        return UserRecord(row[0], row[1], row[2], bool(row[3])) if row else None
+
+    def users(self) -> list[UserRecord]:
+        rows = self.conn.execute("SELECT address, salt, key, admin FROM users ORDER BY address")
+        return [UserRecord(r[0], r[1], r[2], bool(r[3])) for r in rows]
+
+    def put_user(self, address: str, salt: bytes, key: bytes, admin: bool) -> None:
+        self.conn.execute(
+            "INSERT INTO users(address, salt, key, admin, created) VALUES (?,?,?,?,?) "
+            "ON CONFLICT(address) DO UPDATE SET salt=excluded.salt, key=excluded.key, "
+            "admin=excluded.admin",
+            (address, salt, key, int(admin), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+        )
+
+    def remove_user(self, address: str) -> bool:
+        self.conn.execute("DELETE FROM messages WHERE owner=?", (address,))
+        return self.conn.execute("DELETE FROM users WHERE address=?", (address,)).rowcount > 0
+
+    # mailboxes --------------------------------------------------------------------------
+    def find_copy(self, owner: str, folder: str, sender: str, message_id: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT id FROM messages WHERE owner=? AND folder=? AND sender=? AND message_id=?",
+            (owner, folder, sender, message_id),
+        ).fetchone()
+        return row[0] if row else None
+
+    def add_message(self, owner: str, folder: str, msg: Message) -> tuple[str, int]:
+        """Store one copy of `msg` in `owner`'s `folder`; returns (public id, seq)."""
+        public_id = secrets.token_urlsafe(12)
+        cursor = self.conn.execute(
+            "INSERT INTO messages(id, owner, folder, message_id, sender, to_json, cc_json, "
+            "subject, date, size, seen, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (public_id, owner, folder, msg.message_id, msg.sender, json.dumps(msg.to),
+             json.dumps(msg.cc), msg.subject, msg.date, msg.size, int(msg.seen), msg.body),
+        )
+        assert cursor.lastrowid is not None
+        return public_id, cursor.lastrowid
+
+    def list_headers(self, owner: str, folder: str, limit: int, before_seq: int | None,
+                     unread_only: bool) -> list[tuple[int, MessageHeader]]:
+        sql = ("SELECT seq, id, message_id, folder, sender, to_json, cc_json, subject, date, "
+               "size, seen FROM messages WHERE owner=? AND folder=?")
+        args: list[Any] = [owner, folder]
+        if before_seq is not None:
+            sql += " AND seq<?"
+            args.append(before_seq)
+        if unread_only:
+            sql += " AND seen=0"
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit)
+        return [(r[0], _header(r[1:])) for r in self.conn.execute(sql, args)]
+
+    def get_message(self, owner: str, public_id: str) -> Message | None:
+        row = self.conn.execute(
+            "SELECT id, message_id, folder, sender, to_json, cc_json, subject, date, size, "
+            "seen, body FROM messages WHERE owner=? AND id=?",
+            (owner, public_id),
+        ).fetchone()
+        if row is None:
+            return None
+        return Message(**vars(_header(row[:10])), body=row[10])
+
+    def mark_seen(self, owner: str, public_id: str) -> None:
+        self.conn.execute("UPDATE messages SET seen=1 WHERE owner=? AND id=? AND seen=0",
+                          (owner, public_id))
+
+    def delete_message(self, owner: str, public_id: str) -> bool:
+        return self.conn.execute(
+            "DELETE FROM messages WHERE owner=? AND id=?",
+            (owner, public_id),
+        ).rowcount > 0
+
+    def count_messages(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+    # outbound queue (the federation relay consumes it) -----------------------------------
+    def enqueue(self, msg: Message, domain: str, recipients: list[str], payload: bytes) -> None:
+        """One outbound row per destination domain, committed with the accepted message."""
+        self.conn.execute(
+            "INSERT INTO queue(message_id, sender, domain, payload, recipients_json, "
+            "next_attempt, created) VALUES (?,?,?,?,?,?,?)",
+            (msg.message_id, msg.sender, domain, payload, json.dumps(recipients), self.now,
+             self.now),
+        )
+
+
+def _header(row: tuple[Any, ...]) -> MessageHeader:
+    return MessageHeader(
+        id=row[0], message_id=row[1], folder=row[2], sender=row[3], to=json.loads(row[4]),
+        cc=json.loads(row[5]), subject=row[6], date=row[7], size=row[8], seen=bool(row[9]),
+    )
+
+
+_Job = tuple[Callable[[Tx], Any], "concurrent.futures.Future[Any]"]
+
+
+class SqliteStore:
+    """The embedded default store: one SQLite file in WAL mode, group-committed writes."""
+
+    name = "sqlite-store"
+
+    def __init__(self, path: Path | str, *, batch_max: int = 256,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.batch_max = batch_max
+        self.clock = clock
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.commits = 0  # transactions committed, for the benchmark's figures
+        conn = connect(self.path)
+        try:
+            migrate(conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot migrate {self.path}: {exc}") from exc
+        finally:
+            conn.close()
+
+    # public ------------------------------------------------------------------------------
+    async def transact(self, work: Callable[[Tx], T]) -> T:
+        """Run `work` in the writer thread; resolves after its transaction committed."""
+        return await asyncio.wrap_future(self.submit(work))
+
+    def transact_sync(self, work: Callable[[Tx], T]) -> T:
+        return self.submit(work).result()
+
+    def submit(self, work: Callable[[Tx], T]) -> concurrent.futures.Future[T]:
+        self._ensure_thread()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((work, future))
+        return future
+
+    def close(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join()
+
+    # writer thread ----------------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="wsemail-store",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        conn = connect(self.path)
+        last_sweep = 0.0
+        try:
+            while True:
+                first = self._jobs.get()
+                if first is None:
+                    return
+                batch = [first]
+                while len(batch) < self.batch_max:
+                    try:
+                        item = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        self._jobs.put(None)
+                        break
+                    batch.append(item)
+                now = self.clock()
+                if now - last_sweep > 60:
+                    batch.insert(0, (_sweep, concurrent.futures.Future()))
+                    last_sweep = now
+                self._commit(conn, batch, now)
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Job], now: float) -> None:
+        outcomes: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            tx = Tx(conn, now)
+            for work, future in batch:
+                conn.execute("SAVEPOINT unit")
+                try:
+                    result = work(tx)
+                except WsemailError as exc:  # an answer, not a bug
+                    conn.execute("ROLLBACK TO unit")
+                    outcomes.append((future, None, exc))
+                except sqlite3.Error as exc:
+                    conn.execute("ROLLBACK TO unit")
+                    log.exception("unit of work failed")
+                    outcomes.append((future, None, StoreError(str(exc))))
+                except Exception as exc:  # a plug-in's bug must not take the batch down
+                    conn.execute("ROLLBACK TO unit")
+                    log.exception("unit of work failed")
+                    outcomes.append((future, None, exc))
+                else:
+                    outcomes.append((future, result, None))
+                conn.execute("RELEASE unit")
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            log.exception("commit failed")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            error = StoreError(f"commit failed: {exc}")
+            outcomes = [(future, None, error) for _, future in batch]
+        for future, result, error in outcomes:
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+
+def _sweep(tx: Tx) -> None:
+    tx.conn.execute("DELETE FROM nonces WHERE expires<?", (tx.now,))
