@@ -1,0 +1,132 @@
+"""Fixtures: real servers on loopback ports, real SQLite files, the real `wsemail` binary."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from lxml import etree
+
+from wsemail.auth import Credentials, derive_key
+from wsemail.client import Client
+from wsemail.server.accounts import set_user
+from wsemail.server.config import ServerConfig
+from wsemail.server.controller import ServerController
+from wsemail.soap import SOAP, WSEMAIL
+
+PASSWORD = "correct horse battery"
+USERS = ("alice@localhost", "bob@localhost", "carol@localhost")
+ADMIN = "admin@localhost"
+
+
+def wsemail_binary() -> str:
+    found = shutil.which("wsemail", path=str(Path(sys.executable).parent))
+    assert found, "the wsemail console script is not installed"
+    return found
+
+
+@dataclass
+class Running:
+    """A running server plus what tests need to poke it."""
+
+    controller: ServerController
+    config: ServerConfig
+    clients: list[Client] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.controller.url
+
+    def client(self, user: str = "alice@localhost", password: str = PASSWORD) -> Client:
+        c = Client(self.url, user, password)
+        self.clients.append(c)
+        return c
+
+    def credentials(self, user: str = "alice@localhost") -> Credentials:
+        salt = self.client(user).get_salt(user)
+        return Credentials(user, derive_key(PASSWORD, salt))
+
+    def count(self, sql: str) -> int:
+        return int(self.controller.server.store.transact_sync(
+            lambda tx: tx.conn.execute(sql).fetchone()[0]))
+
+    def stored(self) -> tuple[int, int]:
+        """(messages, nonces): what a rejected request must leave unchanged."""
+        return self.count("SELECT count(*) FROM messages"), self.count(
+            "SELECT count(*) FROM nonces")
+
+    def post(self, data: bytes, **headers: str) -> httpx.Response:
+        return httpx.post(self.url, content=data, timeout=10,
+                          headers={"content-type": "application/soap+xml", **headers})
+
+    def stop(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.controller.stop()
+
+
+def start_server(data_dir: Path, *, users: bool = True, **settings: object) -> Running:
+    config = ServerConfig(data_dir=data_dir, port=0, **settings)  # type: ignore[arg-type]
+    controller = ServerController(config)
+    if users:
+        store = controller.server.store
+        for user in USERS:
+            if store.transact_sync(lambda tx, u=user: tx.user(u)) is None:
+                set_user(store, config.domain, user, PASSWORD)
+        if store.transact_sync(lambda tx: tx.user(ADMIN)) is None:
+            set_user(store, config.domain, ADMIN, PASSWORD, admin=True)
+    controller.start()
+    return Running(controller, config)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Running]:
+    running = start_server(tmp_path / "server")
+    yield running
+    running.stop()
+
+
+@dataclass
+class Cli:
+    server: Running
+    home: Path
+
+    def env(self, user: str, password: str = PASSWORD) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WSEMAIL_")}
+        env.update(WSEMAIL_SERVER=self.server.url, WSEMAIL_USER=user, WSEMAIL_PASSWORD=password,
+                   WSEMAIL_CLIENT_CONFIG=str(self.home / "client.toml"),
+                   HOME=str(self.home), PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring")
+        return env
+
+    def __call__(self, *args: str, user: str = "alice@localhost", input: str | None = None,
+                 password: str = PASSWORD, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([wsemail_binary(), *args], input=input or "",
+                                capture_output=True, text=True, env=self.env(user, password),
+                                timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"wsemail {' '.join(args)} exited {result.returncode}: "
+                                 f"{result.stderr}")
+        return result
+
+
+@pytest.fixture
+def cli(server: Running, tmp_path: Path) -> Cli:
+    home = tmp_path / "home"
+    home.mkdir()
+    return Cli(server, home)
+
+
+def fault_subcode(response: httpx.Response) -> str:
+    """The fault's subcode as prefix:local with prefixes wsse / wsemail."""
+    root = etree.fromstring(response.content)
+    value = root.findtext(f".//{{{SOAP}}}Subcode/{{{SOAP}}}Value") or ""
+    prefix, _, local = value.partition(":")
+    ns = root.find(f".//{{{SOAP}}}Subcode/{{{SOAP}}}Value").nsmap.get(prefix)  # type: ignore[union-attr]
+    return f"{'wsemail' if ns == WSEMAIL else 'wsse'}:{local}"

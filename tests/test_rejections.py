@@ -1,0 +1,249 @@
+"""Every rejection path of DESIGN.md §4: the right fault code and HTTP status, nothing
+stored (no message, no replay-cache row), and the server still answers the next request."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from lxml import etree
+
+from conftest import PASSWORD, Running, fault_subcode, start_server
+from wsemail import soap
+from wsemail.auth import Credentials
+from wsemail.soap import WSSE, q
+
+SEND = (b'<w:Send xmlns:w="urn:wsemail"><w:Message><w:To>bob@localhost</w:To>'
+        b"<w:Subject>s</w:Subject><w:Body>b</w:Body></w:Message></w:Send>")
+LIST = b'<w:ListHeaders xmlns:w="urn:wsemail"><w:Folder>inbox</w:Folder></w:ListHeaders>'
+
+
+def signed(creds: Credentials, operation: bytes, now: datetime | None = None) -> bytes:
+    env, header, body = soap.new_envelope()
+    body.append(etree.fromstring(operation))
+    creds.sign(header, body, now)
+    return soap.serialize(env)
+
+
+def edit_token(data: bytes, tag: str, value: str | None) -> bytes:
+    """Change (or with None, drop) one element of the UsernameToken, keeping the rest."""
+    root = etree.fromstring(data)
+    node = root.find(f".//{{{WSSE}}}UsernameToken/{tag}")
+    assert node is not None
+    if value is None:
+        node.getparent().remove(node)
+    else:
+        node.text = value
+    return etree.tostring(root)
+
+
+def assert_rejected(server: Running, response: httpx.Response, status: int, subcode: str,
+                    before: tuple[int, int]) -> None:
+    assert response.status_code == status, response.text
+    assert fault_subcode(response) == subcode
+    assert b"Traceback" not in response.content
+    assert server.stored() == before
+    server.client("carol@localhost").list_headers()  # the server still serves
+
+
+@pytest.mark.parametrize("payload", [
+    b'<!DOCTYPE x [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+    b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body>&xxe;</s:Body>'
+    b"</s:Envelope>",
+    b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]>'
+    b"<lolz>&lol2;</lolz>",
+    b'<!DOCTYPE x SYSTEM "http://127.0.0.1:9/evil.dtd"><x/>',
+    b'<!doctype x [<!ENTITY % p SYSTEM "file:///etc/hostname"> %p;]><x/>',
+    b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body>'
+    b'<!ENTITY a "b"></s:Body></s:Envelope>',
+])
+def test_doctype_and_entities_are_refused(server: Running, payload: bytes) -> None:
+    before = server.stored()
+    assert_rejected(server, server.post(payload), 400, "wsemail:ForbiddenXml", before)
+
+
+def test_oversized_body_is_refused_with_and_without_content_length(tmp_path: Path) -> None:
+    small = start_server(tmp_path / "s", max_request_bytes=4096)
+    try:
+        before = small.stored()
+        big = signed(small.credentials(), SEND.replace(b"<w:Body>b", b"<w:Body>" + b"x" * 9000))
+        assert_rejected(small, small.post(big), 413, "wsemail:TooLarge", before)
+
+        def chunks():  # no Content-Length: the limit is enforced while streaming
+            for _ in range(10):
+                yield b"<a>" + b"x" * 1000
+        before = small.stored()
+        streamed = httpx.post(small.url, content=chunks(), timeout=10)
+        assert_rejected(small, streamed, 413, "wsemail:TooLarge", before)
+    finally:
+        small.stop()
+
+
+def test_deeply_nested_xml_is_refused(server: Running) -> None:
+    before = server.stored()
+    deep = b"<w:x>" * 200 + b"</w:x>" * 200
+    data = signed(server.credentials(), SEND.replace(b"<w:Body>b</w:Body>",
+                                                     b"<w:Body>" + deep + b"</w:Body>"))
+    assert_rejected(server, server.post(data), 400, "wsemail:LimitExceeded", before)
+
+
+def test_too_many_elements_are_refused(tmp_path: Path) -> None:
+    narrow = start_server(tmp_path / "s", max_elements=50)
+    try:
+        before = narrow.stored()
+        many = b"<w:To>bob@localhost</w:To>" * 60
+        data = signed(narrow.credentials(), SEND.replace(b"<w:To>bob@localhost</w:To>", many))
+        assert_rejected(narrow, narrow.post(data), 400, "wsemail:LimitExceeded", before)
+    finally:
+        narrow.stop()
+
+
+@pytest.mark.parametrize("payload", [
+    b"<s:Envelope", b"not xml at all", b"", b"<a><b></a>",
+    b'<?xml version="1.0" encoding="ISO-8859-1"?><a>\xe9</a>',
+    b"\xff\xfe<\x00a\x00/\x00>\x00",
+    b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body/></s:Envelope>',
+    b"<Envelope><Body><Send/></Body></Envelope>",
+])
+def test_malformed_requests_are_refused(server: Running, payload: bytes) -> None:
+    before = server.stored()
+    assert_rejected(server, server.post(payload), 400, "wsemail:InvalidRequest", before)
+
+
+@pytest.mark.parametrize("skew", [timedelta(seconds=-301), timedelta(seconds=61),
+                                  timedelta(days=-3), timedelta(days=400)])
+def test_stale_and_future_timestamps_are_refused(server: Running, skew: timedelta) -> None:
+    before = server.stored()
+    data = signed(server.credentials(), SEND, datetime.now(UTC) + skew)
+    assert_rejected(server, server.post(data), 401, "wsse:MessageExpired", before)
+
+
+def test_replayed_request_is_refused(server: Running) -> None:
+    data = signed(server.credentials(), SEND)
+    assert server.post(data).status_code == 200
+    before = server.stored()
+    assert_rejected(server, server.post(data), 401, "wsemail:Replay", before)
+
+
+def test_twenty_concurrent_copies_store_exactly_one(server: Running) -> None:
+    data = signed(server.credentials(), SEND)
+    before = server.stored()
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        statuses = sorted(r.status_code for r in pool.map(lambda _: server.post(data), range(20)))
+    assert statuses == [200] + [401] * 19
+    messages, nonces = server.stored()
+    assert (messages, nonces) == (before[0] + 2, before[1] + 1)  # sent copy + bob's inbox
+    assert len(server.client("bob@localhost").list_headers().headers) == 1
+
+
+@pytest.mark.parametrize("nonce", [None, base64.b64encode(b"short").decode(), "!!not base64!!"])
+def test_missing_or_short_nonce_is_refused(server: Running, nonce: str | None) -> None:
+    before = server.stored()
+    data = edit_token(signed(server.credentials(), SEND), f"{{{WSSE}}}Nonce", nonce)
+    assert_rejected(server, server.post(data), 400, "wsse:InvalidSecurity", before)
+
+
+def test_missing_security_header_is_refused(server: Running) -> None:
+    before = server.stored()
+    data = (b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body>'
+            + SEND + b"</s:Body></s:Envelope>")
+    assert_rejected(server, server.post(data), 400, "wsse:InvalidSecurity", before)
+
+
+def _mac(data: bytes) -> str:
+    return etree.fromstring(data).findtext(f".//{{{WSSE}}}Password") or ""
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda mac: mac[:-8],
+    lambda mac: "",
+    lambda mac: base64.b64encode(b"\0" * 32).decode(),
+    lambda mac: mac[:10] + ("A" if mac[10] != "A" else "B") + mac[11:],
+])
+def test_wrong_or_truncated_mac_is_refused(server: Running, mangle) -> None:  # type: ignore[no-untyped-def]
+    before = server.stored()
+    good = signed(server.credentials(), SEND)
+    data = edit_token(good, f"{{{WSSE}}}Password", mangle(_mac(good)))
+    assert_rejected(server, server.post(data), 401, "wsse:FailedAuthentication", before)
+
+
+def test_tampered_body_is_refused(server: Running) -> None:
+    before = server.stored()
+    data = signed(server.credentials(), SEND).replace(b"bob@localhost", b"carol@localhost")
+    assert_rejected(server, server.post(data), 401, "wsse:FailedAuthentication", before)
+
+
+def test_unknown_user_gets_the_same_fault_as_a_wrong_password(server: Running) -> None:
+    before = server.stored()
+    alice = server.client()
+    fake = Credentials("mallory@localhost", b"k" * 32)
+    unknown = server.post(signed(fake, LIST))
+    wrong = server.post(signed(Credentials("alice@localhost", b"k" * 32), LIST))
+    assert_rejected(server, unknown, 401, "wsse:FailedAuthentication", before)
+    assert unknown.content == wrong.content
+    # the salt of an unknown name is stable, so it does not reveal that the name is unknown
+    assert alice.get_salt("mallory@localhost") == alice.get_salt("mallory@localhost")
+    assert len(alice.get_salt("mallory@localhost")) == len(alice.get_salt("alice@localhost"))
+
+
+def test_other_users_message_is_not_found_like_a_missing_one(server: Running) -> None:
+    alice, bob = server.client(), server.client("bob@localhost")
+    alice.send(["bob@localhost"], "private")
+    bobs = bob.list_headers().headers[0].id
+    carol = server.client("carol@localhost")
+    for op in (b"Retrieve", b"Delete"):
+        for target in (bobs.encode(), b"no-such-message"):
+            before = server.stored()
+            data = signed(carol.credentials,
+                          b'<w:%s xmlns:w="urn:wsemail"><w:Id>%s</w:Id></w:%s>' % (op, target, op))
+            response = server.post(data)
+            assert response.status_code == 404 and fault_subcode(response) == "wsemail:NotFound"
+            assert b"no such message" in response.content
+            messages, nonces = server.stored()
+            assert messages == before[0]  # nothing deleted; only the spent nonce was kept
+    assert bob.retrieve(bobs).subject == "private"
+
+
+@pytest.mark.parametrize("field,value", [
+    ("Folder", "inbox' OR '1'='1"),
+    ("Folder", "inbox; DROP TABLE messages;--"),
+    ("Cursor", "1; DROP TABLE messages"),
+    ("Cursor", "0 OR 1=1"),
+    ("Limit", "1 OR 1=1"),
+    ("Limit", "-1"),
+    ("UnreadOnly", "1=1"),
+])
+def test_sql_looking_list_parameters_are_refused(server: Running, field: str, value: str
+                                                 ) -> None:
+    server.client().send(["bob@localhost"], "keep me")
+    before = server.stored()
+    op = etree.Element(q("ListHeaders"))
+    etree.SubElement(op, q(field)).text = value
+    data = signed(server.credentials("bob@localhost"), etree.tostring(op))
+    response = server.post(data)
+    assert response.status_code == 400 and fault_subcode(response) == "wsemail:InvalidRequest"
+    assert server.stored() == before
+    assert [h.subject for h in server.client("bob@localhost").list_headers().headers] == [
+        "keep me"]
+
+
+def test_failed_logins_are_rate_limited_then_recover(tmp_path: Path) -> None:
+    limited = start_server(tmp_path / "s", failures_per_user=3, failure_window=1.0)
+    try:
+        before = limited.stored()
+        wrong = Credentials("alice@localhost", b"w" * 32)
+        codes = [limited.post(signed(wrong, LIST)).status_code for _ in range(4)]
+        assert codes == [401, 401, 401, 429]
+        response = limited.post(signed(limited.credentials(), LIST))
+        assert response.status_code == 429 and fault_subcode(response) == "wsemail:RateLimited"
+        assert limited.stored() == before
+        import time
+
+        time.sleep(1.2)
+        assert limited.client("alice@localhost", PASSWORD).list_headers().headers == []
+    finally:
+        limited.stop()
