@@ -13,6 +13,7 @@ every request after that costs one HMAC. `transport` is a test seam: pass
 from __future__ import annotations
 
 import base64
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -46,13 +47,15 @@ class Client:
     def __init__(self, server: str, username: str, password: str | None = None, *,
                  credentials: Credentials | None = None,
                  transport: httpx.BaseTransport | None = None,
-                 verify: str | bool = True, timeout: float = 30.0) -> None:
+                 verify: str | bool | ssl.SSLContext = True, timeout: float = 30.0) -> None:
         if password is None and credentials is None:
             raise UsageError("a password is needed")
         self.server = server
         self.username = normalize_address(username)
         self._password = password
         self._credentials = credentials
+        if isinstance(verify, str):  # a CA bundle file of our own (WSEMAIL_CACERT)
+            verify = ssl.create_default_context(cafile=verify)
         self._http = httpx.Client(transport=transport, verify=verify, timeout=timeout,
                                   headers={"content-type": soap.CONTENT_TYPE})
 

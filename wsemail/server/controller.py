@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 import threading
 import time
@@ -120,8 +121,13 @@ def serve_forever(config: ServerConfig, on_ready: Callable[[str], None] | None =
             await asyncio.to_thread(on_ready, f"{scheme}://{host}:{port}/wsemail")
         await task
 
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the
+    # handler that was there before it: make that a no-op so the store closes cleanly.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         asyncio.run(main())
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         sock.close()
         server.store.close()
