@@ -32,7 +32,8 @@ def test_send_to_two_local_users_list_retrieve_delete(cli: Cli) -> None:
     assert cli("list", "--json", "--unread", user="bob@localhost").stdout == ""
     assert cli("list", "--json", "--unread", user="carol@localhost").stdout != ""
 
-    sent_folder = [json.loads(x) for x in cli("list", "--folder", "sent", "--json").stdout.splitlines()]
+    sent_out = cli("list", "--folder", "sent", "--json").stdout
+    sent_folder = [json.loads(x) for x in sent_out.splitlines()]
     assert [h["id"] for h in sent_folder] == [sent_ids["id"]]
 
     cli("delete", ids[0], user="bob@localhost")

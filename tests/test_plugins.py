@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import ADMIN, Cli, Running, start_server
 from lxml import etree
 
-from conftest import ADMIN, Cli, Running, start_server
 from wsemail.errors import MessageTooLarge, PluginError, Rejected, RelayDenied
 from wsemail.server import pipeline
 from wsemail.server.pipeline import INTERFACES, Pipeline, PluginSpec

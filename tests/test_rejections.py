@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import PASSWORD, Running, fault_subcode, start_server
 from lxml import etree
 
-from conftest import PASSWORD, Running, fault_subcode, start_server
 from wsemail import soap
 from wsemail.auth import Credentials
 from wsemail.soap import WSSE, q

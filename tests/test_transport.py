@@ -10,12 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 import requests
+from certs import make_tls_files
+from conftest import PASSWORD, fault_subcode, start_server, wsemail_binary
 from zeep import Client as ZeepClient
 from zeep.transports import Transport
 from zeep.wsse.username import UsernameToken
 
-from certs import make_tls_files
-from conftest import PASSWORD, fault_subcode, start_server, wsemail_binary
 from wsemail.client import Client
 from wsemail.errors import TransportError
 

@@ -23,10 +23,10 @@ from wsemail.soap import WSSE, WSU, q
 from wsemail.xmlsafe import c14n
 
 MAC_TYPE = "urn:wsemail:password-mac"
-PASSWORD_TEXT = (
+TOKEN_PROFILE = (
     "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0"
-    "#PasswordText"
 )
+PASSWORD_TEXT = TOKEN_PROFILE + "#PasswordText"
 BASE64_ENCODING = (
     "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0"
     "#Base64Binary"

@@ -14,7 +14,7 @@
         │   └── RateLimited            too many failed authentications           (429, exit 2)
         ├── Forbidden                  authenticated, but not allowed            (403, exit 4)
         ├── NotFound                   no such message for this user             (404, exit 4)
-        ├── Rejected                   a processor refused the message           (400/403/413, exit 4)
+        ├── Rejected                   a processor refused the message    (400/403/413, exit 4)
         └── ServerBusy / ServerError   the server cannot take it now             (503/500, exit 3)
 
 Every RemoteFault carries the SOAP 1.2 code (Sender/Receiver), a WS-Security or urn:wsemail

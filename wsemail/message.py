@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from wsemail.errors import RequestInvalid
-from wsemail.soap import element, q, text_of, texts_of
+from wsemail.soap import element, text_of, texts_of
 
 _ADDRESS = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _MESSAGE_ID = re.compile(r"^<[!-;=?-~]{1,250}@[A-Za-z0-9.-]{1,253}>$")

@@ -27,18 +27,6 @@ class XmlLimits:
     max_elements: int = 10_000
 
 
-def _make_parser_kwargs() -> dict[str, object]:
-    return {
-        "resolve_entities": False,
-        "no_network": True,
-        "load_dtd": False,
-        "dtd_validation": False,
-        "huge_tree": False,
-        "remove_comments": True,
-        "remove_pis": True,
-    }
-
-
 def parse_untrusted(data: bytes, limits: XmlLimits = XmlLimits()) -> etree._Element:
     """Parse bytes from a peer; raise a RequestInvalid subclass on anything suspicious."""
     if len(data) > limits.max_bytes:
@@ -50,14 +38,18 @@ def parse_untrusted(data: bytes, limits: XmlLimits = XmlLimits()) -> etree._Elem
     declared = _DECLARED_ENCODING.match(data)
     if declared and declared.group(1).lower().replace(b"_", b"-") not in (b"utf-8", b"utf8"):
         raise RequestInvalid("only UTF-8 XML is accepted")
-    parser = etree.XMLPullParser(events=("start", "end"), **_make_parser_kwargs())
+    parser = etree.XMLPullParser(
+        events=("start", "end"), resolve_entities=False, no_network=True, load_dtd=False,
+        dtd_validation=False, huge_tree=False, remove_comments=True, remove_pis=True,
+    )
     depth = elements = 0
     root: etree._Element | None = None
     view = memoryview(data)
     try:
         for offset in range(0, len(data) or 1, _CHUNK):
             parser.feed(bytes(view[offset : offset + _CHUNK]))
-            for event, element in parser.read_events():
+            for event, node in parser.read_events():
+                assert isinstance(node, etree._Element)
                 if event == "end":
                     depth -= 1
                     continue
@@ -68,7 +60,7 @@ def parse_untrusted(data: bytes, limits: XmlLimits = XmlLimits()) -> etree._Elem
                 if elements > limits.max_elements:
                     raise LimitExceeded(f"XML has more than {limits.max_elements} elements")
                 if root is None:
-                    root = element
+                    root = node
         parser.close()
     except etree.XMLSyntaxError as exc:
         raise RequestInvalid(f"malformed XML: {exc.msg}") from exc

@@ -19,7 +19,7 @@ UserOpt = typer.Option(None, "--user", help="admin address (or WSEMAIL_USER)")
 
 def _call(server: str | None, user: str | None, action: str, as_json: bool = False,
           **attrs: str) -> None:
-    request = etree.Element(q("Admin"), action=action, **attrs)
+    request = etree.Element(q("Admin"), {"action": action, **attrs})
     with open_client(server, user) as client:
         answer = client.extension("admin", request)
     rows = [dict(node.attrib) for node in (answer if answer is not None else [])]

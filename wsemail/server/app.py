@@ -135,13 +135,14 @@ class Server:
         except RemoteFault:
             username = token.username[:320]
         self.auth.check_rate(username, peer)
+        authenticate: Callable[[Tx], UserRecord]
         try:
             if token.password_type == MAC_TYPE:
                 self.auth.check_fresh(token.created)
                 nonce = self.auth.canonical_nonce(token)
                 body_c14n = c14n(envelope.body)
 
-                def authenticate(tx: Tx) -> UserRecord:
+                def authenticate(tx: Tx) -> UserRecord:  # noqa: F811
                     return self.auth.verify_mac(tx, token, nonce, name, body_c14n)
 
             elif token.password_type == PASSWORD_TEXT:

@@ -353,8 +353,8 @@ class SqliteStore:
             log.exception("commit failed")
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            error = StoreError(f"commit failed: {exc}")
-            outcomes = [(future, None, error) for _, future in batch]
+            failed: BaseException = StoreError(f"commit failed: {exc}")
+            outcomes = [(future, None, failed) for _, future in batch]
         for future, result, error in outcomes:
             if error is not None:
                 future.set_exception(error)

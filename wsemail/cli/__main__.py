@@ -1,0 +1,3 @@
+from wsemail.cli import main
+
+main()
