@@ -54,17 +54,25 @@ class Running:
         return Credentials(user, derive_key(PASSWORD, salt))
 
     def count(self, sql: str) -> int:
-        return int(self.controller.server.store.transact_sync(
-            lambda tx: tx.conn.execute(sql).fetchone()[0]))
+        return int(
+            self.controller.server.store.transact_sync(
+                lambda tx: tx.conn.execute(sql).fetchone()[0]
+            )
+        )
 
     def stored(self) -> tuple[int, int]:
         """(messages, nonces): what a rejected request must leave unchanged."""
         return self.count("SELECT count(*) FROM messages"), self.count(
-            "SELECT count(*) FROM nonces")
+            "SELECT count(*) FROM nonces"
+        )
 
     def post(self, data: bytes, **headers: str) -> httpx.Response:
-        return httpx.post(self.url, content=data, timeout=10,
-                          headers={"content-type": "application/soap+xml", **headers})
+        return httpx.post(
+            self.url,
+            content=data,
+            timeout=10,
+            headers={"content-type": "application/soap+xml", **headers},
+        )
 
     def stop(self) -> None:
         for c in self.clients:
@@ -100,19 +108,36 @@ class Cli:
 
     def env(self, user: str, password: str = PASSWORD) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WSEMAIL_")}
-        env.update(WSEMAIL_SERVER=self.server.url, WSEMAIL_USER=user, WSEMAIL_PASSWORD=password,
-                   WSEMAIL_CLIENT_CONFIG=str(self.home / "client.toml"),
-                   HOME=str(self.home), PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring")
+        env.update(
+            WSEMAIL_SERVER=self.server.url,
+            WSEMAIL_USER=user,
+            WSEMAIL_PASSWORD=password,
+            WSEMAIL_CLIENT_CONFIG=str(self.home / "client.toml"),
+            HOME=str(self.home),
+            PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring",
+        )
         return env
 
-    def __call__(self, *args: str, user: str = "alice@localhost", input: str | None = None,
-                 password: str = PASSWORD, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([wsemail_binary(), *args], input=input or "",
-                                capture_output=True, text=True, env=self.env(user, password),
-                                timeout=60)
+    def __call__(
+        self,
+        *args: str,
+        user: str = "alice@localhost",
+        input: str | None = None,
+        password: str = PASSWORD,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [wsemail_binary(), *args],
+            input=input or "",
+            capture_output=True,
+            text=True,
+            env=self.env(user, password),
+            timeout=60,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"wsemail {' '.join(args)} exited {result.returncode}: "
-                                 f"{result.stderr}")
+            raise AssertionError(
+                f"wsemail {' '.join(args)} exited {result.returncode}: {result.stderr}"
+            )
         return result
 
 

@@ -45,8 +45,14 @@ class Vacation(DeliveryProcessor, ExtensionProcessor):
 
     def deliver(self, message: Message, recipient: str, env: Environment) -> Verdict:
         if recipient in self.away and not message.subject.startswith("Away:"):
-            reply = replace(message, sender=recipient, to=[message.sender], cc=[],
-                            subject=f"Away: {message.subject}", body="I am away.")
+            reply = replace(
+                message,
+                sender=recipient,
+                to=[message.sender],
+                cc=[],
+                subject=f"Away: {message.subject}",
+                body="I am away.",
+            )
             env.tx.add_message(message.sender, "inbox", replace(reply, seen=False))
         return Verdict.PASS
 

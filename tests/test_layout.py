@@ -15,8 +15,10 @@ def test_public_names_are_sorted_and_exist() -> None:
 
 
 def test_headless_core_never_imports_textual() -> None:
-    code = ("import sys, wsemail, wsemail.cli, wsemail.server.app, wsemail.server.controller;"
-            "sys.exit(1 if 'textual' in sys.modules else 0)")
+    code = (
+        "import sys, wsemail, wsemail.cli, wsemail.server.app, wsemail.server.controller;"
+        "sys.exit(1 if 'textual' in sys.modules else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 

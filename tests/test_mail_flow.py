@@ -9,8 +9,17 @@ from conftest import Cli, Running, start_server
 
 
 def test_send_to_two_local_users_list_retrieve_delete(cli: Cli) -> None:
-    sent = cli("send", "--to", "bob@localhost", "--cc", "carol@localhost", "--subject",
-               "Quarterly numbers", "--json", input="Numbers attached.\n")
+    sent = cli(
+        "send",
+        "--to",
+        "bob@localhost",
+        "--cc",
+        "carol@localhost",
+        "--subject",
+        "Quarterly numbers",
+        "--json",
+        input="Numbers attached.\n",
+    )
     sent_ids = json.loads(sent.stdout)
     assert sent_ids["message_id"].startswith("<") and sent_ids["id"]
 
@@ -24,8 +33,10 @@ def test_send_to_two_local_users_list_retrieve_delete(cli: Cli) -> None:
         assert header["message_id"] == sent_ids["message_id"]
 
     # ids from stdin, as in `wsemail list --json | jq -r .id | wsemail retrieve --json`
-    ids = [json.loads(line)["id"] for line in
-           cli("list", "--json", user="bob@localhost").stdout.splitlines()]
+    ids = [
+        json.loads(line)["id"]
+        for line in cli("list", "--json", user="bob@localhost").stdout.splitlines()
+    ]
     got = cli("retrieve", "--json", user="bob@localhost", input="\n".join(ids) + "\n")
     message = json.loads(got.stdout)
     assert message["body"] == "Numbers attached.\n" and message["seen"] is True
@@ -47,8 +58,7 @@ def test_restart_loses_nothing(tmp_path: Path) -> None:
     first = start_server(tmp_path / "data")
     try:
         alice = first.client()
-        ids = [alice.send(["bob@localhost"], f"message {n}", "x" * n).message_id
-               for n in range(5)]
+        ids = [alice.send(["bob@localhost"], f"message {n}", "x" * n).message_id for n in range(5)]
     finally:
         first.stop()
     second = start_server(tmp_path / "data")
@@ -96,15 +106,24 @@ def test_cli_exit_codes_and_one_line_errors(cli: Cli) -> None:
 
     from conftest import wsemail_binary
 
-    down = subprocess.run([wsemail_binary(), "list"], env=env, capture_output=True, text=True,
-                          timeout=60)
+    down = subprocess.run(
+        [wsemail_binary(), "list"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert down.returncode == 3 and down.stderr.startswith("wsemail: cannot reach")
     assert len(down.stderr.strip().splitlines()) == 1
 
 
 def test_login_without_keyring_backend_is_a_clear_error(cli: Cli) -> None:
-    result = cli("login", "--server", cli.server.url, "--user", "alice@localhost",
-                 "--password-stdin", input="correct horse battery\n", check=False)
+    result = cli(
+        "login",
+        "--server",
+        cli.server.url,
+        "--user",
+        "alice@localhost",
+        "--password-stdin",
+        input="correct horse battery\n",
+        check=False,
+    )
     assert result.returncode == 1
     assert "keyring" in result.stderr and "WSEMAIL_PASSWORD" in result.stderr
     assert "Traceback" not in result.stderr
@@ -112,22 +131,52 @@ def test_login_without_keyring_backend_is_a_clear_error(cli: Cli) -> None:
 
 def test_user_commands(cli: Cli, server: Running) -> None:
     data = str(server.config.data_dir)
-    out = cli("user", "add", "dave@localhost", "--password-stdin", "--data-dir", data,
-              input="dave's password\n")
+    out = cli(
+        "user",
+        "add",
+        "dave@localhost",
+        "--password-stdin",
+        "--data-dir",
+        data,
+        input="dave's password\n",
+    )
     assert "added dave@localhost" in out.stdout
     assert "dave@localhost" in cli("user", "list", "--data-dir", data).stdout
-    dup = cli("user", "add", "dave@localhost", "--password-stdin", "--data-dir", data,
-              input="another one\n", check=False)
+    dup = cli(
+        "user",
+        "add",
+        "dave@localhost",
+        "--password-stdin",
+        "--data-dir",
+        data,
+        input="another one\n",
+        check=False,
+    )
     assert dup.returncode == 1 and "already exists" in dup.stderr
-    foreign = cli("user", "add", "eve@elsewhere.test", "--password-stdin", "--data-dir", data,
-                  input="password123\n", check=False)
+    foreign = cli(
+        "user",
+        "add",
+        "eve@elsewhere.test",
+        "--password-stdin",
+        "--data-dir",
+        data,
+        input="password123\n",
+        check=False,
+    )
     assert foreign.returncode == 1 and "not in this server's domain" in foreign.stderr
     cli("send", "--to", "dave@localhost", "--body", "hi")
-    cli("user", "passwd", "dave@localhost", "--password-stdin", "--data-dir", data,
-        input="new password!\n")
-    assert cli("list", user="dave@localhost", password="dave's password",
-               check=False).returncode == 2
+    cli(
+        "user",
+        "passwd",
+        "dave@localhost",
+        "--password-stdin",
+        "--data-dir",
+        data,
+        input="new password!\n",
+    )
+    assert (
+        cli("list", user="dave@localhost", password="dave's password", check=False).returncode == 2
+    )
     assert "hi" not in cli("list", user="dave@localhost", password="new password!").stderr
     cli("user", "remove", "dave@localhost", "--data-dir", data)
-    assert cli("list", user="dave@localhost", password="new password!",
-               check=False).returncode == 2
+    assert cli("list", user="dave@localhost", password="new password!", check=False).returncode == 2

@@ -17,22 +17,27 @@ from wsemail.soap import q
 
 
 def test_default_pipeline_lists_builtins_in_priority_order(cli: Cli) -> None:
-    rows = [json.loads(x) for x in cli("plugins", "list", "--json", user=ADMIN)
-            .stdout.splitlines()]
-    assert [r["name"] for r in rows] == ["relay-policy", "size-limit", "admin",
-                                         "local-delivery", "sqlite-queue"]
+    rows = [json.loads(x) for x in cli("plugins", "list", "--json", user=ADMIN).stdout.splitlines()]
+    assert [r["name"] for r in rows] == [
+        "relay-policy",
+        "size-limit",
+        "admin",
+        "local-delivery",
+        "sqlite-queue",
+    ]
     assert rows[0]["interfaces"] == "sending" and rows[3]["interfaces"] == "local-mta"
 
 
-def test_admin_loads_reprioritises_and_unloads_while_serving(cli: Cli, server: Running
-                                                             ) -> None:
+def test_admin_loads_reprioritises_and_unloads_while_serving(cli: Cli, server: Running) -> None:
     assert cli("send", "--to", "bob@localhost", "-s", "spam offer", "--body", "x").returncode == 0
     cli("plugins", "load", "plugins_example:NoSpam", "--priority", "50", user=ADMIN)
     refused = cli("send", "--to", "bob@localhost", "-s", "more spam", "--body", "x", check=False)
     assert refused.returncode == 4 and "looks like spam" in refused.stderr
     cli("plugins", "priority", "no-spam", "5", user=ADMIN)
-    names = [json.loads(x)["name"] for x in cli("plugins", "list", "--json", user=ADMIN)
-             .stdout.splitlines()]
+    names = [
+        json.loads(x)["name"]
+        for x in cli("plugins", "list", "--json", user=ADMIN).stdout.splitlines()
+    ]
     assert names[0] == "no-spam"
     cli("plugins", "unload", "no-spam", user=ADMIN)
     assert cli("send", "--to", "bob@localhost", "-s", "spam again", "--body", "x").returncode == 0
@@ -76,8 +81,10 @@ def pipeline_defaults() -> list[PluginSpec]:
 
 
 def test_size_limit_from_config_refuses_and_stores_nothing(tmp_path: Path) -> None:
-    specs = [s if s.ref != "size-limit" else PluginSpec("size-limit", 20, {"max_bytes": 100})
-             for s in pipeline_defaults()]
+    specs = [
+        s if s.ref != "size-limit" else PluginSpec("size-limit", 20, {"max_bytes": 100})
+        for s in pipeline_defaults()
+    ]
     running = start_server(tmp_path / "s", plugins=specs)
     try:
         alice = running.client()
@@ -98,9 +105,10 @@ def test_relay_policy_refuses_foreign_domains_unless_allowed(tmp_path: Path) -> 
         assert running.stored()[0] == 0
     finally:
         running.stop()
-    specs = [s if s.ref != "relay-policy" else PluginSpec("relay-policy", 10,
-                                                          {"allow": ["*.test"]})
-             for s in pipeline_defaults()]
+    specs = [
+        s if s.ref != "relay-policy" else PluginSpec("relay-policy", 10, {"allow": ["*.test"]})
+        for s in pipeline_defaults()
+    ]
     running = start_server(tmp_path / "s", plugins=specs)
     try:
         running.client().send(["bob@localhost", "eve@elsewhere.test"], "x")
@@ -121,15 +129,20 @@ def test_unknown_plugin_names_what_is_installed() -> None:
 
 
 def test_builtins_are_registered_as_entry_points() -> None:
-    assert {"size-limit", "relay-policy", "local-delivery", "admin", "sqlite-queue",
-            "sqlite-store"} <= set(pipeline.available())
+    assert {
+        "size-limit",
+        "relay-policy",
+        "local-delivery",
+        "admin",
+        "sqlite-queue",
+        "sqlite-store",
+    } <= set(pipeline.available())
 
 
 def test_every_plugin_interface_is_documented() -> None:
     doc = pipeline.__doc__ or ""
     for iface in INTERFACES.values():
-        methods = [m for m in vars(iface) if not m.startswith("_")
-                   and callable(getattr(iface, m))]
+        methods = [m for m in vars(iface) if not m.startswith("_") and callable(getattr(iface, m))]
         assert iface.__name__ in doc
         for method in methods:
             assert f"{iface.__name__}.{method}(" in doc, method

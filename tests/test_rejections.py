@@ -17,8 +17,10 @@ from wsemail import soap
 from wsemail.auth import Credentials
 from wsemail.soap import WSSE, q
 
-SEND = (b'<w:Send xmlns:w="urn:wsemail"><w:Message><w:To>bob@localhost</w:To>'
-        b"<w:Subject>s</w:Subject><w:Body>b</w:Body></w:Message></w:Send>")
+SEND = (
+    b'<w:Send xmlns:w="urn:wsemail"><w:Message><w:To>bob@localhost</w:To>'
+    b"<w:Subject>s</w:Subject><w:Body>b</w:Body></w:Message></w:Send>"
+)
 LIST = b'<w:ListHeaders xmlns:w="urn:wsemail"><w:Folder>inbox</w:Folder></w:ListHeaders>'
 
 
@@ -41,8 +43,9 @@ def edit_token(data: bytes, tag: str, value: str | None) -> bytes:
     return etree.tostring(root)
 
 
-def assert_rejected(server: Running, response: httpx.Response, status: int, subcode: str,
-                    before: tuple[int, int]) -> None:
+def assert_rejected(
+    server: Running, response: httpx.Response, status: int, subcode: str, before: tuple[int, int]
+) -> None:
     assert response.status_code == status, response.text
     assert fault_subcode(response) == subcode
     assert b"Traceback" not in response.content
@@ -50,17 +53,20 @@ def assert_rejected(server: Running, response: httpx.Response, status: int, subc
     server.client("carol@localhost").list_headers()  # the server still serves
 
 
-@pytest.mark.parametrize("payload", [
-    b'<!DOCTYPE x [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
-    b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body>&xxe;</s:Body>'
-    b"</s:Envelope>",
-    b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]>'
-    b"<lolz>&lol2;</lolz>",
-    b'<!DOCTYPE x SYSTEM "http://127.0.0.1:9/evil.dtd"><x/>',
-    b'<!doctype x [<!ENTITY % p SYSTEM "file:///etc/hostname"> %p;]><x/>',
-    b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body>'
-    b'<!ENTITY a "b"></s:Body></s:Envelope>',
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'<!DOCTYPE x [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+        b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body>&xxe;</s:Body>'
+        b"</s:Envelope>",
+        b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]>'
+        b"<lolz>&lol2;</lolz>",
+        b'<!DOCTYPE x SYSTEM "http://127.0.0.1:9/evil.dtd"><x/>',
+        b'<!doctype x [<!ENTITY % p SYSTEM "file:///etc/hostname"> %p;]><x/>',
+        b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body>'
+        b'<!ENTITY a "b"></s:Body></s:Envelope>',
+    ],
+)
 def test_doctype_and_entities_are_refused(server: Running, payload: bytes) -> None:
     before = server.stored()
     assert_rejected(server, server.post(payload), 400, "wsemail:ForbiddenXml", before)
@@ -76,6 +82,7 @@ def test_oversized_body_is_refused_with_and_without_content_length(tmp_path: Pat
         def chunks():  # no Content-Length: the limit is enforced while streaming
             for _ in range(10):
                 yield b"<a>" + b"x" * 1000
+
         before = small.stored()
         streamed = httpx.post(small.url, content=chunks(), timeout=10)
         assert_rejected(small, streamed, 413, "wsemail:TooLarge", before)
@@ -86,8 +93,9 @@ def test_oversized_body_is_refused_with_and_without_content_length(tmp_path: Pat
 def test_deeply_nested_xml_is_refused(server: Running) -> None:
     before = server.stored()
     deep = b"<w:x>" * 200 + b"</w:x>" * 200
-    data = signed(server.credentials(), SEND.replace(b"<w:Body>b</w:Body>",
-                                                     b"<w:Body>" + deep + b"</w:Body>"))
+    data = signed(
+        server.credentials(), SEND.replace(b"<w:Body>b</w:Body>", b"<w:Body>" + deep + b"</w:Body>")
+    )
     assert_rejected(server, server.post(data), 400, "wsemail:LimitExceeded", before)
 
 
@@ -102,20 +110,28 @@ def test_too_many_elements_are_refused(tmp_path: Path) -> None:
         narrow.stop()
 
 
-@pytest.mark.parametrize("payload", [
-    b"<s:Envelope", b"not xml at all", b"", b"<a><b></a>",
-    b'<?xml version="1.0" encoding="ISO-8859-1"?><a>\xe9</a>',
-    b"\xff\xfe<\x00a\x00/\x00>\x00",
-    b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body/></s:Envelope>',
-    b"<Envelope><Body><Send/></Body></Envelope>",
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"<s:Envelope",
+        b"not xml at all",
+        b"",
+        b"<a><b></a>",
+        b'<?xml version="1.0" encoding="ISO-8859-1"?><a>\xe9</a>',
+        b"\xff\xfe<\x00a\x00/\x00>\x00",
+        b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body/></s:Envelope>',
+        b"<Envelope><Body><Send/></Body></Envelope>",
+    ],
+)
 def test_malformed_requests_are_refused(server: Running, payload: bytes) -> None:
     before = server.stored()
     assert_rejected(server, server.post(payload), 400, "wsemail:InvalidRequest", before)
 
 
-@pytest.mark.parametrize("skew", [timedelta(seconds=-301), timedelta(seconds=61),
-                                  timedelta(days=-3), timedelta(days=400)])
+@pytest.mark.parametrize(
+    "skew",
+    [timedelta(seconds=-301), timedelta(seconds=61), timedelta(days=-3), timedelta(days=400)],
+)
 def test_stale_and_future_timestamps_are_refused(server: Running, skew: timedelta) -> None:
     before = server.stored()
     data = signed(server.credentials(), SEND, datetime.now(UTC) + skew)
@@ -149,8 +165,11 @@ def test_missing_or_short_nonce_is_refused(server: Running, nonce: str | None) -
 
 def test_missing_security_header_is_refused(server: Running) -> None:
     before = server.stored()
-    data = (b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body>'
-            + SEND + b"</s:Body></s:Envelope>")
+    data = (
+        b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body>'
+        + SEND
+        + b"</s:Body></s:Envelope>"
+    )
     assert_rejected(server, server.post(data), 400, "wsse:InvalidSecurity", before)
 
 
@@ -158,12 +177,15 @@ def _mac(data: bytes) -> str:
     return etree.fromstring(data).findtext(f".//{{{WSSE}}}Password") or ""
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda mac: mac[:-8],
-    lambda mac: "",
-    lambda mac: base64.b64encode(b"\0" * 32).decode(),
-    lambda mac: mac[:10] + ("A" if mac[10] != "A" else "B") + mac[11:],
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda mac: mac[:-8],
+        lambda mac: "",
+        lambda mac: base64.b64encode(b"\0" * 32).decode(),
+        lambda mac: mac[:10] + ("A" if mac[10] != "A" else "B") + mac[11:],
+    ],
+)
 def test_wrong_or_truncated_mac_is_refused(server: Running, mangle) -> None:  # type: ignore[no-untyped-def]
     before = server.stored()
     good = signed(server.credentials(), SEND)
@@ -198,8 +220,10 @@ def test_other_users_message_is_not_found_like_a_missing_one(server: Running) ->
     for op in (b"Retrieve", b"Delete"):
         for target in (bobs.encode(), b"no-such-message"):
             before = server.stored()
-            data = signed(carol.credentials,
-                          b'<w:%s xmlns:w="urn:wsemail"><w:Id>%s</w:Id></w:%s>' % (op, target, op))
+            data = signed(
+                carol.credentials,
+                b'<w:%s xmlns:w="urn:wsemail"><w:Id>%s</w:Id></w:%s>' % (op, target, op),
+            )
             response = server.post(data)
             assert response.status_code == 404 and fault_subcode(response) == "wsemail:NotFound"
             assert b"no such message" in response.content
@@ -208,17 +232,19 @@ def test_other_users_message_is_not_found_like_a_missing_one(server: Running) ->
     assert bob.retrieve(bobs).subject == "private"
 
 
-@pytest.mark.parametrize("field,value", [
-    ("Folder", "inbox' OR '1'='1"),
-    ("Folder", "inbox; DROP TABLE messages;--"),
-    ("Cursor", "1; DROP TABLE messages"),
-    ("Cursor", "0 OR 1=1"),
-    ("Limit", "1 OR 1=1"),
-    ("Limit", "-1"),
-    ("UnreadOnly", "1=1"),
-])
-def test_sql_looking_list_parameters_are_refused(server: Running, field: str, value: str
-                                                 ) -> None:
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("Folder", "inbox' OR '1'='1"),
+        ("Folder", "inbox; DROP TABLE messages;--"),
+        ("Cursor", "1; DROP TABLE messages"),
+        ("Cursor", "0 OR 1=1"),
+        ("Limit", "1 OR 1=1"),
+        ("Limit", "-1"),
+        ("UnreadOnly", "1=1"),
+    ],
+)
+def test_sql_looking_list_parameters_are_refused(server: Running, field: str, value: str) -> None:
     server.client().send(["bob@localhost"], "keep me")
     before = server.stored()
     op = etree.Element(q("ListHeaders"))
@@ -227,8 +253,7 @@ def test_sql_looking_list_parameters_are_refused(server: Running, field: str, va
     response = server.post(data)
     assert response.status_code == 400 and fault_subcode(response) == "wsemail:InvalidRequest"
     assert server.stored() == before
-    assert [h.subject for h in server.client("bob@localhost").list_headers().headers] == [
-        "keep me"]
+    assert [h.subject for h in server.client("bob@localhost").list_headers().headers] == ["keep me"]
 
 
 def test_failed_logins_are_rate_limited_then_recover(tmp_path: Path) -> None:

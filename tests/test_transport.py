@@ -27,19 +27,34 @@ def test_tls_for_the_client_cli_and_a_third_party_toolkit(tmp_path: Path) -> Non
         assert running.url.startswith("https://127.0.0.1:")
         with Client(running.url, "alice@localhost", PASSWORD, verify=str(ca)) as alice:
             alice.send(["bob@localhost"], "over TLS", "secret")
-        with Client(running.url, "bob@localhost", PASSWORD) as untrusting, \
-                pytest.raises(TransportError):
+        with (
+            Client(running.url, "bob@localhost", PASSWORD) as untrusting,
+            pytest.raises(TransportError),
+        ):
             untrusting.list_headers()  # the test CA is not in the system trust store
-        env = {**os.environ, "WSEMAIL_SERVER": running.url, "WSEMAIL_USER": "bob@localhost",
-               "WSEMAIL_PASSWORD": PASSWORD, "WSEMAIL_CACERT": str(ca)}
-        listed = subprocess.run([wsemail_binary(), "list", "--json"], env=env,
-                                capture_output=True, text=True, timeout=60)
+        env = {
+            **os.environ,
+            "WSEMAIL_SERVER": running.url,
+            "WSEMAIL_USER": "bob@localhost",
+            "WSEMAIL_PASSWORD": PASSWORD,
+            "WSEMAIL_CACERT": str(ca),
+        }
+        listed = subprocess.run(
+            [wsemail_binary(), "list", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert listed.returncode == 0 and "over TLS" in listed.stdout
         session = requests.Session()
         session.verify = str(ca)
         session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
-        zeep = ZeepClient(running.url + "?wsdl", transport=Transport(session=session),
-                          wsse=UsernameToken("bob@localhost", PASSWORD))
+        zeep = ZeepClient(
+            running.url + "?wsdl",
+            transport=Transport(session=session),
+            wsse=UsernameToken("bob@localhost", PASSWORD),
+        )
         assert zeep.service.ListHeaders(Folder="inbox").MessageHeader[0].Subject == "over TLS"
     finally:
         running.stop()
@@ -57,7 +72,8 @@ def test_password_text_is_refused_without_tls_from_a_remote_peer(tmp_path: Path)
             b"<wsse:Username>bob@localhost</wsse:Username>"
             b"<wsse:Password>" + PASSWORD.encode() + b"</wsse:Password>"
             b"</wsse:UsernameToken></wsse:Security></s:Header><s:Body>"
-            b'<w:ListHeaders xmlns:w="urn:wsemail"/></s:Body></s:Envelope>')
+            b'<w:ListHeaders xmlns:w="urn:wsemail"/></s:Body></s:Envelope>'
+        )
 
         async def post() -> httpx.Response:
             async with httpx.AsyncClient(transport=transport) as client:
@@ -74,8 +90,13 @@ def test_password_text_is_refused_without_tls_from_a_remote_peer(tmp_path: Path)
 
 
 def _start_serve(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([wsemail_binary(), "serve", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [wsemail_binary(), "serve", *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert "serving" in line, line
@@ -91,14 +112,30 @@ def test_real_serve_process_embedded_default_and_restart(tmp_path: Path) -> None
     try:
         assert (data / "wsemail.db").exists() and (data / "secret.key").stat().st_mode & 0o077 == 0
         for user in ("alice@localhost", "bob@localhost"):
-            subprocess.run([wsemail_binary(), "user", "add", user, "--password-stdin"],
-                           input=PASSWORD + "\n", env=env, check=True, timeout=60,
-                           capture_output=True, text=True)
-        client_env = {**env, "WSEMAIL_SERVER": url, "WSEMAIL_USER": "alice@localhost",
-                      "WSEMAIL_PASSWORD": PASSWORD}
-        subprocess.run([wsemail_binary(), "send", "--to", "bob@localhost", "-s", "durable"],
-                       input="kept across restarts", env=client_env, check=True, timeout=60,
-                       capture_output=True, text=True)
+            subprocess.run(
+                [wsemail_binary(), "user", "add", user, "--password-stdin"],
+                input=PASSWORD + "\n",
+                env=env,
+                check=True,
+                timeout=60,
+                capture_output=True,
+                text=True,
+            )
+        client_env = {
+            **env,
+            "WSEMAIL_SERVER": url,
+            "WSEMAIL_USER": "alice@localhost",
+            "WSEMAIL_PASSWORD": PASSWORD,
+        }
+        subprocess.run(
+            [wsemail_binary(), "send", "--to", "bob@localhost", "-s", "durable"],
+            input="kept across restarts",
+            env=client_env,
+            check=True,
+            timeout=60,
+            capture_output=True,
+            text=True,
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
@@ -118,8 +155,12 @@ def test_serve_reports_a_busy_port_in_one_line(tmp_path: Path) -> None:
     running = start_server(tmp_path / "s")
     try:
         port = running.url.split(":")[2].split("/")[0]
-        result = subprocess.run([wsemail_binary(), "serve", "--data-dir", str(tmp_path / "t"),
-                                 "--port", port], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [wsemail_binary(), "serve", "--data-dir", str(tmp_path / "t"), "--port", port],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 1
         assert result.stderr.strip().startswith("wsemail: cannot listen on 127.0.0.1:")
     finally:

@@ -23,13 +23,11 @@ from wsemail.soap import WSSE, WSU, q
 from wsemail.xmlsafe import c14n
 
 MAC_TYPE = "urn:wsemail:password-mac"
-TOKEN_PROFILE = (
-    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0"
-)
+WSS_2004 = "http://docs.oasis-open.org/wss/2004/01/"
+TOKEN_PROFILE = WSS_2004 + "oasis-200401-wss-username-token-profile-1.0"
 PASSWORD_TEXT = TOKEN_PROFILE + "#PasswordText"
 BASE64_ENCODING = (
-    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0"
-    "#Base64Binary"
+    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0#Base64Binary"
 )
 KDF_N, KDF_R, KDF_P = 1 << 14, 8, 1
 SALT_BYTES = 16
@@ -63,8 +61,9 @@ def mac_input(operation: str, username: str, nonce: str, created: str, body: byt
     return "\n".join(("wsemail-mac-1", operation, username, nonce, created, digest)).encode()
 
 
-def compute_mac(key: bytes, operation: str, username: str, nonce: str, created: str,
-                body_c14n: bytes) -> str:
+def compute_mac(
+    key: bytes, operation: str, username: str, nonce: str, created: str, body_c14n: bytes
+) -> str:
     raw = hmac.new(key, mac_input(operation, username, nonce, created, body_c14n), "sha256")
     return base64.b64encode(raw.digest()).decode("ascii")
 
@@ -79,8 +78,9 @@ class Credentials:
     def __repr__(self) -> str:
         return f"Credentials(username={self.username!r}, key=<hidden>)"
 
-    def sign(self, header: etree._Element, body: etree._Element, now: datetime | None = None
-             ) -> None:
+    def sign(
+        self, header: etree._Element, body: etree._Element, now: datetime | None = None
+    ) -> None:
         """Add a wsse:Security header with a password-MAC UsernameToken for `body`."""
         operation = etree.QName(body[0]).localname
         nonce = base64.b64encode(os.urandom(NONCE_BYTES)).decode("ascii")
@@ -163,5 +163,6 @@ def decode_nonce(nonce: str | None) -> bytes:
 
 def mac_matches(expected_b64: str, presented_b64: str) -> bool:
     """Constant-time comparison of two base64 MACs."""
-    return hmac.compare_digest(expected_b64.encode("ascii", "replace"),
-                               presented_b64.strip().encode("ascii", "replace"))
+    return hmac.compare_digest(
+        expected_b64.encode("ascii", "replace"), presented_b64.strip().encode("ascii", "replace")
+    )

@@ -53,12 +53,15 @@ def _envelope(creds: Credentials, recipient: str, n: int) -> bytes:
     return soap.serialize(env)
 
 
-async def _client(url: str, creds: Credentials, recipient: str, stop_at: float,
-                  measure_from: float, tally: Tally) -> None:
+async def _client(
+    url: str, creds: Credentials, recipient: str, stop_at: float, measure_from: float, tally: Tally
+) -> None:
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    head = (f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-            f"Content-Type: {soap.CONTENT_TYPE}\r\n").encode()
+    head = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Content-Type: {soap.CONTENT_TYPE}\r\n"
+    ).encode()
     n = 0
     try:
         while (now := time.perf_counter()) < stop_at:
@@ -87,8 +90,9 @@ def _percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
 
 
-def run_bench(*, clients: int = 16, seconds: float = 5.0, data_dir: str | None = None,
-              warmup: float = 1.0) -> dict[str, float]:
+def run_bench(
+    *, clients: int = 16, seconds: float = 5.0, data_dir: str | None = None, warmup: float = 1.0
+) -> dict[str, float]:
     temp = None
     if data_dir is None:
         temp = tempfile.TemporaryDirectory(prefix="wsemail-bench-")
@@ -107,7 +111,8 @@ def run_bench(*, clients: int = 16, seconds: float = 5.0, data_dir: str | None =
 
     server = subprocess.Popen(
         [sys.executable, "-m", "wsemail.cli", "serve", "--data-dir", str(root), "--port", "0"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert server.stdout is not None
@@ -121,8 +126,10 @@ def run_bench(*, clients: int = 16, seconds: float = 5.0, data_dir: str | None =
             start = time.perf_counter()
             measure_from = start + warmup
             stop_at = measure_from + seconds
-            tasks = [asyncio.create_task(_client(url, c, recipient, stop_at, measure_from,
-                                                 tally)) for c in creds]
+            tasks = [
+                asyncio.create_task(_client(url, c, recipient, stop_at, measure_from, tally))
+                for c in creds
+            ]
             await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
             cpu0, gen0, wall0 = _cpu_seconds(server.pid), time.process_time(), time.perf_counter()
             await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
@@ -138,8 +145,9 @@ def run_bench(*, clients: int = 16, seconds: float = 5.0, data_dir: str | None =
             server.stdout.close()
 
     with sqlite3.connect(root / "wsemail.db") as db:
-        stored = db.execute("SELECT count(*) FROM messages WHERE owner=?",
-                            (recipient,)).fetchone()[0]
+        stored = db.execute("SELECT count(*) FROM messages WHERE owner=?", (recipient,)).fetchone()[
+            0
+        ]
         sent = db.execute("SELECT count(*) FROM messages WHERE folder='sent'").fetchone()[0]
     if temp is not None:
         temp.cleanup()
@@ -163,19 +171,30 @@ def run_bench(*, clients: int = 16, seconds: float = 5.0, data_dir: str | None =
         "stored_inbox_copies": stored,
         "stored_sent_copies": sent,
     }
-    print(f"wsemail bench: {clients} clients, {wall:.1f} s measured after {warmup:.0f} s warm-up,"
-          " password-MAC auth, SQLite WAL synchronous=FULL")
-    print(f"  accepted sends     {accepted} ({result['sends_per_second']}/s), "
-          f"refused {tally.refused}")
-    print(f"  latency ms         mean {result['latency_ms_mean']}  p50 {result['latency_ms_p50']}"
-          f"  p90 {result['latency_ms_p90']}  p99 {result['latency_ms_p99']}"
-          f"  max {result['latency_ms_max']}")
-    print(f"  server CPU         {result['server_cpu_ms_per_send']} ms per accepted send "
-          f"({result['server_cpu_cores']} cores busy)")
-    print(f"  load generator CPU {result['generator_cpu_ms_per_send']} ms per send "
-          f"({result['generator_cpu_cores']} cores busy)")
-    print(f"  durable            {stored} inbox + {sent} sent copies in the database "
-          "(includes warm-up sends)")
+    print(
+        f"wsemail bench: {clients} clients, {wall:.1f} s measured after {warmup:.0f} s warm-up,"
+        " password-MAC auth, SQLite WAL synchronous=FULL"
+    )
+    print(
+        f"  accepted sends     {accepted} ({result['sends_per_second']}/s), refused {tally.refused}"
+    )
+    print(
+        f"  latency ms         mean {result['latency_ms_mean']}  p50 {result['latency_ms_p50']}"
+        f"  p90 {result['latency_ms_p90']}  p99 {result['latency_ms_p99']}"
+        f"  max {result['latency_ms_max']}"
+    )
+    print(
+        f"  server CPU         {result['server_cpu_ms_per_send']} ms per accepted send "
+        f"({result['server_cpu_cores']} cores busy)"
+    )
+    print(
+        f"  load generator CPU {result['generator_cpu_ms_per_send']} ms per send "
+        f"({result['generator_cpu_cores']} cores busy)"
+    )
+    print(
+        f"  durable            {stored} inbox + {sent} sent copies in the database "
+        "(includes warm-up sends)"
+    )
     return result
 
 

@@ -44,10 +44,17 @@ class Page:
 
 
 class Client:
-    def __init__(self, server: str, username: str, password: str | None = None, *,
-                 credentials: Credentials | None = None,
-                 transport: httpx.BaseTransport | None = None,
-                 verify: str | bool | ssl.SSLContext = True, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        server: str,
+        username: str,
+        password: str | None = None,
+        *,
+        credentials: Credentials | None = None,
+        transport: httpx.BaseTransport | None = None,
+        verify: str | bool | ssl.SSLContext = True,
+        timeout: float = 30.0,
+    ) -> None:
         if password is None and credentials is None:
             raise UsageError("a password is needed")
         self.server = server
@@ -56,8 +63,12 @@ class Client:
         self._credentials = credentials
         if isinstance(verify, str):  # a CA bundle file of our own (WSEMAIL_CACERT)
             verify = ssl.create_default_context(cafile=verify)
-        self._http = httpx.Client(transport=transport, verify=verify, timeout=timeout,
-                                  headers={"content-type": soap.CONTENT_TYPE})
+        self._http = httpx.Client(
+            transport=transport,
+            verify=verify,
+            timeout=timeout,
+            headers={"content-type": soap.CONTENT_TYPE},
+        )
 
     def __repr__(self) -> str:
         return f"Client({self.server!r}, {self.username!r})"
@@ -65,8 +76,12 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -89,7 +104,10 @@ class Client:
         answer = self.call(op, authenticated=False)
         kdf = answer.find(q("Kdf"))
         if kdf is None or (kdf.get("n"), kdf.get("r"), kdf.get("p")) != (
-                str(KDF_N), str(KDF_R), str(KDF_P)):
+            str(KDF_N),
+            str(KDF_R),
+            str(KDF_P),
+        ):
             raise ServerError("server asks for KDF parameters this client does not support")
         return base64.b64decode(text_of(answer, "Salt", "") or "")
 
@@ -110,19 +128,32 @@ class Client:
             root = parse_untrusted(response.content, RESPONSE_LIMITS)
             answer = soap.split_envelope(root).operation
         except RemoteFault as exc:
-            raise ServerError(f"unreadable answer (HTTP {response.status_code}) from "
-                              f"{self.server}") from exc
+            raise ServerError(
+                f"unreadable answer (HTTP {response.status_code}) from {self.server}"
+            ) from exc
         soap.raise_if_fault(answer)
         return answer
 
     # operations -------------------------------------------------------------------------
-    def send(self, to: list[str], subject: str = "", body: str = "", *,
-             cc: list[str] | None = None, message_id: str | None = None,
-             retries: int = 2) -> SendResult:
+    def send(
+        self,
+        to: list[str],
+        subject: str = "",
+        body: str = "",
+        *,
+        cc: list[str] | None = None,
+        message_id: str | None = None,
+        retries: int = 2,
+    ) -> SendResult:
         """Submit a message. A retry after a lost answer reuses the MessageId, so the server
         stores it once."""
-        draft = Draft(to=list(to), cc=list(cc or []), subject=subject, body=body,
-                      message_id=message_id or new_message_id(self.username.rpartition("@")[2]))
+        draft = Draft(
+            to=list(to),
+            cc=list(cc or []),
+            subject=subject,
+            body=body,
+            message_id=message_id or new_message_id(self.username.rpartition("@")[2]),
+        )
         for attempt in range(retries + 1):
             op = etree.Element(q("Send"))
             draft.to_xml(op)
@@ -132,12 +163,19 @@ class Client:
                 if attempt == retries:
                     raise
                 continue
-            return SendResult(text_of(answer, "Id", "") or "", text_of(answer, "MessageId", "")
-                              or "")
+            return SendResult(
+                text_of(answer, "Id", "") or "", text_of(answer, "MessageId", "") or ""
+            )
         raise AssertionError("unreachable")
 
-    def list_headers(self, folder: str = "inbox", *, limit: int = 50,
-                     cursor: str | None = None, unread_only: bool = False) -> Page:
+    def list_headers(
+        self,
+        folder: str = "inbox",
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        unread_only: bool = False,
+    ) -> Page:
         op = etree.Element(q("ListHeaders"))
         element(op, "Folder", folder)
         element(op, "Limit", str(limit))
@@ -148,13 +186,15 @@ class Client:
         headers = [MessageHeader.from_xml(n) for n in answer.findall(q("MessageHeader"))]
         return Page(headers, text_of(answer, "NextCursor"))
 
-    def iter_headers(self, folder: str = "inbox", *, unread_only: bool = False,
-                     page_size: int = 100) -> Iterator[MessageHeader]:
+    def iter_headers(
+        self, folder: str = "inbox", *, unread_only: bool = False, page_size: int = 100
+    ) -> Iterator[MessageHeader]:
         """Every header of a folder, newest first, one page in memory at a time."""
         cursor: str | None = None
         while True:
-            page = self.list_headers(folder, limit=page_size, cursor=cursor,
-                                     unread_only=unread_only)
+            page = self.list_headers(
+                folder, limit=page_size, cursor=cursor, unread_only=unread_only
+            )
             yield from page.headers
             if not page.next_cursor:
                 return
@@ -173,8 +213,9 @@ class Client:
         element(op, "Id", message_id)
         self.call(op)
 
-    def extension(self, extension_id: str, payload: etree._Element | None = None
-                  ) -> etree._Element | None:
+    def extension(
+        self, extension_id: str, payload: etree._Element | None = None
+    ) -> etree._Element | None:
         op = etree.Element(q("Extension"))
         element(op, "ExtensionId", extension_id)
         holder = element(op, "Payload")

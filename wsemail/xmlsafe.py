@@ -39,8 +39,14 @@ def parse_untrusted(data: bytes, limits: XmlLimits = XmlLimits()) -> etree._Elem
     if declared and declared.group(1).lower().replace(b"_", b"-") not in (b"utf-8", b"utf8"):
         raise RequestInvalid("only UTF-8 XML is accepted")
     parser = etree.XMLPullParser(
-        events=("start", "end"), resolve_entities=False, no_network=True, load_dtd=False,
-        dtd_validation=False, huge_tree=False, remove_comments=True, remove_pis=True,
+        events=("start", "end"),
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
     )
     depth = elements = 0
     root: etree._Element | None = None

@@ -110,8 +110,10 @@ def retrieve(
             if as_json:
                 typer.echo(json.dumps(message.as_dict()))
                 continue
-            typer.echo(f"Id: {message.id}\nMessage-Id: {message.message_id}\n"
-                       f"From: {message.sender}\nTo: {', '.join(message.to)}")
+            typer.echo(
+                f"Id: {message.id}\nMessage-Id: {message.message_id}\n"
+                f"From: {message.sender}\nTo: {', '.join(message.to)}"
+            )
             if message.cc:
                 typer.echo(f"Cc: {', '.join(message.cc)}")
             typer.echo(f"Date: {message.date}\nSubject: {message.subject}\n\n{message.body}")

@@ -11,14 +11,14 @@ from lxml import etree
 from wsemail.cli.session import open_client
 from wsemail.soap import q
 
-app = typer.Typer(help="Server plug-ins of a running server (admin account).",
-                  no_args_is_help=True)
+app = typer.Typer(help="Server plug-ins of a running server (admin account).", no_args_is_help=True)
 ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")
 UserOpt = typer.Option(None, "--user", help="admin address (or WSEMAIL_USER)")
 
 
-def _call(server: str | None, user: str | None, action: str, as_json: bool = False,
-          **attrs: str) -> None:
+def _call(
+    server: str | None, user: str | None, action: str, as_json: bool = False, **attrs: str
+) -> None:
     request = etree.Element(q("Admin"), {"action": action, **attrs})
     with open_client(server, user) as client:
         answer = client.extension("admin", request)
@@ -27,21 +27,28 @@ def _call(server: str | None, user: str | None, action: str, as_json: bool = Fal
         if as_json:
             typer.echo(json.dumps(row))
         else:
-            typer.echo(f"{row['priority']:>6}  {row['name']:16} {row['interfaces']:24} "
-                       f"{row['ref']}")
+            typer.echo(
+                f"{row['priority']:>6}  {row['name']:16} {row['interfaces']:24} {row['ref']}"
+            )
 
 
 @app.command("list")
-def list_(as_json: bool = typer.Option(False, "--json"), server: str | None = ServerOpt,
-          user: str | None = UserOpt) -> None:
+def list_(
+    as_json: bool = typer.Option(False, "--json"),
+    server: str | None = ServerOpt,
+    user: str | None = UserOpt,
+) -> None:
     """Loaded plug-ins in the order they run."""
     _call(server, user, "list", as_json)
 
 
 @app.command()
-def load(ref: str = typer.Argument(..., help="entry-point name or module:Class"),
-         priority: int = typer.Option(100, "--priority"), server: str | None = ServerOpt,
-         user: str | None = UserOpt) -> None:
+def load(
+    ref: str = typer.Argument(..., help="entry-point name or module:Class"),
+    priority: int = typer.Option(100, "--priority"),
+    server: str | None = ServerOpt,
+    user: str | None = UserOpt,
+) -> None:
     """Load a plug-in into the running server."""
     _call(server, user, "load", ref=ref, priority=str(priority))
 
@@ -53,7 +60,8 @@ def unload(name: str, server: str | None = ServerOpt, user: str | None = UserOpt
 
 
 @app.command()
-def priority(name: str, value: int, server: str | None = ServerOpt,
-             user: str | None = UserOpt) -> None:
+def priority(
+    name: str, value: int, server: str | None = ServerOpt, user: str | None = UserOpt
+) -> None:
     """Change when a plug-in runs (lower runs first)."""
     _call(server, user, "priority", name=name, priority=str(value))

@@ -27,8 +27,9 @@ def serve(
     from wsemail.server.controller import serve_forever
 
     logging.getLogger("wsemail").setLevel(logging.INFO if verbose else logging.WARNING)
-    cfg = load_config(config, data_dir, domain=domain, host=host, port=port,
-                      tls_cert=tls_cert, tls_key=tls_key)
+    cfg = load_config(
+        config, data_dir, domain=domain, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key
+    )
 
     def ready(url: str) -> None:
         typer.echo(f"wsemail: serving {cfg.domain} at {url} (data in {cfg.data_dir})")
@@ -54,17 +55,22 @@ def run_demo(url: str, data_dir: Path, domain: str) -> None:
         store.close()
     (alice, alice_pw), (bob, bob_pw) = people.items()
     with Client(url, f"{alice}@{domain}", alice_pw) as client:
-        sent = client.send([f"{bob}@{domain}"], "Hello from wsemail",
-                           "Signed, sealed, delivered over SOAP.")
+        sent = client.send(
+            [f"{bob}@{domain}"], "Hello from wsemail", "Signed, sealed, delivered over SOAP."
+        )
     with Client(url, f"{bob}@{domain}", bob_pw) as client:
         header = client.list_headers().headers[0]
         message = client.retrieve(header.id)
-    typer.echo(f"demo: {alice}@{domain} sent {sent.message_id}; {bob}@{domain} read "
-               f"{message.subject!r} from {message.sender}")
-    typer.echo("demo: try it yourself:\n"
-               f"  export WSEMAIL_SERVER={url} WSEMAIL_USER={bob}@{domain} "
-               f"WSEMAIL_PASSWORD={bob_pw}\n  wsemail list && wsemail list --json | "
-               "jq -r .id | wsemail retrieve")
+    typer.echo(
+        f"demo: {alice}@{domain} sent {sent.message_id}; {bob}@{domain} read "
+        f"{message.subject!r} from {message.sender}"
+    )
+    typer.echo(
+        "demo: try it yourself:\n"
+        f"  export WSEMAIL_SERVER={url} WSEMAIL_USER={bob}@{domain} "
+        f"WSEMAIL_PASSWORD={bob_pw}\n  wsemail list && wsemail list --json | "
+        "jq -r .id | wsemail retrieve"
+    )
 
 
 def register(app: typer.Typer) -> None:

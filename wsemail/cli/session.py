@@ -39,8 +39,11 @@ def read_config() -> dict[str, str]:
 def write_config(values: dict[str, str]) -> Path:
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f'{key} = "{value}"' for key, value in sorted(values.items())
-             if '"' not in value and "\\" not in value]
+    lines = [
+        f'{key} = "{value}"'
+        for key, value in sorted(values.items())
+        if '"' not in value and "\\" not in value
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -66,8 +69,10 @@ def keyring_set(server: str, user: str, password: str) -> None:
     try:
         keyring.set_password(KEYRING_SERVICE, _keyring_key(server, user), password)
     except NoKeyringError as exc:
-        raise UsageError("no OS keyring is available on this machine; set WSEMAIL_PASSWORD "
-                         "in the environment instead") from exc
+        raise UsageError(
+            "no OS keyring is available on this machine; set WSEMAIL_PASSWORD "
+            "in the environment instead"
+        ) from exc
     except (KeyringError, RuntimeError) as exc:
         raise UsageError(f"the OS keyring refused the password: {exc}") from exc
 
@@ -90,8 +95,7 @@ def open_client(server: str | None = None, user: str | None = None) -> Client:
     server, user = resolve(server, user)
     password = os.environ.get("WSEMAIL_PASSWORD") or keyring_get(server, user)
     if not password:
-        raise UsageError(f"no password for {user}: run 'wsemail login', or set "
-                         "WSEMAIL_PASSWORD")
+        raise UsageError(f"no password for {user}: run 'wsemail login', or set WSEMAIL_PASSWORD")
     return Client(server, user, password, verify=tls_verify())
 
 

@@ -70,8 +70,9 @@ def passwd(
 
 
 @app.command()
-def remove(address: str, data_dir: Path | None = DataDirOpt,
-           config: Path | None = ConfigOpt) -> None:
+def remove(
+    address: str, data_dir: Path | None = DataDirOpt, config: Path | None = ConfigOpt
+) -> None:
     """Delete an account and its mailbox."""
     cfg, store = _open(data_dir, config)
     try:

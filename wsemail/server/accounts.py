@@ -24,8 +24,15 @@ def _address(address: str, domain: str) -> str:
     return address
 
 
-def set_user(store: SqliteStore, domain: str, address: str, password: str, *,
-             admin: bool = False, create: bool = True) -> str:
+def set_user(
+    store: SqliteStore,
+    domain: str,
+    address: str,
+    password: str,
+    *,
+    admin: bool = False,
+    create: bool = True,
+) -> str:
     """Create an account (create=True) or change its password (create=False)."""
     address = _address(address, domain)
     if len(password) < MIN_PASSWORD:

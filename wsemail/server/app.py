@@ -74,8 +74,9 @@ class Server:
             if "wsdl" in request.query_params or request.url.query.lower() == "wsdl":
                 url = str(request.url.replace(query=""))
                 return Response(wsdl_document(url), media_type="text/xml; charset=utf-8")
-            return Response("POST SOAP 1.2 envelopes here; the WSDL is at ?wsdl\n",
-                            media_type="text/plain")
+            return Response(
+                "POST SOAP 1.2 envelopes here; the WSDL is at ?wsdl\n", media_type="text/plain"
+            )
         if self.inflight >= self.config.max_concurrency:
             return self.fault(ServerBusy("server busy, try again"))
         self.inflight += 1
@@ -152,9 +153,15 @@ class Server:
 
             def work(tx: Tx) -> tuple[etree._Element, Environment]:
                 user = authenticate(tx)
-                env = Environment(principal=user.address, domain=self.config.domain, tx=tx,
-                                  request=envelope.operation, pipeline=self.pipeline,
-                                  clock=self.clock, is_admin=user.admin)
+                env = Environment(
+                    principal=user.address,
+                    domain=self.config.domain,
+                    tx=tx,
+                    request=envelope.operation,
+                    pipeline=self.pipeline,
+                    clock=self.clock,
+                    is_admin=user.admin,
+                )
                 return operation(env, envelope.operation), env
 
             result, env = await self.store.transact(work)
@@ -166,8 +173,9 @@ class Server:
             callback()
         return result
 
-    async def password_text(self, token: UsernameToken, username: str, peer: str
-                            ) -> Callable[[Tx], UserRecord]:
+    async def password_text(
+        self, token: UsernameToken, username: str, peer: str
+    ) -> Callable[[Tx], UserRecord]:
         """UsernameToken/PasswordText: only over TLS or from loopback."""
         if self.config.tls_cert is None and not _is_loopback(peer):
             raise InvalidSecurity("PasswordText is accepted only over TLS")
@@ -223,9 +231,12 @@ def build_server(config: ServerConfig, *, clock: Callable[[], float] = time.time
     store = store_cls(config.db_path, clock=clock)
     pipeline = Pipeline(config.domain, config.plugins)
     auth = Authenticator(
-        secret, clock=clock, past_seconds=config.past_seconds,
-        future_seconds=config.future_seconds, failures_per_user=config.failures_per_user,
-        failures_per_peer=config.failures_per_peer, failure_window=config.failure_window,
+        secret,
+        clock=clock,
+        past_seconds=config.past_seconds,
+        future_seconds=config.future_seconds,
+        failures_per_user=config.failures_per_user,
+        failures_per_peer=config.failures_per_peer,
+        failure_window=config.failure_window,
     )
     return Server(config, store, pipeline, auth, clock)
-

@@ -1,28 +1,28 @@
 """Server configuration: a TOML file in the data dir, overridden by command-line flags.
 
-    domain = "example.org"
-    host = "127.0.0.1"
-    port = 8025
-    store = "sqlite-store"
-    [tls]
-    cert = "/etc/wsemail/cert.pem"
-    key = "/etc/wsemail/key.pem"
-    [limits]
-    max_request_bytes = 4194304
-    max_depth = 32
-    max_elements = 10000
-    max_concurrency = 512
-    read_timeout = 30
-    [security]
-    past_seconds = 300
-    future_seconds = 60
-    failures_per_user = 10
-    failures_per_peer = 100
-    failure_window = 60
-    [[plugins]]
-    ref = "size-limit"
-    priority = 10
-    options = { max_bytes = 2097152 }
+domain = "example.org"
+host = "127.0.0.1"
+port = 8025
+store = "sqlite-store"
+[tls]
+cert = "/etc/wsemail/cert.pem"
+key = "/etc/wsemail/key.pem"
+[limits]
+max_request_bytes = 4194304
+max_depth = 32
+max_elements = 10000
+max_concurrency = 512
+read_timeout = 30
+[security]
+past_seconds = 300
+future_seconds = 60
+failures_per_user = 10
+failures_per_peer = 100
+failure_window = 60
+[[plugins]]
+ref = "size-limit"
+priority = 10
+options = { max_bytes = 2097152 }
 """
 
 from __future__ import annotations
@@ -108,8 +108,7 @@ def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
-def load_config(path: Path | None, data_dir: Path | None = None, **overrides: Any
-                ) -> ServerConfig:
+def load_config(path: Path | None, data_dir: Path | None = None, **overrides: Any) -> ServerConfig:
     """Read `path` (or DATA_DIR/server.toml when it exists) and apply the overrides."""
     config = ServerConfig()
     if data_dir is not None:
@@ -131,11 +130,20 @@ def load_config(path: Path | None, data_dir: Path | None = None, **overrides: An
 def _apply(config: ServerConfig, raw: dict[str, Any], base: Path) -> None:
     simple = {"domain": str, "host": str, "port": int, "store": str}
     sections = {
-        "limits": {"max_request_bytes": int, "max_depth": int, "max_elements": int,
-                   "max_concurrency": int, "read_timeout": float},
-        "security": {"past_seconds": float, "future_seconds": float,
-                     "failures_per_user": int, "failures_per_peer": int,
-                     "failure_window": float},
+        "limits": {
+            "max_request_bytes": int,
+            "max_depth": int,
+            "max_elements": int,
+            "max_concurrency": int,
+            "read_timeout": float,
+        },
+        "security": {
+            "past_seconds": float,
+            "future_seconds": float,
+            "failures_per_user": int,
+            "failures_per_peer": int,
+            "failure_window": float,
+        },
     }
     try:
         if "data_dir" in raw:

@@ -46,8 +46,16 @@ def uvicorn_config(server: Server, **extra: Any) -> uvicorn.Config:
             raise UsageError("--tls-cert needs --tls-key")
         tls = {"ssl_certfile": str(config.tls_cert), "ssl_keyfile": str(config.tls_key)}
     return uvicorn.Config(
-        server.asgi(), loop="uvloop", http="httptools", lifespan="off", access_log=False,
-        log_config=None, timeout_keep_alive=30, backlog=2048, **tls, **extra,
+        server.asgi(),
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        timeout_keep_alive=30,
+        backlog=2048,
+        **tls,
+        **extra,
     )
 
 

@@ -33,9 +33,16 @@ def send(env: Environment, op: etree._Element) -> etree._Element:
         return result
     date = datetime.fromtimestamp(env.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     message = Message(
-        id="", message_id=message_id, folder="sent", sender=env.principal, to=draft.to,
-        cc=draft.cc, subject=draft.subject, date=date,
-        size=len(draft.body.encode()) + len(draft.subject.encode()), seen=True,
+        id="",
+        message_id=message_id,
+        folder="sent",
+        sender=env.principal,
+        to=draft.to,
+        cc=draft.cc,
+        subject=draft.subject,
+        date=date,
+        size=len(draft.body.encode()) + len(draft.subject.encode()),
+        seen=True,
         body=draft.body,
     )
     for processor in env.pipeline.sending:

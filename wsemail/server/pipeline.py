@@ -97,8 +97,9 @@ class LocalMTA(Plugin, ABC):
 
 class MailQueue(Plugin, ABC):
     @abstractmethod
-    def enqueue(self, message: Message, domain: str, recipients: list[str],
-                env: Environment) -> None:
+    def enqueue(
+        self, message: Message, domain: str, recipients: list[str], env: Environment
+    ) -> None:
         """Record the message for delivery to `domain` in the current transaction."""
 
 
@@ -202,9 +203,10 @@ class Pipeline:
                 raise PluginError(f"plug-in {name!r} is not loaded")
             for role in ("local-mta",):
                 kind = INTERFACES[role]
-                if isinstance(entry.plugin, kind) and sum(
-                    isinstance(e.plugin, kind) for e in self._loaded.values()
-                ) == 1:
+                if (
+                    isinstance(entry.plugin, kind)
+                    and sum(isinstance(e.plugin, kind) for e in self._loaded.values()) == 1
+                ):
                     raise PluginError(f"{name!r} is the only {role}; load another one first")
             del self._loaded[name]
             self._rebuild()
@@ -222,11 +224,13 @@ class Pipeline:
         return sorted(self._loaded.values(), key=lambda e: (e.priority, e.name))
 
     def _rebuild(self) -> None:
-        ordered = [e.plugin for e in sorted(self._loaded.values(),
-                                            key=lambda e: (e.priority, e.name))]
+        ordered = [
+            e.plugin for e in sorted(self._loaded.values(), key=lambda e: (e.priority, e.name))
+        ]
         self.sending = tuple(p for p in ordered if isinstance(p, SendingProcessor))
         self.delivery = tuple(p for p in ordered if isinstance(p, DeliveryProcessor))
-        self.extensions = {p.extension_id: p for p in reversed(ordered)
-                           if isinstance(p, ExtensionProcessor)}
+        self.extensions = {
+            p.extension_id: p for p in reversed(ordered) if isinstance(p, ExtensionProcessor)
+        }
         self.local_mta = next((p for p in ordered if isinstance(p, LocalMTA)), None)
         self.queue = next((p for p in ordered if isinstance(p, MailQueue)), None)

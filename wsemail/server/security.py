@@ -59,10 +59,17 @@ class FailureLimiter:
 
 
 class Authenticator:
-    def __init__(self, secret: bytes, *, clock: Callable[[], float] = time.time,
-                 past_seconds: float = 300, future_seconds: float = 60,
-                 failures_per_user: int = 10, failures_per_peer: int = 100,
-                 failure_window: float = 60) -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        *,
+        clock: Callable[[], float] = time.time,
+        past_seconds: float = 300,
+        future_seconds: float = 60,
+        failures_per_user: int = 10,
+        failures_per_peer: int = 100,
+        failure_window: float = 60,
+    ) -> None:
         self.secret = secret
         self.clock = clock
         self.past = past_seconds
@@ -84,8 +91,9 @@ class Authenticator:
 
     # checks outside the transaction ------------------------------------------------------
     def check_rate(self, username: str, peer: str) -> None:
-        if self.limiter.over("u:" + username, self.per_user, self.window) or \
-                self.limiter.over("p:" + peer, self.per_peer, self.window):
+        if self.limiter.over("u:" + username, self.per_user, self.window) or self.limiter.over(
+            "p:" + peer, self.per_peer, self.window
+        ):
             raise RateLimited("too many failed authentications; try again later")
 
     def record_failure(self, username: str, peer: str) -> None:
@@ -108,15 +116,17 @@ class Authenticator:
         return base64.b64encode(decode_nonce(token.nonce)).decode("ascii")
 
     # checks inside the transaction -------------------------------------------------------
-    def verify_mac(self, tx: Tx, token: UsernameToken, nonce: str, operation: str,
-                   body_c14n: bytes) -> UserRecord:
+    def verify_mac(
+        self, tx: Tx, token: UsernameToken, nonce: str, operation: str, body_c14n: bytes
+    ) -> UserRecord:
         """Nonce not seen → MAC; then remember the nonce in this transaction."""
         if tx.nonce_seen(token.username, nonce):
             raise ReplayDetected("this request was already received")
         user = tx.user(token.username)
         key = user.key if user is not None else self.fake_key(token.username)
-        expected = compute_mac(key, operation, token.username, token.nonce or "",
-                               token.created or "", body_c14n)
+        expected = compute_mac(
+            key, operation, token.username, token.nonce or "", token.created or "", body_c14n
+        )
         if not mac_matches(expected, token.password) or user is None:
             raise AuthenticationFailed(FAILED)
         self.remember(tx, token.username, nonce)
@@ -127,8 +137,7 @@ class Authenticator:
             raise ReplayDetected("this request was already received")
 
     # UsernameToken with PasswordText (third-party toolkits) ---------------------------------
-    async def check_password(self, user: UserRecord | None, username: str, password: str
-                             ) -> None:
+    async def check_password(self, user: UserRecord | None, username: str, password: str) -> None:
         """Derive once per (user, password) and remember it briefly; never store the text."""
         fingerprint = hmac.new(self.secret, password.encode(), "sha256").digest()
         cache_key = (username, fingerprint)

@@ -183,16 +183,31 @@ class Tx:
         cursor = self.conn.execute(
             "INSERT INTO messages(id, owner, folder, message_id, sender, to_json, cc_json, "
             "subject, date, size, seen, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (public_id, owner, folder, msg.message_id, msg.sender, json.dumps(msg.to),
-             json.dumps(msg.cc), msg.subject, msg.date, msg.size, int(msg.seen), msg.body),
+            (
+                public_id,
+                owner,
+                folder,
+                msg.message_id,
+                msg.sender,
+                json.dumps(msg.to),
+                json.dumps(msg.cc),
+                msg.subject,
+                msg.date,
+                msg.size,
+                int(msg.seen),
+                msg.body,
+            ),
         )
         assert cursor.lastrowid is not None
         return public_id, cursor.lastrowid
 
-    def list_headers(self, owner: str, folder: str, limit: int, before_seq: int | None,
-                     unread_only: bool) -> list[tuple[int, MessageHeader]]:
-        sql = ("SELECT seq, id, message_id, folder, sender, to_json, cc_json, subject, date, "
-               "size, seen FROM messages WHERE owner=? AND folder=?")
+    def list_headers(
+        self, owner: str, folder: str, limit: int, before_seq: int | None, unread_only: bool
+    ) -> list[tuple[int, MessageHeader]]:
+        sql = (
+            "SELECT seq, id, message_id, folder, sender, to_json, cc_json, subject, date, "
+            "size, seen FROM messages WHERE owner=? AND folder=?"
+        )
         args: list[Any] = [owner, folder]
         if before_seq is not None:
             sql += " AND seq<?"
@@ -214,14 +229,18 @@ class Tx:
         return Message(**vars(_header(row[:10])), body=row[10])
 
     def mark_seen(self, owner: str, public_id: str) -> None:
-        self.conn.execute("UPDATE messages SET seen=1 WHERE owner=? AND id=? AND seen=0",
-                          (owner, public_id))
+        self.conn.execute(
+            "UPDATE messages SET seen=1 WHERE owner=? AND id=? AND seen=0", (owner, public_id)
+        )
 
     def delete_message(self, owner: str, public_id: str) -> bool:
-        return self.conn.execute(
-            "DELETE FROM messages WHERE owner=? AND id=?",
-            (owner, public_id),
-        ).rowcount > 0
+        return (
+            self.conn.execute(
+                "DELETE FROM messages WHERE owner=? AND id=?",
+                (owner, public_id),
+            ).rowcount
+            > 0
+        )
 
     def count_messages(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM messages").fetchone()[0])
@@ -232,15 +251,30 @@ class Tx:
         self.conn.execute(
             "INSERT INTO queue(message_id, sender, domain, payload, recipients_json, "
             "next_attempt, created) VALUES (?,?,?,?,?,?,?)",
-            (msg.message_id, msg.sender, domain, payload, json.dumps(recipients), self.now,
-             self.now),
+            (
+                msg.message_id,
+                msg.sender,
+                domain,
+                payload,
+                json.dumps(recipients),
+                self.now,
+                self.now,
+            ),
         )
 
 
 def _header(row: tuple[Any, ...]) -> MessageHeader:
     return MessageHeader(
-        id=row[0], message_id=row[1], folder=row[2], sender=row[3], to=json.loads(row[4]),
-        cc=json.loads(row[5]), subject=row[6], date=row[7], size=row[8], seen=bool(row[9]),
+        id=row[0],
+        message_id=row[1],
+        folder=row[2],
+        sender=row[3],
+        to=json.loads(row[4]),
+        cc=json.loads(row[5]),
+        subject=row[6],
+        date=row[7],
+        size=row[8],
+        seen=bool(row[9]),
     )
 
 
@@ -252,8 +286,9 @@ class SqliteStore:
 
     name = "sqlite-store"
 
-    def __init__(self, path: Path | str, *, batch_max: int = 256,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, path: Path | str, *, batch_max: int = 256, clock: Callable[[], float] = time.time
+    ) -> None:
         self.path = Path(path)
         self.batch_max = batch_max
         self.clock = clock
@@ -294,8 +329,7 @@ class SqliteStore:
     def _ensure_thread(self) -> None:
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="wsemail-store",
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._run, name="wsemail-store", daemon=True)
                 self._thread.start()
 
     def _run(self) -> None:

@@ -41,8 +41,9 @@ class Admin(ExtensionProcessor):
         name = request.get("name", "")
         try:
             if action == "load":
-                env.pipeline.load(PluginSpec(request.get("ref") or name,
-                                             _priority(request.get("priority"))))
+                env.pipeline.load(
+                    PluginSpec(request.get("ref") or name, _priority(request.get("priority")))
+                )
             elif action == "unload":
                 env.pipeline.unload(name)
             elif action == "priority":

@@ -14,8 +14,9 @@ class SqliteQueue(MailQueue):
 
     name = "sqlite-queue"
 
-    def enqueue(self, message: Message, domain: str, recipients: list[str],
-                env: Environment) -> None:
+    def enqueue(
+        self, message: Message, domain: str, recipients: list[str], env: Environment
+    ) -> None:
         holder = etree.Element("holder")
         payload = etree.tostring(message.to_xml(holder))
         env.tx.enqueue(message, domain, recipients, payload)

@@ -20,11 +20,13 @@ class RelayPolicy(SendingProcessor):
     def permits(self, domain: str, local_domain: str) -> bool:
         if domain == local_domain:
             return True
-        return any(domain == a or (a.startswith("*.") and domain.endswith(a[1:]))
-                   for a in self.allow)
+        return any(
+            domain == a or (a.startswith("*.") and domain.endswith(a[1:])) for a in self.allow
+        )
 
     def process_outgoing(self, message: Message, env: Environment) -> None:
-        denied = [r for r in [*message.to, *message.cc]
-                  if not self.permits(domain_of(r), env.domain)]
+        denied = [
+            r for r in [*message.to, *message.cc] if not self.permits(domain_of(r), env.domain)
+        ]
         if denied:
             raise RelayDenied("relaying denied for " + ", ".join(sorted(set(denied))))
