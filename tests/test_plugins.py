@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN, Cli, Running, start_server
 from lxml import etree
 
 from wsemail.errors import MessageTooLarge, PluginError, Rejected, RelayDenied
 from wsemail.server import pipeline
 from wsemail.server.pipeline import INTERFACES, Pipeline, PluginSpec
 from wsemail.soap import q
+
+from conftest import ADMIN, Cli, Running, start_server
 
 
 def test_default_pipeline_lists_builtins_in_priority_order(cli: Cli) -> None:

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PASSWORD, Running, fault_subcode, start_server
 from lxml import etree
 
 from wsemail import soap
 from wsemail.auth import Credentials
 from wsemail.soap import WSSE, q
+
+from conftest import PASSWORD, Running, fault_subcode, start_server
 
 SEND = (
     b'<w:Send xmlns:w="urn:wsemail"><w:Message><w:To>bob@localhost</w:To>'
@@ -272,3 +273,42 @@ def test_failed_logins_are_rate_limited_then_recover(tmp_path: Path) -> None:
         assert limited.client("alice@localhost", PASSWORD).list_headers().headers == []
     finally:
         limited.stop()
+
+
+def _slow_body(pause: float, parts: int = 4):  # type: ignore[no-untyped-def]
+    import time
+
+    for _ in range(parts):
+        time.sleep(pause)
+        yield b"<a>"
+
+
+def test_concurrency_limit_answers_503_and_recovers(tmp_path: Path) -> None:
+    busy = start_server(tmp_path / "s", max_concurrency=1)
+    try:
+        before = busy.stored()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(httpx.post, busy.url, content=_slow_body(0.3), timeout=10)
+            import time
+
+            time.sleep(0.3)
+            refused = busy.post(b"<x/>")
+            assert refused.status_code == 503 and fault_subcode(refused) == "wsemail:Busy"
+            assert slow.result().status_code == 400  # "<a><a>…" is not XML
+        assert busy.stored() == before
+        busy.client("carol@localhost").list_headers()
+    finally:
+        busy.stop()
+
+
+def test_slow_request_body_times_out(tmp_path: Path) -> None:
+    slow = start_server(tmp_path / "s", read_timeout=0.3)
+    try:
+        before = slow.stored()
+        response = httpx.post(slow.url, content=_slow_body(0.2), timeout=10)
+        assert response.status_code == 408
+        assert fault_subcode(response) == "wsemail:InvalidRequest"
+        assert slow.stored() == before
+        slow.client("carol@localhost").list_headers()
+    finally:
+        slow.stop()

@@ -10,14 +10,15 @@ from pathlib import Path
 import httpx
 import pytest
 import requests
-from certs import make_tls_files
-from conftest import PASSWORD, fault_subcode, start_server, wsemail_binary
 from zeep import Client as ZeepClient
 from zeep.transports import Transport
 from zeep.wsse.username import UsernameToken
 
 from wsemail.client import Client
 from wsemail.errors import TransportError
+
+from certs import make_tls_files
+from conftest import PASSWORD, fault_subcode, start_server, wsemail_binary
 
 
 def test_tls_for_the_client_cli_and_a_third_party_toolkit(tmp_path: Path) -> None:

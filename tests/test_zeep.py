@@ -4,10 +4,11 @@ standard WS-Security UsernameToken (PasswordText)."""
 from __future__ import annotations
 
 import pytest
-from conftest import PASSWORD, Running
 from zeep import Client as ZeepClient
 from zeep.exceptions import Fault
 from zeep.wsse.username import UsernameToken
+
+from conftest import PASSWORD, Running
 
 
 def test_zeep_lists_headers_with_a_username_token(server: Running) -> None:

@@ -14,10 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lxml import etree
-from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from wsemail import soap
 from wsemail.auth import (
@@ -49,6 +48,7 @@ from wsemail.soap import element, q, text_of
 from wsemail.xmlsafe import c14n, parse_untrusted
 
 log = logging.getLogger("wsemail.server")
+PATH = "/wsemail"
 
 
 class RequestTimeout(RequestInvalid):
@@ -66,8 +66,26 @@ class Server:
     clock: Callable[[], float] = time.time
     inflight: int = 0
 
-    def asgi(self) -> Starlette:
-        return Starlette(routes=[Route("/wsemail", self.endpoint, methods=["GET", "POST"])])
+    def asgi(self) -> ASGIApp:
+        """The ASGI application: one path, no middleware stack on the hot path."""
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                return
+            if scope["path"] != PATH:
+                response = Response("not found\n", status_code=404, media_type="text/plain")
+            elif scope["method"] not in ("GET", "POST"):
+                response = Response(
+                    "use POST\n",
+                    status_code=405,
+                    media_type="text/plain",
+                    headers={"allow": "GET, POST"},
+                )
+            else:
+                response = await self.endpoint(Request(scope, receive))
+            await response(scope, receive, send)
+
+        return app
 
     async def endpoint(self, request: Request) -> Response:
         if request.method == "GET":
@@ -115,7 +133,8 @@ class Server:
                 chunks.append(chunk)
 
         try:
-            await asyncio.wait_for(collect(), self.config.read_timeout)
+            async with asyncio.timeout(self.config.read_timeout):
+                await collect()
         except TimeoutError as exc:
             raise RequestTimeout("timed out reading the request") from exc
         return b"".join(chunks)

@@ -98,6 +98,16 @@ class ServerConfig:
                 out.write(secrets.token_bytes(32))
                 out.flush()
                 os.fsync(out.fileno())
+        config_file = self.data_dir / CONFIG_NAME
+        if not config_file.exists():  # a commented template for the operator; no effect
+            body = (__doc__ or "").split("\n\n", 1)[1].split('"""')[0]
+            lines = [f"# {line.strip()}" if line.strip() else "#" for line in body.splitlines()]
+            config_file.write_text(
+                "# wsemail server config. Uncomment and edit; flags of `wsemail serve` win.\n"
+                + "\n".join(lines).rstrip("#\n")
+                + "\n",
+                encoding="utf-8",
+            )
         return secret_file.read_bytes()
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+import uvloop
 
 from wsemail.errors import UsageError
 from wsemail.server.app import Server, build_server
@@ -95,7 +96,7 @@ class ServerController:
     def _run(self) -> None:
         assert self._uvicorn is not None and self._sock is not None
         try:
-            asyncio.run(self._uvicorn.serve(sockets=[self._sock]))
+            uvloop.run(self._uvicorn.serve(sockets=[self._sock]))
         except BaseException as exc:  # reported by start()
             self._error = exc
 
@@ -135,7 +136,7 @@ def serve_forever(config: ServerConfig, on_ready: Callable[[str], None] | None =
     # handler that was there before it: make that a no-op so the store closes cleanly.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        asyncio.run(main())
+        uvloop.run(main())
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
