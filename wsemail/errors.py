@@ -11,10 +11,13 @@
         │   ├── AuthenticationFailed   unknown user or wrong password/MAC        (401, exit 2)
         │   ├── MessageExpired         timestamp outside the freshness window    (401, exit 2)
         │   ├── ReplayDetected         nonce already seen                        (401, exit 2)
+        │   ├── SignatureInvalid       XMLDSIG missing, malformed or not binding (401, exit 2)
+        │   ├── UntrustedSigner        chain, role, domain or revocation refused (403, exit 2)
         │   └── RateLimited            too many failed authentications           (429, exit 2)
         ├── Forbidden                  authenticated, but not allowed            (403, exit 4)
         ├── NotFound                   no such message for this user             (404, exit 4)
         ├── Rejected                   a processor refused the message    (400/403/413, exit 4)
+        ├── RevocationUnavailable      no current CRL: fail closed, retry later  (503, exit 3)
         └── ServerBusy / ServerError   the server cannot take it now             (503/500, exit 3)
 
 Every RemoteFault carries the SOAP 1.2 code (Sender/Receiver), a WS-Security or urn:wsemail
@@ -104,6 +107,29 @@ class MessageExpired(SecurityFault):
 class ReplayDetected(SecurityFault):
     subcode = "wsemail:Replay"
     status = 401
+
+
+class SignatureInvalid(SecurityFault):
+    """An XMLDSIG signature is missing, malformed, wrong, or does not bind what is read."""
+
+    subcode = "wsse:FailedCheck"
+    status = 401
+
+
+class UntrustedSigner(SecurityFault):
+    """The signer's chain, role, domain or revocation status is not acceptable."""
+
+    subcode = "wsse:SecurityTokenUnavailable"
+    status = 403
+
+
+class RevocationUnavailable(RemoteFault):
+    """No current CRL for a chain element: refused for now (fail closed), retryable."""
+
+    code = "Receiver"
+    subcode = "wsemail:RevocationUnavailable"
+    status = 503
+    exit_code = 3
 
 
 class RateLimited(SecurityFault):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shutil
+import sys
 from pathlib import Path
 
 import typer
@@ -65,11 +67,12 @@ def run_demo(url: str, data_dir: Path, domain: str) -> None:
         f"demo: {alice}@{domain} sent {sent.message_id}; {bob}@{domain} read "
         f"{message.subject!r} from {message.sender}"
     )
+    me = "wsemail" if shutil.which("wsemail") else sys.argv[0]
     typer.echo(
-        "demo: try it yourself:\n"
+        "demo: try it yourself in another terminal:\n"
         f"  export WSEMAIL_SERVER={url} WSEMAIL_USER={bob}@{domain} "
-        f"WSEMAIL_PASSWORD={bob_pw}\n  wsemail list && wsemail list --json | "
-        "jq -r .id | wsemail retrieve"
+        f"WSEMAIL_PASSWORD={bob_pw}\n  {me} list && {me} list --json | jq -r .id | "
+        f"{me} retrieve"
     )
 
 
