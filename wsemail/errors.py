@@ -3,6 +3,8 @@
     WsemailError
     ├── UsageError                 local mistake: bad argument, missing config      (CLI exit 1)
     ├── TransportError             server or network unreachable, TLS failure       (CLI exit 3)
+    │   └── RoutingError           no answer from DNS for a domain (temporary)
+    │       └── NoRoute            the domain has no wsemail service (permanent)
     ├── StoreError                 the local database refused or is corrupt
     ├── PluginError                a plug-in could not be found, loaded or run
     └── RemoteFault                anything a peer may be told, as a SOAP fault
@@ -44,6 +46,14 @@ class TransportError(WsemailError):
     """The server could not be reached or the connection failed."""
 
     exit_code = 3
+
+
+class RoutingError(TransportError):
+    """A destination domain could not be resolved now (timeout, SERVFAIL): retry later."""
+
+
+class NoRoute(RoutingError):
+    """The destination domain has no wsemail service (NXDOMAIN, no SRV, or target ".")."""
 
 
 class StoreError(WsemailError):
