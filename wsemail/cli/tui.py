@@ -1,0 +1,16 @@
+"""`wsemail tui`: the terminal mail client. Textual is imported only when the command runs,
+so the rest of the CLI (and the headless core) never loads it."""
+
+from __future__ import annotations
+
+import typer
+
+
+def tui(
+    server: str | None = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)"),
+    user: str | None = typer.Option(None, "--user", help="your address (or WSEMAIL_USER)"),
+) -> None:
+    """Open the terminal client: inbox, message view, compose (press ? for keys)."""
+    from wsemail.tui.app import run
+
+    run(server, user)

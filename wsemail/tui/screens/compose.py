@@ -1,0 +1,171 @@
+"""In charge of writing and sending a message (paper, Figure 7): To and Cc with completion
+from past correspondents, subject, body in a TextArea or in $EDITOR, send.
+
+Delivery options (send as IM, attach files, fill a form) go in `compose_options` once the
+server offers them; until then the screen shows none rather than switches that do nothing."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult, SuspendNotSupported
+from textual.binding import Binding
+from textual.containers import Grid
+from textual.message import Message
+from textual.widgets import Footer, Header, Input, Label, TextArea
+
+from wsemail.client import Client, SendResult
+from wsemail.errors import WsemailError
+from wsemail.tui.drafts import ComposeDraft, parse_addresses
+from wsemail.tui.feedback import describe
+from wsemail.tui.mailbox import AddressBook
+from wsemail.tui.screens.base import Failed, WorkScreen
+from wsemail.tui.screens.confirm import ConfirmScreen
+from wsemail.tui.widgets.compose.address_input import AddressInput
+
+
+def editor_command() -> list[str]:
+    return shlex.split(os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi")
+
+
+class ComposeScreen(WorkScreen[bool]):
+    """Dismisses with True once the server accepted the message."""
+
+    CSS_PATH = "compose.tcss"
+    BINDINGS = [
+        Binding("ctrl+s", "send", "Send", priority=True),
+        Binding("ctrl+o", "edit_external", "Edit in $EDITOR", priority=True),
+        Binding("escape", "cancel", "Cancel"),
+    ]
+
+    class Sent(Message):
+        def __init__(self, result: SendResult, recipients: list[str]) -> None:
+            super().__init__()
+            self.result = result
+            self.recipients = recipients
+
+    def __init__(self, client: Client, book: AddressBook, draft: ComposeDraft) -> None:
+        super().__init__()
+        self.client = client
+        self.book = book
+        self.draft = draft
+        self.sending = False
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Grid(id="compose-fields"):
+            yield Label("To", classes="compose-label")
+            yield AddressInput(
+                self.book,
+                ", ".join(self.draft.to),
+                id="compose-to",
+                placeholder="bob@example.org, …",
+            )
+            yield Label("Cc", classes="compose-label")
+            yield AddressInput(self.book, ", ".join(self.draft.cc), id="compose-cc", placeholder="")
+            yield Label("Subject", classes="compose-label")
+            yield Input(self.draft.subject, id="compose-subject")
+        yield from self.compose_options()
+        yield TextArea(self.draft.body, id="compose-body", soft_wrap=True)
+        yield Footer()
+
+    def compose_options(self) -> ComposeResult:
+        """Delivery options (IM, attachments, forms): none exist yet on the server side."""
+        yield from ()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"{self.client.username} — new message"
+        if not self.draft.to:
+            self.query_one("#compose-to", Input).focus()
+        else:
+            self.query_one("#compose-body", TextArea).focus()
+
+    # reading the form ---------------------------------------------------------------------
+    def _value(self, selector: str) -> str:
+        return self.query_one(selector, Input).value
+
+    @property
+    def body(self) -> str:
+        return self.query_one("#compose-body", TextArea).text
+
+    @property
+    def dirty(self) -> bool:
+        return (
+            self._value("#compose-to") != ", ".join(self.draft.to)
+            or self._value("#compose-cc") != ", ".join(self.draft.cc)
+            or self._value("#compose-subject") != self.draft.subject
+            or self.body != self.draft.body
+        )
+
+    # actions ------------------------------------------------------------------------------
+    def action_send(self) -> None:
+        if self.sending:
+            return
+        try:
+            to = parse_addresses(self._value("#compose-to"))
+            cc = parse_addresses(self._value("#compose-cc"))
+        except WsemailError as exc:
+            self.notify(describe(exc), title="Cannot send", severity="error")
+            return
+        if not to and not cc:
+            self.notify("add at least one recipient", title="Cannot send", severity="error")
+            self.query_one("#compose-to", Input).focus()
+            return
+        subject = self._value("#compose-subject").strip()
+        self.sending = True
+        self.notify("Sending…", timeout=2)
+        self.send(to, cc, subject, self.body)
+
+    @work(thread=True, group="send")
+    def send(self, to: list[str], cc: list[str], subject: str, body: str) -> None:
+        try:
+            result = self.client.send(to, subject, body, cc=cc)
+        except Exception as exc:
+            self.fail("Not sent", exc)
+        else:
+            self.post_message(self.Sent(result, [*to, *cc]))
+
+    def on_failed(self, event: Failed) -> None:
+        # WorkScreen.on_failed (run after this one: Textual walks the MRO) shows the error
+        self.sending = False
+
+    def on_compose_screen_sent(self, event: ComposeScreen.Sent) -> None:
+        self.book.add(event.recipients)
+        self.notify(f"Sent to {', '.join(event.recipients)}", title="Message sent")
+        self.dismiss(True)
+
+    def action_cancel(self) -> None:
+        if not self.dirty:
+            self.dismiss(False)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.dismiss(False)
+
+        self.app.push_screen(ConfirmScreen("Discard this draft?", yes="Discard"), answered)
+
+    def action_edit_external(self) -> None:
+        """Edit the body in $VISUAL / $EDITOR while the app is suspended."""
+        area = self.query_one("#compose-body", TextArea)
+        with tempfile.TemporaryDirectory(prefix="wsemail-") as folder:
+            path = Path(folder) / "draft.txt"
+            path.write_text(area.text, encoding="utf-8")
+            try:
+                with self.app.suspend():
+                    code = subprocess.run([*editor_command(), str(path)], check=False).returncode
+            except SuspendNotSupported:
+                self.notify("this terminal cannot run an editor", severity="error")
+                return
+            except OSError as exc:
+                self.notify(f"cannot start the editor: {exc}", severity="error")
+                return
+            if code != 0:
+                self.notify(f"the editor exited with {code}; body unchanged", severity="warning")
+                return
+            area.text = path.read_text(encoding="utf-8")

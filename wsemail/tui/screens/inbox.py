@@ -1,0 +1,278 @@
+"""In charge of the folder view (paper, Figure 5): one folder's headers, paged in from the
+server as the user nears the end, filtered locally, kept fresh by polling ListHeaders.
+
+Later, IM push replaces the poll and the marker column fills with provenance, attachment,
+form and IM markers (see `wsemail.tui.mailbox.markers`)."""
+
+from __future__ import annotations
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Header, Input, Label
+
+from wsemail.client import Client, Page
+from wsemail.tui.drafts import ComposeDraft
+from wsemail.tui.mailbox import AddressBook, Mailbox
+from wsemail.tui.screens.base import WorkScreen
+from wsemail.tui.screens.compose import ComposeScreen
+from wsemail.tui.screens.confirm import ConfirmScreen
+from wsemail.tui.screens.message import MessageScreen
+from wsemail.tui.widgets.inbox.header_table import HeaderTable
+
+FOLDER_TITLES = {"inbox": "Inbox", "sent": "Sent"}
+
+
+class InboxScreen(WorkScreen[None]):
+    CSS_PATH = "inbox.tcss"
+    BINDINGS = [
+        Binding("c", "compose", "Compose"),
+        Binding("d,delete", "delete", "Delete"),
+        Binding("i", "folder('inbox')", "Inbox"),
+        Binding("s", "folder('sent')", "Sent"),
+        Binding("slash", "filter", "Filter"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+        Binding("ctrl+r", "reload", "Reload", show=False),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    class PageLoaded(Message):
+        """`page` is None when the fetch failed (already reported)."""
+
+        def __init__(self, generation: int, page: Page | None) -> None:
+            super().__init__()
+            self.generation = generation
+            self.page = page
+
+    class Polled(Message):
+        def __init__(self, generation: int, page: Page) -> None:
+            super().__init__()
+            self.generation = generation
+            self.page = page
+
+    class Deleted(Message):
+        def __init__(self, message_id: str) -> None:
+            super().__init__()
+            self.message_id = message_id
+
+    def __init__(
+        self,
+        client: Client,
+        book: AddressBook,
+        *,
+        page_size: int = 50,
+        poll_seconds: float = 5.0,
+    ) -> None:
+        super().__init__()
+        self.client = client
+        self.book = book
+        self.page_size = page_size
+        self.poll_seconds = poll_seconds
+        self.mailbox = Mailbox()
+        self.generation = 0
+        self.loading = False
+        self.polling = False
+        self._poll_timer: Timer | None = None
+
+    # layout -------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="inbox-bar"):
+            yield Label("", id="folder-label")
+            yield Label("", id="inbox-status")
+        yield Input(placeholder="filter loaded headers: sender, recipient, subject", id="filter")
+        yield HeaderTable(id="headers")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.client.username
+        self.query_one("#filter", Input).display = False
+        self.query_one(HeaderTable).focus()
+        self._load_folder("inbox")
+        if self.poll_seconds > 0:
+            self._poll_timer = self.set_interval(self.poll_seconds, self._poll_tick)
+
+    @property
+    def table(self) -> HeaderTable:
+        return self.query_one(HeaderTable)
+
+    @property
+    def filter_text(self) -> str:
+        field = self.query_one("#filter", Input)
+        return field.value if field.display else ""
+
+    def _update_status(self) -> None:
+        box = self.mailbox
+        self.query_one("#folder-label", Label).update(FOLDER_TITLES.get(box.folder, box.folder))
+        shown = self.table.row_count
+        parts = [f"{len(box.headers)} loaded"]
+        if self.filter_text:
+            parts.insert(0, f"{shown} match")
+        if box.loaded and box.more:
+            parts.append("more on server")
+        if self.loading:
+            parts.append("loading…")
+        self.query_one("#inbox-status", Label).update(" · ".join(parts))
+
+    def _show_all(self) -> None:
+        self.table.show(self.mailbox.matching(self.filter_text))
+        self._update_status()
+
+    # loading ------------------------------------------------------------------------------
+    def _load_folder(self, folder: str) -> None:
+        self.generation += 1
+        self.mailbox = Mailbox(folder)
+        self.loading = False
+        self.table.show([])
+        self._load_more()
+
+    def _load_more(self) -> None:
+        if self.loading or not self.mailbox.more:
+            return
+        self.loading = True
+        self._update_status()
+        self.fetch_page(self.mailbox.folder, self.mailbox.next_cursor, self.generation)
+
+    @work(thread=True, group="page")
+    def fetch_page(self, folder: str, cursor: str | None, generation: int) -> None:
+        try:
+            page = self.client.list_headers(folder, limit=self.page_size, cursor=cursor)
+        except Exception as exc:
+            self.fail("Cannot list messages", exc)
+            self.post_message(self.PageLoaded(generation, None))
+        else:
+            self.post_message(self.PageLoaded(generation, page))
+
+    def on_inbox_screen_page_loaded(self, event: InboxScreen.PageLoaded) -> None:
+        if event.generation != self.generation:
+            return
+        self.loading = False
+        if event.page is None:
+            self._update_status()  # keep the cursor: the next scroll or ctrl+r tries again
+            return
+        fresh = self.mailbox.add_page(event.page)
+        self.book.learn(fresh)
+        if self.filter_text:
+            self._show_all()
+        else:
+            self.table.append(fresh)
+            self._update_status()
+        self.call_after_refresh(self.table.check_near_end)
+
+    @on(HeaderTable.NearEnd)
+    def _near_end(self) -> None:
+        if self.mailbox.loaded:
+            self._load_more()
+
+    def _poll_tick(self) -> None:
+        if self.loading or self.polling or not self.mailbox.loaded:
+            return
+        self.polling = True
+        self.poll(self.mailbox.folder, self.generation)
+
+    @work(thread=True, exclusive=True, group="poll")
+    def poll(self, folder: str, generation: int) -> None:
+        try:
+            page = self.client.list_headers(folder, limit=self.page_size)
+        except Exception as exc:
+            self.fail("Cannot check for new mail", exc)
+            self.post_message(self.Polled(-1, Page([], None)))
+        else:
+            self.post_message(self.Polled(generation, page))
+
+    def on_inbox_screen_polled(self, event: InboxScreen.Polled) -> None:
+        self.polling = False
+        if event.generation != self.generation:
+            return
+        fresh = self.mailbox.merge_newest(event.page)
+        if fresh is None:
+            self._load_folder(self.mailbox.folder)
+            return
+        if not fresh:
+            return
+        self.book.learn(fresh)
+        self._show_all()
+        if self.mailbox.folder == "inbox":
+            count = len(fresh)
+            self.notify(f"{count} new message{'s' if count > 1 else ''}", title="New mail")
+
+    # actions ------------------------------------------------------------------------------
+    def action_folder(self, folder: str) -> None:
+        if folder != self.mailbox.folder:
+            self._load_folder(folder)
+        self.table.focus()
+
+    def action_reload(self) -> None:
+        self._load_folder(self.mailbox.folder)
+
+    def action_filter(self) -> None:
+        field = self.query_one("#filter", Input)
+        field.display = True
+        field.focus()
+
+    def action_clear_filter(self) -> None:
+        field = self.query_one("#filter", Input)
+        if field.display:
+            field.value = ""
+            field.display = False
+            self._show_all()
+            self.table.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self) -> None:
+        self._show_all()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        self.table.focus()
+
+    def action_compose(self) -> None:
+        self.app.push_screen(ComposeScreen(self.client, self.book, ComposeDraft()))
+
+    @on(DataTable.RowSelected, "#headers")
+    def _open(self, event: DataTable.RowSelected) -> None:
+        message_id = event.row_key.value
+        if message_id is None:
+            return
+        self.mailbox.mark_seen(message_id)
+        self._show_all()
+        self.app.push_screen(
+            MessageScreen(self.client, self.book, message_id), self._message_closed
+        )
+
+    def _message_closed(self, deleted: str | None) -> None:
+        if deleted:
+            self._remove(deleted)
+
+    def action_delete(self) -> None:
+        message_id = self.table.selected_id
+        if message_id is None:
+            return
+        header = self.mailbox.get(message_id)
+        subject = header.subject if header else ""
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.delete(message_id)
+
+        self.app.push_screen(ConfirmScreen(f"Delete “{subject}”?", yes="Delete"), answered)
+
+    @work(thread=True, group="delete")
+    def delete(self, message_id: str) -> None:
+        try:
+            self.client.delete(message_id)
+        except Exception as exc:
+            self.fail("Cannot delete", exc)
+        else:
+            self.post_message(self.Deleted(message_id))
+
+    def on_inbox_screen_deleted(self, event: InboxScreen.Deleted) -> None:
+        self._remove(event.message_id)
+        self.notify("Message deleted")
+
+    def _remove(self, message_id: str) -> None:
+        self.mailbox.remove(message_id)
+        self._show_all()
