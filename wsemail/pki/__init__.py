@@ -21,6 +21,8 @@ from wsemail.pki._common import (
     ServerFiles,
     fingerprint,
     now_utc,
+    read_cert,
+    read_crl,
     thumbprint,
 )
 from wsemail.pki.authority import (
@@ -47,6 +49,8 @@ __all__ = [
     "issue_server",
     "list_issued",
     "now_utc",
+    "read_cert",
+    "read_crl",
     "revoke",
     "thumbprint",
     "write_crl",

@@ -191,7 +191,9 @@ class TrustStore:
             verifier = self._builder(now).build_server_verifier(x509.DNSName(domain))
             chain = verifier.verify(cert, [])
         except (VerificationError, ValueError) as exc:
-            raise UntrustedSigner(f"server certificate not trusted for {domain}") from exc
+            raise UntrustedSigner(
+                f"server certificate not trusted for {domain}", detail=str(exc)
+            ) from exc
         if len(chain) != 2:
             raise UntrustedSigner("server certificate not issued by a federation root")
         if not _has_role(cert, WSEMAIL_SERVER_ROLE):
@@ -217,7 +219,9 @@ class TrustStore:
         try:
             verified = self._builder(now).build_client_verifier().verify(cert, [issuing])
         except VerificationError as exc:
-            raise UntrustedSigner(f"user certificate not trusted for {address}") from exc
+            raise UntrustedSigner(
+                f"user certificate not trusted for {address}", detail=str(exc)
+            ) from exc
         chain = verified.chain
         if len(chain) != 3 or chain[1] != issuing:
             raise UntrustedSigner("user certificate not issued by its domain's issuing CA")
