@@ -1,0 +1,258 @@
+"""The mail client driven by Textual's pilot against a real server on loopback."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import Input, TextArea
+from tui_helpers import make_app, wait_for
+
+from wsemail.tui.app import WsemailApp
+from wsemail.tui.screens.compose import ComposeScreen
+from wsemail.tui.screens.confirm import ConfirmScreen
+from wsemail.tui.screens.help import HelpScreen
+from wsemail.tui.screens.inbox import InboxScreen
+from wsemail.tui.screens.login import LoginScreen
+from wsemail.tui.screens.message import MessageScreen
+from wsemail.tui.signin import LoginDefaults
+
+from conftest import Running
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def inbox(app: WsemailApp) -> InboxScreen:
+    screen = app.screen
+    assert isinstance(screen, InboxScreen), screen
+    return screen
+
+
+def in_inbox(app: WsemailApp, rows: int | None = None) -> bool:
+    screen = app.screen
+    if not isinstance(screen, InboxScreen) or not screen.mailbox.loaded or screen.loading:
+        return False
+    return rows is None or screen.table.row_count == rows
+
+
+def subjects(app: WsemailApp) -> list[str]:
+    table = inbox(app).table
+    return [str(table.get_row_at(i)[2]) for i in range(table.row_count)]
+
+
+def notes(app: WsemailApp) -> list[str]:
+    return [str(n.message) for n in app._notifications]
+
+
+def inbox_subjects(server: Running, user: str, folder: str = "inbox") -> list[str]:
+    return [h.subject for h in server.client(user).iter_headers(folder)]
+
+
+async def test_known_credentials_skip_the_form_and_show_the_inbox(server: Running) -> None:
+    server.client("bob@localhost").send(["alice@localhost"], "hello", "hi alice")
+    app = make_app(server)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: in_inbox(app, 1))
+        row = inbox(app).table.get_row_at(0)
+        assert str(row[0]).startswith("●")  # unread marker
+        assert str(row[1]) == "bob@localhost"
+        assert str(row[2]) == "hello"
+        assert "1 loaded" in str(app.screen.query_one("#inbox-status").render())
+
+
+async def test_wrong_password_notifies_and_the_form_signs_in(server: Running) -> None:
+    app = make_app(server, password="wrong password")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: any("wrong address or password" in n for n in notes(app)))
+        screen = app.screen
+        assert isinstance(screen, LoginScreen)
+        assert not screen.has_class("-auto")  # the form is shown now
+        field = screen.query_one("#login-password", Input)
+        assert field.has_focus
+        field.value = ""
+        await pilot.press(*"correct horse battery", "enter")
+        await wait_for(pilot, lambda: in_inbox(app, 0))
+
+
+async def test_login_form_from_scratch(server: Running) -> None:
+    app = WsemailApp(LoginDefaults(server.url, "", ""), poll_seconds=0)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, LoginScreen)
+        assert app.screen.query_one("#login-address", Input).has_focus
+        await pilot.press(*"bob@localhost", "tab", *"correct horse battery", "enter")
+        await wait_for(pilot, lambda: in_inbox(app))
+        assert app.client is not None and app.client.username == "bob@localhost"
+
+
+async def test_open_a_message_and_reply(server: Running) -> None:
+    server.client("bob@localhost").send(
+        ["alice@localhost"], "lunch?", "noon at the usual place", cc=["carol@localhost"]
+    )
+    app = make_app(server)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: in_inbox(app, 1))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, MessageScreen) and app.screen.message)
+        body = str(app.screen.query_one("#message-body").render())
+        assert "noon at the usual place" in body
+        headers = str(app.screen.query_one("#message-headers").render())
+        assert "bob@localhost" in headers and "carol@localhost" in headers
+        await pilot.press("a")  # reply all
+        await wait_for(pilot, lambda: isinstance(app.screen, ComposeScreen))
+        compose = app.screen
+        assert compose.query_one("#compose-to", Input).value == "bob@localhost"
+        assert compose.query_one("#compose-cc", Input).value == "carol@localhost"
+        assert compose.query_one("#compose-subject", Input).value == "Re: lunch?"
+        area = compose.query_one("#compose-body", TextArea)
+        assert area.has_focus and "> noon at the usual place" in area.text
+        await pilot.press(*"Yes!", "ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, MessageScreen))
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, InboxScreen))
+        row = inbox(app).table.get_row_at(0)
+        assert not str(row[0]).startswith("●")  # read now
+    assert inbox_subjects(server, "bob@localhost") == ["Re: lunch?"]
+    assert inbox_subjects(server, "carol@localhost") == ["Re: lunch?", "lunch?"]
+    bob = server.client("bob@localhost")
+    reply = bob.retrieve(next(bob.iter_headers()).id)
+    assert reply.body.startswith("Yes!") and reply.cc == ["carol@localhost"]
+
+
+async def test_compose_with_address_completion_and_send(server: Running) -> None:
+    server.client("bob@localhost").send(["alice@localhost"], "hi", "hello")
+    app = make_app(server)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: in_inbox(app, 1))
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, ComposeScreen))
+        to = app.screen.query_one("#compose-to", Input)
+        assert to.has_focus
+        await pilot.press("b", "o")
+        await wait_for(pilot, lambda: to._suggestion == "bob@localhost")
+        await pilot.press("right", "tab", "tab")  # accept; Cc; Subject
+        assert to.value == "bob@localhost"
+        await pilot.press(*"from the tui", "tab", *"typed body")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, InboxScreen))
+        assert any("Sent to bob@localhost" in n for n in notes(app))
+    bob = server.client("bob@localhost")
+    header = next(bob.iter_headers())
+    assert header.subject == "from the tui" and header.sender == "alice@localhost"
+    assert bob.retrieve(header.id).body == "typed body"
+
+
+async def test_compose_refuses_bad_addresses_and_confirms_discard(server: Running) -> None:
+    app = make_app(server)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: in_inbox(app))
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, ComposeScreen))
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: any("at least one recipient" in n for n in notes(app)))
+        await pilot.press(*"not an address", "ctrl+s")
+        await wait_for(pilot, lambda: any("not a valid address" in n for n in notes(app)))
+        await pilot.press("ctrl+o")  # no terminal to suspend under the pilot
+        await wait_for(pilot, lambda: any("cannot run an editor" in n for n in notes(app)))
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: isinstance(app.screen, InboxScreen))
+    assert inbox_subjects(server, "alice@localhost", "sent") == []
+
+
+async def test_delete_asks_first(server: Running) -> None:
+    bob = server.client("bob@localhost")
+    for subject in ("one", "two"):
+        bob.send(["alice@localhost"], subject, "x")
+    app = make_app(server)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: in_inbox(app, 2))
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, InboxScreen))
+        assert subjects(app) == ["two", "one"]
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: in_inbox(app, 1))
+        assert subjects(app) == ["one"]
+        # and from the message view
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, MessageScreen) and app.screen.message)
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.click("#confirm-yes")
+        await wait_for(pilot, lambda: in_inbox(app, 0))
+    assert inbox_subjects(server, "alice@localhost") == []
+
+
+async def test_sent_folder_and_filter(server: Running) -> None:
+    alice = server.client("alice@localhost")
+    alice.send(["bob@localhost"], "for bob", "b")
+    alice.send(["carol@localhost"], "for carol", "c")
+    server.client("bob@localhost").send(["alice@localhost"], "in the inbox", "i")
+    app = make_app(server)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: in_inbox(app, 1))
+        await pilot.press("s")
+        await wait_for(pilot, lambda: in_inbox(app, 2))
+        assert inbox(app).mailbox.folder == "sent"
+        assert subjects(app) == ["for carol", "for bob"]
+        await pilot.press("slash", *"CAROL")
+        await wait_for(pilot, lambda: in_inbox(app, 1))
+        assert subjects(app) == ["for carol"]
+        await pilot.press("enter", "escape")  # back to the table, then clear the filter
+        await wait_for(pilot, lambda: in_inbox(app, 2))
+        await pilot.press("i")
+        await wait_for(pilot, lambda: in_inbox(app, 1))
+        assert subjects(app) == ["in the inbox"]
+
+
+async def test_paging_loads_more_as_the_cursor_nears_the_end(server: Running) -> None:
+    bob = server.client("bob@localhost")
+    for n in range(60):
+        bob.send(["alice@localhost"], f"message {n:02}", "x")
+    app = make_app(server, page_size=10)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: in_inbox(app))
+        await pilot.pause(0.3)
+        first = len(inbox(app).mailbox.headers)
+        assert 10 <= first < 60  # enough to fill the window, not the whole mailbox
+        assert "more on server" in str(app.screen.query_one("#inbox-status").render())
+        for _ in range(40):  # the user pages down; pages arrive as the cursor nears the end
+            if len(inbox(app).mailbox.headers) == 60:
+                break
+            await pilot.press("pagedown")
+            await pilot.pause(0.05)
+            await wait_for(pilot, lambda: in_inbox(app))
+        assert inbox(app).table.cursor_row > first - 10
+        assert subjects(app) == [f"message {n:02}" for n in reversed(range(60))]
+        assert not inbox(app).mailbox.more
+
+
+async def test_new_mail_appears_without_refresh(server: Running) -> None:
+    server.client("bob@localhost").send(["alice@localhost"], "first", "x")
+    app = make_app(server, poll_seconds=0.2)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: in_inbox(app, 1))
+        server.client("carol@localhost").send(["alice@localhost"], "second", "y")
+        await wait_for(pilot, lambda: in_inbox(app, 2))
+        assert subjects(app) == ["second", "first"]
+        assert any("1 new message" in n for n in notes(app))
+
+
+async def test_help_lists_the_keys_of_the_screen(server: Running) -> None:
+    app = make_app(server)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: in_inbox(app))
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        keys = dict((d, k) for k, d in app.screen.keys)
+        assert keys["Compose"] == "c" and keys["Sent"] == "s" and "Filter" in keys
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, InboxScreen))

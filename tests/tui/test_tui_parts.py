@@ -1,0 +1,134 @@
+"""The TUI's pure helpers (no terminal) and the rule that only the TUI imports Textual."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from wsemail.client import Page
+from wsemail.errors import AuthenticationFailed, RequestInvalid
+from wsemail.message import Message, MessageHeader
+from wsemail.tui import drafts
+from wsemail.tui.feedback import describe
+from wsemail.tui.mailbox import AddressBook, Mailbox, format_size, markers
+from wsemail.tui.signin import known_login
+
+
+def header(n: int, *, sender: str = "bob@localhost", seen: bool = False) -> MessageHeader:
+    return MessageHeader(
+        id=f"id{n}",
+        message_id=f"<{n}@localhost>",
+        folder="inbox",
+        sender=sender,
+        to=["alice@localhost"],
+        cc=[],
+        subject=f"subject {n}",
+        date="2025-01-02T03:04:05Z",
+        size=10,
+        seen=seen,
+    )
+
+
+def test_mailbox_appends_pages_and_prepends_polled_mail() -> None:
+    box = Mailbox()
+    assert box.more
+    box.add_page(Page([header(5), header(4)], "4"))
+    box.add_page(Page([header(3)], None))
+    assert [h.id for h in box.headers] == ["id5", "id4", "id3"] and not box.more
+    assert box.merge_newest(Page([header(7), header(6), header(5)], "5")) == [
+        header(7),
+        header(6),
+    ]
+    assert [h.id for h in box.headers][:3] == ["id7", "id6", "id5"]
+    assert box.merge_newest(Page([header(7)], "7")) == []
+
+
+def test_mailbox_asks_for_a_reload_when_a_poll_leaves_a_gap() -> None:
+    box = Mailbox()
+    box.add_page(Page([header(1)], None))
+    assert box.merge_newest(Page([header(9), header(8)], "8")) is None
+
+
+def test_mailbox_filter_and_seen() -> None:
+    box = Mailbox()
+    box.add_page(Page([header(1), header(2, sender="carol@localhost")], None))
+    assert [h.id for h in box.matching("CAROL")] == ["id2"]
+    assert [h.id for h in box.matching("subject 1")] == ["id1"]
+    assert markers(box.headers[0]).startswith("●")
+    box.mark_seen("id1")
+    assert markers(box.headers[0]) == "    "
+
+
+def test_address_book_completes_known_correspondents() -> None:
+    book = AddressBook()
+    book.learn([header(1), header(2, sender="bobby@x.test")])
+    assert book.complete("BO") == "bob@localhost"
+    assert book.complete("bobb") == "bobby@x.test"
+    assert book.complete("bob@localhost") is None
+    assert book.complete("") is None
+
+
+def test_reply_reply_all_forward() -> None:
+    message = Message(
+        **vars(header(1)) | {"cc": ["carol@localhost"], "to": ["alice@localhost", "dan@x.test"]},
+        body="line one\n\nline two",
+    )
+    one = drafts.reply(message, "alice@localhost")
+    assert one.to == ["bob@localhost"] and one.cc == [] and one.subject == "Re: subject 1"
+    assert "> line one\n>\n> line two" in one.body
+    everyone = drafts.reply(message, "alice@localhost", to_all=True)
+    assert everyone.cc == ["dan@x.test", "carol@localhost"]
+    assert drafts.reply(drafts_message_with("Re: x"), "alice@localhost").subject == "Re: x"
+    forwarded = drafts.forward(message)
+    assert forwarded.to == [] and forwarded.subject == "Fwd: subject 1"
+    assert forwarded.body.endswith("line one\n\nline two")
+
+
+def drafts_message_with(subject: str) -> Message:
+    return Message(**vars(header(1)) | {"subject": subject}, body="")
+
+
+def test_parse_addresses() -> None:
+    assert drafts.parse_addresses(" a@X.test; b@y.test,a@x.test ") == ["a@x.test", "b@y.test"]
+    assert drafts.parse_addresses("") == []
+    with pytest.raises(RequestInvalid):
+        drafts.parse_addresses("nobody")
+
+
+def test_sizes_and_errors_read_well() -> None:
+    assert [format_size(n) for n in (0, 999, 1500, 20_000, 3_300_000)] == [
+        "0B",
+        "999B",
+        "1.5K",
+        "20K",
+        "3.1M",
+    ]
+    assert describe(AuthenticationFailed("x")) == "wrong address or password"
+    assert describe(ValueError("boom")) == "unexpected ValueError: boom"
+
+
+def test_known_login_reads_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("WSEMAIL_CLIENT_CONFIG", str(tmp_path / "client.toml"))
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    monkeypatch.delenv("WSEMAIL_PASSWORD", raising=False)
+    monkeypatch.setenv("WSEMAIL_SERVER", "http://127.0.0.1:9/wsemail")
+    monkeypatch.setenv("WSEMAIL_USER", "alice@localhost")
+    found = known_login()
+    assert (found.server, found.user, found.complete) == (
+        "http://127.0.0.1:9/wsemail",
+        "alice@localhost",
+        False,
+    )
+    monkeypatch.setenv("WSEMAIL_PASSWORD", "pw")
+    assert known_login(user="bob@localhost").complete
+    assert "pw" not in repr(known_login())
+
+
+def test_the_tui_command_imports_textual_only_when_run() -> None:
+    code = (
+        "import sys, wsemail.cli.tui, wsemail.tui, wsemail.tui.mailbox, wsemail.tui.drafts;"
+        "sys.exit(1 if 'textual' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
