@@ -38,6 +38,7 @@ class Running:
 
     controller: ServerController
     config: ServerConfig
+    verify: str | bool = True
     clients: list[Client] = field(default_factory=list)
 
     @property
@@ -45,7 +46,7 @@ class Running:
         return self.controller.url
 
     def client(self, user: str = "alice@localhost", password: str = PASSWORD) -> Client:
-        c = Client(self.url, user, password)
+        c = Client(self.url, user, password, verify=self.verify)
         self.clients.append(c)
         return c
 
@@ -81,17 +82,18 @@ class Running:
 
 
 def start_server(data_dir: Path, *, users: bool = True, **settings: object) -> Running:
+    """A real server on a loopback port; alice, bob, carol and admin @ its domain."""
     config = ServerConfig(data_dir=data_dir, port=0, **settings)  # type: ignore[arg-type]
     controller = ServerController(config)
     if users:
         store = controller.server.store
-        for user in USERS:
+        for name in ("alice", "bob", "carol", "admin"):
+            user = f"{name}@{config.domain}"
             if store.transact_sync(lambda tx, u=user: tx.user(u)) is None:
-                set_user(store, config.domain, user, PASSWORD)
-        if store.transact_sync(lambda tx: tx.user(ADMIN)) is None:
-            set_user(store, config.domain, ADMIN, PASSWORD, admin=True)
+                set_user(store, config.domain, user, PASSWORD, admin=name == "admin")
     controller.start()
-    return Running(controller, config)
+    verify: str | bool = str(config.trust_roots[0]) if config.tls_cert else True
+    return Running(controller, config, verify=verify)
 
 
 @pytest.fixture

@@ -99,7 +99,11 @@ def test_size_limit_from_config_refuses_and_stores_nothing(tmp_path: Path) -> No
 
 
 def test_relay_policy_refuses_foreign_domains_unless_allowed(tmp_path: Path) -> None:
-    running = start_server(tmp_path / "s")
+    closed = [
+        s if s.ref != "relay-policy" else PluginSpec("relay-policy", 10, {"allow": []})
+        for s in pipeline_defaults()
+    ]
+    running = start_server(tmp_path / "s", plugins=closed)
     try:
         with pytest.raises(RelayDenied):
             running.client().send(["bob@localhost", "eve@elsewhere.test"], "x")

@@ -16,15 +16,19 @@ import base64
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 import httpx
+from cryptography import x509
 from lxml import etree
 
-from wsemail import soap
+from wsemail import provenance, soap
 from wsemail.auth import KDF_N, KDF_P, KDF_R, Credentials, derive_key
 from wsemail.errors import RemoteFault, ServerError, TransportError, UsageError
 from wsemail.message import Draft, Message, MessageHeader, new_message_id, normalize_address
+from wsemail.pki import TrustStore
+from wsemail.provenance import Provenance, server_domain
 from wsemail.soap import element, q, text_of
 from wsemail.xmlsafe import XmlLimits, parse_untrusted
 
@@ -54,6 +58,7 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         verify: str | bool | ssl.SSLContext = True,
         timeout: float = 30.0,
+        trust_roots: list[Path] | None = None,
     ) -> None:
         if password is None and credentials is None:
             raise UsageError("a password is needed")
@@ -69,6 +74,8 @@ class Client:
             timeout=timeout,
             headers={"content-type": soap.CONTENT_TYPE},
         )
+        self.trust_roots = list(trust_roots or [])
+        self._trust: TrustStore | None = None
 
     def __repr__(self) -> str:
         return f"Client({self.server!r}, {self.username!r})"
@@ -207,6 +214,37 @@ class Client:
         if node is None:
             raise ServerError("RetrieveResponse without a Message")
         return Message.from_xml(node)
+
+    def trust(self) -> TrustStore | None:
+        """The federation roots this client trusts, with the CRLs its own server holds."""
+        if not self.trust_roots:
+            return None
+        if self._trust is None:
+            try:
+                response = self._http.get(self.server + "/crl")
+            except httpx.HTTPError as exc:
+                raise TransportError(f"cannot reach {self.server}: {exc}") from exc
+            crls = []
+            marker = b"-----BEGIN X509 CRL-----"
+            for block in response.content.split(marker)[1:] if response.is_success else []:
+                try:
+                    crls.append(x509.load_pem_x509_crl(marker + block))
+                except ValueError:
+                    continue
+            self._trust = TrustStore.load(self.trust_roots)
+            for crl in crls:
+                try:
+                    self._trust.add_crl(crl)
+                except RemoteFault:
+                    continue  # a CRL that does not verify is ignored; checks then fail closed
+        return self._trust
+
+    def verify(self, message: Message) -> tuple[Provenance, Message]:
+        """Check a retrieved message's server signature (end-to-end provenance); the
+        returned message's content comes from the verified signed form."""
+        trust = self.trust()
+        signer = None if trust is None else (lambda cert: server_domain(trust, cert))
+        return provenance.check(message, self.username, signer)
 
     def delete(self, message_id: str) -> None:
         op = etree.Element(q("Delete"))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from wsemail.errors import RequestInvalid
-from wsemail.soap import element, text_of, texts_of
+from wsemail.soap import element, q, text_of, texts_of
 
 _ADDRESS = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _MESSAGE_ID = re.compile(r"^<[!-;=?-~]{1,250}@[A-Za-z0-9.-]{1,253}>$")
@@ -154,19 +154,35 @@ class MessageHeader:
 
 @dataclass
 class Message(MessageHeader):
-    """A stored message: its header and its text body."""
+    """A stored message: its header, its text body and, for a message relayed from another
+    domain, the sending server (`origin`) and its signed form (`signed_xml`)."""
 
     body: str = ""
+    origin: str | None = None
+    signed_xml: bytes | None = field(default=None, repr=False)
 
     def to_xml(self, parent: etree._Element, tag: str = "Message") -> etree._Element:
         node = super().to_xml(parent, tag)
         element(node, "Body", self.body)
+        if self.signed_xml is not None:
+            provenance = element(node, "Provenance")
+            provenance.set("origin", self.origin or "")
+            provenance.append(etree.fromstring(self.signed_xml))
         return node
 
     @classmethod
     def from_xml(cls, node: etree._Element) -> Message:
         header = MessageHeader.from_xml(node)
-        return cls(**vars(header), body=text_of(node, "Body", "") or "")
+        provenance = node.find(q("Provenance"))
+        signed = None
+        if provenance is not None and len(provenance):
+            signed = etree.tostring(provenance[0])
+        return cls(
+            **vars(header),
+            body=text_of(node, "Body", "") or "",
+            origin=provenance.get("origin") if provenance is not None else None,
+            signed_xml=signed,
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {**super().as_dict(), "body": self.body}

@@ -10,7 +10,7 @@ import sys
 import click
 import typer
 
-from wsemail.cli import mail, plugins, serve, users
+from wsemail.cli import ca, mail, plugins, serve, users
 from wsemail.errors import WsemailError
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ serve.register(app)
 mail.register(app)
 app.add_typer(users.app, name="user")
 app.add_typer(plugins.app, name="plugins")
+app.add_typer(ca.app, name="ca")
 
 
 @app.command()

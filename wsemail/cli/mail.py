@@ -106,9 +106,9 @@ def retrieve(
     """Print messages (and mark them seen)."""
     with session.open_client(server, user) as client:
         for message_id in _ids(ids):
-            message = client.retrieve(message_id)
+            proof, message = client.verify(client.retrieve(message_id))
             if as_json:
-                typer.echo(json.dumps(message.as_dict()))
+                typer.echo(json.dumps({**message.as_dict(), "provenance": proof.as_dict()}))
                 continue
             typer.echo(
                 f"Id: {message.id}\nMessage-Id: {message.message_id}\n"
@@ -116,7 +116,10 @@ def retrieve(
             )
             if message.cc:
                 typer.echo(f"Cc: {', '.join(message.cc)}")
-            typer.echo(f"Date: {message.date}\nSubject: {message.subject}\n\n{message.body}")
+            typer.echo(
+                f"Date: {message.date}\nSubject: {message.subject}\nProvenance: {proof}"
+                f"\n\n{message.body}"
+            )
 
 
 def delete(

@@ -96,7 +96,14 @@ def open_client(server: str | None = None, user: str | None = None) -> Client:
     password = os.environ.get("WSEMAIL_PASSWORD") or keyring_get(server, user)
     if not password:
         raise UsageError(f"no password for {user}: run 'wsemail login', or set WSEMAIL_PASSWORD")
-    return Client(server, user, password, verify=tls_verify())
+    return Client(server, user, password, verify=tls_verify(), trust_roots=trust_roots())
+
+
+def trust_roots() -> list[Path]:
+    """Federation roots for checking server signatures: WSEMAIL_TRUST_ROOTS (paths joined
+    by os.pathsep) or `trust_roots` in client.toml."""
+    raw = os.environ.get("WSEMAIL_TRUST_ROOTS") or read_config().get("trust_roots", "")
+    return [Path(p) for p in raw.split(os.pathsep) if p]
 
 
 def read_password(from_stdin: bool, prompt: str = "Password") -> str:

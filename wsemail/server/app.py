@@ -39,8 +39,11 @@ from wsemail.errors import (
 )
 from wsemail.message import normalize_address
 from wsemail.server.config import ServerConfig
+from wsemail.server.delivery import deliver
+from wsemail.server.federation import Federation
 from wsemail.server.operations import AUTHENTICATED
 from wsemail.server.pipeline import Environment, Pipeline, resolve_class
+from wsemail.server.relay import Relay
 from wsemail.server.security import Authenticator
 from wsemail.server.store import SqliteStore, Tx, UserRecord
 from wsemail.server.wsdl import wsdl_document
@@ -49,6 +52,7 @@ from wsemail.xmlsafe import c14n, parse_untrusted
 
 log = logging.getLogger("wsemail.server")
 PATH = "/wsemail"
+CRL_PATH = "/wsemail/crl"  # the CRLs this server holds, for its clients' provenance checks
 
 
 class RequestTimeout(RequestInvalid):
@@ -64,6 +68,8 @@ class Server:
     pipeline: Pipeline
     auth: Authenticator
     clock: Callable[[], float] = time.time
+    federation: Federation | None = None
+    relay: Relay | None = None
     inflight: int = 0
 
     def asgi(self) -> ASGIApp:
@@ -72,8 +78,10 @@ class Server:
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != "http":
                 return
-            if scope["path"] != PATH:
+            if scope["path"] not in (PATH, CRL_PATH):
                 response = Response("not found\n", status_code=404, media_type="text/plain")
+            elif scope["path"] == CRL_PATH and self.federation is not None:
+                response = Response(self.federation.crl_pem(), media_type="application/pkix-crl")
             elif scope["method"] not in ("GET", "POST"):
                 response = Response(
                     "use POST\n",
@@ -112,6 +120,10 @@ class Server:
         finally:
             self.inflight -= 1
 
+    def wake_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.wake.set()
+
     @staticmethod
     def fault(exc: RemoteFault) -> Response:
         return Response(soap.fault(exc), status_code=exc.status, media_type=soap.CONTENT_TYPE)
@@ -146,6 +158,8 @@ class Server:
             raise RequestInvalid("the operation must be in the urn:wsemail namespace")
         if name == "GetSalt":
             return await self.get_salt(envelope.operation)
+        if name == "Deliver":
+            return await deliver(self, envelope.root)
         operation = AUTHENTICATED.get(name)
         if operation is None:
             raise RequestInvalid(f"unknown operation {name!r}")
@@ -258,4 +272,7 @@ def build_server(config: ServerConfig, *, clock: Callable[[], float] = time.time
         failures_per_peer=config.failures_per_peer,
         failure_window=config.failure_window,
     )
-    return Server(config, store, pipeline, auth, clock)
+    server = Server(config, store, pipeline, auth, clock)
+    server.federation = Federation(config)
+    server.relay = Relay(server, server.federation)
+    return server

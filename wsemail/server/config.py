@@ -44,7 +44,7 @@ DEFAULT_PORT = 8025
 CONFIG_NAME = "server.toml"
 
 DEFAULT_PLUGINS = [
-    PluginSpec("relay-policy", 10),
+    PluginSpec("relay-policy", 10, {"allow": ["*"]}),
     PluginSpec("size-limit", 20),
     PluginSpec("local-delivery", 1000),
     PluginSpec("sqlite-queue", 1000),
@@ -79,6 +79,20 @@ class ServerConfig:
     failures_per_peer: int = 100
     failure_window: float = 60.0
     plugins: list[PluginSpec] = field(default_factory=lambda: list(DEFAULT_PLUGINS))
+    # federation: None identity = a development root and server certificate made on first run
+    identity_dir: Path | None = None
+    trust_roots: list[Path] = field(default_factory=list)
+    crls: list[Path] = field(default_factory=list)
+    routes: dict[str, list[str]] = field(default_factory=dict)
+    dns_nameservers: list[str] | None = None
+    dns_port: int = 53
+    retry_base: float = 300.0
+    retry_max: float = 3600.0
+    lifetime: float = 5 * 86400.0
+    batch_max: int = 100
+    relay_poll: float = 1.0
+    relay_lease: float = 120.0
+    federation_tls: bool = True  # verify peers' TLS with the federation roots
 
     @property
     def db_path(self) -> Path:
@@ -171,6 +185,29 @@ def _apply(config: ServerConfig, raw: dict[str, Any], base: Path) -> None:
             config.tls_cert = base / str(tls["cert"])
         if "key" in tls:
             config.tls_key = base / str(tls["key"])
+        federation = _section(raw, "federation")
+        if "identity" in federation:
+            config.identity_dir = base / str(federation["identity"])
+        if "trust_roots" in federation:
+            config.trust_roots = [base / str(p) for p in federation["trust_roots"]]
+        if "crls" in federation:
+            config.crls = [base / str(p) for p in federation["crls"]]
+        routes = _section(raw, "routes")
+        config.routes = {
+            str(domain).lower(): [str(u) for u in (urls if isinstance(urls, list) else [urls])]
+            for domain, urls in routes.items()
+        } or config.routes
+        dns = _section(raw, "dns")
+        if "nameservers" in dns:
+            config.dns_nameservers = [str(n) for n in dns["nameservers"]]
+        if "port" in dns:
+            config.dns_port = int(dns["port"])
+        queue = _section(raw, "queue")
+        for key in ("retry_base", "retry_max", "lifetime"):
+            if key in queue:
+                setattr(config, key, float(queue[key]))
+        if "batch_max" in queue:
+            config.batch_max = int(queue["batch_max"])
         if "plugins" in raw:
             config.plugins = [
                 PluginSpec(str(p["ref"]), int(p.get("priority", 100)), dict(p.get("options", {})))

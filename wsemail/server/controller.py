@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -18,6 +19,7 @@ import uvloop
 from wsemail.errors import UsageError
 from wsemail.server.app import Server, build_server
 from wsemail.server.config import ServerConfig
+from wsemail.server.relay import run_relay
 
 log = logging.getLogger("wsemail.server")
 
@@ -60,6 +62,17 @@ def uvicorn_config(server: Server, **extra: Any) -> uvicorn.Config:
     )
 
 
+async def serve_with_relay(runner: uvicorn.Server, sock: socket.socket, server: Server) -> None:
+    """uvicorn and the outbound relay on one loop; the relay stops when serving stops."""
+    relay = asyncio.create_task(run_relay(server))
+    try:
+        await runner.serve(sockets=[sock])
+    finally:
+        relay.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await relay
+
+
 class ServerController:
     """`ServerController(config).start()` → serving on `url`; `.stop()` shuts it down."""
 
@@ -96,7 +109,7 @@ class ServerController:
     def _run(self) -> None:
         assert self._uvicorn is not None and self._sock is not None
         try:
-            uvloop.run(self._uvicorn.serve(sockets=[self._sock]))
+            uvloop.run(serve_with_relay(self._uvicorn, self._sock, self.server))
         except BaseException as exc:  # reported by start()
             self._error = exc
 
@@ -125,7 +138,7 @@ def serve_forever(config: ServerConfig, on_ready: Callable[[str], None] | None =
     scheme = "https" if config.tls_cert else "http"
 
     async def main() -> None:
-        task = asyncio.create_task(runner.serve(sockets=[sock]))
+        task = asyncio.create_task(serve_with_relay(runner, sock, server))
         while not runner.started and not task.done():
             await asyncio.sleep(0.01)
         if runner.started and on_ready is not None:

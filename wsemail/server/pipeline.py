@@ -52,6 +52,7 @@ class Environment:
     is_admin: bool = False
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("wsemail.server"))
     after_commit: list[Callable[[], Any]] = field(default_factory=list)
+    wake_relay: Callable[[], Any] = lambda: None  # the queue role calls it after enqueueing
 
 
 class Verdict(enum.Enum):

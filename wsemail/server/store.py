@@ -79,6 +79,21 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX queue_due ON queue(state, next_attempt);
     """,
+    # 2: federation — provenance of relayed copies, idempotent inbound deliveries
+    """
+    ALTER TABLE messages ADD COLUMN origin TEXT;
+    ALTER TABLE messages ADD COLUMN signed_xml BLOB;
+    CREATE TABLE deliveries(
+        origin TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        at REAL NOT NULL,
+        PRIMARY KEY(origin, message_id, recipient)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_age ON deliveries(at);
+    """,
 ]
 
 
@@ -177,12 +192,22 @@ class Tx:
         ).fetchone()
         return row[0] if row else None
 
-    def add_message(self, owner: str, folder: str, msg: Message) -> tuple[str, int]:
-        """Store one copy of `msg` in `owner`'s `folder`; returns (public id, seq)."""
+    def add_message(
+        self,
+        owner: str,
+        folder: str,
+        msg: Message,
+        *,
+        origin: str | None = None,
+        signed_xml: bytes | None = None,
+    ) -> tuple[str, int]:
+        """Store one copy of `msg` in `owner`'s `folder`; returns (public id, seq).
+        `origin` and `signed_xml` record the sending server and its signed form."""
         public_id = secrets.token_urlsafe(12)
         cursor = self.conn.execute(
             "INSERT INTO messages(id, owner, folder, message_id, sender, to_json, cc_json, "
-            "subject, date, size, seen, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "subject, date, size, seen, body, origin, signed_xml) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 public_id,
                 owner,
@@ -196,6 +221,8 @@ class Tx:
                 msg.size,
                 int(msg.seen),
                 msg.body,
+                origin,
+                signed_xml,
             ),
         )
         assert cursor.lastrowid is not None
@@ -221,12 +248,12 @@ class Tx:
     def get_message(self, owner: str, public_id: str) -> Message | None:
         row = self.conn.execute(
             "SELECT id, message_id, folder, sender, to_json, cc_json, subject, date, size, "
-            "seen, body FROM messages WHERE owner=? AND id=?",
+            "seen, body, origin, signed_xml FROM messages WHERE owner=? AND id=?",
             (owner, public_id),
         ).fetchone()
         if row is None:
             return None
-        return Message(**vars(_header(row[:10])), body=row[10])
+        return Message(**vars(_header(row[:10])), body=row[10], origin=row[11], signed_xml=row[12])
 
     def mark_seen(self, owner: str, public_id: str) -> None:
         self.conn.execute(
@@ -261,6 +288,64 @@ class Tx:
                 self.now,
             ),
         )
+
+    def lease_due(self, lease_seconds: float, limit: int) -> list[QueueRow]:
+        """Take up to `limit` rows that are due (or whose lease expired) for delivery."""
+        rows = self.conn.execute(
+            "UPDATE queue SET state='leased', lease_until=? WHERE id IN (SELECT id FROM queue "
+            "WHERE (state IN ('queued','deferred') AND next_attempt<=?) OR "
+            "(state='leased' AND lease_until<?) ORDER BY next_attempt LIMIT ?) "
+            "RETURNING id, message_id, sender, domain, payload, recipients_json, attempts, created",
+            (self.now + lease_seconds, self.now, self.now, limit),
+        ).fetchall()
+        return [QueueRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows]
+
+    def finish_queued(self, row_id: int) -> None:
+        self.conn.execute("DELETE FROM queue WHERE id=?", (row_id,))
+
+    def defer_queued(self, row_id: int, next_attempt: float, error: str) -> None:
+        self.conn.execute(
+            "UPDATE queue SET state='deferred', attempts=attempts+1, next_attempt=?, "
+            "lease_until=NULL, last_error=? WHERE id=?",
+            (next_attempt, error[:500], row_id),
+        )
+
+    def next_due(self) -> float | None:
+        row = self.conn.execute(
+            "SELECT min(next_attempt) FROM queue WHERE state IN ('queued','deferred')"
+        ).fetchone()
+        return row[0] if row else None
+
+    # inbound idempotency -----------------------------------------------------------------
+    def delivery_status(
+        self, origin: str, message_id: str, recipient: str
+    ) -> tuple[str, str] | None:
+        row = self.conn.execute(
+            "SELECT status, reason FROM deliveries WHERE origin=? AND message_id=? AND recipient=?",
+            (origin, message_id, recipient),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def record_delivery(
+        self, origin: str, message_id: str, recipient: str, status: str, reason: str = ""
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO deliveries(origin, message_id, recipient, status, reason, at) "
+            "VALUES (?,?,?,?,?,?)",
+            (origin, message_id, recipient, status, reason, self.now),
+        )
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    id: int
+    message_id: str
+    sender: str
+    domain: str
+    payload: bytes
+    recipients: list[str]
+    attempts: int
+    created: float
 
 
 def _header(row: tuple[Any, ...]) -> MessageHeader:

@@ -21,5 +21,7 @@ class LocalDelivery(LocalMTA):
         if existing is not None:  # the same message again (a retry): deliver once
             return existing
         copy = replace(message, folder="inbox", seen=False)
-        public_id, _ = env.tx.add_message(recipient, "inbox", copy)
+        public_id, _ = env.tx.add_message(
+            recipient, "inbox", copy, origin=copy.origin, signed_xml=copy.signed_xml
+        )
         return public_id

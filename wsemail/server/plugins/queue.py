@@ -20,3 +20,5 @@ class SqliteQueue(MailQueue):
         holder = etree.Element("holder")
         payload = etree.tostring(message.to_xml(holder))
         env.tx.enqueue(message, domain, recipients, payload)
+        if env.wake_relay not in env.after_commit:
+            env.after_commit.append(env.wake_relay)

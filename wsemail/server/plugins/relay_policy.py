@@ -1,6 +1,7 @@
-"""Sending processor: who may send where. Local users may always write to the server's own
-domain; other domains only when listed in `allow` (exact names or `*.suffix`), so the
-server is never an open relay."""
+"""Sending processor: where local users may send. The server's own domain always; other
+domains when listed in `allow` (exact names, `*.suffix`, or `*` for every domain — the
+default, since only authenticated local users can submit). Unauthenticated peers can never
+make the server relay: federated `Deliver` only delivers to this domain."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ class RelayPolicy(SendingProcessor):
         if domain == local_domain:
             return True
         return any(
-            domain == a or (a.startswith("*.") and domain.endswith(a[1:])) for a in self.allow
+            a == "*" or domain == a or (a.startswith("*.") and domain.endswith(a[1:]))
+            for a in self.allow
         )
 
     def process_outgoing(self, message: Message, env: Environment) -> None:

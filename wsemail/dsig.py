@@ -1,0 +1,232 @@
+"""In charge of XMLDSIG (DESIGN.md §4): server-hop signatures over a SOAP envelope's Body
+and Timestamp, enveloped signatures over relayed messages (end-to-end provenance), and the
+verification that binds what is processed to what was signed.
+
+signxml does the cryptography with keys loaded once (`Signer`). It accepts wrapped
+documents on its own (a signed Body moved into a header, a forged Body in its place), so
+`verify_envelope` adds the binding checks: exactly one Signature at the fixed path, one
+Timestamp, one Body with one child; every id-like attribute value unique; reference URIs
+exactly {#Body id, #Timestamp id}; the signed bytes equal the canonical form of the nodes
+at the fixed paths; and callers read only the verified copies it returns. Inputs reaching
+here have already passed the hardened parser (`wsemail.xmlsafe`); signxml re-reads those
+same bytes with its own entity-free parser.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from lxml import etree
+from signxml.algorithms import DigestAlgorithm, SignatureConstructionMethod, SignatureMethod
+from signxml.exceptions import InvalidInput, SignXMLException
+from signxml.signer import XMLSigner
+from signxml.verifier import SignatureConfiguration, XMLVerifier
+
+from wsemail.errors import SignatureInvalid
+from wsemail.soap import SOAP, WSSE, WSU, q
+from wsemail.xmlsafe import c14n
+
+DS = "http://www.w3.org/2000/09/xmldsig#"
+EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
+ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
+WSU_ID = f"{{{WSU}}}Id"
+_METHODS = frozenset({SignatureMethod.ECDSA_SHA256, SignatureMethod.RSA_SHA256})
+_DIGESTS = frozenset({DigestAlgorithm.SHA256})
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+class Signer:
+    """Signs with one server key and certificate, both loaded once."""
+
+    def __init__(self, key: PrivateKey, cert: x509.Certificate) -> None:
+        self.key = key
+        self.cert = cert
+        alg = "ecdsa-sha256" if isinstance(key, ec.EllipticCurvePrivateKey) else "rsa-sha256"
+        self._detached = XMLSigner(
+            method=SignatureConstructionMethod.detached,
+            signature_algorithm=alg,
+            digest_algorithm="sha256",
+            c14n_algorithm=EXC_C14N,
+        )
+        self._enveloped = XMLSigner(
+            method=SignatureConstructionMethod.enveloped,
+            signature_algorithm=alg,
+            digest_algorithm="sha256",
+            c14n_algorithm=EXC_C14N,
+        )
+
+    def sign_envelope(self, envelope: etree._Element) -> None:
+        """Sign Body and Timestamp of `envelope`; the Signature goes into wsse:Security."""
+        security = envelope.find(f"{q('Header', SOAP)}/{q('Security', WSSE)}")
+        body = envelope.find(q("Body", SOAP))
+        timestamp = None if security is None else security.find(q("Timestamp", WSU))
+        if security is None or body is None or timestamp is None:
+            raise ValueError("sign_envelope needs Header/Security/Timestamp and Body")
+        for node, prefix in ((body, "b"), (timestamp, "t")):
+            if node.get(WSU_ID) is None:
+                node.set(WSU_ID, f"{prefix}-{secrets.token_hex(8)}")
+        signature = self._detached.sign(
+            envelope,
+            key=self.key,
+            cert=[self.cert],
+            id_attribute="Id",
+            reference_uri=[f"#{body.get(WSU_ID)}", f"#{timestamp.get(WSU_ID)}"],
+        )
+        security.append(signature)
+
+    def sign_element(self, element: etree._Element) -> etree._Element:
+        """An enveloped signature over a standalone copy of `element` (which is not changed)."""
+        copy = etree.fromstring(etree.tostring(element))
+        signed: etree._Element = self._enveloped.sign(copy, key=self.key, cert=[self.cert])
+        return signed
+
+
+def add_timestamp(security: etree._Element, created: str, expires: str) -> etree._Element:
+    stamp = etree.SubElement(security, q("Timestamp", WSU))
+    etree.SubElement(stamp, q("Created", WSU)).text = created
+    etree.SubElement(stamp, q("Expires", WSU)).text = expires
+    return stamp
+
+
+@dataclass(frozen=True)
+class VerifiedEnvelope:
+    """What a verified hop signature vouches for: read only these verified copies."""
+
+    cert: x509.Certificate
+    signer: str  # what resolve_signer returned for the certificate (the signer's domain)
+    operation: etree._Element  # verified copy of the Body's single child
+    timestamp: etree._Element  # verified copy of wsu:Timestamp
+
+
+def _only(nodes: list[Any], what: str) -> Any:
+    if len(nodes) != 1:
+        raise SignatureInvalid(f"exactly one {what} is required")
+    return nodes[0]
+
+
+def _unique_ids(root: etree._Element) -> None:
+    seen: set[str] = set()
+    for node in root.iter():
+        if not isinstance(node.tag, str):
+            continue
+        for name, value in node.attrib.items():
+            local = etree.QName(name).localname
+            if local.lower() == "id":  # Id, ID, id in any namespace, and xml:id
+                text = value if isinstance(value, str) else value.decode()
+                if text in seen:
+                    raise SignatureInvalid("duplicate id attribute value")
+                seen.add(text)
+
+
+def _certificate(signature: etree._Element) -> x509.Certificate:
+    path = f"{q('KeyInfo', DS)}/{q('X509Data', DS)}/{q('X509Certificate', DS)}"
+    text = _only(signature.findall(path), "X509Certificate")
+    try:
+        return x509.load_der_x509_certificate(base64.b64decode("".join((text.text or "").split())))
+    except ValueError as exc:
+        raise SignatureInvalid("unreadable signing certificate") from exc
+
+
+def _references(signature: etree._Element) -> list[str]:
+    refs = signature.findall(f"{q('SignedInfo', DS)}/{q('Reference', DS)}")
+    return [ref.get("URI", "") for ref in refs]
+
+
+def _verify(
+    data: etree._Element,
+    cert: x509.Certificate,
+    location: str,
+    count: int,
+    id_attribute: str | None,
+) -> list[Any]:
+    config = SignatureConfiguration(
+        location=location,
+        expect_references=count,
+        signature_methods=_METHODS,
+        digest_algorithms=_DIGESTS,
+    )
+    try:
+        result = XMLVerifier().verify(
+            data,
+            x509_cert=cert,
+            expect_config=config,
+            id_attribute=id_attribute,
+        )
+    except (SignXMLException, InvalidInput, ValueError) as exc:
+        raise SignatureInvalid(f"signature does not verify: {exc}") from exc
+    return result if isinstance(result, list) else [result]
+
+
+def verify_envelope(
+    root: etree._Element, resolve_signer: Callable[[x509.Certificate], str]
+) -> VerifiedEnvelope:
+    """Verify a hop signature; `resolve_signer` checks the certificate's chain, role and
+    revocation (raising on failure) and returns the signer's domain."""
+    body = _only([c for c in root if c.tag == q("Body", SOAP)], "Body")
+    header = _only([c for c in root if c.tag == q("Header", SOAP)], "Header")
+    security = _only(header.findall(q("Security", WSSE)), "wsse:Security")
+    timestamp = _only(security.findall(q("Timestamp", WSU)), "wsu:Timestamp")
+    _only([c for c in body if isinstance(c.tag, str)], "Body child")
+    signature = _only(list(root.iter(q("Signature", DS))), "ds:Signature")
+    if signature.getparent() is not security:
+        raise SignatureInvalid("the Signature must sit in the wsse:Security header")
+    _unique_ids(root)
+    body_id, stamp_id = body.get(WSU_ID), timestamp.get(WSU_ID)
+    if not body_id or not stamp_id:
+        raise SignatureInvalid("Body and Timestamp need wsu:Id attributes")
+    if sorted(_references(signature)) != sorted([f"#{body_id}", f"#{stamp_id}"]):
+        raise SignatureInvalid("the signature must reference exactly the Body and the Timestamp")
+    cert = _certificate(signature)
+    signer = resolve_signer(cert)
+    location = f"./{q('Header', SOAP)}/{q('Security', WSSE)}/"
+    results = _verify(root, cert, location, 2, "Id")
+    verified: dict[bytes, etree._Element] = {}
+    for result in results:
+        node = result.signed_xml
+        if not isinstance(node, etree._Element):
+            raise SignatureInvalid("a reference did not resolve to an element")
+        verified[c14n(node)] = node
+    body_c14n, stamp_c14n = c14n(body), c14n(timestamp)
+    if body_c14n not in verified or stamp_c14n not in verified:
+        raise SignatureInvalid("signed content differs from the Body and Timestamp read")
+    verified_body = verified[body_c14n]
+    operation = _only([c for c in verified_body if isinstance(c.tag, str)], "signed Body child")
+    return VerifiedEnvelope(cert, signer, operation, verified[stamp_c14n])
+
+
+def verify_element(
+    data: bytes | etree._Element, resolve_signer: Callable[[x509.Certificate], str]
+) -> tuple[x509.Certificate, str, etree._Element]:
+    """Verify an enveloped signature over a standalone element; return (cert, signer,
+    verified copy of the element without its signature)."""
+    root = data if isinstance(data, etree._Element) else etree.fromstring(data)
+    signature = _only([c for c in root if c.tag == q("Signature", DS)], "ds:Signature")
+    if len(list(root.iter(q("Signature", DS)))) != 1:
+        raise SignatureInvalid("exactly one ds:Signature is required")
+    _unique_ids(root)
+    if _references(signature) != [""]:
+        raise SignatureInvalid("a relayed message's signature must cover the whole element")
+    transforms = signature.findall(
+        f".//{q('Reference', DS)}/{q('Transforms', DS)}/{q('Transform', DS)}"
+    )
+    if [t.get("Algorithm") for t in transforms] not in ([ENVELOPED, EXC_C14N], [ENVELOPED]):
+        raise SignatureInvalid("unexpected signature transforms")
+    cert = _certificate(signature)
+    signer = resolve_signer(cert)
+    result = _verify(root, cert, "./", 1, None)[0]
+    node = result.signed_xml
+    if not isinstance(node, etree._Element):
+        raise SignatureInvalid("the signature did not resolve to an element")
+    unsigned = etree.fromstring(etree.tostring(root))
+    for sig in unsigned.findall(q("Signature", DS)):
+        unsigned.remove(sig)
+    if c14n(node) != c14n(unsigned):
+        raise SignatureInvalid("signed content differs from the element read")
+    return cert, signer, node

@@ -1,0 +1,147 @@
+"""In charge of inbound federation: a `Deliver` transaction from another domain's server.
+
+The hop signature is verified with the binding checks of `wsemail.dsig` and the signer's
+chain, role and revocation (fail closed); the transaction must be fresh, name this domain as
+its destination and carry an unseen nonce. Each message's own enveloped signature must be by
+the same server, for this domain and these recipients, from a sender in the signer's domain.
+Then, in one unit of work, each (origin, message id, recipient) is delivered once: a retry
+after a lost answer gets the recorded result again.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+from lxml import etree
+
+from wsemail.auth import NONCE_BYTES
+from wsemail.dsig import verify_element, verify_envelope
+from wsemail.errors import (
+    Forbidden,
+    InvalidSecurity,
+    Rejected,
+    ReplayDetected,
+    RequestInvalid,
+    SignatureInvalid,
+    UntrustedSigner,
+)
+from wsemail.message import Message, domain_of
+from wsemail.provenance import read_signed
+from wsemail.server.operations import deliver_locally
+from wsemail.server.pipeline import Environment
+from wsemail.server.store import Tx
+from wsemail.soap import WSU, element, q, text_of
+
+if TYPE_CHECKING:
+    from wsemail.server.app import Server
+
+log = logging.getLogger("wsemail.delivery")
+
+
+@dataclass(frozen=True)
+class Inbound:
+    message: Message  # with origin and signed_xml set
+    recipients: list[str]
+
+
+def _nonce(op: etree._Element) -> str:
+    raw = text_of(op, "Nonce") or ""
+    try:
+        value = base64.b64decode(raw, validate=True)
+    except ValueError as exc:
+        raise InvalidSecurity("Deliver Nonce is not base64") from exc
+    if len(value) < NONCE_BYTES:
+        raise InvalidSecurity(f"Deliver Nonce shorter than {NONCE_BYTES} bytes")
+    return base64.b64encode(value).decode()
+
+
+def verify_transaction(server: Server, root: etree._Element) -> tuple[str, str, list[Inbound]]:
+    """All checks that need no database: returns (origin, nonce, messages)."""
+    federation = server.federation
+    if federation is None:
+        raise Forbidden("this server takes no federated deliveries")
+    verified = verify_envelope(root, federation.server_signer)
+    origin, op = verified.signer, verified.operation
+    if op.tag != q("Deliver"):
+        raise SignatureInvalid("the signed operation is not Deliver")
+    server.auth.check_fresh(verified.timestamp.findtext(q("Created", WSU)))
+    if (text_of(op, "Destination") or "").lower() != server.config.domain:
+        raise Forbidden("this transaction is addressed to another domain")
+    if (text_of(op, "Origin") or "").lower() != origin:
+        raise UntrustedSigner(f"{origin} signed a transaction claiming another origin")
+    nonce = _nonce(op)
+
+    def same_server(cert: x509.Certificate) -> str:
+        if cert != verified.cert:
+            raise UntrustedSigner("a message is signed by another key than the transaction")
+        return origin
+
+    inbound: list[Inbound] = []
+    for signed in op.findall(q("SignedMessage")):
+        _, _, node = verify_element(etree.fromstring(etree.tostring(signed)), same_server)
+        content = read_signed(node)
+        if content.origin != origin or domain_of(content.message.sender) != origin:
+            raise UntrustedSigner(f"{origin} may not sign for {content.message.sender}")
+        if content.destination != server.config.domain:
+            raise Forbidden("a message is addressed to another domain")
+        recipients = content.recipients
+        if not recipients or any(domain_of(r) != server.config.domain for r in recipients):
+            raise Forbidden("recipients outside this domain: this server does not relay")
+        message = replace(content.message, origin=origin, signed_xml=etree.tostring(signed))
+        inbound.append(Inbound(message, recipients))
+    if not inbound:
+        raise RequestInvalid("Deliver carries no message")
+    return origin, nonce, inbound
+
+
+async def deliver(server: Server, root: etree._Element) -> etree._Element:
+    origin, nonce, inbound = verify_transaction(server, root)
+    principal = f"server:{origin}"
+
+    def work(tx: Tx) -> etree._Element:
+        if not tx.remember_nonce(principal, nonce, server.auth.keep_nonce):
+            raise ReplayDetected("this transaction was already received")
+        result = etree.Element(q("DeliverResponse"))
+        env = Environment(
+            principal=principal,
+            domain=server.config.domain,
+            tx=tx,
+            request=root,
+            pipeline=server.pipeline,
+            clock=server.clock,
+        )
+        for item in inbound:
+            for recipient in item.recipients:
+                status, reason = _deliver_one(tx, env, origin, item.message, recipient)
+                node = element(result, "Result")
+                node.set("MessageId", item.message.message_id)
+                node.set("Recipient", recipient)
+                node.set("Status", status)
+                if reason:
+                    node.set("Reason", reason)
+        return result
+
+    return await server.store.transact(work)
+
+
+def _deliver_one(
+    tx: Tx, env: Environment, origin: str, message: Message, recipient: str
+) -> tuple[str, str]:
+    known = tx.delivery_status(origin, message.message_id, recipient)
+    if known is not None:
+        return ("duplicate" if known[0] == "delivered" else known[0]), known[1]
+    tx.conn.execute("SAVEPOINT recipient")
+    try:
+        deliver_locally(message, recipient, env)
+    except Rejected as exc:
+        tx.conn.execute("ROLLBACK TO recipient")
+        status, reason = "rejected", exc.reason
+    else:
+        status, reason = "delivered", ""
+    tx.conn.execute("RELEASE recipient")
+    tx.record_delivery(origin, message.message_id, recipient, status, reason)
+    return status, reason

@@ -1,0 +1,236 @@
+"""In charge of outgoing messages: leasing due queue rows, one signed `Deliver` transaction
+per destination domain (batched), failover across the domain's targets, retries with
+exponential backoff, and one bounce to the sender when a recipient is refused or the queue
+lifetime runs out (never a bounce of a bounce).
+
+Every attempt is freshly signed (new timestamp and nonce); the receiver recognises a retry
+of something it already took by (origin, message id, recipient) and answers as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import httpx
+from lxml import etree
+
+from wsemail import soap
+from wsemail.auth import timestamp
+from wsemail.dsig import add_timestamp
+from wsemail.errors import NoRoute, RemoteFault, RoutingError, WsemailError
+from wsemail.message import Message, new_message_id
+from wsemail.provenance import signed_form
+from wsemail.server.store import QueueRow, Tx
+from wsemail.soap import WSSE, WSU, element, q
+from wsemail.xmlsafe import XmlLimits, parse_untrusted
+
+if TYPE_CHECKING:
+    from wsemail.server.app import Server
+    from wsemail.server.federation import Federation
+
+log = logging.getLogger("wsemail.relay")
+MAILER_DAEMON = "mailer-daemon"
+PERMANENT_STATUSES = {400, 401, 403, 404, 413}
+
+
+class Relay:
+    def __init__(self, server: Server, federation: Federation) -> None:
+        self.server = server
+        self.federation = federation
+        self.config = server.config
+        self.clock: Callable[[], float] = server.clock
+        self.wake = asyncio.Event()
+        self._http: httpx.AsyncClient | None = None
+        self.attempts = 0  # Deliver transactions sent, for tests and the benchmark
+
+    # lifecycle --------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Deliver due rows until cancelled; woken early when a send queues something."""
+        self._http = httpx.AsyncClient(verify=self.federation.tls_context(), timeout=30)
+        try:
+            while True:
+                try:
+                    await self.run_once()
+                except Exception:  # keep relaying whatever one batch did
+                    log.exception("relay pass failed")
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), self.config.relay_poll)
+                except TimeoutError:
+                    pass
+        finally:
+            await self._http.aclose()
+
+    async def run_once(self) -> int:
+        """One pass over the due rows; returns how many rows it handled."""
+        lease, limit = self.config.relay_lease, self.config.batch_max * 8
+        rows = await self.server.store.transact(lambda tx: tx.lease_due(lease, limit))
+        by_domain: dict[str, list[QueueRow]] = defaultdict(list)
+        for row in rows:
+            by_domain[row.domain].append(row)
+        await asyncio.gather(*(self.deliver_domain(d, rs) for d, rs in by_domain.items()))
+        return len(rows)
+
+    # one destination --------------------------------------------------------------------
+    async def deliver_domain(self, domain: str, rows: list[QueueRow]) -> None:
+        try:
+            targets = await self.federation.resolver.resolve(domain)
+        except NoRoute as exc:
+            await self.settle(rows, {}, permanent=f"no wsemail service for {domain}: {exc}")
+            return
+        except RoutingError as exc:
+            await self.settle(rows, {}, transient=f"cannot resolve {domain}: {exc}")
+            return
+        size = self.config.batch_max
+        for start in range(0, len(rows), size):
+            batch = rows[start : start + size]
+            await self.deliver_batch(domain, batch, [t.url for t in targets])
+
+    async def deliver_batch(self, domain: str, batch: list[QueueRow], urls: list[str]) -> None:
+        assert self._http is not None
+        last_error = "no target"
+        for url in urls:
+            data = self.transaction(domain, batch)
+            self.attempts += 1
+            try:
+                response = await self._http.post(
+                    url,
+                    content=data,
+                    headers={"content-type": soap.CONTENT_TYPE},
+                    extensions={"sni_hostname": domain},
+                )
+            except httpx.HTTPError as exc:
+                last_error = f"{url}: {exc!r}"
+                continue  # failover to the next target
+            try:
+                answer = soap.split_envelope(
+                    parse_untrusted(response.content, XmlLimits(max_bytes=16 << 20))
+                ).operation
+                soap.raise_if_fault(answer)
+            except RemoteFault as exc:
+                if response.status_code in PERMANENT_STATUSES:
+                    await self.settle(batch, {}, permanent=f"{domain} refused: {exc.reason}")
+                    return
+                last_error = f"{url}: {exc.reason}"
+                continue
+            results = {
+                (node.get("MessageId", ""), node.get("Recipient", "")): (
+                    node.get("Status", ""),
+                    node.get("Reason", ""),
+                )
+                for node in answer.findall(q("Result"))
+            }
+            await self.settle(batch, results)
+            return
+        await self.settle(batch, {}, transient=last_error)
+
+    def transaction(self, domain: str, batch: list[QueueRow]) -> bytes:
+        """A freshly signed Deliver for `batch` (all rows for `domain`)."""
+        env, header, body = soap.new_envelope()
+        security = etree.SubElement(header, q("Security", WSSE), nsmap={"wsse": WSSE, "wsu": WSU})
+        now = self.clock()
+        add_timestamp(
+            security,
+            timestamp(datetime.fromtimestamp(now, UTC)),
+            timestamp(datetime.fromtimestamp(now + 300, UTC)),
+        )
+        op = etree.SubElement(body, q("Deliver"))
+        element(op, "Origin", self.federation.domain)
+        element(op, "Destination", domain)
+        element(op, "Nonce", base64.b64encode(os.urandom(16)).decode())
+        signer = self.federation.signer
+        for row in batch:
+            message = Message.from_xml(etree.fromstring(row.payload))
+            form = signed_form(self.federation.domain, domain, row.recipients, message)
+            op.append(signer.sign_element(form))
+        signer.sign_envelope(env)
+        return soap.serialize(env)
+
+    # outcomes ---------------------------------------------------------------------------
+    async def settle(
+        self,
+        batch: list[QueueRow],
+        results: dict[tuple[str, str], tuple[str, str]],
+        *,
+        permanent: str | None = None,
+        transient: str | None = None,
+    ) -> None:
+        now = self.clock()
+
+        def work(tx: Tx) -> None:
+            for row in batch:
+                if transient is not None:
+                    if now - row.created >= self.config.lifetime:
+                        self.bounce(
+                            tx,
+                            row,
+                            row.recipients,
+                            f"gave up after {row.attempts + 1} attempts: {transient}",
+                        )
+                        tx.finish_queued(row.id)
+                    else:
+                        delay = min(self.config.retry_base * 2**row.attempts, self.config.retry_max)
+                        tx.defer_queued(row.id, now + delay, transient)
+                    continue
+                if permanent is not None:
+                    self.bounce(tx, row, row.recipients, permanent)
+                    tx.finish_queued(row.id)
+                    continue
+                refused = []
+                for recipient in row.recipients:
+                    status, reason = results.get((row.message_id, recipient), ("missing", ""))
+                    if status not in ("delivered", "duplicate"):
+                        refused.append(f"{recipient}: {reason or status}")
+                if refused:
+                    self.bounce(tx, row, [r.split(":")[0] for r in refused], "; ".join(refused))
+                tx.finish_queued(row.id)
+
+        await self.server.store.transact(work)
+        if transient is not None:
+            log.info("deferred %d message(s): %s", len(batch), transient)
+
+    def bounce(self, tx: Tx, row: QueueRow, recipients: list[str], reason: str) -> None:
+        """One delivery-failure notice into the sender's inbox; never for a bounce."""
+        if row.sender.startswith(f"{MAILER_DAEMON}@"):
+            log.warning("dropping undeliverable bounce %s: %s", row.message_id, reason)
+            return
+        original = Message.from_xml(etree.fromstring(row.payload))
+        domain = self.federation.domain
+        date = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = (
+            f"Your message could not be delivered to: {', '.join(recipients)}\n"
+            f"Reason: {reason}\n\nOriginal Message-Id: {original.message_id}\n"
+            f"Subject: {original.subject}\n"
+        )
+        notice = Message(
+            id="",
+            message_id=new_message_id(domain),
+            folder="inbox",
+            sender=f"{MAILER_DAEMON}@{domain}",
+            to=[row.sender],
+            cc=[],
+            subject=f"Undeliverable: {original.subject}"[:998],
+            date=date,
+            size=len(body),
+            seen=False,
+            body=body,
+        )
+        if tx.user(row.sender) is not None:
+            tx.add_message(row.sender, "inbox", notice)
+
+
+async def run_relay(server: Server) -> None:
+    """The server's background relay task (a no-op without federation)."""
+    if server.relay is None:
+        return
+    try:
+        await server.relay.run()
+    except WsemailError:
+        log.exception("relay stopped")
