@@ -65,11 +65,15 @@ class WsemailApp(App[None]):
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
             return
-        keys: list[tuple[str, str]] = []
+        own: list[tuple[str, str]] = []  # the screen's and the app's keys first
+        widgets: list[tuple[str, str]] = []  # then the focused widget's (navigation)
         for active in self.active_bindings.values():
             binding = active.binding
             if binding.description and active.enabled:
-                keys.append((self.get_key_display(binding), binding.description))
+                mine = active.node is self or active.node is self.screen
+                entry = (self.get_key_display(binding), binding.description)
+                (own if mine else widgets).append(entry)
+        keys = own + widgets
         name = type(self.screen).__name__.removesuffix("Screen")
         self.push_screen(HelpScreen(name, keys))
 

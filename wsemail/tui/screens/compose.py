@@ -69,7 +69,7 @@ class ComposeScreen(WorkScreen[bool]):
             yield Label("Cc", classes="compose-label")
             yield AddressInput(self.book, ", ".join(self.draft.cc), id="compose-cc", placeholder="")
             yield Label("Subject", classes="compose-label")
-            yield Input(self.draft.subject, id="compose-subject")
+            yield Input(self.draft.subject, id="compose-subject", compact=True)
         yield from self.compose_options()
         yield TextArea(self.draft.body, id="compose-body", soft_wrap=True)
         yield Footer()

@@ -12,8 +12,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
 ABOUT = (
-    "wsemail: mail as secure web services. Messages are signed by your server; "
-    "IM, forms and attachments will appear here as they arrive on the server side."
+    "wsemail: mail as secure web services. Signature checks, attachments, IM and forms "
+    "will show here as the server side gains them."
 )
 
 

@@ -126,6 +126,7 @@ class InboxScreen(WorkScreen[None]):
         self.generation += 1
         self.mailbox = Mailbox(folder)
         self.loading = False
+        self.table.set_folder(folder)
         self.table.show([])
         self._load_more()
 
@@ -164,7 +165,8 @@ class InboxScreen(WorkScreen[None]):
 
     @on(HeaderTable.NearEnd)
     def _near_end(self) -> None:
-        if self.mailbox.loaded:
+        # asked again: rows may have arrived since the widget posted the message
+        if self.mailbox.loaded and self.table.near_end:
             self._load_more()
 
     def _poll_tick(self) -> None:

@@ -29,5 +29,9 @@ class AddressInput(Input):
 
     def __init__(self, book: AddressBook, value: str = "", *, id: str, placeholder: str) -> None:
         super().__init__(
-            value=value, placeholder=placeholder, id=id, suggester=AddressSuggester(book)
+            value=value,
+            placeholder=placeholder,
+            id=id,
+            suggester=AddressSuggester(book),
+            compact=True,
         )

@@ -35,6 +35,13 @@ class HeaderTable(DataTable[Text | str]):
         super().__init__(id=id, cursor_type="row", zebra_stripes=False)
         self._headers: list[MessageHeader] = []
         self._columns_width = -1
+        self._folder = "inbox"
+
+    def set_folder(self, folder: str) -> None:
+        """In "sent" the second column shows recipients instead of the sender."""
+        if folder != self._folder:
+            self._folder = folder
+            self._columns_width = -1  # relabel the column on the next rebuild
 
     # data ---------------------------------------------------------------------------------
     @property
@@ -66,9 +73,10 @@ class HeaderTable(DataTable[Text | str]):
 
     def _cells(self, header: MessageHeader) -> list[Text | str]:
         style = "bold" if not header.seen else ""
+        who = ", ".join([*header.to, *header.cc]) if self._folder == "sent" else header.sender
         return [
             Text(markers(header), style="bold"),
-            Text(header.sender, style=style, overflow="ellipsis", no_wrap=True),
+            Text(who, style=style, overflow="ellipsis", no_wrap=True),
             Text(header.subject, style=style, overflow="ellipsis", no_wrap=True),
             format_date(header.date),
             Text(format_size(header.size), justify="right"),
@@ -78,7 +86,8 @@ class HeaderTable(DataTable[Text | str]):
     def _subject_width(self) -> int:
         fixed = sum(width or 0 for _, _, width in COLUMNS)
         padding = 2 * self.cell_padding * len(COLUMNS)
-        return max(MIN_SUBJECT, self.size.width - fixed - padding - 1)
+        scrollbar = self.styles.scrollbar_size_vertical
+        return max(MIN_SUBJECT, self.size.width - fixed - padding - scrollbar)
 
     def _ensure_columns(self) -> None:
         width = self._subject_width()
@@ -87,6 +96,8 @@ class HeaderTable(DataTable[Text | str]):
         self._columns_width = width
         self.clear(columns=True)
         for key, label, fixed in COLUMNS:
+            if key == "sender" and self._folder == "sent":
+                label = "To"
             self.add_column(label, width=fixed or width, key=key)
 
     def on_resize(self) -> None:
@@ -102,12 +113,15 @@ class HeaderTable(DataTable[Text | str]):
         super().watch_scroll_y(old_value, new_value)
         self.check_near_end()
 
-    def check_near_end(self) -> None:
+    @property
+    def near_end(self) -> bool:
+        """The cursor, or the bottom of the view, is within a few rows of the last row."""
         if not self.row_count:
-            return
-        visible_bottom = int(self.scroll_y) + self.size.height
-        if (
-            self.cursor_row >= self.row_count - NEAR_END_ROWS
-            or visible_bottom >= self.row_count - NEAR_END_ROWS
-        ):
+            return True
+        last = self.row_count - NEAR_END_ROWS
+        visible_bottom = int(self.scroll_y) + self.scrollable_content_region.height
+        return self.cursor_row >= last or visible_bottom >= last
+
+    def check_near_end(self) -> None:
+        if self.near_end:
             self.post_message(self.NearEnd())
