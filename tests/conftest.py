@@ -46,7 +46,8 @@ class Running:
         return self.controller.url
 
     def client(self, user: str = "alice@localhost", password: str = PASSWORD) -> Client:
-        c = Client(self.url, user, password, verify=self.verify)
+        tls_name = self.config.domain if self.config.tls_cert else None
+        c = Client(self.url, user, password, verify=self.verify, tls_name=tls_name)
         self.clients.append(c)
         return c
 

@@ -59,6 +59,7 @@ class Client:
         verify: str | bool | ssl.SSLContext = True,
         timeout: float = 30.0,
         trust_roots: list[Path] | None = None,
+        tls_name: str | None = None,
     ) -> None:
         if password is None and credentials is None:
             raise UsageError("a password is needed")
@@ -76,6 +77,9 @@ class Client:
         )
         self.trust_roots = list(trust_roots or [])
         self._trust: TrustStore | None = None
+        # the name the server's TLS certificate must carry when it differs from the URL's host
+        # (a domain's server certificate names the mail domain)
+        self._extensions = {"sni_hostname": tls_name} if tls_name else {}
 
     def __repr__(self) -> str:
         return f"Client({self.server!r}, {self.username!r})"
@@ -128,7 +132,9 @@ class Client:
         else:
             env.remove(header)
         try:
-            response = self._http.post(self.server, content=soap.serialize(env))
+            response = self._http.post(
+                self.server, content=soap.serialize(env), extensions=self._extensions
+            )
         except httpx.HTTPError as exc:
             raise TransportError(f"cannot reach {self.server}: {exc}") from exc
         try:
@@ -221,7 +227,7 @@ class Client:
             return None
         if self._trust is None:
             try:
-                response = self._http.get(self.server + "/crl")
+                response = self._http.get(self.server + "/crl", extensions=self._extensions)
             except httpx.HTTPError as exc:
                 raise TransportError(f"cannot reach {self.server}: {exc}") from exc
             crls = []

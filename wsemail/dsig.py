@@ -174,7 +174,9 @@ def verify_envelope(
     security = _only(header.findall(q("Security", WSSE)), "wsse:Security")
     timestamp = _only(security.findall(q("Timestamp", WSU)), "wsu:Timestamp")
     _only([c for c in body if isinstance(c.tag, str)], "Body child")
-    signature = _only(list(root.iter(q("Signature", DS))), "ds:Signature")
+    # exactly one Signature in the header, and it sits in wsse:Security; signatures inside
+    # the Body are payload (e.g. relayed messages' own), covered by this one's digest
+    signature = _only(list(header.iter(q("Signature", DS))), "ds:Signature in the Header")
     if signature.getparent() is not security:
         raise SignatureInvalid("the Signature must sit in the wsse:Security header")
     _unique_ids(root)

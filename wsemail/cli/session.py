@@ -96,7 +96,14 @@ def open_client(server: str | None = None, user: str | None = None) -> Client:
     password = os.environ.get("WSEMAIL_PASSWORD") or keyring_get(server, user)
     if not password:
         raise UsageError(f"no password for {user}: run 'wsemail login', or set WSEMAIL_PASSWORD")
-    return Client(server, user, password, verify=tls_verify(), trust_roots=trust_roots())
+    return Client(
+        server,
+        user,
+        password,
+        verify=tls_verify(),
+        trust_roots=trust_roots(),
+        tls_name=os.environ.get("WSEMAIL_TLS_NAME") or None,
+    )
 
 
 def trust_roots() -> list[Path]:

@@ -1,0 +1,423 @@
+"""Two real domains on loopback over real TLS: signed Deliver transactions, the relay queue,
+end-to-end provenance, and every way a transaction can be refused."""
+
+from __future__ import annotations
+
+import copy
+import json
+import ssl
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from lxml import etree
+
+from wsemail import soap
+from wsemail.errors import RevocationUnavailable
+from wsemail.pki import create_root, issue_server, list_issued, revoke, write_crl
+from wsemail.server.routing import StaticResolver
+from wsemail.server.store import QueueRow
+from wsemail.soap import SOAP, q
+
+from conftest import PASSWORD, Running, fault_subcode, start_server, wsemail_binary
+
+
+@dataclass
+class Federation:
+    ca: Path
+    servers: dict[str, Running]
+
+    @property
+    def a(self) -> Running:
+        return self.servers["a.test"]
+
+    @property
+    def b(self) -> Running:
+        return self.servers["b.test"]
+
+    def route_all(self) -> None:
+        routes = {d: [r.url] for d, r in self.servers.items()}
+        for running in self.servers.values():
+            federation = running.controller.server.federation
+            assert federation is not None
+            federation.resolver = StaticResolver(routes)
+
+
+def start_domain(tmp: Path, ca: Path, domain: str, **settings: object) -> Running:
+    identity = tmp / f"{domain}-identity"
+    if not identity.exists():
+        issue_server(ca, domain, identity)
+    return start_server(
+        tmp / domain,
+        domain=domain,
+        identity_dir=identity,
+        trust_roots=[ca / "root.pem"],
+        crls=[ca / "crl.pem"],
+        tls_cert=identity / "server.pem",
+        tls_key=identity / "server.key",
+        retry_base=0.2,
+        retry_max=0.5,
+        relay_poll=0.1,
+        **settings,
+    )
+
+
+@pytest.fixture
+def fed(tmp_path: Path) -> Iterator[Federation]:
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    servers = {d: start_domain(tmp_path, ca, d) for d in ("a.test", "b.test")}
+    federation = Federation(ca, servers)
+    federation.route_all()
+    yield federation
+    for running in servers.values():
+        running.stop()
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def inbox(running: Running, user: str) -> list[str]:
+    return [h.subject for h in running.client(user).list_headers().headers]
+
+
+def queued(running: Running) -> int:
+    return running.count("SELECT count(*) FROM queue")
+
+
+def test_mail_crosses_domains_signed_and_checked_by_the_reader(fed: Federation) -> None:
+    alice = fed.a.client("alice@a.test")
+    alice.send(["bob@b.test", "carol@a.test"], "Across", "Hello from a.test", cc=["carol@b.test"])
+    wait_for(lambda: inbox(fed.b, "bob@b.test") == ["Across"], "bob's copy")
+    assert inbox(fed.b, "carol@b.test") == ["Across"] and inbox(fed.a, "carol@a.test") == ["Across"]
+    assert queued(fed.a) == 0
+
+    env = {
+        "WSEMAIL_SERVER": fed.b.url,
+        "WSEMAIL_USER": "bob@b.test",
+        "WSEMAIL_PASSWORD": PASSWORD,
+        "WSEMAIL_CACERT": str(fed.ca / "root.pem"),
+        "WSEMAIL_TRUST_ROOTS": str(fed.ca / "root.pem"),
+        "PATH": "/usr/bin:/bin",
+        "WSEMAIL_TLS_NAME": "b.test",
+    }
+    ids = subprocess.run(
+        [wsemail_binary(), "list", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    got = subprocess.run(
+        [wsemail_binary(), "retrieve", "--json"],
+        env=env,
+        input=json.loads(ids)["id"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    message = json.loads(got.stdout)
+    assert message["provenance"] == {"status": "verified", "signer": "a.test", "reason": ""}
+    assert message["from"] == "alice@a.test" and message["body"] == "Hello from a.test"
+
+    # the local copy is vouched for by the reader's own server, not by a signature
+    carol = fed.a.client("carol@a.test")
+    carol.trust_roots = [fed.ca / "root.pem"]
+    proof, _ = carol.verify(carol.retrieve(carol.list_headers().headers[0].id))
+    assert proof.status == "local"
+
+
+def test_messages_for_one_domain_travel_in_one_transaction(fed: Federation) -> None:
+    relay = fed.a.controller.server.relay
+    assert relay is not None
+    before = relay.attempts
+    store = fed.a.controller.server.store
+    alice = fed.a.client("alice@a.test")
+    for n in range(5):
+        alice.send(["bob@b.test"], f"batch {n}")
+    wait_for(lambda: len(inbox(fed.b, "bob@b.test")) == 5, "five messages")
+    assert relay.attempts - before <= 5
+    assert (
+        store.transact_sync(lambda tx: tx.conn.execute("SELECT count(*) FROM queue").fetchone()[0])
+        == 0
+    )
+
+
+def _transaction(fed: Federation, recipients: list[str], subject: str = "crafted") -> bytes:
+    """A Deliver a.test's relay would send, without sending it."""
+    from wsemail.message import Message
+
+    message = Message(
+        id="",
+        message_id=f"<{subject}-{time.time_ns()}@a.test>",
+        folder="sent",
+        sender="alice@a.test",
+        to=recipients,
+        cc=[],
+        subject=subject,
+        date="2026-11-25T12:00:00Z",
+        size=1,
+        seen=True,
+        body="b",
+    )
+    holder = etree.Element("holder")
+    row = QueueRow(
+        1,
+        message.message_id,
+        "alice@a.test",
+        "b.test",
+        etree.tostring(message.to_xml(holder)),
+        recipients,
+        0,
+        time.time(),
+    )
+    relay = fed.a.controller.server.relay
+    assert relay is not None
+    return relay.transaction("b.test", [row])
+
+
+def post(running: Running, data: bytes) -> httpx.Response:
+    context = ssl.create_default_context(cafile=str(running.verify))
+    with httpx.Client(verify=context, timeout=10) as http:
+        return http.post(
+            running.url,
+            content=data,
+            headers={"content-type": soap.CONTENT_TYPE},
+            extensions={"sni_hostname": running.config.domain},
+        )
+
+
+def stored(running: Running) -> tuple[int, int]:
+    return running.count("SELECT count(*) FROM messages"), running.count(
+        "SELECT count(*) FROM deliveries"
+    )
+
+
+def assert_refused(
+    running: Running, response: httpx.Response, status: int, subcode: str, before: tuple[int, int]
+) -> None:
+    assert response.status_code == status, response.text
+    assert fault_subcode(response) == subcode
+    assert stored(running) == before
+    running.client("carol@b.test").list_headers()
+
+
+def test_a_retry_after_a_lost_answer_delivers_once(fed: Federation) -> None:
+    first = _transaction(fed, ["bob@b.test"], "once")
+    assert post(fed.b, first).status_code == 200
+    # the sender never saw the answer: it signs the same message again and retries
+    root = etree.fromstring(first)
+    again = _transaction(fed, ["bob@b.test"], "unused")
+    retry_root = etree.fromstring(again)
+    signed = root.find(f".//{q('SignedMessage')}")
+    retry_op = retry_root.find(f".//{q('Deliver')}")
+    assert signed is not None and retry_op is not None
+    retry_op.remove(retry_op.find(q("SignedMessage")))  # type: ignore[arg-type]
+    retry_op.append(copy.deepcopy(signed))
+    for sig in retry_root.findall(".//{http://www.w3.org/2000/09/xmldsig#}Signature"):
+        if sig.getparent().tag != q("SignedMessage"):  # type: ignore[union-attr]
+            sig.getparent().remove(sig)  # type: ignore[union-attr]
+    fed.a.controller.server.federation.signer.sign_envelope(retry_root)  # type: ignore[union-attr]
+    response = post(fed.b, soap.serialize(retry_root))
+    assert response.status_code == 200 and b'Status="duplicate"' in response.content
+    assert inbox(fed.b, "bob@b.test") == ["once"]
+
+
+def test_a_replayed_transaction_is_refused(fed: Federation) -> None:
+    data = _transaction(fed, ["bob@b.test"])
+    assert post(fed.b, data).status_code == 200
+    before = stored(fed.b)
+    assert_refused(fed.b, post(fed.b, data), 401, "wsemail:Replay", before)
+
+
+def test_a_wrapped_body_is_refused(fed: Federation) -> None:
+    before = stored(fed.b)
+    root = etree.fromstring(_transaction(fed, ["bob@b.test"]))
+    body = root.find(q("Body", SOAP))
+    header = root.find(q("Header", SOAP))
+    assert body is not None and header is not None
+    forged = copy.deepcopy(body)
+    forged.find(f".//{q('Recipient')}").text = "carol@b.test"  # type: ignore[union-attr]
+    header.append(body)  # the signed Body moves into a header, same Id
+    root.append(forged)
+    assert_refused(fed.b, post(fed.b, etree.tostring(root)), 401, "wsse:FailedCheck", before)
+    # the same with the forged Body under a fresh Id
+    root = etree.fromstring(_transaction(fed, ["bob@b.test"]))
+    body = root.find(q("Body", SOAP))
+    forged = copy.deepcopy(body)
+    forged.set(
+        "{http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd}Id",
+        "forged",
+    )
+    root.find(q("Header", SOAP)).append(body)  # type: ignore[union-attr]
+    root.append(forged)
+    assert_refused(fed.b, post(fed.b, etree.tostring(root)), 401, "wsse:FailedCheck", before)
+
+
+def test_tampered_content_is_refused(fed: Federation) -> None:
+    before = stored(fed.b)
+    data = _transaction(fed, ["bob@b.test"]).replace(b">b</", b">evil</")
+    assert_refused(fed.b, post(fed.b, data), 401, "wsse:FailedCheck", before)
+
+
+def test_a_transaction_for_another_domain_is_refused(fed: Federation) -> None:
+    before = stored(fed.b)
+    relay = fed.a.controller.server.relay
+    assert relay is not None
+    data = _transaction(fed, ["bob@b.test"]).replace(
+        b"<w:Destination>b.test</w:Destination>", b"<w:Destination>c.test</w:Destination>", 1
+    )
+    # re-signed by a.test for c.test: a real signature, the wrong destination
+    root = etree.fromstring(data)
+    for sig in root.findall(
+        f"{q('Header', SOAP)}//{{http://www.w3.org/2000/09/xmldsig#}}Signature"
+    ):
+        sig.getparent().remove(sig)  # type: ignore[union-attr]
+    fed.a.controller.server.federation.signer.sign_envelope(root)  # type: ignore[union-attr]
+    assert_refused(fed.b, post(fed.b, soap.serialize(root)), 403, "wsemail:Forbidden", before)
+
+
+def test_a_server_may_not_sign_for_another_domains_sender(fed: Federation) -> None:
+    before = stored(fed.b)
+    from wsemail.message import Message
+
+    relay = fed.a.controller.server.relay
+    assert relay is not None
+    message = Message(
+        id="",
+        message_id="<spoof@c.test>",
+        folder="sent",
+        sender="mallory@c.test",
+        to=["bob@b.test"],
+        cc=[],
+        subject="spoof",
+        date="2026-11-25T12:00:00Z",
+        size=1,
+        seen=True,
+        body="b",
+    )
+    row = QueueRow(
+        1,
+        message.message_id,
+        "mallory@c.test",
+        "b.test",
+        etree.tostring(message.to_xml(etree.Element("h"))),
+        ["bob@b.test"],
+        0,
+        time.time(),
+    )
+    data = relay.transaction("b.test", [row])
+    assert_refused(fed.b, post(fed.b, data), 403, "wsse:SecurityTokenUnavailable", before)
+
+
+def test_a_server_from_an_untrusted_root_is_refused(fed: Federation, tmp_path: Path) -> None:
+    rogue_ca = tmp_path / "rogue"
+    create_root(rogue_ca)
+    write_crl(rogue_ca)
+    issue_server(rogue_ca, "a.test", tmp_path / "rogue-a")
+    from wsemail.dsig import Signer
+    from wsemail.pki import ServerIdentity
+
+    identity = ServerIdentity.load(tmp_path / "rogue-a")
+    federation = fed.a.controller.server.federation
+    assert federation is not None
+    real = federation.signer
+    federation.signer = Signer(identity.key, identity.cert)
+    try:
+        data = _transaction(fed, ["bob@b.test"])
+    finally:
+        federation.signer = real
+    before = stored(fed.b)
+    assert_refused(fed.b, post(fed.b, data), 403, "wsse:SecurityTokenUnavailable", before)
+
+
+def test_unknown_recipient_bounces_once_and_the_rest_is_delivered(fed: Federation) -> None:
+    alice = fed.a.client("alice@a.test")
+    alice.send(["bob@b.test", "nobody@b.test"], "Partly")
+    wait_for(lambda: inbox(fed.a, "alice@a.test"), "the bounce")
+    assert inbox(fed.b, "bob@b.test") == ["Partly"]
+    bounce = alice.retrieve(alice.list_headers().headers[0].id)
+    assert bounce.sender == "mailer-daemon@a.test" and bounce.subject == "Undeliverable: Partly"
+    assert "nobody@b.test" in bounce.body and "bob@b.test" not in bounce.body.split("\n")[0]
+    time.sleep(0.5)
+    assert len(inbox(fed.a, "alice@a.test")) == 1  # one bounce, not one per retry
+    assert queued(fed.a) == 0
+
+
+def test_revoked_sender_is_refused_and_the_message_bounces(fed: Federation) -> None:
+    serial = next(
+        r.serial for r in list_issued(fed.ca) if r.domain == "a.test" and r.kind == "server"
+    )
+    revoke(fed.ca, serial)
+    write_crl(fed.ca)
+    fed.a.client("alice@a.test").send(["bob@b.test"], "After revocation")
+    wait_for(lambda: inbox(fed.a, "alice@a.test"), "the bounce")
+    assert inbox(fed.b, "bob@b.test") == []
+
+
+def test_stale_crl_fails_closed_then_delivers_after_refresh(fed: Federation) -> None:
+    old = datetime.now(UTC) - timedelta(days=10)
+    write_crl(fed.ca, days=1, now=old)  # next update 9 days ago: nothing can be checked
+    federation = fed.b.controller.server.federation
+    assert federation is not None
+    federation.refresh_crls()
+    with pytest.raises(RevocationUnavailable):
+        federation.server_signer(fed.a.controller.server.federation.identity.cert)  # type: ignore[union-attr]
+    fed.a.client("alice@a.test").send(["bob@b.test"], "Fail closed")
+    wait_for(lambda: fed.a.count("SELECT attempts FROM queue") >= 1, "a deferred attempt")
+    assert inbox(fed.b, "bob@b.test") == []
+    assert inbox(fed.a, "alice@a.test") == []  # deferred, not bounced
+    write_crl(fed.ca)  # the CA publishes a fresh CRL
+    wait_for(lambda: inbox(fed.b, "bob@b.test") == ["Fail closed"], "delivery after refresh")
+    assert inbox(fed.a, "alice@a.test") == []
+
+
+def test_unreachable_domain_is_retried_then_bounced_after_the_lifetime(tmp_path: Path) -> None:
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    a = start_domain(tmp_path, ca, "a.test", lifetime=1.0)
+    try:
+        federation = a.controller.server.federation
+        assert federation is not None
+        federation.resolver = StaticResolver({"b.test": ["https://127.0.0.1:9/wsemail"]})
+        a.client("alice@a.test").send(["bob@b.test"], "Nowhere")
+        wait_for(lambda: a.count("SELECT max(attempts) FROM queue") or 0, "a retry")
+        wait_for(lambda: inbox(a, "alice@a.test"), "the bounce")
+        notice = a.client("alice@a.test").list_headers().headers[0]
+        assert (
+            notice.sender == "mailer-daemon@a.test" and a.count("SELECT count(*) FROM queue") == 0
+        )
+    finally:
+        a.stop()
+
+
+def test_queue_survives_a_restart(tmp_path: Path) -> None:
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    a = start_domain(tmp_path, ca, "a.test", routes={"b.test": ["https://127.0.0.1:9/wsemail"]})
+    a.client("alice@a.test").send(["bob@b.test"], "Kept")
+    wait_for(lambda: a.count("SELECT max(attempts) FROM queue") or 0, "a failed attempt")
+    a.stop()
+    b = start_domain(tmp_path, ca, "b.test")
+    a = start_domain(tmp_path, ca, "a.test", routes={"b.test": [b.url]})
+    try:
+        wait_for(lambda: inbox(b, "bob@b.test") == ["Kept"], "delivery after restart")
+        assert inbox(a, "alice@a.test") == [] and a.count("SELECT count(*) FROM queue") == 0
+    finally:
+        a.stop()
+        b.stop()
