@@ -10,7 +10,7 @@ import sys
 import click
 import typer
 
-from wsemail.cli import ca, mail, plugins, serve, users
+from wsemail.cli import bench, ca, mail, plugins, serve, tui, users
 from wsemail.errors import WsemailError
 
 app = typer.Typer(
@@ -25,18 +25,8 @@ mail.register(app)
 app.add_typer(users.app, name="user")
 app.add_typer(plugins.app, name="plugins")
 app.add_typer(ca.app, name="ca")
-
-
-@app.command()
-def bench(
-    clients: int = typer.Option(16, help="concurrent clients"),
-    seconds: float = typer.Option(5.0, help="how long to send"),
-    data_dir: str = typer.Option("", help="server data dir (default: a temporary one)"),
-) -> None:
-    """Measure accepted sends/s, latency and server CPU per send on loopback."""
-    from wsemail.bench import run_bench
-
-    run_bench(clients=clients, seconds=seconds, data_dir=data_dir or None)
+app.command("tui")(tui.tui)
+bench.register(app)
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ import base64
 import ipaddress
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from lxml import etree
 from starlette.requests import ClientDisconnect, Request
@@ -55,6 +55,9 @@ PATH = "/wsemail"
 CRL_PATH = "/wsemail/crl"  # the CRLs this server holds, for its clients' provenance checks
 
 
+SelfAuthenticated = Callable[["Server", soap.ReceivedEnvelope, str], Awaitable[etree._Element]]
+
+
 class RequestTimeout(RequestInvalid):
     status = 408
 
@@ -71,12 +74,21 @@ class Server:
     federation: Federation | None = None
     relay: Relay | None = None
     inflight: int = 0
+    # hooks for plug-ins (registered from Plugin.attach): top-level SOAP operations that do
+    # their own authentication (e.g. a signed FetchAttachment), and raw ASGI routes for
+    # streams (uploads, downloads, server-sent events). Core paths cannot be overridden.
+    operations: dict[str, SelfAuthenticated] = field(default_factory=dict)
+    routes: dict[str, ASGIApp] = field(default_factory=dict)
 
     def asgi(self) -> ASGIApp:
         """The ASGI application: one path, no middleware stack on the hot path."""
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != "http":
+                return
+            route = self.routes.get(scope["path"])
+            if route is not None and scope["path"] not in (PATH, CRL_PATH):
+                await route(scope, receive, send)
                 return
             if scope["path"] not in (PATH, CRL_PATH):
                 response = Response("not found\n", status_code=404, media_type="text/plain")
@@ -160,6 +172,8 @@ class Server:
             return await self.get_salt(envelope.operation)
         if name == "Deliver":
             return await deliver(self, envelope.root)
+        if name in self.operations and name not in AUTHENTICATED:
+            return await self.operations[name](self, envelope, peer)
         operation = AUTHENTICATED.get(name)
         if operation is None:
             raise RequestInvalid(f"unknown operation {name!r}")
@@ -275,4 +289,5 @@ def build_server(config: ServerConfig, *, clock: Callable[[], float] = time.time
     server = Server(config, store, pipeline, auth, clock)
     server.federation = Federation(config)
     server.relay = Relay(server, server.federation)
+    pipeline.attach_all(server)
     return server

@@ -66,6 +66,12 @@ class Plugin:
     name: str = ""
     priority: int = 100
 
+    def attach(self, server: Any) -> None:
+        """Called once with the running `wsemail.server.app.Server` (store, config,
+        federation, `operations` and `routes` hooks) before the server takes requests, or
+        right after a run-time load. Create plug-in tables here with
+        `server.store.ensure_schema(self.name, [...])`."""
+
     def describe(self) -> str:
         return (self.__doc__ or "").strip().splitlines()[0] if self.__doc__ else ""
 
@@ -175,8 +181,14 @@ class Pipeline:
         self.extensions: dict[str, ExtensionProcessor] = {}
         self.local_mta: LocalMTA | None = None
         self.queue: MailQueue | None = None
+        self.server: Any = None
         for spec in specs:
             self.load(spec)
+
+    def attach_all(self, server: Any) -> None:
+        self.server = server
+        for entry in self.listing():
+            entry.plugin.attach(server)
 
     def load(self, spec: PluginSpec) -> Loaded:
         cls = resolve(spec.ref)
@@ -188,6 +200,8 @@ class Pipeline:
         plugin.priority = spec.priority
         if not interfaces_of(plugin):
             raise PluginError(f"{spec.ref!r} implements no plug-in interface")
+        if self.server is not None:
+            plugin.attach(self.server)
         with self._lock:
             if name in self._loaded:
                 raise PluginError(f"plug-in {name!r} is already loaded")

@@ -14,7 +14,7 @@ import base64
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -49,6 +49,9 @@ class Relay:
         self.wake = asyncio.Event()
         self._http: httpx.AsyncClient | None = None
         self.attempts = 0  # Deliver transactions sent, for tests and the benchmark
+        # a plug-in (e.g. an SMTP gateway) may take domains that have no wsemail service:
+        # it gets the leased rows and must settle them (Relay.settle); True = taken
+        self.fallback: Callable[[str, list[QueueRow]], Awaitable[bool]] | None = None
 
     # lifecycle --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -83,6 +86,8 @@ class Relay:
         try:
             targets = await self.federation.resolver.resolve(domain)
         except NoRoute as exc:
+            if self.fallback is not None and await self.fallback(domain, rows):
+                return
             await self.settle(rows, {}, permanent=f"no wsemail service for {domain}: {exc}")
             return
         except RoutingError as exc:

@@ -94,6 +94,10 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX deliveries_age ON deliveries(at);
     """,
+    # 3: schema versions of plug-ins that keep tables of their own
+    """
+    CREATE TABLE components(name TEXT PRIMARY KEY, version INTEGER NOT NULL)
+    """,
 ]
 
 
@@ -390,6 +394,26 @@ class SqliteStore:
             conn.close()
 
     # public ------------------------------------------------------------------------------
+    def ensure_schema(self, component: str, migrations: list[str]) -> None:
+        """Apply a plug-in's own migrations (each a ;-separated script) that this database
+        has not seen yet, in order, once."""
+
+        def work(tx: Tx) -> None:
+            row = tx.conn.execute(
+                "SELECT version FROM components WHERE name=?", (component,)
+            ).fetchone()
+            version = row[0] if row else 0
+            for number, script in enumerate(migrations[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    tx.conn.execute(statement)
+                tx.conn.execute(
+                    "INSERT INTO components(name, version) VALUES (?,?) "
+                    "ON CONFLICT(name) DO UPDATE SET version=excluded.version",
+                    (component, number),
+                )
+
+        self.transact_sync(work)
+
     async def transact(self, work: Callable[[Tx], T]) -> T:
         """Run `work` in the writer thread; resolves after its transaction committed."""
         return await asyncio.wrap_future(self.submit(work))
