@@ -214,7 +214,7 @@ class SrvResolver:
             raise RoutingError(f"DNS for {name} timed out: {exc}") from exc
         except (dns.exception.DNSException, OSError, ValueError) as exc:
             raise RoutingError(f"DNS for {name} failed: {exc}") from exc
-        ttl = min(float(answer.rrset.ttl if answer.rrset is not None else 0), MAX_TTL)
+        ttl = min(float(answer.chaining_result.minimum_ttl), MAX_TTL)  # CNAMEs count too
         records = [rd for rd in answer if isinstance(rd, SRV)]
         targets = [
             Target(
@@ -229,7 +229,7 @@ class SrvResolver:
         log.debug("SRV %s: %d targets, ttl %s", name, len(targets), ttl)
         if not targets:  # RFC 2782: a sole "." target means decidedly no service
             reason = f"{name} declares no wsemail service (SRV target '.')"
-            return _Entry(self.clock() + ttl, no_route=reason)
+            return _Entry(self.clock() + min(ttl, MAX_NEGATIVE_TTL), no_route=reason)
         targets.sort(key=lambda t: t.priority)
         return _Entry(self.clock() + ttl, targets=tuple(targets))
 
