@@ -421,3 +421,36 @@ def test_queue_survives_a_restart(tmp_path: Path) -> None:
     finally:
         a.stop()
         b.stop()
+
+
+def test_domains_found_by_dns_srv_with_failover(tmp_path: Path) -> None:
+    from test_routing import Dnsmasq
+
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    b = start_domain(tmp_path, ca, "b.test")
+    port = b.url.split(":")[2].split("/")[0]
+    dns = Dnsmasq(
+        tmp_path / "dnsmasq.log",
+        [
+            "--local=/test/",
+            "--local-ttl=60",
+            "--srv-host=_wsemail._tcp.b.test,localhost,9,5,10",  # preferred, but down
+            f"--srv-host=_wsemail._tcp.b.test,localhost,{port},10,10",
+        ],
+        probe="probe.test",
+    )
+    dns.start()
+    a = start_domain(tmp_path, ca, "a.test", dns_nameservers=["127.0.0.1"], dns_port=dns.port)
+    try:
+        a.client("alice@a.test").send(["bob@b.test", "nobody@nowhere.test"], "Via SRV")
+        wait_for(lambda: inbox(b, "bob@b.test") == ["Via SRV"], "delivery via SRV")
+        # nowhere.test has no SRV record: a permanent failure, bounced at once
+        wait_for(lambda: inbox(a, "alice@a.test"), "the bounce for nowhere.test")
+        bounce = a.client("alice@a.test").list_headers().headers[0]
+        assert bounce.subject == "Undeliverable: Via SRV"
+    finally:
+        a.stop()
+        b.stop()
+        dns.stop()
