@@ -1,0 +1,12 @@
+"""In charge of legacy email interop (DESIGN.md §8): an SMTP gateway both ways that never
+becomes a spoofing relay.
+
+    mx          MX / address / TXT lookups (dnspython), static override for tests
+    dkim_keys   the domain's DKIM key, signing, verifying, the DNS records to publish
+    spf         a small SPF (RFC 7208) check of the connecting peer
+    mime        wsemail message <-> RFC 5322/MIME
+    outbound    the relay's fallback: delivery by SMTP to MX hosts, STARTTLS, DKIM
+    inbound     the aiosmtpd listener: local recipients only, size and rate limits,
+                forged-sender refusal, "legacy" provenance
+    plugins     the server plug-ins `smtp-outbound` and `smtp-inbound`
+"""

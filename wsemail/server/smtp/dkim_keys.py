@@ -1,0 +1,149 @@
+"""In charge of DKIM for a domain: its signing key (made on first use under the data dir),
+signing outgoing MIME messages, verifying incoming ones, and the DNS records to publish
+(DKIM key TXT, SPF, `_wsemail._tcp` SRV, MX).
+
+dkimpy's exceptions are translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from wsemail.errors import UsageError
+
+log = logging.getLogger("wsemail.smtp.dkim")
+DEFAULT_SELECTOR = "wsemail"
+KEY_DIR = "dkim"
+SIGNED_HEADERS = [
+    b"from",
+    b"to",
+    b"cc",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"mime-version",
+    b"content-type",
+    b"content-transfer-encoding",
+]
+
+
+def key_path(data_dir: Path, domain: str, selector: str = DEFAULT_SELECTOR) -> Path:
+    return data_dir / KEY_DIR / f"{domain}.{selector}.pem"
+
+
+def ensure_key(data_dir: Path, domain: str, selector: str = DEFAULT_SELECTOR) -> bytes:
+    """The domain's private key (PEM); a 2048-bit RSA key is made on first use."""
+    path = key_path(data_dir, domain, selector)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(tmp, path)  # first writer wins when two processes race
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        log.info("made a DKIM key for %s (selector %s) at %s", domain, selector, path)
+    return path.read_bytes()
+
+
+def public_record(private_pem: bytes) -> str:
+    """The value of the `<selector>._domainkey.<domain>` TXT record."""
+    try:
+        key = serialization.load_pem_private_key(private_pem, password=None)
+    except ValueError as exc:
+        raise UsageError(f"the DKIM key is not a PEM private key: {exc}") from exc
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+
+
+def sign(
+    message: bytes, domain: str, private_pem: bytes, selector: str = DEFAULT_SELECTOR
+) -> bytes:
+    """`message` with a DKIM-Signature header (relaxed/relaxed, rsa-sha256) in front."""
+    try:
+        header = dkim.sign(
+            message,
+            selector.encode(),
+            domain.encode(),
+            private_pem,
+            canonicalize=(b"relaxed", b"relaxed"),
+            include_headers=SIGNED_HEADERS,
+        )
+    except dkim.DKIMException as exc:
+        raise UsageError(f"cannot DKIM-sign for {domain}: {exc}") from exc
+    return bytes(header) + message
+
+
+@dataclass(frozen=True)
+class DkimResult:
+    result: str  # pass | fail | none | temperror
+    domain: str = ""
+    reason: str = ""
+
+    def __str__(self) -> str:
+        text = self.result + (f" (d={self.domain})" if self.domain else "")
+        return text + (f": {self.reason}" if self.reason and self.result != "pass" else "")
+
+
+def verify(message: bytes, dnsfunc: Callable[..., bytes | None]) -> DkimResult:
+    """Check the first DKIM signature of `message` (blocking: DNS; run it in a thread)."""
+    try:
+        checker = dkim.DKIM(message, minkey=1024)
+        signatures = [value for name, value in checker.headers if name.lower() == b"dkim-signature"]
+        if not signatures:
+            return DkimResult("none")
+        tags = dkim.util.parse_tag_value(signatures[0])
+        domain = tags.get(b"d", b"").decode("ascii", "replace")
+        ok = checker.verify(0, dnsfunc=dnsfunc)
+    except dkim.DKIMException as exc:
+        return DkimResult("fail", "", str(exc))
+    except (ValueError, IndexError, UnicodeError) as exc:
+        return DkimResult("fail", "", f"malformed signature: {exc}")
+    if ok:
+        return DkimResult("pass", domain)
+    return DkimResult("fail", domain, "signature does not verify")
+
+
+def dns_records(
+    domain: str,
+    private_pem: bytes,
+    *,
+    selector: str = DEFAULT_SELECTOR,
+    host: str | None = None,
+    port: int = 443,
+    smtp_ip: str | None = None,
+) -> list[str]:
+    """Zone-file lines to publish for `domain` (its server at `host`, default mail.domain)."""
+    host = host or f"mail.{domain}"
+    key = public_record(private_pem)
+    chunks = " ".join(f'"{key[i : i + 255]}"' for i in range(0, len(key), 255))
+    spf = f"v=spf1 ip4:{smtp_ip} mx -all" if smtp_ip else "v=spf1 mx -all"
+    return [
+        f"{selector}._domainkey.{domain}. 3600 IN TXT {chunks}",
+        f'{domain}. 3600 IN TXT "{spf}"',
+        f"_wsemail._tcp.{domain}. 3600 IN SRV 10 10 {port} {host}.",
+        f"{domain}. 3600 IN MX 10 {host}.",
+    ]

@@ -1,0 +1,336 @@
+"""In charge of incoming legacy mail: an aiosmtpd listener that takes Internet mail for
+local users only. Never an open relay: recipients in other domains and unknown local users
+are refused at RCPT time. A sender (MAIL FROM or header From) in this domain or in any
+wsemail domain (one with a static route or a `_wsemail._tcp` SRV record) is refused: such
+mail arrives signed by `Deliver`, never over plain SMTP. Accepted mail is checked for DKIM
+and SPF, converted from MIME, and stored with "legacy" provenance (origin `smtp:<peer>` and a
+`LegacyMessage` record of what was checked) so no reader takes it for signed wsemail.
+Size limit (SIZE and DATA), and a per-peer limit on messages per time window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from lxml import etree
+
+from wsemail.errors import NoRoute, Rejected, RemoteFault, RoutingError, StoreError
+from wsemail.message import MAX_RECIPIENTS, Message, domain_of, new_message_id
+from wsemail.message import normalize_address as normalize
+from wsemail.server.controller import bind
+from wsemail.server.operations import deliver_locally
+from wsemail.server.pipeline import Environment
+from wsemail.server.smtp import dkim_keys, spf
+from wsemail.server.smtp.mime import Incoming, from_mime
+from wsemail.server.smtp.mx import MailDns
+from wsemail.server.store import Tx
+from wsemail.soap import element, q
+
+if TYPE_CHECKING:
+    from wsemail.server.app import Server
+
+log = logging.getLogger("wsemail.smtp.inbound")
+ORIGIN_PREFIX = "smtp:"
+
+
+class RateLimiter:
+    """At most `limit` events per `window` seconds for each peer (sliding window)."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._events: dict[str, deque[float]] = defaultdict(deque)
+
+    def allow(self, peer: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        events = self._events[peer]
+        while events and events[0] <= now - self.window:
+            events.popleft()
+        if len(events) >= self.limit:
+            return False
+        events.append(now)
+        if len(self._events) > 10_000:  # forget idle peers
+            for key in [k for k, v in self._events.items() if not v]:
+                del self._events[key]
+        return True
+
+
+@dataclass(frozen=True)
+class Checks:
+    peer: str
+    helo: str
+    mail_from: str
+    dkim: dkim_keys.DkimResult
+    spf: str
+    spf_domain: str
+
+
+def legacy_marker(checks: Checks, incoming: Incoming) -> bytes:
+    """The `LegacyMessage` record stored as the message's provenance (see
+    `wsemail.provenance`): what the gateway saw and checked; it is not a signature."""
+    root = etree.Element(q("LegacyMessage"), nsmap={"w": "urn:wsemail"})
+    element(root, "Peer", checks.peer)
+    element(root, "Helo", checks.helo)
+    element(root, "MailFrom", checks.mail_from)
+    dkim = element(root, "Dkim", checks.dkim.reason)
+    dkim.set("result", checks.dkim.result)
+    dkim.set("domain", checks.dkim.domain)
+    spf_node = element(root, "Spf")
+    spf_node.set("result", checks.spf)
+    spf_node.set("domain", checks.spf_domain)
+    for part in incoming.parts:
+        node = element(root, "Part")
+        node.set("type", part.content_type)
+        node.set("filename", part.filename)
+        node.set("size", str(part.size))
+    return etree.tostring(root)
+
+
+class Gateway:
+    """The aiosmtpd handler: one instance per listener, shared by its sessions."""
+
+    def __init__(
+        self,
+        server: Server,
+        dns: MailDns,
+        *,
+        rate: int = 60,
+        window: float = 60.0,
+    ) -> None:
+        self.server = server
+        self.dns = dns
+        self.domain = server.config.domain
+        self.limiter = RateLimiter(rate, window)
+        self.stored = 0
+
+    # policy -----------------------------------------------------------------------------
+    async def is_wsemail_domain(self, domain: str) -> bool:
+        """This domain, or one that speaks wsemail (static route or SRV record): mail from
+        them comes signed over `Deliver`, never unauthenticated over SMTP."""
+        domain = domain.lower()
+        if domain == self.domain or domain in self.server.config.routes:
+            return True
+        federation = self.server.federation
+        if federation is None:
+            return False
+        try:
+            await federation.resolver.resolve(domain)
+        except NoRoute:
+            return False
+        return True  # RoutingError propagates: the caller answers 451
+
+    async def check_sender(self, address: str, where: str, peer: str) -> str | None:
+        """None if `address` may send to us over SMTP, else the SMTP reply."""
+        try:
+            if await self.is_wsemail_domain(domain_of(address)):
+                log.warning("refused forged %s %r from %s", where, address, peer)
+                return (
+                    f"550 5.7.1 {domain_of(address)} is a wsemail domain: its mail is not "
+                    "accepted unauthenticated over SMTP"
+                )
+        except RoutingError:
+            return "451 4.4.3 cannot check the sender's domain now, try again later"
+        return None
+
+    # SMTP hooks -------------------------------------------------------------------------
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        peer = _peer(session)
+        if not self.limiter.allow(peer):
+            log.info("rate limit for %s", peer)
+            return "450 4.7.0 too many messages from your address, try again later"
+        if address:
+            try:
+                address = normalize(address)
+            except RemoteFault:
+                return "553 5.1.7 bad sender address"
+            refused = await self.check_sender(address, "MAIL FROM", peer)
+            if refused:
+                return refused
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        try:
+            address = normalize(address)
+        except RemoteFault:
+            return "553 5.1.3 bad recipient address"
+        if domain_of(address) != self.domain:
+            log.info("refused relaying to %r from %s", address, _peer(session))
+            return "550 5.7.1 relaying denied: this server takes mail for its own domain only"
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return "452 4.5.3 too many recipients"
+        try:
+            user = await self.server.store.transact(lambda tx: tx.user(address))
+        except StoreError:
+            return "451 4.3.0 temporary local problem, try again later"
+        if user is None:
+            return "550 5.1.1 no such user here"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        peer = _peer(session)
+        data = envelope.original_content or b""
+        if isinstance(data, str):
+            data = data.encode("utf-8", "surrogateescape")
+        try:
+            incoming = from_mime(data)
+        except RemoteFault as exc:
+            log.info("unreadable message from %s: %s", peer, exc.reason)
+            return "554 5.6.0 unreadable message"
+        mail_from = str(envelope.mail_from or "")
+        if incoming.sender is not None and incoming.sender != mail_from:
+            refused = await self.check_sender(incoming.sender, "header From", peer)
+            if refused:
+                return refused
+        helo = str(session.host_name or "")
+        spf_domain = domain_of(mail_from) if mail_from else helo
+        dkim_result, spf_result = await asyncio.gather(
+            asyncio.to_thread(dkim_keys.verify, data, self.dns.dkim_dnsfunc),
+            asyncio.to_thread(spf.check, self.dns, peer, spf_domain),
+        )
+        checks = Checks(peer, helo, mail_from, dkim_result, spf_result, spf_domain)
+        try:
+            public_ids = await self.store(incoming, list(envelope.rcpt_tos), checks)
+        except Rejected as exc:
+            log.info("refused message from %s: %s", peer, exc.reason)
+            return f"550 5.7.1 {exc.reason}"[:500]
+        except StoreError:
+            log.exception("cannot store legacy mail from %s", peer)
+            return "451 4.3.0 temporary local problem, try again later"
+        self.stored += 1
+        log.info(
+            "stored legacy mail from %r via %s for %d recipient(s); DKIM %s, SPF %s",
+            mail_from,
+            peer,
+            len(public_ids),
+            dkim_result,
+            spf_result,
+        )
+        return "250 2.0.0 OK"
+
+    async def store(self, incoming: Incoming, recipients: list[str], checks: Checks) -> list[str]:
+        """One unit of work: every recipient through the delivery pipeline, or none."""
+        body = incoming.body
+        if incoming.parts:
+            listing = "\n".join(
+                f"[not kept: {p.filename or 'unnamed part'} ({p.content_type}, {p.size} bytes)]"
+                for p in incoming.parts
+            )
+            body = f"{body.rstrip()}\n\n{listing}\n"
+        sender = incoming.sender or checks.mail_from or f"mailer-daemon@{checks.helo or 'unknown'}"
+        message = Message(
+            id="",
+            message_id=incoming.message_id or new_message_id(self.domain),
+            folder="inbox",
+            sender=sender,
+            to=incoming.to or recipients,
+            cc=incoming.cc,
+            subject=incoming.subject,
+            date=incoming.date,
+            size=len(body.encode()) + len(incoming.subject.encode()),
+            seen=False,
+            body=body,
+            origin=f"{ORIGIN_PREFIX}{checks.peer}",
+            signed_xml=legacy_marker(checks, incoming),
+        )
+        request = etree.fromstring(message.signed_xml or b"<x/>")
+
+        def work(tx: Tx) -> list[str]:
+            env = Environment(
+                principal=message.origin or ORIGIN_PREFIX,
+                domain=self.domain,
+                tx=tx,
+                request=request,
+                pipeline=self.server.pipeline,
+                clock=self.server.clock,
+            )
+            for recipient in recipients:
+                deliver_locally(replace(message), recipient, env)
+            return recipients
+
+        return await self.server.store.transact(work)
+
+
+def _peer(session: Session) -> str:
+    peer: Any = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer or "unknown")
+
+
+class _BoundController(Controller):
+    """aiosmtpd's threaded controller on a socket we bound (port 0 works, errors are
+    ours to report)."""
+
+    def __init__(self, handler: Gateway, host: str, port: int, **kwargs: Any) -> None:
+        self._sock = bind(host, port)
+        bound_host, bound_port = self._sock.getsockname()[:2]
+        super().__init__(handler, hostname=bound_host, port=bound_port, **kwargs)
+
+    def _create_server(self) -> Any:
+        return self.loop.create_server(self._factory_invoker, sock=self._sock)
+
+
+class Listener:
+    """The inbound gateway's listener: `start()` binds and waits until it answers,
+    `stop()` closes it (its thread is a daemon, harmless if never stopped)."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        host: str,
+        port: int,
+        *,
+        max_bytes: int,
+        hostname: str,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {
+            "data_size_limit": max_bytes,
+            "server_hostname": hostname,
+            "ident": "wsemail SMTP gateway",
+        }
+        if tls is not None:
+            kwargs["tls_context"] = tls
+        self.gateway = gateway
+        self.controller = _BoundController(gateway, host, port, ready_timeout=10, **kwargs)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return str(self.controller.hostname), int(self.controller.port)
+
+    def start(self) -> Listener:
+        self.controller.start()
+        log.info("SMTP gateway listening on %s:%d", *self.address)
+        return self
+
+    def stop(self) -> None:
+        try:
+            self.controller.stop(no_assert=True)
+        finally:
+            self.controller._sock.close()

@@ -1,0 +1,158 @@
+"""In charge of outgoing legacy mail: the relay's fallback for domains without a wsemail
+service. Each queue row becomes one DKIM-signed MIME message, handed by SMTP to the
+domain's MX hosts in order (STARTTLS when offered), and is settled by the relay's own rules:
+a 5xx answer bounces, a 4xx answer or no reachable host defers with backoff.
+
+smtplib's and ssl's exceptions are translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import smtplib
+import ssl
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from wsemail.errors import NoRoute, RoutingError
+from wsemail.message import Message
+from wsemail.server.relay import MAILER_DAEMON
+from wsemail.server.smtp import dkim_keys
+from wsemail.server.smtp.mime import to_mime
+from wsemail.server.smtp.mx import MailDns, MailHost
+from wsemail.server.store import QueueRow
+
+if TYPE_CHECKING:
+    from wsemail.server.relay import Relay
+
+log = logging.getLogger("wsemail.smtp.outbound")
+
+
+@dataclass
+class Outcome:
+    """How one queue row went: per-recipient results, or one permanent/transient reason."""
+
+    results: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    permanent: str | None = None
+    transient: str | None = None
+
+
+@dataclass
+class SmtpSender:
+    relay: Relay
+    dns: MailDns
+    domain: str
+    dkim_key: bytes = field(repr=False)
+    selector: str = dkim_keys.DEFAULT_SELECTOR
+    helo: str = ""
+    starttls: bool = True
+    require_tls: bool = False
+    tls_verify: bool = False  # opportunistic TLS (RFC 7435) unless told otherwise
+    timeout: float = 30.0
+    sent: int = 0  # messages accepted by a peer, for tests and status
+
+    async def fallback(self, domain: str, rows: list[QueueRow]) -> bool:
+        """The `Relay.fallback` hook: deliver `rows` for `domain` by SMTP and settle them."""
+        try:
+            hosts = await asyncio.to_thread(self.dns.mail_hosts, domain)
+        except NoRoute as exc:
+            await self.relay.settle(rows, {}, permanent=f"no mail service for {domain}: {exc}")
+            return True
+        except RoutingError as exc:
+            await self.relay.settle(rows, {}, transient=f"cannot resolve MX of {domain}: {exc}")
+            return True
+        for row in rows:
+            try:
+                outcome = await asyncio.to_thread(self.deliver_row, domain, row, hosts)
+            except Exception as exc:  # never leave a leased row behind: retry it later
+                log.exception("SMTP delivery of %s to %s failed", row.message_id, domain)
+                outcome = Outcome(transient=f"local error: {exc!r}")
+            await self.relay.settle(
+                [row], outcome.results, permanent=outcome.permanent, transient=outcome.transient
+            )
+        return True
+
+    def tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        if not self.tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def message_bytes(self, row: QueueRow) -> bytes:
+        message = Message.from_xml(etree.fromstring(row.payload))
+        return dkim_keys.sign(to_mime(message), self.domain, self.dkim_key, self.selector)
+
+    def deliver_row(self, domain: str, row: QueueRow, hosts: list[MailHost]) -> Outcome:
+        """One message to the first host that gives a final answer (blocking)."""
+        data = self.message_bytes(row)
+        mail_from = "" if row.sender.startswith(f"{MAILER_DAEMON}@") else row.sender
+        last = "no mail host"
+        for host in hosts:
+            where = f"{host.name}[{host.address}]:{host.port}"
+            try:
+                refused = self._send(host, mail_from, row.recipients, data)
+            except smtplib.SMTPRecipientsRefused as exc:
+                refused = dict(exc.recipients)
+            except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
+                reason = f"{where} said {exc.smtp_code} {_text(exc.smtp_error)}"
+                if exc.smtp_code >= 500:
+                    return Outcome(permanent=reason)
+                last = reason
+                continue  # 4xx: another MX may take it; else retry later
+            except _TlsRequired as exc:
+                last = f"{where}: {exc}"
+                continue
+            except smtplib.SMTPResponseException as exc:
+                last = f"{where} said {exc.smtp_code} {_text(exc.smtp_error)}"
+                if exc.smtp_code >= 500:
+                    return Outcome(permanent=last)
+                continue
+            except (smtplib.SMTPException, OSError, ssl.SSLError, ValueError) as exc:
+                last = f"{where}: {exc!r}"
+                continue
+            return self._outcome(row, where, refused)
+        log.info("deferring %s to %s: %s", row.message_id, domain, last)
+        return Outcome(transient=last)
+
+    def _outcome(self, row: QueueRow, where: str, refused: dict[str, tuple[int, bytes]]) -> Outcome:
+        accepted = [r for r in row.recipients if r not in refused]
+        temporary = {r: v for r, v in refused.items() if v[0] < 500}
+        if not accepted and len(temporary) == len(refused):  # nothing taken, only 4xx: retry
+            first = next(iter(temporary.values()))
+            return Outcome(transient=f"{where} said {first[0]} {_text(first[1])}")
+        self.sent += 1
+        log.info("sent %s to %s for %d recipient(s)", row.message_id, where, len(accepted))
+        results = {(row.message_id, r): ("delivered", "") for r in accepted}
+        for recipient, (code, text) in refused.items():
+            note = "" if code >= 500 else " (temporary, not retried: others were delivered)"
+            results[(row.message_id, recipient)] = ("rejected", f"{code} {_text(text)}{note}")
+        return Outcome(results=results)
+
+    def _send(
+        self, host: MailHost, mail_from: str, recipients: list[str], data: bytes
+    ) -> dict[str, tuple[int, bytes]]:
+        helo = self.helo or self.domain
+        with smtplib.SMTP(timeout=self.timeout, local_hostname=helo) as smtp:
+            smtp.connect(host.address, host.port)
+            # smtplib takes the SNI and certificate name from the host it was built with
+            smtp._host = host.name  # type: ignore[attr-defined]
+            smtp.ehlo()
+            if self.starttls and smtp.has_extn("starttls"):
+                smtp.starttls(context=self.tls_context())
+                smtp.ehlo()
+            elif self.require_tls:
+                raise _TlsRequired("offers no STARTTLS and TLS is required")
+            return smtp.sendmail(mail_from, recipients, data)
+
+
+class _TlsRequired(Exception):
+    pass
+
+
+def _text(value: bytes | str) -> str:
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return " ".join(text.split())[:300]

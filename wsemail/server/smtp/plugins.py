@@ -1,0 +1,166 @@
+"""The SMTP gateway's server plug-ins; both are off unless the config lists them.
+
+    smtp-outbound  (extension "smtp")  takes the relay's fallback: domains without a
+                   wsemail service get DKIM-signed SMTP to their MX hosts; the extension
+                   answers an admin with the DNS records to publish
+    smtp-inbound   (delivery)          runs the SMTP listener (option `port`, 127.0.0.1 by
+                   default) and refuses, at delivery, legacy mail that claims a local sender
+
+Call `close()` on a plug-in that has it when the server stops (the inbound listener runs on
+a daemon thread, so forgetting it only leaves the port open until the process exits).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+from lxml import etree
+
+from wsemail.errors import Forbidden, PluginError, Rejected
+from wsemail.message import Message, domain_of
+from wsemail.server.pipeline import DeliveryProcessor, Environment, ExtensionProcessor, Verdict
+from wsemail.server.smtp import dkim_keys
+from wsemail.server.smtp.inbound import ORIGIN_PREFIX, Gateway, Listener
+from wsemail.server.smtp.mx import MailDns
+from wsemail.server.smtp.outbound import SmtpSender
+from wsemail.soap import element, q
+
+log = logging.getLogger("wsemail.smtp")
+
+
+def _dns(server: Any, mx: Any, txt: Any, use_dns: bool) -> MailDns:
+    config = server.config
+    return MailDns(
+        mx=mx, txt=txt, nameservers=config.dns_nameservers, port=config.dns_port, use_dns=use_dns
+    )
+
+
+class SmtpOutbound(ExtensionProcessor):
+    """Deliver mail for domains without a wsemail service by SMTP, DKIM-signed."""
+
+    name = "smtp-outbound"
+    extension_id = "smtp"
+
+    def __init__(
+        self,
+        selector: str = dkim_keys.DEFAULT_SELECTOR,
+        helo: str = "",
+        starttls: bool = True,
+        require_tls: bool = False,
+        tls_verify: bool = False,
+        timeout: float = 30.0,
+        mx: dict[str, list[str]] | None = None,
+        txt: dict[str, str] | None = None,
+        use_dns: bool = True,
+    ) -> None:
+        self.options = {
+            "selector": str(selector),
+            "helo": str(helo),
+            "starttls": bool(starttls),
+            "require_tls": bool(require_tls),
+            "tls_verify": bool(tls_verify),
+            "timeout": float(timeout),
+        }
+        self.mx, self.txt, self.use_dns = mx, txt, bool(use_dns)
+        self.sender: SmtpSender | None = None
+        self.server: Any = None
+
+    def attach(self, server: Any) -> None:
+        if server.relay is None:
+            raise PluginError("smtp-outbound needs the server's relay")
+        key = dkim_keys.ensure_key(
+            server.config.data_dir, server.config.domain, str(self.options["selector"])
+        )
+        self.sender = SmtpSender(
+            relay=server.relay,
+            dns=_dns(server, self.mx, self.txt, self.use_dns),
+            domain=server.config.domain,
+            dkim_key=key,
+            **self.options,  # type: ignore[arg-type]
+        )
+        server.relay.fallback = self.sender.fallback
+        self.server = server
+
+    def close(self) -> None:
+        if self.server is not None and self.sender is not None:
+            if self.server.relay.fallback == self.sender.fallback:
+                self.server.relay.fallback = None
+
+    def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:
+        if not env.is_admin:
+            raise Forbidden("the smtp extension is for admin accounts")
+        assert self.sender is not None
+        answer = etree.Element(q("SmtpDns"))
+        for line in dkim_keys.dns_records(
+            env.domain, self.sender.dkim_key, selector=self.sender.selector
+        ):
+            element(answer, "Record", line)
+        return answer
+
+
+class SmtpInbound(DeliveryProcessor):
+    """Take Internet mail for local users over SMTP, as legacy mail (never a relay)."""
+
+    name = "smtp-inbound"
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 2525,
+        max_bytes: int = 10 << 20,
+        rate: int = 60,
+        window: float = 60.0,
+        hostname: str = "",
+        txt: dict[str, str] | None = None,
+        mx: dict[str, list[str]] | None = None,
+        use_dns: bool = True,
+        starttls: bool = True,
+    ) -> None:
+        if int(max_bytes) <= 0 or int(rate) <= 0 or float(window) <= 0:
+            raise ValueError("max_bytes, rate and window must be positive")
+        self.host, self.port = str(host), int(port)
+        self.max_bytes, self.rate, self.window = int(max_bytes), int(rate), float(window)
+        self.hostname = str(hostname)
+        self.txt, self.mx, self.use_dns, self.starttls = txt, mx, bool(use_dns), bool(starttls)
+        self.listener: Listener | None = None
+
+    def attach(self, server: Any) -> None:
+        gateway = Gateway(
+            server,
+            _dns(server, self.mx, self.txt, self.use_dns),
+            rate=self.rate,
+            window=self.window,
+        )
+        tls = None
+        config = server.config
+        if self.starttls and config.tls_cert is not None and config.tls_key is not None:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+        self.listener = Listener(
+            gateway,
+            self.host,
+            self.port,
+            max_bytes=self.max_bytes,
+            hostname=self.hostname or config.domain,
+            tls=tls,
+        ).start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.listener is not None, "not attached"
+        return self.listener.address
+
+    def close(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.stop()
+
+    def deliver(self, message: Message, recipient: str, env: Environment) -> Verdict:
+        """Second line of defence: legacy mail never lands under a local sender."""
+        if (message.origin or "").startswith(ORIGIN_PREFIX) and domain_of(
+            message.sender
+        ) == env.domain:
+            raise Rejected("legacy mail may not claim a local sender")
+        return Verdict.PASS
