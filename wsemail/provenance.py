@@ -87,7 +87,7 @@ def read_signed(node: etree._Element) -> SignedContent:
     )
 
 
-Status = Literal["verified", "failed", "local", "unchecked"]
+Status = Literal["verified", "failed", "local", "unchecked", "legacy"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,8 @@ class Provenance:
             return f"signature check FAILED: {self.reason}"
         if self.status == "local":
             return "local (delivered by your own server)"
+        if self.status == "legacy":
+            return f"legacy email, NOT signed by a wsemail server: {self.reason}"
         return f"not checked: {self.reason}"
 
 
@@ -121,6 +123,9 @@ def check(
         return Provenance(
             "failed", None, "a message from another domain without a signature"
         ), message
+    legacy = read_legacy(message.signed_xml)
+    if legacy is not None:  # taken over SMTP by our own server: what it checked, no more
+        return Provenance("legacy", None, legacy), message
     if server_signer is None:
         return Provenance("unchecked", message.origin, "no trust roots configured"), message
     try:
@@ -144,6 +149,25 @@ def check(
         message_id=content.message.message_id,
     )
     return Provenance("verified", signer), trusted
+
+
+def read_legacy(data: bytes) -> str | None:
+    """The summary of a `LegacyMessage` record (mail the SMTP gateway took), else None."""
+    try:
+        root = parse_untrusted(data, XmlLimits(max_bytes=1 << 20))
+    except (RemoteFault, WsemailError):
+        return None
+    if root.tag != q("LegacyMessage"):
+        return None
+    dkim, spf = root.find(q("Dkim")), root.find(q("Spf"))
+    summary = f"received by SMTP from {text_of(root, 'Peer', '') or '?'}"
+    if dkim is not None:
+        summary += f"; DKIM {dkim.get('result', 'none')}"
+        summary += f" (d={dkim.get('domain')})" if dkim.get("domain") else ""
+    if spf is not None:
+        summary += f"; SPF {spf.get('result', 'none')}"
+        summary += f" ({spf.get('domain')})" if spf.get("domain") else ""
+    return summary
 
 
 def certificate_domain(cert: x509.Certificate) -> list[str]:
