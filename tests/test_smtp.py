@@ -29,7 +29,7 @@ from wsemail.server.smtp import dkim_keys
 from wsemail.server.smtp.plugins import SmtpInbound
 
 from certs import make_tls_files
-from conftest import Running, start_server
+from conftest import Cli, Running, start_server
 
 INBOUND = "wsemail.server.smtp.plugins:SmtpInbound"
 OUTBOUND = "wsemail.server.smtp.plugins:SmtpOutbound"
@@ -186,6 +186,8 @@ def test_smtp_client_mail_lands_in_local_mailbox_with_legacy_provenance(tmp_path
         assert proof.status == "legacy" and proof.signer is None
         assert "DKIM pass (d=example.net)" in proof.reason and "SPF pass" in proof.reason
         assert "NOT signed by a wsemail server" in str(proof)
+        shown = Cli(running, tmp_path)("retrieve", header.id, user="bob@localhost").stdout
+        assert "Provenance: legacy email, NOT signed by a wsemail server" in shown
     finally:
         stop(running)
 
