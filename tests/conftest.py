@@ -84,7 +84,8 @@ class Running:
 
 def start_server(data_dir: Path, *, users: bool = True, **settings: object) -> Running:
     """A real server on a loopback port; alice, bob, carol and admin @ its domain."""
-    config = ServerConfig(data_dir=data_dir, port=0, **settings)  # type: ignore[arg-type]
+    settings.setdefault("port", 0)
+    config = ServerConfig(data_dir=data_dir, **settings)  # type: ignore[arg-type]
     controller = ServerController(config)
     if users:
         store = controller.server.store

@@ -454,3 +454,180 @@ def test_domains_found_by_dns_srv_with_failover(tmp_path: Path) -> None:
         a.stop()
         b.stop()
         dns.stop()
+
+
+def _resign(
+    fed: Federation,
+    data: bytes,
+    *,
+    key: object = None,
+    cert: object = None,
+    refs: str = "both",
+    algorithm: str = "ecdsa-sha256",
+    digest: str = "sha256",
+) -> bytes:
+    """Strip the hop signature of a crafted transaction and sign it again differently."""
+    from signxml.algorithms import SignatureConstructionMethod
+    from signxml.signer import XMLSigner
+
+    from wsemail.dsig import DS, EXC_C14N, WSU_ID
+
+    identity = fed.a.controller.server.federation.identity  # type: ignore[union-attr]
+    root = etree.fromstring(data)
+    security = root.find(f"{q('Header', SOAP)}/{{{soap.WSSE}}}Security")
+    assert security is not None
+    security.remove(security.find(f"{{{DS}}}Signature"))  # type: ignore[arg-type]
+    body = root.find(q("Body", SOAP))
+    stamp = security.find(f"{{{soap.WSU}}}Timestamp")
+    assert body is not None and stamp is not None
+    uris = {"both": [body, stamp], "body": [body], "timestamp": [stamp]}[refs]
+    signer = XMLSigner(
+        method=SignatureConstructionMethod.detached,
+        signature_algorithm=algorithm,
+        digest_algorithm=digest,
+        c14n_algorithm=EXC_C14N,
+    )
+    signature = signer.sign(
+        root,
+        key=key or identity.key,
+        cert=[cert or identity.cert],
+        reference_uri=[f"#{n.get(WSU_ID)}" for n in uris],
+        id_attribute="Id",
+    )
+    security.append(signature)
+    return etree.tostring(root)
+
+
+def test_a_forged_body_reusing_the_signed_id_under_another_attribute_is_refused(
+    fed: Federation,
+) -> None:
+    before = stored(fed.b)
+    root = etree.fromstring(_transaction(fed, ["bob@b.test"]))
+    body = root.find(q("Body", SOAP))
+    assert body is not None
+    from wsemail.dsig import WSU_ID
+
+    forged = copy.deepcopy(body)
+    del forged.attrib[WSU_ID]
+    forged.set("Id", body.get(WSU_ID) or "")  # same value, plain Id attribute
+    forged.find(f".//{q('Recipient')}").text = "carol@b.test"  # type: ignore[union-attr]
+    root.find(q("Header", SOAP)).append(body)  # type: ignore[union-attr]
+    root.append(forged)
+    assert_refused(fed.b, post(fed.b, etree.tostring(root)), 401, "wsse:FailedCheck", before)
+
+
+def test_a_second_signature_is_refused(fed: Federation) -> None:
+    before = stored(fed.b)
+    root = etree.fromstring(_transaction(fed, ["bob@b.test"]))
+    security = root.find(f"{q('Header', SOAP)}/{{{soap.WSSE}}}Security")
+    signature = security.find("{http://www.w3.org/2000/09/xmldsig#}Signature")  # type: ignore[union-attr]
+    security.append(copy.deepcopy(signature))  # type: ignore[union-attr,arg-type]
+    assert_refused(fed.b, post(fed.b, etree.tostring(root)), 401, "wsse:FailedCheck", before)
+
+
+@pytest.mark.parametrize("refs", ["body", "timestamp"])
+def test_a_signature_that_omits_the_body_or_the_timestamp_is_refused(
+    fed: Federation, refs: str
+) -> None:
+    before = stored(fed.b)
+    data = _resign(fed, _transaction(fed, ["bob@b.test"]), refs=refs)
+    assert_refused(fed.b, post(fed.b, data), 401, "wsse:FailedCheck", before)
+
+
+def test_sha1_signatures_are_refused(fed: Federation) -> None:
+    # signxml will not even sign with SHA-1; name the SHA-1 algorithms in a real signature
+    before = stored(fed.b)
+    data = _transaction(fed, ["bob@b.test"])
+    data = data.replace(b"xmldsig-more#ecdsa-sha256", b"xmldsig-more#ecdsa-sha1").replace(
+        b"xmlenc#sha256", b"xmldsig#sha1"
+    )
+    assert b"ecdsa-sha1" in data and b"xmldsig#sha1" in data
+    response = post(fed.b, data)
+    assert_refused(fed.b, response, 401, "wsse:FailedCheck", before)
+    assert b"SHA1" in response.content or b"sha1" in response.content
+
+
+def _self_signed(domain: str) -> tuple[object, object]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from wsemail.pki import WSEMAIL_SERVER_ROLE
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, WSEMAIL_SERVER_ROLE]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+@pytest.mark.parametrize("kind", ["expired", "not-yet-valid", "self-signed", "user"])
+def test_unacceptable_signing_certificates_are_refused(
+    fed: Federation, tmp_path: Path, kind: str
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from wsemail.pki import ServerIdentity
+
+    if kind in ("expired", "not-yet-valid"):
+        when = datetime.now(UTC) + (
+            timedelta(days=-30) if kind == "expired" else timedelta(days=30)
+        )
+        issue_server(fed.ca, "a.test", tmp_path / kind, days=2, now=when)
+        identity = ServerIdentity.load(tmp_path / kind)
+        key, cert = identity.key, identity.cert
+    elif kind == "self-signed":
+        key, cert = _self_signed("a.test")
+    else:  # a user's certificate, issued by a.test's issuing CA, signing as a server
+        user_key = ec.generate_private_key(ec.SECP256R1())
+        identity = fed.a.controller.server.federation.identity  # type: ignore[union-attr]
+        cert = identity.issue_user_cert(
+            "alice@a.test", user_key.public_key(), lifetime=timedelta(hours=1)
+        )
+        key = user_key
+    before = stored(fed.b)
+    data = _resign(fed, _transaction(fed, ["bob@b.test"]), key=key, cert=cert)
+    response = post(fed.b, data)
+    assert response.status_code in (401, 403), response.text
+    assert fault_subcode(response) in ("wsse:SecurityTokenUnavailable", "wsse:FailedCheck")
+    assert stored(fed.b) == before
+    fed.b.client("carol@b.test").list_headers()
+
+
+def test_receiver_down_then_back_gets_each_message_once(tmp_path: Path) -> None:
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    b = start_domain(tmp_path, ca, "b.test")
+    url = b.url
+    b.stop()  # down: the sender retries with backoff
+    a = start_domain(tmp_path, ca, "a.test", routes={"b.test": [url]})
+    try:
+        for n in range(3):
+            a.client("alice@a.test").send(["bob@b.test"], f"while down {n}")
+        wait_for(lambda: (a.count("SELECT min(attempts) FROM queue") or 0) >= 2, "retries")
+        port = int(url.split(":")[2].split("/")[0])
+        b = start_domain(tmp_path, ca, "b.test", port=port)  # back on the same address
+        wait_for(lambda: len(inbox(b, "bob@b.test")) == 3, "delivery after the outage")
+        time.sleep(0.5)
+        assert sorted(inbox(b, "bob@b.test")) == [f"while down {n}" for n in range(3)]
+        assert inbox(a, "alice@a.test") == [] and a.count("SELECT count(*) FROM queue") == 0
+    finally:
+        a.stop()
+        b.stop()

@@ -56,6 +56,9 @@ def uvicorn_config(server: Server, **extra: Any) -> uvicorn.Config:
         access_log=False,
         log_config=None,
         timeout_keep_alive=30,
+        # idle TLS keep-alive connections of peer relays would otherwise hold shutdown
+        # open until the SSL close times out (~30 s)
+        timeout_graceful_shutdown=3,
         backlog=2048,
         **tls,
         **extra,

@@ -57,6 +57,9 @@ class Relay:
     async def run(self) -> None:
         """Deliver due rows until cancelled; woken early when a send queues something."""
         self._http = httpx.AsyncClient(verify=self.federation.tls_context(), timeout=30)
+        released = await self.server.store.transact(lambda tx: tx.release_leases())
+        if released:
+            log.info("took back %d leased row(s) from before a restart", released)
         try:
             while True:
                 try:

@@ -304,6 +304,13 @@ class Tx:
         ).fetchall()
         return [QueueRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows]
 
+    def release_leases(self) -> int:
+        """At start-up: rows a crashed predecessor had leased are due again (one relay per
+        SQLite store; several processes sharing a store would rely on lease expiry)."""
+        return self.conn.execute(
+            "UPDATE queue SET state='queued', lease_until=NULL WHERE state='leased'"
+        ).rowcount
+
     def finish_queued(self, row_id: int) -> None:
         self.conn.execute("DELETE FROM queue WHERE id=?", (row_id,))
 
