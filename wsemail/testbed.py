@@ -136,6 +136,8 @@ class OpTally:
     received: int = 0  # bytes server -> client
     failed: int = 0
     skipped: int = 0  # retrieve/delete with nothing in the inbox: no request made
+    relayed: int = 0  # retrieves of a message relayed from S_e (carries its signed form)
+    relayed_received: int = 0
 
 
 @dataclass
@@ -478,6 +480,9 @@ class Client:
         tally.latencies.append(elapsed)
         if op == "list":
             self.known = [m.decode() for m in _ID.findall(body)]
+        elif op == "retrieve" and b"Provenance" in body:
+            tally.relayed += 1
+            tally.relayed_received += received
 
     async def run(self, count: int, interval: float | None, offset: float) -> None:
         ops, weights = list(self.plan.options.mix), list(self.plan.options.mix.values())
@@ -501,8 +506,8 @@ class Client:
             scheduled = None
             if interval is not None:
                 scheduled = start + made * interval
-                delay = scheduled - time.perf_counter()
-                if delay > 0:
+                # loop: the event loop's timers may fire up to a millisecond early
+                while (delay := scheduled - time.perf_counter()) > 0:
                     await asyncio.sleep(delay)
             data = self.build(op)
             if data is None:
@@ -814,6 +819,8 @@ def summarise(
         received_total += received
         failed += op_failed
         requests = count + op_failed
+        relayed = sum(t.relayed for t in tallies)
+        relayed_down = sum(t.relayed_received for t in tallies)
         per_op[op] = {
             "count": count,
             "failed": op_failed,
@@ -824,6 +831,15 @@ def summarise(
             "bytes_per_request_up": round(sent / requests) if requests else 0,
             "bytes_per_request_down": round(received / requests) if requests else 0,
         }
+        if op == "retrieve":  # local copies vs copies relayed from S_e (with a signed form)
+            local_n = requests - relayed
+            per_op[op]["local_bytes_per_request_down"] = (
+                round((received - relayed_down) / local_n) if local_n else 0
+            )
+            per_op[op]["relayed_count"] = relayed
+            per_op[op]["relayed_bytes_per_request_down"] = (
+                round(relayed_down / relayed) if relayed else 0
+            )
     total = len(every) + failed
     for op in OPS:
         n = per_op[op]["count"] + per_op[op]["failed"]
@@ -886,6 +902,12 @@ def print_report(r: dict[str, Any]) -> None:
             f"{s['bytes_client_to_server'] * mb:>9.3f}{s['bytes_server_to_client'] * mb:>9.3f}"
             f"{s['bytes_per_request_up']:>10}{s['bytes_per_request_down']:>11}"
         )
+    retrieve = r["per_op"]["retrieve"]
+    print(
+        f"  retrieve answer: {retrieve['local_bytes_per_request_down']} B for a local message, "
+        f"{retrieve['relayed_bytes_per_request_down']} B for one relayed from {EXTERNAL} "
+        f"({retrieve['relayed_count']} of them, with the sender's signed form)"
+    )
     skipped = {op: s["skipped"] for op, s in r["per_op"].items() if s["skipped"]}
     if skipped:
         print(f"  not counted (empty inbox): {skipped}")
