@@ -400,3 +400,62 @@ def test_domain_dns_prints_the_records_to_publish(tmp_path: Path) -> None:
         domain_cli.app, ["dns", "--data-dir", str(tmp_path), "--domain", "a.test"]
     )
     assert again.output.splitlines()[0] == lines[0]  # the key is made once
+
+
+def test_serve_smtp_port_accepts_internet_mail_for_local_users(tmp_path: Path) -> None:
+    """The real `wsemail serve --smtp-port` process: smtplib in, the CLI's client out."""
+    import signal
+    import smtplib
+    import subprocess
+
+    from test_federation_processes import free_port
+
+    from wsemail.client import Client
+
+    from conftest import PASSWORD, wsemail_binary
+
+    data = tmp_path / "data"
+    subprocess.run(
+        [
+            wsemail_binary(),
+            "user",
+            "add",
+            "bob@localhost",
+            "--password-stdin",
+            "--data-dir",
+            str(data),
+        ],
+        input=PASSWORD + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    port, smtp_port = free_port(), free_port()
+    (data / "server.toml").write_text(f"port = {port}\n")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [wsemail_binary(), "serve", "--data-dir", str(data), "--smtp-port", str(smtp_port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "serving" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as smtp:
+            smtp.sendmail(
+                "someone@example.net",
+                ["bob@localhost"],
+                b"From: someone@example.net\r\nTo: bob@localhost\r\n"
+                b"Subject: From the Internet\r\n\r\nPlain old mail.\r\n",
+            )
+        with Client(f"http://127.0.0.1:{port}/wsemail", "bob@localhost", PASSWORD) as bob:
+            header = bob.list_headers().headers[0]
+            proof, message = bob.verify(bob.retrieve(header.id))
+        assert message.subject == "From the Internet" and proof.status == "legacy"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0

@@ -10,7 +10,7 @@ import sys
 import click
 import typer
 
-from wsemail.cli import bench, ca, mail, plugins, serve, tui, users
+from wsemail.cli import bench, ca, domain, mail, plugins, serve, tui, users
 from wsemail.errors import WsemailError
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.add_typer(plugins.app, name="plugins")
 app.add_typer(ca.app, name="ca")
 app.command("tui")(tui.tui)
 bench.register(app)
+domain.register(app)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from wsemail.server.config import load_config
+from wsemail.server.pipeline import PluginSpec
 
 
 def serve(
@@ -22,6 +23,9 @@ def serve(
     port: int | None = typer.Option(None, "--port", help="port to listen on"),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate chain"),
     tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key"),
+    smtp_port: int | None = typer.Option(
+        None, "--smtp-port", help="also accept Internet mail for local users by SMTP here"
+    ),
     demo: bool = typer.Option(False, "--demo", help="create two users and send a message"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -32,6 +36,15 @@ def serve(
     cfg = load_config(
         config, data_dir, domain=domain, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key
     )
+
+    if smtp_port is not None:
+        refs = {spec.ref for spec in cfg.plugins}
+        if "smtp-inbound" not in refs:
+            cfg.plugins.append(
+                PluginSpec("smtp-inbound", 50, {"port": smtp_port, "host": cfg.host})
+            )
+        if "smtp-outbound" not in refs:
+            cfg.plugins.append(PluginSpec("smtp-outbound", 60))
 
     def ready(url: str) -> None:
         typer.echo(f"wsemail: serving {cfg.domain} at {url} (data in {cfg.data_dir})")

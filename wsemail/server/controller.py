@@ -123,6 +123,7 @@ class ServerController:
             self._thread.join(timeout=15)
         if self._sock is not None:
             self._sock.close()
+        self.server.pipeline.close_all()
         self.server.store.close()
 
     def __enter__(self) -> ServerController:
@@ -157,4 +158,5 @@ def serve_forever(config: ServerConfig, on_ready: Callable[[str], None] | None =
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
+        server.pipeline.close_all()
         server.store.close()

@@ -72,6 +72,10 @@ class Plugin:
         right after a run-time load. Create plug-in tables here with
         `server.store.ensure_schema(self.name, [...])`."""
 
+    def close(self) -> None:
+        """Called when the plug-in is unloaded or the server stops: release listeners,
+        threads and hooks that `attach` set up."""
+
     def describe(self) -> str:
         return (self.__doc__ or "").strip().splitlines()[0] if self.__doc__ else ""
 
@@ -225,7 +229,15 @@ class Pipeline:
                     raise PluginError(f"{name!r} is the only {role}; load another one first")
             del self._loaded[name]
             self._rebuild()
+        entry.plugin.close()
         log.info("unloaded plug-in %r", name)
+
+    def close_all(self) -> None:
+        for entry in self.listing():
+            try:
+                entry.plugin.close()
+            except Exception:  # one plug-in's failure must not keep the others open
+                log.exception("closing plug-in %r failed", entry.name)
 
     def set_priority(self, name: str, priority: int) -> None:
         with self._lock:
