@@ -10,7 +10,7 @@ import sys
 import click
 import typer
 
-from wsemail.cli import bench, ca, domain, mail, plugins, serve, tui, users
+from wsemail.cli import bench, ca, demo, domain, mail, plugins, serve, tui, users
 from wsemail.errors import WsemailError
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.add_typer(ca.app, name="ca")
 app.command("tui")(tui.tui)
 bench.register(app)
 domain.register(app)
+demo.register(app)
 
 
 def main() -> None:

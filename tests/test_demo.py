@@ -1,0 +1,110 @@
+"""`wsemail demo`, the first thing a newcomer runs, through the real binary."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import wsemail_binary
+
+
+def test_demo_shows_a_verified_signature_across_two_domains() -> None:
+    result = subprocess.run([wsemail_binary(), "demo"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "bob@b.test's inbox: 'Hello from a.test' from alice@a.test — signed by a.test ✓"
+        in result.stdout
+    )
+
+
+def test_demo_serve_writes_state_for_the_ordinary_cli(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                wsemail_binary(),
+                "demo",
+                "--serve",
+                "--state",
+                str(state),
+                "--dir",
+                str(tmp_path / "demo"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "serving until Ctrl-C" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        info = json.loads(state.read_text())
+        assert set(info["domains"]) == {"a.test", "b.test"}
+        assert {"alice@a.test", "bob@b.test"} <= set(info["users"])
+        bob = info["users"]["bob@b.test"]
+        env = {
+            **os.environ,
+            "WSEMAIL_SERVER": bob["server"],
+            "WSEMAIL_USER": "bob@b.test",
+            "WSEMAIL_PASSWORD": bob["password"],
+            "WSEMAIL_TRUST_ROOTS": info["trust_roots"],
+        }
+        listed = subprocess.run(
+            [wsemail_binary(), "list", "--json"],
+            env=env,
+            text=True,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        message = json.loads(
+            subprocess.run(
+                [wsemail_binary(), "retrieve", "--json"],
+                input=json.loads(listed)["id"],
+                env=env,
+                text=True,
+                capture_output=True,
+                timeout=60,
+                check=True,
+            ).stdout
+        )
+        assert message["provenance"]["signer"] == "a.test"
+        # more users while it runs, with the ordinary admin command
+        subprocess.run(
+            [
+                wsemail_binary(),
+                "user",
+                "add",
+                "erin@b.test",
+                "--password-stdin",
+                "--data-dir",
+                info["domains"]["b.test"]["data_dir"],
+            ],
+            input="erin's password\n",
+            text=True,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        alice = info["users"]["alice@a.test"]
+        subprocess.run(
+            [wsemail_binary(), "send", "--to", "erin@b.test", "--body", "welcome"],
+            env={
+                **env,
+                "WSEMAIL_SERVER": alice["server"],
+                "WSEMAIL_USER": "alice@a.test",
+                "WSEMAIL_PASSWORD": alice["password"],
+            },
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
