@@ -157,15 +157,18 @@ class Client:
         cc: list[str] | None = None,
         message_id: str | None = None,
         retries: int = 2,
+        attachments: list[str] | None = None,
     ) -> SendResult:
         """Submit a message. A retry after a lost answer reuses the MessageId, so the server
-        stores it once."""
+        stores it once. `attachments` are ids of finished uploads (`wsemail.attachments_client`)
+        that the server turns into on-demand references."""
         draft = Draft(
             to=list(to),
             cc=list(cc or []),
             subject=subject,
             body=body,
             message_id=message_id or new_message_id(self.username.rpartition("@")[2]),
+            attachments=list(attachments or []),
         )
         for attempt in range(retries + 1):
             op = etree.Element(q("Send"))

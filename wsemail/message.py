@@ -41,6 +41,64 @@ def check_message_id(message_id: str) -> str:
     return message_id
 
 
+@dataclass(frozen=True)
+class AttachmentRef:
+    """An on-demand attachment left on the sender's server (DESIGN.md §8): where to fetch it
+    (`server` domain, `url` of its SOAP endpoint, `guid`) and what the bytes must be."""
+
+    server: str
+    url: str
+    guid: str
+    name: str
+    size: int
+    media_type: str
+    sha256: str  # lower-case hex
+
+    def to_xml(self, parent: etree._Element) -> etree._Element:
+        node = element(parent, "Attachment")
+        for tag, value in (
+            ("Server", self.server),
+            ("Url", self.url),
+            ("Guid", self.guid),
+            ("Name", self.name),
+            ("Size", str(self.size)),
+            ("MediaType", self.media_type),
+            ("Sha256", self.sha256),
+        ):
+            element(node, tag, value)
+        return node
+
+    @classmethod
+    def from_xml(cls, node: etree._Element) -> AttachmentRef:
+        size = (text_of(node, "Size", "") or "").strip()
+        if not size.isdigit():
+            raise RequestInvalid("an attachment reference needs a whole-number Size")
+        return cls(
+            server=text_of(node, "Server", "") or "",
+            url=text_of(node, "Url", "") or "",
+            guid=text_of(node, "Guid", "") or "",
+            name=text_of(node, "Name", "") or "",
+            size=int(size),
+            media_type=text_of(node, "MediaType", "") or "",
+            sha256=text_of(node, "Sha256", "") or "",
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "server": self.server,
+            "url": self.url,
+            "guid": self.guid,
+            "name": self.name,
+            "size": self.size,
+            "media_type": self.media_type,
+            "sha256": self.sha256,
+        }
+
+
+def attachment_refs(parent: etree._Element) -> list[AttachmentRef]:
+    return [AttachmentRef.from_xml(n) for n in parent.findall(q("Attachment"))]
+
+
 @dataclass
 class Draft:
     """What a client submits: the server adds sender, date and id."""
@@ -50,6 +108,7 @@ class Draft:
     body: str = ""
     cc: list[str] = field(default_factory=list)
     message_id: str | None = None
+    attachments: list[str] = field(default_factory=list)  # ids of uploads to reference
 
     def to_xml(self, parent: etree._Element) -> etree._Element:
         msg = element(parent, "Message")
@@ -61,6 +120,8 @@ class Draft:
             element(msg, "Cc", address)
         element(msg, "Subject", self.subject)
         element(msg, "Body", self.body)
+        for upload in self.attachments:
+            element(msg, "AttachmentId", upload)
         return msg
 
     @classmethod
@@ -83,6 +144,7 @@ class Draft:
             subject=subject,
             body=text_of(msg, "Body", "") or "",
             message_id=check_message_id(message_id) if message_id else None,
+            attachments=texts_of(msg, "AttachmentId"),
         )
 
     @property
@@ -154,16 +216,20 @@ class MessageHeader:
 
 @dataclass
 class Message(MessageHeader):
-    """A stored message: its header, its text body and, for a message relayed from another
-    domain, the sending server (`origin`) and its signed form (`signed_xml`)."""
+    """A stored message: its header, its text body, references to on-demand attachments
+    and, for a message relayed from another domain, the sending server (`origin`) and its
+    signed form (`signed_xml`)."""
 
     body: str = ""
     origin: str | None = None
     signed_xml: bytes | None = field(default=None, repr=False)
+    attachments: list[AttachmentRef] = field(default_factory=list)
 
     def to_xml(self, parent: etree._Element, tag: str = "Message") -> etree._Element:
         node = super().to_xml(parent, tag)
         element(node, "Body", self.body)
+        for ref in self.attachments:
+            ref.to_xml(node)
         if self.signed_xml is not None:
             provenance = element(node, "Provenance")
             provenance.set("origin", self.origin or "")
@@ -182,7 +248,9 @@ class Message(MessageHeader):
             body=text_of(node, "Body", "") or "",
             origin=provenance.get("origin") if provenance is not None else None,
             signed_xml=signed,
+            attachments=attachment_refs(node),
         )
 
     def as_dict(self) -> dict[str, object]:
-        return {**super().as_dict(), "body": self.body}
+        found = {"attachments": [a.as_dict() for a in self.attachments]} if self.attachments else {}
+        return {**super().as_dict(), "body": self.body, **found}

@@ -4,12 +4,14 @@ sending server relays each message, and the receiving client's check of it.
     <w:SignedMessage>
       <w:Origin>a.test</w:Origin> <w:Destination>b.test</w:Destination>
       <w:Recipient>bob@b.test</w:Recipient>…
-      <w:Content> MessageId, From, To…, Cc…, Subject, Date, Body </w:Content>
+      <w:Content> MessageId, From, To…, Cc…, Subject, Date, Body, Attachment… </w:Content>
       <ds:Signature>…enveloped, by a.test's server certificate…</ds:Signature>
     </w:SignedMessage>
 
 Destination and recipients are inside the signed content, so a signed message cannot be
-replayed to anyone else. The client trusts only what it reads from the verified copy.
+replayed to anyone else; so are on-demand attachment references (server, GUID, size,
+SHA-256), so the reader checks fetched bytes against what the sending server signed.
+The client trusts only what it reads from the verified copy.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from lxml import etree
 
 from wsemail.dsig import verify_element
 from wsemail.errors import RemoteFault, SignatureInvalid, UntrustedSigner, WsemailError
-from wsemail.message import Message, domain_of
+from wsemail.message import Message, attachment_refs, domain_of
 from wsemail.pki import TrustStore
 from wsemail.soap import element, q, text_of, texts_of
 from wsemail.xmlsafe import XmlLimits, parse_untrusted
@@ -48,6 +50,8 @@ def signed_form(
     element(content, "Subject", msg.subject)
     element(content, "Date", msg.date)
     element(content, "Body", msg.body)
+    for ref in msg.attachments:
+        ref.to_xml(content)
     return root
 
 
@@ -78,6 +82,7 @@ def read_signed(node: etree._Element) -> SignedContent:
         size=len(body.encode()) + len(subject.encode()),
         seen=False,
         body=body,
+        attachments=attachment_refs(content),
     )
     return SignedContent(
         origin=text_of(node, "Origin", "") or "",
@@ -147,6 +152,7 @@ def check(
         date=content.message.date,
         body=content.message.body,
         message_id=content.message.message_id,
+        attachments=content.message.attachments,
     )
     return Provenance("verified", signer), trusted
 

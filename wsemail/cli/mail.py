@@ -56,6 +56,12 @@ def send(
     subject: str = typer.Option("", "--subject", "-s"),
     body: str | None = typer.Option(None, "--body", help="the text (else --body-file or stdin)"),
     body_file: Path | None = typer.Option(None, "--body-file", help="read the text from a file"),
+    attach: list[Path] = typer.Option([], "--attach", help="attach a file (repeatable)"),
+    on_demand: bool = typer.Option(
+        True,
+        "--on-demand/--inline",
+        help="attachments stay on your server until fetched (inline: not supported yet)",
+    ),
     as_json: bool = typer.Option(False, "--json"),
     server: str | None = ServerOpt,
     user: str | None = UserOpt,
@@ -71,8 +77,20 @@ def send(
             body = sys.stdin.read()
         else:
             body = ""
+    if attach and not on_demand:
+        raise UsageError("inline attachments are not supported yet; use --on-demand")
     with session.open_client(server, user) as client:
-        result = client.send(to, subject, body, cc=cc)
+        uploads: list[str] = []
+        if attach:
+            from wsemail.attachments_client import Attachments
+            from wsemail.cli.attachments import progress_bar
+
+            box = Attachments(client)
+            for path in attach:
+                size = path.stat().st_size if path.is_file() else 0
+                with progress_bar(path.name, size) as callback:
+                    uploads.append(box.upload(path, progress=callback).guid)
+        result = client.send(to, subject, body, cc=cc, attachments=uploads)
     if as_json:
         typer.echo(json.dumps({"id": result.id, "message_id": result.message_id}))
     else:

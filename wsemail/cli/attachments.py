@@ -1,0 +1,145 @@
+"""`wsemail attachments ID [--audit] [--revoke NAME]` and `wsemail fetch ID [--name N]
+[-o PATH]`: on-demand attachments from the command line (a progress bar on a terminal)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+from wsemail.cli import session
+from wsemail.errors import UsageError
+
+ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")
+UserOpt = typer.Option(None, "--user", help="your address (or WSEMAIL_USER)")
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+@contextmanager
+def progress_bar(label: str, total: int) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar on a terminal (stderr), nothing otherwise; yields a callback."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done, _total: bar.update(task, completed=done)
+
+
+def attachments(
+    message: str = typer.Argument(..., help="message id (from `wsemail list`)"),
+    audit: bool = typer.Option(False, "--audit", help="who fetched what, when (sender only)"),
+    revoke: str | None = typer.Option(None, "--revoke", help="revoke access to this name"),
+    as_json: bool = typer.Option(False, "--json"),
+    server: str | None = ServerOpt,
+    user: str | None = UserOpt,
+) -> None:
+    """List a message's on-demand attachments (or their fetch log with --audit)."""
+    from wsemail.attachments_client import Attachments
+    from wsemail.soap import q, text_of
+
+    with session.open_client(server, user) as client:
+        box = Attachments(client)
+        if revoke is not None:
+            listing = box.list(message)
+            matches = [r for r in listing.refs if r.name == revoke or r.guid == revoke]
+            if not matches:
+                raise UsageError(f"no attachment named {revoke!r} in that message")
+            for ref in matches:
+                box.revoke(ref.guid)
+                typer.echo(f"revoked {ref.name} ({ref.guid})")
+            return
+        if audit:
+            log = box.audit(message)
+            for node in log.findall(q("Attachment")):
+                name = text_of(node, "Name", "") or ""
+                events = [dict(e.attrib) for e in node.findall(q("Event"))]
+                if as_json:
+                    typer.echo(json.dumps({"name": name, "events": events}))
+                    continue
+                typer.echo(f"{name}  ({text_of(node, 'State', '')})")
+                for event in events:
+                    when = datetime.fromtimestamp(float(event["at"]), UTC)
+                    span = f"bytes {event['first-byte']}-{event['last-byte']}"
+                    typer.echo(
+                        f"  {when:%Y-%m-%d %H:%M:%S}Z  {event['address']:28}  {event['event']}"
+                        + (f"  {span}" if event["event"] == "download" else "")
+                    )
+            return
+        listing = box.list(message)
+        for ref in listing.refs:
+            state = listing.states.get(ref.guid, "")
+            if as_json:
+                typer.echo(json.dumps({**ref.as_dict(), "state": state}))
+            else:
+                typer.echo(
+                    f"{ref.name:32}  {_size(ref.size):>9}  {ref.media_type:24}  {ref.server}"
+                    + (f"  [{state}]" if state and state != "bound" else "")
+                )
+        if not listing.refs and not as_json:
+            typer.echo("no on-demand attachments")
+
+
+def fetch(
+    message: str = typer.Argument(..., help="message id (from `wsemail list`)"),
+    name: str | None = typer.Option(None, "--name", help="only the attachment with this name"),
+    output: Path | None = typer.Option(None, "-o", "--output", help="file or folder"),
+    server: str | None = ServerOpt,
+    user: str | None = UserOpt,
+) -> None:
+    """Fetch a message's on-demand attachments with a federated identity; each one is
+    checked against the SHA-256 its sending server signed (resumes a partial download)."""
+    from wsemail.attachments_client import Attachments, safe_file_name
+
+    with session.open_client(server, user) as client:
+        box = Attachments(client)
+        refs = box.list(message).refs
+        if name is not None:
+            refs = [r for r in refs if r.name == name]
+        if not refs:
+            raise UsageError("no such attachment in that message" if name else "no attachments")
+        if output is not None and len(refs) > 1 and not output.is_dir():
+            raise UsageError("-o must be a folder when fetching several attachments")
+        for ref in refs:
+            if output is None:
+                dest = Path.cwd() / safe_file_name(ref.name)
+            elif output.is_dir():
+                dest = output / safe_file_name(ref.name)
+            else:
+                dest = output
+            with progress_bar(ref.name, ref.size) as callback:
+                box.fetch(ref, dest, progress=callback)
+            typer.echo(f"{dest}  {_size(ref.size)}  sha256 {ref.sha256} ✓")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(attachments)
+    app.command()(fetch)

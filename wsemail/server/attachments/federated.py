@@ -1,0 +1,230 @@
+"""In charge of the two federated-identity operations of the on-demand attachment protocol
+(ICWS 2005 paper §4, Msg6–Msg9):
+
+- `IssueToken` (RC → RS, password MAC): a short-lived certificate for the caller's own
+  address and public key, issued with this domain's name-constrained issuing CA;
+- `FetchAttachment` (RC → SS, XMLDSIG by the token's key): the chain user certificate →
+  its domain's issuing CA → a trusted root, the signature's binding checks, freshness, the
+  destination, a durable nonce, that the address is a recipient of THAT attachment and that
+  it is still active; the answer is a one-time download ticket for the byte stream.
+
+Both are top-level operations registered through `Server.operations`, so they do their own
+authentication; the MAC check follows `Server.dispatch` exactly (rate limit → freshness →
+nonce → MAC in the unit of work that issues the certificate).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from lxml import etree
+
+from wsemail import soap
+from wsemail.auth import MAC_TYPE, NONCE_BYTES, read_username_token
+from wsemail.dsig import verify_envelope
+from wsemail.errors import (
+    AuthenticationFailed,
+    Forbidden,
+    InvalidSecurity,
+    NotFound,
+    RemoteFault,
+    ReplayDetected,
+    RequestInvalid,
+    SignatureInvalid,
+    UntrustedSigner,
+    UsageError,
+)
+from wsemail.message import normalize_address
+from wsemail.pki import SHORT_LIVED
+from wsemail.server.attachments import records
+from wsemail.server.store import Tx, UserRecord
+from wsemail.soap import WSU, element, q, text_of
+from wsemail.xmlsafe import c14n
+
+if TYPE_CHECKING:
+    from wsemail.server.app import Server
+
+log = logging.getLogger("wsemail.attachments")
+T = TypeVar("T")
+DOWNLOAD_PATH = "/wsemail/attachments/download"
+
+
+async def mac_authenticated(
+    server: Server,
+    envelope: soap.ReceivedEnvelope,
+    peer: str,
+    work: Callable[[Tx, UserRecord], T],
+) -> T:
+    """Run `work` for the caller of a password-MAC request, in the unit of work that
+    remembers its nonce (the same checks, in the same order, as `Server.dispatch`)."""
+    token = read_username_token(envelope.header)
+    try:
+        username = normalize_address(token.username)
+    except RemoteFault:
+        username = token.username[:320]
+    server.auth.check_rate(username, peer)
+    if token.password_type != MAC_TYPE:
+        raise InvalidSecurity(f"{envelope.operation_name} needs the password MAC")
+    try:
+        server.auth.check_fresh(token.created)
+        nonce = server.auth.canonical_nonce(token)
+        body_c14n = c14n(envelope.body)
+        name = envelope.operation_name
+
+        def unit(tx: Tx) -> T:
+            user = server.auth.verify_mac(tx, token, nonce, name, body_c14n)
+            return work(tx, user)
+
+        return await server.store.transact(unit)
+    except AuthenticationFailed:
+        server.auth.record_failure(username, peer)
+        log.info("authentication failed for %r from %s", username, peer)
+        raise
+
+
+def _b64(text: str | None, what: str) -> bytes:
+    try:
+        return base64.b64decode("".join((text or "").split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestInvalid(f"{what} is not base64") from exc
+
+
+def _der(cert: x509.Certificate) -> str:
+    return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
+
+
+async def issue_token(
+    server: Server, envelope: soap.ReceivedEnvelope, peer: str, max_lifetime: float
+) -> etree._Element:
+    """Msg6/Msg7: a federated identity certificate for the caller's key."""
+    federation = server.federation
+    if federation is None:
+        raise Forbidden("this server issues no federated identities")
+    op = envelope.operation
+    try:
+        key = serialization.load_der_public_key(_b64(text_of(op, "PublicKey"), "PublicKey"))
+    except ValueError as exc:
+        raise RequestInvalid("PublicKey is not a DER SubjectPublicKeyInfo") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise RequestInvalid("only ECDSA and RSA keys can be certified")
+    raw = (text_of(op, "Lifetime") or "").strip()
+    if raw and not raw.isdigit():
+        raise RequestInvalid("Lifetime must be a whole number of seconds")
+    limit = min(max_lifetime, SHORT_LIVED.total_seconds())
+    lifetime = timedelta(seconds=max(60, min(int(raw) if raw else limit, limit)))
+    identity = federation.identity
+
+    def work(tx: Tx, user: UserRecord) -> x509.Certificate:
+        now = datetime.fromtimestamp(server.clock(), UTC)
+        try:
+            return identity.issue_user_cert(user.address, key, lifetime=lifetime, now=now)
+        except UsageError as exc:
+            raise RequestInvalid(str(exc)) from exc
+
+    cert = await mac_authenticated(server, envelope, peer, work)
+    result = etree.Element(q("IssueTokenResponse"))
+    element(result, "Certificate", _der(cert))
+    element(result, "IssuerCertificate", _der(identity.issuing_cert))
+    element(result, "Expires", cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    log.info(
+        "issued a federated identity to %s until %s",
+        cert.subject.rfc4514_string(),
+        cert.not_valid_after_utc,
+    )
+    return result
+
+
+def _issuer(op: etree._Element) -> x509.Certificate:
+    found = op.findall(q("IssuerCertificate"))
+    if len(found) != 1:
+        raise UntrustedSigner("FetchAttachment needs exactly one IssuerCertificate")
+    try:
+        return x509.load_der_x509_certificate(_b64(found[0].text, "IssuerCertificate"))
+    except ValueError as exc:
+        raise UntrustedSigner("unreadable IssuerCertificate") from exc
+
+
+def certificate_address(cert: x509.Certificate) -> str:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound as exc:
+        raise UntrustedSigner("the certificate names no address") from exc
+    names = san.get_values_for_type(x509.RFC822Name)
+    if len(names) != 1:
+        raise UntrustedSigner("a federated identity names exactly one address")
+    try:
+        return normalize_address(names[0])
+    except RequestInvalid as exc:
+        raise UntrustedSigner("the certificate's address is not valid") from exc
+
+
+def _nonce(op: etree._Element) -> str:
+    raw = _b64(text_of(op, "Nonce"), "Nonce")
+    if len(raw) < NONCE_BYTES:
+        raise InvalidSecurity(f"Nonce shorter than {NONCE_BYTES} bytes")
+    return base64.b64encode(raw).decode("ascii")
+
+
+async def fetch_attachment(
+    server: Server, envelope: soap.ReceivedEnvelope, peer: str, ticket_lifetime: float
+) -> etree._Element:
+    """Msg8: check the requester's federated identity and hand out a download ticket."""
+    federation = server.federation
+    if federation is None:
+        raise Forbidden("this server serves no federated requests")
+    issuing = _issuer(envelope.operation)  # only to build the chain; compared once verified
+
+    def resolve(cert: x509.Certificate) -> str:
+        federation.refresh_crls()
+        address = certificate_address(cert)
+        federation.trust.verify_user(cert, issuing, address)
+        return address
+
+    verified = verify_envelope(envelope.root, resolve)
+    op, address = verified.operation, verified.signer
+    if op.tag != q("FetchAttachment"):
+        raise SignatureInvalid("the signed operation is not FetchAttachment")
+    if _issuer(op) != issuing:
+        raise SignatureInvalid("the IssuerCertificate read is not the one signed")
+    server.auth.check_fresh(verified.timestamp.findtext(q("Created", WSU)))
+    if (text_of(op, "Server") or "").strip().lower() != server.config.domain:
+        raise Forbidden("this request is addressed to another server")
+    nonce = _nonce(op)
+    guid = (text_of(op, "Guid") or "").strip()
+    keep = server.auth.keep_nonce
+
+    def work(tx: Tx) -> tuple[str, records.Blob]:
+        if not tx.remember_nonce(f"user:{address}", nonce, keep):
+            raise ReplayDetected("this request was already received")
+        blob = records.get(tx, guid) if len(guid) <= 64 else None
+        if blob is None or blob.state not in ("bound", "revoked", "superseded"):
+            raise NotFound("no such attachment")
+        if not records.is_recipient(tx, guid, address):
+            raise Forbidden(f"{address} is not a recipient of this attachment")
+        if blob.state == "revoked":
+            raise Forbidden("the sender revoked this attachment")
+        if blob.state == "superseded":
+            raise Forbidden(
+                f"the sender replaced this attachment by a newer version: {blob.replaced_by}"
+            )
+        ticket = records.issue_download(tx, guid, address, tx.now + ticket_lifetime)
+        records.audit(tx, guid, address, "authorized")
+        return ticket, blob
+
+    ticket, blob = await server.store.transact(work)
+    log.info("fetch of %s authorized for %r from %s", guid, address, peer)
+    result = etree.Element(q("FetchAttachmentResponse"))
+    element(result, "Guid", blob.guid)
+    element(result, "Ticket", ticket)
+    element(result, "Path", DOWNLOAD_PATH)
+    element(result, "Size", str(blob.size))
+    element(result, "Sha256", blob.sha256 or "")
+    return result
