@@ -9,7 +9,6 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from lxml import etree
+from test_federation import start_domain
 
 from wsemail import soap
 from wsemail.attachments_client import Attachments, Token, fetch_request, safe_file_name
@@ -30,23 +30,12 @@ from wsemail.client import Client
 from wsemail.errors import Forbidden, RemoteFault, RequestInvalid, SignatureInvalid, UsageError
 from wsemail.message import AttachmentRef
 from wsemail.pki import ServerIdentity, create_root, issue_server, write_crl
-from wsemail.server.config import DEFAULT_PLUGINS
-from wsemail.server.pipeline import PluginSpec
 from wsemail.server.routing import StaticResolver
 from wsemail.soap import q
 
-from conftest import PASSWORD, Running, fault_subcode, start_server
+from conftest import PASSWORD, Running, fault_subcode, wsemail_binary
 
-PLUGIN = PluginSpec("wsemail.server.attachments:OnDemandAttachments", 50)
-# the `wsemail` command with the attachment commands registered (until cli/__init__ does it)
-WSEMAIL = [
-    sys.executable,
-    "-c",
-    "import sys; from wsemail.cli import app, attachments, main\n"
-    "if 'attachments' not in {c.name for c in app.registered_commands}:"
-    " attachments.register(app)\n"
-    "sys.argv[0] = 'wsemail'; main()",
-]
+WSEMAIL = [wsemail_binary()]
 
 
 @dataclass
@@ -66,25 +55,6 @@ class Fed:
         if not folder.exists():
             issue_server(self.ca, domain, folder)
         return ServerIdentity.load(folder)
-
-
-def start_domain(tmp: Path, ca: Path, domain: str) -> Running:
-    identity = tmp / f"{domain}-identity"
-    if not identity.exists():
-        issue_server(ca, domain, identity)
-    return start_server(
-        tmp / domain,
-        domain=domain,
-        identity_dir=identity,
-        trust_roots=[ca / "root.pem"],
-        crls=[ca / "crl.pem"],
-        tls_cert=identity / "server.pem",
-        tls_key=identity / "server.key",
-        retry_base=0.2,
-        retry_max=0.5,
-        relay_poll=0.1,
-        plugins=[*DEFAULT_PLUGINS, PLUGIN],
-    )
 
 
 @pytest.fixture

@@ -60,10 +60,7 @@ def start_domain(tmp: Path, ca: Path, domain: str, **settings: object) -> Runnin
         crls=[ca / "crl.pem"],
         tls_cert=identity / "server.pem",
         tls_key=identity / "server.key",
-        retry_base=0.2,
-        retry_max=0.5,
-        relay_poll=0.1,
-        **settings,
+        **{"retry_base": 0.2, "retry_max": 0.5, "relay_poll": 0.1, **settings},
     )
 
 
@@ -628,6 +625,20 @@ def test_receiver_down_then_back_gets_each_message_once(tmp_path: Path) -> None:
         time.sleep(0.5)
         assert sorted(inbox(b, "bob@b.test")) == [f"while down {n}" for n in range(3)]
         assert inbox(a, "alice@a.test") == [] and a.count("SELECT count(*) FROM queue") == 0
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_send_wakes_the_relay_without_waiting_for_the_poll(tmp_path: Path) -> None:
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    b = start_domain(tmp_path, ca, "b.test")
+    a = start_domain(tmp_path, ca, "a.test", routes={"b.test": [b.url]}, relay_poll=3600.0)
+    try:
+        a.client("alice@a.test").send(["bob@b.test"], "Right away")
+        wait_for(lambda: inbox(b, "bob@b.test") == ["Right away"], "a woken relay", 20)
     finally:
         a.stop()
         b.stop()

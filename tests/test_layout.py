@@ -34,3 +34,18 @@ def test_wsdl_is_served_and_names_every_operation(server) -> None:  # type: igno
     assert operations == {"GetSalt", "Send", "ListHeaders", "Retrieve", "Delete", "Extension"}
     address = root.find(".//{http://schemas.xmlsoap.org/wsdl/soap12/}address")
     assert address is not None and address.get("location") == server.url
+
+
+def test_every_fault_subcode_maps_back_to_one_class() -> None:
+    from wsemail.errors import RemoteFault, fault_classes
+
+    seen: dict[str, type[RemoteFault]] = {}
+    pending: list[type[RemoteFault]] = [RemoteFault]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.subcode in seen and cls is not RemoteFault and seen[cls.subcode] is not RemoteFault:
+            parent = seen[cls.subcode]
+            assert issubclass(cls, parent) and cls.status == parent.status, cls
+        seen.setdefault(cls.subcode, cls)
+    assert fault_classes()["wsemail:InvalidRequest"].__name__ == "RequestInvalid"

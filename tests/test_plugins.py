@@ -22,11 +22,12 @@ def test_default_pipeline_lists_builtins_in_priority_order(cli: Cli) -> None:
     assert [r["name"] for r in rows] == [
         "relay-policy",
         "size-limit",
+        "attachments",
         "admin",
         "local-delivery",
         "sqlite-queue",
     ]
-    assert rows[0]["interfaces"] == "sending" and rows[3]["interfaces"] == "local-mta"
+    assert rows[0]["interfaces"] == "sending" and rows[4]["interfaces"] == "local-mta"
 
 
 def test_admin_loads_reprioritises_and_unloads_while_serving(cli: Cli, server: Running) -> None:

@@ -307,7 +307,7 @@ def test_slow_request_body_times_out(tmp_path: Path) -> None:
         before = slow.stored()
         response = httpx.post(slow.url, content=_slow_body(0.2), timeout=10)
         assert response.status_code == 408
-        assert fault_subcode(response) == "wsemail:InvalidRequest"
+        assert fault_subcode(response) == "wsemail:Timeout"
         assert slow.stored() == before
         slow.client("carol@localhost").list_headers()
     finally:

@@ -95,6 +95,11 @@ class LimitExceeded(RequestInvalid):
     subcode = "wsemail:LimitExceeded"
 
 
+class RequestTimeout(RequestInvalid):
+    subcode = "wsemail:Timeout"
+    status = 408
+
+
 class SecurityFault(RemoteFault):
     subcode = "wsse:InvalidSecurity"
     exit_code = 2

@@ -10,7 +10,7 @@ import sys
 import click
 import typer
 
-from wsemail.cli import bench, ca, demo, domain, mail, plugins, serve, tui, users
+from wsemail.cli import attachments, bench, ca, demo, domain, mail, plugins, serve, tui, users
 from wsemail.errors import WsemailError
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app.command("tui")(tui.tui)
 bench.register(app)
 domain.register(app)
 demo.register(app)
+attachments.register(app)
 
 
 def main() -> None:

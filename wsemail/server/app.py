@@ -33,6 +33,7 @@ from wsemail.errors import (
     InvalidSecurity,
     RemoteFault,
     RequestInvalid,
+    RequestTimeout,
     ServerBusy,
     ServerError,
     TooLarge,
@@ -56,10 +57,6 @@ CRL_PATH = "/wsemail/crl"  # the CRLs this server holds, for its clients' proven
 
 
 SelfAuthenticated = Callable[["Server", soap.ReceivedEnvelope, str], Awaitable[etree._Element]]
-
-
-class RequestTimeout(RequestInvalid):
-    status = 408
 
 
 @dataclass
@@ -208,6 +205,7 @@ class Server:
                     pipeline=self.pipeline,
                     clock=self.clock,
                     is_admin=user.admin,
+                    wake_relay=self.wake_relay,
                 )
                 return operation(env, envelope.operation), env
 

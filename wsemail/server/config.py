@@ -46,6 +46,7 @@ CONFIG_NAME = "server.toml"
 DEFAULT_PLUGINS = [
     PluginSpec("relay-policy", 10, {"allow": ["*"]}),
     PluginSpec("size-limit", 20),
+    PluginSpec("attachments", 50),
     PluginSpec("local-delivery", 1000),
     PluginSpec("sqlite-queue", 1000),
     PluginSpec("admin", 100),

@@ -62,11 +62,11 @@ class Relay:
             log.info("took back %d leased row(s) from before a restart", released)
         try:
             while True:
+                self.wake.clear()  # before the pass: a send during it wakes the next one
                 try:
                     await self.run_once()
                 except Exception:  # keep relaying whatever one batch did
                     log.exception("relay pass failed")
-                self.wake.clear()
                 try:
                     await asyncio.wait_for(self.wake.wait(), self.config.relay_poll)
                 except TimeoutError:

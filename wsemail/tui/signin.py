@@ -43,7 +43,14 @@ def known_login(server: str | None = None, user: str | None = None) -> LoginDefa
 
 
 def default_client(server: str, user: str, password: str) -> Client:
-    return Client(server, user, password, verify=session.tls_verify())
+    return Client(
+        server,
+        user,
+        password,
+        verify=session.tls_verify(),
+        trust_roots=session.trust_roots(),
+        tls_name=os.environ.get("WSEMAIL_TLS_NAME") or None,
+    )
 
 
 def open_session(

@@ -11,6 +11,7 @@ from textual.widgets import Footer, Header
 
 from wsemail.client import Client
 from wsemail.message import Message
+from wsemail.provenance import Provenance
 from wsemail.tui import drafts
 from wsemail.tui.mailbox import AddressBook
 from wsemail.tui.screens.base import WorkScreen
@@ -32,9 +33,10 @@ class MessageScreen(WorkScreen[str | None]):
     ]
 
     class Loaded(TextualMessage):
-        def __init__(self, message: Message) -> None:
+        def __init__(self, message: Message, proof: Provenance) -> None:
             super().__init__()
             self.message = message
+            self.proof = proof
 
     class Deleted(TextualMessage):
         pass
@@ -59,16 +61,17 @@ class MessageScreen(WorkScreen[str | None]):
     @work(thread=True, group="retrieve")
     def retrieve(self) -> None:
         try:
-            message = self.client.retrieve(self.message_id)
+            # the content shown is what the sending server's signature vouches for
+            proof, message = self.client.verify(self.client.retrieve(self.message_id))
         except Exception as exc:
             self.fail("Cannot open the message", exc)
         else:
-            self.post_message(self.Loaded(message))
+            self.post_message(self.Loaded(message, proof))
 
     def on_message_screen_loaded(self, event: MessageScreen.Loaded) -> None:
         self.message = event.message
         self.book.learn([event.message])
-        self.query_one(MessageView).show(event.message)
+        self.query_one(MessageView).show(event.message, event.proof)
 
     # actions ------------------------------------------------------------------------------
     def action_back(self) -> None:

@@ -8,14 +8,16 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from wsemail.message import Message
+from wsemail.provenance import Provenance
 from wsemail.tui.mailbox import format_date
 
+PROOF_STYLES = {"verified": "green", "local": "", "failed": "bold red"}
 
-def header_block(message: Message) -> Text:
-    """From / To / Cc / Date / Subject, labels dimmed; user data never read as markup.
 
-    A "Signed by" line (end-to-end provenance) and an attachment list belong here once the
-    client library reports them."""
+def header_block(message: Message, proof: Provenance | None = None) -> Text:
+    """From / To / Cc / Date / Subject and the provenance line ("signed by a.example ✓" or
+    a plain warning); user data never read as markup. An attachment list belongs here once
+    the client library reports attachments."""
     rows = [
         ("From", message.sender),
         ("To", ", ".join(message.to)),
@@ -31,6 +33,10 @@ def header_block(message: Message) -> Text:
             text.append("\n")
         text.append(f"{label + ':':9}", style="bold")
         text.append(value)
+    if proof is not None:
+        text.append("\n")
+        text.append(f"{'Origin:':9}", style="bold")
+        text.append(str(proof), style=PROOF_STYLES.get(proof.status, "yellow"))
     return text
 
 
@@ -41,7 +47,7 @@ class MessageView(VerticalScroll):
         yield Static("Loading…", id="message-headers")
         yield Static("", id="message-body")
 
-    def show(self, message: Message) -> None:
-        self.query_one("#message-headers", Static).update(header_block(message))
+    def show(self, message: Message, proof: Provenance | None = None) -> None:
+        self.query_one("#message-headers", Static).update(header_block(message, proof))
         self.query_one("#message-body", Static).update(Text(message.body))
         self.scroll_home(animate=False)
