@@ -57,6 +57,7 @@ def test_tls_for_the_client_cli_and_a_third_party_toolkit(tmp_path: Path) -> Non
             wsse=UsernameToken("bob@localhost", PASSWORD),
         )
         assert zeep.service.ListHeaders(Folder="inbox").MessageHeader[0].Subject == "over TLS"
+        session.close()
     finally:
         running.stop()
 

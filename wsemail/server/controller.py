@@ -56,9 +56,6 @@ def uvicorn_config(server: Server, **extra: Any) -> uvicorn.Config:
         access_log=False,
         log_config=None,
         timeout_keep_alive=30,
-        # idle TLS keep-alive connections of peer relays would otherwise hold shutdown
-        # open until the SSL close times out (~30 s)
-        timeout_graceful_shutdown=3,
         backlog=2048,
         **tls,
         **extra,
@@ -137,7 +134,9 @@ def serve_forever(config: ServerConfig, on_ready: Callable[[str], None] | None =
     """Foreground serving for `wsemail serve`: Ctrl-C or SIGTERM stops it cleanly."""
     server = build_server(config)
     sock = bind(config.host, config.port)
-    runner = uvicorn.Server(uvicorn_config(server))
+    # idle TLS keep-alive connections of peer servers' relays would otherwise hold the
+    # shutdown of a serving process open until their SSL close times out (~30 s)
+    runner = uvicorn.Server(uvicorn_config(server, timeout_graceful_shutdown=3))
     host, port = sock.getsockname()[:2]
     scheme = "https" if config.tls_cert else "http"
 
