@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from lxml import etree
 from starlette.requests import ClientDisconnect, Request
@@ -56,6 +57,7 @@ PATH = "/wsemail"
 CRL_PATH = "/wsemail/crl"  # the CRLs this server holds, for its clients' provenance checks
 
 
+T = TypeVar("T")
 SelfAuthenticated = Callable[["Server", soap.ReceivedEnvelope, str], Awaitable[etree._Element]]
 
 
@@ -174,12 +176,44 @@ class Server:
         operation = AUTHENTICATED.get(name)
         if operation is None:
             raise RequestInvalid(f"unknown operation {name!r}")
+
+        def work(tx: Tx, user: UserRecord) -> tuple[etree._Element, Environment]:
+            env = Environment(
+                principal=user.address,
+                domain=self.config.domain,
+                tx=tx,
+                request=envelope.operation,
+                pipeline=self.pipeline,
+                clock=self.clock,
+                is_admin=user.admin,
+                wake_relay=self.wake_relay,
+            )
+            return operation(env, envelope.operation), env
+
+        result, env = await self.authenticated(envelope, peer, work)
+        for callback in env.after_commit:
+            callback()
+        return result
+
+    async def authenticated(
+        self,
+        envelope: soap.ReceivedEnvelope,
+        peer: str,
+        work: Callable[[Tx, UserRecord], T],
+        *,
+        mac_only: bool = False,
+    ) -> T:
+        """Authenticate a client request (password MAC, or UsernameToken PasswordText for
+        third-party toolkits unless `mac_only`) and run `work` for that user in the unit of
+        work that also remembers the request's nonce. The one place that does this, for the
+        core operations and for plug-ins' own operations."""
         token = read_username_token(envelope.header)
         try:
             username = normalize_address(token.username)
         except RemoteFault:
             username = token.username[:320]
         self.auth.check_rate(username, peer)
+        name = envelope.operation_name
         authenticate: Callable[[Tx], UserRecord]
         try:
             if token.password_type == MAC_TYPE:
@@ -190,33 +224,21 @@ class Server:
                 def authenticate(tx: Tx) -> UserRecord:  # noqa: F811
                     return self.auth.verify_mac(tx, token, nonce, name, body_c14n)
 
-            elif token.password_type == PASSWORD_TEXT:
+            elif token.password_type == PASSWORD_TEXT and not mac_only:
                 authenticate = await self.password_text(token, username, peer)
+            elif mac_only:
+                raise InvalidSecurity(f"{name} needs the password MAC")
             else:
                 raise InvalidSecurity("unsupported wsse:Password Type")
 
-            def work(tx: Tx) -> tuple[etree._Element, Environment]:
-                user = authenticate(tx)
-                env = Environment(
-                    principal=user.address,
-                    domain=self.config.domain,
-                    tx=tx,
-                    request=envelope.operation,
-                    pipeline=self.pipeline,
-                    clock=self.clock,
-                    is_admin=user.admin,
-                    wake_relay=self.wake_relay,
-                )
-                return operation(env, envelope.operation), env
+            def unit(tx: Tx) -> T:
+                return work(tx, authenticate(tx))
 
-            result, env = await self.store.transact(work)
+            return await self.store.transact(unit)
         except AuthenticationFailed:
             self.auth.record_failure(username, peer)
             log.info("authentication failed for %r from %s", username, peer)
             raise
-        for callback in env.after_commit:
-            callback()
-        return result
 
     async def password_text(
         self, token: UsernameToken, username: str, peer: str

@@ -28,14 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from lxml import etree
 
 from wsemail import soap
-from wsemail.auth import MAC_TYPE, NONCE_BYTES, read_username_token
+from wsemail.auth import NONCE_BYTES
 from wsemail.dsig import verify_envelope
 from wsemail.errors import (
-    AuthenticationFailed,
     Forbidden,
     InvalidSecurity,
     NotFound,
-    RemoteFault,
     ReplayDetected,
     RequestInvalid,
     SignatureInvalid,
@@ -47,7 +45,6 @@ from wsemail.pki import SHORT_LIVED
 from wsemail.server.attachments import records
 from wsemail.server.store import Tx, UserRecord
 from wsemail.soap import WSU, element, q, text_of
-from wsemail.xmlsafe import c14n
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server
@@ -64,30 +61,8 @@ async def mac_authenticated(
     work: Callable[[Tx, UserRecord], T],
 ) -> T:
     """Run `work` for the caller of a password-MAC request, in the unit of work that
-    remembers its nonce (the same checks, in the same order, as `Server.dispatch`)."""
-    token = read_username_token(envelope.header)
-    try:
-        username = normalize_address(token.username)
-    except RemoteFault:
-        username = token.username[:320]
-    server.auth.check_rate(username, peer)
-    if token.password_type != MAC_TYPE:
-        raise InvalidSecurity(f"{envelope.operation_name} needs the password MAC")
-    try:
-        server.auth.check_fresh(token.created)
-        nonce = server.auth.canonical_nonce(token)
-        body_c14n = c14n(envelope.body)
-        name = envelope.operation_name
-
-        def unit(tx: Tx) -> T:
-            user = server.auth.verify_mac(tx, token, nonce, name, body_c14n)
-            return work(tx, user)
-
-        return await server.store.transact(unit)
-    except AuthenticationFailed:
-        server.auth.record_failure(username, peer)
-        log.info("authentication failed for %r from %s", username, peer)
-        raise
+    remembers its nonce (`Server.authenticated`, the same path as the core operations)."""
+    return await server.authenticated(envelope, peer, work, mac_only=True)
 
 
 def _b64(text: str | None, what: str) -> bytes:
