@@ -1,0 +1,389 @@
+"""User certificates and Send Encrypted between two real TLS domains on loopback: keys
+issued by the home server and kept encrypted on the device, the directory and its checks,
+end-to-end encrypted and signed mail that servers store and relay as ciphertext only, and
+certificate login."""
+
+from __future__ import annotations
+
+import copy
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+from lxml import etree
+from test_federation import start_domain, wait_for
+
+from wsemail.client import Client
+from wsemail.errors import (
+    RevocationUnavailable,
+    SignatureInvalid,
+    UntrustedSigner,
+    UsageError,
+)
+from wsemail.message import Message
+from wsemail.pki import ServerIdentity, create_root, write_crl
+from wsemail.server.config import DEFAULT_PLUGINS
+from wsemail.server.pipeline import PluginSpec
+from wsemail.server.usercerts.plugin import issue
+from wsemail.soap import q
+from wsemail.usercerts import (
+    CertificateClient,
+    Directory,
+    NoCertificate,
+    Published,
+    UserKey,
+    accept,
+    keystore,
+    new_private_key,
+    open_sealed,
+    request_certificate,
+    revoke,
+    send_encrypted,
+)
+from wsemail.usercerts.sealed import Envelope, seal
+from wsemail.usercerts.xmlenc import KeyPair, decrypt_element, encrypt_element
+
+from conftest import Running, fault_subcode
+
+PLUGINS = [*DEFAULT_PLUGINS, PluginSpec("wsemail.server.usercerts:UserCertificates", 60)]
+SUBJECT = "Quarterly plans zebra-umbrella"
+BODY = "the launch code is 4711-walrus-secret"
+
+
+@dataclass
+class Fed:
+    ca: Path
+    servers: dict[str, Running]
+
+    @property
+    def a(self) -> Running:
+        return self.servers["a.test"]
+
+    @property
+    def b(self) -> Running:
+        return self.servers["b.test"]
+
+    def running(self, address: str) -> Running:
+        return self.servers[address.rpartition("@")[2]]
+
+    def client(self, address: str) -> Client:
+        return self.running(address).client(address)
+
+    def key(self, address: str) -> UserKey:
+        """A key pair and a certificate from the user's home server, stored on the device."""
+        user_key = request_certificate(self.client(address), new_private_key())
+        keystore.save(user_key)
+        return user_key
+
+    def directory(self) -> Directory:
+        return Directory([self.ca / "root.pem"], {d: r.url for d, r in self.servers.items()})
+
+
+@pytest.fixture
+def fed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fed]:
+    monkeypatch.setenv("WSEMAIL_KEYS_DIR", str(tmp_path / "keys"))
+    monkeypatch.setenv("WSEMAIL_KEY_PASSPHRASE", "device passphrase")
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    servers = {d: start_domain(tmp_path, ca, d, plugins=PLUGINS) for d in ("a.test", "b.test")}
+    from test_federation import Federation
+
+    Federation(ca, servers).route_all()
+    yield Fed(ca, servers)
+    for running in servers.values():
+        running.stop()
+
+
+def db_bytes(running: Running) -> bytes:
+    path = running.config.db_path
+    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+
+
+def test_encrypted_signed_mail_crosses_domains_as_ciphertext_only(fed: Fed) -> None:
+    alice_key, bob_key = fed.key("alice@a.test"), fed.key("bob@b.test")
+    carol_key = fed.key("carol@b.test")
+    wire: list[bytes] = []
+    server_b = fed.b.controller.server
+    dispatch = server_b.dispatch
+
+    async def recording(data: bytes, peer: str) -> etree._Element:
+        wire.append(data)
+        return await dispatch(data, peer)
+
+    server_b.dispatch = recording  # type: ignore[method-assign]
+    alice = fed.client("alice@a.test")
+    with fed.directory() as directory:
+        sent = send_encrypted(
+            alice,
+            keystore.load("alice@a.test"),
+            directory,
+            ["bob@b.test"],
+            SUBJECT,
+            BODY,
+            sign=True,
+        )
+        bob = fed.client("bob@b.test")
+        bob.trust_roots = [fed.ca / "root.pem"]
+        wait_for(lambda: bob.list_headers().headers, "bob's copy")
+        stored = bob.retrieve(bob.list_headers().headers[0].id)
+        proof, verified = bob.verify(stored)
+        opened = open_sealed(verified, bob_key, directory)
+        assert (proof.status, proof.signer) == ("verified", "a.test")
+        assert (opened.subject, opened.body) == (SUBJECT, BODY)
+        assert (opened.signed, opened.signer) == (True, "alice@a.test")
+        # the sender reads her own sent copy
+        own = alice.retrieve(sent.id)
+        assert open_sealed(own, alice_key, directory).body == BODY
+        # a third user cannot decrypt, even holding the stored bytes
+        with pytest.raises(SignatureInvalid, match="not encrypted for any of your"):
+            open_sealed(verified, carol_key, directory)
+    assert any(b"Deliver" in d for d in wire)
+    for secret in (SUBJECT.encode(), BODY.encode(), b"zebra", b"walrus"):
+        assert secret not in b"".join(wire)
+        assert secret not in db_bytes(fed.a) and secret not in db_bytes(fed.b)
+    assert stored.subject == "(encrypted message)" and stored.to == ["bob@b.test"]
+
+
+def test_a_recipient_without_a_certificate_stops_the_send(fed: Fed) -> None:
+    alice_key = fed.key("alice@a.test")
+    fed.key("bob@b.test")
+    before = fed.a.stored()
+    with fed.directory() as directory, pytest.raises(UsageError, match="carol@b.test"):
+        send_encrypted(
+            fed.client("alice@a.test"),
+            alice_key,
+            directory,
+            ["bob@b.test", "carol@b.test"],
+            SUBJECT,
+            BODY,
+        )
+    assert fed.a.stored()[0] == before[0]
+    assert fed.a.count("SELECT count(*) FROM queue") == 0
+
+
+def _published(
+    fed: Fed, address: str, cert: x509.Certificate, issuer: x509.Certificate
+) -> Published:
+    with fed.directory() as directory:
+        crls = directory.fetch("bob@b.test").crls
+    return Published(address, cert, issuer, crls)
+
+
+def test_the_directory_refuses_untrusted_certificates(fed: Fed, tmp_path: Path) -> None:
+    fed.key("bob@b.test")
+    roots = [x509.load_pem_x509_certificate((fed.ca / "root.pem").read_bytes())]
+    a_id = ServerIdentity.load(tmp_path / "a.test-identity")
+    b_id = ServerIdentity.load(tmp_path / "b.test-identity")
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    now = datetime.now(UTC)
+    good = _published(
+        fed,
+        "bob@b.test",
+        issue(b_id, "bob@b.test", key, timedelta(days=30), now),
+        b_id.issuing_cert,
+    )
+    accept(roots, "bob@b.test", good)
+    # issued by a.test's issuing CA for a b.test address (name constraints refuse it)
+    with pytest.raises(UntrustedSigner):
+        b_cert = good.cert
+        wrong = x509.CertificateBuilder(
+            issuer_name=a_id.issuing_cert.subject,
+            subject_name=b_cert.subject,
+            public_key=key,
+            serial_number=x509.random_serial_number(),
+            not_valid_before=b_cert.not_valid_before_utc,
+            not_valid_after=b_cert.not_valid_after_utc,
+            extensions=list(b_cert.extensions),
+        ).sign(a_id.issuing_key, hashes.SHA256())
+        accept(roots, "bob@b.test", Published("bob@b.test", wrong, a_id.issuing_cert, good.crls))
+    # expired
+    old = issue(b_id, "bob@b.test", key, timedelta(days=1), now - timedelta(days=10))
+    with pytest.raises(UntrustedSigner):
+        accept(roots, "bob@b.test", Published("bob@b.test", old, b_id.issuing_cert, good.crls))
+    # self-signed
+    own = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bob@b.test")])
+    selfie = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(own.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("bob@b.test")]), False)
+        .sign(own, hashes.SHA256())
+    )
+    with pytest.raises(UntrustedSigner):
+        accept(roots, "bob@b.test", Published("bob@b.test", selfie, selfie, good.crls))
+    # no current user CRL: fail closed
+    with pytest.raises(RevocationUnavailable):
+        accept(roots, "bob@b.test", Published("bob@b.test", good.cert, b_id.issuing_cert, ()))
+    # answered for someone else
+    with pytest.raises(UntrustedSigner):
+        accept(roots, "carol@b.test", good)
+
+
+def test_a_revoked_certificate_is_neither_published_nor_accepted(fed: Fed) -> None:
+    bob_key = fed.key("bob@b.test")
+    with fed.directory() as directory:
+        assert directory.certificate("bob@b.test") == bob_key.cert
+        published = directory.fetch("bob@b.test")
+    assert revoke(fed.client("bob@b.test")) == 1
+    roots = [x509.load_pem_x509_certificate((fed.ca / "root.pem").read_bytes())]
+    with fed.directory() as directory:
+        with pytest.raises(NoCertificate):
+            directory.certificate("bob@b.test")
+        fed.key("carol@b.test")  # the directory still answers, with the new CRL
+        fresh = directory.fetch("carol@b.test").crls
+    with pytest.raises(UntrustedSigner, match="revoked"):
+        accept(
+            roots, "bob@b.test", Published("bob@b.test", published.cert, published.issuer, fresh)
+        )
+
+
+def test_tampered_ciphertext_and_foreign_signatures_are_refused(fed: Fed) -> None:
+    alice_key, bob_key = fed.key("alice@a.test"), fed.key("bob@b.test")
+    carol_key = fed.key("carol@a.test")
+    envelope = Envelope("alice@a.test", ["bob@b.test"], [], "<m1@a.test>")
+    with fed.directory() as directory:
+        certs = [("bob@b.test", directory.certificate("bob@b.test"))]
+
+        def message(body: str, sender: str = "alice@a.test") -> Message:
+            return Message(
+                "1",
+                "<m1@a.test>",
+                "inbox",
+                sender,
+                ["bob@b.test"],
+                [],
+                "(encrypted message)",
+                "",
+                1,
+                False,
+                body,
+            )
+
+        text = seal(envelope, SUBJECT, BODY, certs, alice_key)
+        assert open_sealed(message(text), bob_key, directory).signer == "alice@a.test"
+        # one ciphertext character changed
+        root = etree.fromstring(text)
+        value = root.findall(".//{*}CipherValue")[-1]
+        raw = value.text or ""
+        value.text = raw[:40] + ("A" if raw[40] != "A" else "B") + raw[41:]
+        with pytest.raises(SignatureInvalid, match="altered"):
+            open_sealed(message(etree.tostring(root, encoding="unicode")), bob_key, directory)
+        # signed by carol's key while claiming to be from alice
+        forged = seal(
+            envelope,
+            SUBJECT,
+            BODY,
+            certs,
+            UserKey("alice@a.test", carol_key.key, carol_key.certs, carol_key.issuer),
+        )
+        with pytest.raises(SignatureInvalid, match="signed by carol@a.test"):
+            open_sealed(message(forged), bob_key, directory)
+        # alice's genuine signed content re-sent by carol under her own name
+        with pytest.raises(SignatureInvalid):
+            open_sealed(message(text, sender="carol@a.test"), bob_key, directory)
+        # bound to other routing headers
+        other = message(text)
+        other.to = ["bob@b.test", "carol@b.test"]
+        with pytest.raises(SignatureInvalid, match="another message"):
+            open_sealed(other, bob_key, directory)
+
+
+def test_rsa_oaep_key_transport_round_trips(tmp_path: Path) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rsa")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    plain = etree.Element(q("Secret"))
+    plain.text = "hello"
+    encrypted = encrypt_element(plain, [("rsa", cert)])
+    assert decrypt_element(encrypted, [KeyPair(key, (cert,))]).text == "hello"
+
+
+def test_certificate_login_with_replay_and_revocation(fed: Fed) -> None:
+    alice_key = fed.key("alice@a.test")
+    a = fed.a
+    login = CertificateClient(a.url, alice_key, verify=a.verify, tls_name="a.test")
+    a.clients.append(login)
+    login.send(["bob@a.test"], "by certificate", "hello")
+    assert [h.subject for h in fed.client("bob@a.test").list_headers().headers] == [
+        "by certificate"
+    ]
+    assert login.list_headers("sent").headers[0].sender == "alice@a.test"
+    op = etree.Element(q("ListHeaders"))
+    data = login.signed_request(op)
+    context = ssl.create_default_context(cafile=str(a.verify))
+    with httpx.Client(verify=context, timeout=10) as http:
+
+        def post(body: bytes) -> httpx.Response:
+            return http.post(
+                a.url,
+                content=body,
+                extensions={"sni_hostname": "a.test"},
+                headers={"content-type": "application/soap+xml"},
+            )
+
+        assert post(data).status_code == 200
+        replay = post(data)
+        assert replay.status_code == 401 and fault_subcode(replay) == "wsemail:Replay"
+        # a signed request for another user's operation, body swapped: binding check
+        tampered = data.replace(b"ListHeaders", b"ListHeaderz")
+        assert post(tampered).status_code in (400, 401)
+        assert revoke(fed.client("alice@a.test")) == 1
+        before = a.stored()
+        refused = post(login.signed_request(etree.Element(q("ListHeaders"))))
+        assert refused.status_code == 403
+        assert fault_subcode(refused) == "wsse:SecurityTokenUnavailable"
+        assert a.stored() == before
+    with pytest.raises(UntrustedSigner):
+        login.list_headers()
+
+
+def test_the_key_is_encrypted_at_rest_and_moves_between_devices(
+    fed: Fed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice_key = fed.key("alice@a.test")
+    stored = (tmp_path / "keys" / "alice@a.test.pem").read_bytes()
+    assert b"ENCRYPTED PRIVATE KEY" in stored and b"BEGIN PRIVATE KEY" not in stored
+    assert keystore.load("alice@a.test").cert == alice_key.cert
+    exported = keystore.export_key("alice@a.test", "export secret")
+    monkeypatch.setenv("WSEMAIL_KEYS_DIR", str(tmp_path / "laptop"))
+    monkeypatch.setenv("WSEMAIL_KEY_PASSPHRASE", "laptop passphrase")
+    with pytest.raises(UsageError, match="wrong passphrase"):
+        keystore.import_key("alice@a.test", exported, "guess")
+    keystore.import_key("alice@a.test", exported, "export secret")
+    assert keystore.load("alice@a.test").cert == alice_key.cert
+    monkeypatch.setenv("WSEMAIL_KEY_PASSPHRASE", "other")
+    with pytest.raises(UsageError, match="wrong passphrase"):
+        keystore.load("alice@a.test")
+    monkeypatch.delenv("WSEMAIL_KEY_PASSPHRASE")
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    with pytest.raises(UsageError, match="WSEMAIL_KEY_PASSPHRASE"):
+        keystore.load("alice@a.test")
+    # a renewed certificate keeps the key; messages to the old one still open
+    renewed = request_certificate(fed.client("alice@a.test"), alice_key.key)
+    both = alice_key.with_cert(renewed.cert, renewed.issuer)
+    assert both.cert != alice_key.cert and both.pair.certs[1] == alice_key.cert
+    assert copy.copy(both).address == "alice@a.test"

@@ -1,0 +1,333 @@
+"""In charge of the user-certificate plug-in, one composite (DESIGN.md §5, §8):
+
+- extension `usercerts` (password MAC or certificate login, via `Extension`): Issue (also
+  used to renew: a new certificate for the same or a new key), Revoke, List;
+- top-level `LookupCertificate` (unauthenticated, read only): a user's newest valid
+  certificate with its issuing CA and the CRLs a verifier needs (this domain's user CRL and
+  the root CRLs this server holds);
+- top-level `CertificateCall` (see `wsemail.server.usercerts.login`);
+- the user CRL: regenerated after each revocation and before it goes stale, kept in the
+  server's trust store and written to `<data dir>/usercerts/user-crl.pem`.
+
+Certificates carry key usage digitalSignature + keyAgreement: one P-256 key signs mail and
+receives mail encrypted with ECDH-ES.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from lxml import etree
+
+from wsemail import soap
+from wsemail.errors import Forbidden, NotFound, RequestInvalid
+from wsemail.message import domain_of, normalize_address
+from wsemail.pki import WSEMAIL_USER_ROLE, ServerIdentity
+from wsemail.pki._common import CLOCK_SKEW, common_name, key_identifiers, not_after
+from wsemail.server.pipeline import Environment, ExtensionProcessor
+from wsemail.server.store import Tx
+from wsemail.soap import element, q, text_of
+
+if TYPE_CHECKING:
+    from wsemail.server.app import Server
+
+log = logging.getLogger("wsemail.usercerts")
+EXTENSION_ID = "usercerts"
+MIN_LIFETIME = timedelta(days=1)
+_KU = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=True,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+MIGRATIONS = [
+    """
+    CREATE TABLE user_certs (
+        serial TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        der BLOB NOT NULL,
+        issued REAL NOT NULL,
+        expires REAL NOT NULL,
+        revoked REAL
+    );
+    CREATE INDEX user_certs_address ON user_certs(address, issued)
+    """
+]
+
+
+def der64(cert: x509.Certificate | x509.CertificateRevocationList) -> str:
+    return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
+
+
+def issue(
+    identity: ServerIdentity,
+    address: str,
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+    lifetime: timedelta,
+    now: datetime,
+) -> x509.Certificate:
+    """A long-lived user certificate (sign + key agreement) from the issuing CA."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(common_name(address))
+        .issuer_name(identity.issuing_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(not_after(now, lifetime, identity.issuing_cert))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_KU, critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(address)]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [
+                    ExtendedKeyUsageOID.CLIENT_AUTH,
+                    ExtendedKeyUsageOID.EMAIL_PROTECTION,
+                    WSEMAIL_USER_ROLE,
+                ]
+            ),
+            critical=False,
+        )
+    )
+    builder = key_identifiers(builder, public_key, identity.issuing_cert)
+    return builder.sign(identity.issuing_key, hashes.SHA256())
+
+
+def _public_key(op: etree._Element) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
+    try:
+        raw = base64.b64decode("".join((text_of(op, "PublicKey") or "").split()), validate=True)
+        key = serialization.load_der_public_key(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestInvalid("PublicKey must be a base64 DER SubjectPublicKeyInfo") from exc
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return key
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048:
+        return key
+    raise RequestInvalid("only P-256 and RSA (2048 bits or more) keys can be certified")
+
+
+class UserCertificates(ExtensionProcessor):
+    """User certificates: issue, renew, revoke, publish; certificate login."""
+
+    name = "usercerts"
+    extension_id = EXTENSION_ID
+
+    def __init__(
+        self,
+        lifetime_days: int = 365,
+        max_lifetime_days: int = 730,
+        crl_days: int = 1,
+    ) -> None:
+        self.lifetime = timedelta(days=int(lifetime_days))
+        self.max_lifetime = timedelta(days=int(max_lifetime_days))
+        self.crl_days = int(crl_days)
+        self.server: Server | None = None
+        self._crl: x509.CertificateRevocationList | None = None
+        self._lock = threading.Lock()
+
+    # lifecycle ----------------------------------------------------------------------------
+    def attach(self, server: Any) -> None:
+        from wsemail.server.usercerts import login
+
+        if server.federation is None:
+            return
+        self.server = server
+        server.store.ensure_schema(self.name, MIGRATIONS)
+        server.operations["LookupCertificate"] = self.lookup
+        server.operations["CertificateCall"] = login.make_operation(self)
+        self.publish_crl()
+
+    def close(self) -> None:
+        server = self.server
+        if server is not None:
+            for name in ("LookupCertificate", "CertificateCall"):
+                server.operations.pop(name, None)
+
+    def _identity(self) -> ServerIdentity:
+        if self.server is None or self.server.federation is None:
+            raise Forbidden("this server issues no user certificates")
+        identity: ServerIdentity = self.server.federation.identity
+        return identity
+
+    def _now(self) -> datetime:
+        assert self.server is not None
+        return datetime.fromtimestamp(self.server.clock(), UTC)
+
+    # CRL ----------------------------------------------------------------------------------
+    def publish_crl(self) -> x509.CertificateRevocationList:
+        """Sign a fresh user CRL from the revoked rows; keep it and trust it."""
+        server = self.server
+        assert server is not None and server.federation is not None
+        rows = server.store.transact_sync(
+            lambda tx: tx.conn.execute(
+                "SELECT serial, revoked FROM user_certs WHERE revoked IS NOT NULL"
+            ).fetchall()
+        )
+        revoked = {int(s): datetime.fromtimestamp(r, UTC) for s, r in rows}
+        identity = self._identity()
+        path = server.config.data_dir / "usercerts" / "user-crl.pem"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        crl = identity.write_user_crl(path, revoked, days=self.crl_days, now=self._now())
+        server.federation.trust.add_crl(crl, issuer=identity.issuing_cert)
+        with self._lock:
+            self._crl = crl
+        return crl
+
+    def current_crl(self) -> x509.CertificateRevocationList:
+        """The user CRL, re-signed when less than half its life remains."""
+        with self._lock:
+            crl = self._crl
+        next_update = None if crl is None else crl.next_update_utc
+        if (
+            crl is None
+            or next_update is None
+            or next_update - self._now() < timedelta(days=self.crl_days) / 2
+        ):
+            crl = self.publish_crl()
+        return crl
+
+    def is_active(self, cert: x509.Certificate) -> bool:
+        """Issued here and not revoked (checked in the store, so revocation is immediate)."""
+        assert self.server is not None
+        row = self.server.store.transact_sync(
+            lambda tx: tx.conn.execute(
+                "SELECT revoked FROM user_certs WHERE serial=?", (str(cert.serial_number),)
+            ).fetchone()
+        )
+        return row is not None and row[0] is None
+
+    # the extension ------------------------------------------------------------------------
+    def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:
+        request = [c for c in payload if isinstance(c.tag, str)]
+        if len(request) != 1:
+            raise RequestInvalid("the usercerts extension takes exactly one request element")
+        op = request[0]
+        action = etree.QName(op).localname
+        if action == "Issue":
+            return self._issue(op, env)
+        if action == "Revoke":
+            return self._revoke(op, env)
+        if action == "List":
+            return self._list(env)
+        raise RequestInvalid(f"unknown usercerts request {action!r}")
+
+    def _issue(self, op: etree._Element, env: Environment) -> etree._Element:
+        key = _public_key(op)
+        raw = (text_of(op, "LifetimeDays") or "").strip()
+        if raw and not raw.isdigit():
+            raise RequestInvalid("LifetimeDays must be a whole number")
+        lifetime = timedelta(days=int(raw)) if raw else self.lifetime
+        lifetime = max(MIN_LIFETIME, min(lifetime, self.max_lifetime))
+        identity = self._identity()
+        now = datetime.fromtimestamp(env.clock(), UTC)
+        cert = issue(identity, env.principal, key, lifetime, now)
+        env.tx.conn.execute(
+            "INSERT INTO user_certs(serial, address, der, issued, expires) VALUES (?,?,?,?,?)",
+            (
+                str(cert.serial_number),
+                env.principal,
+                cert.public_bytes(serialization.Encoding.DER),
+                now.timestamp(),
+                cert.not_valid_after_utc.timestamp(),
+            ),
+        )
+        log.info(
+            "issued a user certificate to %r until %s", env.principal, cert.not_valid_after_utc
+        )
+        result = etree.Element(q("Issued"))
+        element(result, "Certificate", der64(cert))
+        element(result, "IssuerCertificate", der64(identity.issuing_cert))
+        element(result, "Serial", str(cert.serial_number))
+        element(result, "Expires", cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        return result
+
+    def _revoke(self, op: etree._Element, env: Environment) -> etree._Element:
+        serial = (text_of(op, "Serial") or "").strip()
+        if serial and not serial.isdigit():
+            raise RequestInvalid("Serial must be a decimal number")
+        sql = "UPDATE user_certs SET revoked=? WHERE address=? AND revoked IS NULL"
+        args: tuple[object, ...] = (env.tx.now, env.principal)
+        if serial:
+            sql += " AND serial=?"
+            args = (*args, serial)
+        count = env.tx.conn.execute(sql, args).rowcount
+        if serial and count == 0:
+            raise NotFound("no such active certificate of yours")
+        env.after_commit.append(self.publish_crl)
+        log.info("%r revoked %d user certificate(s)", env.principal, count)
+        result = etree.Element(q("Revoked"))
+        element(result, "Count", str(count))
+        return result
+
+    def _list(self, env: Environment) -> etree._Element:
+        rows = env.tx.conn.execute(
+            "SELECT serial, expires, revoked FROM user_certs WHERE address=? ORDER BY issued DESC",
+            (env.principal,),
+        ).fetchall()
+        result = etree.Element(q("Certificates"))
+        for serial, expires, revoked in rows:
+            node = element(result, "Certificate")
+            node.set("serial", str(serial))
+            node.set("expires", datetime.fromtimestamp(expires, UTC).isoformat())
+            node.set("state", "revoked" if revoked is not None else "active")
+        return result
+
+    # the directory ------------------------------------------------------------------------
+    async def lookup(
+        self, server: Server, envelope: soap.ReceivedEnvelope, peer: str
+    ) -> etree._Element:
+        """Public: `Address`'s newest active certificate, its issuer and the CRLs."""
+        try:
+            address = normalize_address(text_of(envelope.operation, "Address") or "")
+        except RequestInvalid as exc:
+            raise RequestInvalid("LookupCertificate needs a valid Address") from exc
+        if domain_of(address) != server.config.domain:
+            raise Forbidden(f"{server.config.domain} publishes certificates of its own users only")
+        now = server.clock()
+
+        def work(tx: Tx) -> bytes | None:
+            row = tx.conn.execute(
+                "SELECT der FROM user_certs WHERE address=? AND revoked IS NULL AND expires>? "
+                "ORDER BY issued DESC LIMIT 1",
+                (address, now),
+            ).fetchone()
+            return None if row is None else bytes(row[0])
+
+        der = await server.store.transact(work)
+        if der is None:
+            raise NotFound(f"{address} has no certificate for encrypted mail")
+        identity = self._identity()
+        result = etree.Element(q("LookupCertificateResponse"))
+        element(result, "Address", address)
+        element(result, "Certificate", base64.b64encode(der).decode("ascii"))
+        element(result, "IssuerCertificate", der64(identity.issuing_cert))
+        element(result, "Crl", der64(self.current_crl()))
+        assert server.federation is not None
+        for crl in _pem_crls(server.federation.crl_pem()):
+            element(result, "Crl", der64(crl))
+        return result
+
+
+def _pem_crls(data: bytes) -> list[x509.CertificateRevocationList]:
+    marker = b"-----BEGIN X509 CRL-----"
+    found = []
+    for block in data.split(marker)[1:]:
+        try:
+            found.append(x509.load_pem_x509_crl(marker + block))
+        except ValueError:
+            continue
+    return found

@@ -1,0 +1,39 @@
+"""In charge of a user's own certificate and end-to-end mail (DESIGN.md §8): the key pair
+kept encrypted on this device (`keystore`), W3C XML Encryption 1.1 (`xmlenc`), finding and
+trusting other users' certificates (`directory`), sealing and opening messages (`sealed`),
+and talking to the home server about certificates, including certificate login (`client`).
+"""
+
+from __future__ import annotations
+
+from wsemail.usercerts.client import (
+    CertificateClient,
+    CertInfo,
+    list_certificates,
+    request_certificate,
+    revoke,
+    send_encrypted,
+)
+from wsemail.usercerts.directory import Directory, NoCertificate, Published, accept
+from wsemail.usercerts.keystore import UserKey, new_private_key
+from wsemail.usercerts.sealed import ENCRYPTED_SUBJECT, Opened, is_sealed, open_sealed, seal
+
+__all__ = [
+    "ENCRYPTED_SUBJECT",
+    "CertInfo",
+    "CertificateClient",
+    "Directory",
+    "NoCertificate",
+    "Opened",
+    "Published",
+    "UserKey",
+    "accept",
+    "is_sealed",
+    "list_certificates",
+    "new_private_key",
+    "open_sealed",
+    "request_certificate",
+    "revoke",
+    "seal",
+    "send_encrypted",
+]

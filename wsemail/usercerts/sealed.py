@@ -1,0 +1,205 @@
+"""In charge of end-to-end mail ("Send Encrypted", DESIGN.md §8): sealing a message's
+subject and body for every recipient's certificate and the sender's own, optionally signed
+by the sender's user certificate first, and opening a retrieved message again.
+
+The servers see an ordinary message whose Subject is `ENCRYPTED_SUBJECT` and whose Body is
+a `e2e:Sealed` document; routing headers (From, To, Cc, MessageId) stay readable. Inside
+the encryption sits `e2e:Content` — From, To, Cc, MessageId, Subject, Body, the signer's
+issuing CA — with an enveloped XMLDSIG signature when signed (sign, then encrypt). Opening
+checks that the signed From/To/Cc/MessageId equal the envelope's, so signed content cannot
+be re-sent under another sender or to other recipients.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from lxml import etree
+
+from wsemail.dsig import DS, Signer, verify_element
+from wsemail.errors import RemoteFault, SignatureInvalid, UsageError, WsemailError
+from wsemail.message import Message, normalize_address
+from wsemail.usercerts.directory import Directory, address_of
+from wsemail.usercerts.keystore import UserKey
+from wsemail.usercerts.xmlenc import PLAINTEXT_LIMITS, decrypt_element, encrypt_element
+from wsemail.xmlsafe import parse_untrusted
+
+E2E = "urn:wsemail:e2e"
+ENCRYPTED_SUBJECT = "(encrypted message)"
+_MARKER = f'<e2e:Sealed xmlns:e2e="{E2E}"'
+
+
+def _q(local: str) -> str:
+    return f"{{{E2E}}}{local}"
+
+
+def _add(parent: etree._Element, local: str, text: str) -> None:
+    etree.SubElement(parent, _q(local)).text = text
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The readable routing headers the sealed content is bound to."""
+
+    sender: str
+    to: list[str]
+    cc: list[str]
+    message_id: str
+
+
+def content_element(
+    envelope: Envelope, subject: str, body: str, issuer: x509.Certificate | None
+) -> etree._Element:
+    content = etree.Element(_q("Content"), nsmap={"e2e": E2E})
+    _add(content, "From", envelope.sender)
+    for address in envelope.to:
+        _add(content, "To", address)
+    for address in envelope.cc:
+        _add(content, "Cc", address)
+    _add(content, "MessageId", envelope.message_id)
+    _add(content, "Subject", subject)
+    _add(content, "Body", body)
+    if issuer is not None:
+        der = issuer.public_bytes(serialization.Encoding.DER)
+        _add(content, "SignerIssuer", base64.b64encode(der).decode("ascii"))
+    return content
+
+
+def seal(
+    envelope: Envelope,
+    subject: str,
+    body: str,
+    recipients: Sequence[tuple[str, x509.Certificate]],
+    sender: UserKey,
+    *,
+    sign: bool = True,
+) -> str:
+    """The Body text of an encrypted message for `recipients` and the sender's own key."""
+    content = content_element(envelope, subject, body, sender.issuer if sign else None)
+    if sign:
+        content = Signer(sender.key, sender.cert).sign_element(content)
+    everyone = [*recipients, (sender.address, sender.cert)]
+    sealed = etree.Element(_q("Sealed"), {"Version": "1"}, nsmap={"e2e": E2E})
+    sealed.append(encrypt_element(content, everyone))
+    text: str = etree.tostring(sealed, encoding="unicode")
+    return text
+
+
+def is_sealed(message: Message) -> bool:
+    return message.body.lstrip().startswith(_MARKER)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """An encrypted message after decryption; `signer` is set only when the sender's
+    signature verified against the sender's domain."""
+
+    subject: str
+    body: str
+    signed: bool
+    signer: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"encrypted": True, "signed": self.signed, "signer": self.signer}
+
+
+def _texts(node: etree._Element, local: str) -> list[str]:
+    return [(n.text or "") for n in node.findall(_q(local))]
+
+
+def _one_text(node: etree._Element, local: str) -> str:
+    found = _texts(node, local)
+    if len(found) != 1:
+        raise SignatureInvalid(f"sealed content needs exactly one {local}")
+    return found[0]
+
+
+def open_sealed(message: Message, own: UserKey, directory: Directory | None) -> Opened:
+    """Decrypt `message` with `own` key and verify the sender's signature if present.
+
+    Raises SignatureInvalid (tampered, not for us, bound to other headers) or UntrustedSigner
+    (the signature's certificate is not the sender's); with no `directory`, a signed message
+    cannot be checked and is refused.
+    """
+    try:
+        sealed = parse_untrusted(message.body.encode("utf-8"), PLAINTEXT_LIMITS)
+    except RemoteFault as exc:
+        raise SignatureInvalid("the encrypted body is not readable") from exc
+    parts = [c for c in sealed if isinstance(c.tag, str)]
+    if sealed.tag != _q("Sealed") or sealed.get("Version") != "1" or len(parts) != 1:
+        raise SignatureInvalid("not a sealed wsemail message")
+    content = decrypt_element(parts[0], [own.pair])
+    if content.tag != _q("Content"):
+        raise SignatureInvalid("the decrypted content is not a wsemail message")
+    signer: str | None = None
+    signatures = content.findall(f"{{{DS}}}Signature")
+    if signatures:
+        if directory is None:
+            raise SignatureInvalid("a signed message needs the directory to check its signer")
+        issuer_text = _one_text(content, "SignerIssuer")
+        try:
+            issuer = x509.load_der_x509_certificate(
+                base64.b64decode("".join(issuer_text.split()), validate=True)
+            )
+        except (binascii.Error, ValueError) as exc:
+            raise SignatureInvalid("unreadable signer issuer") from exc
+
+        def resolve(cert: x509.Certificate) -> str:
+            address = address_of(cert)
+            if address != normalize_address(message.sender):
+                raise SignatureInvalid(
+                    f"signed by {address}, but the message is from {message.sender}"
+                )
+            directory.verify_signer(cert, issuer, address)
+            return address
+
+        _, signer, content = verify_element(content, resolve)
+    elif content.findall(_q("SignerIssuer")):
+        raise SignatureInvalid("sealed content names a signer but carries no signature")
+    bound = (
+        _one_text(content, "From"),
+        _texts(content, "To"),
+        _texts(content, "Cc"),
+        _one_text(content, "MessageId"),
+    )
+    if bound != (message.sender, message.to, message.cc, message.message_id):
+        raise SignatureInvalid("the sealed content belongs to another message")
+    return Opened(
+        subject=_one_text(content, "Subject"),
+        body=_one_text(content, "Body"),
+        signed=signer is not None,
+        signer=signer,
+    )
+
+
+def open_or_error(
+    message: Message, own: UserKey | None, directory: Directory | None
+) -> Opened | str:
+    """`open_sealed`, or the one-line reason it failed (for listings and the CLI)."""
+    if own is None:
+        return "no key on this device to decrypt this message"
+    try:
+        return open_sealed(message, own, directory)
+    except WsemailError as exc:
+        return str(exc)
+
+
+def recipients_for(
+    addresses: Sequence[str], directory: Directory
+) -> list[tuple[str, x509.Certificate]]:
+    """Every recipient's trusted certificate; any missing or untrusted one stops the send."""
+    found: list[tuple[str, x509.Certificate]] = []
+    missing: list[str] = []
+    for address in dict.fromkeys(normalize_address(a) for a in addresses):
+        try:
+            found.append((address, directory.certificate(address)))
+        except WsemailError as exc:
+            missing.append(f"{address} ({exc})")
+    if missing:
+        raise UsageError("cannot encrypt to " + "; ".join(missing) + "; nothing was sent")
+    return found
