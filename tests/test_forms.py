@@ -1,0 +1,364 @@
+"""Form plug-ins and routed workflows against a real server on loopback: real wheels built
+from forms/, real publisher and approver signatures (user certificates from IssueToken),
+the server's routing rule, and every way a chain or a wheel is refused."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from lxml import etree
+from test_federation import start_domain
+
+from wsemail.attachments_client import Attachments, Token
+from wsemail.client import Client
+from wsemail.errors import PluginError
+from wsemail.forms import FormDocument, FormError, FormInvalid, Step, approvals, wheels, workflow
+from wsemail.forms.loader import load
+from wsemail.pki import create_root, read_cert, write_crl
+from wsemail.server.accounts import set_user
+from wsemail.server.config import DEFAULT_PLUGINS
+from wsemail.server.pipeline import PluginSpec
+from wsemail.soap import element, q
+
+from conftest import PASSWORD, Running
+
+FORMS = Path(__file__).resolve().parent.parent / "forms"
+RULE = {
+    "form": "requisition",
+    "field": "total",
+    "above": "5000",
+    "role": "purchasing",
+    "approvers": ["pat@a.test"],
+}
+ITEMS_7500 = [{"description": "laptop", "quantity": 3, "unit_price": "2500"}]
+ITEMS_500 = [{"description": "chair", "quantity": 2, "unit_price": "250"}]
+
+
+@dataclass
+class Domain:
+    ca: Path
+    running: Running
+    tmp: Path
+
+    def client(self, user: str) -> Client:
+        c = self.running.client(user)
+        c.trust_roots = [self.ca / "root.pem"]
+        return c
+
+    def token(self, user: str) -> Token:
+        return Attachments(self.client(user)).token()
+
+    @property
+    def roots(self) -> list[object]:
+        return [read_cert(self.ca / "root.pem")]
+
+    def material(self) -> tuple[list, list]:  # type: ignore[type-arg]
+        return workflow.trust_material(self.client("admin@a.test"))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("wheels")
+    return {n: wheels.build(FORMS / n, out) for n in ("timesheet", "requisition")}
+
+
+@pytest.fixture
+def dom(tmp_path: Path) -> Iterator[Domain]:
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    plugins = [
+        *DEFAULT_PLUGINS,
+        PluginSpec("wsemail.server.forms:FormsPlugin", 40, {"rules": [RULE]}),
+    ]
+    running = start_domain(tmp_path, ca, "a.test", plugins=plugins)
+    for name in ("pat", "dave"):
+        set_user(running.controller.server.store, "a.test", f"{name}@a.test", PASSWORD)
+    yield Domain(ca, running, tmp_path)
+    running.stop()
+
+
+def publish(dom: Domain, wheel: Path) -> Path:
+    token = dom.token("admin@a.test")
+    sig = wheels.sign(wheel, token.key, token.cert, token.issuer)
+    op = etree.Element(q("Publish"))
+    element(op, "File", wheel.name)
+    element(op, "Wheel", base64.b64encode(wheel.read_bytes()).decode())
+    element(op, "Signature", base64.b64encode(sig.read_bytes()).decode())
+    dom.client("admin@a.test").extension("forms", op)
+    return sig
+
+
+def install_local(dom: Domain, wheel: Path, root: Path) -> None:
+    sig = wheel.with_name(wheel.name + ".sig")
+    roots, crls = dom.material()
+    wheels.install(
+        wheel.name,
+        wheel.read_bytes(),
+        sig.read_bytes(),
+        roots=roots,
+        crls=crls,
+        publishers=["admin@a.test"],
+        root=root,
+    )
+
+
+def requisition(dom: Domain, built: dict[str, Path], items: list[dict[str, object]]) -> str:
+    sender_dir = dom.tmp / "carol-forms"
+    publish(dom, built["requisition"])
+    install_local(dom, built["requisition"], sender_dir)
+    plugin = load("requisition", root=sender_dir)
+    carol = dom.client("carol@a.test")
+    doc = workflow.compose(
+        plugin,
+        {"requester": "carol@a.test", "department": "OS", "items": items},
+        "carol@a.test",
+        [Step("manager", ("bob@a.test",))],
+        server=carol.server,
+        wheel=built["requisition"],
+    )
+    workflow.send(carol, doc, ["bob@a.test"], "")
+    return newest(dom, "bob@a.test")
+
+
+def newest(dom: Domain, user: str) -> str:
+    return dom.client(user).list_headers().headers[0].id
+
+
+def test_timesheet_computes_totals_and_round_trips_in_its_namespace(
+    built: dict[str, Path], tmp_path: Path
+) -> None:
+    import sys
+
+    sys.path.insert(0, str(FORMS / "timesheet"))
+    try:
+        from wsemail_timesheet import Timesheet
+    finally:
+        sys.path.remove(str(FORMS / "timesheet"))
+    plugin = Timesheet()
+    days = [{"day": d, "regular": "9", "overtime": "1"} for d in ("Monday", "Tuesday")]
+    data = plugin.validate(
+        {
+            "employee": "Kevin Lux",
+            "employee_id": "abc123",
+            "period_ending": "2004-02-13",
+            "days": days,
+        }
+    )
+    assert str(data["total_hours"]) == "20"
+    xml = plugin.to_xml(data)
+    assert etree.QName(xml).namespace == "urn:wsemail:forms:timesheet:1"
+    assert plugin.from_xml(xml)["total_overtime"] == data["total_overtime"]
+    assert "Total hours:" in plugin.render_text(data)
+    xml.find("{urn:wsemail:forms:timesheet:1}total_hours").text = "99"
+    with pytest.raises(FormInvalid, match="computed"):
+        plugin.from_xml(xml)
+    with pytest.raises(FormInvalid, match="required"):
+        plugin.validate({"days": days})
+
+
+def test_requisition_of_7500_routes_through_purchasing_with_delegation(
+    dom: Domain, built: dict[str, Path]
+) -> None:
+    first = requisition(dom, built, ITEMS_7500)
+    received = workflow.receive(dom.client("bob@a.test"), first)
+    assert [s.role for s in received.doc.route()] == ["manager", "purchasing"]  # the rule
+    entry, chain, to = workflow.act(dom.client("bob@a.test"), first, "approve")
+    assert to == ["pat@a.test"]
+    _, _, to = workflow.act(
+        dom.client("pat@a.test"), newest(dom, "pat@a.test"), "delegate", delegate="dave@a.test"
+    )
+    assert to == ["dave@a.test"]
+    _, chain, to = workflow.act(dom.client("dave@a.test"), newest(dom, "dave@a.test"), "approve")
+    assert chain.complete and to == ["carol@a.test"]
+    final = workflow.receive(dom.client("carol@a.test"), newest(dom, "carol@a.test")).doc
+    roots, crls = dom.material()
+    report = approvals.verify(final, roots, crls)
+    assert [(e.kind, e.signer, e.role) for e in report.entries] == [
+        ("approve", "bob@a.test", "manager"),
+        ("delegate", "pat@a.test", "purchasing"),
+        ("approve", "dave@a.test", "purchasing"),
+    ]
+    assert report.entries[2].on_behalf_of == "pat@a.test"
+
+
+def test_requisition_of_500_skips_purchasing(dom: Domain, built: dict[str, Path]) -> None:
+    first = requisition(dom, built, ITEMS_500)
+    _, chain, to = workflow.act(dom.client("bob@a.test"), first, "approve")
+    assert (
+        [s.role for s in chain.route] == ["manager"] and chain.complete and to == ["carol@a.test"]
+    )
+
+
+def _doc(dom: Domain, built: dict[str, Path]) -> FormDocument:
+    first = requisition(dom, built, ITEMS_7500)
+    return workflow.receive(dom.client("bob@a.test"), first).doc
+
+
+def _append_raw(
+    doc: FormDocument,
+    token: Token,
+    kind: str,
+    step: int,
+    role: str,
+    delegate: str = "",
+    covers: str | None = None,
+) -> None:
+    """An act signed correctly but put where the rules forbid it (bypassing sign's checks)."""
+    chain = approvals.Chain([Step(role, (approvals._address(token.cert),))] * step)
+    chain.current = step - 1
+    approvals.sign(doc, kind, token.key, token.cert, token.issuer, chain, delegate=delegate)
+
+
+def test_chain_rejections(dom: Domain, built: dict[str, Path]) -> None:
+    roots, crls = dom.material()
+    bob, pat, dave = (dom.token(f"{u}@a.test") for u in ("bob", "pat", "dave"))
+    # someone not on the route
+    doc = _doc(dom, built)
+    _append_raw(doc, dave, "approve", 1, "manager")
+    with pytest.raises(FormError, match="not on the route"):
+        approvals.verify(doc, roots, crls)
+    # out of order: purchasing before the manager
+    doc = _doc(dom, built)
+    _append_raw(doc, pat, "approve", 2, "purchasing")
+    with pytest.raises(FormError, match="out of order"):
+        approvals.verify(doc, roots, crls)
+    # twice
+    doc = _doc(dom, built)
+    _append_raw(doc, bob, "approve", 1, "manager")
+    _append_raw(doc, bob, "approve", 2, "purchasing")
+    with pytest.raises(FormError, match="twice"):
+        approvals.verify(doc, roots, crls)
+    # copied onto another form (and onto another version of the same form)
+    doc, other = _doc(dom, built), _doc(dom, built)
+    _append_raw(doc, bob, "approve", 1, "manager")
+    other.append_act(copy.deepcopy(doc.acts()[0]))
+    with pytest.raises(FormError, match="another form"):
+        approvals.verify(other, roots, crls)
+    data = doc.data.find("{urn:wsemail:forms:requisition:1}purpose")
+    data.text = "changed after signing"
+    with pytest.raises(FormError, match="does not cover"):
+        approvals.verify(doc, roots, crls)
+    # a delegation loop
+    doc = _doc(dom, built)
+    chain = approvals.verify(doc, roots, crls)
+    approvals.sign(doc, "delegate", bob.key, bob.cert, bob.issuer, chain, delegate="dave@a.test")
+    with pytest.raises(FormError, match="loop"):
+        approvals.sign(
+            doc, "delegate", dave.key, dave.cert, dave.issuer, chain, delegate="bob@a.test"
+        )
+    _append_raw(doc, dave, "delegate", 1, "manager", delegate="bob@a.test")
+    with pytest.raises(FormError, match="loop"):
+        approvals.verify(doc, roots, crls)
+
+
+def test_recipient_fetches_verifies_and_installs_the_wheel(
+    dom: Domain, built: dict[str, Path]
+) -> None:
+    first = requisition(dom, built, ITEMS_7500)
+    bob = dom.client("bob@a.test")
+    ref = workflow.receive(bob, first).doc.plugin
+    root = dom.tmp / "bob-forms"
+    with pytest.raises(PluginError, match="not installed"):
+        load("requisition", "1.0.0", root)
+    record = workflow.fetch_plugin(bob, ref, ["@a.test"], root=root, tls_name="a.test")
+    assert (record.name, record.version, record.publisher) == (
+        "requisition",
+        "1.0.0",
+        "admin@a.test",
+    )
+    assert (
+        json.loads((root / "registry.json").read_text())["requisition"]["location"] == ref.location
+    )
+    assert load("requisition", "1.0.0", root).validate(
+        {"requester": "a@a.test", "department": "x", "items": ITEMS_500}
+    )["total"]
+
+
+def _rezip(data: bytes, change: dict[str, bytes | None], fix_record: bool = True) -> bytes:
+    src = zipfile.ZipFile(io.BytesIO(data))
+    files = {i.filename: src.read(i) for i in src.infolist()}
+    for k, v in change.items():
+        if v is None:
+            files.pop(k, None)
+        else:
+            files[k] = v
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for k, v in files.items():
+            z.writestr(k, v)
+    return out.getvalue()
+
+
+def test_wheel_rejections_install_nothing(
+    dom: Domain, built: dict[str, Path], tmp_path: Path
+) -> None:
+    roots, crls = dom.material()
+    wheel = built["timesheet"]
+    admin = dom.token("admin@a.test")
+    root = tmp_path / "plugins"
+
+    def attempt(
+        name: str,
+        data: bytes,
+        *,
+        signer: Token = admin,
+        publishers: tuple[str, ...] = ("admin@a.test",),
+        sign_name: str | None = None,
+    ) -> None:
+        path = tmp_path / "sign" / (sign_name or name)
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        sig = wheels.sign(path, signer.key, signer.cert, signer.issuer).read_bytes()
+        wheels.install(
+            name, data, sig, roots=roots, crls=crls, publishers=list(publishers), root=root
+        )
+
+    data = wheel.read_bytes()
+    sig = wheels.sign(wheel, admin.key, admin.cert, admin.issuer).read_bytes()
+    tampered = data[:-30] + bytes(30)
+    with pytest.raises(wheels.WheelRefused, match="SHA-256"):
+        wheels.install(
+            wheel.name,
+            tampered,
+            sig,
+            roots=roots,
+            crls=crls,
+            publishers=["admin@a.test"],
+            root=root,
+        )
+    with pytest.raises(wheels.WheelRefused, match="not a trusted form publisher"):
+        attempt(wheel.name, data, signer=dom.token("carol@a.test"))
+    other = built["requisition"]
+    other_sig = wheels.sign(other, admin.key, admin.cert, admin.issuer).read_bytes()
+    with pytest.raises(wheels.WheelRefused, match="signature is for"):
+        wheels.install(
+            wheel.name,
+            data,
+            other_sig,
+            roots=roots,
+            crls=crls,
+            publishers=["admin@a.test"],
+            root=root,
+        )
+    with pytest.raises(wheels.WheelRefused, match="escapes"):
+        attempt(wheel.name, _rezip(data, {"../evil.py": b"x"}))
+    with pytest.raises(wheels.WheelRefused, match="RECORD mismatch"):
+        attempt(wheel.name, _rezip(data, {"wsemail_timesheet/__init__.py": b"print('owned')"}))
+    assert not root.exists() or not any(root.iterdir())
+    # downgrade: 1.0.0 installed, then 0.9.0 (a validly signed, older wheel) is refused
+    attempt(wheel.name, data)
+    older = wheel.name.replace("1.0.0", "0.9.0")
+    renamed = _rezip(data, {})  # same contents; the dist-info no longer matches the name
+    with pytest.raises(wheels.WheelRefused):
+        attempt(older, renamed)
+    before = (root / "registry.json").read_text()
+    assert json.loads(before)["timesheet"]["version"] == "1.0.0"

@@ -1,0 +1,163 @@
+"""In charge of the forms server plug-in, a composite:
+
+- sending processor: a submitted form (the message body is a form document) gets the
+  routing rules of this server applied before anyone signed, e.g. a requisition whose
+  `total` is above a threshold gets a purchasing step (`rules` option:
+  `[{form = "requisition", field = "total", above = "5000", role = "purchasing",
+  approvers = ["pat@b.test"]}]`);
+- extension `forms` (password MAC, admins only): `Publish` a signed wheel (file, bytes,
+  signature), kept under the data dir;
+- route `WHEEL_PATH?file=NAME` (and `NAME.sig`): serves published wheels to anyone —
+  readers verify the publisher signature themselves.
+
+Forwarding from step to step is the approver's client's job (it sends the signed form to
+the next step's approvers); the chain itself carries every signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from lxml import etree
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from wsemail.errors import Forbidden, RequestInvalid
+from wsemail.forms.contract import Step
+from wsemail.forms.document import FormDocument, FormError, is_form_body
+from wsemail.message import Message
+from wsemail.server.pipeline import Environment, ExtensionProcessor, SendingProcessor
+from wsemail.soap import element, q, text_of
+
+log = logging.getLogger("wsemail.forms")
+WHEEL_PATH = "/wsemail/forms/wheel"
+EXTENSION_ID = "forms"
+_FILE = re.compile(r"^[A-Za-z0-9_.]+-[0-9][A-Za-z0-9_.+]*-py3-none-any\.whl(\.sig)?$")
+MAX_WHEEL = 16 << 20
+
+
+class FormsPlugin(SendingProcessor, ExtensionProcessor):
+    """Forms: routing rules on submitted forms, published form wheels."""
+
+    name = "forms"
+    extension_id = EXTENSION_ID
+
+    def __init__(
+        self, directory: str | None = None, rules: list[dict[str, Any]] | None = None
+    ) -> None:
+        self.directory = directory
+        self.rules = [self._rule(r) for r in rules or []]
+        self.root: Path | None = None
+
+    @staticmethod
+    def _rule(raw: dict[str, Any]) -> dict[str, Any]:
+        try:
+            approvers = tuple(str(a) for a in raw["approvers"])
+            rule = {
+                "form": str(raw["form"]),
+                "field": str(raw["field"]),
+                "above": Decimal(str(raw["above"])),
+                "step": Step(str(raw["role"]), approvers),
+            }
+        except (KeyError, TypeError, InvalidOperation) as exc:
+            raise ValueError(
+                f"a forms rule needs form, field, above, role, approvers: {exc}"
+            ) from exc
+        if not approvers:
+            raise ValueError("a forms rule needs at least one approver")
+        return rule
+
+    def attach(self, server: Any) -> None:
+        self.root = Path(self.directory) if self.directory else server.config.data_dir / "forms"
+        self.root.mkdir(parents=True, exist_ok=True)
+        server.routes[WHEEL_PATH] = self.serve
+
+    # sending processor ------------------------------------------------------------------
+    def process_outgoing(self, message: Message, env: Environment) -> None:
+        if not is_form_body(message.body):
+            return
+        try:
+            doc = FormDocument.parse(message.body)
+            if doc.acts() or doc.sender != env.principal:
+                return  # a form on its way along the route: its chain speaks for itself
+            changed = False
+            for rule in self.rules:
+                if rule["form"] != doc.plugin.name:
+                    continue
+                value = self._value(doc, rule["field"])
+                step: Step = rule["step"]
+                if value is not None and value > rule["above"]:
+                    if all(s.role != step.role for s in doc.route()):
+                        doc.add_step(step)
+                        changed = True
+                        log.info("form %s: rule added step %r", doc.form_id, step.role)
+        except FormError as exc:
+            raise RequestInvalid(f"form refused: {exc}") from exc
+        if changed:
+            message.body = doc.to_bytes().decode()
+            message.size = len(message.body.encode()) + len(message.subject.encode())
+
+    @staticmethod
+    def _value(doc: FormDocument, name: str) -> Decimal | None:
+        node = next((c for c in doc.data if etree.QName(c).localname == name), None)
+        if node is None or node.text is None:
+            return None
+        try:
+            return Decimal(node.text.strip())
+        except InvalidOperation as exc:
+            raise FormError(f"{name} is not a number") from exc
+
+    # extension: Publish -----------------------------------------------------------------
+    def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:
+        requests = [c for c in payload if isinstance(c.tag, str)]
+        if len(requests) != 1 or requests[0].tag != q("Publish"):
+            raise RequestInvalid("the forms extension takes one Publish request")
+        if not env.is_admin:
+            raise Forbidden("only administrators publish form plug-ins")
+        op = requests[0]
+        file_name = (text_of(op, "File") or "").strip()
+        if not _FILE.match(file_name) or file_name.endswith(".sig"):
+            raise RequestInvalid("File must be a pure-Python wheel's file name")
+        try:
+            wheel = base64.b64decode(text_of(op, "Wheel") or "", validate=True)
+            signature = base64.b64decode(text_of(op, "Signature") or "", validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise RequestInvalid("Wheel and Signature are base64") from exc
+        if not wheel or not signature or len(wheel) > MAX_WHEEL:
+            raise RequestInvalid("a wheel and its signature are required")
+        root = self.root
+        assert root is not None
+        stored = [(root / file_name, wheel), (root / f"{file_name}.sig", signature)]
+
+        def write() -> None:
+            for path, data in stored:
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_bytes(data)
+                tmp.replace(path)
+
+        env.after_commit.append(write)
+        result = etree.Element(q("Published"))
+        element(result, "File", file_name)
+        element(result, "Path", WHEEL_PATH)
+        return result
+
+    # the wheel route --------------------------------------------------------------------
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        files = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("file", [])
+        root = self.root
+        if scope["method"] != "GET" or len(files) != 1 or not _FILE.match(files[0]):
+            response = Response("bad request\n", status_code=400, media_type="text/plain")
+        elif root is None or not (root / files[0]).is_file():
+            response = Response("no such wheel\n", status_code=404, media_type="text/plain")
+        else:
+            response = Response(
+                (root / files[0]).read_bytes(), media_type="application/octet-stream"
+            )
+        await response(scope, receive, send)
