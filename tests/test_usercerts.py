@@ -387,3 +387,54 @@ def test_the_key_is_encrypted_at_rest_and_moves_between_devices(
     both = alice_key.with_cert(renewed.cert, renewed.issuer)
     assert both.cert != alice_key.cert and both.pair.certs[1] == alice_key.cert
     assert copy.copy(both).address == "alice@a.test"
+
+
+def test_cli_keys_create_send_encrypt_and_retrieve_json(fed: Fed, tmp_path: Path) -> None:
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from wsemail.cli import keys, mail
+
+    app = typer.Typer()
+    mail.register(app)
+    keys.register(app)
+    runner = CliRunner()
+
+    def run(user: str, *args: str, ok: bool = True) -> str:
+        running = fed.running(user)
+        env = {
+            "WSEMAIL_SERVER": running.url,
+            "WSEMAIL_USER": user,
+            "WSEMAIL_PASSWORD": "correct horse battery",
+            "WSEMAIL_CACERT": str(fed.ca / "root.pem"),
+            "WSEMAIL_TRUST_ROOTS": str(fed.ca / "root.pem"),
+            "WSEMAIL_TLS_NAME": running.config.domain,
+            "WSEMAIL_EXPORT_PASSPHRASE": "export secret",
+            "WSEMAIL_DIRECTORY_ROUTES": ",".join(f"{d}={r.url}" for d, r in fed.servers.items()),
+        }
+        result = runner.invoke(app, list(args), env=env)
+        assert (result.exit_code == 0) is ok, (result.output, result.exception)
+        return result.output
+
+    run("alice@a.test", "keys", "create")
+    run("bob@b.test", "keys", "create")
+    assert "this device" in run("bob@b.test", "keys", "show")
+    sent = run(
+        "alice@a.test", "send", "--to", "bob@b.test", "-s", SUBJECT, "--body", BODY, "--encrypt"
+    )
+    assert sent.strip()
+    bob = fed.client("bob@b.test")
+    wait_for(lambda: bob.list_headers().headers, "bob's copy")
+    got = json.loads(run("bob@b.test", "retrieve", "--json", bob.list_headers().headers[0].id))
+    assert (got["subject"], got["body"]) == (SUBJECT, BODY)
+    assert got["e2e"] == {"encrypted": True, "signed": True, "signer": "alice@a.test"}
+    assert got["provenance"]["status"] == "verified"
+    # no certificate for carol: refused before sending
+    run("alice@a.test", "send", "--to", "carol@b.test", "--body", BODY, "--encrypt", ok=False)
+    exported = tmp_path / "alice.key"
+    run("alice@a.test", "keys", "export", "-o", str(exported))
+    assert b"ENCRYPTED PRIVATE KEY" in exported.read_bytes()
+    run("alice@a.test", "keys", "renew")
+    assert "revoked 2" in run("alice@a.test", "keys", "revoke")

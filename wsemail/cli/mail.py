@@ -63,6 +63,10 @@ def send(
         help="attachments stay on your server until fetched (inline: not supported yet)",
     ),
     as_json: bool = typer.Option(False, "--json"),
+    encrypt: bool = typer.Option(
+        False, "--encrypt", help="end to end to every recipient's certificate (wsemail keys)"
+    ),
+    sign: bool = typer.Option(True, "--sign/--no-sign", help="with --encrypt: sign as well"),
     server: str | None = ServerOpt,
     user: str | None = UserOpt,
 ) -> None:
@@ -79,7 +83,22 @@ def send(
             body = ""
     if attach and not on_demand:
         raise UsageError("inline attachments are not supported yet; use --on-demand")
+    if encrypt and attach:
+        raise UsageError("attachments cannot be sent encrypted yet; nothing was sent")
     with session.open_client(server, user) as client:
+        if encrypt:
+            from wsemail.cli.keys import open_directory
+            from wsemail.usercerts import keystore, send_encrypted
+
+            own = keystore.load(client.username)
+            with open_directory() as directory:
+                result = send_encrypted(client, own, directory, to, subject, body, cc=cc, sign=sign)
+            typer.echo(
+                json.dumps({"id": result.id, "message_id": result.message_id})
+                if as_json
+                else result.id
+            )
+            return
         uploads: list[str] = []
         if attach:
             from wsemail.attachments_client import Attachments
@@ -125,8 +144,13 @@ def retrieve(
     with session.open_client(server, user) as client:
         for message_id in _ids(ids):
             proof, message = client.verify(client.retrieve(message_id))
+            from wsemail.cli.keys import open_messages
+
+            message, sealed = open_messages(client, message)
             if as_json:
-                typer.echo(json.dumps({**message.as_dict(), "provenance": proof.as_dict()}))
+                typer.echo(
+                    json.dumps({**message.as_dict(), "provenance": proof.as_dict(), "e2e": sealed})
+                )
                 continue
             typer.echo(
                 f"Id: {message.id}\nMessage-Id: {message.message_id}\n"
@@ -136,8 +160,17 @@ def retrieve(
                 typer.echo(f"Cc: {', '.join(message.cc)}")
             typer.echo(
                 f"Date: {message.date}\nSubject: {message.subject}\nProvenance: {proof}"
-                f"\n\n{message.body}"
+                f"{_e2e_line(sealed)}\n\n{message.body}"
             )
+
+
+def _e2e_line(sealed: dict[str, object]) -> str:
+    if not sealed.get("encrypted"):
+        return ""
+    if "error" in sealed:
+        return f"\nEncrypted: cannot open: {sealed['error']}"
+    signer = f"signed by {sealed['signer']} ✓" if sealed.get("signed") else "not signed"
+    return f"\nEncrypted: end to end ✓, {signer}"
 
 
 def delete(
