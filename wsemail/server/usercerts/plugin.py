@@ -200,16 +200,6 @@ class UserCertificates(ExtensionProcessor):
             crl = self.publish_crl()
         return crl
 
-    def is_active(self, cert: x509.Certificate) -> bool:
-        """Issued here and not revoked (checked in the store, so revocation is immediate)."""
-        assert self.server is not None
-        row = self.server.store.transact_sync(
-            lambda tx: tx.conn.execute(
-                "SELECT revoked FROM user_certs WHERE serial=?", (str(cert.serial_number),)
-            ).fetchone()
-        )
-        return row is not None and row[0] is None
-
     # the extension ------------------------------------------------------------------------
     def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:
         request = [c for c in payload if isinstance(c.tag, str)]
