@@ -158,10 +158,14 @@ class Client:
         message_id: str | None = None,
         retries: int = 2,
         attachments: list[str] | None = None,
+        instant: bool = False,
+        delete_if_undeliverable: bool = False,
     ) -> SendResult:
         """Submit a message. A retry after a lost answer reuses the MessageId, so the server
         stores it once. `attachments` are ids of finished uploads (`wsemail.attachments_client`)
-        that the server turns into on-demand references."""
+        that the server turns into on-demand references. `instant` marks an instant message
+        (pushed to the recipient's live sessions, else kept in the mailbox, or with
+        `delete_if_undeliverable` dropped with a notice to the sender)."""
         draft = Draft(
             to=list(to),
             cc=list(cc or []),
@@ -169,6 +173,8 @@ class Client:
             body=body,
             message_id=message_id or new_message_id(self.username.rpartition("@")[2]),
             attachments=list(attachments or []),
+            instant=instant,
+            delete_if_undeliverable=delete_if_undeliverable,
         )
         for attempt in range(retries + 1):
             op = etree.Element(q("Send"))

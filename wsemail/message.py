@@ -99,6 +99,27 @@ def attachment_refs(parent: etree._Element) -> list[AttachmentRef]:
     return [AttachmentRef.from_xml(n) for n in parent.findall(q("Attachment"))]
 
 
+def instant_flags_to_xml(parent: etree._Element, instant: bool, delete: bool) -> None:
+    """`<Instant>true</Instant>` and `<DeleteIfUndeliverable>true</…>`, only when set (plain
+    mail keeps its old form)."""
+    if instant:
+        element(parent, "Instant", "true")
+    if delete:
+        element(parent, "DeleteIfUndeliverable", "true")
+
+
+def instant_flags(parent: etree._Element) -> tuple[bool, bool]:
+    """The two IM flags (instant, delete if undeliverable) of a Message / Draft / signed
+    Content element."""
+    flags = []
+    for tag in ("Instant", "DeleteIfUndeliverable"):
+        raw = (text_of(parent, tag, "false") or "false").strip().lower()
+        if raw not in ("true", "false", "1", "0"):
+            raise RequestInvalid(f"{tag} must be true or false")
+        flags.append(raw in ("true", "1"))
+    return flags[0], flags[1]
+
+
 @dataclass
 class Draft:
     """What a client submits: the server adds sender, date and id."""
@@ -109,6 +130,8 @@ class Draft:
     cc: list[str] = field(default_factory=list)
     message_id: str | None = None
     attachments: list[str] = field(default_factory=list)  # ids of uploads to reference
+    instant: bool = False  # meant as an instant message (DESIGN.md §8)
+    delete_if_undeliverable: bool = False  # an instant message: drop it, tell the sender
 
     def to_xml(self, parent: etree._Element) -> etree._Element:
         msg = element(parent, "Message")
@@ -122,6 +145,7 @@ class Draft:
         element(msg, "Body", self.body)
         for upload in self.attachments:
             element(msg, "AttachmentId", upload)
+        instant_flags_to_xml(msg, self.instant, self.delete_if_undeliverable)
         return msg
 
     @classmethod
@@ -138,6 +162,7 @@ class Draft:
         if len(subject) > MAX_SUBJECT or "\n" in subject or "\r" in subject:
             raise RequestInvalid("Subject must be one line of at most 998 characters")
         message_id = text_of(msg, "MessageId")
+        instant, delete = instant_flags(msg)
         return cls(
             to=to,
             cc=cc,
@@ -145,6 +170,8 @@ class Draft:
             body=text_of(msg, "Body", "") or "",
             message_id=check_message_id(message_id) if message_id else None,
             attachments=texts_of(msg, "AttachmentId"),
+            instant=instant,
+            delete_if_undeliverable=delete,
         )
 
     @property
@@ -224,12 +251,15 @@ class Message(MessageHeader):
     origin: str | None = None
     signed_xml: bytes | None = field(default=None, repr=False)
     attachments: list[AttachmentRef] = field(default_factory=list)
+    instant: bool = False
+    delete_if_undeliverable: bool = False
 
     def to_xml(self, parent: etree._Element, tag: str = "Message") -> etree._Element:
         node = super().to_xml(parent, tag)
         element(node, "Body", self.body)
         for ref in self.attachments:
             ref.to_xml(node)
+        instant_flags_to_xml(node, self.instant, self.delete_if_undeliverable)
         if self.signed_xml is not None:
             provenance = element(node, "Provenance")
             provenance.set("origin", self.origin or "")
@@ -241,6 +271,7 @@ class Message(MessageHeader):
         header = MessageHeader.from_xml(node)
         provenance = node.find(q("Provenance"))
         signed = None
+        instant, delete = instant_flags(node)
         if provenance is not None and len(provenance):
             signed = etree.tostring(provenance[0])
         return cls(
@@ -249,8 +280,14 @@ class Message(MessageHeader):
             origin=provenance.get("origin") if provenance is not None else None,
             signed_xml=signed,
             attachments=attachment_refs(node),
+            instant=instant,
+            delete_if_undeliverable=delete,
         )
 
     def as_dict(self) -> dict[str, object]:
-        found = {"attachments": [a.as_dict() for a in self.attachments]} if self.attachments else {}
+        found: dict[str, object] = (
+            {"attachments": [a.as_dict() for a in self.attachments]} if self.attachments else {}
+        )
+        if self.instant:
+            found["instant"] = True
         return {**super().as_dict(), "body": self.body, **found}

@@ -4,7 +4,8 @@ sending server relays each message, and the receiving client's check of it.
     <w:SignedMessage>
       <w:Origin>a.test</w:Origin> <w:Destination>b.test</w:Destination>
       <w:Recipient>bob@b.test</w:Recipient>…
-      <w:Content> MessageId, From, To…, Cc…, Subject, Date, Body, Attachment… </w:Content>
+      <w:Content> MessageId, From, To…, Cc…, Subject, Date, Body, Attachment…,
+                  Instant?, DeleteIfUndeliverable? </w:Content>
       <ds:Signature>…enveloped, by a.test's server certificate…</ds:Signature>
     </w:SignedMessage>
 
@@ -25,7 +26,13 @@ from lxml import etree
 
 from wsemail.dsig import verify_element
 from wsemail.errors import RemoteFault, SignatureInvalid, UntrustedSigner, WsemailError
-from wsemail.message import Message, attachment_refs, domain_of
+from wsemail.message import (
+    Message,
+    attachment_refs,
+    domain_of,
+    instant_flags,
+    instant_flags_to_xml,
+)
 from wsemail.pki import TrustStore
 from wsemail.soap import element, q, text_of, texts_of
 from wsemail.xmlsafe import XmlLimits, parse_untrusted
@@ -52,6 +59,7 @@ def signed_form(
     element(content, "Body", msg.body)
     for ref in msg.attachments:
         ref.to_xml(content)
+    instant_flags_to_xml(content, msg.instant, msg.delete_if_undeliverable)
     return root
 
 
@@ -70,6 +78,7 @@ def read_signed(node: etree._Element) -> SignedContent:
         raise SignatureInvalid("not a SignedMessage")
     body = text_of(content, "Body", "") or ""
     subject = text_of(content, "Subject", "") or ""
+    instant, delete = instant_flags(content)
     message = Message(
         id="",
         message_id=text_of(content, "MessageId", "") or "",
@@ -83,6 +92,8 @@ def read_signed(node: etree._Element) -> SignedContent:
         seen=False,
         body=body,
         attachments=attachment_refs(content),
+        instant=instant,
+        delete_if_undeliverable=delete,
     )
     return SignedContent(
         origin=text_of(node, "Origin", "") or "",
@@ -153,6 +164,8 @@ def check(
         body=content.message.body,
         message_id=content.message.message_id,
         attachments=content.message.attachments,
+        instant=content.message.instant,
+        delete_if_undeliverable=content.message.delete_if_undeliverable,
     )
     return Provenance("verified", signer), trusted
 

@@ -1,0 +1,147 @@
+"""`wsemail im …`: instant messages on the mail identity — `send ADDRESS TEXT`, `listen`
+(prints messages as they are pushed; `--json` NDJSON), `who`, `allow` / `block`,
+`history`; `channel open|join` (the party line, not available yet)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import typer
+
+from wsemail.cli import session
+from wsemail.errors import UsageError
+from wsemail.im_client import InstantMessenger
+
+ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")
+UserOpt = typer.Option(None, "--user", help="your address (or WSEMAIL_USER)")
+
+app = typer.Typer(help="Instant messages: send, listen, presence.", no_args_is_help=True)
+channel_app = typer.Typer(help="The secure party-line channel (TLS).", no_args_is_help=True)
+app.add_typer(channel_app, name="channel")
+
+
+@app.command()
+def send(
+    address: str = typer.Argument(..., help="recipient"),
+    text: str = typer.Argument(..., help="the message"),
+    delete: bool = typer.Option(
+        False, "--delete-if-undeliverable", help="drop it (and be told) if they are offline"
+    ),
+    direct: str | None = typer.Option(
+        None, "--direct", help="the recipient server's URL: send straight there, signed"
+    ),
+    server: str | None = ServerOpt,
+    user: str | None = UserOpt,
+) -> None:
+    """Send an instant message."""
+    with session.open_client(server, user) as client:
+        im = InstantMessenger(client)
+        if direct:
+            result = im.send_direct(address, text, direct, delete_if_undeliverable=delete)
+            for recipient, (status, reason) in result.outcomes.items():
+                typer.echo(f"{recipient}: {status}" + (f" ({reason})" if reason else ""))
+            return
+        sent = im.send(address, text, delete_if_undeliverable=delete)
+        typer.echo(sent.message_id)
+
+
+@app.command()
+def listen(
+    as_json: bool = typer.Option(False, "--json", help="NDJSON, one event per line"),
+    count: int = typer.Option(0, "--count", help="stop after this many messages (0: never)"),
+    server: str | None = ServerOpt,
+    user: str | None = UserOpt,
+) -> None:
+    """Print instant messages as they arrive (you are online while this runs)."""
+    with session.open_client(server, user) as client:
+        im = InstantMessenger(client)
+        seen = 0
+        with im.listen() as stream:
+            if not as_json:
+                typer.echo(f"listening as {client.username} …", err=True)
+            for incoming in stream:
+                if incoming.kind == "message":
+                    proof, message = im.verify(incoming)
+                    if as_json:
+                        record = {
+                            "event": "message",
+                            **message.as_dict(),
+                            "provenance": proof.as_dict(),
+                        }
+                        typer.echo(json.dumps(record))
+                    else:
+                        stamp = datetime.now(UTC).strftime("%H:%M:%S")
+                        typer.echo(f"[{stamp}] {message.sender}: {message.body}  ({proof})")
+                    seen += 1
+                elif as_json:
+                    typer.echo(json.dumps({"event": incoming.kind, **incoming.data}))
+                else:
+                    typer.echo(f"* {incoming.kind}: {json.dumps(incoming.data)}")
+                if count and seen >= count:
+                    return
+
+
+@app.command()
+def who(
+    addresses: list[str] = typer.Argument(None, help="whom to ask about (default: all online)"),
+    as_json: bool = typer.Option(False, "--json"),
+    server: str | None = ServerOpt,
+    user: str | None = UserOpt,
+) -> None:
+    """Presence: who is online on your server."""
+    with session.open_client(server, user) as client:
+        for contact in InstantMessenger(client).who(addresses or []):
+            if as_json:
+                typer.echo(json.dumps(vars(contact)))
+            else:
+                typer.echo(f"{contact.address}\t{contact.status}")
+
+
+def _acl_command(kind: str) -> Callable[..., None]:
+    def command(
+        pattern: str = typer.Argument(..., help="user@domain, @domain or *"),
+        remove: bool = typer.Option(False, "--remove", help="take it off the list"),
+        server: str | None = ServerOpt,
+        user: str | None = UserOpt,
+    ) -> None:
+        with session.open_client(server, user) as client:
+            lists = InstantMessenger(client).set_acl(kind, pattern, present=not remove)
+            typer.echo(json.dumps(lists))
+
+    command.__doc__ = f"Add to (or --remove from) your instant-message {kind} list."
+    return command
+
+
+app.command("allow")(_acl_command("allow"))
+app.command("block")(_acl_command("block"))
+
+
+@app.command()
+def history(
+    peer: str | None = typer.Option(None, "--with", help="only messages from this address"),
+    limit: int = typer.Option(50, "--limit"),
+    server: str | None = ServerOpt,
+    user: str | None = UserOpt,
+) -> None:
+    """Instant messages you received (NDJSON, newest first)."""
+    with session.open_client(server, user) as client:
+        for entry in InstantMessenger(client).history(peer, limit):
+            typer.echo(json.dumps(entry))
+
+
+@channel_app.command("open")
+def channel_open(addresses: list[str] = typer.Argument(..., help="participants")) -> None:
+    """Open a TLS party line and invite ADDRESS… (not available yet)."""
+    raise UsageError("the party-line channel is not implemented yet")
+
+
+@channel_app.command("join")
+def channel_join(channel: str = typer.Argument(..., help="the channel id")) -> None:
+    """Join a party line you were invited to (not available yet)."""
+    raise UsageError("the party-line channel is not implemented yet")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="im")

@@ -1,0 +1,330 @@
+"""In charge of the client's side of instant messaging (paper §4.1, DESIGN.md §8): sending
+instant messages through the own server or directly to the recipient's server, holding a
+live push stream (server-sent events) and reading what it brings, presence, allow / block
+lists, history and the messages that fell back to the mailbox. Used by `wsemail im` and
+the TUI.
+
+    with Client(url, "bob@b.test", password) as client:
+        im = InstantMessenger(client)
+        with im.listen() as stream:          # live once this returns
+            for message in stream:
+                print(message.sender, message.body)
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+from lxml import etree
+
+from wsemail import soap
+from wsemail.attachments_client import Attachments, Token, _answer
+from wsemail.auth import timestamp
+from wsemail.client import Client, SendResult
+from wsemail.dsig import Signer, add_timestamp
+from wsemail.errors import ServerError, TransportError
+from wsemail.message import Draft, Message, domain_of, new_message_id, normalize_address
+from wsemail.provenance import Provenance
+from wsemail.soap import WSSE, WSU, element, q, text_of
+
+EXTENSION_ID = "im"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One pushed event: an instant message (`kind` "message") or a notice."""
+
+    kind: str
+    data: dict[str, Any]
+
+    @property
+    def sender(self) -> str:
+        return str(self.data.get("from", ""))
+
+    @property
+    def body(self) -> str:
+        return str(self.data.get("body", ""))
+
+    def message(self) -> Message:
+        signed = self.data.get("signed")
+        return Message(
+            id=str(self.data.get("id", "")),
+            message_id=str(self.data.get("message_id", "")),
+            folder="inbox",
+            sender=self.sender,
+            to=list(self.data.get("to", [])),
+            cc=list(self.data.get("cc", [])),
+            subject=str(self.data.get("subject", "")),
+            date=str(self.data.get("date", "")),
+            size=len(self.body.encode()),
+            seen=False,
+            body=self.body,
+            origin=self.data.get("origin"),
+            signed_xml=signed.encode() if isinstance(signed, str) else None,
+            instant=True,
+        )
+
+
+@dataclass(frozen=True)
+class Contact:
+    address: str
+    status: str  # online | offline | unknown
+    sessions: int = 0
+
+
+@dataclass(frozen=True)
+class DirectResult:
+    message_id: str
+    outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)  # recipient → (status, why)
+
+
+class Stream:
+    """A live push session; iterate for events, `close()` from any thread to stop."""
+
+    def __init__(self, http: httpx.Client, url: httpx.URL, extensions: dict[str, Any]) -> None:
+        self._closed = threading.Event()
+        self._context = http.stream(
+            "GET", url, extensions=extensions, timeout=httpx.Timeout(10, read=None)
+        )
+        try:
+            self._response = self._context.__enter__()
+        except httpx.HTTPError as exc:
+            raise TransportError(f"cannot open the push stream: {exc}") from exc
+        if self._response.status_code != 200:
+            self._response.read()
+            self._context.__exit__(None, None, None)
+            _answer(self._response, str(url))
+            raise ServerError(f"HTTP {self._response.status_code} opening the push stream")
+        self._lines = self._response.iter_lines()
+        ready = self._next()
+        if ready is None or ready.kind != "ready":
+            self.close()
+            raise ServerError("the push stream did not start")
+        self.session = str(ready.data.get("session", ""))
+
+    def _next(self) -> Incoming | None:
+        kind, data = "message", ""
+        try:
+            for line in self._lines:
+                if line == "":
+                    if data:
+                        return Incoming(kind, json.loads(data))
+                    kind, data = "message", ""
+                elif line.startswith(":"):
+                    continue
+                elif line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:"):
+                    data += line[5:].strip()
+        except (httpx.HTTPError, OSError, ValueError, RuntimeError):
+            if not self._closed.is_set():
+                raise TransportError("the push stream broke off") from None
+        return None
+
+    def __iter__(self) -> Iterator[Incoming]:
+        while not self._closed.is_set():
+            item = self._next()
+            if item is None:
+                return
+            yield item
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        # a reader blocked in recv() on another thread wakes only when the socket is shut
+        # down; closing the response alone would leave it waiting for the next keep-alive
+        stream = self._response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        try:
+            self._response.close()
+        except (httpx.HTTPError, OSError, RuntimeError):
+            pass
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class InstantMessenger:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._attachments = Attachments(client)  # its federated identity tokens
+
+    # sending ----------------------------------------------------------------------------
+    def send(
+        self,
+        to: list[str] | str,
+        text: str,
+        *,
+        subject: str = "Instant message",
+        delete_if_undeliverable: bool = False,
+    ) -> SendResult:
+        """Through the own server (which relays to other domains, signed)."""
+        return self.client.send(
+            [to] if isinstance(to, str) else list(to),
+            subject,
+            text,
+            instant=True,
+            delete_if_undeliverable=delete_if_undeliverable,
+        )
+
+    def send_direct(
+        self,
+        to: list[str] | str,
+        text: str,
+        server_url: str,
+        *,
+        subject: str = "Instant message",
+        delete_if_undeliverable: bool = False,
+    ) -> DirectResult:
+        """Straight to the recipients' server, signed with a federated identity from the
+        own server; all recipients must be in that server's domain."""
+        recipients = [normalize_address(a) for a in ([to] if isinstance(to, str) else to)]
+        domains = {domain_of(r) for r in recipients}
+        if len(domains) != 1:
+            raise TransportError("a direct instant message goes to one domain")
+        draft = Draft(
+            to=recipients,
+            subject=subject,
+            body=text,
+            message_id=new_message_id(domain_of(self.client.username)),
+            delete_if_undeliverable=delete_if_undeliverable,
+        )
+        domain = domains.pop()
+        data = direct_request(draft, domain, self._attachments.token())
+        try:
+            response = self.client._http.post(
+                server_url,
+                content=data,
+                headers={"content-type": soap.CONTENT_TYPE},
+                extensions={"sni_hostname": domain},
+            )
+        except httpx.HTTPError as exc:
+            raise TransportError(f"cannot reach {server_url}: {exc}") from exc
+        answer = _answer(response, server_url)
+        outcomes = {
+            n.get("Recipient", ""): (n.get("Status", ""), n.get("Reason", ""))
+            for n in answer.findall(q("Result"))
+        }
+        return DirectResult(text_of(answer, "MessageId", "") or "", outcomes)
+
+    # receiving --------------------------------------------------------------------------
+    def listen(self) -> Stream:
+        """Open a live push session (the caller is online while it is open)."""
+        answer = self._call(etree.Element(q("OpenStream")))
+        ticket = text_of(answer, "Ticket", "") or ""
+        path = text_of(answer, "Path", "") or ""
+        url = httpx.URL(self.client.server).copy_with(path=path, query=f"ticket={ticket}".encode())
+        return Stream(self.client._http, url, self.client._extensions)
+
+    def verify(self, incoming: Incoming) -> tuple[Provenance, Message]:
+        """The pushed message checked like mail (signed by the sending server, or local)."""
+        return self.client.verify(incoming.message())
+
+    # presence, access lists, history ----------------------------------------------------
+    def who(self, addresses: list[str] | None = None) -> list[Contact]:
+        op = etree.Element(q("Who"))
+        for address in addresses or []:
+            element(op, "Address", address)
+        answer = self._call(op)
+        return [
+            Contact(n.get("address", ""), n.get("status", ""), int(n.get("sessions", "0") or 0))
+            for n in answer.findall(q("Contact"))
+        ]
+
+    def acl(self) -> dict[str, list[str]]:
+        return self._acl(self._call(etree.Element(q("GetAcl"))))
+
+    def set_acl(self, kind: str, pattern: str, present: bool = True) -> dict[str, list[str]]:
+        op = etree.Element(q("SetAcl"))
+        element(op, "List", kind)
+        element(op, "Pattern", pattern)
+        element(op, "Present", "true" if present else "false")
+        return self._acl(self._call(op))
+
+    def allow(self, pattern: str) -> dict[str, list[str]]:
+        return self.set_acl("allow", pattern)
+
+    def block(self, pattern: str) -> dict[str, list[str]]:
+        return self.set_acl("block", pattern)
+
+    def history(self, peer: str | None = None, limit: int = 50) -> list[dict[str, object]]:
+        op = etree.Element(q("History"))
+        if peer:
+            element(op, "Peer", peer)
+        element(op, "Limit", str(limit))
+        return [
+            {
+                "from": n.get("from", ""),
+                "message_id": n.get("message-id", ""),
+                "at": float(n.get("at", "0") or 0),
+                "outcome": n.get("outcome", ""),
+                "body": n.text or "",
+            }
+            for n in self._call(op).findall(q("Entry"))
+        ]
+
+    def missed(self) -> list[str]:
+        """Ids of mailbox messages that were meant as instant messages."""
+        answer = self._call(etree.Element(q("Missed")))
+        return [n.text or "" for n in answer.findall(q("Id"))]
+
+    def _call(self, request: etree._Element) -> etree._Element:
+        answer = self.client.extension(EXTENSION_ID, request)
+        if answer is None:
+            raise ServerError("the im extension gave no answer")
+        return answer
+
+    @staticmethod
+    def _acl(answer: etree._Element) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {"allow": [], "block": []}
+        for node in answer.findall(q("Entry")):
+            found.setdefault(node.get("list", ""), []).append(node.text or "")
+        return found
+
+
+def direct_request(
+    draft: Draft,
+    server: str,
+    token: Token,
+    *,
+    now: datetime | None = None,
+    nonce: bytes | None = None,
+) -> bytes:
+    """DirectInstant(Server, Nonce, IssuerCertificate, Message) signed with the token's key
+    (XMLDSIG over Body and Timestamp, the user certificate in KeyInfo)."""
+    env, header, body = soap.new_envelope()
+    security = etree.SubElement(header, q("Security", WSSE), nsmap={"wsse": WSSE, "wsu": WSU})
+    now = now or datetime.now(UTC)
+    add_timestamp(security, timestamp(now), timestamp(now + timedelta(minutes=5)))
+    op = etree.SubElement(body, q("DirectInstant"))
+    element(op, "Server", server)
+    element(op, "Nonce", base64.b64encode(nonce or os.urandom(16)).decode("ascii"))
+    issuer = token.issuer.public_bytes(serialization.Encoding.DER)
+    element(op, "IssuerCertificate", base64.b64encode(issuer).decode("ascii"))
+    draft.to_xml(op)
+    Signer(token.key, token.cert).sign_envelope(env)
+    return soap.serialize(env)

@@ -1,0 +1,16 @@
+"""In charge of instant messaging on the mail identity (paper §4.1, DESIGN.md §8): messages
+flagged `Instant` are pushed to the recipient's live sessions, else kept in the mailbox as
+"meant as an instant message", or dropped with a notice to the sender.
+
+    plugin   the composite plug-in (sending + delivery processor + `im` extension)
+    hub      live push sessions (server-sent events) and pushes released after commit
+    policy   who may send an instant message to whom (allow / block lists, other domains)
+    direct   `DirectInstant`: a user-signed message straight to the recipient's server
+    records  the plug-in's tables: stream tickets, access lists, history, missed messages
+"""
+
+from __future__ import annotations
+
+from wsemail.server.im.plugin import InstantMessaging
+
+__all__ = ["InstantMessaging"]

@@ -1,0 +1,266 @@
+"""In charge of live push sessions: each is one server-sent-events stream to a client,
+opened with a one-time ticket that the password-MAC-authenticated `im` extension handed
+out. A push is held while its unit of work runs and released only once that unit has
+committed; a push that finds no live session any more goes to the mailbox instead.
+
+    GET /wsemail/im/stream?ticket=…   →  text/event-stream
+        event: ready    data: {"session": …, "address": …}
+        event: message  id: <push id>  data: {from, to, subject, body, date, message_id, …}
+        event: notice   data: {…}            (e.g. an instant message of yours was dropped)
+        : keep-alive                          (every `heartbeat` seconds)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from starlette.types import Receive, Scope, Send
+
+from wsemail import soap
+from wsemail.errors import AuthenticationFailed, RemoteFault, RequestInvalid, ServerBusy
+from wsemail.message import Message
+from wsemail.server.im import records
+
+if TYPE_CHECKING:
+    from wsemail.server.app import Server
+
+log = logging.getLogger("wsemail.im")
+STREAM_PATH = "/wsemail/im/stream"
+QUEUE_MAX = 256  # events a slow session may fall behind before it is cut off
+
+
+@dataclass
+class Session:
+    id: str
+    address: str
+    since: float
+    queue: asyncio.Queue[bytes | None] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=QUEUE_MAX)
+    )
+
+
+@dataclass(frozen=True)
+class Push:
+    push_id: str
+    recipient: str
+    message: Message
+    data: bytes
+
+
+def event(kind: str, payload: dict[str, Any], event_id: str | None = None) -> bytes:
+    lines = [f"event: {kind}"]
+    if event_id:
+        lines.append(f"id: {event_id}")
+    lines.append("data: " + json.dumps(payload, separators=(",", ":")))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+class Hub:
+    def __init__(
+        self,
+        server: Server,
+        fallback: Callable[[Push], None],
+        *,
+        heartbeat: float = 15.0,
+        max_sessions_per_user: int = 16,
+        max_sessions: int = 10_000,
+    ) -> None:
+        self.server = server
+        self.fallback = fallback
+        self.heartbeat = heartbeat
+        self.max_sessions_per_user = max_sessions_per_user
+        self.max_sessions = max_sessions
+        self._lock = threading.Lock()
+        self._sessions: dict[str, dict[str, Session]] = {}
+        self._pending: dict[str, Push] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    # presence ---------------------------------------------------------------------------
+    def live(self, address: str) -> int:
+        with self._lock:
+            return len(self._sessions.get(address, {}))
+
+    def online(self) -> dict[str, int]:
+        with self._lock:
+            return {a: len(s) for a, s in self._sessions.items() if s}
+
+    def count(self) -> int:
+        with self._lock:
+            return sum(len(s) for s in self._sessions.values())
+
+    # pushes -----------------------------------------------------------------------------
+    def hold(self, push: Push) -> None:
+        """Before commit: remember the push; `release` sends it, `discard` forgets it."""
+        with self._lock:
+            self._pending[push.push_id] = push
+
+    def discard(self, push_id: str) -> None:
+        with self._lock:
+            self._pending.pop(push_id, None)
+
+    def release(self, push_id: str) -> None:
+        """After commit (from any thread): hand the push to the event loop, once."""
+        with self._lock:
+            push = self._pending.pop(push_id, None)
+            loop = self._loop
+        if push is None:
+            return
+        if loop is None or loop.is_closed():
+            self.fallback(push)
+            return
+        try:
+            loop.call_soon_threadsafe(self._deliver, push)
+        except RuntimeError:  # the loop stopped meanwhile
+            self.fallback(push)
+
+    def notify(self, address: str, data: bytes) -> None:
+        """A best-effort event (no fallback) to every live session of `address`."""
+        with self._lock:
+            loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._put_all, address, data)
+
+    def _put_all(self, address: str, data: bytes) -> int:
+        with self._lock:
+            sessions = list(self._sessions.get(address, {}).values())
+        delivered = 0
+        for session in sessions:
+            try:
+                session.queue.put_nowait(data)
+                delivered += 1
+            except asyncio.QueueFull:
+                log.warning("session %s of %r is too slow; cutting it off", session.id, address)
+                self._drop(session)
+        return delivered
+
+    def _deliver(self, push: Push) -> None:
+        if self._put_all(push.recipient, push.data) == 0:
+            self.fallback(push)
+
+    # sessions ---------------------------------------------------------------------------
+    def _add(self, address: str) -> Session:
+        with self._lock:
+            if self._closed:
+                raise ServerBusy("the server is shutting down")
+            mine = self._sessions.setdefault(address, {})
+            if len(mine) >= self.max_sessions_per_user:
+                raise ServerBusy(f"at most {self.max_sessions_per_user} live sessions per user")
+            if sum(len(s) for s in self._sessions.values()) >= self.max_sessions:
+                raise ServerBusy("too many live sessions on this server")
+            session = Session(secrets.token_hex(8), address, time.time())
+            mine[session.id] = session
+            self._loop = asyncio.get_running_loop()
+        return session
+
+    def _drop(self, session: Session) -> None:
+        with self._lock:
+            mine = self._sessions.get(session.address, {})
+            if mine.pop(session.id, None) is None:
+                return
+            if not mine:
+                self._sessions.pop(session.address, None)
+        with contextlib.suppress(asyncio.QueueFull):
+            session.queue.put_nowait(None)
+
+    def close(self) -> None:
+        """End every stream (the plug-in is unloaded or the server stops)."""
+        with self._lock:
+            self._closed = True
+            sessions = [s for mine in self._sessions.values() for s in mine.values()]
+            loop = self._loop
+        for session in sessions:
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._drop, session)
+
+    # the ASGI route ---------------------------------------------------------------------
+    async def stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            if scope.get("method") != "GET":
+                raise RequestInvalid("open the stream with GET")
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            tickets = query.get("ticket", [])
+            if len(tickets) != 1 or not 16 <= len(tickets[0]) <= 128:
+                raise AuthenticationFailed("a stream ticket is required")
+            ticket = tickets[0]
+            address = await self.server.store.transact(lambda tx: records.take_ticket(tx, ticket))
+            if address is None:
+                raise AuthenticationFailed("the stream ticket is not valid")
+            session = self._add(address)
+        except RemoteFault as exc:
+            body = soap.fault(exc)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": exc.status,
+                    "headers": [(b"content-type", soap.CONTENT_TYPE.encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        log.info("live session %s for %r", session.id, address)
+        try:
+            await self._serve(session, receive, send)
+        finally:
+            self._drop(session)
+            log.info("session %s for %r ended", session.id, address)
+
+    async def _serve(self, session: Session, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-store"),
+                    (b"x-accel-buffering", b"no"),
+                ],
+            }
+        )
+        ready = {"session": session.id, "address": session.address}
+        await send({"type": "http.response.body", "body": event("ready", ready), "more_body": True})
+
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        watcher = asyncio.ensure_future(disconnected())
+        try:
+            while not watcher.done():
+                getter = asyncio.ensure_future(session.queue.get())
+                done, _ = await asyncio.wait(
+                    {getter, watcher}, timeout=self.heartbeat, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getter not in done:
+                    getter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await getter
+                    if not done:
+                        chunk = b": keep-alive\n\n"
+                    else:
+                        return
+                else:
+                    item = getter.result()
+                    if item is None:
+                        break
+                    chunk = item
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            return
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher

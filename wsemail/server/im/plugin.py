@@ -1,0 +1,345 @@
+"""In charge of the IM plug-in as one composite (paper §4.1, DESIGN.md §5, §8):
+
+- sending processor: reads the `Instant` / `DeleteIfUndeliverable` flags of a submitted
+  message onto it (they then travel inside the signed form to other domains);
+- delivery processor: an instant message for a user with a live session is recorded and
+  pushed after its unit of work commits; with none it lands in the mailbox marked as
+  meant as an instant message, or — when the sender asked — is dropped and the sender told
+  (a notice in a local sender's inbox; a refusal, hence a bounce, for another domain's);
+  the recipient's allow / block lists and the operator's policy for other domains apply;
+- extension `im` (password MAC): OpenStream (a one-time ticket for the push stream), Who,
+  GetAcl / SetAcl, History, Missed;
+- the push stream route (`hub`) and the `DirectInstant` operation (`direct`).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+
+from wsemail import soap
+from wsemail.errors import Rejected, RequestInvalid, ServerError, UnknownRecipient
+from wsemail.message import Message, domain_of, instant_flags, new_message_id, normalize_address
+from wsemail.server.im import direct, records
+from wsemail.server.im.hub import STREAM_PATH, Hub, Push, event
+from wsemail.server.im.policy import REMOTE_POLICIES, Policy, check_pattern, parse_kind
+from wsemail.server.pipeline import (
+    DeliveryProcessor,
+    Environment,
+    ExtensionProcessor,
+    SendingProcessor,
+    Verdict,
+)
+from wsemail.server.relay import MAILER_DAEMON
+from wsemail.server.store import Tx
+from wsemail.soap import element, q, text_of, texts_of
+
+if TYPE_CHECKING:
+    from wsemail.server.app import Server
+
+log = logging.getLogger("wsemail.im")
+EXTENSION_ID = "im"
+MAX_HISTORY = 500
+
+
+def push_payload(message: Message, recipient: str, push_id: str) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "id": push_id,
+        "message_id": message.message_id,
+        "from": message.sender,
+        "to": message.to,
+        "cc": message.cc,
+        "recipient": recipient,
+        "subject": message.subject,
+        "body": message.body,
+        "date": message.date,
+    }
+    if message.origin:
+        payload["origin"] = message.origin
+    if message.signed_xml is not None:  # the sending server's signed form, for the reader
+        payload["signed"] = message.signed_xml.decode()
+    return payload
+
+
+class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
+    """Instant messages on the mail identity: live push, mailbox fallback, access control."""
+
+    name = "im"
+    extension_id = EXTENSION_ID
+
+    def __init__(
+        self,
+        remote_policy: str = "allow",
+        remote_domains: list[str] | None = None,
+        ticket_lifetime: float = 60,
+        heartbeat: float = 15,
+        max_sessions_per_user: int = 16,
+        max_sessions: int = 10_000,
+        token_lifetime: float = 3600,
+    ) -> None:
+        if remote_policy not in REMOTE_POLICIES:
+            raise ValueError(f"remote_policy must be one of {', '.join(REMOTE_POLICIES)}")
+        domains = None if remote_domains is None else frozenset(d.lower() for d in remote_domains)
+        self.policy = Policy(remote_policy, domains)
+        self.ticket_lifetime = float(ticket_lifetime)
+        self.heartbeat = float(heartbeat)
+        self.max_sessions_per_user = int(max_sessions_per_user)
+        self.max_sessions = int(max_sessions)
+        self.token_lifetime = float(token_lifetime)
+        self.server: Server | None = None
+        self._hub: Hub | None = None
+
+    # wiring -----------------------------------------------------------------------------
+    @property
+    def hub(self) -> Hub:
+        if self._hub is None:
+            raise ServerError("the IM plug-in is not attached to a server")
+        return self._hub
+
+    def attach(self, server: Any) -> None:
+        self.server = server
+        server.store.ensure_schema(self.name, records.MIGRATIONS)
+        self._hub = Hub(
+            server,
+            self._fallback,
+            heartbeat=self.heartbeat,
+            max_sessions_per_user=self.max_sessions_per_user,
+            max_sessions=self.max_sessions,
+        )
+        server.routes[STREAM_PATH] = self._hub.stream
+        direct.register(server, self)
+
+    def close(self) -> None:
+        server = self.server
+        if server is not None:
+            if server.routes.get(STREAM_PATH) == getattr(self._hub, "stream", None):
+                del server.routes[STREAM_PATH]
+            direct.unregister(server)
+        if self._hub is not None:
+            self._hub.close()
+
+    # sending ----------------------------------------------------------------------------
+    def process_outgoing(self, message: Message, env: Environment) -> None:
+        node = env.request.find(q("Message")) if env.request.tag == q("Send") else None
+        if node is None:
+            return
+        instant, delete = instant_flags(node)
+        message.instant = instant
+        message.delete_if_undeliverable = instant and delete
+
+    # delivery ---------------------------------------------------------------------------
+    def deliver(self, message: Message, recipient: str, env: Environment) -> Verdict:
+        if not message.instant:
+            return Verdict.PASS
+        self.deliver_instant(message, recipient, env)
+        return Verdict.TAKEN
+
+    def deliver_instant(self, message: Message, recipient: str, env: Environment) -> str:
+        """Push, keep or drop one instant message; returns pushed | mailbox | dropped."""
+        tx = env.tx
+        if tx.user(recipient) is None:
+            raise UnknownRecipient(f"no such user: {recipient}")
+        reason = self.policy.refusal(tx, message.sender, recipient)
+        if reason is not None:
+            log.info("IM from %r to %r refused: %s", message.sender, recipient, reason)
+            raise Rejected(f"{recipient} does not take instant messages from you ({reason})")
+        push_id = secrets.token_hex(12)
+        hub = self.hub
+        if hub.live(recipient):
+            data = event("message", push_payload(message, recipient, push_id), push_id)
+            records.record(
+                tx, push_id, recipient, message.sender, message.message_id, message.body, "pushed"
+            )
+            hub.hold(Push(push_id, recipient, message, data))
+            env.after_commit.append(lambda: hub.release(push_id))
+            self._release_when_committed(push_id)
+            return "pushed"
+        if message.delete_if_undeliverable:
+            if domain_of(message.sender) == env.domain:
+                self._notice(env, message, recipient)
+                return "dropped"
+            raise Rejected(
+                f"{recipient} is not online; the instant message was deleted as its sender asked"
+            )
+        self._to_mailbox(tx, env, message, recipient, push_id)
+        return "mailbox"
+
+    def _release_when_committed(self, push_id: str) -> None:
+        """For units whose runner does not call `after_commit` (a `Deliver` from another
+        domain): a follow-up job in the writer thread runs after this unit's batch has
+        committed or rolled back, and releases the push only if its row is there."""
+        assert self.server is not None
+        hub = self.hub
+        future = self.server.store.submit(lambda tx: records.committed(tx, push_id))
+
+        def done(f: Any) -> None:
+            if f.exception() is None and f.result():
+                hub.release(push_id)
+            else:
+                hub.discard(push_id)
+
+        future.add_done_callback(done)
+
+    def _to_mailbox(
+        self, tx: Tx, env: Environment, message: Message, recipient: str, push_id: str
+    ) -> None:
+        mta = env.pipeline.local_mta
+        if mta is None:
+            raise ServerError("no local delivery plug-in is loaded")
+        public_id = mta.store(message, recipient, env)
+        records.mark_missed(tx, recipient, public_id)
+        records.record(
+            tx, push_id, recipient, message.sender, message.message_id, message.body, "mailbox"
+        )
+
+    def _fallback(self, push: Push) -> None:
+        """A push that found no live session after all: into the mailbox, flagged. (Even
+        with "delete if undeliverable": the sender was told it was delivered.)"""
+        server = self.server
+        if server is None:
+            return
+
+        def work(tx: Tx) -> None:
+            env = self._environment(tx, f"im:{server.config.domain}")
+            mta = env.pipeline.local_mta
+            if mta is None:
+                raise ServerError("no local delivery plug-in is loaded")
+            public_id = mta.store(push.message, push.recipient, env)
+            records.mark_missed(tx, push.recipient, public_id)
+            records.set_outcome(tx, push.push_id, "mailbox")
+
+        log.info(
+            "no live session took %s for %r: kept in the mailbox", push.push_id, push.recipient
+        )
+        server.store.submit(work)
+
+    def _environment(self, tx: Tx, principal: str) -> Environment:
+        assert self.server is not None
+        server = self.server
+        return Environment(
+            principal=principal,
+            domain=server.config.domain,
+            tx=tx,
+            request=etree.Element(q("Internal")),
+            pipeline=server.pipeline,
+            clock=server.clock,
+        )
+
+    def _notice(self, env: Environment, message: Message, recipient: str) -> None:
+        """Tell a local sender that an instant message was dropped (inbox and live push)."""
+        sender = message.sender
+        if env.tx.user(sender) is None:
+            return
+        date = datetime.fromtimestamp(env.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = (
+            f"{recipient} was not online. As you asked, your instant message was deleted "
+            f"and not delivered.\n\nOriginal Message-Id: {message.message_id}\n"
+        )
+        notice = Message(
+            id="",
+            message_id=new_message_id(env.domain),
+            folder="inbox",
+            sender=f"{MAILER_DAEMON}@{env.domain}",
+            to=[sender],
+            cc=[],
+            subject=f"Undeliverable instant message to {recipient}"[:998],
+            date=date,
+            size=len(body),
+            seen=False,
+            body=body,
+        )
+        env.tx.add_message(sender, "inbox", notice)
+        data = event(
+            "notice",
+            {"kind": "undeliverable", "recipient": recipient, "message_id": message.message_id},
+        )
+        hub = self.hub
+        env.after_commit.append(lambda: hub.notify(sender, data))
+
+    # extension --------------------------------------------------------------------------
+    def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:
+        requests = [c for c in payload if isinstance(c.tag, str)]
+        if len(requests) != 1:
+            raise RequestInvalid("the im extension takes one request")
+        request = requests[0]
+        kind = etree.QName(request).localname
+        handler = {
+            "OpenStream": self._open_stream,
+            "Who": self._who,
+            "GetAcl": self._get_acl,
+            "SetAcl": self._set_acl,
+            "History": self._history,
+            "Missed": self._missed,
+        }.get(kind)
+        if handler is None or etree.QName(request).namespace != soap.WSEMAIL:
+            raise RequestInvalid(f"unknown im request {kind!r}")
+        return handler(request, env)
+
+    def _open_stream(self, op: etree._Element, env: Environment) -> etree._Element:
+        ticket = records.issue_ticket(env.tx, env.principal, self.ticket_lifetime)
+        result = etree.Element(q("StreamTicket"))
+        element(result, "Ticket", ticket)
+        element(result, "Path", STREAM_PATH)
+        element(result, "Lifetime", str(int(self.ticket_lifetime)))
+        return result
+
+    def _who(self, op: etree._Element, env: Environment) -> etree._Element:
+        """Presence of the named addresses (or of everyone online here) as the caller may
+        see it: someone who would refuse the caller's instant messages shows as offline."""
+        asked = [normalize_address(a) for a in texts_of(op, "Address")][:100]
+        online = self.hub.online()
+        names = asked or sorted(a for a in online if a != env.principal)
+        result = etree.Element(q("Presence"))
+        for address in names:
+            node = element(result, "Contact")
+            node.set("address", address)
+            if domain_of(address) != env.domain or env.tx.user(address) is None:
+                node.set("status", "unknown")
+                continue
+            visible = self.policy.refusal(env.tx, env.principal, address) is None
+            sessions = online.get(address, 0) if visible else 0
+            node.set("status", "online" if sessions else "offline")
+            node.set("sessions", str(sessions))
+        return result
+
+    def _get_acl(self, op: etree._Element, env: Environment) -> etree._Element:
+        result = etree.Element(q("Acl"))
+        for kind, patterns in records.acl(env.tx, env.principal).items():
+            for pattern in patterns:
+                element(result, "Entry", pattern).set("list", kind)
+        return result
+
+    def _set_acl(self, op: etree._Element, env: Environment) -> etree._Element:
+        kind = parse_kind(text_of(op, "List"))
+        pattern = check_pattern(text_of(op, "Pattern") or "")
+        present = (text_of(op, "Present") or "true").strip()
+        if present not in ("true", "false"):
+            raise RequestInvalid("Present must be true or false")
+        records.set_acl(env.tx, env.principal, kind, pattern, present == "true")
+        return self._get_acl(op, env)
+
+    def _history(self, op: etree._Element, env: Environment) -> etree._Element:
+        peer_raw = (text_of(op, "Peer") or "").strip()
+        peer = normalize_address(peer_raw) if peer_raw else None
+        raw = (text_of(op, "Limit") or "50").strip()
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_HISTORY:
+            raise RequestInvalid(f"Limit must be between 1 and {MAX_HISTORY}")
+        result = etree.Element(q("History"))
+        for entry in records.history(env.tx, env.principal, peer, int(raw)):
+            node = element(result, "Entry")
+            node.set("from", entry.peer)
+            node.set("message-id", entry.message_id)
+            node.set("at", f"{entry.at:.3f}")
+            node.set("outcome", entry.outcome)
+            node.text = entry.body
+        return result
+
+    def _missed(self, op: etree._Element, env: Environment) -> etree._Element:
+        result = etree.Element(q("Missed"))
+        for public_id in records.missed(env.tx, env.principal):
+            element(result, "Id", public_id)
+        return result
