@@ -76,8 +76,8 @@ def dom(tmp_path: Path) -> Iterator[Domain]:
     create_root(ca)
     write_crl(ca)
     plugins = [
-        *DEFAULT_PLUGINS,
-        PluginSpec("wsemail.server.forms:FormsPlugin", 40, {"rules": [RULE]}),
+        *(spec for spec in DEFAULT_PLUGINS if spec.ref != "forms"),
+        PluginSpec("forms", 40, {"rules": [RULE]}),
     ]
     running = start_domain(tmp_path, ca, "a.test", plugins=plugins)
     for name in ("pat", "dave"):

@@ -22,12 +22,14 @@ def test_default_pipeline_lists_builtins_in_priority_order(cli: Cli) -> None:
     assert [r["name"] for r in rows] == [
         "relay-policy",
         "size-limit",
+        "forms",
         "attachments",
+        "usercerts",
         "admin",
         "local-delivery",
         "sqlite-queue",
     ]
-    assert rows[0]["interfaces"] == "sending" and rows[4]["interfaces"] == "local-mta"
+    assert rows[0]["interfaces"] == "sending" and rows[6]["interfaces"] == "local-mta"
 
 
 def test_admin_loads_reprioritises_and_unloads_while_serving(cli: Cli, server: Running) -> None:

@@ -31,7 +31,6 @@ from wsemail.errors import (
 from wsemail.message import Message
 from wsemail.pki import ServerIdentity, create_root, write_crl
 from wsemail.server.config import DEFAULT_PLUGINS
-from wsemail.server.pipeline import PluginSpec
 from wsemail.server.usercerts.plugin import issue
 from wsemail.soap import q
 from wsemail.usercerts import (
@@ -53,7 +52,7 @@ from wsemail.usercerts.xmlenc import KeyPair, decrypt_element, encrypt_element
 
 from conftest import Running, fault_subcode
 
-PLUGINS = [*DEFAULT_PLUGINS, PluginSpec("wsemail.server.usercerts:UserCertificates", 60)]
+PLUGINS = list(DEFAULT_PLUGINS)
 SUBJECT = "Quarterly plans zebra-umbrella"
 BODY = "the launch code is 4711-walrus-secret"
 

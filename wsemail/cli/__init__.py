@@ -10,7 +10,20 @@ import sys
 import click
 import typer
 
-from wsemail.cli import attachments, bench, ca, demo, domain, mail, plugins, serve, tui, users
+from wsemail.cli import (
+    attachments,
+    bench,
+    ca,
+    demo,
+    domain,
+    forms,
+    keys,
+    mail,
+    plugins,
+    serve,
+    tui,
+    users,
+)
 from wsemail.errors import WsemailError
 
 app = typer.Typer(
@@ -30,6 +43,8 @@ bench.register(app)
 domain.register(app)
 demo.register(app)
 attachments.register(app)
+forms.register(app)
+keys.register(app)
 
 
 def main() -> None:

@@ -67,10 +67,18 @@ def send(
         False, "--encrypt", help="end to end to every recipient's certificate (wsemail keys)"
     ),
     sign: bool = typer.Option(True, "--sign/--no-sign", help="with --encrypt: sign as well"),
+    form: Path | None = typer.Option(
+        None, "--form", help="send a form from a JSON draft (wsemail forms)"
+    ),
     server: str | None = ServerOpt,
     user: str | None = UserOpt,
 ) -> None:
     """Send a message; the text comes from --body, --body-file or stdin."""
+    if form is not None:
+        from wsemail.cli.forms import send_form
+
+        typer.echo(send_form(form, to, subject, server, user))
+        return
     if body is None:
         if body_file is not None:
             try:

@@ -46,7 +46,9 @@ CONFIG_NAME = "server.toml"
 DEFAULT_PLUGINS = [
     PluginSpec("relay-policy", 10, {"allow": ["*"]}),
     PluginSpec("size-limit", 20),
+    PluginSpec("forms", 40),
     PluginSpec("attachments", 50),
+    PluginSpec("usercerts", 60),
     PluginSpec("local-delivery", 1000),
     PluginSpec("sqlite-queue", 1000),
     PluginSpec("admin", 100),
