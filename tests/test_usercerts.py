@@ -31,7 +31,6 @@ from wsemail.errors import (
 from wsemail.message import Message
 from wsemail.pki import ServerIdentity, create_root, write_crl
 from wsemail.server.config import DEFAULT_PLUGINS
-from wsemail.server.usercerts.plugin import issue
 from wsemail.soap import q
 from wsemail.usercerts import (
     CertificateClient,
@@ -187,7 +186,9 @@ def test_the_directory_refuses_untrusted_certificates(fed: Fed, tmp_path: Path) 
     good = _published(
         fed,
         "bob@b.test",
-        issue(b_id, "bob@b.test", key, timedelta(days=30), now),
+        b_id.issue_user_cert(
+            "bob@b.test", key, lifetime=timedelta(days=30), now=now, encryption=True
+        ),
         b_id.issuing_cert,
     )
     accept(roots, "bob@b.test", good)
@@ -205,7 +206,13 @@ def test_the_directory_refuses_untrusted_certificates(fed: Fed, tmp_path: Path) 
         ).sign(a_id.issuing_key, hashes.SHA256())
         accept(roots, "bob@b.test", Published("bob@b.test", wrong, a_id.issuing_cert, good.crls))
     # expired
-    old = issue(b_id, "bob@b.test", key, timedelta(days=1), now - timedelta(days=10))
+    old = b_id.issue_user_cert(
+        "bob@b.test",
+        key,
+        lifetime=timedelta(days=1),
+        now=now - timedelta(days=10),
+        encryption=True,
+    )
     with pytest.raises(UntrustedSigner):
         accept(roots, "bob@b.test", Published("bob@b.test", old, b_id.issuing_cert, good.crls))
     # self-signed

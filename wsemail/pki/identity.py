@@ -35,17 +35,21 @@ from wsemail.pki._common import (
     write_public,
 )
 
-_KU_USER = x509.KeyUsage(
-    digital_signature=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=False,
-    crl_sign=False,
-    encipher_only=False,
-    decipher_only=False,
-)
+
+def _user_key_usage(public_key: PublicKey, encryption: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=encryption and isinstance(public_key, rsa.RSAPublicKey),
+        data_encipherment=False,
+        key_agreement=encryption and isinstance(public_key, ec.EllipticCurvePublicKey),
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 MIN_RSA_BITS = 2048
 
 
@@ -100,11 +104,14 @@ class ServerIdentity:
         *,
         lifetime: timedelta,
         now: datetime | None = None,
+        encryption: bool = False,
     ) -> x509.Certificate:
         """A certificate for one of this domain's users, signed by the issuing CA.
 
         SAN rfc822Name = the address; never valid past the issuing CA. Short lifetimes (up to
-        `SHORT_LIVED`, see `wsemail.pki.trust`) need no user CRL at the verifier.
+        `SHORT_LIVED`, see `wsemail.pki.trust`) need no user CRL at the verifier. With
+        `encryption` the key may also receive mail encrypted to it (key agreement for EC
+        keys, key encipherment for RSA keys), as `wsemail keys create` asks.
         """
         try:
             address = normalize_address(address)
@@ -129,7 +136,7 @@ class ServerIdentity:
             .not_valid_before(now - CLOCK_SKEW)
             .not_valid_after(not_after(now, lifetime, self.issuing_cert))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_KU_USER, critical=True)
+            .add_extension(_user_key_usage(public_key, encryption), critical=True)
             .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(address)]), critical=False)
             .add_extension(
                 x509.ExtendedKeyUsage(

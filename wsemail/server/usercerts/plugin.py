@@ -23,16 +23,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID
 from lxml import etree
 
 from wsemail import soap
 from wsemail.errors import Forbidden, NotFound, RequestInvalid
 from wsemail.message import domain_of, normalize_address
-from wsemail.pki import WSEMAIL_USER_ROLE, ServerIdentity
-from wsemail.pki._common import CLOCK_SKEW, common_name, key_identifiers, not_after
+from wsemail.pki import ServerIdentity
 from wsemail.server.pipeline import Environment, ExtensionProcessor
 from wsemail.server.store import Tx
 from wsemail.soap import element, q, text_of
@@ -43,17 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsemail.usercerts")
 EXTENSION_ID = "usercerts"
 MIN_LIFETIME = timedelta(days=1)
-_KU = x509.KeyUsage(
-    digital_signature=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=True,
-    key_cert_sign=False,
-    crl_sign=False,
-    encipher_only=False,
-    decipher_only=False,
-)
 MIGRATIONS = [
     """
     CREATE TABLE user_certs (
@@ -71,40 +58,6 @@ MIGRATIONS = [
 
 def der64(cert: x509.Certificate | x509.CertificateRevocationList) -> str:
     return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
-
-
-def issue(
-    identity: ServerIdentity,
-    address: str,
-    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
-    lifetime: timedelta,
-    now: datetime,
-) -> x509.Certificate:
-    """A long-lived user certificate (sign + key agreement) from the issuing CA."""
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(common_name(address))
-        .issuer_name(identity.issuing_cert.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(not_after(now, lifetime, identity.issuing_cert))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_KU, critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(address)]), critical=False)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [
-                    ExtendedKeyUsageOID.CLIENT_AUTH,
-                    ExtendedKeyUsageOID.EMAIL_PROTECTION,
-                    WSEMAIL_USER_ROLE,
-                ]
-            ),
-            critical=False,
-        )
-    )
-    builder = key_identifiers(builder, public_key, identity.issuing_cert)
-    return builder.sign(identity.issuing_key, hashes.SHA256())
 
 
 def _public_key(op: etree._Element) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
@@ -224,7 +177,9 @@ class UserCertificates(ExtensionProcessor):
         lifetime = max(MIN_LIFETIME, min(lifetime, self.max_lifetime))
         identity = self._identity()
         now = datetime.fromtimestamp(env.clock(), UTC)
-        cert = issue(identity, env.principal, key, lifetime, now)
+        cert = identity.issue_user_cert(
+            env.principal, key, lifetime=lifetime, now=now, encryption=True
+        )
         env.tx.conn.execute(
             "INSERT INTO user_certs(serial, address, der, issued, expires) VALUES (?,?,?,?,?)",
             (
