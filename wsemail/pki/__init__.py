@@ -34,7 +34,7 @@ from wsemail.pki.authority import (
     write_crl,
 )
 from wsemail.pki.identity import ServerIdentity
-from wsemail.pki.trust import SHORT_LIVED, TrustStore
+from wsemail.pki.trust import SHORT_LIVED, TrustStore, certificate_address
 
 __all__ = [
     "IssuedRecord",
@@ -42,6 +42,7 @@ __all__ = [
     "ServerFiles",
     "ServerIdentity",
     "TrustStore",
+    "certificate_address",
     "WSEMAIL_SERVER_ROLE",
     "WSEMAIL_USER_ROLE",
     "create_root",

@@ -27,6 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from wsemail.errors import (
+    RemoteFault,
     RequestInvalid,
     RevocationUnavailable,
     SignatureInvalid,
@@ -237,6 +238,21 @@ class TrustStore:
         self._check_revocation(issuing, chain[2], now)
         validity = cert.not_valid_after_utc - cert.not_valid_before_utc
         self._check_revocation(cert, issuing, now, required=validity > SHORT_LIVED + CLOCK_SKEW)
+
+
+def certificate_address(cert: x509.Certificate) -> str:
+    """The one rfc822Name a user certificate names (read, not yet trusted)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound as exc:
+        raise UntrustedSigner("the certificate names no address") from exc
+    names = san.get_values_for_type(x509.RFC822Name)
+    if len(names) != 1:
+        raise UntrustedSigner("a user certificate names exactly one address")
+    try:
+        return normalize_address(names[0])
+    except RemoteFault as exc:
+        raise UntrustedSigner("the certificate's address is not valid") from exc
 
 
 def _mailbox(value: str) -> str:

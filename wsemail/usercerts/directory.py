@@ -61,21 +61,6 @@ class Accepted:
     until: float
 
 
-def address_of(cert: x509.Certificate) -> str:
-    """The one rfc822Name a user certificate names (not yet trusted)."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound as exc:
-        raise UntrustedSigner("the certificate names no address") from exc
-    names = san.get_values_for_type(x509.RFC822Name)
-    if len(names) != 1:
-        raise UntrustedSigner("a user certificate names exactly one address")
-    try:
-        return normalize_address(names[0])
-    except RemoteFault as exc:
-        raise UntrustedSigner("the certificate's address is not valid") from exc
-
-
 def _der(text: str | None, what: str) -> bytes:
     try:
         return base64.b64decode("".join((text or "").split()), validate=True)

@@ -24,7 +24,8 @@ from lxml import etree
 from wsemail.dsig import DS, Signer, verify_element
 from wsemail.errors import RemoteFault, SignatureInvalid, UsageError, WsemailError
 from wsemail.message import Message, normalize_address
-from wsemail.usercerts.directory import Directory, address_of
+from wsemail.pki import certificate_address
+from wsemail.usercerts.directory import Directory
 from wsemail.usercerts.keystore import UserKey
 from wsemail.usercerts.xmlenc import PLAINTEXT_LIMITS, decrypt_element, encrypt_element
 from wsemail.xmlsafe import parse_untrusted
@@ -150,7 +151,7 @@ def open_sealed(message: Message, own: UserKey, directory: Directory | None) -> 
             raise SignatureInvalid("unreadable signer issuer") from exc
 
         def resolve(cert: x509.Certificate) -> str:
-            address = address_of(cert)
+            address = certificate_address(cert)
             if address != normalize_address(message.sender):
                 raise SignatureInvalid(
                     f"signed by {address}, but the message is from {message.sender}"

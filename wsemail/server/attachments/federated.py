@@ -40,8 +40,8 @@ from wsemail.errors import (
     UntrustedSigner,
     UsageError,
 )
-from wsemail.message import normalize_address
 from wsemail.pki import SHORT_LIVED
+from wsemail.pki import certificate_address as certificate_address  # re-exported
 from wsemail.server.attachments import records
 from wsemail.server.store import Tx, UserRecord
 from wsemail.soap import WSU, element, q, text_of
@@ -125,20 +125,6 @@ def _issuer(op: etree._Element) -> x509.Certificate:
         return x509.load_der_x509_certificate(_b64(found[0].text, "IssuerCertificate"))
     except ValueError as exc:
         raise UntrustedSigner("unreadable IssuerCertificate") from exc
-
-
-def certificate_address(cert: x509.Certificate) -> str:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound as exc:
-        raise UntrustedSigner("the certificate names no address") from exc
-    names = san.get_values_for_type(x509.RFC822Name)
-    if len(names) != 1:
-        raise UntrustedSigner("a federated identity names exactly one address")
-    try:
-        return normalize_address(names[0])
-    except RequestInvalid as exc:
-        raise UntrustedSigner("the certificate's address is not valid") from exc
 
 
 def _nonce(op: etree._Element) -> str:

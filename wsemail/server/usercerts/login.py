@@ -37,7 +37,7 @@ from wsemail.errors import (
     UntrustedSigner,
 )
 from wsemail.message import domain_of
-from wsemail.server.attachments.federated import certificate_address
+from wsemail.pki import certificate_address
 from wsemail.server.operations import AUTHENTICATED
 from wsemail.server.pipeline import Environment
 from wsemail.server.store import Tx
