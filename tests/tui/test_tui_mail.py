@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from textual.widgets import Input, TextArea
 from tui_helpers import make_app, wait_for
@@ -256,3 +258,27 @@ async def test_help_lists_the_keys_of_the_screen(server: Running) -> None:
         assert keys["Compose"] == "c" and keys["Sent"] == "s" and "Filter" in keys
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, InboxScreen))
+
+
+async def test_message_lists_attachments_and_fetches_them_with_progress(
+    server: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsemail.attachments_client import Attachments
+
+    source = tmp_path / "minutes.txt"
+    source.write_bytes(b"minutes of the meeting\n" * 5000)
+    sender = Attachments(server.client("bob@localhost"))
+    uploaded = sender.upload(source)
+    sender.client.send(["alice@localhost"], "minutes", "attached", attachments=[uploaded.guid])
+    monkeypatch.setenv("WSEMAIL_DOWNLOAD_DIR", str(tmp_path / "downloads"))
+    app = make_app(server)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: in_inbox(app, 1))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, MessageScreen) and app.screen.message)
+        headers = str(app.screen.query_one("#message-headers").render())
+        assert "1. minutes.txt" in headers and "Origin:" in headers
+        await pilot.press("g")
+        await wait_for(pilot, lambda: any("Saved" in n for n in notes(app)))
+    saved = tmp_path / "downloads" / "minutes.txt"
+    assert saved.read_bytes() == source.read_bytes()

@@ -7,17 +7,18 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from wsemail.message import Message
+from wsemail.message import AttachmentRef, Message
 from wsemail.provenance import Provenance
 from wsemail.tui.mailbox import format_date
 
 PROOF_STYLES = {"verified": "green", "local": "", "failed": "bold red"}
 
 
-def header_block(message: Message, proof: Provenance | None = None) -> Text:
+def header_block(
+    message: Message, proof: Provenance | None = None, refs: list[AttachmentRef] | None = None
+) -> Text:
     """From / To / Cc / Date / Subject and the provenance line ("signed by a.example ✓" or
-    a plain warning); user data never read as markup. An attachment list belongs here once
-    the client library reports attachments."""
+    a plain warning), and the on-demand attachments; user data never read as markup."""
     rows = [
         ("From", message.sender),
         ("To", ", ".join(message.to)),
@@ -37,7 +38,20 @@ def header_block(message: Message, proof: Provenance | None = None) -> Text:
         text.append("\n")
         text.append(f"{'Origin:':9}", style="bold")
         text.append(str(proof), style=PROOF_STYLES.get(proof.status, "yellow"))
+    for number, ref in enumerate(refs or [], 1):
+        text.append("\n")
+        text.append(f"{'Files:' if number == 1 else '':9}", style="bold")
+        text.append(f"{number}. {ref.name} ({human_size(ref.size)}, on {ref.server}; g to get)")
     return text
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
 
 
 class MessageView(VerticalScroll):
@@ -47,7 +61,12 @@ class MessageView(VerticalScroll):
         yield Static("Loading…", id="message-headers")
         yield Static("", id="message-body")
 
-    def show(self, message: Message, proof: Provenance | None = None) -> None:
-        self.query_one("#message-headers", Static).update(header_block(message, proof))
+    def show(
+        self,
+        message: Message,
+        proof: Provenance | None = None,
+        refs: list[AttachmentRef] | None = None,
+    ) -> None:
+        self.query_one("#message-headers", Static).update(header_block(message, proof, refs))
         self.query_one("#message-body", Static).update(Text(message.body))
         self.scroll_home(animate=False)
