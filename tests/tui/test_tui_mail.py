@@ -282,3 +282,31 @@ async def test_message_lists_attachments_and_fetches_them_with_progress(
         await wait_for(pilot, lambda: any("Saved" in n for n in notes(app)))
     saved = tmp_path / "downloads" / "minutes.txt"
     assert saved.read_bytes() == source.read_bytes()
+
+
+async def test_compose_attaches_files_that_stay_on_the_server(
+    server: Running, tmp_path: Path
+) -> None:
+    from wsemail.attachments_client import Attachments
+
+    report = tmp_path / "report.csv"
+    report.write_text("a,b\n1,2\n")
+    app = make_app(server)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: in_inbox(app))
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, ComposeScreen))
+        compose = app.screen
+        compose.query_one("#compose-to", Input).value = "bob@localhost"
+        compose.query_one("#compose-subject", Input).value = "figures"
+        compose.query_one("#compose-files", Input).value = str(tmp_path / "nope.csv")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: any("no such file" in n for n in notes(app)))
+        assert isinstance(app.screen, ComposeScreen)  # nothing sent
+        compose.query_one("#compose-files", Input).value = str(report)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: not isinstance(app.screen, ComposeScreen))
+    bob = Attachments(server.client("bob@localhost"))
+    header = next(bob.client.iter_headers())
+    refs = bob.list(header.id).refs
+    assert [r.name for r in refs] == ["report.csv"] and refs[0].size == 8

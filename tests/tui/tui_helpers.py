@@ -26,7 +26,7 @@ def make_app(
 
 
 async def wait_for(
-    pilot: Pilot[None], condition: Callable[[], object], timeout: float = 10.0
+    pilot: Pilot[None], condition: Callable[[], object], timeout: float = 30.0
 ) -> None:
     """Let the app run until `condition()` is true (workers call a real server)."""
     waited = 0.0

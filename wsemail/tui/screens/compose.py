@@ -19,6 +19,7 @@ from textual.containers import Grid
 from textual.message import Message
 from textual.widgets import Footer, Header, Input, Label, TextArea
 
+from wsemail.attachments_client import Attachments
 from wsemail.client import Client, SendResult
 from wsemail.errors import WsemailError
 from wsemail.tui.drafts import ComposeDraft, parse_addresses
@@ -72,10 +73,18 @@ class ComposeScreen(WorkScreen[bool]):
             yield Input(self.draft.subject, id="compose-subject", compact=True)
         yield from self.compose_options()
         yield TextArea(self.draft.body, id="compose-body", soft_wrap=True)
+        with Grid(id="compose-attach"):
+            yield Label("Files", classes="compose-label")
+            yield Input(
+                "",
+                id="compose-files",
+                compact=True,
+                placeholder="paths, comma-separated: stay on your server until fetched",
+            )
         yield Footer()
 
     def compose_options(self) -> ComposeResult:
-        """Delivery options (IM, attachments, forms): none exist yet on the server side."""
+        """Further delivery options (send as IM, encrypted, a form) plug in here."""
         yield from ()
 
     def on_mount(self) -> None:
@@ -100,6 +109,7 @@ class ComposeScreen(WorkScreen[bool]):
             or self._value("#compose-cc") != ", ".join(self.draft.cc)
             or self._value("#compose-subject") != self.draft.subject
             or self.body != self.draft.body
+            or bool(self._value("#compose-files").strip())
         )
 
     # actions ------------------------------------------------------------------------------
@@ -117,14 +127,30 @@ class ComposeScreen(WorkScreen[bool]):
             self.query_one("#compose-to", Input).focus()
             return
         subject = self._value("#compose-subject").strip()
+        files = [
+            Path(p.strip()).expanduser()
+            for p in self._value("#compose-files").split(",")
+            if p.strip()
+        ]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            self.notify(
+                f"no such file: {', '.join(missing)}", title="Cannot send", severity="error"
+            )
+            self.query_one("#compose-files", Input).focus()
+            return
         self.sending = True
         self.notify("Sending…", timeout=2)
-        self.send(to, cc, subject, self.body)
+        self.send(to, cc, subject, self.body, files)
 
     @work(thread=True, group="send")
-    def send(self, to: list[str], cc: list[str], subject: str, body: str) -> None:
+    def send(
+        self, to: list[str], cc: list[str], subject: str, body: str, files: list[Path]
+    ) -> None:
         try:
-            result = self.client.send(to, subject, body, cc=cc)
+            box = Attachments(self.client)
+            guids = [box.upload(path).guid for path in files]  # on-demand: uploaded first
+            result = self.client.send(to, subject, body, cc=cc, attachments=guids)
         except Exception as exc:
             self.fail("Not sent", exc)
         else:
