@@ -35,7 +35,10 @@ IM = "wsemail.server.im:InstantMessaging"
 
 
 def plugins(**options: object) -> list[PluginSpec]:
-    return [*DEFAULT_PLUGINS, PluginSpec(IM, 40, dict(options))]
+    return [
+        *(spec for spec in DEFAULT_PLUGINS if spec.ref != "im"),
+        PluginSpec("im", 40, dict(options)),
+    ]
 
 
 @dataclass

@@ -23,13 +23,14 @@ def test_default_pipeline_lists_builtins_in_priority_order(cli: Cli) -> None:
         "relay-policy",
         "size-limit",
         "forms",
+        "im",
         "attachments",
         "usercerts",
         "admin",
         "local-delivery",
         "sqlite-queue",
     ]
-    assert rows[0]["interfaces"] == "sending" and rows[6]["interfaces"] == "local-mta"
+    assert rows[0]["interfaces"] == "sending" and rows[7]["interfaces"] == "local-mta"
 
 
 def test_admin_loads_reprioritises_and_unloads_while_serving(cli: Cli, server: Running) -> None:

@@ -17,6 +17,7 @@ from wsemail.cli import (
     demo,
     domain,
     forms,
+    im,
     keys,
     mail,
     plugins,
@@ -44,6 +45,7 @@ domain.register(app)
 demo.register(app)
 attachments.register(app)
 forms.register(app)
+im.register(app)
 keys.register(app)
 
 

@@ -47,6 +47,7 @@ DEFAULT_PLUGINS = [
     PluginSpec("relay-policy", 10, {"allow": ["*"]}),
     PluginSpec("size-limit", 20),
     PluginSpec("forms", 40),
+    PluginSpec("im", 40),
     PluginSpec("attachments", 50),
     PluginSpec("usercerts", 60),
     PluginSpec("local-delivery", 1000),

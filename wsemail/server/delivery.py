@@ -102,7 +102,7 @@ async def deliver(server: Server, root: etree._Element) -> etree._Element:
     origin, nonce, inbound = verify_transaction(server, root)
     principal = f"server:{origin}"
 
-    def work(tx: Tx) -> etree._Element:
+    def work(tx: Tx) -> tuple[etree._Element, Environment]:
         if not tx.remember_nonce(principal, nonce, server.auth.keep_nonce):
             raise ReplayDetected("this transaction was already received")
         result = etree.Element(q("DeliverResponse"))
@@ -123,9 +123,12 @@ async def deliver(server: Server, root: etree._Element) -> etree._Element:
                 node.set("Status", status)
                 if reason:
                     node.set("Reason", reason)
-        return result
+        return result, env
 
-    return await server.store.transact(work)
+    result, env = await server.store.transact(work)
+    for callback in env.after_commit:  # e.g. an IM push, once the delivery is on disk
+        callback()
+    return result
 
 
 def _deliver_one(
@@ -135,10 +138,12 @@ def _deliver_one(
     if known is not None:
         return ("duplicate" if known[0] == "delivered" else known[0]), known[1]
     tx.conn.execute("SAVEPOINT recipient")
+    pending = len(env.after_commit)
     try:
         deliver_locally(message, recipient, env)
     except Rejected as exc:
         tx.conn.execute("ROLLBACK TO recipient")
+        del env.after_commit[pending:]  # nothing of a refused delivery happens after commit
         status, reason = "rejected", exc.reason
     else:
         status, reason = "delivered", ""
