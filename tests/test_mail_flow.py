@@ -180,3 +180,11 @@ def test_user_commands(cli: Cli, server: Running) -> None:
     assert "hi" not in cli("list", user="dave@localhost", password="new password!").stderr
     cli("user", "remove", "dave@localhost", "--data-dir", data)
     assert cli("list", user="dave@localhost", password="new password!", check=False).returncode == 2
+
+
+def test_message_ids_never_look_like_command_line_options(server: Running) -> None:
+    alice = server.client()
+    for n in range(200):
+        alice.send(["bob@localhost"], f"n{n}")
+    ids = [h.id for h in server.client("bob@localhost").iter_headers(page_size=500)]
+    assert len(ids) == 200 and not any(i.startswith("-") for i in ids)

@@ -208,6 +208,8 @@ class Tx:
         """Store one copy of `msg` in `owner`'s `folder`; returns (public id, seq).
         `origin` and `signed_xml` record the sending server and its signed form."""
         public_id = secrets.token_urlsafe(12)
+        if public_id.startswith("-"):  # ids are command-line arguments: never option-like
+            public_id = "_" + public_id[1:]
         cursor = self.conn.execute(
             "INSERT INTO messages(id, owner, folder, message_id, sender, to_json, cc_json, "
             "subject, date, size, seen, body, origin, signed_xml) "
