@@ -4,6 +4,7 @@ the gateway refuses to become a relay or a spoofing channel."""
 
 from __future__ import annotations
 
+import hashlib
 import smtplib
 import socket
 import ssl
@@ -19,14 +20,20 @@ import dkim
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from lxml import etree
 from typer.testing import CliRunner
 
+from wsemail.attachments_client import Attachments
 from wsemail.cli import domain as domain_cli
+from wsemail.client import Client
+from wsemail.message import AttachmentRef, attachment_refs
+from wsemail.server.attachments import OnDemandAttachments
 from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.pipeline import PluginSpec
 from wsemail.server.routing import StaticResolver
 from wsemail.server.smtp import dkim_keys
 from wsemail.server.smtp.plugins import SmtpInbound
+from wsemail.soap import element, q
 
 from certs import make_tls_files
 from conftest import Cli, Running, start_server
@@ -83,7 +90,12 @@ def sink(tmp_path: Path) -> Iterator[tuple[Sink, int]]:
     controller.stop()
 
 
-def start_gateway(tmp: Path, sink_port: int | None = None, **inbound: Any) -> Running:
+def start_gateway(
+    tmp: Path,
+    sink_port: int | None = None,
+    outbound: dict[str, Any] | None = None,
+    **inbound: Any,
+) -> Running:
     """A localhost server with both SMTP plug-ins; b.test is a federated wsemail domain."""
     txt = inbound.pop("txt", {})
     plugins = [
@@ -96,6 +108,7 @@ def start_gateway(tmp: Path, sink_port: int | None = None, **inbound: Any) -> Ru
                 "mx": {"legacy.test": [f"127.0.0.1:{sink_port or 9}"]},
                 "use_dns": False,
                 "timeout": 5,
+                **(outbound or {}),
             },
         ),
     ]
@@ -105,7 +118,15 @@ def start_gateway(tmp: Path, sink_port: int | None = None, **inbound: Any) -> Ru
     federation = running.controller.server.federation
     assert federation is not None
     federation.resolver = StaticResolver({"b.test": ["https://127.0.0.1:9/wsemail"]})
+    attachments_plugin(running).public_url = running.url  # port 0: known once bound
     return running
+
+
+def attachments_plugin(running: Running) -> OnDemandAttachments:
+    for entry in running.controller.server.pipeline.listing():
+        if isinstance(entry.plugin, OnDemandAttachments):
+            return entry.plugin
+    raise AssertionError("attachments is not loaded")
 
 
 def inbound_plugin(running: Running) -> SmtpInbound:
@@ -284,6 +305,158 @@ def test_gateway_rate_limits_each_peer(tmp_path: Path) -> None:
         stop(running)
 
 
+# attachments across the gateway -----------------------------------------------------------
+def mail_with_attachments(files: list[tuple[str, bytes, str]], msgid: str = "att-1") -> bytes:
+    mail = EmailMessage()
+    mail["From"] = "Carol <carol@example.net>"
+    mail["To"] = "bob@localhost"
+    mail["Subject"] = "Files"
+    mail["Date"] = "Tue, 01 Jul 2025 10:00:00 +0000"
+    mail["Message-ID"] = f"<{msgid}@example.net>"
+    mail.set_content("Two files for you.\n")
+    for name, data, media in files:
+        maintype, subtype = media.split("/")
+        mail.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    return mail.as_bytes(policy=policy.SMTP)
+
+
+def listed(client: Client, message_id: str) -> list[AttachmentRef]:
+    """The attachments a mailbox owner's server lists for a message in that mailbox (the
+    `List` request of the attachments extension)."""
+    request = etree.Element(q("List"))
+    element(request, "MessageId", message_id)
+    answer = client.extension("attachments", request)
+    return [] if answer is None else attachment_refs(answer)
+
+
+def blob_files(running: Running) -> tuple[list[str], list[str]]:
+    root = running.config.data_dir / "attachments"
+    return sorted(p.name for p in (root / "blobs").iterdir()), sorted(
+        p.name for p in (root / "tmp").iterdir()
+    )
+
+
+def fetch_all(running: Running, user: str, tmp: Path) -> dict[str, bytes]:
+    client = running.client(user)
+    [header] = client.list_headers().headers
+    message = client.retrieve(header.id)
+    box = Attachments(client)
+    got: dict[str, bytes] = {}
+    for ref in listed(client, message.message_id):
+        got[ref.name] = box.fetch(ref, tmp / ref.guid).read_bytes()
+    return got
+
+
+def test_smtp_mail_with_two_attachments_keeps_both_for_bob(
+    gateway: Running, tmp_path: Path
+) -> None:
+    pdf = b"%PDF-1.4 " + bytes(range(256)) * 40
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00\xff" * 3000
+    with smtp_client(gateway) as client:
+        refused = client.sendmail(
+            "carol@example.net",
+            ["bob@localhost"],
+            mail_with_attachments(
+                [("report.pdf", pdf, "application/pdf"), ("chart.png", png, "image/png")]
+            ),
+        )
+    assert refused == {}
+    bob = gateway.client("bob@localhost")
+    [header] = bob.list_headers().headers
+    proof, message = bob.verify(bob.retrieve(header.id))
+    assert proof.status == "legacy"
+    assert "[attachment: report.pdf (application/pdf, 10249 bytes)]" in message.body
+    refs = sorted(listed(bob, message.message_id), key=lambda r: r.name, reverse=True)
+    assert [(r.name, r.media_type, r.size) for r in refs] == [
+        ("report.pdf", "application/pdf", len(pdf)),
+        ("chart.png", "image/png", len(png)),
+    ]
+    assert [r.sha256 for r in refs] == [hashlib.sha256(d).hexdigest() for d in (pdf, png)]
+    assert all(r.server == "localhost" and r.url == gateway.url for r in refs)
+    assert fetch_all(gateway, "bob@localhost", tmp_path) == {"report.pdf": pdf, "chart.png": png}
+    assert listed(gateway.client("carol@localhost"), message.message_id) == []  # not hers
+    assert blob_files(gateway) == (sorted(r.guid for r in refs), [])
+
+
+def test_traversal_file_names_are_harmless(gateway: Running, tmp_path: Path) -> None:
+    evil = b"#!/bin/sh\necho owned\n"
+    with smtp_client(gateway) as client:
+        client.sendmail(
+            "carol@example.net",
+            ["bob@localhost"],
+            mail_with_attachments(
+                [
+                    ("../../../../tmp/evil.sh", evil, "application/x-sh"),
+                    ("..\\..\\boot.ini", b"[boot]", "application/octet-stream"),
+                    ("..", b"dots", "application/octet-stream"),
+                ]
+            ),
+        )
+    bob = gateway.client("bob@localhost")
+    [header] = bob.list_headers().headers
+    refs = listed(bob, bob.retrieve(header.id).message_id)
+    assert sorted(r.name for r in refs) == ["attachment", "boot.ini", "evil.sh"]
+    blobs, tmp = blob_files(gateway)
+    assert blobs == sorted(r.guid for r in refs) and tmp == []
+    assert all(len(name) == 32 and set(name) <= set("0123456789abcdef") for name in blobs)
+    assert not (tmp_path.parent / "evil.sh").exists()
+    assert fetch_all(gateway, "bob@localhost", tmp_path)["evil.sh"] == evil
+
+
+def test_oversized_attachment_refuses_the_message_and_stores_nothing(tmp_path: Path) -> None:
+    running = start_gateway(tmp_path, max_attachment_bytes=4000)
+    try:
+        data = mail_with_attachments(
+            [
+                ("small.bin", b"s" * 100, "application/octet-stream"),
+                ("big.bin", b"b" * 5000, "application/octet-stream"),
+            ]
+        )
+        with smtp_client(running) as client:
+            with pytest.raises(smtplib.SMTPDataError) as caught:
+                client.sendmail("carol@example.net", ["bob@localhost"], data)
+        assert caught.value.smtp_code == 552 and b"5.3.4" in caught.value.smtp_error
+        assert running.stored() == (0, 0)
+        assert running.count("SELECT count(*) FROM attachment_blobs") == 0
+        assert blob_files(running) == ([], [])
+        assert_still_answers(running)
+    finally:
+        stop(running)
+
+
+def test_refused_delivery_removes_the_attachment_files(tmp_path: Path) -> None:
+    """Refused inside the unit of work, after the files were written: a bounce-style mail
+    (MAIL FROM:<>, no From header) from a peer calling itself "localhost" would land under
+    mailer-daemon@localhost, which the delivery check refuses; no file and no row remain."""
+    running = start_gateway(tmp_path)
+    try:
+        mail = mail_with_attachments([("a.bin", b"a" * 300, "application/octet-stream")])
+        mail = mail.replace(b"From: Carol <carol@example.net>\r\n", b"")
+        host, port = inbound_plugin(running).address
+        with smtplib.SMTP(host, port, local_hostname="localhost", timeout=10) as client:
+            with pytest.raises(smtplib.SMTPDataError) as caught:
+                client.sendmail("", ["bob@localhost"], mail)
+        assert caught.value.smtp_code == 550 and b"local sender" in caught.value.smtp_error
+        assert running.stored() == (0, 0)
+        assert running.count("SELECT count(*) FROM attachment_blobs") == 0
+        assert blob_files(running) == ([], [])
+        assert_still_answers(running)
+    finally:
+        stop(running)
+
+
+def test_a_reused_message_id_never_joins_another_messages_attachments(gateway: Running) -> None:
+    first = mail_with_attachments([("one.txt", b"one", "text/plain")], msgid="same")
+    second = mail_with_attachments([("two.txt", b"two", "text/plain")], msgid="same")
+    with smtp_client(gateway) as client:
+        client.sendmail("carol@example.net", ["bob@localhost"], first)
+        client.sendmail("dan@example.org", ["bob@localhost"], second)
+    bob = gateway.client("bob@localhost")
+    ids = [bob.retrieve(h.id).message_id for h in bob.list_headers().headers]
+    assert len(set(ids)) == 2 and "<same@example.net>" in ids
+    assert sorted([r.name for r in listed(bob, i)] for i in ids) == [["one.txt"], ["two.txt"]]
+
+
 # outbound ---------------------------------------------------------------------------------
 def dkim_txt(data_dir: Path) -> bytes:
     """The DKIM record as `wsemail domain dns` prints it, as a DNS answer would carry it."""
@@ -325,7 +498,7 @@ def test_mail_to_a_domain_without_srv_goes_out_by_smtp_dkim_signed(
 
     parsed = message_from_bytes(data, policy=policy.default)
     assert str(parsed["Subject"]) == "Über SMTP" and str(parsed["Cc"]) == "bob@localhost"
-    assert parsed.get_content().replace("\r\n", "\n") == "Hello legacy world\n"  # type: ignore[attr-defined]
+    assert parsed.get_content().replace("\r\n", "\n") == "Hello legacy world\n"
     wait_for(lambda: gateway.count("SELECT count(*) FROM queue") == 0, "the queue to empty")
 
 
@@ -459,3 +632,56 @@ def test_serve_smtp_port_accepts_internet_mail_for_local_users(tmp_path: Path) -
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+def sent_upload(running: Running, tmp: Path, data: bytes, name: str) -> None:
+    path = tmp / name
+    path.write_bytes(data)
+    alice = running.client()
+    upload = Attachments(alice).upload(path, media_type="application/pdf")
+    alice.send(["dave@legacy.test"], "With a file", "See attached.\n", attachments=[upload.guid])
+
+
+def received_mail(sink: Sink, running: Running) -> tuple[bytes, EmailMessage]:
+    from email import message_from_bytes
+
+    wait_for(lambda: sink.received, "the legacy server to receive the message")
+    [envelope] = sink.received
+    data = envelope.original_content
+    assert isinstance(data, bytes)
+    record = dkim_txt(running.config.data_dir)
+    assert dkim.verify(data, dnsfunc=lambda name, timeout=5: record)
+    parsed = message_from_bytes(data, policy=policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return data, parsed
+
+
+def test_attachment_goes_out_by_smtp_as_a_mime_part_dkim_signed(
+    gateway: Running, sink: tuple[Sink, int], tmp_path: Path
+) -> None:
+    pdf = b"%PDF-1.7 " + bytes(range(256)) * 64
+    sent_upload(gateway, tmp_path, pdf, "plan.pdf")
+    _, parsed = received_mail(sink[0], gateway)
+    assert parsed.is_multipart() and parsed.get_content_type() == "multipart/mixed"
+    [part] = list(parsed.iter_attachments())
+    assert part.get_filename() == "plan.pdf" and part.get_content_type() == "application/pdf"
+    assert part.get_payload(decode=True) == pdf
+    body = parsed.get_body(preferencelist=("plain",))
+    assert body is not None and "See attached." in str(body.get_content())
+    wait_for(lambda: gateway.count("SELECT count(*) FROM queue") == 0, "the queue to empty")
+
+
+def test_attachment_above_the_threshold_goes_out_as_a_link(
+    tmp_path: Path, sink: tuple[Sink, int]
+) -> None:
+    running = start_gateway(tmp_path, sink[1], outbound={"attach_max_bytes": 1000})
+    try:
+        big = b"x" * 5000
+        sent_upload(running, tmp_path, big, "big.pdf")
+        _, parsed = received_mail(sink[0], running)
+        assert list(parsed.iter_attachments()) == []
+        text = str(parsed.get_content()).replace("\r\n", "\n")
+        assert "big.pdf (application/pdf, 5000 bytes)" in text
+        assert hashlib.sha256(big).hexdigest() in text and running.url in text
+    finally:
+        stop(running)

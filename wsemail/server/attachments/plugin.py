@@ -108,6 +108,17 @@ class OnDemandAttachments(SendingProcessor, ExtensionProcessor):
     def _url(self, scope: Scope) -> str:
         return self.public_url or base_url(scope)
 
+    def own_url(self) -> str:
+        """This server's SOAP endpoint for attachments stored outside an HTTP request (mail
+        taken by the SMTP gateway): the `public_url` option, else the configured address."""
+        if self.public_url:
+            return self.public_url
+        assert self.server is not None
+        config = self.server.config
+        scheme = "https" if config.tls_cert else "http"
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        return f"{scheme}://{host}:{config.port}/wsemail"
+
     # orphan sweep -----------------------------------------------------------------------
     def sweep(self, *, startup: bool = False) -> int:
         """Forget uploads never sent (or, at start-up, interrupted) and remove their files."""

@@ -148,6 +148,32 @@ def bind(tx: Tx, guid: str, message_id: str, recipients: list[str]) -> None:
     )
 
 
+def create_received(tx: Tx, owner: str, name: str, media_type: str, size: int) -> str:
+    """A row for bytes the server writes itself (mail taken by the SMTP gateway): no
+    upload ticket; 'uploading' until `bind_received`, so the sweeper leaves its file alone
+    and a crash in between is swept at start-up."""
+    guid = secrets.token_hex(16)
+    tx.conn.execute(
+        "INSERT INTO attachment_blobs(guid, owner, name, media_type, size, state, "
+        "ticket_expires, created) VALUES (?,?,?,?,?,'uploading',0,?)",
+        (guid, owner, name, media_type, size, tx.now),
+    )
+    return guid
+
+
+def bind_received(
+    tx: Tx, guid: str, sha256: str, base_url: str, message_id: str, recipients: list[str]
+) -> None:
+    """The written and fsynced bytes of `create_received` become an attachment of
+    `message_id` for `recipients`."""
+    tx.conn.execute(
+        "UPDATE attachment_blobs SET state='stored', sha256=?, base_url=? "
+        "WHERE guid=? AND state='uploading'",
+        (sha256, base_url, guid),
+    )
+    bind(tx, guid, message_id, recipients)
+
+
 def is_recipient(tx: Tx, guid: str, address: str) -> bool:
     return (
         tx.conn.execute(

@@ -7,11 +7,13 @@ live row references.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import secrets
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger("wsemail.attachments")
 _GUID = re.compile(r"^[0-9a-f]{32}$")
@@ -40,6 +42,22 @@ class BlobStore:
             os.fsync(handle.fileno())
         os.replace(tmp, self.path(guid))
         _fsync_dir(self.blobs)
+
+    def write(self, guid: str, data: bytes) -> str:
+        """Write bytes the server itself received as blob `guid` (tmp → fsync → rename →
+        fsync dir; blocking); returns their SHA-256."""
+        tmp = self.temporary()
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+            self.commit(tmp, guid)
+        finally:
+            self.discard(tmp)
+        return hashlib.sha256(data).hexdigest()
+
+    def open(self, guid: str) -> BinaryIO:
+        """A stored blob for reading (OSError when it is missing)."""
+        return open(self.path(guid), "rb")  # noqa: SIM115 -- the caller closes it
 
     def remove(self, guid: str) -> None:
         try:

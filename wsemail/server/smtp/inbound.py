@@ -6,6 +6,12 @@ mail arrives signed by `Deliver`, never over plain SMTP. Accepted mail is checke
 and SPF, converted from MIME, and stored with "legacy" provenance (origin `smtp:<peer>` and a
 `LegacyMessage` record of what was checked) so no reader takes it for signed wsemail.
 Size limit (SIZE and DATA), and a per-peer limit on messages per time window.
+
+Attachments (named or non-text MIME parts) are kept through the on-demand attachments
+plug-in when it is loaded: each is written under a server-generated name (tmp → fsync →
+rename → fsync dir) before the unit of work that delivers the message binds it to the
+message and its local recipients, who fetch it like any on-demand attachment. Too many or
+too large attachments refuse the whole message; a refused message leaves no file or row.
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ from lxml import etree
 from wsemail.errors import NoRoute, Rejected, RemoteFault, RoutingError, StoreError
 from wsemail.message import MAX_RECIPIENTS, Message, domain_of, new_message_id
 from wsemail.message import normalize_address as normalize
+from wsemail.server.attachments import OnDemandAttachments, records
 from wsemail.server.controller import bind
 from wsemail.server.operations import deliver_locally
 from wsemail.server.pipeline import Environment
 from wsemail.server.smtp import dkim_keys, spf
-from wsemail.server.smtp.mime import Incoming, from_mime
+from wsemail.server.smtp.mime import Incoming, Part, from_mime
 from wsemail.server.smtp.mx import MailDns
 from wsemail.server.store import Tx
 from wsemail.soap import element, q
@@ -104,12 +111,32 @@ class Gateway:
         *,
         rate: int = 60,
         window: float = 60.0,
+        max_attachment_bytes: int = 10 << 20,
+        max_attachments: int = 32,
     ) -> None:
         self.server = server
         self.dns = dns
         self.domain = server.config.domain
         self.limiter = RateLimiter(rate, window)
+        self.max_attachment_bytes = max_attachment_bytes
+        self.max_attachments = max_attachments
         self.stored = 0
+
+    def attachments(self) -> OnDemandAttachments | None:
+        """The loaded on-demand attachments plug-in, if any (else parts are only listed)."""
+        for entry in self.server.pipeline.listing():
+            if isinstance(entry.plugin, OnDemandAttachments) and entry.plugin.blobs is not None:
+                return entry.plugin
+        return None
+
+    def check_attachments(self, incoming: Incoming) -> str | None:
+        """None if the attachments to keep are within the limits, else the SMTP reply."""
+        kept = [p for p in incoming.parts if p.keep]
+        if len(kept) > self.max_attachments:
+            return f"552 5.3.4 at most {self.max_attachments} attachments per message"
+        if any(p.size > self.max_attachment_bytes for p in kept):
+            return f"552 5.3.4 attachments are limited to {self.max_attachment_bytes} bytes each"
+        return None
 
     # policy -----------------------------------------------------------------------------
     async def is_wsemail_domain(self, domain: str) -> bool:
@@ -153,7 +180,9 @@ class Gateway:
         if not self.limiter.allow(peer):
             log.info("rate limit for %s", peer)
             return "450 4.7.0 too many messages from your address, try again later"
-        if address:
+        if address.strip() in ("", "<>"):  # the null reverse-path of bounces (RFC 5321)
+            address = "<>"  # aiosmtpd wants a true value before RCPT; read back as ""
+        else:
             try:
                 address = normalize(address)
             except RemoteFault:
@@ -202,7 +231,11 @@ class Gateway:
         except RemoteFault as exc:
             log.info("unreadable message from %s: %s", peer, exc.reason)
             return "554 5.6.0 unreadable message"
-        mail_from = str(envelope.mail_from or "")
+        too_big = self.check_attachments(incoming)
+        if too_big:
+            log.info("refused message from %s: %s", peer, too_big)
+            return too_big
+        mail_from = str(envelope.mail_from or "").replace("<>", "")
         if incoming.sender is not None and incoming.sender != mail_from:
             refused = await self.check_sender(incoming.sender, "header From", peer)
             if refused:
@@ -234,14 +267,20 @@ class Gateway:
         return "250 2.0.0 OK"
 
     async def store(self, incoming: Incoming, recipients: list[str], checks: Checks) -> list[str]:
-        """One unit of work: every recipient through the delivery pipeline, or none."""
+        """One unit of work: every recipient through the delivery pipeline, or none; the
+        attachments' files are written first and removed again if it fails."""
+        plugin = self.attachments()
+        kept = [p for p in incoming.parts if p.keep] if plugin is not None else []
+        origin = f"{ORIGIN_PREFIX}{checks.peer}"
+        lines = [
+            f"[attachment: {p.filename or 'attachment'} ({p.content_type}, {p.size} bytes)]"
+            if p in kept
+            else f"[not kept: {p.filename or 'unnamed part'} ({p.content_type}, {p.size} bytes)]"
+            for p in incoming.parts
+        ]
         body = incoming.body
-        if incoming.parts:
-            listing = "\n".join(
-                f"[not kept: {p.filename or 'unnamed part'} ({p.content_type}, {p.size} bytes)]"
-                for p in incoming.parts
-            )
-            body = f"{body.rstrip()}\n\n{listing}\n"
+        if lines:
+            body = f"{body.rstrip()}\n\n" + "\n".join(lines) + "\n"
         sender = incoming.sender or checks.mail_from or f"mailer-daemon@{checks.helo or 'unknown'}"
         message = Message(
             id="",
@@ -255,25 +294,96 @@ class Gateway:
             size=len(body.encode()) + len(incoming.subject.encode()),
             seen=False,
             body=body,
-            origin=f"{ORIGIN_PREFIX}{checks.peer}",
+            origin=origin,
             signed_xml=legacy_marker(checks, incoming),
         )
         request = etree.fromstring(message.signed_xml or b"<x/>")
+        if plugin is None or not kept:
+            return await self.server.store.transact(
+                lambda tx: self._deliver(tx, message, recipients, request)
+            )
+        stored = await self._write(plugin, origin, kept)
+        url = plugin.own_url()
 
         def work(tx: Tx) -> list[str]:
-            env = Environment(
-                principal=message.origin or ORIGIN_PREFIX,
-                domain=self.domain,
-                tx=tx,
-                request=request,
-                pipeline=self.server.pipeline,
-                clock=self.server.clock,
-            )
-            for recipient in recipients:
-                deliver_locally(replace(message), recipient, env)
-            return recipients
+            copy = message
+            if _message_id_taken(tx, message.message_id):  # never join another's attachments
+                copy = replace(message, message_id=new_message_id(self.domain))
+            for guid, sha256 in stored:
+                records.bind_received(tx, guid, sha256, url, copy.message_id, recipients)
+            return self._deliver(tx, copy, recipients, request)
 
-        return await self.server.store.transact(work)
+        try:
+            return await self.server.store.transact(work)
+        except BaseException:
+            await self._discard(plugin, [guid for guid, _ in stored])
+            raise
+
+    def _deliver(
+        self, tx: Tx, message: Message, recipients: list[str], request: etree._Element
+    ) -> list[str]:
+        env = Environment(
+            principal=message.origin or ORIGIN_PREFIX,
+            domain=self.domain,
+            tx=tx,
+            request=request,
+            pipeline=self.server.pipeline,
+            clock=self.server.clock,
+        )
+        for recipient in recipients:
+            deliver_locally(replace(message), recipient, env)
+        return recipients
+
+    async def _write(
+        self, plugin: OnDemandAttachments, owner: str, parts: list[Part]
+    ) -> list[tuple[str, str]]:
+        """Rows first ('uploading': the sweeper spares their files), then each file written
+        and fsynced under its server-generated name; [(guid, sha256)]."""
+
+        def create(tx: Tx) -> list[str]:
+            return [
+                records.create_received(
+                    tx, owner, p.filename or "attachment", p.content_type, p.size
+                )
+                for p in parts
+            ]
+
+        guids = await self.server.store.transact(create)
+        blobs = plugin.blobs
+        assert blobs is not None
+        try:
+            return [
+                (guid, await asyncio.to_thread(blobs.write, guid, part.data))
+                for guid, part in zip(guids, parts, strict=True)
+            ]
+        except BaseException:
+            await self._discard(plugin, guids)
+            raise
+
+    async def _discard(self, plugin: OnDemandAttachments, guids: list[str]) -> None:
+        blobs = plugin.blobs
+        assert blobs is not None
+
+        def forget(tx: Tx) -> None:
+            for guid in guids:
+                records.forget(tx, guid)
+
+        for guid in guids:
+            await asyncio.to_thread(blobs.remove, guid)
+        await self.server.store.transact(forget)
+
+
+def _message_id_taken(tx: Tx, message_id: str) -> bool:
+    """Whether any stored message or attachment already carries `message_id` (the
+    attachments extension lists a message's attachments by its Message-ID)."""
+    for table in ("messages", "attachment_blobs"):
+        found = tx.conn.execute(
+            f"SELECT 1 FROM {table} WHERE message_id=? LIMIT 1",  # noqa: S608 -- fixed names
+            (message_id,),
+        ).fetchone()
+        if found is not None:
+            return True
+    return False
 
 
 def _peer(session: Session) -> str:

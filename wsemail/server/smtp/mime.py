@@ -1,6 +1,8 @@
 """In charge of converting between wsemail messages and Internet messages (RFC 5322/MIME):
-a text/plain UTF-8 message for outgoing mail, and for incoming mail its text part as the
-body, its other parts listed (wsemail has no attachments yet: their place is `parts`).
+outgoing mail is text/plain UTF-8 with its on-demand attachments attached as MIME parts
+(`attached`) or described as links (`linked`); for incoming mail its text part is the body
+and its other parts come with their decoded bytes (`parts`, kept by the gateway as on-demand
+attachments) under sanitised names.
 
 The standard library's email exceptions are translated here and nowhere else.
 """
@@ -9,19 +11,44 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.parser import BytesParser
 
 from wsemail.errors import RemoteFault, RequestInvalid
-from wsemail.message import MAX_SUBJECT, Message, check_message_id, normalize_address
+from wsemail.message import (
+    MAX_SUBJECT,
+    AttachmentRef,
+    Message,
+    check_message_id,
+    normalize_address,
+)
 
 ISO = "%Y-%m-%dT%H:%M:%SZ"
 
 
-def to_mime(message: Message) -> bytes:
-    """An RFC 5322 message (CRLF line ends) for a wsemail message."""
+_MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}$")
+
+
+def link_text(ref: AttachmentRef) -> str:
+    """How an attachment left on the sender's server is described in a legacy message."""
+    return (
+        f"[attachment kept on the sender's wsemail server: {ref.name} "
+        f"({ref.media_type}, {ref.size} bytes)\n"
+        f" server {ref.server}, endpoint {ref.url}, id {ref.guid}\n"
+        f" SHA-256 {ref.sha256}]"
+    )
+
+
+def to_mime(
+    message: Message,
+    attached: list[tuple[AttachmentRef, bytes]] | None = None,
+    linked: list[AttachmentRef] | None = None,
+) -> bytes:
+    """An RFC 5322 message (CRLF line ends) for a wsemail message: its text, then the
+    `attached` attachments as MIME parts and the `linked` ones described in the text."""
     mime = EmailMessage(policy=email.policy.SMTP)
     mime["From"] = message.sender
     if message.to:
@@ -35,18 +62,41 @@ def to_mime(message: Message) -> bytes:
         when = datetime.now(UTC)
     mime["Date"] = email.utils.format_datetime(when)
     mime["Message-ID"] = message.message_id
-    mime.set_content(message.body, subtype="plain", charset="utf-8", cte="quoted-printable")
-    # attachments: when wsemail gets them, add_attachment() here (or a link, as configured)
+    body = message.body
+    if linked:
+        body = body.rstrip("\n") + "\n\n" + "\n".join(link_text(r) for r in linked) + "\n"
+    mime.set_content(body, subtype="plain", charset="utf-8", cte="quoted-printable")
+    for ref, data in attached or []:
+        media = ref.media_type if _MEDIA_TYPE.match(ref.media_type) else ""
+        maintype, _, subtype = (media or "application/octet-stream").partition("/")
+        mime.add_attachment(data, maintype=maintype, subtype=subtype, filename=safe_name(ref.name))
     return mime.as_bytes()
+
+
+def safe_name(raw: str | None) -> str:
+    """A part's file name as a plain name: the last path segment, no control characters,
+    no leading dots, at most 255 characters; "attachment" when nothing is left."""
+    name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if ord(c) >= 32 and ord(c) != 127).strip().lstrip(".")
+    return name.strip()[:255] or "attachment"
+
+
+def media_type(part: EmailMessage) -> str:
+    value = part.get_content_type().lower()
+    return value if _MEDIA_TYPE.match(value) else "application/octet-stream"
 
 
 @dataclass(frozen=True)
 class Part:
-    """A MIME part that is not the text body: kept as a listing for now."""
+    """A MIME part that is not the text body, decoded; `filename` is already sanitised,
+    `keep` says whether it is an attachment (a named part or a non-text part) rather than
+    an alternative rendering of the text."""
 
     content_type: str
     filename: str
     size: int
+    data: bytes = field(default=b"", repr=False)
+    keep: bool = False
 
 
 @dataclass
@@ -91,11 +141,17 @@ def from_mime(data: bytes) -> Incoming:
             if part is body_part or part.is_multipart():
                 continue
             payload = part.get_payload(decode=True)
+            data = payload if isinstance(payload, bytes) else b""
+            raw_name = part.get_filename()
+            kind = media_type(part)
+            named = bool(raw_name) or part.get_content_disposition() == "attachment"
             parts.append(
                 Part(
-                    part.get_content_type(),
-                    part.get_filename() or "",
-                    len(payload) if isinstance(payload, bytes) else 0,
+                    kind,
+                    safe_name(raw_name) if raw_name else "",
+                    len(data),
+                    data,
+                    keep=named or not kind.startswith("text/"),
                 )
             )
     except (ValueError, LookupError, TypeError, IndexError, AttributeError) as exc:

@@ -3,32 +3,83 @@ service. Each queue row becomes one DKIM-signed MIME message, handed by SMTP to 
 domain's MX hosts in order (STARTTLS when offered), and is settled by the relay's own rules:
 a 5xx answer bounces, a 4xx answer or no reachable host defers with backoff.
 
+On-demand attachments (`attachments` option): "attach" puts each one's bytes in the message
+as a MIME part, read from the sender's own attachment storage (only a bound attachment of
+THAT sender and message whose bytes still match the signed SHA-256); "link" describes each
+one in the text instead; "auto" (the default) attaches while the attached bytes stay within
+`attach_max_bytes` and links the rest. An attachment that cannot be read is linked.
+
 smtplib's and ssl's exceptions are translated here and nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import smtplib
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from lxml import etree
 
 from wsemail.errors import NoRoute, RoutingError
-from wsemail.message import Message
+from wsemail.message import AttachmentRef, Message, domain_of
+from wsemail.server.attachments import OnDemandAttachments, records
 from wsemail.server.relay import MAILER_DAEMON
 from wsemail.server.smtp import dkim_keys
 from wsemail.server.smtp.mime import to_mime
 from wsemail.server.smtp.mx import MailDns, MailHost
-from wsemail.server.store import QueueRow
+from wsemail.server.store import QueueRow, Tx
 
 if TYPE_CHECKING:
     from wsemail.server.relay import Relay
 
 log = logging.getLogger("wsemail.smtp.outbound")
+AttachMode = Literal["auto", "attach", "link"]
+ATTACH_MODES: tuple[AttachMode, ...] = ("auto", "attach", "link")
+Reader = Callable[[Message, AttachmentRef], bytes | None]
+
+
+def storage_reader(find: Callable[[], OnDemandAttachments | None]) -> Reader:
+    """Read an attachment of `message` from the sender's own storage (blocking), or None
+    when the plug-in is not loaded or it is not a live attachment of that sender and message
+    whose bytes match the reference."""
+
+    def read(message: Message, ref: AttachmentRef) -> bytes | None:
+        plugin = find()
+        if plugin is None or plugin.blobs is None or plugin.server is None:
+            return None
+        if domain_of(message.sender) != plugin.server.config.domain:
+            return None
+
+        def lookup(tx: Tx) -> records.Blob | None:
+            return records.get(tx, ref.guid) if len(ref.guid) <= 64 else None
+
+        blob = plugin.server.store.transact_sync(lookup)
+        if (
+            blob is None
+            or blob.state != "bound"
+            or blob.owner != message.sender
+            or blob.message_id != message.message_id
+            or blob.size != ref.size
+            or blob.sha256 != ref.sha256
+        ):
+            return None
+        try:
+            with plugin.blobs.open(blob.guid) as handle:
+                data = handle.read(blob.size + 1)
+        except (OSError, ValueError):
+            log.exception("attachment %s of %s cannot be read", blob.guid, message.message_id)
+            return None
+        if len(data) != blob.size or hashlib.sha256(data).hexdigest() != blob.sha256:
+            log.error("attachment %s differs from its reference", blob.guid)
+            return None
+        return data
+
+    return read
 
 
 @dataclass
@@ -52,6 +103,9 @@ class SmtpSender:
     require_tls: bool = False
     tls_verify: bool = False  # opportunistic TLS (RFC 7435) unless told otherwise
     timeout: float = 30.0
+    attachments: AttachMode = "auto"
+    attach_max_bytes: int = 10 << 20
+    reader: Reader | None = field(default=None, repr=False)
     sent: int = 0  # messages accepted by a peer, for tests and status
 
     async def fallback(self, domain: str, rows: list[QueueRow]) -> bool:
@@ -84,7 +138,28 @@ class SmtpSender:
 
     def message_bytes(self, row: QueueRow) -> bytes:
         message = Message.from_xml(etree.fromstring(row.payload))
-        return dkim_keys.sign(to_mime(message), self.domain, self.dkim_key, self.selector)
+        attached, linked = self.split_attachments(message)
+        data = to_mime(message, attached, linked)
+        return dkim_keys.sign(data, self.domain, self.dkim_key, self.selector)
+
+    def split_attachments(
+        self, message: Message
+    ) -> tuple[list[tuple[AttachmentRef, bytes]], list[AttachmentRef]]:
+        """Which attachments go as MIME parts (with their bytes) and which as links."""
+        attached: list[tuple[AttachmentRef, bytes]] = []
+        linked: list[AttachmentRef] = []
+        total = 0
+        for ref in message.attachments:
+            wanted = self.attachments == "attach" or (
+                self.attachments == "auto" and total + ref.size <= self.attach_max_bytes
+            )
+            data = self.reader(message, ref) if wanted and self.reader is not None else None
+            if data is None:
+                linked.append(ref)
+                continue
+            attached.append((ref, data))
+            total += len(data)
+        return attached, linked
 
     def deliver_row(self, domain: str, row: QueueRow, hosts: list[MailHost]) -> Outcome:
         """One message to the first host that gives a final answer (blocking)."""

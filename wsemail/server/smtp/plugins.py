@@ -2,9 +2,13 @@
 
     smtp-outbound  (extension "smtp")  takes the relay's fallback: domains without a
                    wsemail service get DKIM-signed SMTP to their MX hosts; the extension
-                   answers an admin with the DNS records to publish
+                   answers an admin with the DNS records to publish; on-demand
+                   attachments are attached or linked (options `attachments`:
+                   auto|attach|link, `attach_max_bytes`)
     smtp-inbound   (delivery)          runs the SMTP listener (option `port`, 127.0.0.1 by
-                   default) and refuses, at delivery, legacy mail that claims a local sender
+                   default) and refuses, at delivery, legacy mail that claims a local
+                   sender; attachments are kept through the `attachments` plug-in
+                   (options `max_attachment_bytes`, `max_attachments`)
 
 Call `close()` on a plug-in that has it when the server stops (the inbound listener runs on
 a daemon thread, so forgetting it only leaves the port open until the process exits).
@@ -20,14 +24,22 @@ from lxml import etree
 
 from wsemail.errors import Forbidden, PluginError, Rejected
 from wsemail.message import Message, domain_of
+from wsemail.server.attachments import OnDemandAttachments
 from wsemail.server.pipeline import DeliveryProcessor, Environment, ExtensionProcessor, Verdict
 from wsemail.server.smtp import dkim_keys
 from wsemail.server.smtp.inbound import ORIGIN_PREFIX, Gateway, Listener
 from wsemail.server.smtp.mx import MailDns
-from wsemail.server.smtp.outbound import SmtpSender
+from wsemail.server.smtp.outbound import ATTACH_MODES, SmtpSender, storage_reader
 from wsemail.soap import element, q
 
 log = logging.getLogger("wsemail.smtp")
+
+
+def _attachments(server: Any) -> OnDemandAttachments | None:
+    for entry in server.pipeline.listing():
+        if isinstance(entry.plugin, OnDemandAttachments):
+            return entry.plugin
+    return None
 
 
 def _dns(server: Any, mx: Any, txt: Any, use_dns: bool) -> MailDns:
@@ -54,8 +66,16 @@ class SmtpOutbound(ExtensionProcessor):
         mx: dict[str, list[str]] | None = None,
         txt: dict[str, str] | None = None,
         use_dns: bool = True,
+        attachments: str = "auto",
+        attach_max_bytes: int = 10 << 20,
     ) -> None:
+        if attachments not in ATTACH_MODES:
+            raise ValueError(f"attachments must be one of {', '.join(ATTACH_MODES)}")
+        if int(attach_max_bytes) < 0:
+            raise ValueError("attach_max_bytes must not be negative")
         self.options = {
+            "attachments": attachments,
+            "attach_max_bytes": int(attach_max_bytes),
             "selector": str(selector),
             "helo": str(helo),
             "starttls": bool(starttls),
@@ -78,6 +98,7 @@ class SmtpOutbound(ExtensionProcessor):
             dns=_dns(server, self.mx, self.txt, self.use_dns),
             domain=server.config.domain,
             dkim_key=key,
+            reader=storage_reader(lambda: _attachments(server)),
             **self.options,  # type: ignore[arg-type]
         )
         server.relay.fallback = self.sender.fallback
@@ -117,9 +138,17 @@ class SmtpInbound(DeliveryProcessor):
         mx: dict[str, list[str]] | None = None,
         use_dns: bool = True,
         starttls: bool = True,
+        max_attachment_bytes: int = 10 << 20,
+        max_attachments: int = 32,
     ) -> None:
         if int(max_bytes) <= 0 or int(rate) <= 0 or float(window) <= 0:
             raise ValueError("max_bytes, rate and window must be positive")
+        if int(max_attachment_bytes) < 0 or int(max_attachments) < 0:
+            raise ValueError("max_attachment_bytes and max_attachments must not be negative")
+        self.max_attachment_bytes, self.max_attachments = (
+            int(max_attachment_bytes),
+            int(max_attachments),
+        )
         self.host, self.port = str(host), int(port)
         self.max_bytes, self.rate, self.window = int(max_bytes), int(rate), float(window)
         self.hostname = str(hostname)
@@ -132,6 +161,8 @@ class SmtpInbound(DeliveryProcessor):
             _dns(server, self.mx, self.txt, self.use_dns),
             rate=self.rate,
             window=self.window,
+            max_attachment_bytes=self.max_attachment_bytes,
+            max_attachments=self.max_attachments,
         )
         tls = None
         config = server.config
