@@ -64,7 +64,26 @@ def publish(wheel: Path, server: str | None = ServerOpt, user: str | None = User
     typer.echo(f"published {wheel.name}")
 
 
-def _plugin_for(client: Client, ref: PluginRef, yes: bool) -> FormPlugin:
+@app.command()
+def install(wheel: Path, server: str | None = ServerOpt, user: str | None = UserOpt) -> None:
+    """Verify a signed wheel (WHEEL and WHEEL.sig) against your trusted publishers
+    (WSEMAIL_FORM_PUBLISHERS) and the federation roots, and install it for yourself."""
+    from wsemail.forms import wheels, workflow
+
+    sig = wheel.with_name(wheel.name + ".sig")
+    try:
+        data, signature = wheel.read_bytes(), sig.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"need {wheel} and {sig}: {exc.strerror}") from exc
+    with session.open_client(server, user) as client:
+        roots, crls = workflow.trust_material(client)
+    record = wheels.install(
+        wheel.name, data, signature, roots=roots, crls=crls, publishers=_publishers()
+    )
+    typer.echo(f"installed {record.name} {record.version} (published by {record.publisher})")
+
+
+def _plugin_for(client: Client, ref: PluginRef, sender: str, yes: bool) -> FormPlugin:
     from wsemail.errors import PluginError
     from wsemail.forms import load, workflow
 
@@ -77,7 +96,7 @@ def _plugin_for(client: Client, ref: PluginRef, yes: bool) -> FormPlugin:
                 "rerun with --yes to fetch, verify and install it"
             ) from None
         tls_name = os.environ.get("WSEMAIL_FORM_TLS_NAME") or None
-        workflow.fetch_plugin(client, ref, _publishers(), tls_name=tls_name)
+        workflow.fetch_plugin(client, ref, _publishers(), sender=sender, tls_name=tls_name)
         return load(ref.name, ref.version)
 
 
@@ -94,7 +113,7 @@ def show(
 
     with session.open_client(server, user) as client:
         received = workflow.receive(client, message_id)
-        plugin = _plugin_for(client, received.doc.plugin, yes)
+        plugin = _plugin_for(client, received.doc.plugin, received.doc.sender, yes)
         data = plugin.from_xml(received.doc.data)
         roots, crls = workflow.trust_material(client)
         chain = approvals.verify(received.doc, roots, crls)

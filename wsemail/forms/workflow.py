@@ -4,6 +4,7 @@ forwarding it to whoever signs next, and fetching its plug-in on demand."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from wsemail.forms.approvals import Chain, Entry
 from wsemail.forms.contract import FormPlugin, Step
 from wsemail.forms.document import FormDocument, FormError, PluginRef, is_form_body
 from wsemail.forms.loader import load
-from wsemail.message import Message
+from wsemail.message import Message, domain_of
 from wsemail.pki import read_cert
 from wsemail.provenance import Provenance
 from wsemail.server.forms.plugin import WHEEL_PATH
@@ -126,19 +127,34 @@ def act(
     return entry, chain, to
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def fetch_plugin(
     client: Client,
     ref: PluginRef,
     publishers: list[str],
     *,
     root: Path | None = None,
+    sender: str = "",
     tls_name: str | None = None,
 ) -> wheels.Installed:
-    """Download a form's wheel and signature from its location; verify and install."""
+    """Download a form's wheel and signature from its location; verify and install.
+
+    The location is on the sender's server: when it names that server by IP address, its
+    TLS certificate is checked for the sender's domain (`tls_name` overrides). The
+    download itself is not trusted: the hash, the publisher signature and RECORD are."""
     if not ref.location or not ref.sha256:
         raise UsageError(f"the form names no location for {ref.name} {ref.version}")
     roots, crls = trust_material(client)
     url = httpx.URL(ref.location)
+    if tls_name is None and sender and _is_ip(url.host):
+        tls_name = domain_of(sender)
     file_name = url.params.get("file", "")
     wheels.parse_name(file_name)
     try:

@@ -8,7 +8,13 @@
 - extension `forms` (password MAC, admins only): `Publish` a signed wheel (file, bytes,
   signature), kept under the data dir;
 - route `WHEEL_PATH?file=NAME` (and `NAME.sig`): serves published wheels to anyone —
-  readers verify the publisher signature themselves.
+  readers verify the publisher signature themselves;
+- delivery processor (never takes a message): when a finished form (approved by every
+  step, or rejected) comes back to its sender, a local user, and its whole chain verifies
+  against this server's roots and CRLs, the result is handed to a program: the `webhook`
+  option (a URL) gets a JSON POST after the delivery committed (`form_id`, `form`,
+  `version`, `sender`, `status`, `chain`, `xml`). Receivers should be idempotent on
+  `form_id`: a sender may bring the same finished form back twice.
 
 Forwarding from step to step is the approver's client's job (it sends the signed form to
 the next step's approvers); the chain itself carries every signature.
@@ -18,22 +24,34 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import re
+import threading
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import httpx
+from cryptography import x509
 from lxml import etree
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from wsemail.errors import Forbidden, RequestInvalid
+from wsemail.errors import Forbidden, RemoteFault, RequestInvalid
+from wsemail.forms import approvals
 from wsemail.forms.contract import Step
 from wsemail.forms.document import FormDocument, FormError, is_form_body
-from wsemail.message import Message
-from wsemail.server.pipeline import Environment, ExtensionProcessor, SendingProcessor
+from wsemail.message import Message, domain_of
+from wsemail.pki import read_cert
+from wsemail.server.pipeline import (
+    DeliveryProcessor,
+    Environment,
+    ExtensionProcessor,
+    SendingProcessor,
+    Verdict,
+)
 from wsemail.soap import element, q, text_of
 
 log = logging.getLogger("wsemail.forms")
@@ -43,18 +61,29 @@ _FILE = re.compile(r"^[A-Za-z0-9_.]+-[0-9][A-Za-z0-9_.+]*-py3-none-any\.whl(\.si
 MAX_WHEEL = 16 << 20
 
 
-class FormsPlugin(SendingProcessor, ExtensionProcessor):
-    """Forms: routing rules on submitted forms, published form wheels."""
+class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
+    """Forms: routing rules on submitted forms, published form wheels, finished forms
+    handed to a webhook."""
 
     name = "forms"
     extension_id = EXTENSION_ID
 
     def __init__(
-        self, directory: str | None = None, rules: list[dict[str, Any]] | None = None
+        self,
+        directory: str | None = None,
+        rules: list[dict[str, Any]] | None = None,
+        webhook: str | None = None,
     ) -> None:
         self.directory = directory
         self.rules = [self._rule(r) for r in rules or []]
         self.root: Path | None = None
+        if webhook is not None:
+            url = httpx.URL(str(webhook))
+            if url.scheme not in ("http", "https") or not url.host:
+                raise ValueError(f"forms webhook must be an http(s) URL, not {webhook!r}")
+        self.webhook = webhook
+        self.server: Any = None
+        self._posts: list[threading.Thread] = []
 
     @staticmethod
     def _rule(raw: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +107,12 @@ class FormsPlugin(SendingProcessor, ExtensionProcessor):
         self.root = Path(self.directory) if self.directory else server.config.data_dir / "forms"
         self.root.mkdir(parents=True, exist_ok=True)
         server.routes[WHEEL_PATH] = self.serve
+        self.server = server
+
+    def close(self) -> None:
+        for thread in self._posts:
+            thread.join(timeout=15)
+        self._posts.clear()
 
     # sending processor ------------------------------------------------------------------
     def process_outgoing(self, message: Message, env: Environment) -> None:
@@ -113,6 +148,67 @@ class FormsPlugin(SendingProcessor, ExtensionProcessor):
             return Decimal(node.text.strip())
         except InvalidOperation as exc:
             raise FormError(f"{name} is not a number") from exc
+
+    # delivery processor: a finished form back at its sender ---------------------------
+    def deliver(self, message: Message, recipient: str, env: Environment) -> Verdict:
+        if self.webhook is None or not is_form_body(message.body):
+            return Verdict.PASS
+        try:
+            doc = FormDocument.parse(message.body)
+            if recipient != doc.sender or domain_of(doc.sender) != env.domain:
+                return Verdict.PASS
+            roots, crls = self._trust_material()
+            chain = approvals.verify(doc, roots, crls)
+        except (FormError, RemoteFault, OSError, ValueError) as exc:
+            log.info("form for %r not handed on: %s", recipient, exc)
+            return Verdict.PASS
+        if not (chain.complete or chain.rejected):
+            return Verdict.PASS
+        payload: dict[str, object] = {
+            "form_id": doc.form_id,
+            "form": doc.plugin.name,
+            "version": doc.plugin.version,
+            "sender": doc.sender,
+            "status": chain.status,
+            "chain": [str(e) for e in chain.entries],
+            "xml": doc.to_bytes().decode(),
+        }
+        env.after_commit.append(lambda: self._post(payload))
+        return Verdict.PASS
+
+    def _trust_material(
+        self,
+    ) -> tuple[list[x509.Certificate], list[x509.CertificateRevocationList]]:
+        federation = getattr(self.server, "federation", None)
+        if federation is None:
+            raise FormError("no federation trust roots on this server")
+        roots = [read_cert(p) for p in federation.root_files]
+        crls = [x509.load_pem_x509_crl(p.read_bytes()) for p in federation.crl_files]
+        return roots, crls
+
+    def _post(self, payload: dict[str, object]) -> None:
+        """POST in a thread of its own: the event loop never waits for the program."""
+        url = self.webhook
+        assert url is not None
+
+        def post() -> None:
+            try:
+                response = httpx.post(
+                    url,
+                    content=json.dumps(payload).encode(),
+                    headers={"content-type": "application/json"},
+                    timeout=10,
+                )
+                response.raise_for_status()
+            except httpx.HTTPError as exc:
+                log.warning("form %s: webhook %r failed: %s", payload["form_id"], url, exc)
+            else:
+                log.info("form %s handed to %r", payload["form_id"], url)
+
+        self._posts = [t for t in self._posts if t.is_alive()]
+        thread = threading.Thread(target=post, name="forms-webhook", daemon=True)
+        self._posts.append(thread)
+        thread.start()
 
     # extension: Publish -----------------------------------------------------------------
     def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:
