@@ -144,7 +144,15 @@ def world(tmp_path: Path, dist: Path) -> Iterator[World]:
     }
     plugins = [
         *(spec for spec in DEFAULT_PLUGINS if spec.ref != "forms"),
-        PluginSpec("forms", 40, {"rules": [rule], "webhook": hook.url}),
+        PluginSpec(
+            "forms",
+            40,
+            {
+                "rules": [rule],
+                "webhook": hook.url,
+                "employees": {"alice@a.test": {"employee": "Kevin Lux", "employee_id": "abc123"}},
+            },
+        ),
     ]
     servers = {
         "a.test": start_domain(tmp_path, ca, "a.test", plugins=plugins),
@@ -254,15 +262,19 @@ def test_timesheet_recipient_without_the_plugin_fetches_verifies_installs_and_re
         "week",
         "timesheet",
         {
-            "employee": "Kevin Lux",
-            "employee_id": "abc123",
             "period_ending": "2004-02-13",
             "days": [{"day": "Monday", "regular": "8", "overtime": "2"}],
         },
         [{"role": "supervisor", "approvers": ["bob@b.test"]}],
     )
+    draft.write_text(json.dumps({**json.loads(draft.read_text()), "autofill": True}))
     wheel = next((world.tmp / "dist").glob("wsemail_timesheet-*.whl"))
     world.run("alice@a.test", "forms", "install", str(wheel))
+    mine = json.loads(world.run("alice@a.test", "forms", "autofill").stdout)
+    assert mine == {"employee": "Kevin Lux", "employee_id": "abc123"}
+    nobody = world.run("carol@a.test", "forms", "autofill", check=False)
+    assert nobody.returncode != 0 and "no employee record" in nobody.stderr
+    assert "Traceback" not in nobody.stderr
     world.run("alice@a.test", "send", "--form", str(draft), "--to", "bob@b.test")
     got = world.wait_message("bob@b.test", 1)
     forms_dir = world.tmp / "homes" / "bob@b.test" / "forms"

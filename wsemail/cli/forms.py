@@ -83,6 +83,22 @@ def install(wheel: Path, server: str | None = ServerOpt, user: str | None = User
     typer.echo(f"installed {record.name} {record.version} (published by {record.publisher})")
 
 
+@app.command()
+def autofill(server: str | None = ServerOpt, user: str | None = UserOpt) -> None:
+    """Print your employee record from your server (the timesheet's "Autofill…") as JSON."""
+    import json
+
+    with session.open_client(server, user) as client:
+        typer.echo(json.dumps(_autofilled(client), sort_keys=True))
+
+
+def _autofilled(client: Client) -> dict[str, str]:
+    from wsemail.soap import q
+
+    result = client.extension("forms", etree.Element(q("Autofill")))
+    return {} if result is None else {f.get("name", ""): f.text or "" for f in result}
+
+
 def _plugin_for(client: Client, ref: PluginRef, sender: str, yes: bool) -> FormPlugin:
     from wsemail.errors import PluginError
     from wsemail.forms import load, workflow
@@ -184,10 +200,15 @@ def send_form(path: Path, to: list[str], subject: str, server: str | None, user:
     raw = workflow.read_json(path)
     plugin = load(str(raw.get("form", "")))
     wheel = raw.get("wheel")
+    data = dict(raw["data"])  # type: ignore[call-overload]
     with session.open_client(server, user) as client:
+        if raw.get("autofill") is True:  # fields the draft leaves out, from your server
+            for name, value in _autofilled(client).items():
+                if name in {f.name for f in plugin.fields}:
+                    data.setdefault(name, value)
         doc = workflow.compose(
             plugin,
-            raw["data"],  # type: ignore[arg-type]
+            data,
             client.username,
             workflow.parse_route(raw.get("route")),
             server=client.server,

@@ -9,6 +9,9 @@
   signature), kept under the data dir;
 - route `WHEEL_PATH?file=NAME` (and `NAME.sig`): serves published wheels to anyone —
   readers verify the publisher signature themselves;
+- extension `forms`, `Autofill` (any authenticated local user): the caller's own employee
+  record from the `employees` option (`{"carol@a.test" = {employee = "Carol",
+  employee_id = "c-1"}}`), for the timesheet's "Autofill…"; only the caller's own entry;
 - delivery processor (never takes a message): when a finished form (approved by every
   step, or rejected) comes back to its sender, a local user, and its whole chain verifies
   against this server's roots and CRLs, the result is handed to a program: the `webhook`
@@ -39,7 +42,7 @@ from lxml import etree
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from wsemail.errors import Forbidden, RemoteFault, RequestInvalid
+from wsemail.errors import Forbidden, NotFound, RemoteFault, RequestInvalid
 from wsemail.forms import approvals
 from wsemail.forms.contract import Step
 from wsemail.forms.document import FormDocument, FormError, is_form_body
@@ -73,6 +76,7 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         directory: str | None = None,
         rules: list[dict[str, Any]] | None = None,
         webhook: str | None = None,
+        employees: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.directory = directory
         self.rules = [self._rule(r) for r in rules or []]
@@ -82,6 +86,10 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             if url.scheme not in ("http", "https") or not url.host:
                 raise ValueError(f"forms webhook must be an http(s) URL, not {webhook!r}")
         self.webhook = webhook
+        self.employees = {
+            str(who).lower(): {str(k): str(v) for k, v in dict(fields).items()}
+            for who, fields in (employees or {}).items()
+        }
         self.server: Any = None
         self._posts: list[threading.Thread] = []
 
@@ -213,8 +221,10 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
     # extension: Publish -----------------------------------------------------------------
     def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:
         requests = [c for c in payload if isinstance(c.tag, str)]
+        if len(requests) == 1 and requests[0].tag == q("Autofill"):
+            return self._autofill(env)
         if len(requests) != 1 or requests[0].tag != q("Publish"):
-            raise RequestInvalid("the forms extension takes one Publish request")
+            raise RequestInvalid("the forms extension takes one Publish or Autofill request")
         if not env.is_admin:
             raise Forbidden("only administrators publish form plug-ins")
         op = requests[0]
@@ -242,6 +252,16 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         result = etree.Element(q("Published"))
         element(result, "File", file_name)
         element(result, "Path", WHEEL_PATH)
+        return result
+
+    def _autofill(self, env: Environment) -> etree._Element:
+        record = self.employees.get(env.principal.lower())
+        if record is None:
+            raise NotFound(f"no employee record for {env.principal}")
+        result = etree.Element(q("Autofilled"))
+        for name, value in sorted(record.items()):
+            node = element(result, "Field", value)
+            node.set("name", name)
         return result
 
     # the wheel route --------------------------------------------------------------------
