@@ -7,7 +7,7 @@ from collections.abc import Callable
 from textual.pilot import Pilot
 
 from wsemail.tui.app import WsemailApp
-from wsemail.tui.signin import LoginDefaults
+from wsemail.tui.signin import ClientFactory, LoginDefaults, default_client
 
 from conftest import PASSWORD, Running
 
@@ -19,9 +19,16 @@ def make_app(
     *,
     page_size: int = 50,
     poll_seconds: float = 0,
+    im_notify: bool = False,
+    client_factory: ClientFactory | None = None,
 ) -> WsemailApp:
+    """`im_notify` off by default: most tests do not want the inbox's IM push stream."""
     return WsemailApp(
-        LoginDefaults(server.url, user, password), page_size=page_size, poll_seconds=poll_seconds
+        LoginDefaults(server.url, user, password),
+        page_size=page_size,
+        poll_seconds=poll_seconds,
+        im_notify=im_notify,
+        client_factory=client_factory or default_client,
     )
 
 

@@ -16,7 +16,8 @@ from wsemail.tui.signin import ClientFactory, LoginDefaults, default_client, kno
 
 class WsemailApp(App[None]):
     """`defaults` prefill (or, when complete, skip) the sign-in form; `client_factory`,
-    `page_size` and `poll_seconds` are seams for tests."""
+    `page_size`, `poll_seconds` and `im_notify` (hold an IM push stream for notifications)
+    are seams for tests."""
 
     TITLE = "wsemail"
     CSS_PATH = "app.tcss"
@@ -32,12 +33,14 @@ class WsemailApp(App[None]):
         client_factory: ClientFactory = default_client,
         page_size: int = 50,
         poll_seconds: float = 5.0,
+        im_notify: bool = True,
     ) -> None:
         super().__init__()
         self.defaults = defaults if defaults is not None else LoginDefaults()
         self.client_factory = client_factory
         self.page_size = page_size
         self.poll_seconds = poll_seconds
+        self.im_notify = im_notify
         self.client: Client | None = None
         self.address_book = AddressBook()
 
@@ -55,6 +58,7 @@ class WsemailApp(App[None]):
                 self.address_book,
                 page_size=self.page_size,
                 poll_seconds=self.poll_seconds,
+                im_notify=self.im_notify,
             )
         )
 

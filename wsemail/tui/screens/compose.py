@@ -1,8 +1,9 @@
 """In charge of writing and sending a message (paper, Figure 7): To and Cc with completion
 from past correspondents, subject, body in a TextArea or in $EDITOR, send.
 
-Delivery options (send as IM, attach files, fill a form) go in `compose_options` once the
-server offers them; until then the screen shows none rather than switches that do nothing."""
+Delivery options live in `compose_options`: send as an instant message (pushed to the
+recipients' live sessions, else kept in their mailbox) and, with it, delete it if it
+cannot be delivered live (the server tells the sender)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from pathlib import Path
 from textual import work
 from textual.app import ComposeResult, SuspendNotSupported
 from textual.binding import Binding
-from textual.containers import Grid
+from textual.containers import Grid, Horizontal
 from textual.message import Message
-from textual.widgets import Footer, Header, Input, Label, TextArea
+from textual.widgets import Checkbox, Footer, Header, Input, Label, TextArea
 
 from wsemail.attachments_client import Attachments
 from wsemail.client import Client, SendResult
@@ -71,8 +72,8 @@ class ComposeScreen(WorkScreen[bool]):
             yield AddressInput(self.book, ", ".join(self.draft.cc), id="compose-cc", placeholder="")
             yield Label("Subject", classes="compose-label")
             yield Input(self.draft.subject, id="compose-subject", compact=True)
-        yield from self.compose_options()
         yield TextArea(self.draft.body, id="compose-body", soft_wrap=True)
+        yield from self.compose_options()
         with Grid(id="compose-attach"):
             yield Label("Files", classes="compose-label")
             yield Input(
@@ -84,8 +85,30 @@ class ComposeScreen(WorkScreen[bool]):
         yield Footer()
 
     def compose_options(self) -> ComposeResult:
-        """Further delivery options (send as IM, encrypted, a form) plug in here."""
-        yield from ()
+        """Delivery options; further ones (encrypted, a form) plug in here."""
+        with Horizontal(id="compose-options"):
+            yield Checkbox("Send as instant message", id="compose-instant", compact=True)
+            yield Checkbox(
+                "Delete if undeliverable", id="compose-delete-undeliverable", compact=True
+            )
+
+    def _checked(self, selector: str) -> bool:
+        return self.query_one(selector, Checkbox).value
+
+    @property
+    def instant(self) -> bool:
+        return self._checked("#compose-instant")
+
+    @property
+    def delete_if_undeliverable(self) -> bool:
+        return self._checked("#compose-delete-undeliverable")
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        # "delete if undeliverable" only means something for an instant message
+        if event.checkbox.id == "compose-delete-undeliverable" and event.value:
+            self.query_one("#compose-instant", Checkbox).value = True
+        elif event.checkbox.id == "compose-instant" and not event.value:
+            self.query_one("#compose-delete-undeliverable", Checkbox).value = False
 
     def on_mount(self) -> None:
         self.sub_title = f"{self.client.username} — new message"
@@ -141,16 +164,31 @@ class ComposeScreen(WorkScreen[bool]):
             return
         self.sending = True
         self.notify("Sending…", timeout=2)
-        self.send(to, cc, subject, self.body, files)
+        self.send(to, cc, subject, self.body, files, self.instant, self.delete_if_undeliverable)
 
     @work(thread=True, group="send")
     def send(
-        self, to: list[str], cc: list[str], subject: str, body: str, files: list[Path]
+        self,
+        to: list[str],
+        cc: list[str],
+        subject: str,
+        body: str,
+        files: list[Path],
+        instant: bool = False,
+        delete_if_undeliverable: bool = False,
     ) -> None:
         try:
             box = Attachments(self.client)
             guids = [box.upload(path).guid for path in files]  # on-demand: uploaded first
-            result = self.client.send(to, subject, body, cc=cc, attachments=guids)
+            result = self.client.send(
+                to,
+                subject,
+                body,
+                cc=cc,
+                attachments=guids,
+                instant=instant,
+                delete_if_undeliverable=instant and delete_if_undeliverable,
+            )
         except Exception as exc:
             self.fail("Not sent", exc)
         else:
@@ -162,7 +200,8 @@ class ComposeScreen(WorkScreen[bool]):
 
     def on_compose_screen_sent(self, event: ComposeScreen.Sent) -> None:
         self.book.add(event.recipients)
-        self.notify(f"Sent to {', '.join(event.recipients)}", title="Message sent")
+        how = "Instant message sent" if self.instant else "Message sent"
+        self.notify(f"Sent to {', '.join(event.recipients)}", title=how)
         self.dismiss(True)
 
     def action_cancel(self) -> None:

@@ -1,8 +1,12 @@
 """In charge of the folder view (paper, Figure 5): one folder's headers, paged in from the
 server as the user nears the end, filtered locally, kept fresh by polling ListHeaders.
 
-Later, IM push replaces the poll and the marker column fills with provenance, attachment,
-form and IM markers (see `wsemail.tui.mailbox.markers`)."""
+While it is open (the whole session: other screens stack above it) it also holds an IM push
+stream, so instant messages that arrive while the user is elsewhere show as notifications;
+m opens a conversation with the selected sender, M with any address.
+
+Later, the marker column fills with provenance, attachment, form and IM markers (see
+`wsemail.tui.mailbox.markers`)."""
 
 from __future__ import annotations
 
@@ -15,12 +19,19 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Label
 
 from wsemail.client import Client, Page
+from wsemail.errors import WsemailError
+from wsemail.im_client import Incoming, InstantMessenger
+from wsemail.message import normalize_address
 from wsemail.tui.drafts import ComposeDraft
+from wsemail.tui.feedback import describe
 from wsemail.tui.mailbox import AddressBook, Mailbox
+from wsemail.tui.push import PushSession, notice_text, plain_address
 from wsemail.tui.screens.base import WorkScreen
+from wsemail.tui.screens.chat import ChatScreen
 from wsemail.tui.screens.compose import ComposeScreen
 from wsemail.tui.screens.confirm import ConfirmScreen
 from wsemail.tui.screens.message import MessageScreen
+from wsemail.tui.screens.prompt import PromptScreen
 from wsemail.tui.widgets.inbox.header_table import HeaderTable
 
 FOLDER_TITLES = {"inbox": "Inbox", "sent": "Sent"}
@@ -30,6 +41,8 @@ class InboxScreen(WorkScreen[None]):
     CSS_PATH = "inbox.tcss"
     BINDINGS = [
         Binding("c", "compose", "Compose"),
+        Binding("m", "chat", "Chat"),
+        Binding("M", "new_chat", "New chat", show=False),
         Binding("d,delete", "delete", "Delete"),
         Binding("i", "folder('inbox')", "Inbox"),
         Binding("s", "folder('sent')", "Sent"),
@@ -58,6 +71,11 @@ class InboxScreen(WorkScreen[None]):
             super().__init__()
             self.message_id = message_id
 
+    class InstantArrived(Message):
+        def __init__(self, item: Incoming) -> None:
+            super().__init__()
+            self.item = item
+
     def __init__(
         self,
         client: Client,
@@ -65,8 +83,11 @@ class InboxScreen(WorkScreen[None]):
         *,
         page_size: int = 50,
         poll_seconds: float = 5.0,
+        im_notify: bool = True,
     ) -> None:
         super().__init__()
+        self.im_notify = im_notify
+        self.push = PushSession(InstantMessenger(client))
         self.client = client
         self.book = book
         self.page_size = page_size
@@ -94,6 +115,11 @@ class InboxScreen(WorkScreen[None]):
         self._load_folder("inbox")
         if self.poll_seconds > 0:
             self._poll_timer = self.set_interval(self.poll_seconds, self._poll_tick)
+        if self.im_notify:
+            self.listen()
+
+    def on_unmount(self) -> None:
+        self.push.close()
 
     @property
     def table(self) -> HeaderTable:
@@ -200,6 +226,52 @@ class InboxScreen(WorkScreen[None]):
         if self.mailbox.folder == "inbox":
             count = len(fresh)
             self.notify(f"{count} new message{'s' if count > 1 else ''}", title="New mail")
+
+    # instant messages ---------------------------------------------------------------------
+    @work(thread=True, group="listen")
+    def listen(self) -> None:
+        try:
+            self.push.run(lambda item: self.post_message(self.InstantArrived(item)), lambda: None)
+        except Exception as exc:
+            if not self.push.closed:
+                self.fail("Instant messages are not shown live", exc)
+
+    def on_inbox_screen_instant_arrived(self, event: InboxScreen.InstantArrived) -> None:
+        item = event.item
+        screen = self.app.screen
+        if item.kind == "notice":
+            if not isinstance(screen, ChatScreen):  # a chat screen shows its own
+                self.notify(notice_text(item), title="Instant message", severity="warning")
+            return
+        if item.kind != "message":
+            return
+        if isinstance(screen, ChatScreen) and screen.peer == plain_address(item.sender):
+            return  # shown in the conversation
+        self.notify(f"{item.body[:200]}  (m to answer)", title=f"IM from {item.sender}")
+
+    def action_chat(self) -> None:
+        message_id = self.table.selected_id
+        header = self.mailbox.get(message_id) if message_id is not None else None
+        if header is None:
+            self.action_new_chat()
+            return
+        peer = header.sender
+        if plain_address(peer) == plain_address(self.client.username):
+            peer = next(iter([*header.to, *header.cc]), peer)  # own sent mail: its recipient
+        self.app.push_screen(ChatScreen(self.client, peer))
+
+    def action_new_chat(self) -> None:
+        def answered(peer: str | None) -> None:
+            if not peer:
+                return
+            try:
+                normalize_address(peer)
+            except WsemailError as exc:
+                self.notify(describe(exc), title="Cannot chat", severity="error")
+                return
+            self.app.push_screen(ChatScreen(self.client, peer))
+
+        self.app.push_screen(PromptScreen("Chat with:", self.book), answered)
 
     # actions ------------------------------------------------------------------------------
     def action_folder(self, folder: str) -> None:

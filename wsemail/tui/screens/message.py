@@ -1,13 +1,18 @@
 """In charge of reading one message: retrieve it, show it with its provenance and its
 on-demand attachments, fetch those (progress bar; the SHA-256 from the signed message is
 checked before a file is kept), and start a reply, reply-all or forward from it, or delete
-it after a confirm dialog."""
+it after a confirm dialog.
+
+A message carrying a form shows the form's text rendering (from its plug-in) and where its
+approval chain stands; a missing plug-in is fetched with i after a dialog that shows its
+verified publisher and hash; A, R and D approve, reject or delegate the workflow step."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import httpx
 import platformdirs
 from textual import work
 from textual.app import ComposeResult
@@ -18,13 +23,17 @@ from textual.widgets import Footer, Header, ProgressBar
 from wsemail.attachments_client import Attachments, safe_file_name
 from wsemail.client import Client
 from wsemail.errors import WsemailError
+from wsemail.forms import workflow
+from wsemail.forms.approvals import Chain, Entry
 from wsemail.message import AttachmentRef, Message
 from wsemail.provenance import Provenance
 from wsemail.tui import drafts
+from wsemail.tui.formview import FormShown, Offer, accept, offer, show_form
 from wsemail.tui.mailbox import AddressBook
 from wsemail.tui.screens.base import WorkScreen
 from wsemail.tui.screens.compose import ComposeScreen
 from wsemail.tui.screens.confirm import ConfirmScreen
+from wsemail.tui.screens.prompt import PromptScreen
 from wsemail.tui.widgets.message.message_view import MessageView
 
 
@@ -45,14 +54,43 @@ class MessageScreen(WorkScreen[str | None]):
         Binding("f", "forward", "Forward"),
         Binding("d,delete", "delete", "Delete"),
         Binding("g", "fetch", "Get files"),
+        Binding("i", "install", "Install form"),
+        Binding("A", "act('approve')", "Approve"),
+        Binding("R", "act('reject')", "Reject"),
+        Binding("D", "delegate", "Delegate"),
     ]
+    FORM_ACTIONS = {"install", "act", "delegate"}
 
     class Loaded(TextualMessage):
-        def __init__(self, message: Message, proof: Provenance, refs: list[AttachmentRef]) -> None:
+        def __init__(
+            self,
+            message: Message,
+            proof: Provenance,
+            refs: list[AttachmentRef],
+            form: FormShown | None = None,
+        ) -> None:
             super().__init__()
             self.message = message
             self.proof = proof
             self.refs = refs
+            self.form = form
+
+    class FormChanged(TextualMessage):
+        def __init__(self, form: FormShown | None) -> None:
+            super().__init__()
+            self.form = form
+
+    class Offered(TextualMessage):
+        def __init__(self, offered: Offer) -> None:
+            super().__init__()
+            self.offered = offered
+
+    class Acted(TextualMessage):
+        def __init__(self, entry: Entry, chain: Chain, to: list[str]) -> None:
+            super().__init__()
+            self.entry = entry
+            self.chain = chain
+            self.to = to
 
     class Fetched(TextualMessage):
         def __init__(self, paths: list[Path]) -> None:
@@ -69,6 +107,8 @@ class MessageScreen(WorkScreen[str | None]):
         self.message_id = message_id
         self.message: Message | None = None
         self.refs: list[AttachmentRef] = []
+        self.form: FormShown | None = None
+        self.proof: Provenance | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -94,16 +134,146 @@ class MessageScreen(WorkScreen[str | None]):
                     self.app.call_from_thread(
                         self.notify, f"Attachments not shown: {exc}", severity="warning"
                     )
+            form = self._form_of(message)
         except Exception as exc:
             self.fail("Cannot open the message", exc)
         else:
-            self.post_message(self.Loaded(message, proof, refs))
+            self.post_message(self.Loaded(message, proof, refs, form))
+
+    def _form_of(self, message: Message) -> FormShown | None:
+        """In a worker: the form the message carries, if any (problems as a warning)."""
+        try:
+            return show_form(self.client, message)
+        except WsemailError as exc:
+            self.app.call_from_thread(
+                self.notify, f"The form is not shown: {exc}", severity="warning"
+            )
+            return None
 
     def on_message_screen_loaded(self, event: MessageScreen.Loaded) -> None:
         self.message = event.message
         self.book.learn([event.message])
         self.refs = event.refs
-        self.query_one(MessageView).show(event.message, event.proof, event.refs)
+        self.proof = event.proof
+        self.form = event.form
+        self._show()
+
+    def _show(self) -> None:
+        if self.message is None:
+            return
+        form_text = None
+        if self.form is not None:
+            form_text = self.form.summary()
+            if self.form.may_sign(self.client.username):  # the footer is short at 80 columns
+                form_text += "\n\nKeys: A approve · R reject · D delegate"
+        self.query_one(MessageView).show(self.message, self.proof, self.refs, form_text)
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action not in self.FORM_ACTIONS:
+            return True
+        if self.form is None:
+            return False  # hidden: the message carries no form
+        if action == "install":
+            return None if self.form.installed else True
+        return True if self.form.may_sign(self.client.username) else None
+
+    # forms --------------------------------------------------------------------------------
+    def action_install(self) -> None:
+        if self.form is None or self.form.installed:
+            return
+        self.notify(f"Fetching {self.form.ref.name} {self.form.ref.version}…", timeout=3)
+        self.fetch_plugin(self.form)
+
+    @work(thread=True, group="form", exclusive=True)
+    def fetch_plugin(self, form: FormShown) -> None:
+        try:
+            offered = offer(self.client, form.ref)
+        except Exception as exc:
+            self.fail("The form plug-in cannot be installed", exc)
+        else:
+            self.post_message(self.Offered(offered))
+
+    def on_message_screen_offered(self, event: MessageScreen.Offered) -> None:
+        offered = event.offered
+        digest = offered.sha256
+        question = (
+            f"Install form plug-in {offered.ref.name} {offered.ref.version}?\n\n"
+            f"Publisher: {offered.publisher} (signature verified)\n"
+            f"SHA-256:   {digest[:32]}\n           {digest[32:]}\n"
+            f"From:      {httpx.URL(offered.ref.location).netloc.decode()}"
+        )
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.install_plugin(offered)
+
+        self.app.push_screen(ConfirmScreen(question, yes="Install"), answered)
+
+    @work(thread=True, group="form", exclusive=True)
+    def install_plugin(self, offered: Offer) -> None:
+        try:
+            accept(self.client, offered)
+        except Exception as exc:
+            self.fail("The form plug-in was not installed", exc)
+            return
+        self.app.call_from_thread(
+            self.notify, f"Installed {offered.ref.name} {offered.ref.version}"
+        )
+        if self.message is not None:
+            self.post_message(self.FormChanged(self._form_of(self.message)))
+
+    def on_message_screen_form_changed(self, event: MessageScreen.FormChanged) -> None:
+        self.form = event.form
+        self._show()
+
+    def action_act(self, kind: str) -> None:
+        if self.form is None or not self.form.may_sign(self.client.username):
+            return
+        goes = ", ".join(self.form.chain.next_approvers()) if self.form.chain else ""
+        verb = "Approve" if kind == "approve" else "Reject"
+        question = f"{verb} {self.form.ref.name} ({self.form.chain_note})?"
+        if kind == "reject":
+            question += f"\nIt goes back to {self.form.doc.sender}."
+        elif goes:
+            question += "\nIt is signed and sent on."
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.act(kind, "")
+
+        self.app.push_screen(ConfirmScreen(question, yes=verb), answered)
+
+    def action_delegate(self) -> None:
+        if self.form is None or not self.form.may_sign(self.client.username):
+            return
+
+        def answered(address: str | None) -> None:
+            if address:
+                self.act("delegate", address)
+
+        self.app.push_screen(PromptScreen("Delegate this step to:", self.book), answered)
+
+    @work(thread=True, group="form", exclusive=True)
+    def act(self, kind: str, delegate: str) -> None:
+        try:
+            entry, chain, to = workflow.act(self.client, self.message_id, kind, delegate=delegate)
+        except Exception as exc:
+            self.fail(f"Cannot {kind}", exc)
+        else:
+            self.post_message(self.Acted(entry, chain, to))
+
+    def on_message_screen_acted(self, event: MessageScreen.Acted) -> None:
+        done = {"approve": "Approved", "reject": "Rejected", "delegate": "Delegated"}
+        self.notify(
+            f"{done[event.entry.kind]}; sent to {', '.join(event.to)} ({event.chain.status})",
+            title="Form",
+        )
+        if self.form is not None:
+            self.form.chain = event.chain
+            waiting = ", ".join(event.chain.next_approvers())
+            self.form.chain_note = event.chain.status + (f" ({waiting})" if waiting else "")
+            self._show()
 
     # actions ------------------------------------------------------------------------------
     def action_back(self) -> None:

@@ -66,7 +66,10 @@ class MessageView(VerticalScroll):
         message: Message,
         proof: Provenance | None = None,
         refs: list[AttachmentRef] | None = None,
+        form_text: str | None = None,
     ) -> None:
+        """`form_text` (a form's rendering) is shown instead of the body's XML."""
         self.query_one("#message-headers", Static).update(header_block(message, proof, refs))
-        self.query_one("#message-body", Static).update(Text(message.body))
+        body = Text(message.body) if form_text is None else Text(form_text)
+        self.query_one("#message-body", Static).update(body)
         self.scroll_home(animate=False)

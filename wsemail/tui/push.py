@@ -1,0 +1,65 @@
+"""In charge of one live IM push session as a screen holds it: opened and read in a thread
+worker, closed from the UI thread when the screen goes away (which wakes the reader).
+Pure Python (no Textual)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from wsemail.errors import WsemailError
+from wsemail.im_client import Incoming, InstantMessenger, Stream
+from wsemail.message import normalize_address
+
+
+class PushSession:
+    def __init__(self, im: InstantMessenger) -> None:
+        self.im = im
+        self._lock = threading.Lock()
+        self._stream: Stream | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def run(self, deliver: Callable[[Incoming], object], ready: Callable[[], object]) -> None:
+        """Blocking: open the stream, call `ready`, then `deliver` each event until closed.
+        Errors while open propagate (TransportError, RemoteFault…); after close, none."""
+        stream = self.im.listen()
+        with self._lock:
+            if self._closed:
+                stream.close()
+                return
+            self._stream = stream
+        try:
+            ready()
+            for item in stream:
+                deliver(item)
+        except Exception:
+            if not self._closed:
+                raise
+        finally:
+            stream.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            stream = self._stream
+        if stream is not None:
+            stream.close()
+
+
+def notice_text(item: Incoming) -> str:
+    """One line for a pushed notice (e.g. an instant message of yours was dropped)."""
+    if item.data.get("kind") == "undeliverable":
+        return f"instant message to {item.data.get('recipient', '?')} was undeliverable, dropped"
+    return str(item.data.get("kind") or "notice from the server")
+
+
+def plain_address(address: str) -> str:
+    """The normalized address, or the text as given (stripped) when it is not one."""
+    try:
+        return normalize_address(address)
+    except WsemailError:
+        return address.strip()
