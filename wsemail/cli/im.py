@@ -1,18 +1,20 @@
 """`wsemail im …`: instant messages on the mail identity — `send ADDRESS TEXT`, `listen`
 (prints messages as they are pushed; `--json` NDJSON), `who`, `allow` / `block`,
-`history`; `channel open|join` (the party line, not available yet)."""
+`history`; `channel open ADDRESS…` / `channel join ID` (the TLS party line)."""
 
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import typer
 
 from wsemail.cli import session
-from wsemail.errors import UsageError
-from wsemail.im_client import InstantMessenger
+from wsemail.errors import WsemailError
+from wsemail.im_client import InstantMessenger, PartyLine
 
 ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")
 UserOpt = typer.Option(None, "--user", help="your address (or WSEMAIL_USER)")
@@ -132,15 +134,83 @@ def history(
 
 
 @channel_app.command("open")
-def channel_open(addresses: list[str] = typer.Argument(..., help="participants")) -> None:
-    """Open a TLS party line and invite ADDRESS… (not available yet)."""
-    raise UsageError("the party-line channel is not implemented yet")
+def channel_open(
+    addresses: list[str] = typer.Argument(..., help="participants"),
+    idle: int | None = typer.Option(
+        None, "--idle-timeout", help="close after this many quiet seconds (server maximum)"
+    ),
+    join: bool = typer.Option(False, "--join", help="join it at once and chat (stdin lines)"),
+    as_json: bool = typer.Option(False, "--json", help="NDJSON"),
+    server: str | None = ServerOpt,
+    user: str | None = UserOpt,
+) -> None:
+    """Open a TLS party line on your server and invite ADDRESS… by instant message."""
+    with session.open_client(server, user) as client:
+        im = InstantMessenger(client)
+        opened = im.open_channel(addresses, idle)
+        invitation = opened.invitation
+        if as_json:
+            record = {"event": "opened", **vars(invitation), "invited": opened.invited}
+            typer.echo(json.dumps(record))
+        else:
+            typer.echo(invitation.channel)
+            typer.echo(
+                f"listening on {invitation.host}:{invitation.port}, "
+                f"certificate SHA-256 {invitation.fingerprint}",
+                err=True,
+            )
+            for address, status in opened.invited.items():
+                typer.echo(f"  {address}: {status}", err=True)
+        if join:
+            with im.join(invitation) as party:
+                _chat(party, as_json)
 
 
 @channel_app.command("join")
-def channel_join(channel: str = typer.Argument(..., help="the channel id")) -> None:
-    """Join a party line you were invited to (not available yet)."""
-    raise UsageError("the party-line channel is not implemented yet")
+def channel_join(
+    channel: str = typer.Argument(..., help="the channel id from the invitation"),
+    as_json: bool = typer.Option(False, "--json", help="NDJSON, one event per line"),
+    server: str | None = ServerOpt,
+    user: str | None = UserOpt,
+) -> None:
+    """Join a party line you were invited to: lines on stdin are sent, what the channel
+    relays is printed; end of input leaves."""
+    with session.open_client(server, user) as client:
+        with InstantMessenger(client).join(channel) as party:
+            _chat(party, as_json)
+
+
+def _chat(party: PartyLine, as_json: bool) -> None:
+    if not as_json:
+        typer.echo(
+            f"joined {party.invitation.channel} as {party.address} with "
+            f"{', '.join(party.participants)}; end of input leaves",
+            err=True,
+        )
+
+    def send_stdin() -> None:
+        try:
+            for raw in sys.stdin:
+                text = raw.rstrip("\r\n")
+                if text:
+                    party.send(text)
+        except WsemailError as exc:
+            typer.echo(f"error: {exc}", err=True)
+        party.close()
+
+    threading.Thread(target=send_stdin, name="wsemail-channel-stdin", daemon=True).start()
+    for event in party:
+        if as_json:
+            typer.echo(json.dumps(event))
+            continue
+        kind = event.get("event")
+        stamp = datetime.now(UTC).strftime("%H:%M:%S")
+        if kind == "line":
+            typer.echo(f"[{stamp}] {event.get('from')}: {event.get('text')}")
+        elif kind in ("joined", "left"):
+            typer.echo(f"* {event.get('address')} {kind}", err=True)
+        elif kind == "closed":
+            typer.echo(f"* channel closed: {event.get('reason')}", err=True)
 
 
 def register(root: typer.Typer) -> None:

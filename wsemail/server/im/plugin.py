@@ -8,7 +8,9 @@
   (a notice in a local sender's inbox; a refusal, hence a bounce, for another domain's);
   the recipient's allow / block lists and the operator's policy for other domains apply;
 - extension `im` (password MAC): OpenStream (a one-time ticket for the push stream), Who,
-  GetAcl / SetAcl, History, Missed;
+  GetAcl / SetAcl, History, Missed, OpenChannel (a party line, `channel`: the listener is
+  started and every participant, the opener too, is invited by an instant message from
+  the opener with host, port, channel id and the listener's certificate fingerprint);
 - the push stream route (`hub`) and the `DirectInstant` operation (`direct`).
 """
 
@@ -24,9 +26,11 @@ from lxml import etree
 from wsemail import soap
 from wsemail.errors import Rejected, RequestInvalid, ServerError, UnknownRecipient
 from wsemail.message import Message, domain_of, instant_flags, new_message_id, normalize_address
-from wsemail.server.im import direct, records
+from wsemail.server.im import channel, direct, records
+from wsemail.server.im.channel import Channels
 from wsemail.server.im.hub import STREAM_PATH, Hub, Push, event
 from wsemail.server.im.policy import REMOTE_POLICIES, Policy, check_pattern, parse_kind
+from wsemail.server.operations import deliver_locally
 from wsemail.server.pipeline import (
     DeliveryProcessor,
     Environment,
@@ -80,6 +84,10 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         max_sessions_per_user: int = 16,
         max_sessions: int = 10_000,
         token_lifetime: float = 3600,
+        channel_host: str | None = None,
+        channel_advertise: str | None = None,
+        channel_idle_timeout: float = 600,
+        max_channels: int = 64,
     ) -> None:
         if remote_policy not in REMOTE_POLICIES:
             raise ValueError(f"remote_policy must be one of {', '.join(REMOTE_POLICIES)}")
@@ -90,8 +98,13 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         self.max_sessions_per_user = int(max_sessions_per_user)
         self.max_sessions = int(max_sessions)
         self.token_lifetime = float(token_lifetime)
+        self.channel_host = channel_host
+        self.channel_advertise = channel_advertise
+        self.channel_idle_timeout = float(channel_idle_timeout)
+        self.max_channels = int(max_channels)
         self.server: Server | None = None
         self._hub: Hub | None = None
+        self._channels: Channels | None = None
 
     # wiring -----------------------------------------------------------------------------
     @property
@@ -121,6 +134,8 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             direct.unregister(server)
         if self._hub is not None:
             self._hub.close()
+        if self._channels is not None:
+            self._channels.close()
 
     # sending ----------------------------------------------------------------------------
     def process_outgoing(self, message: Message, env: Environment) -> None:
@@ -274,6 +289,7 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             "SetAcl": self._set_acl,
             "History": self._history,
             "Missed": self._missed,
+            "OpenChannel": self._open_channel,
         }.get(kind)
         if handler is None or etree.QName(request).namespace != soap.WSEMAIL:
             raise RequestInvalid(f"unknown im request {kind!r}")
@@ -343,3 +359,93 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         for public_id in records.missed(env.tx, env.principal):
             element(result, "Id", public_id)
         return result
+
+    # party line -------------------------------------------------------------------------
+    @property
+    def channels(self) -> Channels:
+        """The party lines (made on first use: a server that never opens one binds nothing)."""
+        server = self.server
+        if server is None or server.federation is None or server.config.identity_dir is None:
+            raise ServerError("this server has no federation identity for a party line")
+        if self._channels is None:
+            federation = server.federation
+            identity_dir = server.config.identity_dir
+            bind = self.channel_host or server.config.host
+            wildcard = bind in ("", "0.0.0.0", "::")  # noqa: S104 -- only compared
+            advertise = self.channel_advertise or (server.config.domain if wildcard else bind)
+
+            def admit(der: bytes | None, issuer: object) -> str:
+                federation.refresh_crls()
+                verify = federation.trust.verify_user
+                return channel.peer_address(der, channel.load_issuer(issuer), verify)
+
+            self._channels = Channels(
+                domain=server.config.domain,
+                bind_host=bind,
+                advertise_host=advertise,
+                context=lambda: channel.server_context(identity_dir, federation.root_files),
+                certificate=federation.identity.cert,
+                admit=admit,
+                max_channels=self.max_channels,
+                max_idle=self.channel_idle_timeout,
+            )
+        return self._channels
+
+    def _open_channel(self, op: etree._Element, env: Environment) -> etree._Element:
+        addresses = [normalize_address(a) for a in texts_of(op, "Address")]
+        raw = (text_of(op, "IdleTimeout") or "").strip()
+        if raw and not raw.isdigit():
+            raise RequestInvalid("IdleTimeout must be a whole number of seconds")
+        info = self.channels.open(env.principal, addresses, float(raw) if raw else None)
+        outcomes = self._invite(info, env)
+        result = etree.Element(q("Channel"))
+        element(result, "Id", info.id)
+        element(result, "Host", info.host)
+        element(result, "Port", str(info.port))
+        element(result, "Fingerprint", info.fingerprint)
+        element(result, "Domain", info.domain)
+        element(result, "IdleTimeout", str(int(info.idle_timeout)))
+        for address in info.invited:
+            node = element(result, "Invited", address)
+            node.set("status", outcomes[address])
+        return result
+
+    def _invite(self, info: channel.ChannelInfo, env: Environment) -> dict[str, str]:
+        """One instant message from the opener to every participant: pushed or kept here,
+        queued (signed by this server) for other domains; a local refusal is reported."""
+        body = info.invitation()
+        date = datetime.fromtimestamp(env.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        message = Message(
+            id="",
+            message_id=new_message_id(env.domain),
+            folder="sent",
+            sender=env.principal,
+            to=list(info.invited),
+            cc=[],
+            subject="Party line invitation",
+            date=date,
+            size=len(body.encode()),
+            seen=True,
+            body=body,
+            instant=True,
+        )
+        outcomes: dict[str, str] = {}
+        remote: dict[str, list[str]] = {}
+        for address in info.invited:
+            domain = domain_of(address)
+            if domain != env.domain:
+                remote.setdefault(domain, []).append(address)
+                outcomes[address] = "queued"
+                continue
+            try:
+                deliver_locally(message, address, env)
+                outcomes[address] = "invited"
+            except Rejected as exc:
+                log.info("channel %s: invitation to %r refused: %s", info.id, address, exc.reason)
+                outcomes[address] = "refused"
+        queue = env.pipeline.queue
+        for domain, recipients in sorted(remote.items()):
+            if queue is None:
+                raise ServerError("no mail queue is loaded")
+            queue.enqueue(message, domain, recipients, env)
+        return outcomes
