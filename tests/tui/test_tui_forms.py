@@ -9,6 +9,7 @@ import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lxml import etree
@@ -21,13 +22,15 @@ from wsemail.client import Client
 from wsemail.forms import Step, approvals, wheels, workflow
 from wsemail.forms.loader import load
 from wsemail.pki import create_root, write_crl
+from wsemail.server.accounts import set_user
 from wsemail.soap import element, q
 from wsemail.tui.app import WsemailApp
 from wsemail.tui.screens.confirm import ConfirmScreen
 from wsemail.tui.screens.inbox import InboxScreen
 from wsemail.tui.screens.message import MessageScreen
+from wsemail.tui.screens.prompt import PromptScreen
 
-from conftest import Running
+from conftest import PASSWORD, Running
 
 pytestmark = pytest.mark.anyio
 
@@ -69,6 +72,7 @@ def dom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Domain]:
     create_root(ca)
     write_crl(ca)
     running = start_domain(tmp_path, ca, "a.test")
+    set_user(running.controller.server.store, "a.test", "dave@a.test", PASSWORD)
     monkeypatch.setenv("WSEMAIL_FORMS_DIR", str(tmp_path / "bob-forms"))
     monkeypatch.setenv("WSEMAIL_FORM_PUBLISHERS", "@a.test")
     yield Domain(ca, running, tmp_path)
@@ -162,3 +166,52 @@ async def test_form_plugin_fetched_after_confirm_then_shown_and_approved(
     chain = approvals.verify(final, roots, crls)
     assert chain.complete
     assert [(e.kind, e.signer) for e in chain.entries] == [("approve", "bob@a.test")]
+
+
+async def open_form(app: WsemailApp, pilot: Any) -> MessageScreen:
+    await wait_for(
+        pilot, lambda: isinstance(app.screen, InboxScreen) and app.screen.table.row_count == 1
+    )
+    await pilot.press("enter")
+    await wait_for(
+        pilot, lambda: isinstance(app.screen, MessageScreen) and app.screen.form is not None
+    )
+    screen = app.screen
+    assert isinstance(screen, MessageScreen)
+    return screen
+
+
+async def test_untrusted_publisher_is_refused_and_nothing_installed(
+    dom: Domain, wheel: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    send_requisition(dom, wheel)
+    monkeypatch.setenv("WSEMAIL_FORM_PUBLISHERS", "@elsewhere.test")
+    app = make_app(dom.running, "bob@a.test", client_factory=dom.client)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_form(app, pilot)
+        await pilot.press("i")
+        await wait_for(pilot, lambda: any("not a trusted form publisher" in n for n in notes(app)))
+        assert app.screen is screen  # no dialog offered
+        assert screen.form is not None and not screen.form.installed
+    assert not (dom.tmp / "bob-forms" / "registry.json").exists()
+
+
+async def test_delegate_sends_the_step_on(dom: Domain, wheel: Path) -> None:
+    send_requisition(dom, wheel)
+    app = make_app(dom.running, "bob@a.test", client_factory=dom.client)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_form(app, pilot)
+        await pilot.press("D")
+        await wait_for(pilot, lambda: isinstance(app.screen, PromptScreen))
+        await pilot.press(*"dave@a.test", "enter")
+        await wait_for(
+            pilot, lambda: any("Delegated; sent to dave@a.test" in n for n in notes(app))
+        )
+    dave = dom.user("dave@a.test")
+    received = workflow.receive(dave, dave.list_headers().headers[0].id).doc
+    roots, crls = workflow.trust_material(dave)
+    chain = approvals.verify(received, roots, crls)
+    assert chain.may_sign("dave@a.test")
+    assert [(e.kind, e.signer, e.delegate) for e in chain.entries] == [
+        ("delegate", "bob@a.test", "dave@a.test")
+    ]
