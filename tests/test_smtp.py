@@ -342,7 +342,10 @@ def fetch_all(running: Running, user: str, tmp: Path) -> dict[str, bytes]:
     message = client.retrieve(header.id)
     box = Attachments(client)
     got: dict[str, bytes] = {}
-    for ref in listed(client, message.message_id):
+    listing = box.list(header.id)  # the ordinary client path: legacy mail lists via own server
+    assert listing.provenance.status == "legacy"
+    assert [r.guid for r in listing.refs] == [r.guid for r in listed(client, message.message_id)]
+    for ref in listing.refs:
         got[ref.name] = box.fetch(ref, tmp / ref.guid).read_bytes()
     return got
 
