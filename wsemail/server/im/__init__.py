@@ -6,6 +6,7 @@ flagged `Instant` are pushed to the recipient's live sessions, else kept in the 
     hub      live push sessions (server-sent events) and pushes released after commit
     policy   who may send an instant message to whom (allow / block lists, other domains)
     direct   `DirectInstant`: a user-signed message straight to the recipient's server
+    channel  the party line: TLS 1.3 listeners, admission of invited users, relay of lines
     records  the plug-in's tables: stream tickets, access lists, history, missed messages
 """
 

@@ -379,7 +379,7 @@ class Channels:
             sock = socket.create_server((self.bind_host, 0))
             port = int(sock.getsockname()[1])
             info = ChannelInfo(
-                id=secrets.token_urlsafe(12),
+                id="c" + secrets.token_urlsafe(12),  # a CLI argument: never starts with "-"
                 host=self.advertise_host,
                 port=port,
                 fingerprint=self.fingerprint,
