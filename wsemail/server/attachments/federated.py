@@ -19,6 +19,7 @@ import base64
 import binascii
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
@@ -134,10 +135,25 @@ def _nonce(op: etree._Element) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-async def fetch_attachment(
-    server: Server, envelope: soap.ReceivedEnvelope, peer: str, ticket_lifetime: float
-) -> etree._Element:
-    """Msg8: check the requester's federated identity and hand out a download ticket."""
+@dataclass(frozen=True)
+class IdentityRequest:
+    """A verified request signed with a user's federated identity certificate: who sent it
+    (the certificate's address, chained to its domain's issuing CA and a trusted root), the
+    verified operation element, and its nonce (to remember in the request's unit of work as
+    `tx.remember_nonce(f"user:{address}", nonce, ...)`)."""
+
+    address: str
+    operation: etree._Element
+    nonce: str
+
+
+def verify_identity_request(
+    server: Server, envelope: soap.ReceivedEnvelope, operation: str
+) -> IdentityRequest:
+    """The checks every identity-signed request gets (FetchAttachment, a direct instant
+    message, autofill): chain and address via `TrustStore.verify_user`, the hop binding
+    checks of `verify_envelope`, the signed operation and issuer, freshness, that it is
+    addressed to this server, and a well-formed nonce."""
     federation = server.federation
     if federation is None:
         raise Forbidden("this server serves no federated requests")
@@ -151,14 +167,22 @@ async def fetch_attachment(
 
     verified = verify_envelope(envelope.root, resolve)
     op, address = verified.operation, verified.signer
-    if op.tag != q("FetchAttachment"):
-        raise SignatureInvalid("the signed operation is not FetchAttachment")
+    if op.tag != q(operation):
+        raise SignatureInvalid(f"the signed operation is not {operation}")
     if _issuer(op) != issuing:
         raise SignatureInvalid("the IssuerCertificate read is not the one signed")
     server.auth.check_fresh(verified.timestamp.findtext(q("Created", WSU)))
     if (text_of(op, "Server") or "").strip().lower() != server.config.domain:
         raise Forbidden("this request is addressed to another server")
-    nonce = _nonce(op)
+    return IdentityRequest(address, op, _nonce(op))
+
+
+async def fetch_attachment(
+    server: Server, envelope: soap.ReceivedEnvelope, peer: str, ticket_lifetime: float
+) -> etree._Element:
+    """Msg8: check the requester's federated identity and hand out a download ticket."""
+    request = verify_identity_request(server, envelope, "FetchAttachment")
+    op, address, nonce = request.operation, request.address, request.nonce
     guid = (text_of(op, "Guid") or "").strip()
     keep = server.auth.keep_nonce
 

@@ -10,31 +10,23 @@ rejected)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
 from lxml import etree
 
 from wsemail import soap
-from wsemail.auth import NONCE_BYTES
-from wsemail.dsig import verify_envelope
 from wsemail.errors import (
     Forbidden,
-    InvalidSecurity,
     Rejected,
     ReplayDetected,
     RequestInvalid,
-    SignatureInvalid,
-    UntrustedSigner,
 )
 from wsemail.message import Draft, Message, domain_of, new_message_id
-from wsemail.server.attachments.federated import certificate_address, issue_token
+from wsemail.server.attachments.federated import issue_token, verify_identity_request
 from wsemail.server.store import Tx
-from wsemail.soap import WSU, element, q, text_of
+from wsemail.soap import element, q
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server
@@ -61,51 +53,12 @@ def unregister(server: Server) -> None:
     server.operations.pop(OPERATION, None)
 
 
-def _b64(text: str | None, what: str) -> bytes:
-    try:
-        return base64.b64decode("".join((text or "").split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise RequestInvalid(f"{what} is not base64") from exc
-
-
-def _issuer(op: etree._Element) -> x509.Certificate:
-    found = op.findall(q("IssuerCertificate"))
-    if len(found) != 1:
-        raise UntrustedSigner(f"{OPERATION} needs exactly one IssuerCertificate")
-    try:
-        return x509.load_der_x509_certificate(_b64(found[0].text, "IssuerCertificate"))
-    except ValueError as exc:
-        raise UntrustedSigner("unreadable IssuerCertificate") from exc
-
-
 async def direct_instant(
     server: Server, envelope: soap.ReceivedEnvelope, peer: str, plugin: InstantMessaging
 ) -> etree._Element:
-    federation = server.federation
-    if federation is None:
-        raise Forbidden("this server takes no federated requests")
-    issuing = _issuer(envelope.operation)  # only to build the chain; compared once verified
-
-    def resolve(cert: x509.Certificate) -> str:
-        federation.refresh_crls()
-        address = certificate_address(cert)
-        federation.trust.verify_user(cert, issuing, address)
-        return address
-
-    verified = verify_envelope(envelope.root, resolve)
-    op, sender = verified.operation, verified.signer
-    if op.tag != q(OPERATION):
-        raise SignatureInvalid(f"the signed operation is not {OPERATION}")
-    if _issuer(op) != issuing:
-        raise SignatureInvalid("the IssuerCertificate read is not the one signed")
-    server.auth.check_fresh(verified.timestamp.findtext(q("Created", WSU)))
+    request = verify_identity_request(server, envelope, OPERATION)
+    op, sender, nonce = request.operation, request.address, request.nonce
     domain = server.config.domain
-    if (text_of(op, "Server") or "").strip().lower() != domain:
-        raise Forbidden("this request is addressed to another server")
-    nonce_raw = _b64(text_of(op, "Nonce"), "Nonce")
-    if len(nonce_raw) < NONCE_BYTES:
-        raise InvalidSecurity(f"Nonce shorter than {NONCE_BYTES} bytes")
-    nonce = base64.b64encode(nonce_raw).decode("ascii")
     draft = Draft.from_xml(op.find(q("Message")))
     if draft.attachments:
         raise RequestInvalid("a direct instant message carries no attachments")
