@@ -167,3 +167,15 @@ def test_serve_reports_a_busy_port_in_one_line(tmp_path: Path) -> None:
         assert result.stderr.strip().startswith("wsemail: cannot listen on 127.0.0.1:")
     finally:
         running.stop()
+
+
+@pytest.mark.parametrize(("host", "port"), [("127.0.0.1", "99999"), ("999.1.1.1", "8999")])
+def test_serve_reports_a_bad_address_in_one_line(tmp_path: Path, host: str, port: str) -> None:
+    result = subprocess.run(
+        [wsemail_binary(), "serve", "--data-dir", str(tmp_path), "--host", host, "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"wsemail: cannot listen on {host}:{port}")
