@@ -188,3 +188,19 @@ def test_message_ids_never_look_like_command_line_options(server: Running) -> No
         alice.send(["bob@localhost"], f"n{n}")
     ids = [h.id for h in server.client("bob@localhost").iter_headers(page_size=500)]
     assert len(ids) == 200 and not any(i.startswith("-") for i in ids)
+
+
+def test_a_malformed_server_url_is_a_usage_error(cli: Cli) -> None:
+    import subprocess
+
+    from conftest import wsemail_binary
+
+    for url in ("notaurl", "http://[::1", "ftp://host/wsemail"):
+        env = {**cli.env("alice@localhost"), "WSEMAIL_SERVER": url}
+        result = subprocess.run(
+            [wsemail_binary(), "list"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith("wsemail: not a server URL") and "Traceback" not in (
+            result.stderr
+        )

@@ -63,6 +63,12 @@ class Client:
     ) -> None:
         if password is None and credentials is None:
             raise UsageError("a password is needed")
+        try:
+            url = httpx.URL(server)
+        except httpx.InvalidURL as exc:
+            raise UsageError(f"not a server URL: {server!r} ({exc})") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise UsageError(f"not a server URL: {server!r} (use https://host:port/wsemail)")
         self.server = server
         self.username = normalize_address(username)
         self._password = password
