@@ -4,7 +4,6 @@ delegate received forms; verify an approval chain offline."""
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,8 +23,9 @@ UserOpt = typer.Option(None, "--user", help="your address (or WSEMAIL_USER)")
 
 
 def _publishers() -> list[str]:
-    raw = os.environ.get("WSEMAIL_FORM_PUBLISHERS", "")
-    return [p.strip() for p in raw.split(",") if p.strip()]
+    from wsemail.forms import workflow
+
+    return workflow.trusted_publishers()
 
 
 @app.command()
@@ -85,7 +85,8 @@ def install(wheel: Path, server: str | None = ServerOpt, user: str | None = User
 
 @app.command()
 def autofill(server: str | None = ServerOpt, user: str | None = UserOpt) -> None:
-    """Print your employee record from your server (the timesheet's "Autofill…") as JSON."""
+    """Print your employee record from your server (the timesheet's "Autofill…") as JSON,
+    asked for with your federated identity certificate."""
     import json
 
     with session.open_client(server, user) as client:
@@ -93,10 +94,9 @@ def autofill(server: str | None = ServerOpt, user: str | None = UserOpt) -> None
 
 
 def _autofilled(client: Client) -> dict[str, str]:
-    from wsemail.soap import q
+    from wsemail.forms import workflow
 
-    result = client.extension("forms", etree.Element(q("Autofill")))
-    return {} if result is None else {f.get("name", ""): f.text or "" for f in result}
+    return workflow.autofill(client)
 
 
 def _plugin_for(client: Client, ref: PluginRef, sender: str, yes: bool) -> FormPlugin:
@@ -111,7 +111,7 @@ def _plugin_for(client: Client, ref: PluginRef, sender: str, yes: bool) -> FormP
                 f"form plug-in {ref.name} {ref.version} is not installed; "
                 "rerun with --yes to fetch, verify and install it"
             ) from None
-        tls_name = os.environ.get("WSEMAIL_FORM_TLS_NAME") or None
+        tls_name = workflow.configured_tls_name()
         workflow.fetch_plugin(client, ref, _publishers(), sender=sender, tls_name=tls_name)
         return load(ref.name, ref.version)
 

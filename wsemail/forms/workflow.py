@@ -1,20 +1,37 @@
 """In charge of a form's life on the client: sending one (validated by its plug-in),
 reading one out of a verified message, acting on it (approve, reject, delegate) and
-forwarding it to whoever signs next, and fetching its plug-in on demand."""
+forwarding it to whoever signs next, fetching its plug-in on demand (download and verify,
+then install, so a user may approve in between), and Autofill from the own server with the
+user's federated identity certificate."""
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from lxml import etree
 
-from wsemail.client import Client, SendResult
-from wsemail.errors import SignatureInvalid, TransportError, UsageError
+from wsemail import soap
+from wsemail.auth import timestamp
+from wsemail.client import RESPONSE_LIMITS, Client, SendResult
+from wsemail.dsig import Signer, add_timestamp
+from wsemail.errors import (
+    RemoteFault,
+    ServerError,
+    SignatureInvalid,
+    TransportError,
+    UsageError,
+)
 from wsemail.forms import approvals, wheels
 from wsemail.forms.approvals import Chain, Entry
 from wsemail.forms.contract import FormPlugin, Step
@@ -24,6 +41,11 @@ from wsemail.message import Message, domain_of
 from wsemail.pki import read_cert
 from wsemail.provenance import Provenance
 from wsemail.server.forms.plugin import WHEEL_PATH
+from wsemail.soap import WSSE, WSU, element, q, text_of
+from wsemail.xmlsafe import parse_untrusted
+
+if TYPE_CHECKING:
+    from wsemail.attachments_client import Token
 
 
 def wheel_location(server: str, file_name: str) -> str:
@@ -127,12 +149,108 @@ def act(
     return entry, chain, to
 
 
+def trusted_publishers() -> list[str]:
+    """Trusted form publishers (addresses or @domains) from WSEMAIL_FORM_PUBLISHERS."""
+    raw = os.environ.get("WSEMAIL_FORM_PUBLISHERS", "")
+    return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+def configured_tls_name() -> str | None:
+    """The TLS name to check on a plug-in's server (WSEMAIL_FORM_TLS_NAME), if set."""
+    return os.environ.get("WSEMAIL_FORM_TLS_NAME") or None
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
         return False
     return True
+
+
+def _extensions(
+    client: Client, url: httpx.URL, sender: str, tls_name: str | None
+) -> dict[str, str]:
+    """The TLS name a download from `url` is checked against: `tls_name` if given; the
+    client's own when `url` is its own server; else, for a server named by IP address,
+    the sender's domain."""
+    if tls_name:
+        return {"sni_hostname": tls_name}
+    if url.netloc == httpx.URL(client.server).netloc:
+        return dict(client._extensions)
+    if sender and _is_ip(url.host):
+        return {"sni_hostname": domain_of(sender)}
+    return {}
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A downloaded wheel whose hash and publisher signature verified; not installed."""
+
+    ref: PluginRef
+    file_name: str
+    data: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
+    publisher: str
+    sha256: str
+
+
+def download_plugin(
+    client: Client,
+    ref: PluginRef,
+    publishers: list[str],
+    *,
+    sender: str = "",
+    tls_name: str | None = None,
+) -> Downloaded:
+    """Download a form's wheel and signature from the location the message names and
+    check them: the SHA-256 the message names, the publisher signature, a trusted
+    publisher. Nothing is written. The download itself is not trusted, only these checks.
+
+    The location is on the sender's server: when it names that server by IP address, its
+    TLS certificate is checked for the sender's domain (`tls_name` overrides)."""
+    if not ref.location or not ref.sha256:
+        raise UsageError(f"the form names no location for {ref.name} {ref.version}")
+    roots, crls = trust_material(client)
+    url = httpx.URL(ref.location)
+    file_name = url.params.get("file", "")
+    wheels.parse_name(file_name)
+    extensions = _extensions(client, url, sender, tls_name)
+    try:
+        http = client._http  # the client's own TLS settings and connection pool
+        got = http.get(url, extensions=extensions)
+        sig = http.get(url.copy_with(params={"file": file_name + ".sig"}), extensions=extensions)
+    except httpx.HTTPError as exc:
+        raise TransportError(f"cannot fetch {ref.location}: {exc}") from exc
+    if got.status_code != 200 or sig.status_code != 200:
+        raise TransportError(f"cannot fetch {ref.location}: HTTP {got.status_code}")
+    if wheels.sha256_hex(got.content) != ref.sha256:
+        raise wheels.WheelRefused(f"{file_name}: SHA-256 differs from the one in the message")
+    checked = wheels.verify(file_name, got.content, sig.content, roots, crls, publishers)
+    return Downloaded(ref, file_name, got.content, sig.content, checked.publisher, checked.sha256)
+
+
+def install_downloaded(
+    client: Client, downloaded: Downloaded, publishers: list[str], *, root: Path | None = None
+) -> wheels.Installed:
+    """Install exactly the downloaded bytes (verified again by `wheels.install`: signature,
+    publisher, RECORD, version, paths) into the private plug-in directory, and load them."""
+    roots, crls = trust_material(client)
+    ref = downloaded.ref
+    record = wheels.install(
+        downloaded.file_name,
+        downloaded.data,
+        downloaded.signature,
+        roots=roots,
+        crls=crls,
+        publishers=publishers,
+        location=ref.location,
+        root=root,
+    )
+    if (record.name, record.version) != (ref.name, ref.version):
+        raise wheels.WheelRefused(f"{downloaded.file_name} holds {record.name} {record.version}")
+    load(ref.name, ref.version, root)
+    return record
 
 
 def fetch_plugin(
@@ -144,41 +262,66 @@ def fetch_plugin(
     sender: str = "",
     tls_name: str | None = None,
 ) -> wheels.Installed:
-    """Download a form's wheel and signature from its location; verify and install.
+    """Download, verify and install a form's plug-in (`download_plugin`, then
+    `install_downloaded`)."""
+    downloaded = download_plugin(client, ref, publishers, sender=sender, tls_name=tls_name)
+    return install_downloaded(client, downloaded, publishers, root=root)
 
-    The location is on the sender's server: when it names that server by IP address, its
-    TLS certificate is checked for the sender's domain (`tls_name` overrides). The
-    download itself is not trusted: the hash, the publisher signature and RECORD are."""
-    if not ref.location or not ref.sha256:
-        raise UsageError(f"the form names no location for {ref.name} {ref.version}")
-    roots, crls = trust_material(client)
-    url = httpx.URL(ref.location)
-    if tls_name is None and sender and _is_ip(url.host):
-        tls_name = domain_of(sender)
-    file_name = url.params.get("file", "")
-    wheels.parse_name(file_name)
+
+# autofill: the user's own organisation's web service, with the federated identity --------
+def autofill_request(
+    address: str,
+    server_domain: str,
+    token: Token,
+    *,
+    now: datetime | None = None,
+    nonce: bytes | None = None,
+) -> bytes:
+    """Autofill(Address, Server, Nonce, IssuerCertificate), XMLDSIG-signed with the
+    token's key over Body and Timestamp (the user certificate in KeyInfo)."""
+    env, header, body = soap.new_envelope()
+    security = etree.SubElement(header, q("Security", WSSE), nsmap={"wsse": WSSE, "wsu": WSU})
+    now = now or datetime.now(UTC)
+    add_timestamp(security, timestamp(now), timestamp(now + timedelta(minutes=5)))
+    op = etree.SubElement(body, q("Autofill"))
+    element(op, "Address", address)
+    element(op, "Server", server_domain)
+    element(op, "Nonce", base64.b64encode(nonce or os.urandom(16)).decode("ascii"))
+    issuer = token.issuer.public_bytes(serialization.Encoding.DER)
+    element(op, "IssuerCertificate", base64.b64encode(issuer).decode("ascii"))
+    Signer(token.key, token.cert).sign_envelope(env)
+    return soap.serialize(env)
+
+
+def post_signed(client: Client, data: bytes) -> etree._Element:
+    """POST a signed request to the client's own server; its answer or its fault."""
     try:
-        http = client._http  # the client's own TLS settings
-        extensions = {"sni_hostname": tls_name} if tls_name else {}
-        got = http.get(url, extensions=extensions)
-        sig = http.get(url.copy_with(params={"file": file_name + ".sig"}), extensions=extensions)
+        response = client._http.post(
+            client.server,
+            content=data,
+            headers={"content-type": soap.CONTENT_TYPE},
+            extensions=client._extensions,
+        )
     except httpx.HTTPError as exc:
-        raise TransportError(f"cannot fetch {ref.location}: {exc}") from exc
-    if got.status_code != 200 or sig.status_code != 200:
-        raise TransportError(f"cannot fetch {ref.location}: HTTP {got.status_code}")
-    if wheels.sha256_hex(got.content) != ref.sha256:
-        raise wheels.WheelRefused(f"{file_name}: SHA-256 differs from the one in the message")
-    record = wheels.install(
-        file_name,
-        got.content,
-        sig.content,
-        roots=roots,
-        crls=crls,
-        publishers=publishers,
-        location=ref.location,
-        root=root,
-    )
-    if (record.name, record.version) != (ref.name, ref.version):
-        raise wheels.WheelRefused(f"{file_name} holds {record.name} {record.version}")
-    load(ref.name, ref.version, root)
-    return record
+        raise TransportError(f"cannot reach {client.server}: {exc}") from exc
+    try:
+        answer = soap.split_envelope(parse_untrusted(response.content, RESPONSE_LIMITS)).operation
+    except RemoteFault as exc:
+        raise ServerError(
+            f"unreadable answer (HTTP {response.status_code}) from {client.server}"
+        ) from exc
+    soap.raise_if_fault(answer)
+    return answer
+
+
+def autofill(client: Client, token: Token | None = None) -> dict[str, str]:
+    """The user's own record from the own server's Autofill service, asked for with the
+    user's federated identity certificate (from IssueToken unless `token` is given)."""
+    from wsemail.attachments_client import Attachments
+
+    token = token or Attachments(client).token()
+    address = client.username.lower()
+    answer = post_signed(client, autofill_request(address, domain_of(address), token))
+    if (text_of(answer, "Address") or "").strip().lower() != address:
+        raise ServerError("the Autofill answer is for someone else")
+    return {f.get("name", ""): f.text or "" for f in answer.findall(q("Field"))}

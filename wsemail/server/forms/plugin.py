@@ -9,9 +9,11 @@
   signature), kept under the data dir;
 - route `WHEEL_PATH?file=NAME` (and `NAME.sig`): serves published wheels to anyone —
   readers verify the publisher signature themselves;
-- extension `forms`, `Autofill` (any authenticated local user): the caller's own employee
-  record from the `employees` option (`{"carol@a.test" = {employee = "Carol",
-  employee_id = "c-1"}}`), for the timesheet's "Autofill…"; only the caller's own entry;
+- top-level operation `Autofill`, signed with the caller's federated identity certificate
+  (`autofill.py`; `IssueToken` is registered too when no other plug-in offers it): the
+  caller's own employee record from the `employees` option (`{"carol@a.test" = {employee
+  = "Carol", employee_id = "c-1"}}`), for the timesheet's "Autofill…"; only the
+  certificate's own entry, for users of this domain only;
 - delivery processor (never takes a message): when a finished form (approved by every
   step, or rejected) comes back to its sender, a local user, and its whole chain verifies
   against this server's roots and CRLs, the result is handed to a program: the `webhook`
@@ -42,12 +44,15 @@ from lxml import etree
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from wsemail.errors import Forbidden, NotFound, RemoteFault, RequestInvalid
+from wsemail import soap
+from wsemail.errors import Forbidden, RemoteFault, RequestInvalid
 from wsemail.forms import approvals
 from wsemail.forms.contract import Step
 from wsemail.forms.document import FormDocument, FormError, is_form_body
 from wsemail.message import Message, domain_of
 from wsemail.pki import read_cert
+from wsemail.server.attachments.federated import issue_token
+from wsemail.server.forms import autofill
 from wsemail.server.pipeline import (
     DeliveryProcessor,
     Environment,
@@ -62,6 +67,7 @@ WHEEL_PATH = "/wsemail/forms/wheel"
 EXTENSION_ID = "forms"
 _FILE = re.compile(r"^[A-Za-z0-9_.]+-[0-9][A-Za-z0-9_.+]*-py3-none-any\.whl(\.sig)?$")
 MAX_WHEEL = 16 << 20
+TOKEN_LIFETIME = 3600.0
 
 
 class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
@@ -115,6 +121,21 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         self.root = Path(self.directory) if self.directory else server.config.data_dir / "forms"
         self.root.mkdir(parents=True, exist_ok=True)
         server.routes[WHEEL_PATH] = self.serve
+        server.store.ensure_schema(self.name, autofill.MIGRATIONS)
+        employees = self.employees
+
+        async def signed_autofill(
+            srv: Any, envelope: soap.ReceivedEnvelope, peer: str
+        ) -> etree._Element:
+            return await autofill.autofill(srv, envelope, peer, employees)
+
+        server.operations[autofill.OPERATION] = signed_autofill
+        if "IssueToken" not in server.operations:  # the attachment plug-in may not be loaded
+
+            async def issue(srv: Any, envelope: soap.ReceivedEnvelope, peer: str) -> etree._Element:
+                return await issue_token(srv, envelope, peer, TOKEN_LIFETIME)
+
+            server.operations["IssueToken"] = issue
         self.server = server
 
     def close(self) -> None:
@@ -222,9 +243,11 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
     def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:
         requests = [c for c in payload if isinstance(c.tag, str)]
         if len(requests) == 1 and requests[0].tag == q("Autofill"):
-            return self._autofill(env)
+            raise RequestInvalid(
+                "Autofill is a top-level operation signed with your federated identity"
+            )
         if len(requests) != 1 or requests[0].tag != q("Publish"):
-            raise RequestInvalid("the forms extension takes one Publish or Autofill request")
+            raise RequestInvalid("the forms extension takes one Publish request")
         if not env.is_admin:
             raise Forbidden("only administrators publish form plug-ins")
         op = requests[0]
@@ -252,16 +275,6 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         result = etree.Element(q("Published"))
         element(result, "File", file_name)
         element(result, "Path", WHEEL_PATH)
-        return result
-
-    def _autofill(self, env: Environment) -> etree._Element:
-        record = self.employees.get(env.principal.lower())
-        if record is None:
-            raise NotFound(f"no employee record for {env.principal}")
-        result = etree.Element(q("Autofilled"))
-        for name, value in sorted(record.items()):
-            node = element(result, "Field", value)
-            node.set("name", name)
         return result
 
     # the wheel route --------------------------------------------------------------------
