@@ -4,9 +4,10 @@ certificate (the `IssueToken` key, as for `FetchAttachment`).
 
 The request is a top-level operation `Autofill(Address, Server, Nonce,
 IssuerCertificate)`, XMLDSIG-signed by the user certificate's key over Body and Timestamp.
-Checked here, failing closed: the chain user certificate → THIS domain's issuing CA → a
-trusted root (with CRLs), the signature's binding checks, freshness, that the request names
-this server, that `Address` is the certificate's own address, and an unseen nonce (kept in
+Checked here, failing closed: `verify_identity_request` (the chain user certificate → its
+domain's issuing CA → a trusted root with CRLs, the signature's binding checks, freshness,
+that the request names this server), then that the issuing CA is THIS domain's own, that
+`Address` is the certificate's own address, and an unseen nonce (kept in
 the plug-in's own table, so a replay is refused after a restart too). The answer is that
 address's record and nobody else's."""
 
@@ -23,21 +24,17 @@ from cryptography import x509
 from lxml import etree
 
 from wsemail import soap
-from wsemail.auth import NONCE_BYTES
-from wsemail.dsig import verify_envelope
 from wsemail.errors import (
     Forbidden,
-    InvalidSecurity,
     NotFound,
     ReplayDetected,
     RequestInvalid,
-    SignatureInvalid,
     UntrustedSigner,
 )
 from wsemail.message import domain_of
-from wsemail.pki import certificate_address
+from wsemail.server.attachments.federated import verify_identity_request
 from wsemail.server.store import Tx
-from wsemail.soap import WSU, element, q, text_of
+from wsemail.soap import element, q, text_of
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server
@@ -94,32 +91,12 @@ async def autofill(
     if federation is None:
         raise Forbidden("this server takes no federated requests")
     domain = server.config.domain
-    own_issuing = federation.identity.issuing_cert
-    issuing = _issuer(envelope.operation)  # only to build the chain; compared once verified
-
-    def resolve(cert: x509.Certificate) -> str:
-        address = certificate_address(cert)
-        if domain_of(address) != domain or issuing != own_issuing:
-            raise UntrustedSigner(f"{OPERATION} serves only users of {domain}")
-        federation.refresh_crls()
-        federation.trust.verify_user(cert, issuing, address)
-        return address
-
-    verified = verify_envelope(envelope.root, resolve)
-    op, address = verified.operation, verified.signer.lower()
-    if op.tag != q(OPERATION):
-        raise SignatureInvalid(f"the signed operation is not {OPERATION}")
-    if _issuer(op) != issuing:
-        raise SignatureInvalid("the IssuerCertificate read is not the one signed")
-    server.auth.check_fresh(verified.timestamp.findtext(q("Created", WSU)))
-    if (text_of(op, "Server") or "").strip().lower() != domain:
-        raise Forbidden("this request is addressed to another server")
+    request = verify_identity_request(server, envelope, OPERATION)
+    op, address, nonce = request.operation, request.address.lower(), request.nonce
+    if domain_of(address) != domain or _issuer(op) != federation.identity.issuing_cert:
+        raise UntrustedSigner(f"{OPERATION} serves only users of {domain}")
     if (text_of(op, "Address") or "").strip().lower() != address:
         raise Forbidden(f"{address} may ask only for its own record")
-    raw = _b64(text_of(op, "Nonce"), "Nonce")
-    if len(raw) < NONCE_BYTES:
-        raise InvalidSecurity(f"Nonce shorter than {NONCE_BYTES} bytes")
-    nonce = base64.b64encode(raw).decode("ascii")
     keep = server.auth.keep_nonce
 
     def work(tx: Tx) -> None:
