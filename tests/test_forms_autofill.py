@@ -63,7 +63,7 @@ def ask(fed: Federation, domain: str, data: bytes) -> dict[str, str]:
 
 
 def nonces(fed: Federation, domain: str) -> int:
-    return fed.servers[domain].count("SELECT count(*) FROM forms_autofill_nonces")
+    return fed.servers[domain].count("SELECT count(*) FROM nonces WHERE principal LIKE 'user:%'")
 
 
 def test_autofill_with_the_federated_identity_returns_the_own_record(fed: Federation) -> None:

@@ -118,7 +118,7 @@ async def issue_token(
     return result
 
 
-def _issuer(op: etree._Element) -> x509.Certificate:
+def issuer_certificate(op: etree._Element) -> x509.Certificate:
     found = op.findall(q("IssuerCertificate"))
     if len(found) != 1:
         raise UntrustedSigner("FetchAttachment needs exactly one IssuerCertificate")
@@ -157,7 +157,9 @@ def verify_identity_request(
     federation = server.federation
     if federation is None:
         raise Forbidden("this server serves no federated requests")
-    issuing = _issuer(envelope.operation)  # only to build the chain; compared once verified
+    issuing = issuer_certificate(
+        envelope.operation
+    )  # only to build the chain; compared once verified
 
     def resolve(cert: x509.Certificate) -> str:
         federation.refresh_crls()
@@ -169,7 +171,7 @@ def verify_identity_request(
     op, address = verified.operation, verified.signer
     if op.tag != q(operation):
         raise SignatureInvalid(f"the signed operation is not {operation}")
-    if _issuer(op) != issuing:
+    if issuer_certificate(op) != issuing:
         raise SignatureInvalid("the IssuerCertificate read is not the one signed")
     server.auth.check_fresh(verified.timestamp.findtext(q("Created", WSU)))
     if (text_of(op, "Server") or "").strip().lower() != server.config.domain:

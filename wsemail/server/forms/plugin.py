@@ -121,7 +121,6 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         self.root = Path(self.directory) if self.directory else server.config.data_dir / "forms"
         self.root.mkdir(parents=True, exist_ok=True)
         server.routes[WHEEL_PATH] = self.serve
-        server.store.ensure_schema(self.name, autofill.MIGRATIONS)
         employees = self.employees
 
         async def signed_autofill(
