@@ -163,3 +163,18 @@ def test_processor_rejection_keeps_the_server_serving(server: Running) -> None:
         server.client().send(["bob@localhost"], "Spam!")
     assert server.stored()[0] == 0
     server.client().send(["bob@localhost"], "fine")
+
+
+def test_extension_requests_are_dispatched_by_name_and_refused_otherwise(
+    server: Running,
+) -> None:
+    from wsemail.errors import RequestInvalid as Invalid
+
+    alice = server.client()
+    assert alice.extension("im", etree.Element(q("Who"))) is not None
+    for payload in (etree.Element(q("NoSuchRequest")), etree.Element("{urn:other}Who")):
+        with pytest.raises(Invalid):
+            alice.extension("im", payload)
+    with pytest.raises(Invalid):
+        alice.extension("attachments", None)  # no request at all
+    assert server.stored()[0] == 0

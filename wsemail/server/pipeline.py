@@ -24,16 +24,17 @@ import importlib
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
 from lxml import etree
 
-from wsemail.errors import PluginError
+from wsemail.errors import PluginError, RequestInvalid
 from wsemail.message import Message
 from wsemail.server.store import Tx
+from wsemail.soap import WSEMAIL
 
 GROUP = "wsemail.server_plugins"
 log = logging.getLogger("wsemail.plugins")
@@ -98,6 +99,25 @@ class ExtensionProcessor(Plugin, ABC):
     @abstractmethod
     def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:
         """Answer one `Extension` call; `payload` is the verified request's Payload element."""
+
+
+def dispatch(
+    payload: etree._Element,
+    handlers: Mapping[str, Callable[[etree._Element, Environment], Any]],
+    env: Environment,
+    extension_id: str,
+) -> etree._Element | None:
+    """Route an extension call holding exactly one urn:wsemail request element to the
+    handler named by its local name; anything else is a RequestInvalid fault."""
+    requests = [c for c in payload if isinstance(c.tag, str)]
+    if len(requests) != 1:
+        raise RequestInvalid(f"the {extension_id} extension takes one request")
+    name = etree.QName(requests[0])
+    handler = handlers.get(name.localname) if name.namespace == WSEMAIL else None
+    if handler is None:
+        raise RequestInvalid(f"unknown {extension_id} request {name.localname!r}")
+    answer: etree._Element | None = handler(requests[0], env)
+    return answer
 
 
 class LocalMTA(Plugin, ABC):

@@ -29,7 +29,7 @@ from wsemail.message import AttachmentRef, Message
 from wsemail.server.attachments import federated, records
 from wsemail.server.attachments.storage import BlobStore
 from wsemail.server.attachments.streams import UPLOAD_PATH, Streams, base_url
-from wsemail.server.pipeline import Environment, ExtensionProcessor, SendingProcessor
+from wsemail.server.pipeline import Environment, ExtensionProcessor, SendingProcessor, dispatch
 from wsemail.soap import element, q, text_of, texts_of
 
 if TYPE_CHECKING:
@@ -166,21 +166,14 @@ class OnDemandAttachments(SendingProcessor, ExtensionProcessor):
 
     # extension --------------------------------------------------------------------------
     def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:
-        requests = [c for c in payload if isinstance(c.tag, str)]
-        if len(requests) != 1:
-            raise RequestInvalid("the attachments extension takes one request")
-        request = requests[0]
-        kind = etree.QName(request).localname
-        handler = {
+        handlers = {
             "BeginUpload": self._begin_upload,
             "List": self._list,
             "Audit": self._audit,
             "Revoke": self._revoke,
             "Replace": self._replace,
-        }.get(kind)
-        if handler is None or etree.QName(request).namespace != soap.WSEMAIL:
-            raise RequestInvalid(f"unknown attachments request {kind!r}")
-        return handler(request, env)
+        }
+        return dispatch(payload, handlers, env, "attachments")
 
     def _begin_upload(self, op: etree._Element, env: Environment) -> etree._Element:
         name = check_name(text_of(op, "Name") or "")

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from wsemail import soap
 from wsemail.errors import Rejected, RequestInvalid, ServerError, UnknownRecipient
 from wsemail.message import Message, domain_of, instant_flags, new_message_id, normalize_address
 from wsemail.server.im import channel, direct, records
@@ -37,6 +36,7 @@ from wsemail.server.pipeline import (
     ExtensionProcessor,
     SendingProcessor,
     Verdict,
+    dispatch,
 )
 from wsemail.server.relay import MAILER_DAEMON
 from wsemail.server.store import Tx
@@ -277,12 +277,7 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
 
     # extension --------------------------------------------------------------------------
     def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:
-        requests = [c for c in payload if isinstance(c.tag, str)]
-        if len(requests) != 1:
-            raise RequestInvalid("the im extension takes one request")
-        request = requests[0]
-        kind = etree.QName(request).localname
-        handler = {
+        handlers = {
             "OpenStream": self._open_stream,
             "Who": self._who,
             "GetAcl": self._get_acl,
@@ -290,10 +285,8 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             "History": self._history,
             "Missed": self._missed,
             "OpenChannel": self._open_channel,
-        }.get(kind)
-        if handler is None or etree.QName(request).namespace != soap.WSEMAIL:
-            raise RequestInvalid(f"unknown im request {kind!r}")
-        return handler(request, env)
+        }
+        return dispatch(payload, handlers, env, "im")
 
     def _open_stream(self, op: etree._Element, env: Environment) -> etree._Element:
         ticket = records.issue_ticket(env.tx, env.principal, self.ticket_lifetime)
