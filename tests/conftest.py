@@ -6,7 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,3 +160,18 @@ def fault_subcode(response: httpx.Response) -> str:
     prefix, _, local = value.partition(":")
     ns = root.find(f".//{{{SOAP}}}Subcode/{{{SOAP}}}Value").nsmap.get(prefix)  # type: ignore[union-attr]
     return f"{'wsemail' if ns == WSEMAIL else 'wsse'}:{local}"
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 20) -> None:
+    """Poll `condition` until true (servers deliver and relay asynchronously); a bound, not a
+    timing assertion."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def inbox(running: Running, user: str) -> list[str]:
+    """Subjects in `user`'s inbox, newest first."""
+    return [h.subject for h in running.client(user).list_headers().headers]

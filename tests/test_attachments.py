@@ -10,7 +10,7 @@ import os
 import resource
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +33,7 @@ from wsemail.pki import ServerIdentity, create_root, issue_server, write_crl
 from wsemail.server.routing import StaticResolver
 from wsemail.soap import q
 
-from conftest import PASSWORD, Running, fault_subcode, wsemail_binary
+from conftest import PASSWORD, Running, fault_subcode, wait_for, wsemail_binary
 
 WSEMAIL = [wsemail_binary()]
 
@@ -73,14 +73,6 @@ def fed(tmp_path: Path) -> Iterator[Fed]:
             client.close()
     a.stop()
     b.stop()
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def make_file(path: Path, size: int) -> str:

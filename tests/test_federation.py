@@ -8,7 +8,7 @@ import json
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +24,7 @@ from wsemail.server.routing import StaticResolver
 from wsemail.server.store import QueueRow
 from wsemail.soap import SOAP, q
 
-from conftest import PASSWORD, Running, fault_subcode, start_server, wsemail_binary
+from conftest import PASSWORD, Running, fault_subcode, inbox, start_server, wait_for, wsemail_binary
 
 
 @dataclass
@@ -75,18 +75,6 @@ def fed(tmp_path: Path) -> Iterator[Federation]:
     yield federation
     for running in servers.values():
         running.stop()
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def inbox(running: Running, user: str) -> list[str]:
-    return [h.subject for h in running.client(user).list_headers().headers]
 
 
 def queued(running: Running) -> int:

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from test_federation import Federation, start_domain, wait_for
+from test_federation import Federation, start_domain
 
 from wsemail.forms import wheels
 from wsemail.pki import create_root, write_crl
@@ -23,7 +23,7 @@ from wsemail.server.accounts import set_user
 from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.pipeline import PluginSpec
 
-from conftest import PASSWORD, wsemail_binary
+from conftest import PASSWORD, wait_for, wsemail_binary
 
 FORMS = Path(__file__).resolve().parent.parent / "forms"
 ITEMS_7500 = [{"description": "laptop", "quantity": 3, "unit_price": "2500"}]

@@ -9,8 +9,7 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +28,7 @@ from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.pipeline import PluginSpec
 from wsemail.server.routing import StaticResolver
 
-from conftest import PASSWORD, Running
+from conftest import PASSWORD, Running, inbox, wait_for
 
 IM = "wsemail.server.im:InstantMessaging"
 
@@ -106,18 +105,6 @@ def fed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fed]:
             client.close()
     a.stop()
     b.stop()
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def inbox(running: Running, user: str) -> list[str]:
-    return [h.subject for h in running.client(user).list_headers().headers]
 
 
 def stored_for(running: Running, user: str) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from test_federation import start_domain
-from test_im import Fed, plugins, route, tmp_root_token, wait_for
+from test_im import Fed, plugins, route, tmp_root_token
 
 from wsemail.attachments_client import Attachments
 from wsemail.errors import Forbidden, RequestInvalid, UntrustedSigner
@@ -24,7 +24,7 @@ from wsemail.im_client import Invitation, PartyLine
 from wsemail.pki import create_root, fingerprint, write_crl
 from wsemail.server.im import InstantMessaging
 
-from conftest import PASSWORD, Running
+from conftest import PASSWORD, Running, wait_for
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -36,18 +36,10 @@ from wsemail.server.smtp.plugins import SmtpInbound
 from wsemail.soap import element, q
 
 from certs import make_tls_files
-from conftest import Cli, Running, start_server
+from conftest import Cli, Running, start_server, wait_for
 
 INBOUND = "wsemail.server.smtp.plugins:SmtpInbound"
 OUTBOUND = "wsemail.server.smtp.plugins:SmtpOutbound"
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 # a legacy mail server on loopback (aiosmtpd), with STARTTLS and scripted RCPT answers ---

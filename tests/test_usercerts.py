@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from lxml import etree
-from test_federation import start_domain, wait_for
+from test_federation import start_domain
 
 from wsemail.client import Client
 from wsemail.errors import (
@@ -49,7 +49,7 @@ from wsemail.usercerts import (
 from wsemail.usercerts.sealed import Envelope, seal
 from wsemail.usercerts.xmlenc import KeyPair, decrypt_element, encrypt_element
 
-from conftest import Running, fault_subcode
+from conftest import Running, fault_subcode, wait_for
 
 PLUGINS = list(DEFAULT_PLUGINS)
 SUBJECT = "Quarterly plans zebra-umbrella"
