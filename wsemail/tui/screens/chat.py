@@ -11,13 +11,14 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import Footer, Header, Input, Label
+from textual.widgets import Header, Input, Label
 
 from wsemail.client import Client
 from wsemail.im_client import Incoming, InstantMessenger
 from wsemail.tui.push import PushSession, notice_text, plain_address
 from wsemail.tui.screens.base import WorkScreen
 from wsemail.tui.widgets.chat.chat_log import ChatLog
+from wsemail.tui.widgets.footer import KeyFooter
 
 PRESENCE = {"online": "● online", "offline": "○ offline"}
 
@@ -74,7 +75,7 @@ class ChatScreen(WorkScreen[None]):
         yield Label("", id="chat-presence")
         yield ChatLog(id="chat-log")
         yield Input(placeholder=f"message to {self.peer} — Enter sends", id="chat-input")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.sub_title = f"{self.client.username} — chat with {self.peer}"

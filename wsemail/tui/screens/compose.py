@@ -18,7 +18,7 @@ from textual.app import ComposeResult, SuspendNotSupported
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal
 from textual.message import Message
-from textual.widgets import Checkbox, Footer, Header, Input, Label, TextArea
+from textual.widgets import Checkbox, Header, Input, Label, TextArea
 
 from wsemail.attachments_client import Attachments
 from wsemail.client import Client, SendResult
@@ -29,6 +29,7 @@ from wsemail.tui.mailbox import AddressBook
 from wsemail.tui.screens.base import Failed, WorkScreen
 from wsemail.tui.screens.confirm import ConfirmScreen
 from wsemail.tui.widgets.compose.address_input import AddressInput
+from wsemail.tui.widgets.footer import KeyFooter
 
 
 def editor_command() -> list[str]:
@@ -82,7 +83,7 @@ class ComposeScreen(WorkScreen[bool]):
                 compact=True,
                 placeholder="paths, comma-separated: stay on your server until fetched",
             )
-        yield Footer()
+        yield KeyFooter()
 
     def compose_options(self) -> ComposeResult:
         """Delivery options; further ones (encrypted, a form) plug in here."""

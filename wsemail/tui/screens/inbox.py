@@ -16,7 +16,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Header, Input, Label
+from textual.widgets import DataTable, Header, Input, Label
 
 from wsemail.client import Client, Page
 from wsemail.errors import WsemailError
@@ -32,6 +32,7 @@ from wsemail.tui.screens.compose import ComposeScreen
 from wsemail.tui.screens.confirm import ConfirmScreen
 from wsemail.tui.screens.message import MessageScreen
 from wsemail.tui.screens.prompt import PromptScreen
+from wsemail.tui.widgets.footer import KeyFooter
 from wsemail.tui.widgets.inbox.header_table import HeaderTable
 
 FOLDER_TITLES = {"inbox": "Inbox", "sent": "Sent"}
@@ -106,7 +107,7 @@ class InboxScreen(WorkScreen[None]):
             yield Label("", id="inbox-status")
         yield Input(placeholder="filter loaded headers: sender, recipient, subject", id="filter")
         yield HeaderTable(id="headers")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.sub_title = self.client.username

@@ -10,11 +10,12 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
-from textual.widgets import Button, Footer, Header, Input, Label
+from textual.widgets import Button, Header, Input, Label
 
 from wsemail.client import Client
 from wsemail.tui.screens.base import Failed, WorkScreen
 from wsemail.tui.signin import ClientFactory, LoginDefaults, default_client, open_session
+from wsemail.tui.widgets.footer import KeyFooter
 
 
 class LoginScreen(WorkScreen[Client]):
@@ -45,7 +46,7 @@ class LoginScreen(WorkScreen[Client]):
             yield Input(self.defaults.password, id="login-password", password=True)
             yield Button("Sign in", id="login-submit", variant="primary")
         yield Label("", id="login-status")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         if self.defaults.complete:

@@ -18,7 +18,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message as TextualMessage
-from textual.widgets import Footer, Header, ProgressBar
+from textual.widgets import Header, ProgressBar
 
 from wsemail.attachments_client import Attachments, safe_file_name
 from wsemail.client import Client
@@ -34,6 +34,7 @@ from wsemail.tui.screens.base import WorkScreen
 from wsemail.tui.screens.compose import ComposeScreen
 from wsemail.tui.screens.confirm import ConfirmScreen
 from wsemail.tui.screens.prompt import PromptScreen
+from wsemail.tui.widgets.footer import KeyFooter
 from wsemail.tui.widgets.message.message_view import MessageView
 
 
@@ -114,7 +115,7 @@ class MessageScreen(WorkScreen[str | None]):
         yield Header()
         yield MessageView(id="message")
         yield ProgressBar(id="fetch-progress", show_eta=False)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.sub_title = self.client.username
