@@ -3,7 +3,11 @@ from past correspondents, subject, body in a TextArea or in $EDITOR, send.
 
 Delivery options live in `compose_options`: send as an instant message (pushed to the
 recipients' live sessions, else kept in their mailbox) and, with it, delete it if it
-cannot be delivered live (the server tells the sender)."""
+cannot be delivered live (the server tells the sender) or send it directly to the
+recipients' servers (signed with a federated identity); Send Encrypted (end to end to every
+recipient's certificate, also signed unless unticked; refused, nothing sent, when this
+device has no key or a recipient has no trusted certificate). An encrypted message goes as
+mail, so it excludes the instant-message options."""
 
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ from textual.message import Message
 from textual.widgets import Checkbox, Header, Input, Label, TextArea
 
 from wsemail.attachments_client import Attachments
-from wsemail.client import Client, SendResult
+from wsemail.client import Client
 from wsemail.errors import WsemailError
+from wsemail.tui.delivery import Options, send_directly, send_sealed
 from wsemail.tui.drafts import ComposeDraft, parse_addresses
 from wsemail.tui.feedback import describe
 from wsemail.tui.mailbox import AddressBook
@@ -47,9 +52,11 @@ class ComposeScreen(WorkScreen[bool]):
     ]
 
     class Sent(Message):
-        def __init__(self, result: SendResult, recipients: list[str]) -> None:
+        """`how` says how it went (encrypted, instant, direct with each outcome)."""
+
+        def __init__(self, how: str, recipients: list[str]) -> None:
             super().__init__()
-            self.result = result
+            self.how = how
             self.recipients = recipients
 
     def __init__(self, client: Client, book: AddressBook, draft: ComposeDraft) -> None:
@@ -86,12 +93,16 @@ class ComposeScreen(WorkScreen[bool]):
         yield KeyFooter()
 
     def compose_options(self) -> ComposeResult:
-        """Delivery options; further ones (encrypted, a form) plug in here."""
-        with Horizontal(id="compose-options"):
-            yield Checkbox("Send as instant message", id="compose-instant", compact=True)
+        """Delivery options: how it travels, then end-to-end protection."""
+        with Horizontal(id="compose-options", classes="compose-options"):
+            yield Checkbox("Instant message", id="compose-instant", compact=True)
             yield Checkbox(
                 "Delete if undeliverable", id="compose-delete-undeliverable", compact=True
             )
+            yield Checkbox("Direct to recipient", id="compose-direct", compact=True)
+        with Horizontal(id="compose-security", classes="compose-options"):
+            yield Checkbox("Send encrypted", id="compose-encrypt", compact=True)
+            yield Checkbox("Also sign", True, id="compose-sign", compact=True, disabled=True)
 
     def _checked(self, selector: str) -> bool:
         return self.query_one(selector, Checkbox).value
@@ -104,12 +115,37 @@ class ComposeScreen(WorkScreen[bool]):
     def delete_if_undeliverable(self) -> bool:
         return self._checked("#compose-delete-undeliverable")
 
+    @property
+    def direct(self) -> bool:
+        return self._checked("#compose-direct")
+
+    @property
+    def encrypt(self) -> bool:
+        return self._checked("#compose-encrypt")
+
+    @property
+    def sign(self) -> bool:
+        return self._checked("#compose-sign")
+
+    def _tick(self, selector: str, value: bool) -> None:
+        self.query_one(selector, Checkbox).value = value
+
     def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
-        # "delete if undeliverable" only means something for an instant message
-        if event.checkbox.id == "compose-delete-undeliverable" and event.value:
-            self.query_one("#compose-instant", Checkbox).value = True
-        elif event.checkbox.id == "compose-instant" and not event.value:
-            self.query_one("#compose-delete-undeliverable", Checkbox).value = False
+        # "delete if undeliverable" and "direct" only mean something for an instant message;
+        # an encrypted message goes as mail
+        which, on = event.checkbox.id, event.value
+        if which in ("compose-delete-undeliverable", "compose-direct") and on:
+            self._tick("#compose-instant", True)
+        elif which == "compose-instant":
+            if on:
+                self._tick("#compose-encrypt", False)
+            else:
+                self._tick("#compose-delete-undeliverable", False)
+                self._tick("#compose-direct", False)
+        elif which == "compose-encrypt":
+            self.query_one("#compose-sign", Checkbox).disabled = not on
+            if on:
+                self._tick("#compose-instant", False)
 
     def on_mount(self) -> None:
         self.sub_title = f"{self.client.username} — new message"
@@ -163,9 +199,24 @@ class ComposeScreen(WorkScreen[bool]):
             )
             self.query_one("#compose-files", Input).focus()
             return
+        options = self.options
+        refused = options.refusal(bool(files))
+        if refused:
+            self.notify(refused, title="Cannot send", severity="error")
+            return
         self.sending = True
         self.notify("Sending…", timeout=2)
-        self.send(to, cc, subject, self.body, files, self.instant, self.delete_if_undeliverable)
+        self.send(to, cc, subject, self.body, files, options)
+
+    @property
+    def options(self) -> Options:
+        return Options(
+            instant=self.instant,
+            delete_if_undeliverable=self.instant and self.delete_if_undeliverable,
+            direct=self.instant and self.direct,
+            encrypt=self.encrypt,
+            sign=self.sign,
+        )
 
     @work(thread=True, group="send")
     def send(
@@ -175,25 +226,39 @@ class ComposeScreen(WorkScreen[bool]):
         subject: str,
         body: str,
         files: list[Path],
-        instant: bool = False,
-        delete_if_undeliverable: bool = False,
+        options: Options | None = None,
     ) -> None:
+        options = options or Options()
         try:
-            box = Attachments(self.client)
-            guids = [box.upload(path).guid for path in files]  # on-demand: uploaded first
-            result = self.client.send(
-                to,
-                subject,
-                body,
-                cc=cc,
-                attachments=guids,
-                instant=instant,
-                delete_if_undeliverable=instant and delete_if_undeliverable,
-            )
+            if options.encrypt:
+                send_sealed(self.client, to, cc, subject, body, sign=options.sign)
+                how = "Encrypted message sent" + (", signed" if options.sign else "")
+            elif options.direct:
+                outcomes = send_directly(
+                    self.client,
+                    [*to, *cc],
+                    body,
+                    subject=subject,
+                    delete_if_undeliverable=options.delete_if_undeliverable,
+                )
+                how = "Sent directly: " + "; ".join(str(o) for o in outcomes)
+            else:
+                box = Attachments(self.client)
+                guids = [box.upload(path).guid for path in files]  # on-demand: uploaded first
+                self.client.send(
+                    to,
+                    subject,
+                    body,
+                    cc=cc,
+                    attachments=guids,
+                    instant=options.instant,
+                    delete_if_undeliverable=options.delete_if_undeliverable,
+                )
+                how = "Instant message sent" if options.instant else "Message sent"
         except Exception as exc:
             self.fail("Not sent", exc)
         else:
-            self.post_message(self.Sent(result, [*to, *cc]))
+            self.post_message(self.Sent(how, [*to, *cc]))
 
     def on_failed(self, event: Failed) -> None:
         # WorkScreen.on_failed (run after this one: Textual walks the MRO) shows the error
@@ -201,8 +266,7 @@ class ComposeScreen(WorkScreen[bool]):
 
     def on_compose_screen_sent(self, event: ComposeScreen.Sent) -> None:
         self.book.add(event.recipients)
-        how = "Instant message sent" if self.instant else "Message sent"
-        self.notify(f"Sent to {', '.join(event.recipients)}", title=how)
+        self.notify(f"Sent to {', '.join(event.recipients)}", title=event.how)
         self.dismiss(True)
 
     def action_cancel(self) -> None:

@@ -27,7 +27,7 @@ from wsemail.forms import workflow
 from wsemail.forms.approvals import Chain, Entry
 from wsemail.message import AttachmentRef, Message
 from wsemail.provenance import Provenance
-from wsemail.tui import drafts
+from wsemail.tui import delivery, drafts
 from wsemail.tui.formview import FormShown, Offer, accept, offer, show_form
 from wsemail.tui.mailbox import AddressBook
 from wsemail.tui.screens.base import WorkScreen
@@ -69,8 +69,10 @@ class MessageScreen(WorkScreen[str | None]):
             proof: Provenance,
             refs: list[AttachmentRef],
             form: FormShown | None = None,
+            e2e: dict[str, object] | None = None,
         ) -> None:
             super().__init__()
+            self.e2e = e2e or {}
             self.message = message
             self.proof = proof
             self.refs = refs
@@ -110,6 +112,7 @@ class MessageScreen(WorkScreen[str | None]):
         self.refs: list[AttachmentRef] = []
         self.form: FormShown | None = None
         self.proof: Provenance | None = None
+        self.e2e: dict[str, object] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -127,6 +130,7 @@ class MessageScreen(WorkScreen[str | None]):
         try:
             # the content shown is what the sending server's signature vouches for
             proof, message = self.client.verify(self.client.retrieve(self.message_id))
+            message, e2e = delivery.opened(self.client, message)  # decrypted when sealed
             refs: list[AttachmentRef] = []
             if message.attachments or message.signed_xml is None:
                 try:
@@ -139,7 +143,7 @@ class MessageScreen(WorkScreen[str | None]):
         except Exception as exc:
             self.fail("Cannot open the message", exc)
         else:
-            self.post_message(self.Loaded(message, proof, refs, form))
+            self.post_message(self.Loaded(message, proof, refs, form, e2e))
 
     def _form_of(self, message: Message) -> FormShown | None:
         """In a worker: the form the message carries, if any (problems as a warning)."""
@@ -157,6 +161,7 @@ class MessageScreen(WorkScreen[str | None]):
         self.refs = event.refs
         self.proof = event.proof
         self.form = event.form
+        self.e2e = event.e2e
         self._show()
 
     def _show(self) -> None:
@@ -167,7 +172,9 @@ class MessageScreen(WorkScreen[str | None]):
             form_text = self.form.summary()
             if self.form.may_sign(self.client.username):  # the footer is short at 80 columns
                 form_text += "\n\nKeys: A approve · R reject · D delegate"
-        self.query_one(MessageView).show(self.message, self.proof, self.refs, form_text)
+        self.query_one(MessageView).show(
+            self.message, self.proof, self.refs, form_text, delivery.e2e_line(self.e2e)
+        )
         self.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

@@ -15,10 +15,15 @@ PROOF_STYLES = {"verified": "green", "local": "", "failed": "bold red"}
 
 
 def header_block(
-    message: Message, proof: Provenance | None = None, refs: list[AttachmentRef] | None = None
+    message: Message,
+    proof: Provenance | None = None,
+    refs: list[AttachmentRef] | None = None,
+    sealed: str = "",
 ) -> Text:
     """From / To / Cc / Date / Subject and the provenance line ("signed by a.example ✓" or
-    a plain warning), and the on-demand attachments; user data never read as markup."""
+    a plain warning), for a message encrypted end to end the line `wsemail retrieve` prints
+    ("end to end ✓, signed by alice@a.example ✓" or why it cannot be opened), and the
+    on-demand attachments; user data never read as markup."""
     rows = [
         ("From", message.sender),
         ("To", ", ".join(message.to)),
@@ -38,6 +43,10 @@ def header_block(
         text.append("\n")
         text.append(f"{'Origin:':9}", style="bold")
         text.append(str(proof), style=PROOF_STYLES.get(proof.status, "yellow"))
+    if sealed:
+        text.append("\n")
+        text.append(f"{'Sealed:':9}", style="bold")
+        text.append(sealed, style="yellow" if sealed.startswith("cannot") else "green")
     for number, ref in enumerate(refs or [], 1):
         text.append("\n")
         text.append(f"{'Files:' if number == 1 else '':9}", style="bold")
@@ -67,9 +76,12 @@ class MessageView(VerticalScroll):
         proof: Provenance | None = None,
         refs: list[AttachmentRef] | None = None,
         form_text: str | None = None,
+        sealed: str = "",
     ) -> None:
         """`form_text` (a form's rendering) is shown instead of the body's XML."""
-        self.query_one("#message-headers", Static).update(header_block(message, proof, refs))
+        self.query_one("#message-headers", Static).update(
+            header_block(message, proof, refs, sealed)
+        )
         body = Text(message.body) if form_text is None else Text(form_text)
         self.query_one("#message-body", Static).update(body)
         self.scroll_home(animate=False)
