@@ -31,7 +31,15 @@ def test_wsdl_is_served_and_names_every_operation(server) -> None:  # type: igno
     root = etree.fromstring(response.content)
     wsdl = "http://schemas.xmlsoap.org/wsdl/"
     operations = {o.get("name") for o in root.iter(f"{{{wsdl}}}operation")}
-    assert operations == {"GetSalt", "Send", "ListHeaders", "Retrieve", "Delete", "Extension"}
+    assert operations == {
+        "GetSalt",
+        "Send",
+        "ListHeaders",
+        "Retrieve",
+        "Delete",
+        "GetCertificate",
+        "Extension",
+    }
     address = root.find(".//{http://schemas.xmlsoap.org/wsdl/soap12/}address")
     assert address is not None and address.get("location") == server.url
 

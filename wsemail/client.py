@@ -25,7 +25,14 @@ from lxml import etree
 
 from wsemail import provenance, soap
 from wsemail.auth import KDF_N, KDF_P, KDF_R, Credentials, derive_key
-from wsemail.errors import RemoteFault, ServerError, TransportError, UsageError
+from wsemail.dsig import cert_digest
+from wsemail.errors import (
+    RemoteFault,
+    ServerError,
+    SignatureInvalid,
+    TransportError,
+    UsageError,
+)
 from wsemail.message import Draft, Message, MessageHeader, new_message_id, normalize_address
 from wsemail.pki import TrustStore
 from wsemail.provenance import Provenance, server_domain
@@ -83,6 +90,8 @@ class Client:
         )
         self.trust_roots = list(trust_roots or [])
         self._trust: TrustStore | None = None
+        # server certificates of relayed mail by SHA-256 of the DER, each fetched once
+        self.certificates: dict[bytes, x509.Certificate] = {}
         # the name the server's TLS certificate must carry when it differs from the URL's host
         # (a domain's server certificate names the mail domain)
         self._extensions = {"sni_hostname": tls_name} if tls_name else {}
@@ -265,7 +274,25 @@ class Client:
         returned message's content comes from the verified signed form."""
         trust = self.trust()
         signer = None if trust is None else (lambda cert: server_domain(trust, cert))
-        return provenance.check(message, self.username, signer)
+        return provenance.check(message, self.username, signer, self.certificate)
+
+    def certificate(self, digest: bytes) -> x509.Certificate:
+        """The server certificate a compact provenance names by digest, asked once of our
+        own server (which verified it when it accepted the message); the caller still checks
+        its chain, role and revocation."""
+        cert = self.certificates.get(digest)
+        if cert is None:
+            op = etree.Element(q("GetCertificate"))
+            element(op, "Digest", base64.b64encode(digest).decode("ascii"))
+            try:
+                der = base64.b64decode(text_of(self.call(op), "Certificate", "") or "")
+                cert = x509.load_der_x509_certificate(der)
+            except ValueError as exc:
+                raise SignatureInvalid("the server answered an unreadable certificate") from exc
+            if cert_digest(cert) != digest:
+                raise SignatureInvalid("the server answered another certificate than asked")
+            self.certificates[digest] = cert
+        return cert
 
     def delete(self, message_id: str) -> None:
         op = etree.Element(q("Delete"))

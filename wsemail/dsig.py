@@ -15,12 +15,14 @@ same bytes with its own entity-free parser.
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from lxml import etree
 from signxml.algorithms import DigestAlgorithm, SignatureConstructionMethod, SignatureMethod
@@ -33,6 +35,8 @@ from wsemail.soap import SOAP, WSSE, WSU, q
 from wsemail.xmlsafe import c14n
 
 DS = "http://www.w3.org/2000/09/xmldsig#"
+DSIG11 = "http://www.w3.org/2009/xmldsig11#"
+SHA256 = "http://www.w3.org/2001/04/xmlenc#sha256"
 EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
 ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
 WSU_ID = f"{{{WSU}}}Id"
@@ -40,6 +44,25 @@ _METHODS = frozenset({SignatureMethod.ECDSA_SHA256, SignatureMethod.RSA_SHA256})
 _DIGESTS = frozenset({DigestAlgorithm.SHA256})
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+# a certificate named by dsig11:X509Digest (SHA-256 of the DER) instead of embedded
+CertificateLookup = Callable[[bytes], x509.Certificate]
+
+
+def cert_digest(cert: x509.Certificate) -> bytes:
+    """SHA-256 of the certificate's DER: the dsig11:X509Digest that names it."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+
+
+def reference_certificate(signature: etree._Element, cert: x509.Certificate) -> None:
+    """Replace the signature's KeyInfo by a dsig11:X509Digest reference to `cert` (KeyInfo
+    is outside SignedInfo: the signature stays valid)."""
+    for old in signature.findall(q("KeyInfo", DS)):
+        signature.remove(old)
+    key_info = etree.SubElement(signature, q("KeyInfo", DS))
+    data = etree.SubElement(key_info, q("X509Data", DS))
+    digest = etree.SubElement(data, q("X509Digest", DSIG11), nsmap={"dsig11": DSIG11})
+    digest.set("Algorithm", SHA256)
+    digest.text = base64.b64encode(cert_digest(cert)).decode("ascii")
 
 
 class Signer:
@@ -125,9 +148,29 @@ def _unique_ids(root: etree._Element) -> None:
                 seen.add(text)
 
 
-def _certificate(signature: etree._Element) -> x509.Certificate:
-    path = f"{q('KeyInfo', DS)}/{q('X509Data', DS)}/{q('X509Certificate', DS)}"
-    text = _only(signature.findall(path), "X509Certificate")
+def _certificate(
+    signature: etree._Element, lookup: CertificateLookup | None = None
+) -> x509.Certificate:
+    """The embedded certificate, or the one a dsig11:X509Digest names (through `lookup`,
+    and only if its digest really is that value)."""
+    data = f"{q('KeyInfo', DS)}/{q('X509Data', DS)}"
+    digests = signature.findall(f"{data}/{q('X509Digest', DSIG11)}")
+    if digests and lookup is not None:
+        node = _only(digests, "X509Digest")
+        if (
+            node.get("Algorithm") != SHA256
+            or signature.find(f"{data}/{q('X509Certificate', DS)}") is not None
+        ):
+            raise SignatureInvalid("a certificate reference must be one SHA-256 X509Digest")
+        try:
+            digest = base64.b64decode("".join((node.text or "").split()), validate=True)
+        except ValueError as exc:
+            raise SignatureInvalid("X509Digest is not base64") from exc
+        cert = lookup(digest)
+        if cert_digest(cert) != digest:
+            raise SignatureInvalid("the certificate found does not match its X509Digest")
+        return cert
+    text = _only(signature.findall(f"{data}/{q('X509Certificate', DS)}"), "X509Certificate")
     try:
         return x509.load_der_x509_certificate(base64.b64decode("".join((text.text or "").split())))
     except ValueError as exc:
@@ -204,10 +247,13 @@ def verify_envelope(
 
 
 def verify_element(
-    data: bytes | etree._Element, resolve_signer: Callable[[x509.Certificate], str]
+    data: bytes | etree._Element,
+    resolve_signer: Callable[[x509.Certificate], str],
+    lookup: CertificateLookup | None = None,
 ) -> tuple[x509.Certificate, str, etree._Element]:
     """Verify an enveloped signature over a standalone element; return (cert, signer,
-    verified copy of the element without its signature)."""
+    verified copy of the element without its signature). With `lookup`, the certificate
+    may be referenced by its dsig11:X509Digest instead of embedded."""
     root = data if isinstance(data, etree._Element) else etree.fromstring(data)
     signature = _only([c for c in root if c.tag == q("Signature", DS)], "ds:Signature")
     if len(list(root.iter(q("Signature", DS)))) != 1:
@@ -220,7 +266,7 @@ def verify_element(
     )
     if [t.get("Algorithm") for t in transforms] not in ([ENVELOPED, EXC_C14N], [ENVELOPED]):
         raise SignatureInvalid("unexpected signature transforms")
-    cert = _certificate(signature)
+    cert = _certificate(signature, lookup)
     signer = resolve_signer(cert)
     result = _verify(root, cert, "./", 1, None)[0]
     node = result.signed_xml

@@ -13,10 +13,23 @@ Destination and recipients are inside the signed content, so a signed message ca
 replayed to anyone else; so are on-demand attachment references (server, GUID, size,
 SHA-256), so the reader checks fetched bytes against what the sending server signed.
 The client trusts only what it reads from the verified copy.
+
+RS keeps the whole signed form, but Retrieve carries only its compact provenance: the
+Content is the retrieved message itself, and the signing certificate is named by digest
+(the reader's client fetches it once from its own server, which verified it on accept):
+
+    <w:CompactProvenance>
+      <w:Origin/> <w:Destination/> <w:Recipient/>…
+      <ds:Signature>… <ds:KeyInfo><ds:X509Data><dsig11:X509Digest/>…</ds:Signature>
+    </w:CompactProvenance>
+
+The reader rebuilds the signed form from the retrieved fields (`expand`) and verifies it
+exactly as the whole one: any field changed on the way no longer matches the signature.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -24,7 +37,7 @@ from typing import Literal
 from cryptography import x509
 from lxml import etree
 
-from wsemail.dsig import verify_element
+from wsemail.dsig import DS, CertificateLookup, reference_certificate, verify_element
 from wsemail.errors import RemoteFault, SignatureInvalid, UntrustedSigner, WsemailError
 from wsemail.message import (
     Message,
@@ -103,6 +116,63 @@ def read_signed(node: etree._Element) -> SignedContent:
     )
 
 
+def compact(signed_xml: bytes, stored: Message) -> tuple[Message, x509.Certificate] | None:
+    """RS's Retrieve form of a relayed message whose whole signed form RS verified and
+    stored: the message with the signed content's fields (attachments and flags included)
+    and, as `signed_xml`, its compact provenance; plus the signing certificate (to be
+    answered by digest). None for records that are not a SignedMessage (e.g. legacy)."""
+    root = parse_untrusted(signed_xml, XmlLimits(max_bytes=64 << 20))
+    signature = root.find(q("Signature", DS))
+    if root.tag != q("SignedMessage") or signature is None:
+        return None
+    content = read_signed(root)
+    cert = _embedded_certificate(signature)
+    if cert is None:
+        return None
+    holder = etree.Element(q("CompactProvenance"), nsmap={"w": "urn:wsemail"})
+    element(holder, "Origin", content.origin)
+    element(holder, "Destination", content.destination)
+    for recipient in content.recipients:
+        element(holder, "Recipient", recipient)
+    holder.append(signature)
+    reference_certificate(signature, cert)
+    message = replace(
+        content.message,
+        id=stored.id,
+        folder=stored.folder,
+        size=stored.size,
+        seen=stored.seen,
+        origin=stored.origin,
+        signed_xml=etree.tostring(holder),
+    )
+    return message, cert
+
+
+def _embedded_certificate(signature: etree._Element) -> x509.Certificate | None:
+    path = f"{q('KeyInfo', DS)}/{q('X509Data', DS)}/{q('X509Certificate', DS)}"
+    node = signature.find(path)
+    if node is None:
+        return None
+    try:
+        return x509.load_der_x509_certificate(base64.b64decode("".join((node.text or "").split())))
+    except ValueError:
+        return None
+
+
+def expand(message: Message, compact_root: etree._Element) -> etree._Element:
+    """The reader's side: the whole signed form rebuilt from the retrieved fields and the
+    compact provenance's signature (checked afterwards like any signed form)."""
+    allowed = {q("Origin"), q("Destination"), q("Recipient"), q("Signature", DS)}
+    signatures = compact_root.findall(q("Signature", DS))
+    if len(signatures) != 1 or any(child.tag not in allowed for child in compact_root):
+        raise SignatureInvalid("compact provenance holds unexpected elements")
+    origin = text_of(compact_root, "Origin", "") or ""
+    destination = text_of(compact_root, "Destination", "") or ""
+    form = signed_form(origin, destination, texts_of(compact_root, "Recipient"), message)
+    form.append(signatures[0])
+    return form
+
+
 Status = Literal["verified", "failed", "local", "unchecked", "legacy"]
 
 
@@ -128,11 +198,16 @@ class Provenance:
 
 
 def check(
-    message: Message, owner: str, server_signer: Callable[[x509.Certificate], str] | None
+    message: Message,
+    owner: str,
+    server_signer: Callable[[x509.Certificate], str] | None,
+    certificates: CertificateLookup | None = None,
 ) -> tuple[Provenance, Message]:
-    """Verify a retrieved message's signed form. `server_signer(cert) -> domain` checks a
-    certificate against the client's trust store (None: no trust roots configured).
-    Returns the provenance and the message with its content taken from the verified copy."""
+    """Verify a retrieved message's signed form (whole, or compact: rebuilt from the
+    message's fields, its certificate found by digest through `certificates`).
+    `server_signer(cert) -> domain` checks a certificate against the client's trust store
+    (None: no trust roots configured). Returns the provenance and the message with its
+    content taken from the verified copy."""
     if message.signed_xml is None:
         if domain_of(message.sender) == domain_of(owner):
             return Provenance("local"), message
@@ -146,7 +221,9 @@ def check(
         return Provenance("unchecked", message.origin, "no trust roots configured"), message
     try:
         root = parse_untrusted(message.signed_xml, XmlLimits(max_bytes=64 << 20))
-        _, signer, verified = verify_element(root, server_signer)
+        if root.tag == q("CompactProvenance"):
+            root = expand(message, root)
+        _, signer, verified = verify_element(root, server_signer, certificates)
         content = read_signed(verified)
         if content.origin != signer or domain_of(content.message.sender) != signer:
             raise UntrustedSigner(f"{signer} signed a message from {content.message.sender}")

@@ -136,7 +136,7 @@ class OpTally:
     received: int = 0  # bytes server -> client
     failed: int = 0
     skipped: int = 0  # retrieve/delete with nothing in the inbox: no request made
-    relayed: int = 0  # retrieves of a message relayed from S_e (carries its signed form)
+    relayed: int = 0  # retrieves of a message relayed from S_e (with its compact provenance)
     relayed_received: int = 0
 
 
@@ -831,7 +831,7 @@ def summarise(
             "bytes_per_request_up": round(sent / requests) if requests else 0,
             "bytes_per_request_down": round(received / requests) if requests else 0,
         }
-        if op == "retrieve":  # local copies vs copies relayed from S_e (with a signed form)
+        if op == "retrieve":  # local copies vs copies relayed from S_e (compact provenance)
             local_n = requests - relayed
             per_op[op]["local_bytes_per_request_down"] = (
                 round((received - relayed_down) / local_n) if local_n else 0
@@ -906,7 +906,7 @@ def print_report(r: dict[str, Any]) -> None:
     print(
         f"  retrieve answer: {retrieve['local_bytes_per_request_down']} B for a local message, "
         f"{retrieve['relayed_bytes_per_request_down']} B for one relayed from {EXTERNAL} "
-        f"({retrieve['relayed_count']} of them, with the sender's signed form)"
+        f"({retrieve['relayed_count']} of them, with compact provenance)"
     )
     skipped = {op: s["skipped"] for op, s in r["per_op"].items() if s["skipped"]}
     if skipped:

@@ -16,10 +16,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
 from wsemail.auth import NONCE_BYTES
-from wsemail.dsig import verify_element, verify_envelope
+from wsemail.dsig import cert_digest, verify_element, verify_envelope
 from wsemail.errors import (
     Forbidden,
     InvalidSecurity,
@@ -59,8 +60,18 @@ def _nonce(op: etree._Element) -> str:
     return base64.b64encode(value).decode()
 
 
-def verify_transaction(server: Server, root: etree._Element) -> tuple[str, str, list[Inbound]]:
-    """All checks that need no database: returns (origin, nonce, messages)."""
+@dataclass(frozen=True)
+class Transaction:
+    """A verified Deliver: who signed it (domain and certificate), its nonce, its messages."""
+
+    origin: str
+    cert: x509.Certificate
+    nonce: str
+    inbound: list[Inbound]
+
+
+def verify_transaction(server: Server, root: etree._Element) -> Transaction:
+    """All checks that need no database."""
     federation = server.federation
     if federation is None:
         raise Forbidden("this server takes no federated deliveries")
@@ -95,16 +106,20 @@ def verify_transaction(server: Server, root: etree._Element) -> tuple[str, str, 
         inbound.append(Inbound(message, recipients))
     if not inbound:
         raise RequestInvalid("Deliver carries no message")
-    return origin, nonce, inbound
+    return Transaction(origin, verified.cert, nonce, inbound)
 
 
 async def deliver(server: Server, root: etree._Element) -> etree._Element:
-    origin, nonce, inbound = verify_transaction(server, root)
+    transaction = verify_transaction(server, root)
+    origin, inbound = transaction.origin, transaction.inbound
     principal = f"server:{origin}"
+    der = transaction.cert.public_bytes(serialization.Encoding.DER)
 
     def work(tx: Tx) -> tuple[etree._Element, Environment]:
-        if not tx.remember_nonce(principal, nonce, server.auth.keep_nonce):
+        if not tx.remember_nonce(principal, transaction.nonce, server.auth.keep_nonce):
             raise ReplayDetected("this transaction was already received")
+        # verified above: what this server's clients resolve compact provenance against
+        tx.put_certificate(cert_digest(transaction.cert), der)
         result = etree.Element(q("DeliverResponse"))
         env = Environment(
             principal=principal,

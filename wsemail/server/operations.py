@@ -8,11 +8,16 @@ and the local MTA (local domain) or one queue row per destination domain (elsewh
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
+from wsemail import provenance
+from wsemail.dsig import cert_digest
 from wsemail.errors import NotFound, RequestInvalid, ServerError
 from wsemail.message import FOLDERS, Draft, Message, domain_of, new_message_id
 from wsemail.server.pipeline import Environment, Verdict
@@ -119,8 +124,32 @@ def retrieve(env: Environment, op: etree._Element) -> etree._Element:
         raise NotFound("no such message")
     env.tx.mark_seen(env.principal, public_id)
     message.seen = True
+    if message.signed_xml is not None:  # relayed: only the compact provenance travels
+        found = provenance.compact(message.signed_xml, message)
+        if found is not None:
+            message, cert = found
+            digest = cert_digest(cert)
+            if env.tx.certificate(digest) is None:  # stored before certificates were kept
+                env.tx.put_certificate(digest, cert.public_bytes(serialization.Encoding.DER))
     result = etree.Element(q("RetrieveResponse"))
     message.to_xml(result)
+    return result
+
+
+def get_certificate(env: Environment, op: etree._Element) -> etree._Element:
+    """A server certificate this server verified when it accepted relayed mail, by the
+    SHA-256 of its DER (what a compact provenance's dsig11:X509Digest names)."""
+    try:
+        digest = base64.b64decode((text_of(op, "Digest") or "").strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestInvalid("Digest must be base64") from exc
+    if len(digest) != 32:
+        raise RequestInvalid("Digest must be a SHA-256 digest (32 bytes)")
+    der = env.tx.certificate(digest)
+    if der is None:
+        raise NotFound("no certificate with this digest")
+    result = etree.Element(q("GetCertificateResponse"))
+    element(result, "Certificate", base64.b64encode(der).decode("ascii"))
     return result
 
 
@@ -155,4 +184,5 @@ AUTHENTICATED: dict[str, Callable[[Environment, etree._Element], etree._Element]
     "Retrieve": retrieve,
     "Delete": delete,
     "Extension": extension,
+    "GetCertificate": get_certificate,
 }

@@ -98,6 +98,15 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE components(name TEXT PRIMARY KEY, version INTEGER NOT NULL)
     """,
+    # 4: server certificates this server verified on accepting relayed mail, by SHA-256 of
+    # the DER (clients resolve the compact provenance's dsig11:X509Digest through them)
+    """
+    CREATE TABLE certificates(
+        digest BLOB PRIMARY KEY,
+        der BLOB NOT NULL,
+        added REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
 ]
 
 
@@ -277,6 +286,17 @@ class Tx:
 
     def count_messages(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+    # certificates of relayed mail (compact provenance) ---------------------------------
+    def put_certificate(self, digest: bytes, der: bytes) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO certificates(digest, der, added) VALUES (?,?,?)",
+            (digest, der, self.now),
+        )
+
+    def certificate(self, digest: bytes) -> bytes | None:
+        row = self.conn.execute("SELECT der FROM certificates WHERE digest=?", (digest,)).fetchone()
+        return bytes(row[0]) if row else None
 
     # outbound queue (the federation relay consumes it) -----------------------------------
     def enqueue(self, msg: Message, domain: str, recipients: list[str], payload: bytes) -> None:
