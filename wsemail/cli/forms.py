@@ -196,25 +196,20 @@ def verify(
 def send_form(path: Path, to: list[str], subject: str, server: str | None, user: str | None) -> str:
     """`wsemail send --form FILE.json`: validate with the plug-in, then send."""
     from wsemail.forms import load, workflow
+    from wsemail.message import Draft
 
     raw = workflow.read_json(path)
     plugin = load(str(raw.get("form", "")))
-    wheel = raw.get("wheel")
-    data = dict(raw["data"])  # type: ignore[call-overload]
     with session.open_client(server, user) as client:
-        if raw.get("autofill") is True:  # fields the draft leaves out, from your server
-            for name, value in _autofilled(client).items():
-                if name in {f.name for f in plugin.fields}:
-                    data.setdefault(name, value)
-        doc = workflow.compose(
+        draft = workflow.attach_form(
+            Draft(to=list(to), subject=subject),
             plugin,
-            data,
-            client.username,
-            workflow.parse_route(raw.get("route")),
+            raw,
+            sender=client.username,
             server=client.server,
-            wheel=Path(str(wheel)) if wheel else None,
+            autofilled=lambda: _autofilled(client),
         )
-        return workflow.send(client, doc, to, subject).id
+        return client.send(draft.to, draft.subject, draft.body, cc=draft.cc).id
 
 
 def register(root: typer.Typer) -> None:

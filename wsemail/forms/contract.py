@@ -4,8 +4,12 @@ XML (one namespace per form) and text/JSON renderings every form shares.
 
 A plug-in subclasses `FormPlugin` and declares `name`, `version`, `namespace`, `title` and
 `fields`; it may override `compute` (computed fields, e.g. totals), `check` (rules across
-fields) and `screen` (a Textual screen, imported lazily so headless code never loads
-Textual). Values are normalised to str, int, Decimal or lists of row dicts.
+fields), `rows` (the rows a new form's tables start with) and `screen` (a Textual screen
+class, by default the shared `wsemail.tui.formscreen.FormFillScreen`, imported lazily so
+headless code never loads Textual); `autofill = True` offers the "Autofill…" button.
+Values are normalised to str, int, Decimal or lists of row dicts; `preview` computes what it
+can from half-typed input (the fill screen's live totals); `plain` turns validated data
+back into the JSON a draft carries.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
@@ -94,6 +98,7 @@ class FormPlugin:
     namespace: ClassVar[str] = ""
     title: ClassVar[str] = ""
     fields: ClassVar[tuple[Field, ...]] = ()
+    autofill: ClassVar[bool] = False  # fields may come from the own server's Autofill
 
     # hooks ------------------------------------------------------------------------------
     def compute(self, data: Data) -> Data:
@@ -104,9 +109,15 @@ class FormPlugin:
         """Problems across fields (beyond types and required); empty when fine."""
         return []
 
+    def rows(self, table: str) -> list[Data]:
+        """The rows table `table` of a new form starts with (e.g. one per weekday)."""
+        return []
+
     def screen(self) -> Any:
-        """A Textual screen class to fill and view this form (imported lazily)."""
-        raise NotImplementedError(f"{self.name} has no screen")
+        """The Textual screen class to fill and view this form (imported lazily)."""
+        from wsemail.tui.formscreen import FormFillScreen
+
+        return FormFillScreen
 
     # validation -------------------------------------------------------------------------
     def validate(self, raw: Mapping[str, object]) -> Data:
@@ -133,6 +144,54 @@ class FormPlugin:
             raise FormInvalid(problems)
         data.update(self.compute(data))
         return data
+
+    def preview(self, raw: Mapping[str, object]) -> Data:
+        """What can be computed from half-typed input: values that do not parse count as
+        empty, table rows missing a required cell are left out; a computed field that still
+        cannot be computed is None. Never raises."""
+        ignored: list[str] = []
+        data: Data = {}
+        for f in self.fields:
+            if f.computed:
+                continue
+            value = raw.get(f.name)
+            if f.kind != "table":
+                data[f.name] = _scalar(replace(f, required=False), value, f.name, ignored)
+                continue
+            rows = []
+            for row in value if isinstance(value, list) else []:
+                cells = {
+                    c.name: _scalar(replace(c, required=False), row.get(c.name), "", ignored)
+                    for c in f.columns
+                    if not c.computed and isinstance(row, Mapping)
+                }
+                if all(cells.get(c.name) is not None for c in f.columns if c.required):
+                    rows.append(cells)
+            data[f.name] = rows
+        try:
+            data.update(self.compute(data))
+        except (TypeError, ValueError, ArithmeticError, KeyError):
+            data.update({f.name: None for f in self.fields if f.computed})
+        return data
+
+    def plain(self, data: Mapping[str, object]) -> dict[str, object]:
+        """Validated data as a draft's JSON "data": user fields only (not computed), decimals
+        as strings, empty values left out; `validate(plain(d))` gives `d` back."""
+
+        def value(v: object) -> object:
+            return str(v) if isinstance(v, Decimal) else v
+
+        out: dict[str, object] = {}
+        for f in self.fields:
+            v = data.get(f.name)
+            if f.computed or v is None:
+                continue
+            if f.kind == "table" and isinstance(v, list):
+                keep = [c.name for c in f.columns if not c.computed]
+                out[f.name] = [{c: value(r[c]) for c in keep if r.get(c) is not None} for r in v]
+            else:
+                out[f.name] = value(v)
+        return out
 
     def _table(self, f: Field, value: object, problems: list[str]) -> list[Data]:
         if value is None:

@@ -39,6 +39,11 @@ def w(tag: str) -> str:
     return f"{{{WF}}}{tag}"
 
 
+def valid_role(role: str) -> bool:
+    """A route step's role: a letter, then up to 63 letters, digits, spaces, '_' or '-'."""
+    return bool(_ROLE.match(role))
+
+
 class FormError(UsageError):
     """A form document that is malformed or whose approval chain does not verify."""
 

@@ -5,13 +5,16 @@ re-checked against their RECORD before anything is imported."""
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
-from wsemail.errors import PluginError
+from wsemail.errors import PluginError, WsemailError
 from wsemail.forms.contract import GROUP, FormPlugin
 from wsemail.forms.wheels import check_installed, registry
+
+log = logging.getLogger("wsemail.forms")
 
 
 def _installed_entry_points() -> list[EntryPoint]:
@@ -67,3 +70,15 @@ def load(name: str, version: str | None = None, root: Path | None = None) -> For
     wanted = f"{name} {version}" if version else name
     installed = ", ".join(sorted(available(root))) or "none"
     raise PluginError(f"form plug-in {wanted} is not installed; installed: {installed}")
+
+
+def installed_forms(root: Path | None = None) -> list[FormPlugin]:
+    """Every form plug-in that loads (sorted by name), for a "new form" menu; one that
+    does not (damaged, or an unverified file) is left out with a warning."""
+    plugins = []
+    for name in sorted(available(root)):
+        try:
+            plugins.append(load(name, root=root))
+        except WsemailError as exc:
+            log.warning("form plug-in %r left out: %s", name, exc)
+    return plugins

@@ -1,8 +1,10 @@
-"""In charge of a form's life on the client: sending one (validated by its plug-in),
-reading one out of a verified message, acting on it (approve, reject, delegate) and
-forwarding it to whoever signs next, fetching its plug-in on demand (download and verify,
-then install, so a user may approve in between), and Autofill from the own server with the
-user's federated identity certificate."""
+"""In charge of a form's life on the client: sending one (validated by its plug-in; a
+draft JSON {"form", "data", "route", "wheel"?, "autofill"?} becomes a message `Draft` with
+`attach_form`, shared by `wsemail send --form` and the TUI's fill screen), reading one
+out of a verified message, acting on it (approve, reject, delegate) and forwarding it to
+whoever signs next, fetching its plug-in on demand (download and verify, then install, so
+a user may approve in between), and Autofill from the own server with the user's
+federated identity certificate."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ import base64
 import ipaddress
 import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,13 +33,20 @@ from wsemail.errors import (
     SignatureInvalid,
     TransportError,
     UsageError,
+    WsemailError,
 )
 from wsemail.forms import approvals, wheels
 from wsemail.forms.approvals import Chain, Entry
 from wsemail.forms.contract import FormPlugin, Step
-from wsemail.forms.document import FormDocument, FormError, PluginRef, is_form_body
+from wsemail.forms.document import (
+    FormDocument,
+    FormError,
+    PluginRef,
+    is_form_body,
+    valid_role,
+)
 from wsemail.forms.loader import load
-from wsemail.message import Message, domain_of
+from wsemail.message import Draft, Message, domain_of, normalize_address
 from wsemail.pki import read_cert
 from wsemail.provenance import Provenance
 from wsemail.server.forms.plugin import WHEEL_PATH
@@ -60,10 +69,12 @@ def compose(
     *,
     server: str = "",
     wheel: Path | None = None,
+    ref: PluginRef | None = None,
 ) -> FormDocument:
-    """A new form document; `wheel` (the published wheel) adds location and SHA-256."""
+    """A new form document; `wheel` (the published wheel) adds location and SHA-256, or
+    `ref` names them."""
     data = plugin.validate(raw)
-    ref = PluginRef(plugin.name, plugin.version)
+    ref = ref or PluginRef(plugin.name, plugin.version)
     if wheel is not None:
         ref = PluginRef(
             plugin.name,
@@ -85,6 +96,32 @@ def parse_route(raw: object) -> list[Step]:
     return steps
 
 
+def parse_route_text(text: str) -> list[dict[str, object]]:
+    """ "manager: bob@a.test; purchasing: pat@b.test, dave@b.test" → a draft's "route"
+    ([{"role", "approvers"}…]); UsageError names what is wrong."""
+    route: list[dict[str, object]] = []
+    for part in filter(str.strip, text.split(";")):
+        role, colon, rest = part.partition(":")
+        approvers = [a.strip() for a in rest.replace(",", " ").split() if a.strip()]
+        if not colon or not valid_role(role.strip()) or not approvers:
+            raise UsageError(f"route step {part.strip()[:60]!r} is not 'role: address, …'")
+        try:
+            route.append(
+                {"role": role.strip(), "approvers": [normalize_address(a) for a in approvers]}
+            )
+        except WsemailError as exc:
+            raise UsageError(f"route: {exc}") from exc
+    if not route:
+        raise UsageError("the route needs a step: 'role: address, …; role: address'")
+    return route
+
+
+def route_text(route: object) -> str:
+    """A draft's "route" back as the text `parse_route_text` reads."""
+    steps = parse_route(route) if route else []
+    return "; ".join(f"{s.role}: {', '.join(s.approvers)}" for s in steps)
+
+
 def read_json(path: Path) -> dict[str, object]:
     """A form draft: {"form": name, "data": {...}, "route": [...]}."""
     try:
@@ -94,6 +131,56 @@ def read_json(path: Path) -> dict[str, object]:
     if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
         raise UsageError(f'{path}: expected {{"form": …, "data": {{…}}, "route": […]}}')
     return raw
+
+
+def _published(plugin: FormPlugin, wheel: object, server: str) -> tuple[Path | None, PluginRef]:
+    """Where recipients fetch the plug-in: the published `wheel` the draft names, else
+    the location and SHA-256 it was installed from (the private registry), else nowhere."""
+    if wheel:
+        return Path(str(wheel)), PluginRef(plugin.name, plugin.version)
+    record = wheels.registry().get(plugin.name)
+    if record is not None and record.version == plugin.version and record.location:
+        return None, PluginRef(plugin.name, plugin.version, record.location, record.sha256)
+    return None, PluginRef(plugin.name, plugin.version)
+
+
+def attach_form(
+    draft: Draft,
+    plugin: FormPlugin,
+    data: Mapping[str, object],
+    *,
+    sender: str,
+    server: str = "",
+    autofilled: Callable[[], Mapping[str, str]] | None = None,
+) -> Draft:
+    """A copy of `draft` carrying the form: `data` is a form draft {"form": name, "data":
+    {...}, "route": [{"role", "approvers"}...], "wheel": path of the published wheel
+    (optional), "autofill": true (optional)} — what `wsemail send --form FILE.json` reads
+    and `FormFillScreen` dismisses with. The plug-in validates it (FormInvalid lists every
+    problem); the body becomes the form document from `sender`; an empty subject becomes
+    "Form: <title>"; no recipients means the first step's approvers. `autofilled` is asked
+    for the fields the draft leaves out when it says "autofill": true."""
+    if not isinstance(data.get("data"), Mapping):
+        raise UsageError('a form draft is {"form": …, "data": {…}, "route": […]}')
+    named = data.get("form")
+    if named not in (None, plugin.name):
+        raise UsageError(f"the draft is a {named!s:.64} form, not {plugin.name}")
+    values = dict(data["data"])  # type: ignore[call-overload]
+    if data.get("autofill") is True and autofilled is not None:
+        known = {f.name for f in plugin.fields if not f.computed}
+        for name, value in autofilled().items():
+            if name in known:
+                values.setdefault(name, value)
+    route = parse_route(data.get("route"))
+    wheel, ref = _published(plugin, data.get("wheel"), server)
+    doc = compose(plugin, values, sender, route, server=server, wheel=wheel, ref=ref)
+    to = draft.to or [normalize_address(a) for a in route[0].approvers]
+    return replace(
+        draft,
+        to=list(to),
+        subject=draft.subject or f"Form: {plugin.title or plugin.name}",
+        body=doc.to_bytes().decode(),
+    )
 
 
 def send(client: Client, doc: FormDocument, to: list[str], subject: str) -> SendResult:

@@ -1,11 +1,10 @@
 """The requisition form: items with quantities and unit prices and a computed total; the
 route's approval rules depend on that total (a server rule adds purchasing above a
-threshold)."""
+threshold). Filled in and viewed with the shared `wsemail.tui.formscreen.FormFillScreen`."""
 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
 
 from wsemail.forms.contract import Data, Field, FormPlugin
 
@@ -49,8 +48,3 @@ class Requisition(FormPlugin):
             (Decimal(row["quantity"]) * row["unit_price"] for row in data["items"]), Decimal(0)
         )
         return {"total": total.quantize(Decimal("0.01"))}
-
-    def screen(self) -> Any:
-        from wsemail_requisition.screen import RequisitionScreen
-
-        return RequisitionScreen

@@ -22,6 +22,7 @@ class Timesheet(FormPlugin):
     version = "1.0.0"
     namespace = "urn:wsemail:forms:timesheet:1"
     title = "Timesheet"
+    autofill = True  # employee data from the own organisation's Autofill service
     fields = (
         Field("employee", "text", "Name", required=True),
         Field("employee_id", "text", "ID number", required=True),
@@ -60,6 +61,9 @@ class Timesheet(FormPlugin):
                 if value is not None and not Decimal(0) <= value <= Decimal(24):
                     problems.append(f"{row['day']} {column} must be between 0 and 24 hours")
         return problems
+
+    def rows(self, table: str) -> list[Data]:
+        return [{"day": day} for day in DAYS] if table == "days" else []
 
     def compute(self, data: Data) -> Data:
         rows: list[Data] = data["days"]

@@ -1,29 +1,34 @@
-"""The timesheet form's Textual screen (view, and fill from a JSON draft); imported lazily by
-`Timesheet.screen()` so headless code never loads Textual."""
+"""The timesheet's own layout of the shared form screen: one line per weekday (the day is
+fixed, not typed), regular / overtime / paid time off / code per day, totals computed live,
+and "Autofill…" for the employee data. Imported lazily by `Timesheet.screen()` so headless
+code never loads Textual."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from textual.app import ComposeResult
-from textual.containers import VerticalScroll
-from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widget import Widget
+from textual.widgets import Static
 
-from wsemail_timesheet import Timesheet
+from wsemail.forms.contract import Field
+from wsemail.tui.formscreen import FormFillScreen
 
 
-class TimesheetScreen(Screen[None]):
-    """Shows a timesheet form rendered as its paper counterpart."""
+class TimesheetScreen(FormFillScreen):
+    """Fill in or view a timesheet: a fixed line per weekday."""
 
-    BINDINGS = [("escape", "app.pop_screen", "Back")]
+    def cell(self, table: Field, column: Field, index: int, value: object) -> Widget:
+        if table.name == "days" and column.name == "day":
+            return Static(
+                "" if value is None else str(value),
+                id=f"cell-{table.name}-{index}-{column.name}",
+                classes="form-fixed",
+                markup=False,
+            )
+        return super().cell(table, column, index, value)
 
-    def __init__(self, data: dict[str, Any]) -> None:
-        super().__init__()
-        self.data = data
-
-    def compose(self) -> ComposeResult:
-        yield Header()
-        with VerticalScroll():
-            yield Static(Timesheet().render_text(self.data), id="form-timesheet")
-        yield Footer()
+    def row_filled(self, table: Field, row: Mapping[str, Any]) -> bool:
+        if table.name == "days":  # a weekday with no hours is not a row of the timesheet
+            return any(key != "day" for key in row)
+        return super().row_filled(table, row)
