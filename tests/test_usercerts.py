@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import ssl
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -85,8 +86,10 @@ class Fed:
         return Directory([self.ca / "root.pem"], {d: r.url for d, r in self.servers.items()})
 
 
-@pytest.fixture
-def fed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fed]:
+@contextmanager
+def two_domains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fed]:
+    """a.test and b.test with the usercerts plug-in, routed to each other, keys on disk
+    under tmp_path (also used by tests/test_usercerts_attachments.py)."""
     monkeypatch.setenv("WSEMAIL_KEYS_DIR", str(tmp_path / "keys"))
     monkeypatch.setenv("WSEMAIL_KEY_PASSPHRASE", "device passphrase")
     ca = tmp_path / "ca"
@@ -96,9 +99,17 @@ def fed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fed]:
     from test_federation import Federation
 
     Federation(ca, servers).route_all()
-    yield Fed(ca, servers)
-    for running in servers.values():
-        running.stop()
+    try:
+        yield Fed(ca, servers)
+    finally:
+        for running in servers.values():
+            running.stop()
+
+
+@pytest.fixture
+def fed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fed]:
+    with two_domains(tmp_path, monkeypatch) as federation:
+        yield federation
 
 
 def db_bytes(running: Running) -> bytes:
@@ -435,7 +446,12 @@ def test_cli_keys_create_send_encrypt_and_retrieve_json(fed: Fed, tmp_path: Path
     wait_for(lambda: bob.list_headers().headers, "bob's copy")
     got = json.loads(run("bob@b.test", "retrieve", "--json", bob.list_headers().headers[0].id))
     assert (got["subject"], got["body"]) == (SUBJECT, BODY)
-    assert got["e2e"] == {"encrypted": True, "signed": True, "signer": "alice@a.test"}
+    assert got["e2e"] == {
+        "encrypted": True,
+        "signed": True,
+        "signer": "alice@a.test",
+        "attachments": [],
+    }
     assert got["provenance"]["status"] == "verified"
     # no certificate for carol: refused before sending
     run("alice@a.test", "send", "--to", "carol@b.test", "--body", BODY, "--encrypt", ok=False)

@@ -17,7 +17,7 @@ import base64
 import hashlib
 import mimetypes
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -127,12 +127,34 @@ class Attachments:
             size = path.stat().st_size
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc}") from exc
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                with open(path, "rb") as handle:
+                    while chunk := handle.read(CHUNK):
+                        yield chunk
+            except OSError as exc:
+                raise UsageError(f"cannot read {path}: {exc}") from exc
+
         name = name or path.name
-        guessed = mimetypes.guess_type(name)[0]
+        media_type = media_type or mimetypes.guess_type(name)[0]
+        return self.upload_stream(chunks(), size, name, media_type, progress=progress)
+
+    def upload_stream(
+        self,
+        chunks: Iterable[bytes],
+        size: int,
+        name: str,
+        media_type: str | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> Uploaded:
+        """Stream `size` bytes (produced piece by piece, e.g. while encrypting) to the own
+        server under `name`; the server's SHA-256 must match the bytes sent."""
         request = etree.Element(q("BeginUpload"))
         try:
             element(request, "Name", name)
-            element(request, "MediaType", media_type or guessed or "application/octet-stream")
+            element(request, "MediaType", media_type or "application/octet-stream")
         except ValueError as exc:  # lxml: control characters
             raise UsageError(f"not a usable attachment name: {name!r}") from exc
         element(request, "Size", str(size))
@@ -141,28 +163,25 @@ class Attachments:
             raise ServerError("BeginUpload without an answer")
         digest = hashlib.sha256()
 
-        def chunks() -> Iterator[bytes]:
+        def counted() -> Iterator[bytes]:
             done = 0
-            with open(path, "rb") as handle:
-                while chunk := handle.read(CHUNK):
-                    digest.update(chunk)
-                    done += len(chunk)
-                    if progress is not None:
-                        progress(done, size)
-                    yield chunk
+            for chunk in chunks:
+                digest.update(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, size)
+                yield chunk
 
         url = _url(self.client.server, text_of(ticket, "Path", "") or "", _text(ticket, "Ticket"))
         try:
             response = self._http.put(
                 url,
-                content=chunks(),
+                content=counted(),
                 headers={"content-type": "application/octet-stream", "content-length": str(size)},
                 extensions=self.client._extensions,
             )
         except httpx.HTTPError as exc:
             raise TransportError(f"upload to {self.client.server} failed: {exc}") from exc
-        except OSError as exc:
-            raise UsageError(f"cannot read {path}: {exc}") from exc
         answer = _answer(response, self.client.server)
         uploaded = Uploaded(_text(answer, "Guid"), name, size, _text(answer, "Sha256"))
         if uploaded.sha256 != digest.hexdigest():

@@ -1,5 +1,7 @@
 """`wsemail attachments ID [--audit] [--revoke NAME]` and `wsemail fetch ID [--name N]
-[-o PATH]`: on-demand attachments from the command line (a progress bar on a terminal)."""
+[-o PATH]`: on-demand attachments from the command line (a progress bar on a terminal).
+Attachments of encrypted mail are listed under their sealed names and decrypted on fetch
+with the key on this device (`wsemail keys`)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from wsemail.cli import session
-from wsemail.errors import UsageError
+from wsemail.errors import UsageError, WsemailError
+from wsemail.message import AttachmentRef
+
+if TYPE_CHECKING:
+    from wsemail.usercerts import EncryptedAttachment
 
 ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")
 UserOpt = typer.Option(None, "--user", help="your address (or WSEMAIL_USER)")
@@ -64,18 +71,24 @@ def attachments(
 ) -> None:
     """List a message's on-demand attachments (or their fetch log with --audit)."""
     from wsemail.attachments_client import Attachments
+    from wsemail.cli.keys import open_attachments
     from wsemail.soap import q, text_of
 
     with session.open_client(server, user) as client:
         box = Attachments(client)
         if revoke is not None:
             listing = box.list(message)
-            matches = [r for r in listing.refs if r.name == revoke or r.guid == revoke]
+            try:  # encrypted mail: its attachments go by their sealed names
+                opened = open_attachments(client, listing) or []
+            except WsemailError:
+                opened = []  # no key here: the GUID still names them
+            names = {r.guid: r.name for r in listing.refs} | {e.ref.guid: e.name for e in opened}
+            matches = [r for r in listing.refs if revoke in (names[r.guid], r.guid)]
             if not matches:
                 raise UsageError(f"no attachment named {revoke!r} in that message")
             for ref in matches:
                 box.revoke(ref.guid)
-                typer.echo(f"revoked {ref.name} ({ref.guid})")
+                typer.echo(f"revoked {names[ref.guid]} ({ref.guid})")
             return
         if audit:
             log = box.audit(message)
@@ -95,6 +108,20 @@ def attachments(
                     )
             return
         listing = box.list(message)
+        encrypted = open_attachments(client, listing)
+        if encrypted is not None:
+            for item in encrypted:
+                state = listing.states.get(item.ref.guid, "")
+                if as_json:
+                    typer.echo(json.dumps({**item.as_dict(), "state": state}))
+                else:
+                    typer.echo(
+                        f"{item.name:32}  {_size(item.size):>9}  {item.media_type:24}  "
+                        f"{item.ref.server}  [encrypted{', ' + state if state else ''}]"
+                    )
+            if not encrypted and not as_json:
+                typer.echo("no on-demand attachments")
+            return
         for ref in listing.refs:
             state = listing.states.get(ref.guid, "")
             if as_json:
@@ -116,28 +143,46 @@ def fetch(
     user: str | None = UserOpt,
 ) -> None:
     """Fetch a message's on-demand attachments with a federated identity; each one is
-    checked against the SHA-256 its sending server signed (resumes a partial download)."""
-    from wsemail.attachments_client import Attachments, safe_file_name
+    checked against the SHA-256 its sending server signed (resumes a partial download);
+    those of encrypted mail are then decrypted, every chunk authenticated."""
+    from wsemail.attachments_client import Attachments
+    from wsemail.cli.keys import open_attachments
 
     with session.open_client(server, user) as client:
         box = Attachments(client)
-        refs = box.list(message).refs
+        listing = box.list(message)
+        encrypted = open_attachments(client, listing)
+        items: list[AttachmentRef | EncryptedAttachment] = [
+            *(encrypted if encrypted is not None else listing.refs)
+        ]
         if name is not None:
-            refs = [r for r in refs if r.name == name]
-        if not refs:
+            items = [i for i in items if i.name == name]
+        if not items:
             raise UsageError("no such attachment in that message" if name else "no attachments")
-        if output is not None and len(refs) > 1 and not output.is_dir():
+        if output is not None and len(items) > 1 and not output.is_dir():
             raise UsageError("-o must be a folder when fetching several attachments")
-        for ref in refs:
-            if output is None:
-                dest = Path.cwd() / safe_file_name(ref.name)
-            elif output.is_dir():
-                dest = output / safe_file_name(ref.name)
-            else:
-                dest = output
-            with progress_bar(ref.name, ref.size) as callback:
-                box.fetch(ref, dest, progress=callback)
-            typer.echo(f"{dest}  {_size(ref.size)}  sha256 {ref.sha256} ✓")
+        for item in items:
+            dest = _destination(output, item.name)
+            if isinstance(item, AttachmentRef):
+                with progress_bar(item.name, item.size) as callback:
+                    box.fetch(item, dest, progress=callback)
+                typer.echo(f"{dest}  {_size(item.size)}  sha256 {item.sha256} ✓")
+                continue
+            from wsemail.usercerts import fetch_encrypted
+
+            with progress_bar(item.name, item.ref.size) as callback:
+                fetch_encrypted(box, item, dest, progress=callback)
+            typer.echo(f"{dest}  {_size(item.size)}  decrypted, end to end ✓")
+
+
+def _destination(output: Path | None, name: str) -> Path:
+    from wsemail.attachments_client import safe_file_name
+
+    if output is None:
+        return Path.cwd() / safe_file_name(name)
+    if output.is_dir():
+        return output / safe_file_name(name)
+    return output
 
 
 def register(app: typer.Typer) -> None:

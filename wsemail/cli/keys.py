@@ -1,7 +1,7 @@
 """In charge of `wsemail keys`: the user's key pair and certificate on this device —
 create (key pair + certificate from the home server), show, export, import, renew,
-revoke — and the helpers `wsemail send --encrypt` and `retrieve` use to find and check
-other users' certificates.
+revoke — and the helpers `wsemail send --encrypt`, `retrieve`, `attachments` and `fetch`
+use to find and check other users' certificates and to open encrypted mail.
 
 The directory of a domain is its server: WSEMAIL_DIRECTORY_ROUTES ("domain=url,…") names
 it explicitly, otherwise `_wsemail._tcp` SRV records do.
@@ -17,16 +17,19 @@ from pathlib import Path
 
 import typer
 
+from wsemail.attachments_client import Listing
 from wsemail.cli import session
 from wsemail.client import Client
 from wsemail.errors import TransportError, UsageError
 from wsemail.message import Message
 from wsemail.usercerts import (
     Directory,
+    EncryptedAttachment,
     is_sealed,
     keystore,
     list_certificates,
     new_private_key,
+    open_listing,
     request_certificate,
     revoke,
 )
@@ -69,6 +72,16 @@ def open_directory() -> Directory:
     if cafile:
         verify = ssl.create_default_context(cafile=cafile)
     return Directory(roots, _locate, verify=verify)
+
+
+def open_attachments(client: Client, listing: Listing) -> list[EncryptedAttachment] | None:
+    """The encrypted attachments of a listed message opened with the key on this device,
+    or None when the message is not encrypted."""
+    if not is_sealed(listing.message):
+        return None
+    own = keystore.load(client.username) if keystore.exists(client.username) else None
+    with open_directory() as directory:
+        return open_listing(listing, own, directory)
 
 
 def open_messages(client: Client, message: Message) -> tuple[Message, dict[str, object]]:
@@ -191,4 +204,4 @@ def register(app_: typer.Typer) -> None:
     app_.add_typer(app, name="keys")
 
 
-__all__ = ["app", "open_directory", "open_messages", "register"]
+__all__ = ["app", "open_attachments", "open_directory", "open_messages", "register"]

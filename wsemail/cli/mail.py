@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import typer
@@ -56,7 +58,12 @@ def send(
     subject: str = typer.Option("", "--subject", "-s"),
     body: str | None = typer.Option(None, "--body", help="the text (else --body-file or stdin)"),
     body_file: Path | None = typer.Option(None, "--body-file", help="read the text from a file"),
-    attach: list[Path] = typer.Option([], "--attach", help="attach a file (repeatable)"),
+    attach: list[Path] = typer.Option(
+        [],
+        "--attach",
+        help="attach a file (repeatable); with --encrypt it is encrypted on this device and "
+        "always left on your server on demand",
+    ),
     on_demand: bool = typer.Option(
         True,
         "--on-demand/--inline",
@@ -91,8 +98,6 @@ def send(
             body = ""
     if attach and not on_demand:
         raise UsageError("inline attachments are not supported yet; use --on-demand")
-    if encrypt and attach:
-        raise UsageError("attachments cannot be sent encrypted yet; nothing was sent")
     with session.open_client(server, user) as client:
         if encrypt:
             from wsemail.cli.keys import open_directory
@@ -100,7 +105,18 @@ def send(
 
             own = keystore.load(client.username)
             with open_directory() as directory:
-                result = send_encrypted(client, own, directory, to, subject, body, cc=cc, sign=sign)
+                result = send_encrypted(
+                    client,
+                    own,
+                    directory,
+                    to,
+                    subject,
+                    body,
+                    cc=cc,
+                    sign=sign,
+                    attachments=attach,
+                    progress=_upload_bar,
+                )
             typer.echo(
                 json.dumps({"id": result.id, "message_id": result.message_id})
                 if as_json
@@ -122,6 +138,12 @@ def send(
         typer.echo(json.dumps({"id": result.id, "message_id": result.message_id}))
     else:
         typer.echo(result.id)
+
+
+def _upload_bar(path: Path) -> AbstractContextManager[Callable[[int, int], None] | None]:
+    from wsemail.cli.attachments import progress_bar
+
+    return progress_bar(path.name, path.stat().st_size)
 
 
 def list_(

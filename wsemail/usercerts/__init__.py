@@ -1,11 +1,19 @@
 """In charge of a user's own certificate and end-to-end mail (DESIGN.md §8): the key pair
 kept encrypted on this device (`keystore`), W3C XML Encryption 1.1 (`xmlenc`), finding and
 trusting other users' certificates (`directory`), sealing and opening messages (`sealed`),
-and talking to the home server about certificates, including certificate login (`client`).
+encrypted on-demand attachments (`filecrypt` the chunked file format, `attachments` the
+upload and fetch), and talking to the home server about certificates, including
+certificate login (`client`).
 """
 
 from __future__ import annotations
 
+from wsemail.usercerts.attachments import (
+    EncryptedAttachment,
+    fetch_encrypted,
+    open_listing,
+    upload_encrypted,
+)
 from wsemail.usercerts.client import (
     CertificateClient,
     CertInfo,
@@ -15,6 +23,7 @@ from wsemail.usercerts.client import (
     send_encrypted,
 )
 from wsemail.usercerts.directory import Directory, NoCertificate, Published, accept
+from wsemail.usercerts.filecrypt import SealedFile
 from wsemail.usercerts.keystore import UserKey, new_private_key
 from wsemail.usercerts.sealed import ENCRYPTED_SUBJECT, Opened, is_sealed, open_sealed, seal
 
@@ -23,17 +32,22 @@ __all__ = [
     "CertInfo",
     "CertificateClient",
     "Directory",
+    "EncryptedAttachment",
     "NoCertificate",
     "Opened",
     "Published",
+    "SealedFile",
     "UserKey",
     "accept",
+    "fetch_encrypted",
     "is_sealed",
     "list_certificates",
     "new_private_key",
+    "open_listing",
     "open_sealed",
     "request_certificate",
     "revoke",
     "seal",
     "send_encrypted",
+    "upload_encrypted",
 ]

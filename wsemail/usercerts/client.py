@@ -1,15 +1,18 @@
 """In charge of the client side of user certificates: asking the home server for a
 certificate (issue, renew), revoking and listing them through the `usercerts` extension,
-certificate login (`CertificateClient`), and sending encrypted mail.
+certificate login (`CertificateClient`), and sending encrypted mail (with encrypted
+on-demand attachments).
 """
 
 from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,12 +21,14 @@ from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
 from wsemail import soap
+from wsemail.attachments_client import Attachments, Progress
 from wsemail.auth import NONCE_BYTES, timestamp
 from wsemail.client import RESPONSE_LIMITS, Client, SendResult
 from wsemail.dsig import Signer, add_timestamp
 from wsemail.errors import RemoteFault, ServerError, TransportError, UsageError
 from wsemail.message import domain_of, new_message_id, normalize_address
 from wsemail.soap import WSSE, WSU, element, q, text_of
+from wsemail.usercerts.attachments import upload_encrypted
 from wsemail.usercerts.directory import Directory
 from wsemail.usercerts.keystore import UserKey, UserPrivateKey
 from wsemail.usercerts.sealed import ENCRYPTED_SUBJECT, Envelope, recipients_for, seal
@@ -145,19 +150,39 @@ def send_encrypted(
     *,
     cc: Sequence[str] | None = None,
     sign: bool = True,
-    attachments: Sequence[str] | None = None,
+    attachments: Sequence[Path | str] = (),
+    progress: Callable[[Path], AbstractContextManager[Progress | None]] | None = None,
 ) -> SendResult:
-    """Encrypt subject and body end to end for every recipient (certificates from their
-    own domains' directories, checked) and for the sender; refuse before sending if any
-    recipient has no trusted certificate."""
-    if attachments:
-        raise UsageError("on-demand attachments cannot be sent encrypted yet; nothing was sent")
+    """Encrypt subject, body and `attachments` (file paths) end to end for every recipient
+    (certificates from their own domains' directories, checked) and for the sender; refuse
+    before uploading or sending anything if any recipient has no trusted certificate.
+
+    Each file is encrypted under its own key while it streams to the sender's server as an
+    on-demand attachment (`wsemail.usercerts.attachments`); its name and key are sealed in
+    the message. `progress(path)` may give, for each file, a context manager around its
+    upload that yields a progress callback (bytes of the file done, its size) or None."""
     if normalize_address(own.address) != client.username:
         raise UsageError(f"the key is {own.address}'s, not {client.username}'s")
     to_list = [normalize_address(a) for a in to]
     cc_list = [normalize_address(a) for a in cc or []]
     recipients = recipients_for([*to_list, *cc_list], directory)
+    files = [Path(p) for p in attachments]
+    for path in files:
+        if not path.is_file():
+            raise UsageError(f"cannot attach {path}: not a readable file; nothing was sent")
+    box = Attachments(client)
+    sealed_files = []
+    for index, path in enumerate(files, 1):
+        with progress(path) if progress else nullcontext(None) as callback:
+            sealed_files.append(upload_encrypted(box, path, index=index, progress=callback))
     message_id = new_message_id(domain_of(client.username))
     envelope = Envelope(client.username, to_list, cc_list, message_id)
-    text = seal(envelope, subject, body, recipients, own, sign=sign)
-    return client.send(to_list, ENCRYPTED_SUBJECT, text, cc=cc_list, message_id=message_id)
+    text = seal(envelope, subject, body, recipients, own, sign=sign, attachments=sealed_files)
+    return client.send(
+        to_list,
+        ENCRYPTED_SUBJECT,
+        text,
+        cc=cc_list,
+        message_id=message_id,
+        attachments=[f.guid for f in sealed_files],
+    )

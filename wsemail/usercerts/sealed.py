@@ -5,15 +5,18 @@ by the sender's user certificate first, and opening a retrieved message again.
 The servers see an ordinary message whose Subject is `ENCRYPTED_SUBJECT` and whose Body is
 a `e2e:Sealed` document; routing headers (From, To, Cc, MessageId) stay readable. Inside
 the encryption sits `e2e:Content` — From, To, Cc, MessageId, Subject, Body, the signer's
-issuing CA — with an enveloped XMLDSIG signature when signed (sign, then encrypt). Opening
-checks that the signed From/To/Cc/MessageId equal the envelope's, so signed content cannot
-be re-sent under another sender or to other recipients.
+issuing CA, and for each encrypted attachment an `e2e:Attachment` (the GUID on the sender's
+server, the real name, media type and size, the ciphertext's size and SHA-256, the file's
+content key) — with an enveloped XMLDSIG signature when signed (sign, then encrypt).
+Opening checks that the signed From/To/Cc/MessageId equal the envelope's, so signed content
+cannot be re-sent under another sender or to other recipients.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +29,7 @@ from wsemail.errors import RemoteFault, SignatureInvalid, UsageError, WsemailErr
 from wsemail.message import Message, normalize_address
 from wsemail.pki import certificate_address
 from wsemail.usercerts.directory import Directory
+from wsemail.usercerts.filecrypt import SealedFile
 from wsemail.usercerts.keystore import UserKey
 from wsemail.usercerts.xmlenc import PLAINTEXT_LIMITS, decrypt_element, encrypt_element
 from wsemail.xmlsafe import parse_untrusted
@@ -33,6 +37,7 @@ from wsemail.xmlsafe import parse_untrusted
 E2E = "urn:wsemail:e2e"
 ENCRYPTED_SUBJECT = "(encrypted message)"
 _MARKER = f'<e2e:Sealed xmlns:e2e="{E2E}"'
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _q(local: str) -> str:
@@ -54,7 +59,11 @@ class Envelope:
 
 
 def content_element(
-    envelope: Envelope, subject: str, body: str, issuer: x509.Certificate | None
+    envelope: Envelope,
+    subject: str,
+    body: str,
+    issuer: x509.Certificate | None,
+    attachments: Sequence[SealedFile] = (),
 ) -> etree._Element:
     content = etree.Element(_q("Content"), nsmap={"e2e": E2E})
     _add(content, "From", envelope.sender)
@@ -65,6 +74,18 @@ def content_element(
     _add(content, "MessageId", envelope.message_id)
     _add(content, "Subject", subject)
     _add(content, "Body", body)
+    for sealed_file in attachments:
+        node = etree.SubElement(content, _q("Attachment"))
+        for local, value in (
+            ("Guid", sealed_file.guid),
+            ("Name", sealed_file.name),
+            ("MediaType", sealed_file.media_type),
+            ("Size", str(sealed_file.size)),
+            ("CipherSize", str(sealed_file.cipher_size)),
+            ("CipherSha256", sealed_file.cipher_sha256),
+            ("Key", base64.b64encode(sealed_file.key).decode("ascii")),
+        ):
+            _add(node, local, value)
     if issuer is not None:
         der = issuer.public_bytes(serialization.Encoding.DER)
         _add(content, "SignerIssuer", base64.b64encode(der).decode("ascii"))
@@ -79,9 +100,12 @@ def seal(
     sender: UserKey,
     *,
     sign: bool = True,
+    attachments: Sequence[SealedFile] = (),
 ) -> str:
-    """The Body text of an encrypted message for `recipients` and the sender's own key."""
-    content = content_element(envelope, subject, body, sender.issuer if sign else None)
+    """The Body text of an encrypted message for `recipients` and the sender's own key;
+    `attachments` describe files already encrypted and uploaded (`usercerts.attachments`)."""
+    issuer = sender.issuer if sign else None
+    content = content_element(envelope, subject, body, issuer, attachments)
     if sign:
         content = Signer(sender.key, sender.cert).sign_element(content)
     everyone = [*recipients, (sender.address, sender.cert)]
@@ -104,9 +128,15 @@ class Opened:
     body: str
     signed: bool
     signer: str | None
+    attachments: tuple[SealedFile, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
-        return {"encrypted": True, "signed": self.signed, "signer": self.signer}
+        return {
+            "encrypted": True,
+            "signed": self.signed,
+            "signer": self.signer,
+            "attachments": [a.as_dict() for a in self.attachments],
+        }
 
 
 def _texts(node: etree._Element, local: str) -> list[str]:
@@ -118,6 +148,32 @@ def _one_text(node: etree._Element, local: str) -> str:
     if len(found) != 1:
         raise SignatureInvalid(f"sealed content needs exactly one {local}")
     return found[0]
+
+
+def _count(node: etree._Element, local: str) -> int:
+    raw = _one_text(node, local).strip()
+    if not raw.isdigit() or len(raw) > 19:
+        raise SignatureInvalid(f"sealed attachment {local} is not a whole number")
+    return int(raw)
+
+
+def _sealed_file(node: etree._Element) -> SealedFile:
+    try:
+        key = base64.b64decode("".join(_one_text(node, "Key").split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureInvalid("unreadable attachment key") from exc
+    digest = _one_text(node, "CipherSha256").strip().lower()
+    if len(key) != 32 or not _HEX64.match(digest):
+        raise SignatureInvalid("malformed sealed attachment")
+    return SealedFile(
+        guid=_one_text(node, "Guid").strip(),
+        name=_one_text(node, "Name"),
+        media_type=_one_text(node, "MediaType"),
+        size=_count(node, "Size"),
+        cipher_size=_count(node, "CipherSize"),
+        cipher_sha256=digest,
+        key=key,
+    )
 
 
 def open_sealed(message: Message, own: UserKey, directory: Directory | None) -> Opened:
@@ -175,6 +231,7 @@ def open_sealed(message: Message, own: UserKey, directory: Directory | None) -> 
         body=_one_text(content, "Body"),
         signed=signer is not None,
         signer=signer,
+        attachments=tuple(_sealed_file(n) for n in content.findall(_q("Attachment"))),
     )
 
 
