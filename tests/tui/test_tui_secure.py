@@ -7,26 +7,18 @@ instant message sent directly to the recipient's server."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from test_federation import Federation, start_domain
 from textual.widgets import Checkbox, Input, TextArea
-from tui_helpers import make_app, wait_for
+from tui_domains import Two, two  # noqa: F401  (the fixture)
+from tui_helpers import wait_for
 
-from wsemail.client import Client
 from wsemail.im_client import Incoming, InstantMessenger
-from wsemail.pki import create_root, write_crl
-from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.tui.app import WsemailApp
 from wsemail.tui.screens.compose import ComposeScreen
 from wsemail.tui.screens.inbox import InboxScreen
 from wsemail.tui.screens.message import MessageScreen
-from wsemail.usercerts import keystore, new_private_key, request_certificate
 
-from conftest import PASSWORD, Running
 from conftest import wait_for as wait_until
 
 pytestmark = pytest.mark.anyio
@@ -38,74 +30,6 @@ BODY = "the launch code is 4711-walrus-secret"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@dataclass
-class Two:
-    """a.test and b.test, both trusting one root; clients as the TUI builds them."""
-
-    ca: Path
-    servers: dict[str, Running]
-
-    def running(self, address: str) -> Running:
-        return self.servers[address.rpartition("@")[2]]
-
-    def client(self, server: str, user: str, password: str) -> Client:
-        running = self.running(user)
-        c = Client(
-            server,
-            user,
-            password,
-            verify=running.verify,
-            tls_name=running.config.domain,
-            trust_roots=[self.ca / "root.pem"],
-        )
-        running.clients.append(c)
-        return c
-
-    def user(self, address: str) -> Client:
-        return self.client(self.running(address).url, address, PASSWORD)
-
-    def app(self, address: str, *, im_notify: bool = False) -> WsemailApp:
-        return make_app(
-            self.running(address), address, im_notify=im_notify, client_factory=self.client
-        )
-
-    def key(self, address: str) -> None:
-        keystore.save(request_certificate(self.user(address), new_private_key()))
-
-    def stored(self) -> int:
-        return sum(r.count("SELECT count(*) FROM messages") for r in self.servers.values())
-
-    def db_bytes(self) -> bytes:
-        found = b""
-        for running in self.servers.values():
-            path = running.config.db_path
-            found += b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
-        return found
-
-
-@pytest.fixture
-def two(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Two]:
-    monkeypatch.setenv("WSEMAIL_KEYS_DIR", str(tmp_path / "keys"))
-    monkeypatch.setenv("WSEMAIL_KEY_PASSPHRASE", "device passphrase")
-    ca = tmp_path / "ca"
-    create_root(ca)
-    write_crl(ca)
-    servers = {
-        d: start_domain(tmp_path, ca, d, plugins=list(DEFAULT_PLUGINS))
-        for d in ("a.test", "b.test")
-    }
-    Federation(ca, servers).route_all()
-    # what `wsemail send --encrypt` reads to find and check other users' certificates
-    monkeypatch.setenv("WSEMAIL_TRUST_ROOTS", str(ca / "root.pem"))
-    monkeypatch.setenv("WSEMAIL_CACERT", str(ca / "root.pem"))
-    monkeypatch.setenv(
-        "WSEMAIL_DIRECTORY_ROUTES", ",".join(f"{d}={r.url}" for d, r in servers.items())
-    )
-    yield Two(ca, servers)
-    for running in servers.values():
-        running.stop()
 
 
 def notes(app: WsemailApp) -> list[str]:
@@ -135,7 +59,7 @@ async def compose(
     return screen
 
 
-async def test_compose_sends_encrypted_and_the_reader_sees_it_decrypted(two: Two) -> None:
+async def test_compose_sends_encrypted_and_the_reader_sees_it_decrypted(two: Two) -> None:  # noqa: F811
     two.key("alice@a.test")
     two.key("bob@b.test")
     app = two.app("alice@a.test")
@@ -175,7 +99,7 @@ async def test_compose_sends_encrypted_and_the_reader_sees_it_decrypted(two: Two
         assert BODY in str(screen.query_one("#message-body").render())
 
 
-async def test_encrypted_send_is_refused_without_a_recipient_certificate(two: Two) -> None:
+async def test_encrypted_send_is_refused_without_a_recipient_certificate(two: Two) -> None:  # noqa: F811
     two.key("alice@a.test")
     two.key("bob@b.test")  # carol@b.test has none
     before = two.stored()
@@ -195,7 +119,7 @@ async def test_encrypted_send_is_refused_without_a_recipient_certificate(two: Tw
     assert two.user("bob@b.test").list_headers().headers == []  # the servers still answer
 
 
-async def test_encrypted_send_is_refused_without_a_key_on_this_device(two: Two) -> None:
+async def test_encrypted_send_is_refused_without_a_key_on_this_device(two: Two) -> None:  # noqa: F811
     two.key("bob@b.test")  # alice has no key here
     before = two.stored()
     app = two.app("alice@a.test")
@@ -211,7 +135,7 @@ async def test_encrypted_send_is_refused_without_a_key_on_this_device(two: Two) 
     assert two.user("alice@a.test").list_headers().headers == []
 
 
-async def test_compose_sends_directly_to_the_recipients_server(two: Two) -> None:
+async def test_compose_sends_directly_to_the_recipients_server(two: Two) -> None:  # noqa: F811
     got: list[Incoming] = []
     stream = InstantMessenger(two.user("bob@b.test")).listen()
     reader = threading.Thread(target=lambda: got.extend(stream), daemon=True)

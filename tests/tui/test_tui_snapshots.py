@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("pytest_textual_snapshot")
 
 from textual.pilot import Pilot  # noqa: E402
-from textual.widgets import Input, TextArea  # noqa: E402
+from textual.widgets import Checkbox, Input, TextArea  # noqa: E402
 from tui_helpers import make_app, wait_for  # noqa: E402
 
 from wsemail.server.accounts import set_user  # noqa: E402
@@ -137,3 +137,22 @@ def test_sent_folder_snapshot_wide(frozen: Running, snap_compare: Any) -> None:
         )
 
     assert snap_compare(make_app(frozen), run_before=sent, terminal_size=(120, 36))
+
+
+def test_compose_delivery_options_snapshot(frozen: Running, snap_compare: Any) -> None:
+    """A new message with Send Encrypted ticked (also signed; the IM options off)."""
+
+    async def encrypted(pilot: Pilot[Any]) -> None:
+        await inbox_loaded(pilot)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, ComposeScreen))
+        screen = pilot.app.screen
+        screen.query_one("#compose-to", Input).value = "bob@localhost"
+        screen.query_one("#compose-subject", Input).value = "Salaries 2025"
+        screen.query_one("#compose-body", TextArea).text = "Bob,\n\nthe figures, for you only."
+        screen.query_one("#compose-encrypt", Checkbox).value = True
+        screen.query_one("#compose-body", TextArea).focus()
+        await pilot.pause()
+        steady(pilot)
+
+    assert snap_compare(make_app(frozen), run_before=encrypted, terminal_size=(80, 24))

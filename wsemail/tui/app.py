@@ -1,5 +1,7 @@
 """In charge of the Textual application: screen routing (sign in → inbox), the global keys,
-and the one wsemail Client the screens share. Everything else lives in the screens."""
+the one wsemail Client the screens share, and party-line invitations (announced once with
+the key that joins the latest; with none waiting, that key asks for a channel id). Everything
+else lives in the screens."""
 
 from __future__ import annotations
 
@@ -7,10 +9,13 @@ from textual.app import App
 from textual.binding import Binding
 
 from wsemail.client import Client
+from wsemail.im_client import Invitation
 from wsemail.tui.mailbox import AddressBook
+from wsemail.tui.screens.channel import ChannelScreen, Invited
 from wsemail.tui.screens.help import HelpScreen
 from wsemail.tui.screens.inbox import InboxScreen
 from wsemail.tui.screens.login import LoginScreen
+from wsemail.tui.screens.prompt import PromptScreen
 from wsemail.tui.signin import ClientFactory, LoginDefaults, default_client, known_login
 
 
@@ -23,6 +28,9 @@ class WsemailApp(App[None]):
     CSS_PATH = "app.tcss"
     BINDINGS = [
         Binding("question_mark,f1", "help", "Help"),
+        Binding(
+            "ctrl+g", "join_channel", "Join", tooltip="join the party line you were invited to"
+        ),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
     ]
 
@@ -43,6 +51,7 @@ class WsemailApp(App[None]):
         self.im_notify = im_notify
         self.client: Client | None = None
         self.address_book = AddressBook()
+        self.invitations: dict[str, Invitation] = {}  # channel id → not yet joined
 
     def on_mount(self) -> None:
         self.push_screen(LoginScreen(self.defaults, factory=self.client_factory), self.signed_in)
@@ -65,6 +74,41 @@ class WsemailApp(App[None]):
     def on_unmount(self) -> None:
         if self.client is not None:
             self.client.close()
+
+    # party lines --------------------------------------------------------------------------
+    def _in_channel(self, channel: str) -> bool:
+        return any(isinstance(s, ChannelScreen) and s.channel == channel for s in self.screen_stack)
+
+    def on_invited(self, event: Invited) -> None:
+        invitation = event.invitation
+        if (
+            invitation.channel in self.invitations
+            or self._in_channel(invitation.channel)
+            or (self.client is not None and invitation.sender == self.client.username)
+        ):
+            return  # told already (several push streams), one's own, or the one one is in
+        self.invitations[invitation.channel] = invitation
+        self.notify(
+            f"{invitation.sender or invitation.domain} invites you to a party line. "
+            "Press ctrl+g to join.",
+            title="Party line",
+            timeout=30,
+        )
+
+    def action_join_channel(self) -> None:
+        if self.client is None or isinstance(self.screen, LoginScreen):
+            return
+        client = self.client
+        if self.invitations:
+            invitation = self.invitations.pop(next(reversed(self.invitations)))
+            self.push_screen(ChannelScreen(client, invitation))
+            return
+
+        def answered(channel: str | None) -> None:
+            if channel:
+                self.push_screen(ChannelScreen(client, channel))
+
+        self.push_screen(PromptScreen("Join the party line with channel id:"), answered)
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):

@@ -14,9 +14,14 @@ from textual.message import Message
 from textual.widgets import Header, Input, Label
 
 from wsemail.client import Client
-from wsemail.im_client import Incoming, InstantMessenger
+from wsemail.errors import WsemailError
+from wsemail.im_client import Incoming, InstantMessenger, Invitation, Opened
+from wsemail.tui.drafts import parse_addresses
+from wsemail.tui.feedback import describe
 from wsemail.tui.push import PushSession, notice_text, plain_address
 from wsemail.tui.screens.base import WorkScreen
+from wsemail.tui.screens.channel import ChannelScreen, Invited
+from wsemail.tui.screens.prompt import PromptScreen
 from wsemail.tui.widgets.chat.chat_log import ChatLog
 from wsemail.tui.widgets.footer import KeyFooter
 
@@ -35,6 +40,7 @@ class ChatScreen(WorkScreen[None]):
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("ctrl+r", "presence", "Presence"),
+        Binding("ctrl+l", "party_line", "Party line"),
     ]
 
     class HistoryLoaded(Message):
@@ -54,6 +60,11 @@ class ChatScreen(WorkScreen[None]):
         def __init__(self, item: Incoming) -> None:
             super().__init__()
             self.item = item
+
+    class ChannelOpened(Message):
+        def __init__(self, opened: Opened) -> None:
+            super().__init__()
+            self.opened = opened
 
     class Sent(Message):
         def __init__(self, text: str, at: float) -> None:
@@ -164,6 +175,12 @@ class ChatScreen(WorkScreen[None]):
             return
         if item.kind != "message":
             return
+        invitation = Invitation.parse(item.body, item.sender)
+        if invitation is not None:
+            if plain_address(item.sender) == self.peer:
+                self.log_view.note(f"{self.peer} invites you to a party line (ctrl+g joins)")
+            self.app.post_message(Invited(invitation))  # the app says how to join
+            return
         if plain_address(item.sender) == self.peer:
             self.log_view.add(item.sender, item.body, moment(str(item.data.get("date", ""))))
             if self.status != "online":
@@ -189,3 +206,36 @@ class ChatScreen(WorkScreen[None]):
 
     def action_presence(self) -> None:
         self.refresh_presence()
+
+    def action_party_line(self) -> None:
+        """Open a party line with the contact (and whoever else is added) and join it."""
+
+        def answered(text: str | None) -> None:
+            if not text:
+                return
+            try:
+                addresses = parse_addresses(text)
+            except WsemailError as exc:
+                self.notify(describe(exc), title="No party line", severity="error")
+                return
+            if addresses:
+                self.notify("Opening a party line…", timeout=2)
+                self.open_channel(addresses)
+
+        question = "Party line with (addresses, comma-separated):"
+        self.app.push_screen(PromptScreen(question, value=self.peer), answered)
+
+    @work(thread=True, group="channel", exclusive=True)
+    def open_channel(self, addresses: list[str]) -> None:
+        try:
+            opened = self.im.open_channel(addresses)
+        except Exception as exc:
+            self.fail("Cannot open a party line", exc)
+        else:
+            self.post_message(self.ChannelOpened(opened))
+
+    def on_chat_screen_channel_opened(self, event: ChatScreen.ChannelOpened) -> None:
+        opened = event.opened
+        self.app.push_screen(
+            ChannelScreen(self.client, opened.invitation, invited=opened.invited, im=self.im)
+        )

@@ -20,13 +20,14 @@ from textual.widgets import DataTable, Header, Input, Label
 
 from wsemail.client import Client, Page
 from wsemail.errors import WsemailError
-from wsemail.im_client import Incoming, InstantMessenger
+from wsemail.im_client import Incoming, InstantMessenger, Invitation
 from wsemail.message import normalize_address
 from wsemail.tui.drafts import ComposeDraft
 from wsemail.tui.feedback import describe
 from wsemail.tui.mailbox import AddressBook, Mailbox
 from wsemail.tui.push import PushSession, notice_text, plain_address
 from wsemail.tui.screens.base import WorkScreen
+from wsemail.tui.screens.channel import Invited
 from wsemail.tui.screens.chat import ChatScreen
 from wsemail.tui.screens.compose import ComposeScreen
 from wsemail.tui.screens.confirm import ConfirmScreen
@@ -245,6 +246,10 @@ class InboxScreen(WorkScreen[None]):
                 self.notify(notice_text(item), title="Instant message", severity="warning")
             return
         if item.kind != "message":
+            return
+        invitation = Invitation.parse(item.body, item.sender)
+        if invitation is not None:
+            self.app.post_message(Invited(invitation))  # the app says how to join
             return
         if isinstance(screen, ChatScreen) and screen.peer == plain_address(item.sender):
             return  # shown in the conversation

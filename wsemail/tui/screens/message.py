@@ -56,9 +56,10 @@ class MessageScreen(WorkScreen[str | None]):
         Binding("d,delete", "delete", "Delete"),
         Binding("g", "fetch", "Get files"),
         Binding("i", "install", "Install form"),
-        Binding("A", "act('approve')", "Approve"),
-        Binding("R", "act('reject')", "Reject"),
-        Binding("D", "delegate", "Delegate"),
+        # shown in the form's text instead: the footer keeps room for Help at 80 columns
+        Binding("A", "act('approve')", "Approve", show=False),
+        Binding("R", "act('reject')", "Reject", show=False),
+        Binding("D", "delegate", "Delegate", show=False),
     ]
     FORM_ACTIONS = {"install", "act", "delegate"}
 

@@ -20,15 +20,18 @@ class PromptScreen(ModalScreen[str | None]):
     CSS_PATH = "prompt.tcss"
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, question: str, book: AddressBook | None = None) -> None:
+    def __init__(self, question: str, book: AddressBook | None = None, value: str = "") -> None:
         super().__init__()
         self.question = question
+        self.value = value
         self.book = book or AddressBook()
 
     def compose(self) -> ComposeResult:
         with Vertical(id="prompt-dialog"):
             yield Label(self.question, id="prompt-question", markup=False)
-            yield AddressInput(self.book, "", id="prompt-input", placeholder="name@example.org")
+            yield AddressInput(
+                self.book, self.value, id="prompt-input", placeholder="name@example.org"
+            )
 
     def on_mount(self) -> None:
         self.query_one("#prompt-input", Input).focus()
