@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import ssl
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from lxml import etree
@@ -24,6 +25,7 @@ from test_federation import start_domain
 
 from wsemail.client import Client
 from wsemail.errors import (
+    MessageExpired,
     RevocationUnavailable,
     SignatureInvalid,
     UntrustedSigner,
@@ -32,6 +34,7 @@ from wsemail.errors import (
 from wsemail.message import Message
 from wsemail.pki import ServerIdentity, create_root, write_crl
 from wsemail.server.config import DEFAULT_PLUGINS
+from wsemail.server.store import Tx
 from wsemail.soap import q
 from wsemail.usercerts import (
     CertificateClient,
@@ -460,3 +463,153 @@ def test_cli_keys_create_send_encrypt_and_retrieve_json(fed: Fed, tmp_path: Path
     assert b"ENCRYPTED PRIVATE KEY" in exported.read_bytes()
     run("alice@a.test", "keys", "renew")
     assert "revoked 2" in run("alice@a.test", "keys", "revoke")
+
+
+def test_the_directory_caches_certificates_until_they_expire(fed: Fed) -> None:
+    bob_key = fed.key("bob@b.test")
+    now = [time.time()]
+    lookups: list[str] = []
+    server_b = fed.b.controller.server
+    dispatch = server_b.dispatch
+
+    async def counting(data: bytes, peer: str) -> etree._Element:
+        if b"LookupCertificate" in data:
+            lookups.append(peer)
+        return await dispatch(data, peer)
+
+    server_b.dispatch = counting  # type: ignore[method-assign]
+    routes = {d: r.url for d, r in fed.servers.items()}
+    with Directory([fed.ca / "root.pem"], routes, cache_seconds=600, clock=lambda: now[0]) as d:
+        assert d.certificate("bob@b.test") == bob_key.cert
+        assert len(lookups) == 1
+        assert revoke(fed.client("bob@b.test")) == 1
+        now[0] += 599  # still within the cache lifetime: no new lookup
+        assert d.certificate("bob@b.test") == bob_key.cert
+        assert len(lookups) == 1
+        now[0] += 2  # expired: asked again, and the revocation is seen
+        with pytest.raises(NoCertificate):
+            d.certificate("bob@b.test")
+        assert len(lookups) == 2
+
+
+def _bad_certificates(fed: Fed, tmp_path: Path) -> dict[str, x509.Certificate]:
+    """Certificates for bob@b.test that no directory should publish and no sender accept."""
+    a_id = ServerIdentity.load(tmp_path / "a.test-identity")
+    b_id = ServerIdentity.load(tmp_path / "b.test-identity")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    good = b_id.issue_user_cert(
+        "bob@b.test", key.public_key(), lifetime=timedelta(days=30), now=now, encryption=True
+    )
+    wrong_issuer = x509.CertificateBuilder(
+        issuer_name=a_id.issuing_cert.subject,
+        subject_name=good.subject,
+        public_key=key.public_key(),
+        serial_number=x509.random_serial_number(),
+        not_valid_before=good.not_valid_before_utc,
+        not_valid_after=good.not_valid_after_utc,
+        extensions=list(good.extensions),
+    ).sign(a_id.issuing_key, hashes.SHA256())
+    expired = b_id.issue_user_cert(
+        "bob@b.test",
+        key.public_key(),
+        lifetime=timedelta(days=1),
+        now=now - timedelta(days=10),
+        encryption=True,
+    )
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bob@b.test")])
+    self_signed = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("bob@b.test")]), False)
+        .sign(key, hashes.SHA256())
+    )
+    revoked = request_certificate(fed.client("bob@b.test"), new_private_key()).cert
+    assert revoke(fed.client("bob@b.test"), revoked.serial_number) == 1
+    return {
+        "wrong domain's issuer": wrong_issuer,
+        "expired": expired,
+        "self-signed": self_signed,
+        "revoked": revoked,
+    }
+
+
+def test_send_encrypted_refuses_certificates_a_directory_should_not_publish(
+    fed: Fed, tmp_path: Path
+) -> None:
+    """b.test's directory is made to answer bad certificates for bob (its table edited):
+    alice's client refuses each before anything is uploaded or sent."""
+    alice_key = fed.key("alice@a.test")
+    fed.key("bob@b.test")
+    attachment = tmp_path / "terms.txt"
+    attachment.write_text(BODY)
+    store = fed.b.controller.server.store
+    with fed.directory() as directory:
+        send_encrypted(
+            fed.client("alice@a.test"), alice_key, directory, ["bob@b.test"], SUBJECT, BODY
+        )
+        before = fed.a.stored()[0], fed.a.count("SELECT count(*) FROM attachment_blobs")
+        for issued, (label, cert) in enumerate(_bad_certificates(fed, tmp_path).items(), 1):
+            row = (
+                str(cert.serial_number),
+                cert.public_bytes(serialization.Encoding.DER),
+                datetime.now(UTC).timestamp() + issued,
+            )
+
+            def publish(tx: Tx, row: tuple[str, bytes, float] = row) -> None:
+                tx.conn.execute("DELETE FROM user_certs WHERE serial=?", (row[0],))
+                tx.conn.execute(
+                    "INSERT INTO user_certs(serial, address, der, issued, expires) "
+                    "VALUES (?, 'bob@b.test', ?, ?, ?)",
+                    (*row, row[2] + 86400 * 30),
+                )
+
+            store.transact_sync(publish)
+            assert directory.fetch("bob@b.test").cert == cert, label
+            directory.forget()
+            with pytest.raises(UsageError, match="cannot encrypt to bob@b.test") as refused:
+                send_encrypted(
+                    fed.client("alice@a.test"),
+                    alice_key,
+                    directory,
+                    ["bob@b.test"],
+                    SUBJECT,
+                    BODY,
+                    attachments=[attachment],
+                )
+            if label == "revoked":
+                assert "revoked" in str(refused.value)
+            after = fed.a.stored()[0], fed.a.count("SELECT count(*) FROM attachment_blobs")
+            assert after == before, label
+            assert fed.a.count("SELECT count(*) FROM queue") == 0, label
+            assert fed.b.client("bob@b.test").list_headers().headers, label
+
+
+def test_certificate_login_refuses_stale_requests_and_other_domains_users(fed: Fed) -> None:
+    alice_key, bob_key = fed.key("alice@a.test"), fed.key("bob@b.test")
+    a = fed.a
+    login = CertificateClient(a.url, alice_key, verify=a.verify, tls_name="a.test")
+    a.clients.append(login)
+    assert login.list_headers().headers == []
+    before = a.stored()
+    auth = a.controller.server.auth
+    clock = auth.clock
+    auth.clock = lambda: clock() + 600  # the server's clock ten minutes ahead
+    try:
+        with pytest.raises(MessageExpired):
+            login.send(["bob@a.test"], "late", "hello")
+    finally:
+        auth.clock = clock
+    # bob@b.test's own, valid certificate is no login at a.test
+    stranger = CertificateClient(a.url, bob_key, verify=a.verify, tls_name="a.test")
+    a.clients.append(stranger)
+    with pytest.raises(UntrustedSigner, match="this domain's users only"):
+        stranger.list_headers()
+    assert a.stored() == before
+    login.send(["bob@a.test"], "on time", "hello")
+    assert [h.subject for h in fed.client("bob@a.test").list_headers().headers] == ["on time"]

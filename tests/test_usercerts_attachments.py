@@ -1,7 +1,7 @@
 """Encrypted on-demand attachments between two real TLS domains on loopback: alice@a.test
 sends bob@b.test an encrypted, signed message with a file; both servers hold ciphertext
 only; bob fetches and decrypts it; a third user cannot; altered, cut or reordered ciphertext
-is refused with nothing left behind. Also the directory cache and its expiry."""
+is refused with nothing left behind."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,12 +22,10 @@ from wsemail.errors import Forbidden, SignatureInvalid, UsageError, WsemailError
 from wsemail.usercerts import (
     Directory,
     EncryptedAttachment,
-    NoCertificate,
     UserKey,
     fetch_encrypted,
     open_listing,
     open_sealed,
-    revoke,
     send_encrypted,
 )
 from wsemail.usercerts.filecrypt import CHUNK, HEADER, TAG, decrypt_file, encrypted_size
@@ -354,28 +351,31 @@ def test_cli_send_encrypt_attach_list_fetch_on_a_second_device(fed: Fed, tmp_pat
     assert fed.a.count("SELECT count(*) FROM attachment_blobs") == blobs
 
 
-def test_the_directory_caches_certificates_until_they_expire(fed: Fed) -> None:
-    bob_key = fed.key("bob@b.test")
-    now = [time.time()]
-    lookups: list[str] = []
-    server_b = fed.b.controller.server
-    dispatch = server_b.dispatch
-
-    async def counting(data: bytes, peer: str) -> etree._Element:
-        if b"LookupCertificate" in data:
-            lookups.append(peer)
-        return await dispatch(data, peer)
-
-    server_b.dispatch = counting  # type: ignore[method-assign]
-    routes = {d: r.url for d, r in fed.servers.items()}
-    with Directory([fed.ca / "root.pem"], routes, cache_seconds=600, clock=lambda: now[0]) as d:
-        assert d.certificate("bob@b.test") == bob_key.cert
-        assert len(lookups) == 1
-        assert revoke(fed.client("bob@b.test")) == 1
-        now[0] += 599  # still within the cache lifetime: no new lookup
-        assert d.certificate("bob@b.test") == bob_key.cert
-        assert len(lookups) == 1
-        now[0] += 2  # expired: asked again, and the revocation is seen
-        with pytest.raises(NoCertificate):
-            d.certificate("bob@b.test")
-        assert len(lookups) == 2
+def test_unsigned_encrypted_mail_with_a_file_opens_as_unsigned(fed: Fed, tmp_path: Path) -> None:
+    alice_key, bob_key = fed.key("alice@a.test"), fed.key("bob@b.test")
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    source = tmp_path / FILE_NAME
+    plain = secret_file(source, CHUNK)  # exactly one full chunk
+    with fed.directory() as directory:
+        send_encrypted(
+            fed.client("alice@a.test"),
+            alice_key,
+            directory,
+            ["bob@b.test"],
+            SUBJECT,
+            BODY,
+            sign=False,
+            attachments=[source, empty],
+        )
+        bob = box(fed, "bob@b.test")
+        listing = bob.list(newest(bob))
+        opened = open_sealed(listing.message, bob_key, directory)
+        assert (opened.signed, opened.signer, opened.body) == (False, None, BODY)
+        items = open_listing(listing, bob_key, directory)
+    assert [(i.name, i.size, i.ref.name) for i in items] == [
+        (FILE_NAME, CHUNK, "encrypted-1.bin"),
+        ("empty.txt", 0, "encrypted-2.bin"),
+    ]
+    assert fetch_encrypted(bob, items[0], tmp_path / "one").read_bytes() == plain
+    assert fetch_encrypted(bob, items[1], tmp_path / "two").read_bytes() == b""
