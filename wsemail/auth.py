@@ -23,6 +23,12 @@ from wsemail.soap import WSSE, WSU, q
 from wsemail.xmlsafe import c14n
 
 MAC_TYPE = "urn:wsemail:password-mac"
+# signed answers (DESIGN.md §4): a MAC-authenticated request may carry <w:SignResponse
+# ServerCertificate="base64 SHA-256 of the DER the client already holds"/> in its Header;
+# the server then signs its answer (Body + Timestamp) and binds it to the request by
+# InResponseTo="the request's nonce" on the Body's response element
+SIGN_RESPONSE = "SignResponse"
+IN_RESPONSE_TO = "InResponseTo"
 WSS_2004 = "http://docs.oasis-open.org/wss/2004/01/"
 TOKEN_PROFILE = WSS_2004 + "oasis-200401-wss-username-token-profile-1.0"
 PASSWORD_TEXT = TOKEN_PROFILE + "#PasswordText"
@@ -80,8 +86,9 @@ class Credentials:
 
     def sign(
         self, header: etree._Element, body: etree._Element, now: datetime | None = None
-    ) -> None:
-        """Add a wsse:Security header with a password-MAC UsernameToken for `body`."""
+    ) -> str:
+        """Add a wsse:Security header with a password-MAC UsernameToken for `body`; return
+        its nonce (what a signed answer must be bound to)."""
         operation = etree.QName(body[0]).localname
         nonce = base64.b64encode(os.urandom(NONCE_BYTES)).decode("ascii")
         created = timestamp(now)
@@ -92,6 +99,7 @@ class Credentials:
         etree.SubElement(token, q("Password", WSSE), Type=MAC_TYPE).text = mac
         etree.SubElement(token, q("Nonce", WSSE), EncodingType=BASE64_ENCODING).text = nonce
         etree.SubElement(token, q("Created", WSU)).text = created
+        return nonce
 
 
 @dataclass(frozen=True, repr=False)

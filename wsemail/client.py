@@ -8,6 +8,12 @@
 The password is turned into the MAC key once (scrypt) on the first authenticated call;
 every request after that costs one HMAC. `transport` is a test seam: pass
 `httpx.ASGITransport(app)` to talk to an in-process server.
+
+With trust roots, every authenticated request asks for a signed answer (DESIGN.md §4):
+the answer must be signed by a server certificate of the user's own domain that chains to
+the roots and is not revoked (checked on first contact, when the server embeds it; later
+answers name it by digest), be fresh, and be bound to this request's nonce; otherwise the
+call raises. Without trust roots nothing can be checked: `answer_check` says "unchecked".
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import base64
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
@@ -24,22 +31,42 @@ from cryptography import x509
 from lxml import etree
 
 from wsemail import provenance, soap
-from wsemail.auth import KDF_N, KDF_P, KDF_R, Credentials, derive_key
-from wsemail.dsig import cert_digest
+from wsemail.auth import (
+    IN_RESPONSE_TO,
+    KDF_N,
+    KDF_P,
+    KDF_R,
+    SIGN_RESPONSE,
+    Credentials,
+    derive_key,
+    parse_timestamp,
+)
+from wsemail.dsig import DS, cert_digest, verify_envelope
 from wsemail.errors import (
+    MessageExpired,
     RemoteFault,
+    ReplayDetected,
     ServerError,
     SignatureInvalid,
     TransportError,
+    UntrustedSigner,
     UsageError,
 )
-from wsemail.message import Draft, Message, MessageHeader, new_message_id, normalize_address
+from wsemail.message import (
+    Draft,
+    Message,
+    MessageHeader,
+    domain_of,
+    new_message_id,
+    normalize_address,
+)
 from wsemail.pki import TrustStore
 from wsemail.provenance import Provenance, server_domain
-from wsemail.soap import element, q, text_of
+from wsemail.soap import WSSE, WSU, element, q, text_of
 from wsemail.xmlsafe import XmlLimits, parse_untrusted
 
 RESPONSE_LIMITS = XmlLimits(max_bytes=64 << 20, max_depth=32, max_elements=1_000_000)
+ANSWER_PAST, ANSWER_FUTURE = 300.0, 60.0  # freshness window of a signed answer, seconds
 
 
 @dataclass(frozen=True)
@@ -92,6 +119,9 @@ class Client:
         self._trust: TrustStore | None = None
         # server certificates of relayed mail by SHA-256 of the DER, each fetched once
         self.certificates: dict[bytes, x509.Certificate] = {}
+        # our own server's certificate, once a signed answer carried it and it was checked
+        self.server_certificate: x509.Certificate | None = None
+        self.answer_check: str | None = None  # last answer: "verified" or "unchecked"
         # the name the server's TLS certificate must carry when it differs from the URL's host
         # (a domain's server certificate names the mail domain)
         self._extensions = {"sni_hostname": tls_name} if tls_name else {}
@@ -142,8 +172,17 @@ class Client:
         """POST one operation; return the response element or raise its fault."""
         env, header, body = soap.new_envelope()
         body.append(operation)
+        nonce = None
         if authenticated:
-            self.credentials.sign(header, body)
+            nonce = self.credentials.sign(header, body)
+            if self.trust() is not None:
+                asks = element(header, SIGN_RESPONSE)
+                if self.server_certificate is not None:
+                    digest = cert_digest(self.server_certificate)
+                    asks.set("ServerCertificate", base64.b64encode(digest).decode("ascii"))
+            else:
+                nonce = None
+                self.answer_check = "unchecked"
         else:
             env.remove(header)
         try:
@@ -160,7 +199,51 @@ class Client:
                 f"unreadable answer (HTTP {response.status_code}) from {self.server}"
             ) from exc
         soap.raise_if_fault(answer)
-        return answer
+        if nonce is None:
+            return answer
+        return self._checked_answer(root, nonce)
+
+    def _checked_answer(self, root: etree._Element, nonce: str) -> etree._Element:
+        """The verified response element of a signed answer to the request with `nonce`."""
+        trust = self.trust()
+        assert trust is not None
+        domain = domain_of(self.username)
+        held = self.server_certificate
+
+        def own_server(cert: x509.Certificate) -> str:
+            if held is not None and cert == held:
+                return domain  # checked when it first came
+            signer = server_domain(trust, cert)
+            if signer != domain:
+                raise UntrustedSigner(f"signed by the server of {signer}, not of {domain}")
+            return signer
+
+        def by_digest(digest: bytes) -> x509.Certificate:
+            if held is None or cert_digest(held) != digest:
+                raise SignatureInvalid("it names a server certificate this client does not hold")
+            return held
+
+        try:
+            if (
+                root.find(f"{q('Header', soap.SOAP)}/{q('Security', WSSE)}/{q('Signature', DS)}")
+                is None
+            ):
+                raise SignatureInvalid("it is not signed")
+            verified = verify_envelope(root, own_server, by_digest)
+            created = parse_timestamp(verified.timestamp.findtext(q("Created", WSU)) or "")
+            expires = verified.timestamp.findtext(q("Expires", WSU))
+            age = (datetime.now(UTC) - created).total_seconds()
+            if age > ANSWER_PAST or age < -ANSWER_FUTURE:
+                raise MessageExpired("it is stale")
+            if expires is not None and parse_timestamp(expires) < datetime.now(UTC):
+                raise MessageExpired("it has expired")
+            if verified.operation.get(IN_RESPONSE_TO) != nonce:
+                raise ReplayDetected("it answers another request")
+        except RemoteFault as exc:
+            raise type(exc)(f"answer from {self.server} refused: {exc.reason}") from exc
+        self.server_certificate = verified.cert
+        self.answer_check = "verified"
+        return verified.operation
 
     # operations -------------------------------------------------------------------------
     def send(

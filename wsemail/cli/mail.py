@@ -179,7 +179,14 @@ def retrieve(
             message, sealed = open_messages(client, message)
             if as_json:
                 typer.echo(
-                    json.dumps({**message.as_dict(), "provenance": proof.as_dict(), "e2e": sealed})
+                    json.dumps(
+                        {
+                            **message.as_dict(),
+                            "provenance": proof.as_dict(),
+                            "e2e": sealed,
+                            "answer": client.answer_check,
+                        }
+                    )
                 )
                 continue
             typer.echo(
@@ -190,8 +197,15 @@ def retrieve(
                 typer.echo(f"Cc: {', '.join(message.cc)}")
             typer.echo(
                 f"Date: {message.date}\nSubject: {message.subject}\nProvenance: {proof}"
-                f"{_e2e_line(sealed)}\n\n{message.body}"
+                f"{_e2e_line(sealed)}{_answer_line(client.answer_check)}\n\n{message.body}"
             )
+
+
+def _answer_line(check: str | None) -> str:
+    """Whether the server's answer was signed and checked (needs trust roots)."""
+    if check == "verified":
+        return "\nServer answer: signed by your server ✓"
+    return "\nServer answer: not checked (no trust roots configured)" if check else ""
 
 
 def _e2e_line(sealed: dict[str, object]) -> str:

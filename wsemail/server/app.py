@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -46,7 +47,12 @@ from wsemail.server.federation import Federation
 from wsemail.server.operations import AUTHENTICATED
 from wsemail.server.pipeline import Environment, Pipeline, resolve_class
 from wsemail.server.relay import Relay
-from wsemail.server.security import Authenticator
+from wsemail.server.security import (
+    AnswerBinding,
+    Authenticator,
+    signed_answer,
+    wants_signed_answer,
+)
 from wsemail.server.store import SqliteStore, Tx, UserRecord
 from wsemail.server.wsdl import wsdl_document
 from wsemail.soap import element, q, text_of
@@ -58,6 +64,8 @@ CRL_PATH = "/wsemail/crl"  # the CRLs this server holds, for its clients' proven
 
 
 T = TypeVar("T")
+# set by `Server.authenticated` when the request it authenticated asked for a signed answer
+_ANSWER: ContextVar[AnswerBinding | None] = ContextVar("wsemail_answer", default=None)
 SelfAuthenticated = Callable[["Server", soap.ReceivedEnvelope, str], Awaitable[etree._Element]]
 
 
@@ -117,10 +125,16 @@ class Server:
         if self.inflight >= self.config.max_concurrency:
             return self.fault(ServerBusy("server busy, try again"))
         self.inflight += 1
+        answer = _ANSWER.set(None)
         try:
             data = await self.read_body(request)
             payload = await self.dispatch(data, request.client.host if request.client else "")
-            return Response(soap.response(payload), media_type=soap.CONTENT_TYPE)
+            binding = _ANSWER.get()
+            if binding is not None and self.federation is not None:
+                content = signed_answer(self.federation.signer, payload, binding, self.clock())
+            else:
+                content = soap.response(payload)
+            return Response(content, media_type=soap.CONTENT_TYPE)
         except RemoteFault as exc:
             return self.fault(exc)
         except ClientDisconnect:
@@ -129,6 +143,7 @@ class Server:
             log.exception("unexpected error")
             return self.fault(ServerError("internal server error"))
         finally:
+            _ANSWER.reset(answer)
             self.inflight -= 1
 
     def wake_relay(self) -> None:
@@ -234,7 +249,9 @@ class Server:
             def unit(tx: Tx) -> T:
                 return work(tx, authenticate(tx))
 
-            return await self.store.transact(unit)
+            result = await self.store.transact(unit)
+            _ANSWER.set(wants_signed_answer(envelope.header, token))
+            return result
         except AuthenticationFailed:
             self.auth.record_failure(username, peer)
             log.info("authentication failed for %r from %s", username, peer)

@@ -1,34 +1,50 @@
-"""In charge of authenticating client requests (DESIGN.md §4).
+"""In charge of authenticating client requests (DESIGN.md §4), and of signing the answers
+to those that ask for it.
 
 Order of checks for the password MAC: timestamp window → nonce not seen → MAC, compared in
 constant time; the nonce is then inserted in the same transaction as the request's effect.
 An unknown user is checked against a fake key, so the answer and its cost are the same as
 for a wrong password. Failed attempts are counted per user and per peer address and answered
 with 429 for the rest of a short window.
+
+A MAC-authenticated request with a `<w:SignResponse/>` header gets a signed answer: the
+server key signs Body and Timestamp (the hop-signature form, `Signer.sign_envelope_fast`),
+the Body's response element carries InResponseTo = the request's nonce, and the server
+certificate is named by digest when the request says the client already holds it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
 import hmac
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from lxml import etree
+
+from wsemail import soap
 from wsemail.auth import (
+    IN_RESPONSE_TO,
     SALT_BYTES,
+    SIGN_RESPONSE,
     UsernameToken,
     compute_mac,
     decode_nonce,
     derive_key,
     mac_matches,
     parse_timestamp,
+    timestamp,
 )
+from wsemail.dsig import Signer, add_timestamp
 from wsemail.errors import AuthenticationFailed, MessageExpired, RateLimited, ReplayDetected
 from wsemail.server.store import Tx, UserRecord
+from wsemail.soap import SOAP, WSEMAIL, WSSE, WSU, q
 
 FAILED = "authentication failed"
 
@@ -151,3 +167,48 @@ class Authenticator:
         stored = user.key if user is not None else hashlib.sha256(self.secret).digest()
         if not hmac.compare_digest(derived, stored) or user is None:
             raise AuthenticationFailed(FAILED)
+
+
+# signed answers -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AnswerBinding:
+    """What a signed answer is bound to: the request's nonce, and the digest of the server
+    certificate the client already holds (None: embed it)."""
+
+    nonce: str
+    known: bytes | None
+
+
+def wants_signed_answer(
+    header: etree._Element | None, token: UsernameToken
+) -> AnswerBinding | None:
+    """The binding for a MAC-authenticated request that asked for a signed answer."""
+    if header is None or not token.is_mac or not token.nonce:
+        return None
+    asks = header.findall(q(SIGN_RESPONSE))
+    if len(asks) != 1:
+        return None
+    try:
+        known = base64.b64decode(asks[0].get("ServerCertificate") or "", validate=True)
+    except (binascii.Error, ValueError):
+        known = b""
+    return AnswerBinding(token.nonce, known or None)
+
+
+def signed_answer(
+    signer: Signer, payload: etree._Element, binding: AnswerBinding, now: float, ttl: float = 300
+) -> bytes:
+    """The answer envelope for `payload`, signed and bound to its request."""
+    env = etree.Element(q("Envelope", SOAP), nsmap={"s": SOAP, "w": WSEMAIL, "wsu": WSU})
+    header = etree.SubElement(env, q("Header", SOAP))
+    body = etree.SubElement(env, q("Body", SOAP))
+    security = etree.SubElement(header, q("Security", WSSE), nsmap={"wsse": WSSE})
+    add_timestamp(
+        security,
+        timestamp(datetime.fromtimestamp(now, UTC)),
+        timestamp(datetime.fromtimestamp(now + ttl, UTC)),
+    )
+    payload.set(IN_RESPONSE_TO, binding.nonce)
+    body.append(payload)
+    signer.sign_envelope_fast(env, embed=binding.known != signer.cert_digest)
+    return soap.serialize(env)
