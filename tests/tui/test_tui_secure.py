@@ -7,6 +7,7 @@ instant message sent directly to the recipient's server."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 from textual.widgets import Checkbox, Input, TextArea
@@ -59,13 +60,22 @@ async def compose(
     return screen
 
 
-async def test_compose_sends_encrypted_and_the_reader_sees_it_decrypted(two: Two) -> None:  # noqa: F811
+async def test_compose_sends_encrypted_and_the_reader_sees_it_decrypted(
+    two: Two,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     two.key("alice@a.test")
     two.key("bob@b.test")
+    plan = tmp_path / "plan.txt"
+    plan.write_text("attachment secret: orange-kangaroo\n" * 100)
+    downloads = tmp_path / "downloads"
+    monkeypatch.setenv("WSEMAIL_DOWNLOAD_DIR", str(downloads))
     app = two.app("alice@a.test")
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: in_inbox(app, 0))
         screen = await compose(app, pilot, "bob@b.test", SUBJECT, BODY)
+        screen.query_one("#compose-files", Input).value = str(plan)
         sign = screen.query_one("#compose-sign", Checkbox)
         assert sign.value and sign.disabled  # signing follows the CLI default (--sign)
         screen.query_one("#compose-instant", Checkbox).value = True
@@ -97,6 +107,11 @@ async def test_compose_sends_encrypted_and_the_reader_sees_it_decrypted(two: Two
         assert "Sealed:  end to end ✓, signed by alice@a.test ✓" in headers
         assert "signed by a.test ✓" in headers  # the sending server's hop signature
         assert BODY in str(screen.query_one("#message-body").render())
+        assert "1. plan.txt (3.4 KB, encrypted, on a.test; g to get)" in headers
+        await pilot.press("g")
+        await wait_for(pilot, lambda: (downloads / "plan.txt").exists())
+        assert (downloads / "plan.txt").read_bytes() == plan.read_bytes()
+        await wait_for(pilot, lambda: any("end to end ✓" in n for n in notes(reader)))
 
 
 async def test_encrypted_send_is_refused_without_a_recipient_certificate(two: Two) -> None:  # noqa: F811

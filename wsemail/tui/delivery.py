@@ -2,7 +2,8 @@
 Send Encrypted (end to end to every recipient's certificate and the sender's, signed by
 default, exactly as `wsemail send --encrypt [--sign]`), send directly to the recipients'
 servers (an instant message signed with a federated identity, `wsemail im send --direct`),
-and opening a sealed message the way `wsemail retrieve` does. Pure Python (no Textual).
+and opening a sealed message and its encrypted attachments the way `wsemail retrieve` and
+`wsemail fetch` do. Pure Python (no Textual).
 
 Everything here refuses before anything is sent: no key on this device, a recipient
 without a trusted certificate, a recipient server that cannot be located."""
@@ -11,13 +12,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from wsemail.cli.keys import _locate, open_directory, open_messages
+from wsemail.attachments_client import Attachments, Progress
+from wsemail.cli.keys import _locate, open_attachments, open_directory, open_messages
 from wsemail.client import Client, SendResult
 from wsemail.errors import UsageError, WsemailError
 from wsemail.im_client import InstantMessenger
-from wsemail.message import Message, domain_of, normalize_address
-from wsemail.usercerts import is_sealed, keystore, send_encrypted
+from wsemail.message import AttachmentRef, Message, domain_of, normalize_address
+from wsemail.usercerts import (
+    EncryptedAttachment,
+    fetch_encrypted,
+    is_sealed,
+    keystore,
+    send_encrypted,
+)
+
+Item = AttachmentRef | EncryptedAttachment
+"""An on-demand attachment as the message view lists it: plain, or of encrypted mail."""
 
 
 @dataclass(frozen=True)
@@ -34,8 +46,6 @@ class Options:
         """Why these options cannot send this message (nothing is sent), or None."""
         if self.encrypt and (self.instant or self.direct):
             return "an encrypted message goes as mail, not as an instant message"
-        if self.encrypt and files:
-            return "files cannot be sent encrypted yet; nothing was sent"
         if self.direct and files:
             return "a message sent directly carries no files"
         return None
@@ -49,10 +59,11 @@ def send_sealed(
     body: str,
     *,
     sign: bool = True,
+    files: Sequence[Path] = (),
 ) -> SendResult:
-    """Encrypt to every recipient (certificates from their domains' directories, checked)
-    and send; raises UsageError (nothing sent) without a key here or with a recipient that
-    has no usable certificate."""
+    """Encrypt subject, body and files to every recipient (certificates from their domains'
+    directories, checked) and send; raises UsageError (nothing uploaded or sent) without a
+    key here or with a recipient that has no usable certificate."""
     if not keystore.exists(client.username):
         raise UsageError(
             f"no key for {client.username} on this device (run 'wsemail keys create'); "
@@ -61,7 +72,15 @@ def send_sealed(
     own = keystore.load(client.username)
     with open_directory() as directory:
         return send_encrypted(
-            client, own, directory, list(to), subject, body, cc=list(cc), sign=sign
+            client,
+            own,
+            directory,
+            list(to),
+            subject,
+            body,
+            cc=list(cc),
+            sign=sign,
+            attachments=files,
         )
 
 
@@ -134,3 +153,25 @@ def e2e_line(status: dict[str, object]) -> str:
         return f"cannot open: {status['error']}"
     signer = f"signed by {status['signer']} ✓" if status.get("signed") else "not signed"
     return f"end to end ✓, {signer}"
+
+
+def attachments_of(client: Client, message_id: str) -> list[Item]:
+    """A message's on-demand attachments; those of encrypted mail opened with the key on
+    this device (their names and sizes are sealed), as `wsemail attachments` lists them."""
+    listing = Attachments(client).list(message_id)
+    encrypted = open_attachments(client, listing)
+    return list(listing.refs) if encrypted is None else list(encrypted)
+
+
+def wire_size(item: Item) -> int:
+    """The bytes a fetch moves (the ciphertext's, for an encrypted attachment)."""
+    return item.ref.size if isinstance(item, EncryptedAttachment) else item.size
+
+
+def fetch_item(client: Client, item: Item, dest: Path, progress: Progress | None = None) -> Path:
+    """Fetch with a federated identity, checked against the signed SHA-256; an encrypted
+    attachment is then decrypted (every chunk authenticated) into `dest`."""
+    box = Attachments(client)
+    if isinstance(item, EncryptedAttachment):
+        return fetch_encrypted(box, item, dest, progress=progress)
+    return box.fetch(item, dest, progress=progress)

@@ -231,7 +231,7 @@ class ComposeScreen(WorkScreen[bool]):
         options = options or Options()
         try:
             if options.encrypt:
-                send_sealed(self.client, to, cc, subject, body, sign=options.sign)
+                send_sealed(self.client, to, cc, subject, body, sign=options.sign, files=files)
                 how = "Encrypted message sent" + (", signed" if options.sign else "")
             elif options.direct:
                 outcomes = send_directly(

@@ -20,12 +20,12 @@ from textual.binding import Binding
 from textual.message import Message as TextualMessage
 from textual.widgets import Header, ProgressBar
 
-from wsemail.attachments_client import Attachments, safe_file_name
+from wsemail.attachments_client import safe_file_name
 from wsemail.client import Client
 from wsemail.errors import WsemailError
 from wsemail.forms import workflow
 from wsemail.forms.approvals import Chain, Entry
-from wsemail.message import AttachmentRef, Message
+from wsemail.message import Message
 from wsemail.provenance import Provenance
 from wsemail.tui import delivery, drafts
 from wsemail.tui.formview import FormShown, Offer, accept, offer, show_form
@@ -68,7 +68,7 @@ class MessageScreen(WorkScreen[str | None]):
             self,
             message: Message,
             proof: Provenance,
-            refs: list[AttachmentRef],
+            refs: list[delivery.Item],
             form: FormShown | None = None,
             e2e: dict[str, object] | None = None,
         ) -> None:
@@ -110,7 +110,7 @@ class MessageScreen(WorkScreen[str | None]):
         self.book = book
         self.message_id = message_id
         self.message: Message | None = None
-        self.refs: list[AttachmentRef] = []
+        self.refs: list[delivery.Item] = []
         self.form: FormShown | None = None
         self.proof: Provenance | None = None
         self.e2e: dict[str, object] = {}
@@ -132,10 +132,10 @@ class MessageScreen(WorkScreen[str | None]):
             # the content shown is what the sending server's signature vouches for
             proof, message = self.client.verify(self.client.retrieve(self.message_id))
             message, e2e = delivery.opened(self.client, message)  # decrypted when sealed
-            refs: list[AttachmentRef] = []
+            refs: list[delivery.Item] = []
             if message.attachments or message.signed_xml is None:
                 try:
-                    refs = Attachments(self.client).list(self.message_id).refs
+                    refs = delivery.attachments_of(self.client, self.message_id)
                 except WsemailError as exc:  # references that cannot be trusted are not shown
                     self.app.call_from_thread(
                         self.notify, f"Attachments not shown: {exc}", severity="warning"
@@ -315,13 +315,12 @@ class MessageScreen(WorkScreen[str | None]):
             self.notify("This message has no attachments", severity="warning")
             return
         bar = self.query_one("#fetch-progress", ProgressBar)
-        bar.update(total=sum(ref.size for ref in self.refs) or 1, progress=0)
+        bar.update(total=sum(delivery.wire_size(ref) for ref in self.refs) or 1, progress=0)
         bar.display = True
         self.fetch(download_dir(), bar)
 
     @work(thread=True, group="fetch", exclusive=True)
     def fetch(self, folder: Path, bar: ProgressBar) -> None:
-        box = Attachments(self.client)
         done = 0
         saved: list[Path] = []
         try:
@@ -331,8 +330,9 @@ class MessageScreen(WorkScreen[str | None]):
                 def progress(have: int, total: int, base: int = done) -> None:
                     self.app.call_from_thread(bar.update, progress=base + have)
 
-                saved.append(box.fetch(ref, folder / safe_file_name(ref.name), progress=progress))
-                done += ref.size
+                dest = folder / safe_file_name(ref.name)
+                saved.append(delivery.fetch_item(self.client, ref, dest, progress))
+                done += delivery.wire_size(ref)
         except Exception as exc:
             self.fail("Cannot fetch the attachment", exc)
         self.post_message(self.Fetched(saved))
@@ -341,6 +341,8 @@ class MessageScreen(WorkScreen[str | None]):
         self.query_one("#fetch-progress", ProgressBar).display = False
         for path in event.paths:
             self.notify(f"Saved {path} (SHA-256 checked against the signed message)")
+        if self.e2e.get("encrypted") and event.paths:
+            self.notify("Decrypted on this device, end to end ✓")
 
     def action_delete(self) -> None:
         subject = self.message.subject if self.message else ""

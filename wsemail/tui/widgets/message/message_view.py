@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
@@ -10,6 +12,7 @@ from textual.widgets import Static
 from wsemail.message import AttachmentRef, Message
 from wsemail.provenance import Provenance
 from wsemail.tui.mailbox import format_date
+from wsemail.usercerts import EncryptedAttachment
 
 PROOF_STYLES = {"verified": "green", "local": "", "failed": "bold red"}
 
@@ -17,7 +20,7 @@ PROOF_STYLES = {"verified": "green", "local": "", "failed": "bold red"}
 def header_block(
     message: Message,
     proof: Provenance | None = None,
-    refs: list[AttachmentRef] | None = None,
+    refs: Sequence[AttachmentRef | EncryptedAttachment] | None = None,
     sealed: str = "",
 ) -> Text:
     """From / To / Cc / Date / Subject and the provenance line ("signed by a.example ✓" or
@@ -50,7 +53,9 @@ def header_block(
     for number, ref in enumerate(refs or [], 1):
         text.append("\n")
         text.append(f"{'Files:' if number == 1 else '':9}", style="bold")
-        text.append(f"{number}. {ref.name} ({human_size(ref.size)}, on {ref.server}; g to get)")
+        server = ref.ref.server if isinstance(ref, EncryptedAttachment) else ref.server
+        locked = ", encrypted" if isinstance(ref, EncryptedAttachment) else ""
+        text.append(f"{number}. {ref.name} ({human_size(ref.size)}{locked}, on {server}; g to get)")
     return text
 
 
@@ -74,7 +79,7 @@ class MessageView(VerticalScroll):
         self,
         message: Message,
         proof: Provenance | None = None,
-        refs: list[AttachmentRef] | None = None,
+        refs: Sequence[AttachmentRef | EncryptedAttachment] | None = None,
         form_text: str | None = None,
         sealed: str = "",
     ) -> None:
