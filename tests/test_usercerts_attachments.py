@@ -333,6 +333,14 @@ def test_cli_send_encrypt_attach_list_fetch_on_a_second_device(fed: Fed, tmp_pat
     assert "decrypted" in fetched
     assert (downloads / FILE_NAME).read_bytes() == plain
     assert _leftovers(downloads) == [FILE_NAME]
+    # the sender sees who fetched it and revokes it, by its sealed name
+    sent_id = fed.client("alice@a.test").list_headers("sent").headers[0].id
+    audit = run("alice@a.test", "attachments", sent_id, "--audit")
+    assert FILE_NAME in audit and "bob@b.test" in audit and "download" in audit
+    assert FILE_NAME in run("alice@a.test", "attachments", sent_id, "--revoke", FILE_NAME)
+    again = run("bob@b.test", "fetch", message_id, "-o", str(downloads / "again"), ok=False)
+    assert "revoked" in again
+    assert _leftovers(downloads) == [FILE_NAME]
     # no key for carol anywhere: the sender is told before anything is uploaded
     blobs = fed.a.count("SELECT count(*) FROM attachment_blobs")
     refused = run(

@@ -20,6 +20,8 @@ from wsemail.errors import UsageError, WsemailError
 from wsemail.message import AttachmentRef
 
 if TYPE_CHECKING:
+    from wsemail.attachments_client import Listing
+    from wsemail.client import Client
     from wsemail.usercerts import EncryptedAttachment
 
 ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")
@@ -78,11 +80,7 @@ def attachments(
         box = Attachments(client)
         if revoke is not None:
             listing = box.list(message)
-            try:  # encrypted mail: its attachments go by their sealed names
-                opened = open_attachments(client, listing) or []
-            except WsemailError:
-                opened = []  # no key here: the GUID still names them
-            names = {r.guid: r.name for r in listing.refs} | {e.ref.guid: e.name for e in opened}
+            names = _names(client, listing)
             matches = [r for r in listing.refs if revoke in (names[r.guid], r.guid)]
             if not matches:
                 raise UsageError(f"no attachment named {revoke!r} in that message")
@@ -92,8 +90,10 @@ def attachments(
             return
         if audit:
             log = box.audit(message)
+            names = _names(client, box.list(message))
             for node in log.findall(q("Attachment")):
-                name = text_of(node, "Name", "") or ""
+                guid = text_of(node, "Guid", "") or ""
+                name = names.get(guid) or text_of(node, "Name", "") or ""
                 events = [dict(e.attrib) for e in node.findall(q("Event"))]
                 if as_json:
                     typer.echo(json.dumps({"name": name, "events": events}))
@@ -133,6 +133,18 @@ def attachments(
                 )
         if not listing.refs and not as_json:
             typer.echo("no on-demand attachments")
+
+
+def _names(client: Client, listing: Listing) -> dict[str, str]:
+    """GUID → the name to show: for encrypted mail the sealed name if the key on this
+    device opens it (else the server's neutral one, with the GUID still usable)."""
+    from wsemail.cli.keys import open_attachments
+
+    try:
+        opened = open_attachments(client, listing) or []
+    except WsemailError:
+        opened = []
+    return {r.guid: r.name for r in listing.refs} | {e.ref.guid: e.name for e in opened}
 
 
 def fetch(
