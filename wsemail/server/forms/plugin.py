@@ -17,9 +17,11 @@
 - delivery processor (never takes a message): when a finished form (approved by every
   step, or rejected) comes back to its sender, a local user, and its whole chain verifies
   against this server's roots and CRLs, the result is handed to a program: the `webhook`
-  option (a URL) gets a JSON POST after the delivery committed (`form_id`, `form`,
-  `version`, `sender`, `status`, `chain`, `xml`). Receivers should be idempotent on
-  `form_id`: a sender may bring the same finished form back twice.
+  option (a URL) gets a JSON POST (`form_id`, `form`, `version`, `sender`, `status`,
+  `chain`, `xml`), recorded in the same transaction as that delivery and retried with
+  backoff until a 2xx or `webhook_lifetime` seconds (`webhook.py`: durable, at least once,
+  an `Idempotency-Key` header the receiver dedupes on; `webhook_retry` is the first
+  delay, `webhook_max_delay` the longest).
 
 Forwarding from step to step is the approver's client's job (it sends the signed form to
 the next step's approvers); the chain itself carries every signature.
@@ -29,10 +31,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import re
-import threading
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from wsemail.message import Message, domain_of
 from wsemail.pki import read_cert
 from wsemail.server.attachments.federated import issue_token
 from wsemail.server.forms import autofill
+from wsemail.server.forms import webhook as hand_off
 from wsemail.server.pipeline import (
     DeliveryProcessor,
     Environment,
@@ -83,6 +84,9 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         rules: list[dict[str, Any]] | None = None,
         webhook: str | None = None,
         employees: dict[str, dict[str, str]] | None = None,
+        webhook_retry: float = 2.0,
+        webhook_max_delay: float = 600.0,
+        webhook_lifetime: float = 2 * 86400.0,
     ) -> None:
         self.directory = directory
         self.rules = [self._rule(r) for r in rules or []]
@@ -92,12 +96,16 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             if url.scheme not in ("http", "https") or not url.host:
                 raise ValueError(f"forms webhook must be an http(s) URL, not {webhook!r}")
         self.webhook = webhook
+        if not 0 < float(webhook_retry) <= float(webhook_max_delay):
+            raise ValueError("forms webhook_retry must be > 0 and <= webhook_max_delay")
+        self.retry = (float(webhook_retry), float(webhook_max_delay))
+        self.lifetime = float(webhook_lifetime)
+        self.hand_off: hand_off.Webhook | None = None
         self.employees = {
             str(who).lower(): {str(k): str(v) for k, v in dict(fields).items()}
             for who, fields in (employees or {}).items()
         }
         self.server: Any = None
-        self._posts: list[threading.Thread] = []
 
     @staticmethod
     def _rule(raw: dict[str, Any]) -> dict[str, Any]:
@@ -136,11 +144,15 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
 
             server.operations["IssueToken"] = issue
         self.server = server
+        if self.webhook is not None:
+            base, ceiling = self.retry
+            self.hand_off = hand_off.Webhook(server.store, base_delay=base, max_delay=ceiling)
+            self.hand_off.start()  # also takes up hand-offs pending from before a restart
 
     def close(self) -> None:
-        for thread in self._posts:
-            thread.join(timeout=15)
-        self._posts.clear()
+        if self.hand_off is not None:
+            self.hand_off.close()
+            self.hand_off = None
 
     # sending processor ------------------------------------------------------------------
     def process_outgoing(self, message: Message, env: Environment) -> None:
@@ -201,7 +213,9 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             "chain": [str(e) for e in chain.entries],
             "xml": doc.to_bytes().decode(),
         }
-        env.after_commit.append(lambda: self._post(payload))
+        worker = self.hand_off
+        if worker is not None and hand_off.record(env.tx, self.webhook, payload, self.lifetime):
+            env.after_commit.append(worker.wake)
         return Verdict.PASS
 
     def _trust_material(
@@ -213,30 +227,6 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         roots = [read_cert(p) for p in federation.root_files]
         crls = [x509.load_pem_x509_crl(p.read_bytes()) for p in federation.crl_files]
         return roots, crls
-
-    def _post(self, payload: dict[str, object]) -> None:
-        """POST in a thread of its own: the event loop never waits for the program."""
-        url = self.webhook
-        assert url is not None
-
-        def post() -> None:
-            try:
-                response = httpx.post(
-                    url,
-                    content=json.dumps(payload).encode(),
-                    headers={"content-type": "application/json"},
-                    timeout=10,
-                )
-                response.raise_for_status()
-            except httpx.HTTPError as exc:
-                log.warning("form %s: webhook %r failed: %s", payload["form_id"], url, exc)
-            else:
-                log.info("form %s handed to %r", payload["form_id"], url)
-
-        self._posts = [t for t in self._posts if t.is_alive()]
-        thread = threading.Thread(target=post, name="forms-webhook", daemon=True)
-        self._posts.append(thread)
-        thread.start()
 
     # extension: Publish -----------------------------------------------------------------
     def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:
