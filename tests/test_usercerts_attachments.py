@@ -387,3 +387,23 @@ def test_unsigned_encrypted_mail_with_a_file_opens_as_unsigned(fed: Fed, tmp_pat
     ]
     assert fetch_encrypted(bob, items[0], tmp_path / "one").read_bytes() == plain
     assert fetch_encrypted(bob, items[1], tmp_path / "two").read_bytes() == b""
+
+
+def test_a_broken_encrypted_download_resumes(fed: Fed, tmp_path: Path) -> None:
+    alice_key, bob_key = fed.key("alice@a.test"), fed.key("bob@b.test")
+    source = tmp_path / FILE_NAME
+    plain = secret_file(source)
+    with fed.directory() as directory:
+        send_file(fed, alice_key, source, directory)
+        item = received(fed, directory, bob_key)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    # what a download cut off after 1.5 chunks leaves: ciphertext only, never plaintext
+    half = blob_path(fed.a, item.ref.guid).read_bytes()[: CHUNK + CHUNK // 2]
+    (downloads / f"{FILE_NAME}.encrypted.part").write_bytes(half)
+    bob = box(fed, "bob@b.test")
+    seen: list[int] = []
+    out = fetch_encrypted(bob, item, downloads / FILE_NAME, progress=lambda d, t: seen.append(d))
+    assert out.read_bytes() == plain
+    assert seen[0] > len(half) and seen[-1] == item.ref.size  # only the rest was fetched
+    assert _leftovers(downloads) == [FILE_NAME]
