@@ -247,6 +247,12 @@ def test_a_recipient_without_a_certificate_stops_encrypted_files_before_upload(
             ["bob@b.test"],
             attachments=[tmp_path / "missing.pdf"],
         )
+    odd = tmp_path / "bell\x07.txt"
+    odd.write_bytes(b"ding")
+    with fed.directory() as directory, pytest.raises(UsageError, match="not a usable file name"):
+        send_encrypted(
+            fed.client("alice@a.test"), alice_key, directory, ["bob@b.test"], attachments=[odd]
+        )
     assert fed.a.stored()[0] == before[0]
     assert fed.a.count("SELECT count(*) FROM attachment_blobs") == 0
     assert not list((fed.a.config.data_dir / "attachments" / "blobs").iterdir())

@@ -170,6 +170,10 @@ def send_encrypted(
     for path in files:
         if not path.is_file():
             raise UsageError(f"cannot attach {path}: not a readable file; nothing was sent")
+        try:  # the name travels as XML text in the sealed content
+            etree.Element("Name").text = path.name
+        except ValueError as exc:
+            raise UsageError(f"cannot attach {path.name!r}: not a usable file name") from exc
     box = Attachments(client)
     sealed_files = []
     for index, path in enumerate(files, 1):
