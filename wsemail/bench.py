@@ -3,7 +3,9 @@
 Starts the real `wsemail serve` in its own process on a fresh data dir (SQLite WAL,
 synchronous=FULL), gives every simulated client its own account and key (scrypt once, as a
 real client session), then has N clients send password-MAC-authenticated messages over
-keep-alive HTTP/1.1 connections for a fixed time. Prints accepted sends/s, latency
+keep-alive HTTP/1.1 connections for a fixed time. Each request asks for a signed answer
+naming the server certificate by digest, as a client with trust roots does once it holds
+the certificate (`signed_answers=False`: plain answers). Prints accepted sends/s, latency
 percentiles, the server's CPU time per accepted send (from /proc) and the load generator's
 own CPU, and checks that every accepted send is in the database.
 """
@@ -11,6 +13,7 @@ own CPU, and checks that every accepted send is in the database.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import sqlite3
 import statistics
@@ -22,10 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from cryptography import x509
 from lxml import etree
 
 from wsemail import soap
-from wsemail.auth import Credentials, derive_key
+from wsemail.auth import SIGN_RESPONSE, Credentials, derive_key
+from wsemail.dsig import cert_digest
 from wsemail.message import Draft
 from wsemail.server.accounts import set_user
 from wsemail.server.store import SqliteStore
@@ -45,16 +50,24 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _envelope(creds: Credentials, recipient: str, n: int) -> bytes:
+def _envelope(creds: Credentials, recipient: str, n: int, known: str | None) -> bytes:
     env, header, body = soap.new_envelope()
     op = etree.SubElement(body, q("Send"))
     Draft(to=[recipient], subject=f"bench {n}", body="x" * 900).to_xml(op)
     creds.sign(header, body)
+    if known is not None:
+        etree.SubElement(header, q(SIGN_RESPONSE)).set("ServerCertificate", known)
     return soap.serialize(env)
 
 
 async def _client(
-    url: str, creds: Credentials, recipient: str, stop_at: float, measure_from: float, tally: Tally
+    url: str,
+    creds: Credentials,
+    recipient: str,
+    stop_at: float,
+    measure_from: float,
+    tally: Tally,
+    known: str | None,
 ) -> None:
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
@@ -65,7 +78,7 @@ async def _client(
     n = 0
     try:
         while (now := time.perf_counter()) < stop_at:
-            data = _envelope(creds, recipient, n)
+            data = _envelope(creds, recipient, n, known)
             n += 1
             writer.write(head + b"Content-Length: %d\r\n\r\n" % len(data) + data)
             status_line = await reader.readuntil(b"\r\n")
@@ -91,7 +104,12 @@ def _percentile(values: list[float], pct: float) -> float:
 
 
 def run_bench(
-    *, clients: int = 16, seconds: float = 5.0, data_dir: str | None = None, warmup: float = 1.0
+    *,
+    clients: int = 16,
+    seconds: float = 5.0,
+    data_dir: str | None = None,
+    warmup: float = 1.0,
+    signed_answers: bool = True,
 ) -> dict[str, float]:
     temp = None
     if data_dir is None:
@@ -120,6 +138,10 @@ def run_bench(
         if " at " not in line:
             raise SystemExit(f"bench: server did not start: {line!r}")
         url = line.split(" at ")[1].split()[0]
+        known = None
+        if signed_answers:  # the server certificate, as a client holds it after first contact
+            cert = x509.load_pem_x509_certificate((root / "federation" / "server.pem").read_bytes())
+            known = base64.b64encode(cert_digest(cert)).decode("ascii")
         tally = Tally()
 
         async def drive() -> tuple[float, float, float, float]:
@@ -127,7 +149,7 @@ def run_bench(
             measure_from = start + warmup
             stop_at = measure_from + seconds
             tasks = [
-                asyncio.create_task(_client(url, c, recipient, stop_at, measure_from, tally))
+                asyncio.create_task(_client(url, c, recipient, stop_at, measure_from, tally, known))
                 for c in creds
             ]
             await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
@@ -173,7 +195,8 @@ def run_bench(
     }
     print(
         f"wsemail bench: {clients} clients, {wall:.1f} s measured after {warmup:.0f} s warm-up,"
-        " password-MAC auth, SQLite WAL synchronous=FULL"
+        f" password-MAC auth, {'signed' if signed_answers else 'plain'} answers,"
+        " SQLite WAL synchronous=FULL"
     )
     print(
         f"  accepted sends     {accepted} ({result['sends_per_second']}/s), refused {tally.refused}"
