@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from textual.pilot import Pilot
 from textual.widgets import Checkbox, Input, TextArea
 from tui_domains import Two, two  # noqa: F401  (the fixture)
 from tui_helpers import wait_for
@@ -48,10 +49,10 @@ def in_inbox(app: WsemailApp, rows: int) -> bool:
 
 
 async def compose(
-    app: WsemailApp, pilot: object, to: str, subject: str, body: str
+    app: WsemailApp, pilot: Pilot[None], to: str, subject: str, body: str
 ) -> ComposeScreen:
-    await pilot.press("c")  # type: ignore[attr-defined]
-    await wait_for(pilot, lambda: isinstance(app.screen, ComposeScreen))  # type: ignore[arg-type]
+    await pilot.press("c")
+    await wait_for(pilot, lambda: isinstance(app.screen, ComposeScreen))
     screen = app.screen
     assert isinstance(screen, ComposeScreen)
     screen.query_one("#compose-to", Input).value = to

@@ -41,9 +41,12 @@ class Options:
     direct: bool = False
     encrypt: bool = False
     sign: bool = True
+    form: bool = False  # a form is attached
 
     def refusal(self, files: bool) -> str | None:
         """Why these options cannot send this message (nothing is sent), or None."""
+        if self.form and (self.encrypt or self.instant):
+            return "a form goes as mail: untick the encrypted and instant options"
         if self.encrypt and (self.instant or self.direct):
             return "an encrypted message goes as mail, not as an instant message"
         if self.direct and files:

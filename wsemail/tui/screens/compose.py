@@ -7,7 +7,11 @@ cannot be delivered live (the server tells the sender) or send it directly to th
 recipients' servers (signed with a federated identity); Send Encrypted (end to end to every
 recipient's certificate, also signed unless unticked; refused, nothing sent, when this
 device has no key or a recipient has no trusted certificate). An encrypted message goes as
-mail, so it excludes the instant-message options."""
+mail, so it excludes the instant-message options.
+
+A form from the installed plug-ins (ctrl+f: pick one, fill it in its plug-in's screen)
+travels as the message's body, validated by its plug-in; with no recipient it goes to the
+route's first approvers (`wsemail.forms.workflow.attach_form`, as `wsemail send --form`)."""
 
 from __future__ import annotations
 
@@ -27,14 +31,21 @@ from textual.widgets import Checkbox, Header, Input, Label, TextArea
 from wsemail.attachments_client import Attachments
 from wsemail.client import Client
 from wsemail.errors import WsemailError
+from wsemail.forms import FormPlugin, installed_forms, workflow
+from wsemail.message import Draft
 from wsemail.tui.delivery import Options, send_directly, send_sealed
 from wsemail.tui.drafts import ComposeDraft, parse_addresses
 from wsemail.tui.feedback import describe
+from wsemail.tui.formscreen import FormDraft, FormFillScreen
 from wsemail.tui.mailbox import AddressBook
 from wsemail.tui.screens.base import Failed, WorkScreen
+from wsemail.tui.screens.choose import ChooseScreen
 from wsemail.tui.screens.confirm import ConfirmScreen
 from wsemail.tui.widgets.compose.address_input import AddressInput
 from wsemail.tui.widgets.footer import KeyFooter
+
+NO_FORM = "none — ctrl+f attaches one of your installed forms"
+DETACH = "-detach"
 
 
 def editor_command() -> list[str]:
@@ -48,6 +59,7 @@ class ComposeScreen(WorkScreen[bool]):
     BINDINGS = [
         Binding("ctrl+s", "send", "Send", priority=True),
         Binding("ctrl+o", "edit_external", "Edit in $EDITOR", priority=True),
+        Binding("ctrl+f", "attach_form", "Form"),
         Binding("escape", "cancel", "Cancel"),
     ]
 
@@ -65,6 +77,7 @@ class ComposeScreen(WorkScreen[bool]):
         self.book = book
         self.draft = draft
         self.sending = False
+        self.form: tuple[FormPlugin, FormDraft] | None = None  # attached: plug-in, filled draft
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -90,6 +103,8 @@ class ComposeScreen(WorkScreen[bool]):
                 compact=True,
                 placeholder="paths, comma-separated: stay on your server until fetched",
             )
+            yield Label("Form", classes="compose-label")
+            yield Label(NO_FORM, id="compose-form", markup=False)
         yield KeyFooter()
 
     def compose_options(self) -> ComposeResult:
@@ -170,6 +185,7 @@ class ComposeScreen(WorkScreen[bool]):
             or self._value("#compose-subject") != self.draft.subject
             or self.body != self.draft.body
             or bool(self._value("#compose-files").strip())
+            or self.form is not None
         )
 
     # actions ------------------------------------------------------------------------------
@@ -182,7 +198,7 @@ class ComposeScreen(WorkScreen[bool]):
         except WsemailError as exc:
             self.notify(describe(exc), title="Cannot send", severity="error")
             return
-        if not to and not cc:
+        if not to and not cc and self.form is None:  # a form goes to its route's first step
             self.notify("add at least one recipient", title="Cannot send", severity="error")
             self.query_one("#compose-to", Input).focus()
             return
@@ -206,7 +222,7 @@ class ComposeScreen(WorkScreen[bool]):
             return
         self.sending = True
         self.notify("Sending…", timeout=2)
-        self.send(to, cc, subject, self.body, files, options)
+        self.send(to, cc, subject, self.body, files, options, self.form)
 
     @property
     def options(self) -> Options:
@@ -216,6 +232,7 @@ class ComposeScreen(WorkScreen[bool]):
             direct=self.instant and self.direct,
             encrypt=self.encrypt,
             sign=self.sign,
+            form=self.form is not None,
         )
 
     @work(thread=True, group="send")
@@ -227,10 +244,28 @@ class ComposeScreen(WorkScreen[bool]):
         body: str,
         files: list[Path],
         options: Options | None = None,
+        form: tuple[FormPlugin, FormDraft] | None = None,
     ) -> None:
         options = options or Options()
         try:
-            if options.encrypt:
+            if form is not None:
+                plugin, filled = form
+                draft = workflow.attach_form(
+                    Draft(to=to, cc=cc, subject=subject),
+                    plugin,
+                    filled,
+                    sender=self.client.username,
+                    server=self.client.server,
+                    autofilled=lambda: workflow.autofill(self.client),
+                )
+                box = Attachments(self.client)
+                guids = [box.upload(path).guid for path in files]
+                self.client.send(
+                    draft.to, draft.subject, draft.body, cc=draft.cc, attachments=guids
+                )
+                to, cc = draft.to, draft.cc
+                how = f"Form sent: {plugin.title or plugin.name}"
+            elif options.encrypt:
                 send_sealed(self.client, to, cc, subject, body, sign=options.sign, files=files)
                 how = "Encrypted message sent" + (", signed" if options.sign else "")
             elif options.direct:
@@ -268,6 +303,51 @@ class ComposeScreen(WorkScreen[bool]):
         self.book.add(event.recipients)
         self.notify(f"Sent to {', '.join(event.recipients)}", title=event.how)
         self.dismiss(True)
+
+    # forms --------------------------------------------------------------------------------
+    def action_attach_form(self) -> None:
+        """Pick an installed form plug-in (or none), then fill it in its screen."""
+        plugins = {plugin.name: plugin for plugin in installed_forms()}
+        if not plugins and self.form is None:
+            self.notify(
+                "no form plug-ins are installed (wsemail forms install)", severity="warning"
+            )
+            return
+        choices = [(name, plugin.title or name) for name, plugin in plugins.items()]
+        if self.form is not None:
+            choices.append((DETACH, "No form (take it off this message)"))
+
+        def chosen(name: str | None) -> None:
+            if name == DETACH:
+                self._attached(None)
+            elif name in plugins:
+                self._fill(plugins[name])
+
+        if len(choices) == 1 and self.form is None:
+            self._fill(next(iter(plugins.values())))
+        else:
+            self.app.push_screen(ChooseScreen("Attach which form?", choices), chosen)
+
+    def _fill(self, plugin: FormPlugin) -> None:
+        before = self.form[1] if self.form is not None and self.form[0] is plugin else None
+
+        def filled(draft: FormDraft | None) -> None:
+            if draft is not None:
+                self._attached((plugin, draft))
+
+        self.app.push_screen(FormFillScreen(plugin, before, client=self.client), filled)
+
+    def _attached(self, form: tuple[FormPlugin, FormDraft] | None) -> None:
+        self.form = form
+        area = self.query_one("#compose-body", TextArea)
+        area.read_only = form is not None  # the form is the message's body
+        label = self.query_one("#compose-form", Label)
+        if form is None:
+            label.update(NO_FORM)
+            return
+        plugin = form[0]
+        label.update(f"{plugin.title or plugin.name} — it is the message's body; ctrl+f edits")
+        self.notify(f"{plugin.title or plugin.name} attached", title="Form")
 
     def action_cancel(self) -> None:
         if not self.dirty:
