@@ -6,6 +6,7 @@ certificate login."""
 from __future__ import annotations
 
 import copy
+import json
 import ssl
 import time
 from collections.abc import Iterator
@@ -95,6 +96,7 @@ def two_domains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fed
     under tmp_path (also used by tests/test_usercerts_attachments.py)."""
     monkeypatch.setenv("WSEMAIL_KEYS_DIR", str(tmp_path / "keys"))
     monkeypatch.setenv("WSEMAIL_KEY_PASSPHRASE", "device passphrase")
+    monkeypatch.setenv("WSEMAIL_DIRECTORY_CACHE", str(tmp_path / "directory-cache"))
     ca = tmp_path / "ca"
     create_root(ca)
     write_crl(ca)
@@ -465,7 +467,7 @@ def test_cli_keys_create_send_encrypt_and_retrieve_json(fed: Fed, tmp_path: Path
     assert "revoked 2" in run("alice@a.test", "keys", "revoke")
 
 
-def test_the_directory_caches_certificates_until_they_expire(fed: Fed) -> None:
+def test_the_directory_caches_certificates_until_they_expire(fed: Fed, tmp_path: Path) -> None:
     bob_key = fed.key("bob@b.test")
     now = [time.time()]
     lookups: list[str] = []
@@ -479,17 +481,55 @@ def test_the_directory_caches_certificates_until_they_expire(fed: Fed) -> None:
 
     server_b.dispatch = counting  # type: ignore[method-assign]
     routes = {d: r.url for d, r in fed.servers.items()}
-    with Directory([fed.ca / "root.pem"], routes, cache_seconds=600, clock=lambda: now[0]) as d:
+    cache = tmp_path / "cache"
+
+    def directory() -> Directory:  # a new one per command, as the CLI does
+        return Directory(
+            [fed.ca / "root.pem"], routes, cache_seconds=600, clock=lambda: now[0], cache_dir=cache
+        )
+
+    with directory() as d:
         assert d.certificate("bob@b.test") == bob_key.cert
-        assert len(lookups) == 1
-        assert revoke(fed.client("bob@b.test")) == 1
-        now[0] += 599  # still within the cache lifetime: no new lookup
         assert d.certificate("bob@b.test") == bob_key.cert
-        assert len(lookups) == 1
-        now[0] += 2  # expired: asked again, and the revocation is seen
-        with pytest.raises(NoCertificate):
-            d.certificate("bob@b.test")
-        assert len(lookups) == 2
+    assert len(lookups) == 1
+    with directory() as d:  # the next command: from disk, checked again, no lookup
+        assert d.certificate("bob@b.test") == bob_key.cert
+    assert len(lookups) == 1
+    # a cache file altered on disk (another certificate put in) is dropped, not trusted
+    [kept] = list(cache.iterdir())
+    own = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bob@b.test")])
+    forged = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(own.public_key())
+        .serial_number(1)
+        .not_valid_before(datetime.now(UTC) - timedelta(days=1))
+        .not_valid_after(datetime.now(UTC) + timedelta(days=1))
+        .sign(own, hashes.SHA256())
+    )
+    data = json.loads(kept.read_text())
+    kept.write_text(
+        json.dumps({**data, "cert": forged.public_bytes(serialization.Encoding.PEM).decode()})
+    )
+    with directory() as d:
+        assert d.certificate("bob@b.test") == bob_key.cert
+    assert len(lookups) == 2
+    kept.write_text("not json")
+    with directory() as d:
+        assert d.certificate("bob@b.test") == bob_key.cert
+    assert len(lookups) == 3
+    assert revoke(fed.client("bob@b.test")) == 1
+    now[0] += 599  # still within the cache lifetime: no new lookup
+    with directory() as d:
+        assert d.certificate("bob@b.test") == bob_key.cert
+    assert len(lookups) == 3
+    now[0] += 2  # expired: asked again, and the revocation is seen
+    with directory() as d, pytest.raises(NoCertificate):
+        d.certificate("bob@b.test")
+    assert len(lookups) == 4
+    assert list(cache.iterdir()) == []
 
 
 def _bad_certificates(fed: Fed, tmp_path: Path) -> dict[str, x509.Certificate]:

@@ -4,7 +4,9 @@ revoke — and the helpers `wsemail send --encrypt`, `retrieve`, `attachments` a
 use to find and check other users' certificates and to open encrypted mail.
 
 The directory of a domain is its server: WSEMAIL_DIRECTORY_ROUTES ("domain=url,…") names
-it explicitly, otherwise `_wsemail._tcp` SRV records do.
+it explicitly, otherwise `_wsemail._tcp` SRV records do. Accepted certificates are cached
+between commands in WSEMAIL_DIRECTORY_CACHE (default: the user cache dir) for at most an
+hour (less if a CRL or the certificate runs out first).
 """
 
 from __future__ import annotations
@@ -71,7 +73,17 @@ def open_directory() -> Directory:
     cafile = os.environ.get("WSEMAIL_CACERT")
     if cafile:
         verify = ssl.create_default_context(cafile=cafile)
-    return Directory(roots, _locate, verify=verify)
+    return Directory(roots, _locate, verify=verify, cache_dir=directory_cache())
+
+
+def directory_cache() -> Path:
+    """Where accepted certificates are kept between commands (WSEMAIL_DIRECTORY_CACHE)."""
+    env = os.environ.get("WSEMAIL_DIRECTORY_CACHE")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("wsemail", appauthor=False)) / "directory"
 
 
 def open_attachments(client: Client, listing: Listing) -> list[EncryptedAttachment] | None:

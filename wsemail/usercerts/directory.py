@@ -3,7 +3,8 @@ recipient's own server, then acceptance only if the certificate chains to THAT d
 issuing CA (name-constrained to the domain) and a trusted federation root, carries the
 wsemail user role and the address, is within its validity and is not revoked by a current
 CRL (fail closed). Accepted certificates are cached until the earliest of the cache
-lifetime, the CRL's next update and the certificate's expiry.
+lifetime, the CRL's next update and the certificate's expiry — in memory, and with a
+`cache_dir` also on disk for the next process (`dircache`; checked again when read).
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from wsemail.errors import (
     SignatureInvalid,
     TransportError,
     UntrustedSigner,
+    WsemailError,
 )
 from wsemail.message import domain_of, normalize_address
 from wsemail.pki import TrustStore, read_cert
 from wsemail.soap import element, q, text_of, texts_of
+from wsemail.usercerts.dircache import DiskCache, Entry
 from wsemail.xmlsafe import XmlLimits, parse_untrusted
 
 LIMITS = XmlLimits(max_bytes=1 << 20, max_depth=16, max_elements=1000)
@@ -131,6 +134,7 @@ class Directory:
         clock: Callable[[], float] = time.time,
         transport: httpx.BaseTransport | None = None,
         tls_names: bool = True,
+        cache_dir: Path | None = None,
     ) -> None:
         self.roots = [r if isinstance(r, x509.Certificate) else read_cert(r) for r in roots]
         if not self.roots:
@@ -154,6 +158,7 @@ class Directory:
         self._tls_names = tls_names
         self._cache: dict[str, Accepted] = {}
         self._published: dict[str, Published] = {}
+        self._disk = None if cache_dir is None else DiskCache(cache_dir)
 
     def close(self) -> None:
         self._http.close()
@@ -197,16 +202,36 @@ class Directory:
         cached = self._cache.get(address)
         if cached is not None and now < cached.until:
             return cached.cert
-        published = self.fetch(address)
-        accept(self.roots, address, published, clock=self._now)
-        until = now + self.cache_seconds
-        for crl in published.crls:
-            if crl.next_update_utc is not None:
-                until = min(until, crl.next_update_utc.timestamp())
-        until = min(until, published.cert.not_valid_after_utc.timestamp())
+        kept = self._from_disk(address, now)
+        if kept is not None:
+            published, until = kept
+        else:
+            published = self.fetch(address)
+            accept(self.roots, address, published, clock=self._now)
+            until = now + self.cache_seconds
+            for crl in published.crls:
+                if crl.next_update_utc is not None:
+                    until = min(until, crl.next_update_utc.timestamp())
+            until = min(until, published.cert.not_valid_after_utc.timestamp())
+            if self._disk is not None:
+                entry = Entry(address, published.cert, published.issuer, published.crls, until)
+                self._disk.store(entry)
         self._cache[address] = Accepted(address, published.cert, published.issuer, until)
         self._published[address] = published
         return published.cert
+
+    def _from_disk(self, address: str, now: float) -> tuple[Published, float] | None:
+        """An answer kept on disk that is still in time AND passes the checks again."""
+        entry = None if self._disk is None else self._disk.load(address, now)
+        if entry is None or self._disk is None:
+            return None
+        published = Published(address, entry.cert, entry.issuer, entry.crls)
+        try:
+            accept(self.roots, address, published, clock=self._now)
+        except WsemailError:
+            self._disk.drop(address)
+            return None
+        return published, entry.until
 
     def verify_signer(self, cert: x509.Certificate, issuer: x509.Certificate, address: str) -> None:
         """Accept `cert` (perhaps older than the published one) as `address`'s, with the
@@ -220,10 +245,14 @@ class Directory:
         trust.verify_user(cert, issuer, address)
 
     def forget(self, address: str | None = None) -> None:
+        """Drop cached answers (one address or all), on disk as well."""
         if address is None:
             self._cache.clear()
         else:
-            self._cache.pop(normalize_address(address), None)
+            address = normalize_address(address)
+            self._cache.pop(address, None)
+        if self._disk is not None:
+            self._disk.drop(address)
 
 
 def _route(routes: Mapping[str, str], domain: str) -> str:
