@@ -365,8 +365,11 @@ def test_cli_send_encrypt_attach_list_fetch_on_a_second_device(fed: Fed, tmp_pat
     assert fed.a.count("SELECT count(*) FROM attachment_blobs") == blobs
 
 
-def test_unsigned_encrypted_mail_with_a_file_opens_as_unsigned(fed: Fed, tmp_path: Path) -> None:
+def test_unsigned_encrypted_mail_with_files_opens_across_and_within_a_domain(
+    fed: Fed, tmp_path: Path
+) -> None:
     alice_key, bob_key = fed.key("alice@a.test"), fed.key("bob@b.test")
+    carol_key = fed.key("carol@a.test")
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
     source = tmp_path / FILE_NAME
@@ -379,6 +382,7 @@ def test_unsigned_encrypted_mail_with_a_file_opens_as_unsigned(fed: Fed, tmp_pat
             ["bob@b.test"],
             SUBJECT,
             BODY,
+            cc=["carol@a.test"],
             sign=False,
             attachments=[source, empty],
         )
@@ -393,6 +397,14 @@ def test_unsigned_encrypted_mail_with_a_file_opens_as_unsigned(fed: Fed, tmp_pat
     ]
     assert fetch_encrypted(bob, items[0], tmp_path / "one").read_bytes() == plain
     assert fetch_encrypted(bob, items[1], tmp_path / "two").read_bytes() == b""
+    # carol reads on the sender's own server: references from its List, same checks
+    carol = box(fed, "carol@a.test")
+    with fed.directory() as directory:
+        listing = carol.list(newest(carol))
+        assert listing.provenance.status != "verified"
+        mine = open_listing(listing, carol_key, directory)
+    assert [i.file for i in mine] == [i.file for i in items]
+    assert fetch_encrypted(carol, mine[0], tmp_path / "three").read_bytes() == plain
 
 
 def test_a_broken_encrypted_download_resumes(fed: Fed, tmp_path: Path) -> None:
