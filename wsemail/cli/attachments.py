@@ -44,6 +44,7 @@ def progress_bar(label: str, total: int) -> Iterator[Callable[[int, int], None] 
         yield None
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -59,7 +60,7 @@ def progress_bar(label: str, total: int) -> Iterator[Callable[[int, int], None] 
         console=Console(stderr=True),
         transient=True,
     ) as bar:
-        task = bar.add_task(label, total=total)
+        task = bar.add_task(escape(label), total=total)  # names come from senders
         yield lambda done, _total: bar.update(task, completed=done)
 
 
