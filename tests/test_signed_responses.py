@@ -22,7 +22,7 @@ from wsemail.auth import IN_RESPONSE_TO
 from wsemail.client import Client
 from wsemail.dsig import DS, Signer, add_timestamp, verify_envelope
 from wsemail.errors import MessageExpired, ReplayDetected, SignatureInvalid, UntrustedSigner
-from wsemail.pki import ServerIdentity, issue_server
+from wsemail.pki import ServerIdentity, issue_server, list_issued, revoke, write_crl
 from wsemail.server.security import AnswerBinding, signed_answer
 from wsemail.soap import SOAP, WSSE, WSU, q
 
@@ -258,3 +258,14 @@ def test_the_fast_signature_is_standard_xmldsig_that_signxml_verifies(server: Ru
         root.find(f"{q('Body', SOAP)}/{q('ListHeadersResponse')}").set(IN_RESPONSE_TO, "m")  # type: ignore[union-attr]
         with pytest.raises(SignatureInvalid):
             verify_envelope(root, lambda cert: "localhost", lambda digest: signer.cert)
+
+
+def test_an_answer_signed_by_a_revoked_server_certificate_is_refused(server: Running) -> None:
+    ca = server.config.data_dir / "federation-ca"
+    serial = next(
+        r.serial for r in list_issued(ca) if r.domain == "localhost" and r.kind == "server"
+    )
+    revoke(ca, serial)
+    write_crl(ca)  # the server hands its clients this CRL
+    with pytest.raises(UntrustedSigner, match="revoked"):
+        client(server, server.url).list_headers()

@@ -221,7 +221,8 @@ class Server:
         """Authenticate a client request (password MAC, or UsernameToken PasswordText for
         third-party toolkits unless `mac_only`) and run `work` for that user in the unit of
         work that also remembers the request's nonce. The one place that does this, for the
-        core operations and for plug-ins' own operations."""
+        core operations and for plug-ins' own operations; a MAC request that asked for a
+        signed answer (`<w:SignResponse/>`) gets one from `endpoint`."""
         token = read_username_token(envelope.header)
         try:
             username = normalize_address(token.username)
