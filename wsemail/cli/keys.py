@@ -5,8 +5,8 @@ use to find and check other users' certificates and to open encrypted mail.
 
 The directory of a domain is its server: WSEMAIL_DIRECTORY_ROUTES ("domain=url,…") names
 it explicitly, otherwise `_wsemail._tcp` SRV records do. Accepted certificates are cached
-between commands in WSEMAIL_DIRECTORY_CACHE (default: the user cache dir) for at most an
-hour (less if a CRL or the certificate runs out first).
+between commands in WSEMAIL_DIRECTORY_CACHE (default: `directory` beside the keys folder)
+for at most an hour (less if a CRL or the certificate runs out first).
 """
 
 from __future__ import annotations
@@ -77,13 +77,10 @@ def open_directory() -> Directory:
 
 
 def directory_cache() -> Path:
-    """Where accepted certificates are kept between commands (WSEMAIL_DIRECTORY_CACHE)."""
+    """Where accepted certificates are kept between commands: WSEMAIL_DIRECTORY_CACHE, else
+    beside this device's keys (so a profile's keys and what it trusted stay together)."""
     env = os.environ.get("WSEMAIL_DIRECTORY_CACHE")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("wsemail", appauthor=False)) / "directory"
+    return Path(env) if env else keystore.keys_dir().parent / "directory"
 
 
 def open_attachments(client: Client, listing: Listing) -> list[EncryptedAttachment] | None:
