@@ -19,9 +19,19 @@ from test_federation import start_domain
 
 from wsemail.attachments_client import Attachments, Token
 from wsemail.client import Client
-from wsemail.errors import PluginError
-from wsemail.forms import FormDocument, FormError, FormInvalid, Step, approvals, wheels, workflow
+from wsemail.errors import PluginError, UsageError
+from wsemail.forms import (
+    FormDocument,
+    FormError,
+    FormInvalid,
+    Step,
+    approvals,
+    installed_forms,
+    wheels,
+    workflow,
+)
 from wsemail.forms.loader import load
+from wsemail.message import Draft
 from wsemail.pki import create_root, read_cert, write_crl
 from wsemail.server.accounts import set_user
 from wsemail.server.config import DEFAULT_PLUGINS
@@ -261,7 +271,7 @@ def test_chain_rejections(dom: Domain, built: dict[str, Path]) -> None:
 
 
 def test_recipient_fetches_verifies_and_installs_the_wheel(
-    dom: Domain, built: dict[str, Path]
+    dom: Domain, built: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = requisition(dom, built, ITEMS_7500)
     bob = dom.client("bob@a.test")
@@ -281,6 +291,35 @@ def test_recipient_fetches_verifies_and_installs_the_wheel(
     assert load("requisition", "1.0.0", root).validate(
         {"requester": "a@a.test", "department": "x", "items": ITEMS_500}
     )["total"]
+    assert [p.name for p in installed_forms(root)] == ["requisition"]
+    # a form bob fills in names where he got the plug-in from (location and SHA-256)
+    monkeypatch.setenv("WSEMAIL_FORMS_DIR", str(root))
+    plugin = load("requisition", "1.0.0", root)
+    draft = workflow.attach_form(
+        Draft(to=[], subject="Lamps"),
+        plugin,
+        {
+            "form": "requisition",
+            "data": {"requester": "bob@a.test", "department": "OS", "items": ITEMS_500},
+            "route": [{"role": "manager", "approvers": ["Carol@A.TEST"]}],
+        },
+        sender="bob@a.test",
+    )
+    assert (draft.to, draft.subject) == (["Carol@a.test"], "Lamps")
+    assert FormDocument.parse(draft.body).plugin == ref
+    with pytest.raises(FormInvalid, match="department is required"):
+        workflow.attach_form(
+            Draft(to=[]),
+            plugin,
+            {"data": {"requester": "bob@a.test", "items": ITEMS_500}, "route": []},
+            sender="bob@a.test",
+        )
+    with pytest.raises(UsageError, match="not requisition"):
+        workflow.attach_form(Draft(to=[]), plugin, {"form": "timesheet", "data": {}}, sender="b@x")
+    # a plug-in whose files changed since they were verified is left out of the menu
+    init = next(root.glob("wsemail_requisition-*/wsemail_requisition/__init__.py"))
+    init.write_text(init.read_text() + "\n# changed\n")
+    assert installed_forms(root) == []
 
 
 def _rezip(data: bytes, change: dict[str, bytes | None], fix_record: bool = True) -> bytes:

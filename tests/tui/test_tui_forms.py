@@ -33,7 +33,7 @@ from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.pipeline import PluginSpec
 from wsemail.soap import element, q
 from wsemail.tui.app import WsemailApp
-from wsemail.tui.formscreen import FormFillScreen, view_screen
+from wsemail.tui.formscreen import FormFillScreen, shown_screen
 from wsemail.tui.formview import show_form
 from wsemail.tui.screens.confirm import ConfirmScreen
 from wsemail.tui.screens.inbox import InboxScreen
@@ -366,6 +366,9 @@ async def test_fill_a_timesheet_with_autofill_from_the_server(
         screen = app.screen
         assert type(screen).__name__ == "TimesheetScreen"  # the plug-in's own layout
         assert shown(app, "#cell-days-1-day") == "Monday"
+        await pilot.press("ctrl+n")  # one line per weekday, no more
+        await pilot.pause()
+        assert not screen.query("#cell-days-7-day")
         await pilot.click("#form-autofill")
         await wait_for(
             pilot, lambda: screen.query_one("#field-employee", Input).value == "Carol Jones"
@@ -416,16 +419,16 @@ async def test_view_a_received_form_with_its_approvals(dom: Domain, wheel: Path)
     workflow.act(bob, bob.list_headers().headers[0].id, "approve")
     carol = dom.user("carol@a.test")
     message = carol.retrieve(carol.list_headers().headers[0].id)
-    plugin = load("requisition", root=dom.tmp / "carol-forms")
     form = show_form(carol, message, root=dom.tmp / "carol-forms")
-    assert form is not None and form.chain is not None
-    data = plugin.from_xml(form.doc.data)
-    app = Host(lambda: view_screen(plugin, data, form.chain))
+    assert form is not None and form.chain is not None and form.plugin is not None
+    made = shown_screen(form)
+    assert made is not None and made.readonly
+    app = Host(lambda: made)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, FormFillScreen))
         screen = app.screen
         chain = shown(app, "#form-chain")
-        assert chain.startswith("Workflow: approved")
+        assert chain.startswith("Route: manager (bob@a.test)\nWorkflow: approved")
         assert "step 1 manager: bob@a.test approved" in chain
         assert shown(app, "#field-total") == "500.00"
         assert screen.query_one("#cell-items-0-description", Input).value == "chair"

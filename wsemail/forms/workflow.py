@@ -171,6 +171,7 @@ def attach_form(
         for name, value in autofilled().items():
             if name in known:
                 values.setdefault(name, value)
+    plugin.validate(values)  # the form's own problems first, then the route's
     route = parse_route(data.get("route"))
     wheel, ref = _published(plugin, data.get("wheel"), server)
     doc = compose(plugin, values, sender, route, server=server, wheel=wheel, ref=ref)

@@ -15,7 +15,8 @@ Public API (what the compose and message screens use):
         asked with the user's federated identity (`workflow.autofill`).
         When the plug-in's `screen()` names a subclass (its own layout), that class is built.
     FormFillScreen(plugin, data, readonly=True, chain=chain)   (or `view_screen`)
-        The same layout read-only, with the approval chain below; dismisses with None.
+        The same layout read-only, with the route and approval chain below; dismisses
+        with None. `shown_screen(form)` builds it for the message view's `FormShown`.
     wsemail.forms.workflow.attach_form(draft, plugin, form_draft, sender=…, server=…)
         → a `wsemail.message.Draft` carrying the form (its body is the form document).
     wsemail.forms.installed_forms() → every form plug-in that loads, for a "new form" menu.
@@ -45,9 +46,11 @@ from wsemail.forms.approvals import Chain
 from wsemail.forms.contract import Field as FormField
 from wsemail.forms.contract import FormInvalid, FormPlugin
 from wsemail.tui.feedback import describe
+from wsemail.tui.formview import FormShown
 
 FormDraft = dict[str, Any]
 _DRAFT_KEYS = {"form", "data", "route", "wheel", "autofill"}
+_HINTS = {"int": "0", "decimal": "0.00", "date": "YYYY-MM-DD", "address": "name@domain"}
 
 
 def _text(value: object) -> str:
@@ -146,7 +149,7 @@ class FormFillScreen(ModalScreen[FormDraft | None]):
         else:
             widget = Input(
                 _text(self.values.get(f.name)),
-                placeholder=f.kind,
+                placeholder=_HINTS.get(f.kind, ""),
                 id=f"field-{f.name}",
                 disabled=self.readonly,
                 compact=True,
@@ -160,7 +163,7 @@ class FormFillScreen(ModalScreen[FormDraft | None]):
         if not rows and not self.readonly:
             rows = [{}]
         mark = " *" if f.required and not self.readonly else ""
-        add = "" if self.readonly else "   (ctrl+n adds a row)"
+        add = "   (ctrl+n adds a row)" if self.growable(f) and not self.readonly else ""
         yield Label(f"{f.title}{mark}{add}", classes="form-table-title")
         yield Horizontal(
             *(Label(c.title, classes="form-head") for c in f.columns),
@@ -177,11 +180,15 @@ class FormFillScreen(ModalScreen[FormDraft | None]):
             classes="form-row",
         )
 
+    def growable(self, table: FormField) -> bool:
+        """Whether the user may add rows to `table` (ctrl+n)."""
+        return True
+
     def cell(self, table: FormField, column: FormField, index: int, value: object) -> Widget:
         """The widget of one table cell (an Input; read-only when viewing)."""
         return Input(
             _text(value),
-            placeholder=column.kind,
+            placeholder=_HINTS.get(column.kind, ""),
             id=f"cell-{table.name}-{index}-{column.name}",
             disabled=self.readonly,
             compact=True,
@@ -191,7 +198,8 @@ class FormFillScreen(ModalScreen[FormDraft | None]):
     def _chain_text(self) -> str:
         if self.chain is None:
             return "Workflow: approval chain not checked"
-        lines = [f"Workflow: {self.chain.status}"]
+        route = " → ".join(f"{s.role} ({', '.join(s.approvers)})" for s in self.chain.route)
+        lines = [f"Route: {route}", f"Workflow: {self.chain.status}"]
         lines.extend(f"  {entry}" for entry in self.chain.entries)
         waiting = self.chain.next_approvers()
         if waiting:
@@ -268,7 +276,7 @@ class FormFillScreen(ModalScreen[FormDraft | None]):
         if self.readonly:
             return
         focused = self.focused
-        tables = [f for f in self.plugin.fields if f.kind == "table"]
+        tables = [f for f in self.plugin.fields if f.kind == "table" and self.growable(f)]
         if not tables:
             return
         table = tables[0]
@@ -380,5 +388,13 @@ class FormFillScreen(ModalScreen[FormDraft | None]):
 def view_screen(
     plugin: FormPlugin, data: Mapping[str, Any], chain: Chain | None = None
 ) -> FormFillScreen:
-    """A received form, read-only, with its approval chain (from `formview.FormShown`)."""
+    """A received form, read-only, with its approval chain."""
     return FormFillScreen(plugin, data, readonly=True, chain=chain)
+
+
+def shown_screen(form: FormShown) -> FormFillScreen | None:
+    """The read-only screen of a form the message view shows (`formview.show_form`); None
+    when its plug-in is not installed or the form did not read."""
+    if form.plugin is None or form.data is None:
+        return None
+    return view_screen(form.plugin, form.data, form.chain)

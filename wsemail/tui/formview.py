@@ -14,6 +14,7 @@ from wsemail.client import Client
 from wsemail.errors import PluginError, WsemailError
 from wsemail.forms import approvals, wheels, workflow
 from wsemail.forms.approvals import Chain
+from wsemail.forms.contract import Data, FormPlugin
 from wsemail.forms.document import FormDocument, PluginRef, is_form_body
 from wsemail.forms.loader import load
 from wsemail.message import Message
@@ -35,6 +36,8 @@ class FormShown:
     chain: Chain | None = None
     chain_note: str = ""
     problems: list[str] = field(default_factory=list)
+    plugin: FormPlugin | None = None  # set when the plug-in is installed and the form read
+    data: Data | None = None
 
     @property
     def ref(self) -> PluginRef:
@@ -59,16 +62,19 @@ def show_form(client: Client, message: Message, root: Path | None = None) -> For
     doc = FormDocument.parse(message.body)
     ref = doc.plugin
     installed = False
+    plugin: FormPlugin | None = None
+    data: Data | None = None
     try:
         plugin = load(ref.name, ref.version, root)
-        text = plugin.render_text(plugin.from_xml(doc.data))
+        data = plugin.from_xml(doc.data)
+        text = plugin.render_text(data)
         installed = True
     except PluginError:
         text = f"Form {ref.name} {ref.version}: {INSTALL_HINT}"
     except WsemailError as exc:
         text = f"Form {ref.name} {ref.version} cannot be shown: {describe(exc)}"
         installed = True
-    shown = FormShown(doc, text, installed)
+    shown = FormShown(doc, text, installed, plugin=plugin if data is not None else None, data=data)
     try:
         roots, crls = workflow.trust_material(client)
         shown.chain = approvals.verify(doc, roots, crls)

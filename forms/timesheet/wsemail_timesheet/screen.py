@@ -28,6 +28,9 @@ class TimesheetScreen(FormFillScreen):
             )
         return super().cell(table, column, index, value)
 
+    def growable(self, table: Field) -> bool:
+        return table.name != "days"  # one line per weekday, no more
+
     def row_filled(self, table: Field, row: Mapping[str, Any]) -> bool:
         if table.name == "days":  # a weekday with no hours is not a row of the timesheet
             return any(key != "day" for key in row)

@@ -5,6 +5,7 @@ retrying with exponential backoff until the hand-off's lifetime runs out (then i
 logged and marked failed). Rows outlive restarts, so delivery is at least once: every
 attempt carries the same `Idempotency-Key` header (a digest of the finished form) for the
 receiver to drop repeats; the same finished form brought back twice is recorded once.
+Settled rows are kept a week past their lifetime, then swept.
 
     pending ──2xx──▶ delivered
        │ error: attempts+1, next attempt after base·2^attempts (at most `max_delay`)
@@ -45,6 +46,7 @@ MIGRATIONS = [
 ]
 HEADER = "Idempotency-Key"
 BATCH = 32
+KEEP_SETTLED = 7 * 86400.0  # delivered / failed rows stay this long after their lifetime
 
 
 def idempotency_key(payload: dict[str, object]) -> str:
@@ -195,6 +197,10 @@ class Webhook:
 
 
 def _due(tx: Tx) -> list[Due]:
+    tx.conn.execute(
+        "DELETE FROM forms_webhook WHERE state!='pending' AND expires<?",
+        (tx.now - KEEP_SETTLED,),
+    )
     rows = tx.conn.execute(
         "SELECT id, key, url, payload, attempts, expires FROM forms_webhook"
         " WHERE state='pending' AND next_attempt<=? ORDER BY next_attempt LIMIT ?",
