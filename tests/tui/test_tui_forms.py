@@ -24,7 +24,7 @@ from tui_helpers import make_app, wait_for
 
 from wsemail.attachments_client import Attachments
 from wsemail.client import Client
-from wsemail.forms import FormPlugin, Step, approvals, wheels, workflow
+from wsemail.forms import Field, FormPlugin, Step, approvals, wheels, workflow
 from wsemail.forms.loader import load
 from wsemail.message import Draft
 from wsemail.pki import create_root, write_crl
@@ -460,3 +460,47 @@ def test_fill_screen_snapshot(dom: Domain, built: dict[str, Path], snap_compare:
 
     app = Host(lambda: FormFillScreen(plugin, draft))
     assert snap_compare(app, run_before=steady, terminal_size=(80, 24))
+
+
+async def test_a_draft_that_asks_for_autofill_is_filled_as_the_screen_opens(
+    dom: Domain, built: dict[str, Path]
+) -> None:
+    plugin = install_for(dom, built["timesheet"], dom.tmp / "carol-forms")
+    carol = dom.user("carol@a.test")
+    draft = {"form": "timesheet", "data": {"department": "OS"}, "autofill": True}
+    app = Host(lambda: FormFillScreen(plugin, draft, client=carol))
+    async with app.run_test(size=(100, 36)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, FormFillScreen))
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.query_one("#field-employee_id", Input).value == "c-17")
+        assert screen.query_one("#field-department", Input).value == "OS"
+
+
+class Broken(FormPlugin):
+    """A third-party plug-in whose own rule fails: the screen reports it, no traceback."""
+
+    name = "broken"
+    version = "1.0.0"
+    namespace = "urn:example:broken"
+    fields = (Field("amount", "decimal", required=True), Field("double", "decimal", computed=True))
+
+    def compute(self, data: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("compute exploded")
+
+    def check(self, data: dict[str, Any]) -> list[str]:
+        raise RuntimeError("check exploded")
+
+
+async def test_a_failing_plugin_rule_is_an_inline_error_not_a_traceback() -> None:
+    app = Host(lambda: FormFillScreen(Broken()))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, FormFillScreen))
+        await type_into(pilot, "#field-amount", "12")
+        assert shown(app, "#field-double") == "—"
+        await type_into(pilot, "#form-route", "boss: bob@a.test")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert isinstance(app.screen, FormFillScreen) and not app.results
+        assert "the broken plug-in failed: unexpected RuntimeError: check exploded" in shown(
+            app, "#form-errors"
+        )

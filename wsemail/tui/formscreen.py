@@ -57,12 +57,18 @@ def _text(value: object) -> str:
     return "" if value is None else str(value)
 
 
+def is_draft(data: Mapping[str, Any] | None) -> bool:
+    """Whether the screen was opened with a form draft ({"form", "data", "route", …})
+    rather than just the field values."""
+    keys = set(data or {})
+    return bool(keys) and keys <= _DRAFT_KEYS and bool({"form", "data"} & keys)
+
+
 def split_draft(plugin: FormPlugin, data: Mapping[str, Any] | None) -> tuple[dict[str, Any], Any]:
-    """(field values, route) from what the screen was opened with: a form draft
-    ({"form", "data", "route"}) or just the field values."""
+    """(field values, route) from what the screen was opened with."""
     if not data:
         return {}, None
-    if set(data) <= _DRAFT_KEYS and {"form", "data", "route"} & set(data):
+    if is_draft(data):
         values = data.get("data")
         return dict(values) if isinstance(values, Mapping) else {}, data.get("route")
     return dict(data), None
@@ -80,7 +86,10 @@ class FormFillScreen(ModalScreen[FormDraft | None]):
 
     def __new__(cls, plugin: FormPlugin, *args: Any, **kwargs: Any) -> FormFillScreen:
         if cls is FormFillScreen:  # the plug-in's own layout, when it has one
-            own = plugin.screen()
+            try:
+                own = plugin.screen()
+            except Exception:  # third-party code: fall back to the shared layout
+                own = None
             if isinstance(own, type) and issubclass(own, FormFillScreen):
                 cls = own
         return super().__new__(cls)
@@ -100,7 +109,10 @@ class FormFillScreen(ModalScreen[FormDraft | None]):
         self.readonly = readonly
         self.chain = chain
         self.values, self.route = split_draft(plugin, data)
-        self.wheel = data.get("wheel") if data and "wheel" in data else None
+        draft = data if data is not None and is_draft(data) else {}
+        self.wheel = draft.get("wheel")
+        # a draft that says "autofill": true is filled from the server as the screen opens
+        self.autofill_on_open = draft.get("autofill") is True
         self.rows: dict[str, int] = {}
         self.problems: list[str] = []
 
@@ -212,6 +224,8 @@ class FormFillScreen(ModalScreen[FormDraft | None]):
             first = next(iter(self.query(Input)), None)
             if first is not None:
                 first.focus()
+            if self.autofill_on_open and self.query("#form-autofill"):
+                self.query_one("#form-autofill", Button).press()
 
     # reading what was typed ---------------------------------------------------------------
     def _value(self, widget_id: str) -> str | None:
@@ -258,7 +272,10 @@ class FormFillScreen(ModalScreen[FormDraft | None]):
         return bool(row)
 
     def _recompute(self) -> None:
-        values = self.plugin.preview(self.raw())
+        try:
+            values = self.plugin.preview(self.raw())
+        except Exception:  # a plug-in's own compute may fail (shown as —); submit says why
+            values = {}
         for f in self.plugin.fields:
             if f.computed and f.kind != "table":
                 shown = values.get(f.name)
@@ -342,6 +359,9 @@ class FormFillScreen(ModalScreen[FormDraft | None]):
             draft = self.result()
         except FormInvalid as exc:
             self.show_problems(exc.problems)
+            return
+        except Exception as exc:  # a plug-in's own rules failed: say so, never a traceback
+            self.show_problems([f"the {self.plugin.name} plug-in failed: {describe(exc)}"])
             return
         self.dismiss(draft)
 
