@@ -502,6 +502,8 @@ class SqliteStore:
             conn.execute("BEGIN IMMEDIATE")
             tx = Tx(conn, now)
             for work, future in batch:
+                if not future.set_running_or_notify_cancel():
+                    continue  # the caller gave up (request cancelled): do not do its work
                 conn.execute("SAVEPOINT unit")
                 try:
                     result = work(tx)
@@ -526,7 +528,11 @@ class SqliteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             failed: BaseException = StoreError(f"commit failed: {exc}")
-            outcomes = [(future, None, failed) for _, future in batch]
+            outcomes = [
+                (future, None, failed)
+                for _, future in batch
+                if future.running() or future.set_running_or_notify_cancel()
+            ]
         for future, result, error in outcomes:
             if error is not None:
                 future.set_exception(error)
