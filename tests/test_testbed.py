@@ -89,3 +89,12 @@ def test_bad_options_are_one_line_errors() -> None:
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_short_run_with_signed_answers(tmp_path: Path) -> None:
+    result = run_testbed(
+        Options(clients=2, requests=30, seed=3, data_dir=tmp_path / "bed", signed_answers=True),
+        quiet=True,
+    )
+    assert result["failed"] == 0, result["failures"]
+    assert result["signed_answers"] is True and result["requests"] == 60

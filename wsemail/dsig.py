@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class Signer:
         self._cert_b64 = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
         self._digest_b64 = base64.b64encode(self.cert_digest).decode()
         alg = "ecdsa-sha256" if isinstance(key, ec.EllipticCurvePrivateKey) else "rsa-sha256"
+        self._method = ECDSA_SHA256 if alg == "ecdsa-sha256" else RSA_SHA256
         self._detached = XMLSigner(
             method=SignatureConstructionMethod.detached,
             signature_algorithm=alg,
@@ -134,16 +136,14 @@ class Signer:
             )
         )
 
-    @property
-    def _method(self) -> str:
-        return ECDSA_SHA256 if isinstance(self.key, ec.EllipticCurvePrivateKey) else RSA_SHA256
-
     def _raw_signature(self, data: bytes) -> bytes:
         """XMLDSIG SignatureValue bytes: ECDSA as r || s (RFC 4050 form), RSA PKCS#1 v1.5."""
-        if isinstance(self.key, ec.EllipticCurvePrivateKey):
-            r, s = decode_dss_signature(self.key.sign(data, ec.ECDSA(hashes.SHA256())))
+        if self._method == ECDSA_SHA256:
+            assert isinstance(self.key, ec.EllipticCurvePrivateKey)
+            r, s = decode_dss_signature(self.key.sign(data, _ECDSA))
             size = (self.key.curve.key_size + 7) // 8
             return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+        assert isinstance(self.key, rsa.RSAPrivateKey)
         return self.key.sign(data, padding.PKCS1v15(), hashes.SHA256())
 
     def sign_element(self, element: etree._Element) -> etree._Element:
@@ -166,6 +166,13 @@ _REFERENCE = (
 )
 
 
+_ECDSA = ec.ECDSA(hashes.SHA256())
+# wsu:Id values only need to be unique within one document: a per-process random prefix
+# and a counter (a urandom call per id showed up in the per-answer profile)
+_ID_PREFIX = secrets.token_hex(6)
+_IDS = itertools.count()
+
+
 def _signed_parts(
     envelope: etree._Element,
 ) -> tuple[etree._Element, etree._Element, etree._Element]:
@@ -178,7 +185,7 @@ def _signed_parts(
         raise ValueError("signing needs Header/Security/Timestamp and Body")
     for node, prefix in ((body, "b"), (timestamp, "t")):
         if node.get(WSU_ID) is None:
-            node.set(WSU_ID, f"{prefix}-{secrets.token_hex(8)}")
+            node.set(WSU_ID, f"{prefix}-{_ID_PREFIX}{next(_IDS):x}")
     return security, body, timestamp
 
 

@@ -14,6 +14,7 @@ S_i (the paper's Table 1) and between the servers (Table 2).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import os
@@ -35,10 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from lxml import etree
 
 from wsemail import soap
-from wsemail.auth import Credentials, derive_key
+from wsemail.auth import SIGN_RESPONSE, Credentials, derive_key
+from wsemail.dsig import cert_digest
 from wsemail.errors import UsageError
 from wsemail.message import Draft, Message, new_message_id
 from wsemail.pki import create_root, issue_server, write_crl
@@ -107,6 +110,7 @@ class Options:
     plot: Path | None = None
     data_dir: Path | None = None
     seed: int | None = None
+    signed_answers: bool = False  # clients ask for signed answers (certificate by digest)
 
     def check(self) -> None:
         if self.clients < 1 or self.clients > 256:
@@ -414,10 +418,12 @@ class Connection:
                 self.writer.transport.abort()
 
 
-def _envelope(creds: Credentials, op: etree._Element) -> bytes:
+def _envelope(creds: Credentials, op: etree._Element, known: str | None = None) -> bytes:
     env, header, body = soap.new_envelope()
     body.append(op)
     creds.sign(header, body)
+    if known is not None:  # a signed answer, naming the server certificate the client holds
+        etree.SubElement(header, q(SIGN_RESPONSE)).set("ServerCertificate", known)
     return soap.serialize(env)
 
 
@@ -428,6 +434,7 @@ class Plan:
     external_users: list[str]
     stop_at: float | None
     rng: random.Random
+    known: str | None = None  # digest of local.test's server certificate (signed answers)
 
 
 class Client:
@@ -462,7 +469,7 @@ class Client:
             element(node, "Id", target)
             if op == "delete":
                 self.known.remove(target)
-        return _envelope(self.creds, node)
+        return _envelope(self.creds, node, self.plan.known)
 
     async def call(self, op: str, data: bytes, started: float) -> None:
         status, body, sent, received = await self.conn.post(data)
@@ -739,6 +746,10 @@ def _drive(
     async def main() -> tuple[list[Client], dict[str, int], float, dict[str, float]]:
         stop_at = None
         plan = Plan(options, local_users, external_users, stop_at, rng)
+        if options.signed_answers:
+            pem = (local.data_dir.parent / f"{LOCAL}-identity" / "server.pem").read_bytes()
+            digest = cert_digest(x509.load_pem_x509_certificate(pem))
+            plan.known = base64.b64encode(digest).decode("ascii")
         clients = [
             Client(Credentials(u, keys[u]), Connection(local.url, context, LOCAL), plan)
             for u in local_users
@@ -851,6 +862,7 @@ def summarise(
         "failures": [vars(f) for c in clients for f in c.failures][:10],
         "seconds": round(wall, 3),
         "message_size": options.size,
+        "signed_answers": options.signed_answers,
         "mix": {op: round(w, 4) for op, w in options.mix.items()},
         "open_loop_rate": options.rate,
         "latency_ms": latency_summary(every),
@@ -877,7 +889,7 @@ def print_report(r: dict[str, Any]) -> None:
     print(
         f"\nwsemail test bed: {r['clients']} clients, {r['requests']} requests in "
         f"{r['seconds']:.1f} s, {r['message_size']} B messages, TLS + password MAC + "
-        "XMLDSIG on every server hop"
+        "XMLDSIG on every server hop" + (" + signed answers" if r.get("signed_answers") else "")
     )
     print(
         f"  latency ms   mean {lat['mean']:.2f}  stdev {lat['stdev']:.2f}  variance "

@@ -24,13 +24,18 @@ def bench(
     clients: int = typer.Option(16, help="concurrent clients"),
     seconds: float = typer.Option(5.0, help="how long to send"),
     data_dir: str = typer.Option("", help="server data dir (default: a temporary one)"),
+    signed_answers: bool = typer.Option(
+        False, "--signed-answers", help="ask for signed answers, as clients with trust roots do"
+    ),
 ) -> None:
     """Measure accepted sends/s, latency and server CPU per send on loopback."""
     if ctx.invoked_subcommand is not None:
         return
     from wsemail.bench import run_bench
 
-    run_bench(clients=clients, seconds=seconds, data_dir=data_dir or None)
+    run_bench(
+        clients=clients, seconds=seconds, data_dir=data_dir or None, signed_answers=signed_answers
+    )
 
 
 @app.command()
@@ -56,6 +61,9 @@ def testbed(
         help="profile the local server: FILE.prof (cProfile) or py-spy raw/.svg/.json",
     ),
     data_dir: Path | None = typer.Option(None, help="keep both servers' data here (empty dir)"),
+    signed_answers: bool = typer.Option(
+        False, "--signed-answers", help="clients ask for signed answers (certificate by digest)"
+    ),
 ) -> None:
     """The paper's test bed: local + external server over TLS, N clients, Tables 1 and 2."""
     from wsemail.testbed import Options, parse_mix, run_testbed
@@ -72,6 +80,7 @@ def testbed(
         plot=plot,
         data_dir=data_dir,
         seed=seed,
+        signed_answers=signed_answers,
     )
     result = run_testbed(options, quiet=as_json)
     if as_json:
