@@ -467,13 +467,17 @@ async def test_a_draft_that_asks_for_autofill_is_filled_as_the_screen_opens(
 ) -> None:
     plugin = install_for(dom, built["timesheet"], dom.tmp / "carol-forms")
     carol = dom.user("carol@a.test")
-    draft = {"form": "timesheet", "data": {"department": "OS"}, "autofill": True}
+    data = {"department": "OS", "days": [{"day": "Tuesday", "regular": "7"}]}
+    draft = {"form": "timesheet", "data": data, "autofill": True}
     app = Host(lambda: FormFillScreen(plugin, draft, client=carol))
     async with app.run_test(size=(100, 36)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, FormFillScreen))
         screen = app.screen
         await wait_for(pilot, lambda: screen.query_one("#field-employee_id", Input).value == "c-17")
         assert screen.query_one("#field-department", Input).value == "OS"
+        assert screen.query_one("#cell-days-2-regular", Input).value == "7"  # Tuesday's line
+        assert shown(app, "#cell-days-6-day") == "Saturday"  # every weekday still there
+        assert shown(app, "#field-total_hours") == "7"
 
 
 class Broken(FormPlugin):

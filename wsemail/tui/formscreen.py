@@ -64,7 +64,7 @@ def is_draft(data: Mapping[str, Any] | None) -> bool:
     return bool(keys) and keys <= _DRAFT_KEYS and bool({"form", "data"} & keys)
 
 
-def split_draft(plugin: FormPlugin, data: Mapping[str, Any] | None) -> tuple[dict[str, Any], Any]:
+def split_draft(data: Mapping[str, Any] | None) -> tuple[dict[str, Any], Any]:
     """(field values, route) from what the screen was opened with."""
     if not data:
         return {}, None
@@ -108,7 +108,7 @@ class FormFillScreen(ModalScreen[FormDraft | None]):
         self.client = client
         self.readonly = readonly
         self.chain = chain
-        self.values, self.route = split_draft(plugin, data)
+        self.values, self.route = split_draft(data)
         draft = data if data is not None and is_draft(data) else {}
         self.wheel = draft.get("wheel")
         # a draft that says "autofill": true is filled from the server as the screen opens
@@ -132,7 +132,7 @@ class FormFillScreen(ModalScreen[FormDraft | None]):
                     yield self._line(
                         "Route *",
                         Input(
-                            workflow.route_text(self.route) if self.route else "",
+                            self._route_text(),
                             placeholder="manager: bob@a.test; purchasing: pat@b.test",
                             id="form-route",
                             compact=True,
@@ -149,6 +149,12 @@ class FormFillScreen(ModalScreen[FormDraft | None]):
                 else:
                     yield Button("Cancel", id="form-cancel", compact=True)
                     yield Button("Submit", id="form-submit", variant="primary", compact=True)
+
+    def _route_text(self) -> str:
+        try:
+            return workflow.route_text(self.route) if self.route else ""
+        except WsemailError:  # a malformed route in the draft: type it again
+            return ""
 
     def _line(self, title: str, widget: Widget) -> Horizontal:
         return Horizontal(Label(title, classes="form-label"), widget, classes="form-line")
@@ -168,12 +174,26 @@ class FormFillScreen(ModalScreen[FormDraft | None]):
             )
         return self._line(f.title + mark, widget)
 
+    def _start_rows(self, f: FormField) -> list[Mapping[str, Any]]:
+        """The rows a table opens with: the given ones; when filling in, laid over the
+        plug-in's own starting rows (a given Tuesday fills the Tuesday line)."""
+        value = self.values.get(f.name)
+        given = [r for r in value if isinstance(r, Mapping)] if isinstance(value, list) else []
+        if self.readonly:
+            return given
+        template = self.plugin.rows(f.name)
+
+        def fits(row: Mapping[str, Any], start: Mapping[str, Any]) -> bool:
+            return all(row.get(k) == v for k, v in start.items())
+
+        rows: list[Mapping[str, Any]] = [
+            {**start, **next((r for r in given if fits(r, start)), {})} for start in template
+        ]
+        rows += [r for r in given if not any(fits(r, start) for start in template)]
+        return rows or [{}]
+
     def _table(self, f: FormField) -> ComposeResult:
-        rows = self.values.get(f.name)
-        if not isinstance(rows, list):
-            rows = [] if self.readonly else self.plugin.rows(f.name)
-        if not rows and not self.readonly:
-            rows = [{}]
+        rows = self._start_rows(f)
         mark = " *" if f.required and not self.readonly else ""
         add = "   (ctrl+n adds a row)" if self.growable(f) and not self.readonly else ""
         yield Label(f"{f.title}{mark}{add}", classes="form-table-title")
@@ -183,7 +203,7 @@ class FormFillScreen(ModalScreen[FormDraft | None]):
         )
         with Vertical(id=f"table-{f.name}", classes="form-table"):
             for i, row in enumerate(rows):
-                yield self._row(f, i, row if isinstance(row, Mapping) else {})
+                yield self._row(f, i, row)
         self.rows[f.name] = len(rows)
 
     def _row(self, f: FormField, index: int, row: Mapping[str, Any]) -> Horizontal:
