@@ -172,3 +172,15 @@ def test_the_certificate_is_fetched_once_for_many_messages(fed: Federation) -> N
     fresh, wire = reader(fed.b, fed.ca, "bob@b.test")
     assert fresh.verify(fresh.retrieve(ids[0]))[0].status == "verified"
     assert len(wire.calls(b"GetCertificate")) == 1
+
+
+def test_odd_text_survives_the_rebuild(fed: Federation) -> None:
+    body = "héllo\r\nwörld ✓ <tag> & \t tab\n\n  trailing  "
+    fed.a.client("alice@a.test").send(
+        ["bob@b.test"], "ünïcode & <signs>", body, cc=["carol@a.test"]
+    )
+    wait_for(lambda: inbox(fed.b, "bob@b.test"), "the relayed copy")
+    bob, _ = reader(fed.b, fed.ca, "bob@b.test")
+    proof, shown = bob.verify(bob.retrieve(bob.list_headers().headers[0].id))
+    assert proof.status == "verified", proof.reason
+    assert (shown.body, shown.subject, shown.cc) == (body, "ünïcode & <signs>", ["carol@a.test"])
