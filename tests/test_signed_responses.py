@@ -20,9 +20,11 @@ from lxml import etree
 from wsemail import soap
 from wsemail.auth import IN_RESPONSE_TO
 from wsemail.client import Client
-from wsemail.dsig import DS, Signer, add_timestamp, verify_envelope
+from wsemail.dsig import DS, Signer, add_timestamp, verify_element, verify_envelope
 from wsemail.errors import MessageExpired, ReplayDetected, SignatureInvalid, UntrustedSigner
+from wsemail.message import Message
 from wsemail.pki import ServerIdentity, issue_server, list_issued, revoke, write_crl
+from wsemail.provenance import signed_form
 from wsemail.server.security import AnswerBinding, signed_answer
 from wsemail.soap import SOAP, WSSE, WSU, q
 
@@ -269,3 +271,28 @@ def test_an_answer_signed_by_a_revoked_server_certificate_is_refused(server: Run
     write_crl(ca)  # the server hands its clients this CRL
     with pytest.raises(UntrustedSigner, match="revoked"):
         client(server, server.url).list_headers()
+
+
+def test_the_fast_enveloped_signature_of_relayed_mail_is_what_signxml_verifies(
+    server: Running,
+) -> None:
+    signer = signer_of(server)
+    message = Message(
+        "",
+        "<m@localhost>",
+        "inbox",
+        "alice@localhost",
+        ["bob@b.test"],
+        [],
+        "s & <t>",
+        "2026-01-01T00:00:00Z",
+        1,
+        False,
+        body="héllo\r\n",
+    )
+    form = signed_form("localhost", "b.test", ["bob@b.test"], message)
+    signed = etree.tostring(signer.sign_element_fast(form))
+    cert, domain, verified = verify_element(signed, lambda cert: "localhost")
+    assert cert == signer.cert and verified.findtext(f"{q('Content')}/{q('Body')}") == "héllo\r\n"
+    with pytest.raises(SignatureInvalid):
+        verify_element(signed.replace(b"b.test<", b"c.test<"), lambda cert: "localhost")

@@ -157,8 +157,8 @@ class Relay:
         for row in batch:
             message = Message.from_xml(etree.fromstring(row.payload))
             form = signed_form(self.federation.domain, domain, row.recipients, message)
-            op.append(signer.sign_element(form))
-        signer.sign_envelope(env)
+            op.append(signer.sign_element_fast(form))
+        signer.sign_envelope_fast(env)  # standard XMLDSIG, built without signxml (dsig.py)
         return soap.serialize(env)
 
     # outcomes ---------------------------------------------------------------------------
