@@ -1,9 +1,10 @@
 """A snapshot of the party-line screen at 80×24 across two real TLS domains: bob joined
 from a live invitation, lines from alice (a.test) and his own, carol joining. The channel
-id is fixed for the picture (the server draws it at random); lines carry no time stamps."""
+id and the clock that stamps arriving lines are fixed for the picture."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,6 +19,7 @@ from tui_helpers import wait_for  # noqa: E402
 
 from wsemail.im_client import InstantMessenger, PartyLine  # noqa: E402
 from wsemail.server.im import channel as server_channel  # noqa: E402
+from wsemail.tui.screens import channel as channel_screen  # noqa: E402
 from wsemail.tui.screens.channel import ChannelScreen  # noqa: E402
 from wsemail.tui.screens.inbox import InboxScreen  # noqa: E402
 
@@ -30,6 +32,9 @@ def test_channel_snapshot(
     monkeypatch.setattr(
         server_channel, "secrets", SimpleNamespace(token_urlsafe=lambda n: "Q3-planning")
     )
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    monkeypatch.setattr(channel_screen, "now", lambda: 1741944360.0)  # 2025-03-14 09:26 UTC
     parties: list[PartyLine] = []
 
     async def joined(pilot: Pilot[Any]) -> None:
@@ -71,3 +76,5 @@ def test_channel_snapshot(
     finally:
         for party in parties:
             party.close()
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -95,6 +95,11 @@ class WsemailApp(App[None]):
             timeout=30,
         )
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "join_channel":
+            return self.client is not None  # hidden until signed in
+        return True
+
     def action_join_channel(self) -> None:
         if self.client is None or isinstance(self.screen, LoginScreen):
             return
@@ -113,15 +118,16 @@ class WsemailApp(App[None]):
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
             return
-        own: list[tuple[str, str]] = []  # the screen's and the app's keys first
+        screen: list[tuple[str, str]] = []  # the screen's own keys first
+        app: list[tuple[str, str]] = []  # then the keys that work everywhere
         widgets: list[tuple[str, str]] = []  # then the focused widget's (navigation)
         for active in self.active_bindings.values():
             binding = active.binding
             if binding.description and active.enabled:
-                mine = active.node is self or active.node is self.screen
                 entry = (self.get_key_display(binding), binding.description)
-                (own if mine else widgets).append(entry)
-        keys = own + widgets
+                bucket = screen if active.node is self.screen else app
+                (bucket if active.node in (self, self.screen) else widgets).append(entry)
+        keys = list(dict.fromkeys(screen + app + widgets))
         name = type(self.screen).__name__.removesuffix("Screen")
         self.push_screen(HelpScreen(name, keys))
 

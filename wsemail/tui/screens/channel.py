@@ -8,6 +8,8 @@ arrived; the app shows it with the key to join."""
 
 from __future__ import annotations
 
+import time
+
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -20,6 +22,8 @@ from wsemail.tui.partyline import ChannelSession, Event, describe_event
 from wsemail.tui.screens.base import WorkScreen
 from wsemail.tui.widgets.chat.chat_log import ChatLog
 from wsemail.tui.widgets.footer import KeyFooter
+
+now = time.time  # when a line arrived (a seam for snapshots)
 
 
 class Invited(Message):
@@ -141,7 +145,7 @@ class ChannelScreen(WorkScreen[None]):
             return
         who, text = shown
         if who:
-            self.log_view.add(who, text, None, mine=who == self.client.username)
+            self.log_view.add(who, text, now(), mine=who == self.client.username)
         else:
             self.log_view.note(text)
         self._show_info()

@@ -12,8 +12,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
 ABOUT = (
-    "wsemail: mail as secure web services. Signature checks, attachments, IM and forms "
-    "will show here as the server side gains them."
+    "wsemail: mail, instant messages, party lines and forms as secure web services. "
+    "Errors show as notifications; ctrl+q quits from anywhere."
 )
 
 
