@@ -105,7 +105,7 @@ async def test_compose_sends_encrypted_and_the_reader_sees_it_decrypted(
         assert isinstance(screen, MessageScreen) and screen.message is not None
         assert (screen.message.subject, screen.message.body) == (SUBJECT, BODY)
         headers = str(screen.query_one("#message-headers").render())
-        assert "Sealed:  end to end ✓, signed by alice@a.test ✓" in headers
+        assert "Encrypted: end to end ✓, signed by alice@a.test ✓" in headers
         assert "signed by a.test ✓" in headers  # the sending server's hop signature
         assert BODY in str(screen.query_one("#message-body").render())
         assert "1. plan.txt (3.4 KB, encrypted, on a.test; g to get)" in headers

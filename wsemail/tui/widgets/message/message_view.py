@@ -48,7 +48,7 @@ def header_block(
         text.append(str(proof), style=PROOF_STYLES.get(proof.status, "yellow"))
     if sealed:
         text.append("\n")
-        text.append(f"{'Sealed:':9}", style="bold")
+        text.append("Encrypted: ", style="bold")  # as `wsemail retrieve` prints it
         text.append(sealed, style="yellow" if sealed.startswith("cannot") else "green")
     for number, ref in enumerate(refs or [], 1):
         text.append("\n")
