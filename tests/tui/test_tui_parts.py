@@ -11,8 +11,10 @@ from wsemail.client import Page
 from wsemail.errors import AuthenticationFailed, RequestInvalid
 from wsemail.message import Message, MessageHeader
 from wsemail.tui import drafts
+from wsemail.tui.delivery import DirectOutcome, Options, e2e_line
 from wsemail.tui.feedback import describe
 from wsemail.tui.mailbox import AddressBook, Mailbox, format_size, markers
+from wsemail.tui.partyline import describe_event
 from wsemail.tui.signin import known_login
 
 
@@ -128,7 +130,48 @@ def test_known_login_reads_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_
 
 def test_the_tui_command_imports_textual_only_when_run() -> None:
     code = (
-        "import sys, wsemail.cli.tui, wsemail.tui, wsemail.tui.mailbox, wsemail.tui.drafts;"
+        "import sys, wsemail.cli.tui, wsemail.tui, wsemail.tui.mailbox, wsemail.tui.drafts,"
+        " wsemail.tui.delivery, wsemail.tui.partyline, wsemail.tui.push;"
         "sys.exit(1 if 'textual' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_delivery_options_refuse_what_cannot_go_together() -> None:
+    assert Options().refusal(files=True) is None
+    assert Options(encrypt=True).refusal(files=True) is None  # files are encrypted too
+    assert "goes as mail" in (Options(encrypt=True, instant=True).refusal(False) or "")
+    assert "carries no files" in (Options(instant=True, direct=True).refusal(True) or "")
+    assert "a form goes as mail" in (Options(form=True, encrypt=True).refusal(False) or "")
+    assert Options(form=True).refusal(files=True) is None
+
+
+def test_end_to_end_status_reads_like_wsemail_retrieve() -> None:
+    assert e2e_line({"encrypted": False, "signed": False, "signer": None}) == ""
+    assert (
+        e2e_line({"encrypted": True, "signed": True, "signer": "alice@a.test"})
+        == "end to end ✓, signed by alice@a.test ✓"
+    )
+    assert e2e_line({"encrypted": True, "signed": False, "signer": None}) == (
+        "end to end ✓, not signed"
+    )
+    assert e2e_line({"encrypted": True, "error": "no key"}) == "cannot open: no key"
+    assert str(DirectOutcome("bob@b.test", "refused", "blocked")) == (
+        "bob@b.test: refused (blocked)"
+    )
+
+
+def test_party_line_events_read_as_one_line() -> None:
+    assert describe_event({"event": "line", "from": "bob@b.test", "text": "hi"}) == (
+        "bob@b.test",
+        "hi",
+    )
+    assert describe_event({"event": "joined", "address": "carol@a.test"}) == (
+        "",
+        "carol@a.test joined",
+    )
+    assert describe_event({"event": "closed", "reason": "idle timeout"}) == (
+        "",
+        "the channel closed: idle timeout",
+    )
+    assert describe_event({"event": "welcome"}) is None
