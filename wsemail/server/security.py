@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 
 from lxml import etree
 
-from wsemail import soap
 from wsemail.auth import (
     IN_RESPONSE_TO,
     SALT_BYTES,
@@ -41,10 +40,10 @@ from wsemail.auth import (
     parse_timestamp,
     timestamp,
 )
-from wsemail.dsig import Signer, add_timestamp
+from wsemail.dsig import Signer
 from wsemail.errors import AuthenticationFailed, MessageExpired, RateLimited, ReplayDetected
 from wsemail.server.store import Tx, UserRecord
-from wsemail.soap import SOAP, WSEMAIL, WSSE, WSU, q
+from wsemail.soap import q
 
 FAILED = "authentication failed"
 
@@ -199,16 +198,10 @@ def signed_answer(
     signer: Signer, payload: etree._Element, binding: AnswerBinding, now: float, ttl: float = 300
 ) -> bytes:
     """The answer envelope for `payload`, signed and bound to its request."""
-    env = etree.Element(q("Envelope", SOAP), nsmap={"s": SOAP, "w": WSEMAIL, "wsu": WSU})
-    header = etree.SubElement(env, q("Header", SOAP))
-    body = etree.SubElement(env, q("Body", SOAP))
-    security = etree.SubElement(header, q("Security", WSSE), nsmap={"wsse": WSSE})
-    add_timestamp(
-        security,
+    payload.set(IN_RESPONSE_TO, binding.nonce)
+    return signer.signed_envelope(
+        payload,
         timestamp(datetime.fromtimestamp(now, UTC)),
         timestamp(datetime.fromtimestamp(now + ttl, UTC)),
+        embed=binding.known != signer.cert_digest,
     )
-    payload.set(IN_RESPONSE_TO, binding.nonce)
-    body.append(payload)
-    signer.sign_envelope_fast(env, embed=binding.known != signer.cert_digest)
-    return soap.serialize(env)
