@@ -8,7 +8,7 @@ for a wrong password. Failed attempts are counted per user and per peer address 
 with 429 for the rest of a short window.
 
 A MAC-authenticated request with a `<w:SignResponse/>` header gets a signed answer: the
-server key signs Body and Timestamp (the hop-signature form, `Signer.sign_envelope_fast`),
+server key signs Body and Timestamp (the hop-signature form, `Signer.signed_envelope`),
 the Body's response element carries InResponseTo = the request's nonce, and the server
 certificate is named by digest when the request says the client already holds it.
 """
