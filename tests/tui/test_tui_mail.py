@@ -256,6 +256,10 @@ async def test_help_lists_the_keys_of_the_screen(server: Running) -> None:
         await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
         keys = dict((d, k) for k, d in app.screen.keys)
         assert keys["Compose"] == "c" and keys["Sent"] == "s" and "Filter" in keys
+        order = [d for _, d in app.screen.keys]
+        assert order[0] == "Compose"  # the screen's own keys first, navigation last
+        assert order.index("Help") < order.index("Focus Next")
+        assert "Join" in keys  # ctrl+g: a party line
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, InboxScreen))
 

@@ -18,6 +18,8 @@ from wsemail.tui.screens.login import LoginScreen
 from wsemail.tui.screens.prompt import PromptScreen
 from wsemail.tui.signin import ClientFactory, LoginDefaults, default_client, known_login
 
+GENERIC_ACTIONS = {"app.focus_next", "app.focus_previous", "screen.copy_text"}
+
 
 class WsemailApp(App[None]):
     """`defaults` prefill (or, when complete, skip) the sign-in form; `client_factory`,
@@ -125,8 +127,13 @@ class WsemailApp(App[None]):
             binding = active.binding
             if binding.description and active.enabled:
                 entry = (self.get_key_display(binding), binding.description)
-                bucket = screen if active.node is self.screen else app
-                (bucket if active.node in (self, self.screen) else widgets).append(entry)
+                generic = binding.action in GENERIC_ACTIONS  # focus moves, copy: last
+                if active.node is self.screen and not generic:
+                    screen.append(entry)
+                elif active.node is self:
+                    app.append(entry)
+                else:
+                    widgets.append(entry)
         keys = list(dict.fromkeys(screen + app + widgets))
         name = type(self.screen).__name__.removesuffix("Screen")
         self.push_screen(HelpScreen(name, keys))
