@@ -140,17 +140,23 @@ class Signer:
         )
         body.append(payload)
         stamp = (
-            f'<wsu:Timestamp xmlns:wsu="{WSU}" wsu:Id="{stamp_id}"><wsu:Created>{created}'
+            f'<wsu:Timestamp{_WSU_DECL} wsu:Id="{stamp_id}"><wsu:Created>{created}'
             f"</wsu:Created><wsu:Expires>{expires}</wsu:Expires></wsu:Timestamp>"
         )
         stamp_digest = base64.b64encode(hashlib.sha256(stamp.encode()).digest()).decode()
         refs = _REFERENCE.format(uri=f"#{body_id}", transforms=_EXC, digest=_digest(body))
         refs += _REFERENCE.format(uri=f"#{stamp_id}", transforms=_EXC, digest=stamp_digest)
+        # on the wire the Envelope declares s, w and wsu once (the canonical forms above
+        # carry their own declarations, which exclusive c14n renders anyway)
         head = (
-            f'<s:Envelope xmlns:s="{SOAP}"><s:Header><wsse:Security xmlns:wsse="{WSSE}">'
-            f"{stamp}{self._signature_text(refs, embed)}</wsse:Security></s:Header>"
+            f'<s:Envelope xmlns:s="{SOAP}" xmlns:w="{WSEMAIL}"{_WSU_DECL}><s:Header>'
+            f'<wsse:Security xmlns:wsse="{WSSE}">{stamp.replace(_WSU_DECL, "", 1)}'
+            f"{self._signature_text(refs, embed)}</wsse:Security></s:Header>"
         )
-        return head.encode() + etree.tostring(body, encoding="utf-8") + b"</s:Envelope>"
+        data = etree.tostring(body, encoding="utf-8")
+        if data.startswith(_BODY_DECLS):
+            data = b"<s:Body" + data[len(_BODY_DECLS) :]
+        return head.encode() + data + b"</s:Envelope>"
 
     def _signature(self, refs: str, embed: bool) -> etree._Element:
         return etree.fromstring(self._signature_text(refs, embed))
@@ -169,7 +175,8 @@ class Signer:
                 f"{self._digest_b64}</dsig11:X509Digest>"
             )
         return (
-            f'<ds:Signature xmlns:ds="{DS}">{info}<ds:SignatureValue>{value}'
+            f'<ds:Signature xmlns:ds="{DS}">{info.replace(_DS_DECL, "", 1)}'
+            f"<ds:SignatureValue>{value}"
             f"</ds:SignatureValue><ds:KeyInfo>{key}</ds:X509Data></ds:KeyInfo></ds:Signature>"
         )
 
@@ -200,6 +207,9 @@ _REFERENCE = (
     f'<ds:DigestMethod Algorithm="{SHA256}"></ds:DigestMethod>'
     "<ds:DigestValue>{digest}</ds:DigestValue></ds:Reference>"
 )
+_DS_DECL = f' xmlns:ds="{DS}"'
+_WSU_DECL = f' xmlns:wsu="{WSU}"'
+_BODY_DECLS = f'<s:Body xmlns:s="{SOAP}" xmlns:w="{WSEMAIL}"{_WSU_DECL}'.encode()
 _EXC = f'<ds:Transform Algorithm="{EXC_C14N}"></ds:Transform>'
 _ENVELOPED = f'<ds:Transform Algorithm="{ENVELOPED}"></ds:Transform>'
 
