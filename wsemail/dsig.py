@@ -174,8 +174,11 @@ class Signer:
                 f'<ds:X509Data><dsig11:X509Digest xmlns:dsig11="{DSIG11}" Algorithm="{SHA256}">'
                 f"{self._digest_b64}</dsig11:X509Digest>"
             )
+        wire = info.replace(_DS_DECL, "", 1)  # the same SignedInfo, written shorter
+        for name in ("CanonicalizationMethod", "SignatureMethod", "Transform", "DigestMethod"):
+            wire = wire.replace(f'"></ds:{name}>', '"/>')
         return (
-            f'<ds:Signature xmlns:ds="{DS}">{info.replace(_DS_DECL, "", 1)}'
+            f'<ds:Signature xmlns:ds="{DS}">{wire}'
             f"<ds:SignatureValue>{value}"
             f"</ds:SignatureValue><ds:KeyInfo>{key}</ds:X509Data></ds:KeyInfo></ds:Signature>"
         )
