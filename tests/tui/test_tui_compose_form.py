@@ -9,9 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_tui_forms import Domain, built, dom, install_for, type_into  # noqa: F401
+from test_tui_forms import (  # noqa: F401  (fixtures)
+    Domain,
+    built,
+    dom,
+    install_for,
+    send_requisition,
+    type_into,
+    wheel,
+)
 from textual.pilot import Pilot
 from textual.widgets import Checkbox, OptionList
+from textual.widgets._footer import FooterKey
 from tui_helpers import make_app, wait_for
 
 from wsemail.forms import workflow
@@ -20,6 +29,7 @@ from wsemail.tui.formscreen import FormFillScreen
 from wsemail.tui.screens.choose import ChooseScreen
 from wsemail.tui.screens.compose import ComposeScreen
 from wsemail.tui.screens.inbox import InboxScreen
+from wsemail.tui.screens.message import MessageScreen
 
 pytestmark = pytest.mark.anyio
 
@@ -110,3 +120,24 @@ async def test_a_form_is_not_sent_encrypted_or_instant(
         assert app.screen is compose and not compose.sending
     assert dom.running.count("SELECT count(*) FROM messages") == before
     assert dom.user("bob@a.test").list_headers().headers == []  # the server still answers
+
+
+async def test_a_form_message_footer_keeps_help_in_80_columns(
+    dom: Domain,  # noqa: F811
+    wheel: Path,  # noqa: F811
+) -> None:
+    """The busiest footer: a received form whose plug-in is not installed (i installs)."""
+    send_requisition(dom, wheel)
+    app = make_app(dom.running, "bob@a.test", client_factory=dom.client)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, InboxScreen) and app.screen.table.row_count == 1
+        )
+        await pilot.press("enter")
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, MessageScreen) and app.screen.form is not None
+        )
+        await pilot.pause()
+        keys = {key.description: key for key in app.screen.query(FooterKey)}
+        assert "Install" in keys and "Reply all" in keys
+        assert keys["Help"].region.right <= 80

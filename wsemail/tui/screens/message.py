@@ -55,7 +55,7 @@ class MessageScreen(WorkScreen[str | None]):
         Binding("f", "forward", "Forward"),
         Binding("d,delete", "delete", "Delete"),
         Binding("g", "fetch", "Get files"),
-        Binding("i", "install", "Install form"),
+        Binding("i", "install", "Install", tooltip="fetch and install the form's plug-in"),
         # shown in the form's text instead: the footer keeps room for Help at 80 columns
         Binding("A", "act('approve')", "Approve", show=False),
         Binding("R", "act('reject')", "Reject", show=False),
