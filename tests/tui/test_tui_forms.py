@@ -171,6 +171,14 @@ async def test_form_plugin_fetched_after_confirm_then_shown_and_approved(
         await wait_for(pilot, lambda: screen.form is not None and screen.form.installed)
         assert "Total" in body_text(app) and "500" in body_text(app)
         assert (dom.tmp / "bob-forms" / "registry.json").exists()
+        assert "v view in its form screen" in body_text(app)
+
+        await pilot.press("v")  # the installed plug-in's screen, read-only
+        await wait_for(pilot, lambda: isinstance(app.screen, FormFillScreen))
+        assert app.screen.readonly
+        assert app.screen.query_one("#cell-items-0-description", Input).value == "chair"
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen)
 
         await pilot.press("A")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))

@@ -28,6 +28,7 @@ from wsemail.forms.approvals import Chain, Entry
 from wsemail.message import Message
 from wsemail.provenance import Provenance
 from wsemail.tui import delivery, drafts
+from wsemail.tui.formscreen import shown_screen
 from wsemail.tui.formview import FormShown, Offer, accept, offer, show_form
 from wsemail.tui.mailbox import AddressBook
 from wsemail.tui.screens.base import WorkScreen
@@ -60,8 +61,9 @@ class MessageScreen(WorkScreen[str | None]):
         Binding("A", "act('approve')", "Approve", show=False),
         Binding("R", "act('reject')", "Reject", show=False),
         Binding("D", "delegate", "Delegate", show=False),
+        Binding("v", "view_form", "View form", show=False),
     ]
-    FORM_ACTIONS = {"install", "act", "delegate"}
+    FORM_ACTIONS = {"install", "act", "delegate", "view_form"}
 
     class Loaded(TextualMessage):
         def __init__(
@@ -171,8 +173,11 @@ class MessageScreen(WorkScreen[str | None]):
         form_text = None
         if self.form is not None:
             form_text = self.form.summary()
+            keys = ["v view in its form screen"] if self.form.installed else []
             if self.form.may_sign(self.client.username):  # the footer is short at 80 columns
-                form_text += "\n\nKeys: A approve · R reject · D delegate"
+                keys += ["A approve", "R reject", "D delegate"]
+            if keys:
+                form_text += "\n\nKeys: " + " · ".join(keys)
         self.query_one(MessageView).show(
             self.message, self.proof, self.refs, form_text, delivery.e2e_line(self.e2e)
         )
@@ -185,9 +190,18 @@ class MessageScreen(WorkScreen[str | None]):
             return False  # hidden: the message carries no form
         if action == "install":
             return None if self.form.installed else True
+        if action == "view_form":
+            return True if self.form.installed else None
         return True if self.form.may_sign(self.client.username) else None
 
     # forms --------------------------------------------------------------------------------
+    def action_view_form(self) -> None:
+        made = None if self.form is None else shown_screen(self.form)
+        if made is None:
+            self.notify("This form cannot be shown in its screen", severity="warning")
+            return
+        self.app.push_screen(made)
+
     def action_install(self) -> None:
         if self.form is None or self.form.installed:
             return
