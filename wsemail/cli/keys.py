@@ -53,7 +53,8 @@ def _routes() -> dict[str, str]:
     return routes
 
 
-def _locate(domain: str) -> str:
+def locate_server(domain: str) -> str:
+    """The wsemail server of `domain`: WSEMAIL_DIRECTORY_ROUTES (domain=url,…), else SRV."""
     routes = _routes()
     if domain in routes:
         return routes[domain]
@@ -73,7 +74,7 @@ def open_directory() -> Directory:
     cafile = os.environ.get("WSEMAIL_CACERT")
     if cafile:
         verify = ssl.create_default_context(cafile=cafile)
-    return Directory(roots, _locate, verify=verify, cache_dir=directory_cache())
+    return Directory(roots, locate_server, verify=verify, cache_dir=directory_cache())
 
 
 def directory_cache() -> Path:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsemail.attachments_client import Attachments, Progress
-from wsemail.cli.keys import _locate, open_attachments, open_directory, open_messages
+from wsemail.cli.keys import locate_server, open_attachments, open_directory, open_messages
 from wsemail.client import Client, SendResult
 from wsemail.errors import UsageError, WsemailError
 from wsemail.im_client import InstantMessenger
@@ -102,7 +102,7 @@ def server_of(client: Client, domain: str) -> str:
     WSEMAIL_DIRECTORY_ROUTES or the domain's `_wsemail._tcp` SRV record."""
     if domain == domain_of(client.username):
         return client.server
-    return _locate(domain)
+    return locate_server(domain)
 
 
 def send_directly(
