@@ -376,3 +376,61 @@ def test_cli_send_and_listen_json(fed: Fed) -> None:
     assert record["from"] == "alice@a.test" and record["body"] == "from the CLI"
     assert record["provenance"]["status"] == "verified"
     del bob
+
+
+def test_stop_is_prompt_with_keep_alive_peers_and_push_streams_and_loses_no_answered_send(
+    tmp_path: Path,
+) -> None:
+    """A hang guard, not a timing assertion: before, stop() waited for every idle TLS
+    keep-alive connection's close_notify and for push streams that never end (15 s and more)."""
+    import sqlite3
+    import time
+
+    from wsemail.errors import WsemailError
+
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    a = start_domain(tmp_path, ca, "a.test", plugins=plugins())
+    b = start_domain(tmp_path, ca, "b.test", plugins=plugins())
+    route(a, b)
+    federation = Fed(ca, tmp_path, a, b)
+    try:
+        # b's relay keeps a TLS keep-alive connection to a; clients keep theirs idle
+        b.client("bob@b.test").send(["carol@a.test"], "over the relay")
+        wait_for(lambda: inbox(a, "carol@a.test"), "the relayed mail")
+        streams = [federation.listen(a, "carol@a.test"), federation.listen(a, "bob@a.test")]
+        answered: list[str] = []
+        stop = threading.Event()
+
+        def keep_sending() -> None:
+            sender = a.client("alice@a.test")
+            while not stop.is_set():
+                try:
+                    sender.send(["alice@a.test"], f"in flight {len(answered)}", retries=0)
+                except WsemailError:
+                    return
+                answered.append("ok")
+
+        sending = threading.Thread(target=keep_sending, daemon=True)
+        sending.start()
+        wait_for(lambda: len(answered) >= 3, "some sends answered")
+        started = time.monotonic()
+        a.controller.stop()
+        took = time.monotonic() - started
+        stop.set()
+        sending.join(10)
+        assert took < 10, f"stop took {took:.1f} s"
+        for listening in streams:
+            listening.thread.join(10)
+            assert not listening.thread.is_alive()  # the server ended the stream
+        with sqlite3.connect(a.config.data_dir / "wsemail.db") as db:
+            kept = db.execute(
+                "SELECT count(*) FROM messages WHERE owner='alice@a.test' AND folder='inbox'"
+            ).fetchone()[0]
+        assert kept >= len(answered)  # every answered Send is stored
+    finally:
+        for running in (a, b):
+            for client in running.clients:
+                client.close()
+        b.stop()

@@ -13,6 +13,7 @@ max_depth = 32
 max_elements = 10000
 max_concurrency = 512
 read_timeout = 30
+shutdown_grace = 5
 [security]
 past_seconds = 300
 future_seconds = 60
@@ -77,6 +78,9 @@ class ServerConfig:
     max_elements: int = 10_000
     max_concurrency: int = 512
     read_timeout: float = 30.0
+    # on stop, requests in flight get this long to finish; idle connections and push
+    # streams are closed at once
+    shutdown_grace: float = 5.0
     past_seconds: float = 300.0
     future_seconds: float = 60.0
     failures_per_user: int = 10
@@ -164,6 +168,7 @@ def _apply(config: ServerConfig, raw: dict[str, Any], base: Path) -> None:
             "max_elements": int,
             "max_concurrency": int,
             "read_timeout": float,
+            "shutdown_grace": float,
         },
         "security": {
             "past_seconds": float,

@@ -63,6 +63,58 @@ def uvicorn_config(server: Server, **extra: Any) -> uvicorn.Config:
     )
 
 
+class Runner(uvicorn.Server):
+    """uvicorn with a bounded shutdown that loses no accepted request.
+
+    uvicorn's own shutdown waits until every connection is gone. A push stream never ends
+    by itself, and an idle TLS keep-alive connection of a peer (another server's relay, a
+    client's pool) is gone only once the peer answers the TLS close_notify, which an idle
+    pool never reads: the close then waits for the SSL shutdown timeout (~30 s). Here the
+    listener closes, plug-ins end their streams (`Plugin.stopping`), idle connections are
+    dropped at once, requests in flight get `shutdown_grace` seconds to finish and write
+    their answers, and whatever connection is left after that is aborted.
+    """
+
+    def __init__(self, config: uvicorn.Config, server: Server) -> None:
+        super().__init__(config)
+        self.app_server = server
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for listener in self.servers:
+            listener.close()
+        for sock in sockets or []:
+            sock.close()
+        self.app_server.pipeline.stopping()
+        state = self.server_state
+        for connection in list(state.connections):
+            connection.shutdown()  # idle: closed now; busy: closed after its answer
+        await asyncio.sleep(0)
+        deadline = time.monotonic() + self.app_server.config.shutdown_grace
+        while state.tasks and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if state.tasks:
+            log.error("%d request(s) still running after the shutdown grace", len(state.tasks))
+            for task in list(state.tasks):
+                task.cancel()
+            await asyncio.wait(list(state.tasks), timeout=1)
+        # answers written last are still flushing: give them until the deadline
+        while any(_unsent(c) for c in state.connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for connection in list(state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()  # no wait for the peer's close_notify
+        for listener in self.servers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(listener.wait_closed(), 1)
+
+
+def _unsent(connection: Any) -> int:
+    """Bytes of an answer still waiting in the connection's write buffer."""
+    transport = getattr(connection, "transport", None)
+    return 0 if transport is None else int(transport.get_write_buffer_size())
+
+
 async def serve_with_relay(runner: uvicorn.Server, sock: socket.socket, server: Server) -> None:
     """uvicorn and the outbound relay on one loop; the relay stops when serving stops."""
     relay = asyncio.create_task(run_relay(server))
@@ -95,7 +147,7 @@ class ServerController:
 
     def start(self, timeout: float = 15) -> ServerController:
         self._sock = bind(self.config.host, self.config.port)
-        self._uvicorn = uvicorn.Server(uvicorn_config(self.server))
+        self._uvicorn = Runner(uvicorn_config(self.server), self.server)
         self._thread = threading.Thread(target=self._run, name="wsemail-uvicorn", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
@@ -118,7 +170,10 @@ class ServerController:
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         if self._thread is not None:
-            self._thread.join(timeout=15)
+            # bounded by `Runner.shutdown`; the margin is for a loop stuck in user code
+            self._thread.join(timeout=self.config.shutdown_grace + 30)
+            if self._thread.is_alive():
+                log.error("the server thread did not stop")
         if self._sock is not None:
             self._sock.close()
         self.server.pipeline.close_all()
@@ -135,9 +190,7 @@ def serve_forever(config: ServerConfig, on_ready: Callable[[str], None] | None =
     """Foreground serving for `wsemail serve`: Ctrl-C or SIGTERM stops it cleanly."""
     server = build_server(config)
     sock = bind(config.host, config.port)
-    # idle TLS keep-alive connections of peer servers' relays would otherwise hold the
-    # shutdown of a serving process open until their SSL close times out (~30 s)
-    runner = uvicorn.Server(uvicorn_config(server, timeout_graceful_shutdown=3))
+    runner = Runner(uvicorn_config(server), server)
     host, port = sock.getsockname()[:2]
     scheme = "https" if config.tls_cert else "http"
 

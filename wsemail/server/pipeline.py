@@ -77,6 +77,11 @@ class Plugin:
         """Called when the plug-in is unloaded or the server stops: release listeners,
         threads and hooks that `attach` set up."""
 
+    def stopping(self) -> None:
+        """Called from the serving loop when the server stops taking requests, before the
+        requests in flight finish: end long-lived streams (push sessions) now; `close`
+        follows once the server has stopped."""
+
     def describe(self) -> str:
         return (self.__doc__ or "").strip().splitlines()[0] if self.__doc__ else ""
 
@@ -258,6 +263,13 @@ class Pipeline:
                 entry.plugin.close()
             except Exception:  # one plug-in's failure must not keep the others open
                 log.exception("closing plug-in %r failed", entry.name)
+
+    def stopping(self) -> None:
+        for entry in self.listing():
+            try:
+                entry.plugin.stopping()
+            except Exception:
+                log.exception("stopping plug-in %r failed", entry.name)
 
     def set_priority(self, name: str, priority: int) -> None:
         with self._lock:

@@ -126,6 +126,11 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         server.routes[STREAM_PATH] = self._hub.stream
         direct.register(server, self)
 
+    def stopping(self) -> None:
+        """The server stops: end every push stream now (new ones are refused)."""
+        if self._hub is not None:
+            self._hub.close()
+
     def close(self) -> None:
         server = self.server
         if server is not None:
