@@ -194,6 +194,8 @@ class MessageHeader:
     date: str
     size: int
     seen: bool
+    instant: bool = False  # meant as an instant message (kept in the mailbox: no session)
+    delete_if_undeliverable: bool = False
 
     def to_xml(self, parent: etree._Element, tag: str = "MessageHeader") -> etree._Element:
         node = element(parent, tag)
@@ -209,10 +211,12 @@ class MessageHeader:
         element(node, "Date", self.date)
         element(node, "Size", str(self.size))
         element(node, "Seen", "true" if self.seen else "false")
+        instant_flags_to_xml(node, self.instant, self.delete_if_undeliverable)
         return node
 
     @classmethod
     def from_xml(cls, node: etree._Element) -> MessageHeader:
+        instant, delete = instant_flags(node)
         return cls(
             id=text_of(node, "Id", "") or "",
             message_id=text_of(node, "MessageId", "") or "",
@@ -224,6 +228,8 @@ class MessageHeader:
             date=text_of(node, "Date", "") or "",
             size=int(text_of(node, "Size", "0") or 0),
             seen=text_of(node, "Seen") == "true",
+            instant=instant,
+            delete_if_undeliverable=delete,
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -238,6 +244,8 @@ class MessageHeader:
             "date": self.date,
             "size": self.size,
             "seen": self.seen,
+            **({"instant": True} if self.instant else {}),
+            **({"delete_if_undeliverable": True} if self.delete_if_undeliverable else {}),
         }
 
 
@@ -251,15 +259,12 @@ class Message(MessageHeader):
     origin: str | None = None
     signed_xml: bytes | None = field(default=None, repr=False)
     attachments: list[AttachmentRef] = field(default_factory=list)
-    instant: bool = False
-    delete_if_undeliverable: bool = False
 
     def to_xml(self, parent: etree._Element, tag: str = "Message") -> etree._Element:
         node = super().to_xml(parent, tag)
         element(node, "Body", self.body)
         for ref in self.attachments:
             ref.to_xml(node)
-        instant_flags_to_xml(node, self.instant, self.delete_if_undeliverable)
         if self.signed_xml is not None:
             provenance = element(node, "Provenance")
             provenance.set("origin", self.origin or "")
@@ -271,7 +276,6 @@ class Message(MessageHeader):
         header = MessageHeader.from_xml(node)
         provenance = node.find(q("Provenance"))
         signed = None
-        instant, delete = instant_flags(node)
         if provenance is not None and len(provenance):
             signed = etree.tostring(provenance[0])
         return cls(
@@ -280,14 +284,10 @@ class Message(MessageHeader):
             origin=provenance.get("origin") if provenance is not None else None,
             signed_xml=signed,
             attachments=attachment_refs(node),
-            instant=instant,
-            delete_if_undeliverable=delete,
         )
 
     def as_dict(self) -> dict[str, object]:
         found: dict[str, object] = (
             {"attachments": [a.as_dict() for a in self.attachments]} if self.attachments else {}
         )
-        if self.instant:
-            found["instant"] = True
         return {**super().as_dict(), "body": self.body, **found}

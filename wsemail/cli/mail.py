@@ -193,12 +193,20 @@ def retrieve(
                 f"Id: {message.id}\nMessage-Id: {message.message_id}\n"
                 f"From: {message.sender}\nTo: {', '.join(message.to)}"
             )
+            if message.instant:
+                typer.echo(f"Sent as: {_instant_line(message)}")
             if message.cc:
                 typer.echo(f"Cc: {', '.join(message.cc)}")
             typer.echo(
                 f"Date: {message.date}\nSubject: {message.subject}\nProvenance: {proof}"
                 f"{_e2e_line(sealed)}{_answer_line(client.answer_check)}\n\n{message.body}"
             )
+
+
+def _instant_line(message: MessageHeader) -> str:
+    if message.delete_if_undeliverable:
+        return "instant message (delete if undeliverable)"
+    return "instant message"
 
 
 def _answer_line(check: str | None) -> str:

@@ -107,6 +107,11 @@ MIGRATIONS: list[str] = [
         added REAL NOT NULL
     ) WITHOUT ROWID
     """,
+    # 5: the IM flags of a mailbox copy (a relayed one also keeps them in its signed form)
+    """
+    ALTER TABLE messages ADD COLUMN instant INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN delete_if_undeliverable INTEGER NOT NULL DEFAULT 0
+    """,
 ]
 
 
@@ -221,8 +226,8 @@ class Tx:
             public_id = "_" + public_id[1:]
         cursor = self.conn.execute(
             "INSERT INTO messages(id, owner, folder, message_id, sender, to_json, cc_json, "
-            "subject, date, size, seen, body, origin, signed_xml) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "subject, date, size, seen, body, origin, signed_xml, instant, "
+            "delete_if_undeliverable) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 public_id,
                 owner,
@@ -238,6 +243,8 @@ class Tx:
                 msg.body,
                 origin,
                 signed_xml,
+                int(msg.instant),
+                int(msg.instant and msg.delete_if_undeliverable),
             ),
         )
         assert cursor.lastrowid is not None
@@ -248,7 +255,8 @@ class Tx:
     ) -> list[tuple[int, MessageHeader]]:
         sql = (
             "SELECT seq, id, message_id, folder, sender, to_json, cc_json, subject, date, "
-            "size, seen FROM messages WHERE owner=? AND folder=?"
+            "size, seen, instant, delete_if_undeliverable FROM messages "
+            "WHERE owner=? AND folder=?"
         )
         args: list[Any] = [owner, folder]
         if before_seq is not None:
@@ -263,12 +271,13 @@ class Tx:
     def get_message(self, owner: str, public_id: str) -> Message | None:
         row = self.conn.execute(
             "SELECT id, message_id, folder, sender, to_json, cc_json, subject, date, size, "
-            "seen, body, origin, signed_xml FROM messages WHERE owner=? AND id=?",
+            "seen, instant, delete_if_undeliverable, body, origin, signed_xml FROM messages "
+            "WHERE owner=? AND id=?",
             (owner, public_id),
         ).fetchone()
         if row is None:
             return None
-        return Message(**vars(_header(row[:10])), body=row[10], origin=row[11], signed_xml=row[12])
+        return Message(**vars(_header(row[:12])), body=row[12], origin=row[13], signed_xml=row[14])
 
     def mark_seen(self, owner: str, public_id: str) -> None:
         self.conn.execute(
@@ -393,6 +402,8 @@ def _header(row: tuple[Any, ...]) -> MessageHeader:
         date=row[7],
         size=row[8],
         seen=bool(row[9]),
+        instant=bool(row[10]),
+        delete_if_undeliverable=bool(row[11]),
     )
 
 

@@ -14,6 +14,7 @@ from wsemail.client import Page
 from wsemail.message import MessageHeader
 
 UNREAD = "●"
+INSTANT = "⚡"  # meant as an instant message (kept in the mailbox: the reader was offline)
 
 
 @dataclass
@@ -120,9 +121,9 @@ class AddressBook:
 def markers(header: MessageHeader) -> str:
     """Four marker cells: unread, signature provenance, attachment, kind (form / IM).
 
-    Only "unread" exists on the server today; the other cells stay blank until the client
-    library reports provenance (✓/✗), attachments and message kinds."""
-    return (UNREAD if not header.seen else " ") + "   "
+    The server reports "unread" and "meant as an instant message" in the listing; the
+    provenance and attachment cells stay blank until it reports those too."""
+    return (UNREAD if not header.seen else " ") + "  " + (INSTANT if header.instant else " ")
 
 
 def format_date(value: str) -> str:
