@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import socket
 import threading
@@ -186,8 +187,22 @@ class ServerController:
         self.stop()
 
 
+def raise_open_file_limit() -> int:
+    """A serving process may hold as many descriptors as the hard limit allows (each live
+    push stream holds one); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+            return soft
+    return hard
+
+
 def serve_forever(config: ServerConfig, on_ready: Callable[[str], None] | None = None) -> None:
     """Foreground serving for `wsemail serve`: Ctrl-C or SIGTERM stops it cleanly."""
+    raise_open_file_limit()
     server = build_server(config)
     sock = bind(config.host, config.port)
     runner = Runner(uvicorn_config(server), server)

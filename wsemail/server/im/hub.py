@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import resource
 import secrets
 import threading
 import time
@@ -27,7 +28,13 @@ from urllib.parse import parse_qs
 from starlette.types import Receive, Scope, Send
 
 from wsemail import soap
-from wsemail.errors import AuthenticationFailed, RemoteFault, RequestInvalid, ServerBusy
+from wsemail.errors import (
+    AuthenticationFailed,
+    LimitExceeded,
+    RemoteFault,
+    RequestInvalid,
+    ServerBusy,
+)
 from wsemail.message import Message
 from wsemail.server.im import records
 
@@ -37,6 +44,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsemail.im")
 STREAM_PATH = "/wsemail/im/stream"
 QUEUE_MAX = 256  # events a slow session may fall behind before it is cut off
+FD_RESERVE = 256  # at least this many descriptors (and half) stay for everything else
+
+
+def fd_budget(reserve: int = FD_RESERVE) -> int:
+    """How many push streams this process can hold open and still take ordinary requests:
+    each stream holds a descriptor, and a server out of descriptors stops accepting any
+    connection (uvicorn retries accept() and everything waits in the backlog)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    # half: a live client usually also holds a keep-alive connection for its requests
+    return max(16, soft - max(reserve, soft // 2))
 
 
 @dataclass
@@ -47,6 +66,7 @@ class Session:
     queue: asyncio.Queue[bytes | None] = field(
         default_factory=lambda: asyncio.Queue(maxsize=QUEUE_MAX)
     )
+    ended: bool = False  # dropped by the hub: send what is queued, then end the stream
 
 
 @dataclass(frozen=True)
@@ -79,7 +99,17 @@ class Hub:
         self.fallback = fallback
         self.heartbeat = heartbeat
         self.max_sessions_per_user = max_sessions_per_user
-        self.max_sessions = max_sessions
+        budget = fd_budget()
+        if max_sessions > budget:
+            log.warning(
+                "max_sessions %d is more than the open-file limit leaves room for; at most %d "
+                "live sessions (raise `ulimit -n` for more)",
+                max_sessions,
+                budget,
+            )
+        self.max_sessions = min(max_sessions, budget)
+        self.send_timeout = max(2 * heartbeat, 30.0)  # a peer that stopped reading
+        self._count = 0
         self._lock = threading.Lock()
         self._sessions: dict[str, dict[str, Session]] = {}
         self._pending: dict[str, Push] = {}
@@ -97,7 +127,7 @@ class Hub:
 
     def count(self) -> int:
         with self._lock:
-            return sum(len(s) for s in self._sessions.values())
+            return self._count
 
     # pushes -----------------------------------------------------------------------------
     def hold(self, push: Push) -> None:
@@ -154,13 +184,20 @@ class Hub:
         with self._lock:
             if self._closed:
                 raise ServerBusy("the server is shutting down")
-            mine = self._sessions.setdefault(address, {})
+            mine = self._sessions.get(address, {})
             if len(mine) >= self.max_sessions_per_user:
-                raise ServerBusy(f"at most {self.max_sessions_per_user} live sessions per user")
-            if sum(len(s) for s in self._sessions.values()) >= self.max_sessions:
-                raise ServerBusy("too many live sessions on this server")
+                raise LimitExceeded(
+                    f"at most {self.max_sessions_per_user} live sessions per user; "
+                    "close one of yours first"
+                )
+            if self._count >= self.max_sessions:
+                raise ServerBusy(
+                    f"this server holds its maximum of {self.max_sessions} live sessions; "
+                    "try again later"
+                )
             session = Session(secrets.token_hex(8), address, time.time())
-            mine[session.id] = session
+            self._sessions.setdefault(address, mine)[session.id] = session
+            self._count += 1
             self._loop = asyncio.get_running_loop()
         return session
 
@@ -169,9 +206,11 @@ class Hub:
             mine = self._sessions.get(session.address, {})
             if mine.pop(session.id, None) is None:
                 return
+            self._count -= 1
             if not mine:
                 self._sessions.pop(session.address, None)
-        with contextlib.suppress(asyncio.QueueFull):
+        session.ended = True
+        with contextlib.suppress(asyncio.QueueFull):  # full: the stream sees `ended`
             session.queue.put_nowait(None)
 
     def close(self) -> None:
@@ -201,13 +240,10 @@ class Hub:
             session = self._add(address)
         except RemoteFault as exc:
             body = soap.fault(exc)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": exc.status,
-                    "headers": [(b"content-type", soap.CONTENT_TYPE.encode())],
-                }
-            )
+            headers = [(b"content-type", soap.CONTENT_TYPE.encode())]
+            if isinstance(exc, ServerBusy):
+                headers.append((b"retry-after", b"30"))
+            await send({"type": "http.response.start", "status": exc.status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
         log.info("live session %s for %r", session.id, address)
@@ -239,6 +275,8 @@ class Hub:
         watcher = asyncio.ensure_future(disconnected())
         try:
             while not watcher.done():
+                if session.ended and session.queue.empty():
+                    break
                 getter = asyncio.ensure_future(session.queue.get())
                 done, _ = await asyncio.wait(
                     {getter, watcher}, timeout=self.heartbeat, return_when=asyncio.FIRST_COMPLETED
@@ -247,17 +285,20 @@ class Hub:
                     getter.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await getter
-                    if not done:
-                        chunk = b": keep-alive\n\n"
-                    else:
+                    if done:  # the client went away
                         return
+                    chunk = b": keep-alive\n\n"
                 else:
                     item = getter.result()
                     if item is None:
-                        break
+                        continue  # ended: what is still queued goes out first
                     chunk = item
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                async with asyncio.timeout(self.send_timeout):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            async with asyncio.timeout(self.send_timeout):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except TimeoutError:
+            log.info("session %s of %r stopped reading; ended", session.id, session.address)
         except OSError:
             return
         finally:
