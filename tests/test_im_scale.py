@@ -14,7 +14,7 @@ import httpx
 import pytest
 from lxml import etree
 
-from wsemail.errors import LimitExceeded, ServerBusy
+from wsemail.errors import LimitExceeded, PluginError, ServerBusy
 from wsemail.im_client import InstantMessenger, Stream
 from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.im.plugin import InstantMessaging
@@ -128,3 +128,14 @@ def test_a_stream_refused_when_the_server_is_stopping(capped: Running) -> None:
     with pytest.raises(ServerBusy, match="shutting down"):
         InstantMessenger(capped.client("alice@localhost")).listen()
     assert capped.client("alice@localhost").list_headers().headers == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"heartbeat": 120}, {"heartbeat": 0}, {"max_sessions": 0}, {"max_sessions_per_user": -1}],
+)
+def test_push_session_limits_out_of_range_stop_the_server_from_starting(
+    tmp_path: Path, options: dict[str, object]
+) -> None:
+    with pytest.raises(PluginError, match="bad options for plug-in 'im'"):
+        start_server(tmp_path / "s", plugins=with_im(**options))

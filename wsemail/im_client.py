@@ -57,6 +57,9 @@ EXTENSION_ID = "im"
 CHANNEL_MARK = "wsemail-channel:"  # see wsemail.server.im.channel.ChannelInfo.invitation
 CHANNEL_LINE = 16 * 1024
 CHANNEL_TIMEOUT = 10.0
+# a push stream silent this long is given up (the server sends a keep-alive at least every
+# 30 s; a server that cannot accept the stream, e.g. out of descriptors, is noticed too)
+STREAM_SILENCE = 60.0
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ class Stream:
     def __init__(self, http: httpx.Client, url: httpx.URL, extensions: dict[str, Any]) -> None:
         self._closed = threading.Event()
         self._context = http.stream(
-            "GET", url, extensions=extensions, timeout=httpx.Timeout(10, read=None)
+            "GET", url, extensions=extensions, timeout=httpx.Timeout(10, read=STREAM_SILENCE)
         )
         try:
             self._response = self._context.__enter__()

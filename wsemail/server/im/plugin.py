@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsemail.im")
 EXTENSION_ID = "im"
 MAX_HISTORY = 500
+MAX_HEARTBEAT = 30.0
 
 
 def push_payload(message: Message, recipient: str, push_id: str) -> dict[str, Any]:
@@ -95,8 +96,13 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         self.policy = Policy(remote_policy, domains)
         self.ticket_lifetime = float(ticket_lifetime)
         self.heartbeat = float(heartbeat)
+        if not 0 < self.heartbeat <= MAX_HEARTBEAT:
+            # clients give up on a stream silent for STREAM_SILENCE (60 s): two beats fit
+            raise ValueError(f"heartbeat must be between 0 and {MAX_HEARTBEAT:g} seconds")
         self.max_sessions_per_user = int(max_sessions_per_user)
         self.max_sessions = int(max_sessions)
+        if self.max_sessions_per_user < 1 or self.max_sessions < 1:
+            raise ValueError("max_sessions_per_user and max_sessions must be at least 1")
         self.token_lifetime = float(token_lifetime)
         self.channel_host = channel_host
         self.channel_advertise = channel_advertise
