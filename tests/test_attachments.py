@@ -133,7 +133,7 @@ def served(fed: Fed) -> tuple[int, int]:
 
 
 def post(box: Attachments, url: str, data: bytes) -> httpx.Response:
-    return box._http.post(
+    return box.client.http.post(
         url,
         content=data,
         headers={"content-type": soap.CONTENT_TYPE},
@@ -276,7 +276,7 @@ def test_an_interrupted_download_resumes_with_a_byte_range(fed: Fed, tmp_path: P
     assert dest.read_bytes() == whole.read_bytes()
     path, ticket = bob.authorize(ref)
     url = httpx.URL(ref.url).copy_with(path=path, query=f"ticket={ticket}".encode())
-    outside = bob._http.get(
+    outside = bob.client.http.get(
         url, headers={"range": "bytes=9000000-"}, extensions={"sni_hostname": "a.test"}
     )
     assert outside.status_code == 416
@@ -343,9 +343,9 @@ def test_a_request_for_one_attachment_does_not_open_another(
     # a download ticket is good once, for its own attachment only
     path, ticket = bob.authorize(one)
     url = httpx.URL(one.url).copy_with(path=path, query=f"ticket={ticket}".encode())
-    first = bob._http.get(url, extensions={"sni_hostname": "a.test"})
+    first = bob.client.http.get(url, extensions={"sni_hostname": "a.test"})
     assert first.status_code == 200 and len(first.content) == one.size
-    again = bob._http.get(url, extensions={"sni_hostname": "a.test"})
+    again = bob.client.http.get(url, extensions={"sni_hostname": "a.test"})
     assert again.status_code == 403 and fault_subcode(again) == "wsemail:Forbidden"
 
 
@@ -426,12 +426,12 @@ def test_an_upload_that_differs_from_its_announcement_leaves_nothing(
     url = httpx.URL(fed.a.url).copy_with(
         path=ticket.findtext(q("Path")), query=f"ticket={ticket.findtext(q('Ticket'))}".encode()
     )
-    response = alice._http.put(url, content=b"x" * 10, extensions={"sni_hostname": "a.test"})
+    response = alice.client.http.put(url, content=b"x" * 10, extensions={"sni_hostname": "a.test"})
     assert response.status_code == 400
     assert fed.a.count("SELECT count(*) FROM attachment_blobs") == 0
     assert not list((fed.a.config.data_dir / "attachments" / "blobs").iterdir())
     assert not list((fed.a.config.data_dir / "attachments" / "tmp").iterdir())
-    again = alice._http.put(url, content=b"x" * 1000, extensions={"sni_hostname": "a.test"})
+    again = alice.client.http.put(url, content=b"x" * 1000, extensions={"sni_hostname": "a.test"})
     assert again.status_code == 403  # the ticket was good once
     with pytest.raises(RemoteFault):  # an unfinished upload cannot be attached
         alice.client.send(["bob@b.test"], "x", attachments=[ticket.findtext(q("Guid")) or ""])
@@ -447,7 +447,7 @@ def test_a_revoked_attachment_is_not_served(fed: Fed, one: AttachmentRef) -> Non
     assert_refused(fed, response, 403, "wsemail:Forbidden", before)
     assert "revoked" in response.text
     url = httpx.URL(one.url).copy_with(path=path, query=f"ticket={ticket}".encode())
-    late = bob._http.get(url, extensions={"sni_hostname": "a.test"})
+    late = bob.client.http.get(url, extensions={"sni_hostname": "a.test"})
     assert late.status_code == 403
     assert not (fed.a.config.data_dir / "attachments" / "blobs" / one.guid).exists()
 

@@ -111,7 +111,6 @@ class Attachments:
         self.client = client
         self.token_lifetime = token_lifetime
         self._token: Token | None = None
-        self._http = client._http  # one connection pool and TLS setting for every server
 
     # sending (SC → SS) ------------------------------------------------------------------
     def upload(
@@ -174,11 +173,11 @@ class Attachments:
 
         url = _url(self.client.server, text_of(ticket, "Path", "") or "", _text(ticket, "Ticket"))
         try:
-            response = self._http.put(
+            response = self.client.http.put(
                 url,
                 content=counted(),
                 headers={"content-type": "application/octet-stream", "content-length": str(size)},
-                extensions=self.client._extensions,
+                extensions=self.client.extensions,
             )
         except httpx.HTTPError as exc:
             raise TransportError(f"upload to {self.client.server} failed: {exc}") from exc
@@ -274,7 +273,7 @@ class Attachments:
         """A signed FetchAttachment to the attachment's server: (download path, ticket)."""
         data = fetch_request(ref, token or self.token())
         try:
-            response = self._http.post(
+            response = self.client.http.post(
                 ref.url,
                 content=data,
                 headers={"content-type": soap.CONTENT_TYPE},
@@ -322,7 +321,7 @@ class Attachments:
         path, ticket = self.authorize(ref)
         headers = {"range": f"bytes={have}-"} if have else {}
         try:
-            with self._http.stream(
+            with self.client.http.stream(
                 "GET",
                 _url(ref.url, path, ticket),
                 headers=headers,

@@ -143,6 +143,18 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
+    @property
+    def http(self) -> httpx.Client:
+        """The pooled HTTP client (this client's TLS settings and connections), for the
+        library's other requests: uploads, downloads, streams, signed calls."""
+        return self._http
+
+    @property
+    def extensions(self) -> dict[str, str]:
+        """The httpx request extensions each request to this client's server needs (the
+        TLS name its certificate must carry, when it differs from the URL's host)."""
+        return dict(self._extensions)
+
     # authentication ---------------------------------------------------------------------
     @property
     def credentials(self) -> Credentials:

@@ -194,8 +194,10 @@ class MessageHeader:
     date: str
     size: int
     seen: bool
-    instant: bool = False  # meant as an instant message (kept in the mailbox: no session)
-    delete_if_undeliverable: bool = False
+    # meant as an instant message (kept in the mailbox: no live session); keyword-only, so
+    # a Message's positional fields stay as they were
+    instant: bool = field(default=False, kw_only=True)
+    delete_if_undeliverable: bool = field(default=False, kw_only=True)
 
     def to_xml(self, parent: etree._Element, tag: str = "MessageHeader") -> etree._Element:
         node = element(parent, tag)

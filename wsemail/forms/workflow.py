@@ -265,7 +265,7 @@ def _extensions(
     if tls_name:
         return {"sni_hostname": tls_name}
     if url.netloc == httpx.URL(client.server).netloc:
-        return dict(client._extensions)
+        return client.extensions
     if sender and _is_ip(url.host):
         return {"sni_hostname": domain_of(sender)}
     return {}
@@ -305,7 +305,7 @@ def download_plugin(
     wheels.parse_name(file_name)
     extensions = _extensions(client, url, sender, tls_name)
     try:
-        http = client._http  # the client's own TLS settings and connection pool
+        http = client.http  # the client's own TLS settings and connection pool
         got = http.get(url, extensions=extensions)
         sig = http.get(url.copy_with(params={"file": file_name + ".sig"}), extensions=extensions)
     except httpx.HTTPError as exc:
@@ -384,11 +384,11 @@ def autofill_request(
 def post_signed(client: Client, data: bytes) -> etree._Element:
     """POST a signed request to the client's own server; its answer or its fault."""
     try:
-        response = client._http.post(
+        response = client.http.post(
             client.server,
             content=data,
             headers={"content-type": soap.CONTENT_TYPE},
-            extensions=client._extensions,
+            extensions=client.extensions,
         )
     except httpx.HTTPError as exc:
         raise TransportError(f"cannot reach {client.server}: {exc}") from exc

@@ -10,11 +10,13 @@ import base64
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
+from cryptography import x509
 from lxml import etree
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -28,17 +30,23 @@ from wsemail.auth import (
     MAC_TYPE,
     PASSWORD_TEXT,
     UsernameToken,
+    decode_nonce,
     read_username_token,
 )
+from wsemail.dsig import VerifiedEnvelope
 from wsemail.errors import (
     AuthenticationFailed,
+    Forbidden,
     InvalidSecurity,
     RemoteFault,
+    ReplayDetected,
     RequestInvalid,
     RequestTimeout,
     ServerBusy,
     ServerError,
+    SignatureInvalid,
     TooLarge,
+    UntrustedSigner,
 )
 from wsemail.message import normalize_address
 from wsemail.server.config import ServerConfig
@@ -48,6 +56,7 @@ from wsemail.server.operations import AUTHENTICATED
 from wsemail.server.pipeline import Environment, Pipeline, resolve_class
 from wsemail.server.relay import Relay
 from wsemail.server.security import (
+    FAILED,
     AnswerBinding,
     Authenticator,
     signed_answer,
@@ -55,7 +64,7 @@ from wsemail.server.security import (
 )
 from wsemail.server.store import SqliteStore, Tx, UserRecord
 from wsemail.server.wsdl import wsdl_document
-from wsemail.soap import element, q, text_of
+from wsemail.soap import WSSE, WSU, element, q, text_of
 from wsemail.xmlsafe import c14n, parse_untrusted
 
 log = logging.getLogger("wsemail.server")
@@ -64,9 +73,35 @@ CRL_PATH = "/wsemail/crl"  # the CRLs this server holds, for its clients' proven
 
 
 T = TypeVar("T")
+CERTIFICATE_CALL = "CertificateCall"  # a client operation signed with the user certificate
 # set by `Server.authenticated` when the request it authenticated asked for a signed answer
 _ANSWER: ContextVar[AnswerBinding | None] = ContextVar("wsemail_answer", default=None)
 SelfAuthenticated = Callable[["Server", soap.ReceivedEnvelope, str], Awaitable[etree._Element]]
+
+
+class CertificateVerifier(Protocol):
+    """What certificate login needs from the user-certificate plug-in: the signature and
+    chain check (`verify`, calling `claim` with the address the certificate names before
+    its chain is checked) and, inside the unit of work, whether it is still active."""
+
+    def verify(
+        self, envelope: soap.ReceivedEnvelope, claim: Callable[[str], None]
+    ) -> VerifiedEnvelope: ...
+
+    def active(self, tx: Tx, address: str, cert: x509.Certificate) -> bool: ...
+
+
+@dataclass
+class Login:
+    """A request whose credential passed every check that needs no transaction: who it
+    claims to be, the operation element to run (the Body's, or the one a verified
+    CertificateCall carries), the rest of the check that runs first in the unit of work,
+    and the binding of a signed answer if one was asked for."""
+
+    username: str
+    request: etree._Element
+    check: Callable[[Tx], UserRecord]
+    answer: AnswerBinding | None = None
 
 
 @dataclass
@@ -86,6 +121,8 @@ class Server:
     # streams (uploads, downloads, server-sent events). Core paths cannot be overridden.
     operations: dict[str, SelfAuthenticated] = field(default_factory=dict)
     routes: dict[str, ASGIApp] = field(default_factory=dict)
+    # certificate login (`CertificateCall`), when the user-certificate plug-in is loaded
+    certificate_login: CertificateVerifier | None = None
 
     def asgi(self) -> ASGIApp:
         """The ASGI application: one path, no middleware stack on the hot path."""
@@ -186,26 +223,28 @@ class Server:
             return await self.get_salt(envelope.operation)
         if name == "Deliver":
             return await deliver(self, envelope.root)
-        if name in self.operations and name not in AUTHENTICATED:
+        if name in self.operations and name not in AUTHENTICATED and name != CERTIFICATE_CALL:
             return await self.operations[name](self, envelope, peer)
-        operation = AUTHENTICATED.get(name)
-        if operation is None:
+        if name not in AUTHENTICATED and name != CERTIFICATE_CALL:
             raise RequestInvalid(f"unknown operation {name!r}")
+        login = await self.login(envelope, peer)
+        request = login.request
+        operation = AUTHENTICATED[etree.QName(request).localname]
 
         def work(tx: Tx, user: UserRecord) -> tuple[etree._Element, Environment]:
             env = Environment(
                 principal=user.address,
                 domain=self.config.domain,
                 tx=tx,
-                request=envelope.operation,
+                request=request,
                 pipeline=self.pipeline,
                 clock=self.clock,
                 is_admin=user.admin,
                 wake_relay=self.wake_relay,
             )
-            return operation(env, envelope.operation), env
+            return operation(env, request), env
 
-        result, env = await self.authenticated(envelope, peer, work)
+        result, env = await self.run_authenticated(login, peer, work)
         for callback in env.after_commit:
             callback()
         return result
@@ -218,11 +257,29 @@ class Server:
         *,
         mac_only: bool = False,
     ) -> T:
-        """Authenticate a client request (password MAC, or UsernameToken PasswordText for
-        third-party toolkits unless `mac_only`) and run `work` for that user in the unit of
-        work that also remembers the request's nonce. The one place that does this, for the
-        core operations and for plug-ins' own operations; a MAC request that asked for a
-        signed answer (`<w:SignResponse/>`) gets one from `endpoint`."""
+        """Authenticate a client request and run `work` for that user in the unit of work
+        that also remembers the request's nonce: `login`, then `run_authenticated`. The one
+        path for the core operations (password MAC or certificate login) and for plug-ins'
+        own operations."""
+        login = await self.login(envelope, peer, mac_only=mac_only)
+        return await self.run_authenticated(login, peer, work)
+
+    async def login(
+        self, envelope: soap.ReceivedEnvelope, peer: str, *, mac_only: bool = False
+    ) -> Login:
+        """Every check of a request's credential that needs no transaction (DESIGN.md §4),
+        for the password MAC, a UsernameToken PasswordText from third-party toolkits (unless
+        `mac_only`) and certificate login (`CertificateCall`, signed with the user's
+        certificate) alike: rate limit → timestamp window → the credential's own checks
+        that need no store (a certificate's signature, binding rules, chain and CRLs; the
+        signed timestamp again) → destination. What is left — nonce not seen, MAC or
+        certificate still active, nonce remembered — runs first in the unit of work
+        (`Login.check`). A MAC request that asked for a signed answer (`<w:SignResponse/>`)
+        gets one from `endpoint`."""
+        if envelope.operation_name == CERTIFICATE_CALL:
+            if mac_only:
+                raise InvalidSecurity(f"{envelope.operation_name} needs the password MAC")
+            return self._certificate_login(envelope, peer)
         token = read_username_token(envelope.header)
         try:
             username = normalize_address(token.username)
@@ -230,32 +287,91 @@ class Server:
             username = token.username[:320]
         self.auth.check_rate(username, peer)
         name = envelope.operation_name
-        authenticate: Callable[[Tx], UserRecord]
-        try:
+        with self._counting_failures(lambda: username, peer):
             if token.password_type == MAC_TYPE:
                 self.auth.check_fresh(token.created)
                 nonce = self.auth.canonical_nonce(token)
                 body_c14n = c14n(envelope.body)
 
-                def authenticate(tx: Tx) -> UserRecord:  # noqa: F811
+                def check(tx: Tx) -> UserRecord:
                     return self.auth.verify_mac(tx, token, nonce, name, body_c14n)
 
-            elif token.password_type == PASSWORD_TEXT and not mac_only:
-                authenticate = await self.password_text(token, username, peer)
-            elif mac_only:
+                answer = wants_signed_answer(envelope.header, token)
+                return Login(username, envelope.operation, check, answer)
+            if token.password_type == PASSWORD_TEXT and not mac_only:
+                checked = await self.password_text(token, username, peer)
+                return Login(username, envelope.operation, checked)
+            if mac_only:
                 raise InvalidSecurity(f"{name} needs the password MAC")
-            else:
-                raise InvalidSecurity("unsupported wsse:Password Type")
+            raise InvalidSecurity("unsupported wsse:Password Type")
 
-            def unit(tx: Tx) -> T:
-                return work(tx, authenticate(tx))
+    def _certificate_login(self, envelope: soap.ReceivedEnvelope, peer: str) -> Login:
+        """`CertificateCall`: the same rules as the MAC, the certificate checked by the
+        user-certificate plug-in (`wsemail.server.usercerts.login`)."""
+        verifier = self.certificate_login
+        if verifier is None:
+            raise InvalidSecurity("this server does not take certificate login")
+        claimed = f"?{peer}"  # until the certificate names someone
 
+        def claim(address: str) -> None:
+            nonlocal claimed
+            claimed = address
+            self.auth.check_rate(address, peer)
+
+        self.auth.check_rate(claimed, peer)
+        header = envelope.header
+        stamp = (
+            None if header is None else header.find(f"{q('Security', WSSE)}/{q('Timestamp', WSU)}")
+        )
+        self.auth.check_fresh(None if stamp is None else stamp.findtext(q("Created", WSU)))
+        with self._counting_failures(lambda: claimed, peer):
+            verified = verifier.verify(envelope, claim)
+            if verified.operation.tag != q(CERTIFICATE_CALL):
+                raise InvalidSecurity("the signed operation is not CertificateCall")
+            self.auth.check_fresh(verified.timestamp.findtext(q("Created", WSU)))
+        address, cert, op = verified.signer, verified.cert, verified.operation
+        if (text_of(op, "Server") or "").strip().lower() != self.config.domain:
+            raise Forbidden("this request is addressed to another server")
+        nonce = base64.b64encode(decode_nonce("".join((text_of(op, "Nonce") or "").split())))
+        inner = _carried_operation(op)
+
+        def check(tx: Tx) -> UserRecord:
+            if tx.nonce_seen(address, nonce.decode("ascii")):
+                raise ReplayDetected("this request was already received")
+            if not verifier.active(tx, address, cert):
+                raise UntrustedSigner("certificate revoked or not issued here")
+            user = tx.user(address)
+            if user is None:
+                raise AuthenticationFailed(FAILED)
+            self.auth.remember(tx, address, nonce.decode("ascii"))
+            return user
+
+        return Login(address, inner, check)
+
+    async def run_authenticated(
+        self, login: Login, peer: str, work: Callable[[Tx, UserRecord], T]
+    ) -> T:
+        """Run `work` for the user `login` names in one unit of work that first completes
+        the credential check (nonce not seen → MAC / certificate active → nonce remembered),
+        so the replay row commits with the effect or not at all."""
+
+        def unit(tx: Tx) -> T:
+            return work(tx, login.check(tx))
+
+        with self._counting_failures(lambda: login.username, peer):
             result = await self.store.transact(unit)
-            _ANSWER.set(wants_signed_answer(envelope.header, token))
-            return result
-        except AuthenticationFailed:
-            self.auth.record_failure(username, peer)
-            log.info("authentication failed for %r from %s", username, peer)
+        _ANSWER.set(login.answer)
+        return result
+
+    @contextmanager
+    def _counting_failures(self, who: Callable[[], str], peer: str) -> Iterator[None]:
+        """A wrong credential (not a stale or repeated request) counts against the rate
+        limit of the name it claimed and of the peer."""
+        try:
+            yield
+        except (AuthenticationFailed, SignatureInvalid, UntrustedSigner):
+            self.auth.record_failure(who(), peer)
+            log.info("authentication failed for %r from %s", who(), peer)
             raise
 
     async def password_text(
@@ -300,6 +416,20 @@ class Server:
         kdf.set("r", str(KDF_R))
         kdf.set("p", str(KDF_P))
         return result
+
+
+def _carried_operation(op: etree._Element) -> etree._Element:
+    """The one client operation a CertificateCall carries beside its Server and Nonce."""
+    found = [
+        c
+        for c in op
+        if isinstance(c.tag, str) and etree.QName(c).localname not in ("Server", "Nonce")
+    ]
+    if len(found) != 1 or etree.QName(found[0]).namespace != soap.WSEMAIL:
+        raise RequestInvalid("CertificateCall carries exactly one client operation")
+    if etree.QName(found[0]).localname not in AUTHENTICATED:
+        raise RequestInvalid("CertificateCall carries a client operation only")
+    return found[0]
 
 
 def _is_loopback(host: str) -> bool:

@@ -127,7 +127,7 @@ class CertificateClient(Client):
             return super().call(operation, authenticated=False)
         data = self.signed_request(operation)
         try:
-            response = self._http.post(self.server, content=data, extensions=self._extensions)
+            response = self.http.post(self.server, content=data, extensions=self.extensions)
         except httpx.HTTPError as exc:
             raise TransportError(f"cannot reach {self.server}: {exc}") from exc
         try:

@@ -5,7 +5,8 @@
 - top-level `LookupCertificate` (unauthenticated, read only): a user's newest valid
   certificate with its issuing CA and the CRLs a verifier needs (this domain's user CRL and
   the root CRLs this server holds);
-- top-level `CertificateCall` (see `wsemail.server.usercerts.login`);
+- certificate login (`CertificateCall`): the certificate checks the server's one
+  authentication path asks for (see `wsemail.server.usercerts.login`);
 - the user CRL: regenerated after each revocation and before it goes stale, kept in the
   server's trust store and written to `<data dir>/usercerts/user-crl.pem`.
 
@@ -101,14 +102,14 @@ class UserCertificates(ExtensionProcessor):
         self.server = server
         server.store.ensure_schema(self.name, MIGRATIONS)
         server.operations["LookupCertificate"] = self.lookup
-        server.operations["CertificateCall"] = login.make_operation(self)
+        server.certificate_login = login.CertificateLogin(self, server)
         self.publish_crl()
 
     def close(self) -> None:
         server = self.server
         if server is not None:
-            for name in ("LookupCertificate", "CertificateCall"):
-                server.operations.pop(name, None)
+            server.operations.pop("LookupCertificate", None)
+            server.certificate_login = None
 
     def _identity(self) -> ServerIdentity:
         if self.server is None or self.server.federation is None:
