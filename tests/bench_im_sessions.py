@@ -91,6 +91,7 @@ class Bench:
     per_user: int
     sessions: list[Live] = field(default_factory=list)
     refused: dict[str, int] = field(default_factory=dict)
+    readers: set[asyncio.Task[None]] = field(default_factory=set)
     waiters: dict[str, asyncio.Event] = field(default_factory=dict)
     clients: dict[str, Client] = field(default_factory=dict)
 
@@ -148,7 +149,9 @@ class Bench:
             line = await reader.readline()
             if line.startswith(b"event: ready"):
                 break
-        asyncio.get_running_loop().create_task(self.read(live))
+        task = asyncio.get_running_loop().create_task(self.read(live))
+        self.readers.add(task)
+        task.add_done_callback(self.readers.discard)
         return live
 
     async def read(self, live: Live) -> None:
@@ -364,6 +367,9 @@ async def measure(
     print(
         json.dumps({"stop_s_with_open_streams": round(stop_s, 2), "streams": len(bench.sessions)})
     )
+    for task in list(bench.readers):
+        task.cancel()
+    await asyncio.gather(*bench.readers, return_exceptions=True)
     for live in bench.sessions:
         live.writer.close()
     for client in bench.clients.values():

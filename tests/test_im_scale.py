@@ -6,6 +6,7 @@ scale come from `tests/bench_im_sessions.py`, not from here."""
 from __future__ import annotations
 
 import resource
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,3 +140,22 @@ def test_push_session_limits_out_of_range_stop_the_server_from_starting(
 ) -> None:
     with pytest.raises(PluginError, match="bad options for plug-in 'im'"):
         start_server(tmp_path / "s", plugins=with_im(**options))
+
+
+def test_a_stream_whose_client_vanished_is_cleaned_up_and_pushes_go_to_the_mailbox(
+    capped: Running,
+) -> None:
+    url = ticket_url(capped, "bob@localhost")
+    sock = socket.create_connection((url.host, url.port), timeout=10)
+    sock.sendall(f"GET {url.raw_path.decode()} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    received = b""
+    while b"event: ready" not in received:
+        chunk = sock.recv(4096)
+        assert chunk, received
+        received += chunk
+    hub = hub_of(capped).hub
+    assert hub.online() == {"bob@localhost": 1}
+    sock.close()  # gone without a word
+    wait_for(lambda: hub.count() == 0, "the dead session to be dropped")
+    capped.client("alice@localhost").send(["bob@localhost"], "IM", "while away", instant=True)
+    assert inbox(capped, "bob@localhost") == ["IM"]  # kept, meant as an instant message
