@@ -117,6 +117,7 @@ class Client:
         )
         self.trust_roots = list(trust_roots or [])
         self._trust: TrustStore | None = None
+        self._crls: list[x509.CertificateRevocationList] = []  # from our server, for `_trust`
         # server certificates of relayed mail by SHA-256 of the DER, each fetched once
         self.certificates: dict[bytes, x509.Certificate] = {}
         # our own server's certificate, once a signed answer carried it and it was checked
@@ -362,14 +363,34 @@ class Client:
                     self._trust.add_crl(crl)
                 except RemoteFault:
                     continue  # a CRL that does not verify is ignored; checks then fail closed
+            self._crls = crls
         return self._trust
+
+    def check_user_certificate(
+        self, cert: x509.Certificate, issuing: x509.Certificate, address: str, at: datetime
+    ) -> None:
+        """Accept `cert` as `address`'s certificate from its domain's `issuing` CA, chained to
+        this client's trust roots, as at the time `at` (a short-lived identity certificate
+        that signed a direct instant message then), with the CRLs this client holds now."""
+        trust = self.trust()
+        if trust is None:
+            raise UntrustedSigner("no trust roots configured")
+        then = TrustStore(trust.roots, clock=lambda: at)
+        for crl in self._crls:
+            try:
+                then.add_crl(crl)
+            except RemoteFault:
+                continue
+        then.verify_user(cert, issuing, address)
 
     def verify(self, message: Message) -> tuple[Provenance, Message]:
         """Check a retrieved message's server signature (end-to-end provenance); the
         returned message's content comes from the verified signed form."""
         trust = self.trust()
         signer = None if trust is None else (lambda cert: server_domain(trust, cert))
-        return provenance.check(message, self.username, signer, self.certificate)
+        return provenance.check(
+            message, self.username, signer, self.certificate, self.check_user_certificate
+        )
 
     def certificate(self, digest: bytes) -> x509.Certificate:
         """The server certificate a compact provenance names by digest, asked once of our

@@ -25,29 +25,50 @@ Content is the retrieved message itself, and the signing certificate is named by
 
 The reader rebuilds the signed form from the retrieved fields (`expand`) and verifies it
 exactly as the whole one: any field changed on the way no longer matches the signature.
+
+An instant message sent directly to the recipient's server (`DirectInstant`, signed by the
+sender with a short-lived identity certificate from the sender's own server) has no
+server signature; RS keeps the sender's whole signed request instead, base64 in
+`<w:SignedRequest>` (its Body and Timestamp are referenced by Id, so it travels as bytes,
+never merged into another envelope). The reader verifies it (`check`): the binding rules,
+the chain user certificate → the sender domain's issuing CA → a trusted root as at the
+signed time (which must match the date RS received it within the freshness window), not
+revoked by the CRLs the reader holds, the certificate naming the sender, the request
+addressed to the reader's server and naming the reader; the content shown is the signed
+one. Status "verified", signer "alice@a.test (direct)".
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Literal
 
 from cryptography import x509
 from lxml import etree
 
-from wsemail.dsig import DS, CertificateLookup, reference_certificate, verify_element
+from wsemail.auth import parse_timestamp
+from wsemail.dsig import (
+    DS,
+    CertificateLookup,
+    reference_certificate,
+    verify_element,
+    verify_envelope,
+)
 from wsemail.errors import RemoteFault, SignatureInvalid, UntrustedSigner, WsemailError
 from wsemail.message import (
+    Draft,
     Message,
     attachment_refs,
     domain_of,
     instant_flags,
     instant_flags_to_xml,
 )
-from wsemail.pki import TrustStore
-from wsemail.soap import element, q, text_of, texts_of
+from wsemail.pki import TrustStore, certificate_address
+from wsemail.soap import SOAP, WSU, element, q, text_of, texts_of
 from wsemail.xmlsafe import XmlLimits, parse_untrusted
 
 
@@ -197,14 +218,21 @@ class Provenance:
         return f"not checked: {self.reason}"
 
 
+# `user_signer(cert, issuing_ca, address, at)`: accept `cert` as `address`'s certificate
+# from its domain's issuing CA, as at the time `at` (raises otherwise)
+UserSigner = Callable[[x509.Certificate, x509.Certificate, str, datetime], None]
+
+
 def check(
     message: Message,
     owner: str,
     server_signer: Callable[[x509.Certificate], str] | None,
     certificates: CertificateLookup | None = None,
+    user_signer: UserSigner | None = None,
 ) -> tuple[Provenance, Message]:
     """Verify a retrieved message's signed form (whole, or compact: rebuilt from the
-    message's fields, its certificate found by digest through `certificates`).
+    message's fields, its certificate found by digest through `certificates`; or a direct
+    instant message's signed request, its certificate checked by `user_signer`).
     `server_signer(cert) -> domain` checks a certificate against the client's trust store
     (None: no trust roots configured). Returns the provenance and the message with its
     content taken from the verified copy."""
@@ -221,6 +249,10 @@ def check(
         return Provenance("unchecked", message.origin, "no trust roots configured"), message
     try:
         root = parse_untrusted(message.signed_xml, XmlLimits(max_bytes=64 << 20))
+        if root.tag == q("SignedRequest"):
+            if user_signer is None:
+                raise UntrustedSigner("this client cannot check user certificates")
+            return check_direct(message, owner, root, user_signer)
         if root.tag == q("CompactProvenance"):
             root = expand(message, root)
         _, signer, verified = verify_element(root, server_signer, certificates)
@@ -245,6 +277,82 @@ def check(
         delete_if_undeliverable=content.message.delete_if_undeliverable,
     )
     return Provenance("verified", signer), trusted
+
+
+# direct instant messages ---------------------------------------------------------------
+DIRECT_OPERATION = "DirectInstant"
+DIRECT_MAX_BYTES = 4 << 20  # a server's default request limit
+# RS checked the signed Created against its clock on accept: at most this old, this early
+RECEIVED_PAST, RECEIVED_FUTURE = timedelta(seconds=301), timedelta(seconds=61)
+
+
+def direct_record(request: bytes) -> bytes:
+    """RS's record of a verified `DirectInstant` request: its bytes, base64."""
+    root = etree.Element(q("SignedRequest"), nsmap={"w": "urn:wsemail"})
+    root.text = base64.b64encode(request).decode("ascii")
+    return etree.tostring(root)
+
+
+def _issuer(op: etree._Element) -> x509.Certificate:
+    try:
+        text = "".join((text_of(op, "IssuerCertificate") or "").split())
+        raw = base64.b64decode(text, validate=True)
+        return x509.load_der_x509_certificate(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureInvalid("the signed request names no readable issuing CA") from exc
+
+
+def check_direct(
+    message: Message, owner: str, record: etree._Element, user_signer: UserSigner
+) -> tuple[Provenance, Message]:
+    """Verify a direct instant message's signed request (see the module doc); raises
+    RemoteFault / WsemailError on any failure."""
+    try:
+        raw = base64.b64decode("".join((record.text or "").split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureInvalid("the signed request is not base64") from exc
+    envelope = parse_untrusted(raw, XmlLimits(max_bytes=DIRECT_MAX_BYTES))
+    body = envelope.find(q("Body", SOAP))
+    stamp = envelope.find(f".//{q('Timestamp', WSU)}")
+    if body is None or not len(body) or stamp is None:
+        raise SignatureInvalid("the signed request has no Body or Timestamp")
+    issuing = _issuer(body[0])  # only to build the chain; compared once verified
+    signed_at = parse_timestamp(stamp.findtext(q("Created", WSU)) or "")
+
+    def resolve(cert: x509.Certificate) -> str:
+        address = certificate_address(cert)
+        user_signer(cert, issuing, address, signed_at)
+        return address
+
+    verified = verify_envelope(envelope, resolve)
+    op, sender = verified.operation, verified.signer
+    if op.tag != q(DIRECT_OPERATION):
+        raise SignatureInvalid(f"the signed operation is not {DIRECT_OPERATION}")
+    if _issuer(op) != issuing:
+        raise SignatureInvalid("the IssuerCertificate read is not the one signed")
+    if parse_timestamp(verified.timestamp.findtext(q("Created", WSU)) or "") != signed_at:
+        raise SignatureInvalid("the Created read is not the one signed")
+    received = parse_timestamp(message.date)
+    if not -RECEIVED_FUTURE <= received - signed_at <= RECEIVED_PAST:
+        raise SignatureInvalid("signed at another time than your server received it")
+    if (text_of(op, "Server") or "").strip().lower() != domain_of(owner):
+        raise SignatureInvalid("this message was signed for another server")
+    draft = Draft.from_xml(op.find(q("Message")))
+    if owner not in draft.recipients:
+        raise SignatureInvalid("this message was signed for someone else")
+    trusted = replace(
+        message,
+        sender=sender,
+        to=draft.to,
+        cc=draft.cc,
+        subject=draft.subject,
+        body=draft.body,
+        message_id=draft.message_id or message.message_id,
+        attachments=[],
+        instant=True,
+        delete_if_undeliverable=draft.delete_if_undeliverable,
+    )
+    return Provenance("verified", f"{sender} (direct)"), trusted
 
 
 def read_legacy(data: bytes) -> str | None:

@@ -6,7 +6,11 @@ certificate → its domain's name-constrained issuing CA → a trusted root (wit
 signature's binding checks, freshness, that the request names this server, an unseen nonce
 and that every recipient is local; the sender is the certificate's address, never a field.
 The answer says, per recipient, what became of the message (pushed | mailbox | dropped |
-rejected)."""
+rejected).
+
+No server signs such a message, so the sender's own signed request is its record: kept
+with each mailbox copy and sent with each push (`provenance.direct_record`), and checked
+by the reader's client like a server signature (`provenance.check_direct`)."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from wsemail.errors import (
     RequestInvalid,
 )
 from wsemail.message import Draft, Message, domain_of, new_message_id
+from wsemail.provenance import direct_record
 from wsemail.server.attachments.federated import issue_token, verify_identity_request
 from wsemail.server.store import Tx
 from wsemail.soap import element, q
@@ -78,6 +83,8 @@ async def direct_instant(
         size=len(draft.body.encode()) + len(draft.subject.encode()),
         seen=False,
         body=draft.body,
+        origin=domain_of(sender),
+        signed_xml=direct_record(etree.tostring(envelope.root)),
         instant=True,
         delete_if_undeliverable=draft.delete_if_undeliverable,
     )
