@@ -1,12 +1,14 @@
 """Push sessions within bounds (a real server on loopback): the per-user and total caps
 refuse a further stream with a clear fault and status while ordinary requests still
-answer; the total cap never exceeds what the open-file limit leaves room for. Figures at
-scale come from `tests/bench_im_sessions.py`, not from here."""
+answer; the total cap never exceeds what the open-file limit leaves room for; a vanished
+client's session is dropped; stopping refuses new streams and still answers a request in
+flight. Figures at scale come from `tests/bench_im_sessions.py`, not from here."""
 
 from __future__ import annotations
 
 import resource
 import socket
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,3 +161,42 @@ def test_a_stream_whose_client_vanished_is_cleaned_up_and_pushes_go_to_the_mailb
     wait_for(lambda: hub.count() == 0, "the dead session to be dropped")
     capped.client("alice@localhost").send(["bob@localhost"], "IM", "while away", instant=True)
     assert inbox(capped, "bob@localhost") == ["IM"]  # kept, meant as an instant message
+
+
+def test_a_send_in_flight_when_stop_begins_is_answered_and_kept(tmp_path: Path) -> None:
+    running = start_server(tmp_path / "s")
+    server = running.controller.server
+    sender = running.client("alice@localhost")
+    sender.list_headers()  # signed in
+    gate = threading.Event()
+    server.store.submit(lambda tx: gate.wait(20))  # the writer is busy: the Send waits
+    answers: list[str] = []
+    sending = threading.Thread(
+        target=lambda: answers.append(
+            sender.send(["bob@localhost"], "in flight", "kept", retries=0).message_id
+        )
+    )
+    sending.start()
+    stopping = threading.Thread(target=running.controller.stop)
+    try:
+        wait_for(lambda: server.inflight == 1, "the Send to be in flight")
+        stopping.start()
+        url = httpx.URL(running.url)
+
+        def refused() -> bool:
+            try:
+                socket.create_connection((url.host, url.port), timeout=1).close()
+            except OSError:
+                return True
+            return False
+
+        wait_for(refused, "the server to stop listening")
+    finally:
+        gate.set()
+        sending.join(20)
+        stopping.join(20)
+        sender.close()
+    assert len(answers) == 1  # answered, not dropped
+    with sqlite3.connect(running.config.data_dir / "wsemail.db") as db:
+        stored = db.execute("SELECT message_id FROM messages WHERE owner='bob@localhost'")
+        assert [row[0] for row in stored] == answers

@@ -108,6 +108,8 @@ class Runner(uvicorn.Server):
         for listener in self.servers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(listener.wait_closed(), 1)
+        if not self.force_exit:
+            await self.lifespan.shutdown()
 
 
 def _unsent(connection: Any) -> int:
