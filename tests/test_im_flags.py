@@ -5,7 +5,10 @@ client against a real server; plain mail carries none."""
 from __future__ import annotations
 
 import json
+import sqlite3
+from pathlib import Path
 
+from wsemail.server.store import MIGRATIONS, SqliteStore
 from wsemail.tui.mailbox import INSTANT, markers
 
 from conftest import Cli, Running, wait_for
@@ -62,3 +65,34 @@ def test_delete_if_undeliverable_flag_is_stored_with_the_copy(server: Running) -
     finally:
         stream.close()
     assert server.count("SELECT count(*) FROM messages WHERE owner='carol@localhost'") == 0
+
+
+def test_a_database_from_before_the_flags_migrates_and_keeps_its_mail(tmp_path: Path) -> None:
+    """A mailbox written at schema version 4 opens with both flags off."""
+    path = tmp_path / "old" / "mail.db"
+    path.parent.mkdir()
+    conn = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:4], start=1):
+        for statement in filter(str.strip, script.split(";")):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={number}")
+    conn.execute(
+        "INSERT INTO messages(id, owner, folder, message_id, sender, to_json, cc_json, "
+        "subject, date, size, body) VALUES ('old1', 'bob@localhost', 'inbox', '<o@x>', "
+        "'alice@localhost', '[]', '[]', 'from before', '2026-01-01T00:00:00Z', 1, 'x')"
+    )
+    conn.close()
+    store = SqliteStore(path)
+    try:
+        rows = store.transact_sync(
+            lambda tx: tx.list_headers("bob@localhost", "inbox", 10, None, False)
+        )
+        assert [(h.subject, h.instant, h.delete_if_undeliverable) for _, h in rows] == [
+            ("from before", False, False)
+        ]
+        version = store.transact_sync(
+            lambda tx: tx.conn.execute("PRAGMA user_version").fetchone()[0]
+        )
+        assert version == len(MIGRATIONS)
+    finally:
+        store.close()
