@@ -45,6 +45,7 @@ def test_a_direct_im_kept_in_the_mailbox_is_verified_as_the_senders(fed: Fed) ->
     proof, message = carol.verify(carol.retrieve(header.id))
     assert (proof.status, proof.signer) == ("verified", "alice@a.test (direct)")
     assert str(proof) == "signed by alice@a.test (direct) ✓"
+    assert carol.answer_check == "verified"  # the record rides inside a signed answer
     assert message.body == "keep it" and message.sender == "alice@a.test" and message.instant
     # the server's copy of the text is not what is shown: the verified one is
     _set(fed.b, "UPDATE messages SET body='forged' WHERE owner='carol@b.test'")
