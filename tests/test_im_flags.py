@@ -8,6 +8,8 @@ import json
 import sqlite3
 from pathlib import Path
 
+from rich.cells import cell_len
+
 from wsemail.server.store import MIGRATIONS, SqliteStore
 from wsemail.tui.mailbox import INSTANT, markers
 
@@ -40,6 +42,7 @@ def test_local_offline_im_keeps_its_flag_in_list_and_retrieve(server: Running, c
     shown = {h.subject: markers(h) for h in page.headers}
     assert shown["Instant message"].endswith(INSTANT)
     assert not shown["plain mail"].endswith(INSTANT)
+    assert {cell_len(cells) for cells in shown.values()} == {4}  # the column stays aligned
     # the sender's own copy keeps its flags too
     sent = server.client("alice@localhost").list_headers("sent").headers
     assert [h.instant for h in sent] == [True, False]

@@ -14,7 +14,7 @@ from wsemail.client import Page
 from wsemail.message import MessageHeader
 
 UNREAD = "●"
-INSTANT = "⚡"  # meant as an instant message (kept in the mailbox: the reader was offline)
+INSTANT = "↯"  # meant as an instant message (the reader was offline); one cell wide
 
 
 @dataclass
