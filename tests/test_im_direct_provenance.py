@@ -14,6 +14,9 @@ import subprocess
 import test_im
 from test_im import Fed, stored_for
 
+from wsemail.im_client import direct_request
+from wsemail.message import Draft
+from wsemail.provenance import direct_record
 from wsemail.server.store import Tx
 
 from conftest import PASSWORD, Running, wait_for, wsemail_binary
@@ -128,3 +131,27 @@ def test_cli_retrieve_shows_the_direct_signer(fed: Fed) -> None:
         "signer": "alice@a.test (direct)",
         "reason": "",
     }
+
+
+def test_a_record_signed_under_an_untrusted_root_or_for_another_server_fails(fed: Fed) -> None:
+    """What a dishonest recipient server could put beside a message: a request signed with a
+    certificate for alice@a.test from a root the reader does not trust, or alice's genuine
+    request addressed to another server."""
+    fed.im(fed.a, "alice@a.test").send_direct("carol@b.test", "genuine", fed.b.url)
+    carol = fed.im(fed.b, "carol@b.test").client
+    [carol_id] = [h.id for h in carol.list_headers().headers]
+    genuine = test_im._token(fed, fed.a, "alice@a.test")
+    draft = Draft(["carol@b.test"], "Instant message", "genuine")
+    cases = {
+        "not trusted": direct_request(draft, "b.test", test_im.tmp_root_token(fed, genuine)),
+        "another server": direct_request(draft, "c.test", genuine),
+    }
+    for reason, request in cases.items():
+        _set(
+            fed.b,
+            "UPDATE messages SET signed_xml=? WHERE owner='carol@b.test'",
+            direct_record(request),
+        )
+        proof, message = carol.verify(carol.retrieve(carol_id))
+        assert proof.status == "failed" and reason in proof.reason, proof
+    assert fed.b.client("bob@b.test").list_headers() is not None  # still serving
