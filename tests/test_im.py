@@ -241,10 +241,10 @@ def test_bad_flags_and_bad_stream_tickets_are_refused(fed: Fed) -> None:
     url = httpx.URL(fed.a.url).copy_with(
         path="/wsemail/im/stream", query=f"ticket={ticket}".encode()
     )
-    with Stream(alice._http, url, alice._extensions):
+    with Stream(alice.http, url, alice.extensions):
         pass
     with pytest.raises(Exception, match="not valid"):
-        Stream(alice._http, url, alice._extensions)
+        Stream(alice.http, url, alice.extensions)
     assert alice.list_headers().headers == []  # still serving
 
 

@@ -236,7 +236,7 @@ class InstantMessenger:
         domain = domains.pop()
         data = direct_request(draft, domain, self._attachments.token())
         try:
-            response = self.client._http.post(
+            response = self.client.http.post(
                 server_url,
                 content=data,
                 headers={"content-type": soap.CONTENT_TYPE},
@@ -258,7 +258,7 @@ class InstantMessenger:
         ticket = text_of(answer, "Ticket", "") or ""
         path = text_of(answer, "Path", "") or ""
         url = httpx.URL(self.client.server).copy_with(path=path, query=f"ticket={ticket}".encode())
-        return Stream(self.client._http, url, self.client._extensions)
+        return Stream(self.client.http, url, self.client.extensions)
 
     def verify(self, incoming: Incoming) -> tuple[Provenance, Message]:
         """The pushed message checked like mail (signed by the sending server, or local)."""

@@ -217,12 +217,10 @@ def _answer_line(check: str | None) -> str:
 
 
 def _e2e_line(sealed: dict[str, object]) -> str:
-    if not sealed.get("encrypted"):
-        return ""
-    if "error" in sealed:
-        return f"\nEncrypted: cannot open: {sealed['error']}"
-    signer = f"signed by {sealed['signer']} ✓" if sealed.get("signed") else "not signed"
-    return f"\nEncrypted: end to end ✓, {signer}"
+    from wsemail.usercerts.sealed import status_line
+
+    line = status_line(sealed)
+    return f"\nEncrypted: {line}" if line else ""
 
 
 def delete(

@@ -27,6 +27,7 @@ from wsemail.usercerts import (
     keystore,
     send_encrypted,
 )
+from wsemail.usercerts.sealed import status_line
 
 Item = AttachmentRef | EncryptedAttachment
 """An on-demand attachment as the message view lists it: plain, or of encrypted mail."""
@@ -150,12 +151,7 @@ def opened(client: Client, message: Message) -> tuple[Message, dict[str, object]
 def e2e_line(status: dict[str, object]) -> str:
     """'' for a message that was not encrypted; else what `wsemail retrieve` prints after
     "Encrypted:"."""
-    if not status.get("encrypted"):
-        return ""
-    if "error" in status:
-        return f"cannot open: {status['error']}"
-    signer = f"signed by {status['signer']} ✓" if status.get("signed") else "not signed"
-    return f"end to end ✓, {signer}"
+    return status_line(status)
 
 
 def attachments_of(client: Client, message_id: str) -> list[Item]:

@@ -235,6 +235,18 @@ def open_sealed(message: Message, own: UserKey, directory: Directory | None) -> 
     )
 
 
+def status_line(status: dict[str, object]) -> str:
+    """What follows "Encrypted:" for a message's end-to-end status (`Opened.as_dict()` or
+    {"encrypted": True, "error": …}); '' for a message that was not encrypted. One wording
+    for `wsemail retrieve` and the TUI."""
+    if not status.get("encrypted"):
+        return ""
+    if "error" in status:
+        return f"cannot open: {status['error']}"
+    signer = f"signed by {status['signer']} ✓" if status.get("signed") else "not signed"
+    return f"end to end ✓, {signer}"
+
+
 def open_or_error(
     message: Message, own: UserKey | None, directory: Directory | None
 ) -> Opened | str:
