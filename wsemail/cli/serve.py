@@ -14,6 +14,8 @@ import typer
 from wsemail.server.config import load_config
 from wsemail.server.pipeline import PluginSpec
 
+SUBMISSION = "wsemail.server.smtp.plugins:SmtpSubmission"
+
 
 def serve(
     config: Path | None = typer.Option(None, "--config", help="server config (TOML)"),
@@ -25,6 +27,11 @@ def serve(
     tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key"),
     smtp_port: int | None = typer.Option(
         None, "--smtp-port", help="also accept Internet mail for local users by SMTP here"
+    ),
+    submission_port: int | None = typer.Option(
+        None,
+        "--submission-port",
+        help="also let mail programs send here (SMTP AUTH after STARTTLS; needs --tls-cert)",
     ),
     demo: bool = typer.Option(False, "--demo", help="create two users and send a message"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -44,6 +51,14 @@ def serve(
                 PluginSpec("smtp-inbound", 50, {"port": smtp_port, "host": cfg.host})
             )
         if "smtp-outbound" not in refs:
+            cfg.plugins.append(PluginSpec("smtp-outbound", 60))
+    if submission_port is not None:
+        refs = {spec.ref for spec in cfg.plugins}
+        if not refs & {"smtp-submission", SUBMISSION}:
+            cfg.plugins.append(
+                PluginSpec(SUBMISSION, 55, {"port": submission_port, "host": cfg.host})
+            )
+        if "smtp-outbound" not in refs:  # submitted mail may go to the Internet
             cfg.plugins.append(PluginSpec("smtp-outbound", 60))
 
     def ready(url: str) -> None:

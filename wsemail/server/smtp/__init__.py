@@ -8,5 +8,7 @@ becomes a spoofing relay.
     outbound    the relay's fallback: delivery by SMTP to MX hosts, STARTTLS, DKIM
     inbound     the aiosmtpd listener: local recipients only, size and rate limits,
                 forged-sender refusal, "legacy" provenance
-    plugins     the server plug-ins `smtp-outbound` and `smtp-inbound`
+    submission  the submission port for mail programs (RFC 6409): STARTTLS, AUTH
+                PLAIN/LOGIN, MAIL FROM = the user, then the path of a SOAP Send
+    plugins     the server plug-ins `smtp-outbound`, `smtp-inbound`, `smtp-submission`
 """

@@ -38,7 +38,7 @@ from wsemail.server.pipeline import Environment
 from wsemail.server.smtp import dkim_keys, spf
 from wsemail.server.smtp.mime import Incoming, Part, from_mime
 from wsemail.server.smtp.mx import MailDns
-from wsemail.server.store import Tx
+from wsemail.server.store import SqliteStore, Tx
 from wsemail.soap import element, q
 
 if TYPE_CHECKING:
@@ -124,10 +124,7 @@ class Gateway:
 
     def attachments(self) -> OnDemandAttachments | None:
         """The loaded on-demand attachments plug-in, if any (else parts are only listed)."""
-        for entry in self.server.pipeline.listing():
-            if isinstance(entry.plugin, OnDemandAttachments) and entry.plugin.blobs is not None:
-                return entry.plugin
-        return None
+        return loaded_attachments(self.server)
 
     def check_attachments(self, incoming: Incoming) -> str | None:
         """None if the attachments to keep are within the limits, else the SMTP reply."""
@@ -337,40 +334,57 @@ class Gateway:
     async def _write(
         self, plugin: OnDemandAttachments, owner: str, parts: list[Part]
     ) -> list[tuple[str, str]]:
-        """Rows first ('uploading': the sweeper spares their files), then each file written
-        and fsynced under its server-generated name; [(guid, sha256)]."""
-
-        def create(tx: Tx) -> list[str]:
-            return [
-                records.create_received(
-                    tx, owner, p.filename or "attachment", p.content_type, p.size
-                )
-                for p in parts
-            ]
-
-        guids = await self.server.store.transact(create)
-        blobs = plugin.blobs
-        assert blobs is not None
-        try:
-            return [
-                (guid, await asyncio.to_thread(blobs.write, guid, part.data))
-                for guid, part in zip(guids, parts, strict=True)
-            ]
-        except BaseException:
-            await self._discard(plugin, guids)
-            raise
+        return await write_parts(self.server.store, plugin, owner, parts)
 
     async def _discard(self, plugin: OnDemandAttachments, guids: list[str]) -> None:
-        blobs = plugin.blobs
-        assert blobs is not None
+        await discard_parts(self.server.store, plugin, guids)
 
-        def forget(tx: Tx) -> None:
-            for guid in guids:
-                records.forget(tx, guid)
 
+def loaded_attachments(server: Server) -> OnDemandAttachments | None:
+    """The loaded on-demand attachments plug-in with its blob store, if any."""
+    for entry in server.pipeline.listing():
+        if isinstance(entry.plugin, OnDemandAttachments) and entry.plugin.blobs is not None:
+            return entry.plugin
+    return None
+
+
+async def write_parts(
+    store: SqliteStore, plugin: OnDemandAttachments, owner: str, parts: list[Part]
+) -> list[tuple[str, str]]:
+    """Rows first ('uploading': the sweeper spares their files), then each file written
+    and fsynced under its server-generated name; [(guid, sha256)]."""
+
+    def create(tx: Tx) -> list[str]:
+        return [
+            records.create_received(tx, owner, p.filename or "attachment", p.content_type, p.size)
+            for p in parts
+        ]
+
+    guids = await store.transact(create)
+    blobs = plugin.blobs
+    assert blobs is not None
+    try:
+        return [
+            (guid, await asyncio.to_thread(blobs.write, guid, part.data))
+            for guid, part in zip(guids, parts, strict=True)
+        ]
+    except BaseException:
+        await discard_parts(store, plugin, guids)
+        raise
+
+
+async def discard_parts(store: SqliteStore, plugin: OnDemandAttachments, guids: list[str]) -> None:
+    """Remove the files and rows of `write_parts` (the message they were for was refused)."""
+    blobs = plugin.blobs
+    assert blobs is not None
+
+    def forget(tx: Tx) -> None:
         for guid in guids:
-            await asyncio.to_thread(blobs.remove, guid)
-        await self.server.store.transact(forget)
+            records.forget(tx, guid)
+
+    for guid in guids:
+        await asyncio.to_thread(blobs.remove, guid)
+    await store.transact(forget)
 
 
 def _message_id_taken(tx: Tx, message_id: str) -> bool:
@@ -397,7 +411,7 @@ class _BoundController(Controller):
     """aiosmtpd's threaded controller on a socket we bound (port 0 works, errors are
     ours to report)."""
 
-    def __init__(self, handler: Gateway, host: str, port: int, **kwargs: Any) -> None:
+    def __init__(self, handler: object, host: str, port: int, **kwargs: Any) -> None:
         self._sock = bind(host, port)
         bound_host, bound_port = self._sock.getsockname()[:2]
         super().__init__(handler, hostname=bound_host, port=bound_port, **kwargs)
@@ -407,27 +421,32 @@ class _BoundController(Controller):
 
 
 class Listener:
-    """The inbound gateway's listener: `start()` binds and waits until it answers,
+    """An SMTP listener (the inbound gateway's, or the submission port's with `handler` and
+    `options` for aiosmtpd's SMTP class): `start()` binds and waits until it answers,
     `stop()` closes it (its thread is a daemon, harmless if never stopped)."""
 
     def __init__(
         self,
-        gateway: Gateway,
+        gateway: object,
         host: str,
         port: int,
         *,
         max_bytes: int,
         hostname: str,
         tls: ssl.SSLContext | None = None,
+        ident: str = "wsemail SMTP gateway",
+        **options: Any,
     ) -> None:
         kwargs: dict[str, Any] = {
             "data_size_limit": max_bytes,
             "server_hostname": hostname,
-            "ident": "wsemail SMTP gateway",
+            "ident": ident,
+            **options,
         }
         if tls is not None:
             kwargs["tls_context"] = tls
         self.gateway = gateway
+        self.ident = ident
         self.controller = _BoundController(gateway, host, port, ready_timeout=10, **kwargs)
 
     @property
@@ -436,7 +455,7 @@ class Listener:
 
     def start(self) -> Listener:
         self.controller.start()
-        log.info("SMTP gateway listening on %s:%d", *self.address)
+        log.info("%s listening on %s:%d", self.ident, *self.address)
         return self
 
     def stop(self) -> None:

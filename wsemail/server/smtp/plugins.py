@@ -9,6 +9,12 @@
                    default) and refuses, at delivery, legacy mail that claims a local
                    sender; attachments are kept through the `attachments` plug-in
                    (options `max_attachment_bytes`, `max_attachments`)
+    smtp-submission (extension "smtp-submission")  the submission port for mail programs
+                   (RFC 6409; option `port`, 587 by default, on 127.0.0.1 unless `host`):
+                   STARTTLS with the server's certificate, AUTH PLAIN/LOGIN, then a
+                   message goes the way of a SOAP Send; the extension answers an admin
+                   with the listener's address and counters. `insecure_auth` (loopback
+                   listeners only, for tests) allows AUTH without TLS from loopback peers
 
 Call `close()` on a plug-in that has it when the server stops (the inbound listener runs on
 a daemon thread, so forgetting it only leaves the port open until the process exits).
@@ -30,6 +36,7 @@ from wsemail.server.smtp import dkim_keys
 from wsemail.server.smtp.inbound import ORIGIN_PREFIX, Gateway, Listener
 from wsemail.server.smtp.mx import MailDns
 from wsemail.server.smtp.outbound import ATTACH_MODES, SmtpSender, storage_reader
+from wsemail.server.smtp.submission import Submission, is_loopback
 from wsemail.soap import element, q
 
 log = logging.getLogger("wsemail.smtp")
@@ -195,3 +202,71 @@ class SmtpInbound(DeliveryProcessor):
         ) == env.domain:
             raise Rejected("legacy mail may not claim a local sender")
         return Verdict.PASS
+
+
+class SmtpSubmission(ExtensionProcessor):
+    """Let mail programs send through wsemail: SMTP AUTH after STARTTLS on a submission port."""
+
+    name = "smtp-submission"
+    extension_id = "smtp-submission"
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 587,
+        max_bytes: int = 10 << 20,
+        hostname: str = "",
+        insecure_auth: bool = False,
+    ) -> None:
+        if int(max_bytes) <= 0:
+            raise ValueError("max_bytes must be positive")
+        if insecure_auth and not is_loopback(str(host)):
+            raise ValueError("insecure_auth is for loopback listeners only")
+        self.host, self.port, self.max_bytes = str(host), int(port), int(max_bytes)
+        self.hostname, self.insecure_auth = str(hostname), bool(insecure_auth)
+        self.handler: Submission | None = None
+        self.listener: Listener | None = None
+
+    def attach(self, server: Any) -> None:
+        config = server.config
+        tls = None
+        if config.tls_cert is not None and config.tls_key is not None:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+        elif not self.insecure_auth:
+            raise PluginError("smtp-submission needs the server's TLS certificate (tls_cert)")
+        self.handler = Submission(server, insecure_auth=self.insecure_auth)
+        self.listener = Listener(
+            self.handler,
+            self.host,
+            self.port,
+            max_bytes=self.max_bytes,
+            hostname=self.hostname or config.domain,
+            tls=tls,
+            ident="wsemail SMTP submission",
+            auth_require_tls=not self.insecure_auth,
+        ).start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.listener is not None, "not attached"
+        return self.listener.address
+
+    def close(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.stop()
+
+    def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:
+        if not env.is_admin:
+            raise Forbidden("the smtp-submission extension is for admin accounts")
+        answer = etree.Element(q("SmtpSubmission"))
+        if self.listener is not None and self.handler is not None:
+            host, port = self.address
+            answer.set("host", host)
+            answer.set("port", str(port))
+            counts = self.handler.counts
+            answer.set("submitted", str(counts.submitted))
+            answer.set("refused", str(counts.refused))
+            answer.set("authFailed", str(counts.auth_failed))
+        return answer

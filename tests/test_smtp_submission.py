@@ -1,0 +1,260 @@
+"""SMTP submission (RFC 6409) for legacy mail programs: Python's smtplib logs in with AUTH
+after STARTTLS and sends through real wsemail servers on loopback; the mail takes the path
+of a SOAP Send (local delivery, signed relay to another wsemail domain); every refusal
+leaves nothing stored and the server still answers."""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+import ssl
+from collections.abc import Iterator
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_federation import Federation, start_domain
+
+from wsemail.pki import create_root, write_crl
+from wsemail.server.config import DEFAULT_PLUGINS
+from wsemail.server.pipeline import PluginSpec
+from wsemail.server.smtp.plugins import SmtpSubmission
+
+from conftest import PASSWORD, Running, inbox, wait_for
+
+SUBMISSION = "wsemail.server.smtp.plugins:SmtpSubmission"
+
+
+def with_submission(**options: Any) -> list[PluginSpec]:
+    return [*DEFAULT_PLUGINS, PluginSpec(SUBMISSION, 55, {"port": 0, **options})]
+
+
+def submission_plugin(running: Running) -> SmtpSubmission:
+    for entry in running.controller.server.pipeline.listing():
+        if isinstance(entry.plugin, SmtpSubmission):
+            return entry.plugin
+    raise AssertionError("smtp-submission is not loaded")
+
+
+def connect(running: Running, ca: Path, *, tls: bool = True) -> smtplib.SMTP:
+    """smtplib on the submission port, after STARTTLS checked against the federation root
+    (the certificate names the mail domain, not 127.0.0.1: the chain is what is checked)."""
+    host, port = submission_plugin(running).address
+    client = smtplib.SMTP(host, port, timeout=10)
+    client.ehlo("mua.example")
+    if tls:
+        context = ssl.create_default_context(cafile=str(ca / "root.pem"))
+        context.check_hostname = False
+        client.starttls(context=context)
+        client.ehlo("mua.example")
+    return client
+
+
+def mail(sender: str, to: list[str], subject: str, body: str, cc: list[str] | None = None) -> bytes:
+    message = EmailMessage()
+    message["From"] = f"Alice <{sender}>"
+    message["To"] = ", ".join(to)
+    if cc:
+        message["Cc"] = ", ".join(cc)
+    message["Subject"] = subject
+    message["Message-ID"] = f"<{subject.replace(' ', '-').lower()}@mua.example>"
+    message.set_content(body)
+    return message.as_bytes(policy=policy.SMTP)
+
+
+def stored(running: Running) -> tuple[int, int, int, int]:
+    """(messages, nonces, queue rows, attachment rows): what a refusal leaves unchanged."""
+    messages, nonces = running.stored()
+    return (
+        messages,
+        nonces,
+        running.count("SELECT count(*) FROM queue"),
+        running.count("SELECT count(*) FROM attachment_blobs"),
+    )
+
+
+def assert_still_answers(running: Running, ca: Path) -> None:
+    with connect(running, ca) as client:
+        assert client.noop()[0] == 250
+    assert running.client("bob@a.test").list_headers() is not None
+
+
+@pytest.fixture
+def sub_fed(tmp_path: Path) -> Iterator[Federation]:
+    """a.test (with the submission port) and b.test, federated over TLS."""
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    servers = {
+        "a.test": start_domain(tmp_path, ca, "a.test", plugins=with_submission()),
+        "b.test": start_domain(tmp_path, ca, "b.test"),
+    }
+    federation = Federation(ca, servers)
+    federation.route_all()
+    for running in servers.values():
+        running.verify = str(ca / "root.pem")
+    yield federation
+    for running in servers.values():
+        running.stop()
+
+
+@pytest.fixture
+def one(tmp_path: Path) -> Iterator[tuple[Running, Path]]:
+    """a.test alone, with a small submission size limit and a low failure limit."""
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    running = start_domain(
+        tmp_path, ca, "a.test", plugins=with_submission(max_bytes=4096), failures_per_user=3
+    )
+    yield running, ca
+    running.stop()
+
+
+def test_mail_program_submits_to_local_and_federated_users(sub_fed: Federation) -> None:
+    a, b = sub_fed.a, sub_fed.b
+    with connect(a, sub_fed.ca) as client:
+        client.login("alice@a.test", PASSWORD)  # smtplib picks AUTH PLAIN
+        refused = client.sendmail(
+            "alice@a.test",
+            ["bob@a.test", "bob@b.test"],
+            mail("alice@a.test", ["bob@a.test", "bob@b.test"], "Via Thunderbird", "Hi Bob\n"),
+        )
+    assert refused == {}
+    assert inbox(a, "bob@a.test") == ["Via Thunderbird"]
+    wait_for(lambda: inbox(b, "bob@b.test") == ["Via Thunderbird"], "bob@b.test's copy")
+
+    reader = b.client("bob@b.test")
+    reader.trust_roots = [sub_fed.ca / "root.pem"]
+    proof, message = reader.verify(reader.retrieve(reader.list_headers().headers[0].id))
+    assert str(proof) == "signed by a.test ✓"
+    assert message.sender == "alice@a.test" and message.body == "Hi Bob\n"
+    assert message.to == ["bob@a.test", "bob@b.test"]
+    assert message.message_id == "<via-thunderbird@mua.example>"
+    local = a.client("bob@a.test")
+    local.trust_roots = [sub_fed.ca / "root.pem"]
+    proof, _ = local.verify(local.retrieve(local.list_headers().headers[0].id))
+    assert proof.status == "local"
+    sent = a.client("alice@a.test").list_headers(folder="sent").headers
+    assert [h.subject for h in sent] == ["Via Thunderbird"]
+
+    # AUTH LOGIN (the other mechanism mail programs use), Cc kept as Cc
+    with connect(a, sub_fed.ca) as client:
+        client.user, client.password = "alice@a.test", PASSWORD
+        assert client.auth("LOGIN", client.auth_login, initial_response_ok=False)[0] == 235
+        client.sendmail(
+            "alice@a.test",
+            ["carol@a.test", "carol@b.test"],
+            mail("alice@a.test", ["carol@a.test"], "Login too", "Hi Carol\n", cc=["carol@b.test"]),
+        )
+    assert inbox(a, "carol@a.test") == ["Login too"]
+    wait_for(lambda: inbox(b, "carol@b.test") == ["Login too"], "carol@b.test's copy")
+    got = b.client("carol@b.test")
+    message = got.retrieve(got.list_headers().headers[0].id)
+    assert (message.to, message.cc) == (["carol@a.test"], ["carol@b.test"])
+
+
+def test_submission_without_auth_is_refused(one: tuple[Running, Path]) -> None:
+    running, ca = one
+    before = stored(running)
+    with connect(running, ca) as client:
+        code, _ = client.mail("alice@a.test")
+        assert code == 530
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            client.sendmail(
+                "alice@a.test", ["bob@a.test"], mail("alice@a.test", ["bob@a.test"], "x", "y")
+            )
+        assert refused.value.smtp_code == 530
+    assert stored(running) == before
+    assert_still_answers(running, ca)
+
+
+def test_wrong_password_and_unknown_user_get_the_same_answer(one: tuple[Running, Path]) -> None:
+    running, ca = one
+    before = stored(running)
+    answers = []
+    for user, password in (("alice@a.test", "wrong password"), ("nobody@a.test", PASSWORD)):
+        with connect(running, ca) as client:
+            with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
+                client.login(user, password)
+            answers.append((failed.value.smtp_code, failed.value.smtp_error))
+    assert answers[0] == answers[1] == (535, b"5.7.8 Authentication credentials invalid")
+    assert stored(running) == before
+    assert_still_answers(running, ca)
+
+
+def test_failed_auth_is_rate_limited_per_user_like_soap(one: tuple[Running, Path]) -> None:
+    running, ca = one
+    with connect(running, ca) as client:
+        for _ in range(3):
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                client.login("carol@a.test", "wrong password")
+        # now even the right password waits, over SMTP and SOAP alike
+        with pytest.raises(smtplib.SMTPAuthenticationError) as limited:
+            client.login("carol@a.test", PASSWORD)
+        assert limited.value.smtp_code == 454
+    with pytest.raises(Exception, match="too many failed"):
+        running.client("carol@a.test").list_headers()
+    assert_still_answers(running, ca)  # other users are not locked out
+
+
+def test_auth_before_starttls_is_refused(one: tuple[Running, Path]) -> None:
+    running, ca = one
+    before = stored(running)
+    with connect(running, ca, tls=False) as client:
+        assert not client.has_extn("auth") and client.has_extn("starttls")
+        token = base64.b64encode(f"\0alice@a.test\0{PASSWORD}".encode()).decode()
+        code, reply = client.docmd("AUTH", f"PLAIN {token}")
+        assert code == 538 and b"Encryption required" in reply
+        assert client.mail("alice@a.test")[0] == 530
+    assert stored(running) == before
+    assert_still_answers(running, ca)
+
+
+def test_mail_from_or_header_from_another_address_is_refused(one: tuple[Running, Path]) -> None:
+    running, ca = one
+    before = stored(running)
+    with connect(running, ca) as client:
+        client.login("alice@a.test", PASSWORD)
+        for sender in ("bob@a.test", "ceo@example.net"):
+            with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+                client.sendmail(sender, ["bob@a.test"], mail(sender, ["bob@a.test"], "x", "y"))
+            assert refused.value.smtp_code == 553
+        with pytest.raises(smtplib.SMTPDataError) as forged:
+            client.sendmail(
+                "alice@a.test", ["bob@a.test"], mail("bob@a.test", ["bob@a.test"], "x", "y")
+            )
+        assert forged.value.smtp_code == 550 and b"From header" in forged.value.smtp_error
+    assert stored(running) == before
+    assert_still_answers(running, ca)
+
+
+def test_oversized_blind_and_unknown_recipients_are_refused(one: tuple[Running, Path]) -> None:
+    running, ca = one
+    before = stored(running)
+    with connect(running, ca) as client:
+        client.login("alice@a.test", PASSWORD)
+        with pytest.raises(smtplib.SMTPSenderRefused) as too_big:  # SIZE= on MAIL
+            client.sendmail(
+                "alice@a.test",
+                ["bob@a.test"],
+                mail("alice@a.test", ["bob@a.test"], "big", "x" * 8000),
+            )
+        assert too_big.value.smtp_code == 552
+        client.rset()
+        with pytest.raises(smtplib.SMTPDataError) as blind:
+            client.sendmail(
+                "alice@a.test",
+                ["bob@a.test", "carol@a.test"],
+                mail("alice@a.test", ["bob@a.test"], "bcc", "y"),
+            )
+        assert blind.value.smtp_code == 550 and b"blind copies" in blind.value.smtp_error
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as unknown:
+            client.sendmail(
+                "alice@a.test", ["nobody@a.test"], mail("alice@a.test", ["nobody@a.test"], "x", "y")
+            )
+        assert unknown.value.recipients["nobody@a.test"][0] == 550
+    assert stored(running) == before
+    assert_still_answers(running, ca)
