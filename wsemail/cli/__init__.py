@@ -9,6 +9,8 @@ import sys
 
 import click
 import typer
+from typer.core import TyperCommand, TyperGroup
+from typer.models import ParamMeta
 
 from wsemail.cli import (
     attachments,
@@ -19,9 +21,11 @@ from wsemail.cli import (
     forms,
     im,
     keys,
+    login,
     mail,
     plugins,
     serve,
+    session,
     tui,
     users,
 )
@@ -35,6 +39,7 @@ app = typer.Typer(
     add_completion=False,
 )
 serve.register(app)
+login.register(app)
 mail.register(app)
 app.add_typer(users.app, name="user")
 app.add_typer(plugins.app, name="plugins")
@@ -49,10 +54,47 @@ im.register(app)
 keys.register(app)
 
 
+def _choose_account(value: str | None) -> None:
+    if value:
+        session.selected_account = session.check_account_name(value)
+
+
+ACCOUNT_OPTION = ParamMeta(
+    name="account",
+    default=typer.Option(
+        None,
+        "--account",
+        metavar="NAME",
+        expose_value=False,
+        is_eager=True,
+        callback=_choose_account,
+        help="the client.toml account to use (or WSEMAIL_ACCOUNT; default: the default one)",
+    ),
+    annotation=str | None,
+)
+
+
+def with_account_option(command: TyperCommand | TyperGroup) -> TyperCommand | TyperGroup:
+    """Give every command that takes --user (so talks to a server as someone) an --account
+    option choosing the client.toml account: the one place that does it for all of them."""
+    if isinstance(command, TyperGroup):
+        for sub in command.commands.values():
+            if isinstance(sub, TyperCommand | TyperGroup):
+                with_account_option(sub)
+        return command
+    options = {opt for param in command.params for opt in param.opts}
+    if "--user" in options and "--account" not in options:
+        command.params.append(typer.main._get_param(ACCOUNT_OPTION))
+    return command
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        result = app(standalone_mode=False)
+        command = typer.main.get_command(app)
+        if isinstance(command, TyperGroup):
+            with_account_option(command)
+        result = command.main(standalone_mode=False)
     except click.exceptions.Abort:
         print("wsemail: aborted", file=sys.stderr)
         sys.exit(1)

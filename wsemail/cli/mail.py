@@ -1,4 +1,4 @@
-"""`wsemail login / send / list / retrieve / delete`: the scriptable client."""
+"""`wsemail send / list / retrieve / delete`: the scriptable client (login: cli/login.py)."""
 
 from __future__ import annotations
 
@@ -33,23 +33,6 @@ def _ids(ids: list[str] | None) -> list[str]:
 def _line(header: MessageHeader) -> str:
     flag = " " if header.seen else "N"
     return f"{flag} {header.id:16}  {header.date}  {header.sender:28.28}  {header.subject}"
-
-
-def login(
-    server: str = typer.Option(session.DEFAULT_SERVER, "--server", help="server URL"),
-    user: str = typer.Option(..., "--user", prompt=True, help="your address"),
-    password_stdin: bool = typer.Option(False, "--password-stdin"),
-) -> None:
-    """Check your password with the server and keep it in the OS keyring."""
-    from wsemail.client import Client
-
-    password = session.read_password(password_stdin)
-    with Client(server, user, password, verify=session.tls_verify()) as client:
-        client.list_headers(limit=1)
-        address = client.username
-    session.keyring_set(server, address, password)
-    path = session.write_config({"server": server, "user": address})
-    typer.echo(f"logged in as {address} at {server} (settings in {path})")
 
 
 def send(
@@ -236,7 +219,6 @@ def delete(
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(login)
     app.command()(send)
     app.command("list")(list_)
     app.command()(retrieve)

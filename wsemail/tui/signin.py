@@ -1,12 +1,14 @@
 """In charge of signing in: what the login form starts with (flags, WSEMAIL_* environment,
-client.toml and the OS keyring, as `wsemail.cli.session` finds them) and opening a checked
-client session. Pure Python (no Textual)."""
+the chosen or default account of client.toml and the OS keyring, as `wsemail.cli.session`
+finds them), the accounts one may switch between, opening a checked client session, and
+saving an account set up in the form. Pure Python (no Textual)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from wsemail.cli import session
 from wsemail.client import Client
@@ -17,39 +19,88 @@ ClientFactory = Callable[[str, str, str], Client]
 
 @dataclass
 class LoginDefaults:
+    """What the form starts with. `first_run`: nothing is configured, so the form sets up
+    an account (saved on success); `account`: the client.toml account these come from."""
+
     server: str = session.DEFAULT_SERVER
     user: str = ""
     password: str = field(default="", repr=False)
+    account: str = ""
+    first_run: bool = False
 
     @property
     def complete(self) -> bool:
         return bool(self.server and self.user and self.password)
 
 
-def known_login(server: str | None = None, user: str | None = None) -> LoginDefaults:
-    """Whatever is already known about the session; never raises, never prompts."""
+def _config() -> session.ClientConfig:
     try:
-        saved = session.read_config()
+        return session.load_accounts()
     except WsemailError:
-        saved = {}
-    server = (
-        server or os.environ.get("WSEMAIL_SERVER") or saved.get("server") or session.DEFAULT_SERVER
-    )
-    user = user or os.environ.get("WSEMAIL_USER") or saved.get("user") or ""
+        return session.ClientConfig()
+
+
+def known_login(
+    server: str | None = None, user: str | None = None, account: str | None = None
+) -> LoginDefaults:
+    """Whatever is already known about the session; never raises, never prompts."""
+    config = _config()
+    try:
+        found = config.current(account or session.chosen_account())
+    except WsemailError:
+        found = config.current(None)
+    server = server or os.environ.get("WSEMAIL_SERVER") or (found.server if found else None)
+    user = user or os.environ.get("WSEMAIL_USER") or (found.user if found else "")
     password = os.environ.get("WSEMAIL_PASSWORD") or ""
+    server = server or session.DEFAULT_SERVER
     if user and not password:
         password = session.keyring_get(server, user) or ""
-    return LoginDefaults(server, user, password)
+    return LoginDefaults(
+        server,
+        user,
+        password,
+        account=found.name if found and (found.server, found.user) == (server, user) else "",
+        first_run=not config.accounts and not user,
+    )
+
+
+def account_login(account: session.Account) -> LoginDefaults:
+    """The form for one saved account (its password from the keyring when there)."""
+    password = session.keyring_get(account.server, account.user) or ""
+    return LoginDefaults(account.server, account.user, password, account=account.name)
+
+
+def saved_accounts() -> list[session.Account]:
+    """The accounts of client.toml, the default one first; none when it is unreadable."""
+    config = _config()
+    return sorted(config.accounts.values(), key=lambda a: (a.name != config.default, a.name))
+
+
+def account_choice_needed(server: str | None = None, user: str | None = None) -> bool:
+    """Several accounts and none picked by flags or environment: the user chooses."""
+    picked = server or user or session.chosen_account()
+    env = os.environ.get("WSEMAIL_SERVER") or os.environ.get("WSEMAIL_USER")
+    return not (picked or env) and len(_config().accounts) > 1
 
 
 def default_client(server: str, user: str, password: str) -> Client:
+    """A client with the trust roots and TLS name of the account for (server, user)."""
+    config = _config()
+    found = config.find(server, user)
+    env_roots = os.environ.get("WSEMAIL_TRUST_ROOTS")
+    roots = (
+        session.trust_roots()
+        if env_roots or found is None
+        else [Path(p) for p in found.trust_roots]
+    )
+    tls_name = os.environ.get("WSEMAIL_TLS_NAME") or (found.tls_name if found else "")
     return Client(
         server,
         user,
         password,
         verify=session.tls_verify(),
-        trust_roots=session.trust_roots(),
-        tls_name=os.environ.get("WSEMAIL_TLS_NAME") or None,
+        trust_roots=roots,
+        tls_name=tls_name or None,
     )
 
 
@@ -64,3 +115,23 @@ def open_session(
         client.close()
         raise
     return client
+
+
+def save_account(
+    server: str, user: str, password: str, *, remember: bool, trust_roots: str = ""
+) -> str:
+    """Keep the account a form signed in with (named after the address; made the default
+    when it is the first) and, when `remember`, its password in the OS keyring. Returns the
+    account name; raises UsageError when there is no keyring (the account is kept)."""
+    config = _config()
+    same = config.find(server, user)
+    roots = tuple(p.strip() for p in trust_roots.split(os.pathsep) if p.strip())
+    name = same.name if same else user
+    if same is not None and not roots:
+        roots = same.trust_roots
+    tls_name = same.tls_name if same else ""
+    config = config.with_account(session.Account(name, server, user, roots, tls_name))
+    session.save_accounts(config)
+    if remember:
+        session.keyring_set(server, user, password)
+    return name
