@@ -9,20 +9,27 @@ import base64
 import smtplib
 import ssl
 from collections.abc import Iterator
-from email import policy
+from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import dkim
 import pytest
 from test_federation import Federation, start_domain
+from test_smtp import Sink, attachments_plugin, sink
 
+__all__ = ["sink"]  # the legacy SMTP server fixture, shared with test_smtp
+
+from wsemail.attachments_client import Attachments
+from wsemail.errors import PluginError
 from wsemail.pki import create_root, write_crl
 from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.pipeline import PluginSpec
+from wsemail.server.smtp import dkim_keys
 from wsemail.server.smtp.plugins import SmtpSubmission
 
-from conftest import PASSWORD, Running, inbox, wait_for
+from conftest import PASSWORD, Running, inbox, start_server, wait_for
 
 SUBMISSION = "wsemail.server.smtp.plugins:SmtpSubmission"
 
@@ -258,3 +265,103 @@ def test_oversized_blind_and_unknown_recipients_are_refused(one: tuple[Running, 
         assert unknown.value.recipients["nobody@a.test"][0] == 550
     assert stored(running) == before
     assert_still_answers(running, ca)
+
+
+def test_submission_to_the_internet_goes_out_by_smtp_with_the_attachment(
+    tmp_path: Path, sink: tuple[Sink, int]
+) -> None:
+    """An Internet recipient takes the queue's SMTP fallback (DKIM-signed); a MIME
+    attachment becomes alice's on-demand attachment, attached for dave and fetched by bob."""
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    outbound = PluginSpec(
+        "smtp-outbound",
+        60,
+        {"mx": {"legacy.test": [f"127.0.0.1:{sink[1]}"]}, "use_dns": False, "timeout": 5},
+    )
+    running = start_domain(tmp_path, ca, "a.test", plugins=[*with_submission(), outbound])
+    try:
+        attachments_plugin(running).public_url = running.url  # port 0: known once bound
+        pdf = b"%PDF-1.7 " + bytes(range(256)) * 16
+        message = EmailMessage()
+        message["From"] = "alice@a.test"
+        message["To"] = "dave@legacy.test, bob@a.test"
+        message["Subject"] = "Plan attached"
+        message.set_content("See the plan.\n")
+        message.add_attachment(pdf, maintype="application", subtype="pdf", filename="plan.pdf")
+        with connect(running, ca) as client:
+            client.login("alice@a.test", PASSWORD)
+            assert client.send_message(message) == {}
+
+        wait_for(lambda: sink[0].received, "the legacy server to receive the message")
+        [envelope] = sink[0].received
+        assert envelope.mail_from == "alice@a.test" and envelope.rcpt_tos == ["dave@legacy.test"]
+        data = envelope.original_content
+        assert isinstance(data, bytes)
+        record = dkim_keys.public_record(dkim_keys.ensure_key(running.config.data_dir, "a.test"))
+        assert dkim.verify(data, dnsfunc=lambda name, timeout=5: record)
+        parsed = message_from_bytes(data, policy=policy.default)
+        assert isinstance(parsed, EmailMessage) and str(parsed["Subject"]) == "Plan attached"
+        [part] = list(parsed.iter_attachments())
+        assert part.get_filename() == "plan.pdf" and part.get_content() == pdf
+
+        bob = running.client("bob@a.test")
+        [header] = bob.list_headers().headers
+        box = Attachments(bob)
+        [ref] = box.list(header.id).refs
+        assert (ref.name, ref.media_type, ref.size) == ("plan.pdf", "application/pdf", len(pdf))
+        assert box.fetch(ref, tmp_path / "plan.pdf").read_bytes() == pdf
+    finally:
+        running.stop()
+
+
+def test_refused_submission_with_an_attachment_leaves_no_file(tmp_path: Path) -> None:
+    """The relay policy refuses an Internet recipient: the attachment written before the
+    Send unit of work is removed again, no row, no message."""
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    plugins = [
+        PluginSpec("relay-policy", 10, {"allow": []}) if s.ref == "relay-policy" else s
+        for s in with_submission()
+    ]
+    running = start_domain(tmp_path, ca, "a.test", plugins=plugins)
+    try:
+        before = stored(running)
+        message = EmailMessage()
+        message["From"] = "alice@a.test"
+        message["To"] = "dave@legacy.test"
+        message["Subject"] = "Nope"
+        message.set_content("x\n")
+        message.add_attachment(b"%PDF", maintype="application", subtype="pdf", filename="a.pdf")
+        with connect(running, ca) as client:
+            client.login("alice@a.test", PASSWORD)
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.send_message(message)
+        assert refused.value.smtp_code == 550 and b"relaying denied" in refused.value.smtp_error
+        assert stored(running) == before
+        assert list((running.config.data_dir / "attachments" / "blobs").iterdir()) == []
+        assert_still_answers(running, ca)
+    finally:
+        running.stop()
+
+
+def test_insecure_auth_is_for_loopback_tests_only(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        SmtpSubmission(host="0.0.0.0", insecure_auth=True)  # noqa: S104 -- refused
+    running = start_server(tmp_path / "plain", plugins=with_submission(insecure_auth=True))
+    try:
+        host, port = submission_plugin(running).address
+        with smtplib.SMTP(host, port, timeout=10) as client:  # no TLS: loopback and asked for
+            client.login("alice@localhost", PASSWORD)
+            client.sendmail(
+                "alice@localhost",
+                ["bob@localhost"],
+                mail("alice@localhost", ["bob@localhost"], "Plain", "Hi\n"),
+            )
+        assert inbox(running, "bob@localhost") == ["Plain"]
+    finally:
+        running.stop()
+    with pytest.raises(PluginError, match="TLS certificate"):
+        start_server(tmp_path / "plain2", plugins=with_submission())
