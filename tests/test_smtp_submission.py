@@ -6,8 +6,12 @@ leaves nothing stored and the server still answers."""
 from __future__ import annotations
 
 import base64
+import json
+import os
+import signal
 import smtplib
 import ssl
+import subprocess
 from collections.abc import Iterator
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -17,6 +21,7 @@ from typing import Any
 import dkim
 import pytest
 from test_federation import Federation, start_domain
+from test_federation_processes import free_port, run
 from test_smtp import Sink, attachments_plugin, sink
 
 __all__ = ["sink"]  # the legacy SMTP server fixture, shared with test_smtp
@@ -29,7 +34,7 @@ from wsemail.server.pipeline import PluginSpec
 from wsemail.server.smtp import dkim_keys
 from wsemail.server.smtp.plugins import SmtpSubmission
 
-from conftest import PASSWORD, Running, inbox, start_server, wait_for
+from conftest import PASSWORD, Running, inbox, start_server, wait_for, wsemail_binary
 
 SUBMISSION = "wsemail.server.smtp.plugins:SmtpSubmission"
 
@@ -365,3 +370,62 @@ def test_insecure_auth_is_for_loopback_tests_only(tmp_path: Path) -> None:
         running.stop()
     with pytest.raises(PluginError, match="TLS certificate"):
         start_server(tmp_path / "plain2", plugins=with_submission())
+
+
+def test_serve_submission_port_takes_mail_from_a_mail_program(tmp_path: Path) -> None:
+    """The real `wsemail serve --submission-port` process set up with `wsemail ca`:
+    smtplib logs in after STARTTLS, the CLI reads the message."""
+    ca = tmp_path / "ca"
+    run("ca", "init", "--ca-dir", str(ca))
+    run("ca", "crl", "--ca-dir", str(ca))
+    data = tmp_path / "a.test"
+    run("ca", "issue-server", "a.test", "--ca-dir", str(ca), "--out", str(data / "fed"))
+    port, submission = free_port(), free_port()
+    (data / "server.toml").write_text(
+        f'domain = "a.test"\nport = {port}\n'
+        '[tls]\ncert = "fed/server.pem"\nkey = "fed/server.key"\n'
+        '[federation]\nidentity = "fed"\ntrust_roots = ["fed/root.pem"]\n'
+        f'crls = ["{ca / "crl.pem"}"]\n'
+    )
+    for user in ("alice@a.test", "bob@a.test"):
+        run("user", "add", user, "--password-stdin", "--data-dir", str(data), input=PASSWORD + "\n")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                wsemail_binary(),
+                "serve",
+                "--data-dir",
+                str(data),
+                "--submission-port",
+                str(submission),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "serving" in log.read_text() or proc.poll() is not None, "serve")
+        assert proc.poll() is None, log.read_text()
+        context = ssl.create_default_context(cafile=str(ca / "root.pem"))
+        context.check_hostname = False
+        with smtplib.SMTP("127.0.0.1", submission, timeout=10) as client:
+            client.starttls(context=context)
+            client.login("alice@a.test", PASSWORD)
+            client.sendmail(
+                "alice@a.test",
+                ["bob@a.test"],
+                mail("alice@a.test", ["bob@a.test"], "From a mail program", "Hello Bob\n"),
+            )
+        env = {
+            **os.environ,
+            "WSEMAIL_SERVER": f"https://127.0.0.1:{port}/wsemail",
+            "WSEMAIL_USER": "bob@a.test",
+            "WSEMAIL_PASSWORD": PASSWORD,
+            "WSEMAIL_CACERT": str(ca / "root.pem"),
+            "WSEMAIL_TLS_NAME": "a.test",
+        }
+        listed = json.loads(run("list", "--json", env=env))
+        assert listed["subject"] == "From a mail program" and listed["from"] == "alice@a.test"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
