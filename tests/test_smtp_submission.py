@@ -27,7 +27,7 @@ from test_smtp import Sink, attachments_plugin, sink
 __all__ = ["sink"]  # the legacy SMTP server fixture, shared with test_smtp
 
 from wsemail.attachments_client import Attachments
-from wsemail.errors import PluginError
+from wsemail.errors import PluginError, RateLimited
 from wsemail.pki import create_root, write_crl
 from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.pipeline import PluginSpec
@@ -62,6 +62,13 @@ def connect(running: Running, ca: Path, *, tls: bool = True) -> smtplib.SMTP:
         client.starttls(context=context)
         client.ehlo("mua.example")
     return client
+
+
+def auth(client: smtplib.SMTP, user: str, password: str, mechanism: str = "PLAIN") -> None:
+    """One AUTH attempt (smtplib's `login` tries every mechanism in turn)."""
+    client.user, client.password = user, password
+    method = client.auth_plain if mechanism == "PLAIN" else client.auth_login
+    client.auth(mechanism, method, initial_response_ok=mechanism == "PLAIN")
 
 
 def mail(sender: str, to: list[str], subject: str, body: str, cc: list[str] | None = None) -> bytes:
@@ -186,14 +193,19 @@ def test_submission_without_auth_is_refused(one: tuple[Running, Path]) -> None:
 def test_wrong_password_and_unknown_user_get_the_same_answer(one: tuple[Running, Path]) -> None:
     running, ca = one
     before = stored(running)
-    answers = []
-    for user, password in (("alice@a.test", "wrong password"), ("nobody@a.test", PASSWORD)):
-        with connect(running, ca) as client:
-            with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
-                client.login(user, password)
-            answers.append((failed.value.smtp_code, failed.value.smtp_error))
-    assert answers[0] == answers[1] == (535, b"5.7.8 Authentication credentials invalid")
+    answers = set()
+    with connect(running, ca) as client:
+        for mechanism in ("PLAIN", "LOGIN"):
+            for user, password in (("alice@a.test", "wrong password"), ("nobody@a.test", PASSWORD)):
+                with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
+                    auth(client, user, password, mechanism)
+                answers.add((failed.value.smtp_code, failed.value.smtp_error))
+    assert answers == {(535, b"5.7.8 Authentication credentials invalid")}
     assert stored(running) == before
+    status = running.client("admin@a.test").extension("smtp-submission")
+    assert status is not None
+    counts = {k: status.get(k) for k in ("submitted", "refused", "authFailed")}
+    assert counts == {"submitted": "0", "refused": "0", "authFailed": "4"}
     assert_still_answers(running, ca)
 
 
@@ -201,11 +213,12 @@ def test_failed_auth_is_rate_limited_per_user_like_soap(one: tuple[Running, Path
     running, ca = one
     with connect(running, ca) as client:
         for _ in range(3):
-            with pytest.raises(smtplib.SMTPAuthenticationError):
-                client.login("carol@a.test", "wrong password")
+            with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
+                auth(client, "carol@a.test", "wrong password")
+            assert failed.value.smtp_code == 535
         # now even the right password waits, over SMTP and SOAP alike
         with pytest.raises(smtplib.SMTPAuthenticationError) as limited:
-            client.login("carol@a.test", PASSWORD)
+            auth(client, "carol@a.test", PASSWORD)
         assert limited.value.smtp_code == 454
     with pytest.raises(Exception, match="too many failed"):
         running.client("carol@a.test").list_headers()
@@ -429,3 +442,26 @@ def test_serve_submission_port_takes_mail_from_a_mail_program(tmp_path: Path) ->
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+def test_failed_auth_is_rate_limited_per_peer_across_names(tmp_path: Path) -> None:
+    """Guessing many names from one address: the per-peer limit, shared with SOAP."""
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    running = start_domain(tmp_path, ca, "a.test", plugins=with_submission(), failures_per_peer=3)
+    try:
+        before = stored(running)
+        with connect(running, ca) as client:
+            for name in ("x@a.test", "y@a.test", "z@a.test"):
+                with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
+                    auth(client, name, "guess guess")
+                assert failed.value.smtp_code == 535
+            with pytest.raises(smtplib.SMTPAuthenticationError) as limited:
+                auth(client, "alice@a.test", PASSWORD)
+            assert limited.value.smtp_code == 454
+        assert stored(running) == before
+        with pytest.raises(RateLimited):  # the same limit as the SOAP endpoint's
+            running.client("bob@a.test").list_headers()
+    finally:
+        running.stop()
