@@ -107,7 +107,8 @@ def sub_fed(tmp_path: Path) -> Iterator[Federation]:
     create_root(ca)
     write_crl(ca)
     servers = {
-        "a.test": start_domain(tmp_path, ca, "a.test", plugins=with_submission()),
+        # relay_poll 60: a.test's relay must be woken by the submission (another thread)
+        "a.test": start_domain(tmp_path, ca, "a.test", plugins=with_submission(), relay_poll=60.0),
         "b.test": start_domain(tmp_path, ca, "b.test"),
     }
     federation = Federation(ca, servers)

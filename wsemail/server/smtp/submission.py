@@ -62,6 +62,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wsemail.smtp.submission")
 
+
+class _QuietLoginData(logging.Filter):
+    """aiosmtpd 1.4 itself sets the deprecated `Session.login_data` after every successful
+    AUTH and logs a warning about it each time: not news for an operator."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "login_data is deprecated" not in record.getMessage()
+
+
+logging.getLogger("mail.log").addFilter(_QuietLoginData())
+
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
 AUTH_LIMITED = "454 4.7.0 Too many failed authentications, try again later"
 AUTH_NEEDS_TLS = "538 5.7.11 Encryption required for requested authentication mechanism"
