@@ -126,9 +126,11 @@ def one(tmp_path: Path) -> Iterator[tuple[Running, Path]]:
     ca = tmp_path / "ca"
     create_root(ca)
     write_crl(ca)
-    running = start_domain(
-        tmp_path, ca, "a.test", plugins=with_submission(max_bytes=4096), failures_per_user=3
-    )
+    plugins = [  # the listener takes 4 KiB, the Send pipeline's size limit 1 KB
+        PluginSpec("size-limit", 20, {"max_bytes": 1000}) if s.ref == "size-limit" else s
+        for s in with_submission(max_bytes=4096)
+    ]
+    running = start_domain(tmp_path, ca, "a.test", plugins=plugins, failures_per_user=3)
     yield running, ca
     running.stop()
 
@@ -270,6 +272,16 @@ def test_oversized_blind_and_unknown_recipients_are_refused(one: tuple[Running, 
             )
         assert too_big.value.smtp_code == 552
         client.rset()
+        with pytest.raises(smtplib.SMTPDataError) as over_limit:  # the size-limit processor
+            client.sendmail(
+                "alice@a.test",
+                ["bob@a.test"],
+                mail("alice@a.test", ["bob@a.test"], "big", "x" * 2000),
+            )
+        assert (
+            over_limit.value.smtp_code == 552
+            and b"exceeds the limit" in over_limit.value.smtp_error
+        )
         with pytest.raises(smtplib.SMTPDataError) as blind:
             client.sendmail(
                 "alice@a.test",
