@@ -29,6 +29,7 @@ __all__ = ["sink"]  # the legacy SMTP server fixture, shared with test_smtp
 from wsemail.attachments_client import Attachments
 from wsemail.errors import PluginError, RateLimited
 from wsemail.pki import create_root, write_crl
+from wsemail.server.accounts import set_user
 from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.pipeline import PluginSpec
 from wsemail.server.smtp import dkim_keys
@@ -478,3 +479,27 @@ def test_failed_auth_is_rate_limited_per_peer_across_names(tmp_path: Path) -> No
             running.client("bob@a.test").list_headers()
     finally:
         running.stop()
+
+
+def test_a_password_changed_after_auth_ends_the_right_to_send(one: tuple[Running, Path]) -> None:
+    running, ca = one
+    with connect(running, ca) as client:
+        auth(client, "alice@a.test", PASSWORD)
+        client.sendmail(
+            "alice@a.test", ["bob@a.test"], mail("alice@a.test", ["bob@a.test"], "1", "a")
+        )
+        before = stored(running)
+        set_user(
+            running.controller.server.store,
+            "a.test",
+            "alice@a.test",
+            "another password",
+            create=False,
+        )
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail(
+                "alice@a.test", ["bob@a.test"], mail("alice@a.test", ["bob@a.test"], "2", "b")
+            )
+        assert refused.value.smtp_code == 554 and b"log in again" in refused.value.smtp_error
+    assert stored(running) == before and inbox(running, "bob@a.test") == ["1"]
+    assert_still_answers(running, ca)

@@ -28,7 +28,7 @@ import base64
 import binascii
 import ipaddress
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
@@ -39,8 +39,8 @@ from wsemail.errors import (
     MessageTooLarge,
     RateLimited,
     Rejected,
-    RelayDenied,
     RemoteFault,
+    SecurityFault,
     StoreError,
     TooLarge,
     UnknownRecipient,
@@ -97,6 +97,15 @@ def _b64(text: str) -> bytes | None:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
         return None
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who logged in on a session, and the stored key they logged in against (a password
+    changed since ends the session's right to send, as for PasswordText requests)."""
+
+    address: str
+    key: bytes = field(repr=False)
 
 
 @dataclass
@@ -197,7 +206,7 @@ class Submission:
             )
         assert user is not None
         log.info("%r authenticated from %s", user.address, peer)
-        return AuthResult(success=True, auth_data=user.address)
+        return AuthResult(success=True, auth_data=Account(user.address, user.key))
 
     async def _failed(self, smtp: SMTP, login: bytes) -> AuthResult:
         assert smtp.session is not None
@@ -222,10 +231,12 @@ class Submission:
             address = normalize(address)
         except RemoteFault:
             return "553 5.1.7 bad sender address"
-        if address != session.auth_data:
-            log.info("refused MAIL FROM %r for %r", address, session.auth_data)
+        account = session.auth_data
+        assert isinstance(account, Account)
+        if address != account.address:
+            log.info("refused MAIL FROM %r for %r", address, account.address)
             self.counts.refused += 1
-            return f"553 5.7.1 you may send only as {session.auth_data}"
+            return f"553 5.7.1 you may send only as {account.address}"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -260,8 +271,9 @@ class Submission:
     async def handle_DATA(  # noqa: N802
         self, smtp: SMTP, session: Session, envelope: Envelope
     ) -> str:
-        user = str(session.auth_data)
-        peer = _peer(session)
+        account = session.auth_data
+        assert isinstance(account, Account)
+        user, peer = account.address, _peer(session)
         data = envelope.original_content or b""
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogateescape")
@@ -273,7 +285,7 @@ class Submission:
             self.counts.refused += 1
             return _reply(exc)
         try:
-            public_id = await self.submit(incoming, draft, user, peer)
+            message_id = await self.submit(incoming, draft, account, peer)
         except RemoteFault as exc:
             log.info("refused submission by %r from %s: %s", user, peer, exc.reason)
             self.counts.refused += 1
@@ -282,8 +294,8 @@ class Submission:
             log.exception("cannot store the submission by %r", user)
             return "451 4.3.0 temporary local problem, try again later"
         self.counts.submitted += 1
-        log.info("submitted by %r via %s: %s", user, peer, public_id)
-        return f"250 2.0.0 OK {draft.message_id}"
+        log.info("submitted by %r via %s: %s", user, peer, message_id)
+        return f"250 2.0.0 OK {message_id}"[:500]
 
     def draft(self, incoming: Incoming, user: str, recipients: list[str]) -> Draft:
         """The Send request's message: the headers' To and Cc as far as the envelope names
@@ -303,8 +315,9 @@ class Submission:
         cc = [r for r in incoming.cc if r in recipients and r not in to]
         return Draft(to, incoming.subject, incoming.body, cc, incoming.message_id)
 
-    async def submit(self, incoming: Incoming, draft: Draft, user: str, peer: str) -> str:
-        """Attachments written first, then one `Send` unit of work; its id in `sent`."""
+    async def submit(self, incoming: Incoming, draft: Draft, account: Account, peer: str) -> str:
+        """Attachments written first, then one `Send` unit of work; the Message-ID sent."""
+        user = account.address
         parts = [p for p in incoming.parts if p.keep]
         plugin = loaded_attachments(self.server) if parts else None
         if parts and plugin is None:
@@ -323,7 +336,7 @@ class Submission:
 
         def check(tx: Tx) -> UserRecord:
             current = tx.user(user)
-            if current is None:
+            if current is None or current.key != account.key:  # removed or changed since
                 raise AuthenticationFailed("authentication failed")
             return current
 
@@ -352,7 +365,7 @@ class Submission:
             raise
         for callback in env.after_commit:
             callback()
-        return result.findtext(q("Id")) or ""
+        return result.findtext(q("MessageId")) or ""
 
     def wake_relay(self) -> None:
         """Wake the relay on the serving loop (this listener runs on its own thread); if
@@ -370,10 +383,12 @@ def _reply(exc: RemoteFault) -> str:
     reason = " ".join(exc.reason.split())[:400]
     if isinstance(exc, MessageTooLarge | TooLarge):
         return f"552 5.3.4 {reason}"
-    if isinstance(exc, RelayDenied):
-        return f"550 5.7.1 {reason}"
     if isinstance(exc, UnknownRecipient):
         return f"550 5.1.1 {reason}"
+    if isinstance(exc, Rejected):  # relay policy, From header, blind copies, …
+        return f"550 5.7.1 {reason}"
+    if isinstance(exc, SecurityFault):  # the account was removed or its password changed
+        return f"554 5.7.0 {reason}; log in again"
     if exc.code == "Receiver":
         return f"451 4.3.0 {reason}"
-    return f"554 5.6.0 {reason}" if not isinstance(exc, Rejected) else f"550 5.7.1 {reason}"
+    return f"554 5.6.0 {reason}"
