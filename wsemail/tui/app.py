@@ -1,9 +1,13 @@
 """In charge of the Textual application: screen routing (sign in → inbox), the global keys,
-the one wsemail Client the screens share, and party-line invitations (announced once with
+the one wsemail Client the screens share, switching to another account from the inbox
+(ctrl+a: sign in to it, then the new inbox replaces the old, whose push stream and client
+close), and party-line invitations (announced once with
 the key that joins the latest; with none waiting, that key asks for a channel id). Everything
 else lives in the screens."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 from textual.app import App
 from textual.binding import Binding
@@ -12,19 +16,36 @@ from wsemail.client import Client
 from wsemail.im_client import Invitation
 from wsemail.tui.mailbox import AddressBook
 from wsemail.tui.screens.channel import ChannelScreen, Invited
+from wsemail.tui.screens.choose import ChooseScreen
 from wsemail.tui.screens.help import HelpScreen
 from wsemail.tui.screens.inbox import InboxScreen
 from wsemail.tui.screens.login import LoginScreen
 from wsemail.tui.screens.prompt import PromptScreen
-from wsemail.tui.signin import ClientFactory, LoginDefaults, default_client, known_login
+from wsemail.tui.signin import (
+    NEW_ACCOUNT,
+    ClientFactory,
+    LoginDefaults,
+    account_choice_needed,
+    account_login,
+    default_client,
+    known_login,
+    saved_accounts,
+)
+
+
+def saved_choices() -> list[LoginDefaults]:
+    """The sign-in form of each account in client.toml, the default one first."""
+    return [account_login(account) for account in saved_accounts()]
+
 
 GENERIC_ACTIONS = {"app.focus_next", "app.focus_previous", "screen.copy_text"}
 
 
 class WsemailApp(App[None]):
-    """`defaults` prefill (or, when complete, skip) the sign-in form; `client_factory`,
-    `page_size`, `poll_seconds` and `im_notify` (hold an IM push stream for notifications)
-    are seams for tests."""
+    """`defaults` prefill (or, when complete, skip) the sign-in form; `choices` (one per
+    saved account) make it offer a choice first; `accounts` lists them for ctrl+a;
+    `client_factory`, `page_size`, `poll_seconds` and `im_notify` (hold an IM push stream
+    for notifications) are seams for tests."""
 
     TITLE = "wsemail"
     CSS_PATH = "app.tcss"
@@ -39,6 +60,14 @@ class WsemailApp(App[None]):
             show=False,
             tooltip="join the party line you were invited to",
         ),
+        Binding(
+            # listed by Help; the inbox footer has no room left at 80 columns
+            "ctrl+a",
+            "accounts",
+            "Accounts",
+            show=False,
+            tooltip="switch to another account (from the inbox)",
+        ),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
     ]
 
@@ -46,6 +75,8 @@ class WsemailApp(App[None]):
         self,
         defaults: LoginDefaults | None = None,
         *,
+        choices: Sequence[LoginDefaults] = (),
+        accounts: Callable[[], list[LoginDefaults]] = saved_choices,
         client_factory: ClientFactory = default_client,
         page_size: int = 50,
         poll_seconds: float = 5.0,
@@ -53,6 +84,8 @@ class WsemailApp(App[None]):
     ) -> None:
         super().__init__()
         self.defaults = defaults if defaults is not None else LoginDefaults()
+        self.choices = list(choices)
+        self.accounts = accounts
         self.client_factory = client_factory
         self.page_size = page_size
         self.poll_seconds = poll_seconds
@@ -62,22 +95,73 @@ class WsemailApp(App[None]):
         self.invitations: dict[str, Invitation] = {}  # channel id → not yet joined
 
     def on_mount(self) -> None:
-        self.push_screen(LoginScreen(self.defaults, factory=self.client_factory), self.signed_in)
+        self.push_screen(
+            LoginScreen(self.defaults, factory=self.client_factory, choices=self.choices),
+            self.signed_in,
+        )
+
+    def _inbox(self, client: Client) -> InboxScreen:
+        return InboxScreen(
+            client,
+            self.address_book,
+            page_size=self.page_size,
+            poll_seconds=self.poll_seconds,
+            im_notify=self.im_notify,
+        )
 
     def signed_in(self, client: Client | None) -> None:
         if client is None:
             self.exit()
             return
         self.client = client
+        self.push_screen(self._inbox(client))
+
+    # accounts -----------------------------------------------------------------------------
+    def action_accounts(self) -> None:
+        current = self.client
+        if current is None or not isinstance(self.screen, InboxScreen):
+            self.notify("Switch accounts from the inbox.", severity="warning")
+            return
+        try:
+            choices = {c.account: c for c in self.accounts()}
+        except Exception as exc:  # an unreadable client.toml must not end the session
+            self.notify(f"Cannot read the accounts: {exc}", severity="error")
+            return
+        rows = [
+            (name, f"{name}  {c.user}" + ("  (signed in)" if c.user == current.username else ""))
+            for name, c in choices.items()
+        ]
+
+        def answered(name: str | None) -> None:
+            if name is None:
+                return
+            chosen = choices.get(name)
+            if chosen is not None and (chosen.server, chosen.user) == (
+                current.server,
+                current.username,
+            ):
+                self.notify(f"Already signed in as {current.username}.")
+                return
+            defaults = chosen or LoginDefaults(current.server, first_run=True)
+            screen = LoginScreen(defaults, factory=self.client_factory, cancellable=True)
+            self.push_screen(screen, self.switched)
+
         self.push_screen(
-            InboxScreen(
-                client,
-                self.address_book,
-                page_size=self.page_size,
-                poll_seconds=self.poll_seconds,
-                im_notify=self.im_notify,
-            )
+            ChooseScreen("Switch to account:", [*rows, (NEW_ACCOUNT, "New account…")]), answered
         )
+
+    def switched(self, client: Client | None) -> None:
+        """Signed in to another account: its inbox replaces the old one (whose unmount
+        closes the push stream), then the old client closes. None: stay where one was."""
+        old = self.client
+        if client is None or old is None:
+            return
+        self.client = client
+        self.address_book = AddressBook()
+        self.invitations.clear()
+        self.switch_screen(self._inbox(client))
+        old.close()
+        self.notify(f"Signed in as {client.username}.", title="Accounts")
 
     def on_unmount(self) -> None:
         if self.client is not None:
@@ -141,8 +225,10 @@ class WsemailApp(App[None]):
 
 
 def run(server: str | None = None, user: str | None = None) -> None:
-    """Sign in with what is known (flags, environment, client.toml, keyring) and run."""
-    WsemailApp(known_login(server, user)).run()
+    """Sign in with what is known (flags, environment, the chosen or default account of
+    client.toml, keyring) and run; with several accounts and none chosen, offer them."""
+    choices = saved_choices() if account_choice_needed(server, user) else []
+    WsemailApp(known_login(server, user), choices=choices).run()
 
 
 def main() -> None:

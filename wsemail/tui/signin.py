@@ -15,6 +15,7 @@ from wsemail.client import Client
 from wsemail.errors import WsemailError
 
 ClientFactory = Callable[[str, str, str], Client]
+NEW_ACCOUNT = "+new"  # the choice of a new account (account names start with a letter or digit)
 
 
 @dataclass

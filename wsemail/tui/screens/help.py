@@ -13,7 +13,7 @@ from textual.widgets import Label, Static
 
 ABOUT = (
     "wsemail: mail, instant messages, party lines and forms as secure web services. "
-    "Errors show as notifications; ctrl+q quits from anywhere."
+    "Errors show as notifications; ctrl+a switches accounts (from the inbox); ctrl+q quits."
 )
 
 

@@ -2,58 +2,132 @@
 
 When everything is already known (flags, WSEMAIL_* environment, client.toml + keyring) the
 form stays hidden and the screen signs in at once; a refusal shows the form and a
-notification."""
+notification. On first run (nothing configured) the form sets up an account: on success it
+is saved to client.toml and, with "remember" ticked, its password to the OS keyring. With
+several accounts the form starts with a choice of them (and "New account…")."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from textual import on, work
 from textual.app import ComposeResult
-from textual.containers import Vertical
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Button, Header, Input, Label
+from textual.widgets import Button, Checkbox, Header, Input, Label, Select
 
 from wsemail.client import Client
+from wsemail.errors import WsemailError
+from wsemail.tui.feedback import describe
 from wsemail.tui.screens.base import Failed, WorkScreen
-from wsemail.tui.signin import ClientFactory, LoginDefaults, default_client, open_session
+from wsemail.tui.signin import (
+    NEW_ACCOUNT,
+    ClientFactory,
+    LoginDefaults,
+    default_client,
+    open_session,
+    save_account,
+)
 from wsemail.tui.widgets.footer import KeyFooter
 
 
 class LoginScreen(WorkScreen[Client]):
-    """Dismisses with a checked Client."""
+    """Dismisses with a checked Client (or None when cancelled: `cancellable` only)."""
 
     CSS_PATH = "login.tcss"
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     class SignedIn(Message):
-        def __init__(self, client: Client) -> None:
+        def __init__(self, client: Client, warning: str = "") -> None:
             super().__init__()
             self.client = client
+            self.warning = warning
 
-    def __init__(self, defaults: LoginDefaults, *, factory: ClientFactory = default_client) -> None:
+    def __init__(
+        self,
+        defaults: LoginDefaults,
+        *,
+        factory: ClientFactory = default_client,
+        choices: Sequence[LoginDefaults] = (),
+        cancellable: bool = False,
+    ) -> None:
         super().__init__()
         self.defaults = defaults
         self.factory = factory
+        self.choices = {c.account: c for c in choices if c.account}
+        self.cancellable = cancellable
+        self.setup = defaults.first_run
+        # the account the fields show (the Select's first Changed repeats it)
+        self.shown = defaults.account if defaults.account in self.choices else ""
+        if self.choices and not self.shown:
+            self.shown = next(iter(self.choices))
         self.busy = False
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Vertical(id="login-form"):
-            yield Label("Sign in to your wsemail server", id="login-title")
-            yield Label("Server", classes="login-label")
-            yield Input(self.defaults.server, id="login-server", placeholder="https://…/wsemail")
-            yield Label("Address", classes="login-label")
-            yield Input(self.defaults.user, id="login-address", placeholder="you@example.org")
-            yield Label("Password", classes="login-label")
-            yield Input(self.defaults.password, id="login-password", password=True)
-            yield Button("Sign in", id="login-submit", variant="primary")
+            yield Label(self._title(), id="login-title")
+            if self.choices:
+                with Horizontal(classes="login-row"):
+                    yield Label("Account", classes="login-label")
+                    options = [
+                        (f"{c.account}  ({c.user})", c.account) for c in self.choices.values()
+                    ]
+                    yield Select(
+                        [*options, ("New account…", NEW_ACCOUNT)],
+                        value=self.shown,
+                        allow_blank=False,
+                        compact=True,
+                        id="login-account",
+                    )
+            for label, name, value, placeholder in (
+                ("Server", "server", self.defaults.server, "https://…/wsemail"),
+                ("Address", "address", self.defaults.user, "you@example.org"),
+                ("Password", "password", self.defaults.password, ""),
+                ("Trust roots", "roots", "", "optional: federation root certificate path(s)"),
+            ):
+                with Horizontal(classes="login-row"):
+                    yield Label(label, classes="login-label")
+                    yield Input(
+                        value,
+                        id=f"login-{name}",
+                        placeholder=placeholder,
+                        password=name == "password",
+                        compact=True,
+                    )
+            yield Checkbox(
+                "Remember the password in the OS keyring",
+                self.setup,
+                id="login-remember",
+                compact=True,
+            )
+            yield Button("Sign in", id="login-submit", variant="primary", compact=True)
         yield Label("", id="login-status")
         yield KeyFooter()
 
+    def _title(self) -> str:
+        if self.setup:
+            return "Set up your wsemail account"
+        if self.choices:
+            return "Sign in: choose an account"
+        return "Sign in to your wsemail server"
+
     def on_mount(self) -> None:
-        if self.defaults.complete:
+        if self.defaults.complete and not self.choices:
             self.add_class("-auto")
             self.submit()
+        elif self.choices:
+            self.query_one("#login-account", Select).focus()
         else:
             self._focus_first_empty()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self.cancellable if action == "cancel" else True
+
+    def action_cancel(self) -> None:
+        if self.cancellable and not self.busy:
+            self.dismiss(None)
 
     def _focus_first_empty(self) -> None:
         for selector in ("#login-server", "#login-address", "#login-password"):
@@ -62,6 +136,23 @@ class LoginScreen(WorkScreen[Client]):
                 field.focus()
                 return
         self.query_one("#login-submit", Button).focus()
+
+    @on(Select.Changed, "#login-account")
+    def _account_chosen(self, event: Select.Changed) -> None:
+        if str(event.value) == self.shown:
+            return
+        self.shown = str(event.value)
+        chosen = self.choices.get(self.shown)
+        self.setup = chosen is None
+        if chosen is None:  # a new account, perhaps on the same server
+            chosen = LoginDefaults(self.query_one("#login-server", Input).value)
+        self.query_one("#login-server", Input).value = chosen.server
+        self.query_one("#login-address", Input).value = chosen.user
+        self.query_one("#login-password", Input).value = chosen.password
+        self.query_one("#login-remember", Checkbox).value = self.setup
+        self.query_one("#login-title", Label).update(self._title())
+        if event.select.has_focus:
+            self._focus_first_empty()
 
     @on(Input.Submitted)
     @on(Button.Pressed, "#login-submit")
@@ -77,18 +168,32 @@ class LoginScreen(WorkScreen[Client]):
             return
         self.busy = True
         self.query_one("#login-status", Label).update(f"Signing in as {address} …")
-        self.sign_in(server, address, password)
+        remember = self.query_one("#login-remember", Checkbox).value
+        roots = self.query_one("#login-roots", Input).value.strip()
+        self.sign_in(server, address, password, self.setup or remember, remember, roots)
 
     @work(thread=True, exclusive=True, group="login")
-    def sign_in(self, server: str, address: str, password: str) -> None:
+    def sign_in(
+        self, server: str, address: str, password: str, save: bool, remember: bool, roots: str
+    ) -> None:
         try:
             client = open_session(server, address, password, self.factory)
         except Exception as exc:
             self.fail("Sign-in failed", exc)
-        else:
-            self.post_message(self.SignedIn(client))
+            return
+        warning = ""
+        if save:
+            try:
+                save_account(
+                    client.server, client.username, password, remember=remember, trust_roots=roots
+                )
+            except WsemailError as exc:
+                warning = f"Signed in, but {describe(exc)}"
+        self.post_message(self.SignedIn(client, warning))
 
     def on_login_screen_signed_in(self, event: LoginScreen.SignedIn) -> None:
+        if event.warning:
+            self.app.notify(event.warning, title="wsemail", severity="warning", timeout=10)
         self.dismiss(event.client)
 
     def on_failed(self, event: Failed) -> None:
