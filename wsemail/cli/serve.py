@@ -14,7 +14,7 @@ import typer
 from wsemail.server.config import load_config
 from wsemail.server.pipeline import PluginSpec
 
-SUBMISSION = "wsemail.server.smtp.plugins:SmtpSubmission"
+SUBMISSION = "smtp-submission"
 
 
 def serve(
@@ -54,7 +54,7 @@ def serve(
             cfg.plugins.append(PluginSpec("smtp-outbound", 60))
     if submission_port is not None:
         refs = {spec.ref for spec in cfg.plugins}
-        if not refs & {"smtp-submission", SUBMISSION}:
+        if not refs & {SUBMISSION, "wsemail.server.smtp.plugins:SmtpSubmission"}:
             cfg.plugins.append(
                 PluginSpec(SUBMISSION, 55, {"port": submission_port, "host": cfg.host})
             )

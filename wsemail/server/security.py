@@ -20,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -49,28 +50,32 @@ FAILED = "authentication failed"
 
 
 class FailureLimiter:
-    """Counts failed authentications per key in a sliding window."""
+    """Counts failed authentications per key in a sliding window. Thread-safe: the SMTP
+    submission listener checks passwords from its own thread."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
 
     def over(self, key: str, limit: int, window: float) -> bool:
-        times = self._failures.get(key)
-        if not times:
-            return False
-        cutoff = self.clock() - window
-        while times and times[0] < cutoff:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-            return False
-        return len(times) >= limit
+        with self._lock:
+            times = self._failures.get(key)
+            if not times:
+                return False
+            cutoff = self.clock() - window
+            while times and times[0] < cutoff:
+                times.popleft()
+            if not times:
+                del self._failures[key]
+                return False
+            return len(times) >= limit
 
     def record(self, key: str) -> None:
-        self._failures.setdefault(key, deque()).append(self.clock())
-        if len(self._failures) > 100_000:  # bounded memory under a spray of names
-            self._failures.pop(next(iter(self._failures)))
+        with self._lock:
+            self._failures.setdefault(key, deque()).append(self.clock())
+            if len(self._failures) > 100_000:  # bounded memory under a spray of names
+                self._failures.pop(next(iter(self._failures)))
 
 
 class Authenticator:
