@@ -166,7 +166,11 @@ def test_an_unknown_account_or_a_bad_name_is_a_one_line_error(
     a, _ = two
     home.login("work", a, "alice@localhost")
     before = home.config.read_text()
-    for args in (("list", "--account", "nope"), ("logout", "--account", "nope")):
+    for args in (
+        ("list", "--account", "nope"),
+        ("logout", "--account", "nope"),
+        ("tui", "--account", "nope"),  # before the terminal is taken over
+    ):
         result = home(*args, check=False)
         assert result.returncode == 1
         assert result.stderr.strip() == "wsemail: no account named 'nope' (known: work)"

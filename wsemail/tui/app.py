@@ -27,6 +27,7 @@ from wsemail.tui.signin import (
     LoginDefaults,
     account_choice_needed,
     account_login,
+    check_chosen_account,
     default_client,
     known_login,
     saved_accounts,
@@ -127,8 +128,14 @@ class WsemailApp(App[None]):
         except Exception as exc:  # an unreadable client.toml must not end the session
             self.notify(f"Cannot read the accounts: {exc}", severity="error")
             return
+        width = max((len(name) for name in choices), default=0)
+        here = (current.server, current.username)
         rows = [
-            (name, f"{name}  {c.user}" + ("  (signed in)" if c.user == current.username else ""))
+            (
+                name,
+                f"{name:{width}}  {c.user}"
+                + ("  (signed in)" if (c.server, c.user) == here else ""),
+            )
             for name, c in choices.items()
         ]
 
@@ -136,10 +143,7 @@ class WsemailApp(App[None]):
             if name is None:
                 return
             chosen = choices.get(name)
-            if chosen is not None and (chosen.server, chosen.user) == (
-                current.server,
-                current.username,
-            ):
+            if chosen is not None and (chosen.server, chosen.user) == here:
                 self.notify(f"Already signed in as {current.username}.")
                 return
             defaults = chosen or LoginDefaults(current.server, first_run=True)
@@ -227,6 +231,7 @@ class WsemailApp(App[None]):
 def run(server: str | None = None, user: str | None = None) -> None:
     """Sign in with what is known (flags, environment, the chosen or default account of
     client.toml, keyring) and run; with several accounts and none chosen, offer them."""
+    check_chosen_account()
     choices = saved_choices() if account_choice_needed(server, user) else []
     WsemailApp(known_login(server, user), choices=choices).run()
 

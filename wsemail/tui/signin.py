@@ -65,6 +65,12 @@ def known_login(
     )
 
 
+def check_chosen_account() -> None:
+    """Before the app starts: an unknown --account / WSEMAIL_ACCOUNT, or an unreadable
+    client.toml, is a one-line UsageError rather than a silent fallback."""
+    session.load_accounts().current(session.chosen_account())
+
+
 def account_login(account: session.Account) -> LoginDefaults:
     """The form for one saved account (its password from the keyring when there)."""
     password = session.keyring_get(account.server, account.user) or ""
