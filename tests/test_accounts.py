@@ -232,3 +232,44 @@ def test_the_old_one_account_file_is_still_read_and_rewritten_new(
     assert "server" not in saved and saved["default"] == "alice@localhost"
     assert set(saved["accounts"]) == {"alice@localhost", "home"}  # type: ignore[arg-type]
     assert "old times" in home("list").stdout
+
+
+def test_a_login_without_a_name_never_overwrites_another_servers_account(
+    two: tuple[Running, Running], home: Home
+) -> None:
+    a, b = two
+    home.login("bob@localhost", b, "bob@b.test")  # the name an a-login of bob would take
+    home(
+        "login",
+        "--server",
+        a.url,
+        "--user",
+        "bob@localhost",
+        "--password-stdin",
+        input=PASSWORD + "\n",
+    )
+    home(
+        "login",
+        "--server",
+        a.url,
+        "--user",
+        "bob@localhost",
+        "--password-stdin",
+        input=PASSWORD + "\n",
+    )  # again: the same account, updated
+    assert home.saved()["accounts"] == {
+        "bob@localhost": {"server": b.url, "user": "bob@b.test"},
+        "bob@localhost-2": {"server": a.url, "user": "bob@localhost"},
+    }
+    home(
+        "send",
+        "--account",
+        "bob@localhost-2",
+        "--to",
+        "alice@localhost",
+        "-s",
+        "via a",
+        "--body",
+        "x",
+    )
+    assert inbox(a, "alice@localhost") == ["via a"]

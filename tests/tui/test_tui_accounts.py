@@ -22,6 +22,7 @@ from wsemail.cli import session
 from wsemail.errors import WsemailError
 from wsemail.tui.app import WsemailApp, saved_choices
 from wsemail.tui.screens.choose import ChooseScreen
+from wsemail.tui.screens.help import HelpScreen
 from wsemail.tui.screens.inbox import InboxScreen
 from wsemail.tui.screens.login import LoginScreen
 from wsemail.tui.signin import account_choice_needed, known_login
@@ -188,6 +189,11 @@ async def test_ctrl_a_switches_account_without_restarting(
         first = app.screen
         assert isinstance(first, InboxScreen)
         old = first.client
+        await pilot.press("question_mark")  # ctrl+a is not in the footer: Help lists it
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        assert "Accounts" in [description for _, description in app.screen.keys]  # type: ignore[attr-defined]
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is first)
         await pilot.press("ctrl+a")
         await wait_for(pilot, lambda: isinstance(app.screen, ChooseScreen))
         options = app.screen.query_one(OptionList)

@@ -49,8 +49,7 @@ def login(
         client.list_headers(limit=1)
         address = client.username
     session.keyring_set(server, address, password)
-    same = config.find(server, address)
-    name = name or (same.name if same else session.check_account_name(address))
+    name = name or session.check_account_name(config.name_for(server, address))
     config = config.with_account(
         session.Account(name, server, address, roots, tls), make_default=make_default
     )

@@ -73,6 +73,18 @@ class ClientConfig:
                 return account
         return None
 
+    def name_for(self, server: str, user: str) -> str:
+        """The account's name for (server, user): the one it has, else the address, made
+        unique (alice@a.test-2) when that name is taken by another server's account."""
+        same = self.find(server, user)
+        if same is not None:
+            return same.name
+        name, n = user, 1
+        while name in self.accounts:
+            n += 1
+            name = f"{user}-{n}"
+        return name
+
     def with_account(self, account: Account, *, make_default: bool = False) -> ClientConfig:
         accounts = {**self.accounts, account.name: account}
         default = account.name if make_default or self.default not in accounts else self.default

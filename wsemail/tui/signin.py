@@ -133,7 +133,7 @@ def save_account(
     config = _config()
     same = config.find(server, user)
     roots = tuple(p.strip() for p in trust_roots.split(os.pathsep) if p.strip())
-    name = same.name if same else user
+    name = config.name_for(server, user)
     if same is not None and not roots:
         roots = same.trust_roots
     tls_name = same.tls_name if same else ""
