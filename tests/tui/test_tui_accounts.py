@@ -161,6 +161,7 @@ async def test_several_accounts_are_offered_at_sign_in(
         select = screen.query_one("#login-account", Select)
         assert select.value == "work" and select.has_focus, app.focused  # the default first
         assert screen.query_one("#login-address", Input).value == "alice@localhost"
+        assert not screen.query_one("#login-remember", Checkbox).value  # saved already
         select.value = "home"
         await pilot.pause()
         assert screen.query_one("#login-server", Input).value == b.url
