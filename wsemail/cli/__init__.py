@@ -10,6 +10,7 @@ import sys
 import click
 import typer
 from typer.core import TyperCommand, TyperGroup
+from typer.exceptions import TyperException
 from typer.models import ParamMeta
 
 from wsemail.cli import (
@@ -95,11 +96,15 @@ def main() -> None:
         if isinstance(command, TyperGroup):
             with_account_option(command)
         result = command.main(standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         print("wsemail: aborted", file=sys.stderr)
         sys.exit(1)
-    except click.ClickException as exc:
-        exc.show()
+    except (click.ClickException, TyperException) as exc:  # typer may bundle its own click
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            print(f"wsemail: {exc}", file=sys.stderr)
         sys.exit(1)
     except WsemailError as exc:
         print(f"wsemail: {exc}", file=sys.stderr)
