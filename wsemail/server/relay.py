@@ -47,15 +47,24 @@ class Relay:
         self.config = server.config
         self.clock: Callable[[], float] = server.clock
         self.wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop `run` relays on
         self._http: httpx.AsyncClient | None = None
         self.attempts = 0  # Deliver transactions sent, for tests and the benchmark
         # a plug-in (e.g. an SMTP gateway) may take domains that have no wsemail service:
         # it gets the leased rows and must settle them (Relay.settle); True = taken
         self.fallback: Callable[[str, list[QueueRow]], Awaitable[bool]] | None = None
 
+    def wake_threadsafe(self) -> None:
+        """Wake the relay from another thread (e.g. an SMTP listener's); before `run`
+        started, it polls within `relay_poll` anyway."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.wake.set)
+
     # lifecycle --------------------------------------------------------------------------
     async def run(self) -> None:
         """Deliver due rows until cancelled; woken early when a send queues something."""
+        self._loop = asyncio.get_running_loop()
         self._http = httpx.AsyncClient(verify=self.federation.tls_context(), timeout=30)
         released = await self.server.store.transact(lambda tx: tx.release_leases())
         if released:

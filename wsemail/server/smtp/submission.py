@@ -368,14 +368,9 @@ class Submission:
         return result.findtext(q("MessageId")) or ""
 
     def wake_relay(self) -> None:
-        """Wake the relay on the serving loop (this listener runs on its own thread); if
-        the relay has not waited yet it polls within `relay_poll` anyway."""
-        relay = self.server.relay
-        if relay is None:
-            return
-        loop = getattr(relay.wake, "_loop", None)  # bound by asyncio at the relay's 1st wait
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(relay.wake.set)
+        """Wake the relay on the serving loop (this listener runs on its own thread)."""
+        if self.server.relay is not None:
+            self.server.relay.wake_threadsafe()
 
 
 def _reply(exc: RemoteFault) -> str:
