@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import click
 import typer
@@ -85,8 +86,18 @@ def with_account_option(command: TyperCommand | TyperGroup) -> TyperCommand | Ty
         return command
     options = {opt for param in command.params for opt in param.opts}
     if "--user" in options and "--account" not in options:
-        command.params.append(typer.main._get_param(ACCOUNT_OPTION))
+        command.params.append(_account_param())
     return command
+
+
+def _account_param() -> Any:
+    """typer's click parameter for ACCOUNT_OPTION. typer has no public call for this: newer
+    releases name it `_get_param`, older ones `get_click_param` (returning a pair)."""
+    make = getattr(typer.main, "_get_param", None)
+    if make is not None:
+        return make(ACCOUNT_OPTION)
+    param, _ = typer.main.get_click_param(ACCOUNT_OPTION)  # type: ignore[attr-defined]
+    return param
 
 
 def main() -> None:
