@@ -56,6 +56,22 @@ def _dns(server: Any, mx: Any, txt: Any, use_dns: bool) -> MailDns:
     )
 
 
+class _Listening:
+    """An SMTP listener owned by a plug-in: its address once attached, stopped on close."""
+
+    listener: Listener | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.listener is not None, "not attached"
+        return self.listener.address
+
+    def close(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.stop()
+
+
 class SmtpOutbound(ExtensionProcessor):
     """Deliver mail for domains without a wsemail service by SMTP, DKIM-signed."""
 
@@ -128,7 +144,7 @@ class SmtpOutbound(ExtensionProcessor):
         return answer
 
 
-class SmtpInbound(DeliveryProcessor):
+class SmtpInbound(_Listening, DeliveryProcessor):
     """Take Internet mail for local users over SMTP, as legacy mail (never a relay)."""
 
     name = "smtp-inbound"
@@ -185,16 +201,6 @@ class SmtpInbound(DeliveryProcessor):
             tls=tls,
         ).start()
 
-    @property
-    def address(self) -> tuple[str, int]:
-        assert self.listener is not None, "not attached"
-        return self.listener.address
-
-    def close(self) -> None:
-        listener, self.listener = self.listener, None
-        if listener is not None:
-            listener.stop()
-
     def deliver(self, message: Message, recipient: str, env: Environment) -> Verdict:
         """Second line of defence: legacy mail never lands under a local sender."""
         if (message.origin or "").startswith(ORIGIN_PREFIX) and domain_of(
@@ -204,7 +210,7 @@ class SmtpInbound(DeliveryProcessor):
         return Verdict.PASS
 
 
-class SmtpSubmission(ExtensionProcessor):
+class SmtpSubmission(_Listening, ExtensionProcessor):
     """Let mail programs send through wsemail: SMTP AUTH after STARTTLS on a submission port."""
 
     name = "smtp-submission"
@@ -246,16 +252,6 @@ class SmtpSubmission(ExtensionProcessor):
             ident="wsemail SMTP submission",
             auth_require_tls=not self.insecure_auth,
         ).start()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        assert self.listener is not None, "not attached"
-        return self.listener.address
-
-    def close(self) -> None:
-        listener, self.listener = self.listener, None
-        if listener is not None:
-            listener.stop()
 
     def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:
         if not env.is_admin:
