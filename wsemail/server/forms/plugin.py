@@ -21,7 +21,9 @@
   `chain`, `xml`), recorded in the same transaction as that delivery and retried with
   backoff until a 2xx or `webhook_lifetime` seconds (`webhook.py`: durable, at least once,
   an `Idempotency-Key` header the receiver dedupes on; `webhook_retry` is the first
-  delay, `webhook_max_delay` the longest).
+  delay, `webhook_max_delay` the longest; a 4xx other than 408/409/425/429 fails it at
+  once; `webhook_ca` is the PEM bundle an https program is checked against, or
+  `"federation"` for this server's federation roots; default the system's CAs).
 
 Forwarding from step to step is the approver's client's job (it sends the signed form to
 the next step's approvers); the chain itself carries every signature.
@@ -33,6 +35,7 @@ import base64
 import binascii
 import logging
 import re
+import ssl
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -45,7 +48,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from wsemail import soap
-from wsemail.errors import Forbidden, RemoteFault, RequestInvalid
+from wsemail.errors import Forbidden, PluginError, RemoteFault, RequestInvalid
 from wsemail.forms import approvals
 from wsemail.forms.contract import Step
 from wsemail.forms.document import FormDocument, FormError, is_form_body
@@ -87,6 +90,7 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         webhook_retry: float = 2.0,
         webhook_max_delay: float = 600.0,
         webhook_lifetime: float = 2 * 86400.0,
+        webhook_ca: str | None = None,
     ) -> None:
         self.directory = directory
         self.rules = [self._rule(r) for r in rules or []]
@@ -100,6 +104,14 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             raise ValueError("forms webhook_retry must be > 0 and <= webhook_max_delay")
         self.retry = (float(webhook_retry), float(webhook_max_delay))
         self.lifetime = float(webhook_lifetime)
+        if webhook_ca is not None and webhook is None:
+            raise ValueError("forms webhook_ca is set but there is no webhook")
+        self.webhook_ca = None if webhook_ca is None else str(webhook_ca)
+        # checked now (a missing or unreadable bundle stops the load); the federation
+        # roots are the server's, known at attach
+        self.tls: ssl.SSLContext | None = None
+        if self.webhook_ca != hand_off.FEDERATION:
+            self.tls = hand_off.tls_context(self.webhook_ca)
         self.hand_off: hand_off.Webhook | None = None
         self.employees = {
             str(who).lower(): {str(k): str(v) for k, v in dict(fields).items()}
@@ -146,7 +158,18 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         self.server = server
         if self.webhook is not None:
             base, ceiling = self.retry
-            self.hand_off = hand_off.Webhook(server.store, base_delay=base, max_delay=ceiling)
+            tls = self.tls
+            if tls is None:  # webhook_ca = "federation"
+                federation = getattr(server, "federation", None)
+                try:
+                    tls = hand_off.tls_context(
+                        self.webhook_ca, getattr(federation, "root_files", [])
+                    )
+                except ValueError as exc:
+                    raise PluginError(str(exc)) from exc
+            self.hand_off = hand_off.Webhook(
+                server.store, base_delay=base, max_delay=ceiling, verify=tls
+            )
             self.hand_off.start()  # also takes up hand-offs pending from before a restart
 
     def close(self) -> None:

@@ -2,13 +2,21 @@
 row of the server's SQLite store written in the same transaction as the delivery that
 finished the workflow, and a worker thread POSTs it until the program answers 2xx,
 retrying with exponential backoff until the hand-off's lifetime runs out (then it is
-logged and marked failed). Rows outlive restarts, so delivery is at least once: every
+logged and marked failed). A 4xx answer other than 408, 409, 425 and 429 is the program
+refusing this form for good: failed at once, its status and the start of its body logged.
+On 429 and 503 a `Retry-After` (seconds or an HTTP date) sets the next attempt's earliest
+time, bounded by `max_delay`. Rows outlive restarts, so delivery is at least once: every
 attempt carries the same `Idempotency-Key` header (a digest of the finished form) for the
 receiver to drop repeats; the same finished form brought back twice is recorded once.
 Settled rows are kept a week past their lifetime, then swept.
 
+An https program is checked against the system's CAs, a PEM bundle, or this server's
+federation roots (`tls_context`).
+
     pending ──2xx──▶ delivered
-       │ error: attempts+1, next attempt after base·2^attempts (at most `max_delay`)
+       │ error: attempts+1, next attempt after base·2^attempts (at most `max_delay`),
+       │        or later when a 429/503 said `Retry-After`
+       ├─permanent 4xx──▶ failed
        └─lifetime over──▶ failed
 """
 
@@ -17,9 +25,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import ssl
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 import httpx
 
@@ -47,6 +60,60 @@ MIGRATIONS = [
 HEADER = "Idempotency-Key"
 BATCH = 32
 KEEP_SETTLED = 7 * 86400.0  # delivered / failed rows stay this long after their lifetime
+RETRYABLE_4XX = frozenset({408, 409, 425, 429})  # any other 4xx is a refusal for good
+RETRY_AFTER_ON = frozenset({429, 503})
+EXCERPT = 200  # characters of a refusal's body kept in the log and the row
+FEDERATION = "federation"  # webhook_ca: trust the server's federation roots
+
+
+def tls_context(ca: str | None, federation_roots: Sequence[Path] = ()) -> ssl.SSLContext:
+    """How an https program is checked: the system's CAs (`None`), the PEM bundle at path
+    `ca`, or the federation roots (`ca == "federation"`). ValueError when the bundle is
+    missing or holds no certificate."""
+    if ca is None:
+        return ssl.create_default_context()
+    if ca == FEDERATION:
+        if not federation_roots:
+            raise ValueError("forms webhook_ca = 'federation' but no federation roots are set")
+        try:
+            cadata = "".join(Path(p).read_text() for p in federation_roots)
+            return ssl.create_default_context(cadata=cadata)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"forms webhook_ca: cannot load the federation roots: {exc}") from exc
+    path = Path(ca).expanduser()
+    if not path.is_file():
+        raise ValueError(f"forms webhook_ca {ca!r}: no such file (a PEM bundle of CAs)")
+    try:
+        return ssl.create_default_context(cafile=str(path))
+    except OSError as exc:
+        raise ValueError(f"forms webhook_ca {ca!r} is not a PEM bundle of CAs: {exc}") from exc
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from `now` a `Retry-After` header asks to wait (delta-seconds or an HTTP
+    date); None when there is none or it makes no sense."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One POST's result: taken (no `error`), refused for good (`permanent`), or worth
+    another attempt, not before `wait` seconds when the program said so."""
+
+    error: str = ""
+    permanent: bool = False
+    wait: float = 0.0
 
 
 def idempotency_key(payload: dict[str, object]) -> str:
@@ -93,12 +160,14 @@ class Webhook:
         base_delay: float = 2.0,
         max_delay: float = 600.0,
         timeout: float = 10.0,
+        verify: ssl.SSLContext | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.store = store
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.timeout = timeout
+        self.verify = verify if verify is not None else tls_context(None)
         self.transport = transport
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -121,7 +190,9 @@ class Webhook:
 
     # the loop ---------------------------------------------------------------------------
     def _run(self) -> None:
-        with httpx.Client(timeout=self.timeout, transport=self.transport) as http:
+        with httpx.Client(
+            timeout=self.timeout, verify=self.verify, transport=self.transport
+        ) as http:
             while not self._stop.is_set():
                 self._wake.clear()
                 try:
@@ -137,27 +208,32 @@ class Webhook:
         for item in due:
             if self._stop.is_set():
                 break
-            error = self._post(http, item)
-            self.store.transact_sync(self._settle(item, error))
+            outcome = self._post(http, item)
+            self.store.transact_sync(self._settle(item, outcome))
         return self.store.transact_sync(_next_wait(self.max_delay))
 
-    def _post(self, http: httpx.Client, item: Due) -> str:
-        """'' when the program took it (2xx), else what went wrong."""
+    def _post(self, http: httpx.Client, item: Due) -> Outcome:
+        """POST once; at most `EXCERPT` bytes of a non-2xx answer's body are read."""
+        headers = {"content-type": "application/json", HEADER: item.key}
         try:
-            response = http.post(
-                item.url,
-                content=item.payload,
-                headers={"content-type": "application/json", HEADER: item.key},
-            )
+            with http.stream("POST", item.url, content=item.payload, headers=headers) as response:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return Outcome()
+                error = f"HTTP {status}: {_excerpt(response)!r}"
+                if 400 <= status < 500 and status not in RETRYABLE_4XX:
+                    return Outcome(error, permanent=True)
+                wait = None
+                if status in RETRY_AFTER_ON:
+                    wait = retry_after(response.headers.get("retry-after"), time.time())
+                return Outcome(error, wait=min(wait, self.max_delay) if wait else 0.0)
         except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}"
-        if 200 <= response.status_code < 300:
-            return ""
-        return f"HTTP {response.status_code}"
+            return Outcome(f"{type(exc).__name__}: {exc}")
 
-    def _settle(self, item: Due, error: str) -> Callable[[Tx], None]:
+    def _settle(self, item: Due, outcome: Outcome) -> Callable[[Tx], None]:
         def work(tx: Tx) -> None:
             attempts = item.attempts + 1
+            error = outcome.error
             if not error:
                 tx.conn.execute(
                     "UPDATE forms_webhook SET state='delivered', attempts=?, last_error=NULL"
@@ -166,20 +242,21 @@ class Webhook:
                 )
                 log.info("form hand-off %s taken by %r (attempt %d)", item.key, item.url, attempts)
                 return
-            if tx.now >= item.expires:
+            if outcome.permanent or tx.now >= item.expires:
                 tx.conn.execute(
                     "UPDATE forms_webhook SET state='failed', attempts=?, last_error=? WHERE id=?",
                     (attempts, error, item.id),
                 )
                 log.warning(
-                    "form hand-off %s to %r failed for good after %d attempts: %s",
+                    "form hand-off %s to %r failed for good after %d attempts (%s): %s",
                     item.key,
                     item.url,
                     attempts,
+                    "refused" if outcome.permanent else "lifetime over",
                     error,
                 )
                 return
-            delay = min(self.base_delay * 2 ** (attempts - 1), self.max_delay)
+            delay = max(min(self.base_delay * 2 ** (attempts - 1), self.max_delay), outcome.wait)
             tx.conn.execute(
                 "UPDATE forms_webhook SET attempts=?, last_error=?, next_attempt=? WHERE id=?",
                 (attempts, error, min(tx.now + delay, item.expires), item.id),
@@ -194,6 +271,20 @@ class Webhook:
             )
 
         return work
+
+
+def _excerpt(response: httpx.Response) -> str:
+    """The start of an answer's body, whitespace folded, for the log (read no further)."""
+    body = b""
+    try:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) >= EXCERPT:
+                break
+    except httpx.HTTPError:
+        pass
+    text = " ".join(body.decode("utf-8", "replace").split())
+    return text[:EXCERPT]
 
 
 def _due(tx: Tx) -> list[Due]:
