@@ -213,7 +213,7 @@ class Webhook:
         return self.store.transact_sync(_next_wait(self.max_delay))
 
     def _post(self, http: httpx.Client, item: Due) -> Outcome:
-        """POST once; at most `EXCERPT` bytes of a non-2xx answer's body are read."""
+        """POST once; of a non-2xx answer's body only the first chunk(s) are read."""
         headers = {"content-type": "application/json", HEADER: item.key}
         try:
             with http.stream("POST", item.url, content=item.payload, headers=headers) as response:
