@@ -69,6 +69,23 @@ def reference_certificate(signature: etree._Element, cert: x509.Certificate) -> 
     digest.text = base64.b64encode(cert_digest(cert)).decode("ascii")
 
 
+def embed_certificate(signature: etree._Element, cert: x509.Certificate) -> None:
+    """Replace the signature's KeyInfo by `cert` embedded as ds:X509Certificate (the
+    counterpart of `reference_certificate`; the signature stays valid)."""
+    for old in signature.findall(q("KeyInfo", DS)):
+        signature.remove(old)
+    key_info = etree.SubElement(signature, q("KeyInfo", DS))
+    data = etree.SubElement(key_info, q("X509Data", DS))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    etree.SubElement(data, q("X509Certificate", DS)).text = base64.b64encode(der).decode("ascii")
+
+
+def names_certificate_by_digest(signature: etree._Element) -> bool:
+    """Whether the signature's KeyInfo names its certificate by dsig11:X509Digest."""
+    path = f"{q('KeyInfo', DS)}/{q('X509Data', DS)}/{q('X509Digest', DSIG11)}"
+    return signature.find(path) is not None
+
+
 class Signer:
     """Signs with one server key and certificate, both loaded once."""
 
@@ -117,13 +134,14 @@ class Signer:
         )
         security.append(self._signature(refs, embed))
 
-    def sign_element_fast(self, element: etree._Element) -> etree._Element:
+    def sign_element_fast(self, element: etree._Element, *, embed: bool = True) -> etree._Element:
         """The same enveloped signature as `sign_element` (whole element, enveloped +
         exclusive c14n transforms, SHA-256), built without signxml: a signed standalone copy
-        of `element` (which is not changed)."""
+        of `element` (which is not changed). `embed=False` names the certificate by
+        dsig11:X509Digest (e.g. a relayed message whose Deliver hop signature embeds it)."""
         copy = etree.fromstring(etree.tostring(element))
         refs = _REFERENCE.format(uri="", transforms=_ENVELOPED + _EXC, digest=_digest(copy))
-        copy.append(self._signature(refs, True))
+        copy.append(self._signature(refs, embed))
         return copy
 
     def signed_envelope(

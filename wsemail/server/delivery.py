@@ -3,7 +3,10 @@
 The hop signature is verified with the binding checks of `wsemail.dsig` and the signer's
 chain, role and revocation (fail closed); the transaction must be fresh, name this domain as
 its destination and carry an unseen nonce. Each message's own enveloped signature must be by
-the same server, for this domain and these recipients, from a sender in the signer's domain.
+the same server, for this domain and these recipients, from a sender in the signer's domain:
+it embeds the hop's certificate (older senders) or names it by dsig11:X509Digest, resolved
+to the hop's verified certificate only (a digest of any other is a bad signature). The
+stored signed form embeds the certificate either way.
 Then, in one unit of work, each (origin, message id, recipient) is delivered once: a retry
 after a lost answer gets the recorded result again.
 """
@@ -20,7 +23,14 @@ from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
 from wsemail.auth import NONCE_BYTES
-from wsemail.dsig import cert_digest, verify_element, verify_envelope
+from wsemail.dsig import (
+    DS,
+    cert_digest,
+    embed_certificate,
+    names_certificate_by_digest,
+    verify_element,
+    verify_envelope,
+)
 from wsemail.errors import (
     Forbidden,
     InvalidSecurity,
@@ -91,9 +101,17 @@ def verify_transaction(server: Server, root: etree._Element) -> Transaction:
             raise UntrustedSigner("a message is signed by another key than the transaction")
         return origin
 
+    hop_digest = cert_digest(verified.cert)
+
+    def hop_certificate(digest: bytes) -> x509.Certificate:
+        if digest != hop_digest:
+            raise SignatureInvalid("a message names another certificate than the transaction")
+        return verified.cert
+
     inbound: list[Inbound] = []
     for signed in op.findall(q("SignedMessage")):
-        _, _, node = verify_element(etree.fromstring(etree.tostring(signed)), same_server)
+        standalone = etree.fromstring(etree.tostring(signed))
+        _, _, node = verify_element(standalone, same_server, hop_certificate)
         content = read_signed(node)
         if content.origin != origin or domain_of(content.message.sender) != origin:
             raise UntrustedSigner(f"{origin} may not sign for {content.message.sender}")
@@ -102,11 +120,22 @@ def verify_transaction(server: Server, root: etree._Element) -> Transaction:
         recipients = content.recipients
         if not recipients or any(domain_of(r) != server.config.domain for r in recipients):
             raise Forbidden("recipients outside this domain: this server does not relay")
-        message = replace(content.message, origin=origin, signed_xml=etree.tostring(signed))
+        message = replace(content.message, origin=origin, signed_xml=_record(signed, verified.cert))
         inbound.append(Inbound(message, recipients))
     if not inbound:
         raise RequestInvalid("Deliver carries no message")
     return Transaction(origin, verified.cert, nonce, inbound)
+
+
+def _record(signed: etree._Element, cert: x509.Certificate) -> bytes:
+    """The signed form as stored: a certificate named by digest is embedded (KeyInfo is
+    outside SignedInfo), so records read as before (compact provenance, IM push)."""
+    record = etree.fromstring(etree.tostring(signed))
+    signature = record.find(q("Signature", DS))
+    if signature is None or not names_certificate_by_digest(signature):
+        return etree.tostring(signed)
+    embed_certificate(signature, cert)
+    return etree.tostring(record)
 
 
 async def deliver(server: Server, root: etree._Element) -> etree._Element:
