@@ -220,6 +220,26 @@ def test_unsigned_legacy_mail_records_dkim_and_spf_none(gateway: Running) -> Non
     assert "DKIM none" in proof.reason and "SPF none" in proof.reason
 
 
+def test_html_only_mail_is_read_as_its_text(gateway: Running) -> None:
+    mail = EmailMessage()
+    mail["From"] = "Dan <dan@example.org>"
+    mail["To"] = "carol@localhost"
+    mail["Subject"] = "Newsletter"
+    mail.set_content(
+        "<html><head><title>T</title><style>p {color: red}</style></head><body>"
+        "<h1>News &amp; notes</h1><p>First   line,<br>second line.</p>"
+        "<script>alert('x')</script><ul><li>one</li><li>two</li></ul></body></html>",
+        subtype="html",
+    )
+    with smtp_client(gateway) as client:
+        client.sendmail("dan@example.org", ["carol@localhost"], mail.as_bytes())
+    carol = gateway.client("carol@localhost")
+    [header] = carol.list_headers().headers
+    body = carol.retrieve(header.id).body
+    assert body == "News & notes\n\nFirst line,\nsecond line.\n\none\n\ntwo\n"
+    assert "alert" not in body and "color" not in body and "<" not in body
+
+
 def test_gateway_refuses_relaying_and_unknown_users_at_rcpt(gateway: Running) -> None:
     with smtp_client(gateway) as client:
         client.ehlo()

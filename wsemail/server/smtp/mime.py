@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.parser import BytesParser
+from html.parser import HTMLParser
 
 from wsemail.errors import RemoteFault, RequestInvalid
 from wsemail.message import (
@@ -131,11 +132,15 @@ def from_mime(data: bytes) -> Incoming:
         cc = _addresses([str(v) for v in mime.get_all("Cc", [])])
         date = _iso_date(str(mime.get("Date", "")))
         message_id = _message_id(str(mime.get("Message-ID", "")))
-        body_part = mime.get_body(preferencelist=("plain",))
+        body_part = mime.get_body(preferencelist=("plain",)) or mime.get_body(
+            preferencelist=("html",)
+        )
         body = ""
         if body_part is not None and isinstance(body_part, EmailMessage):
             content = body_part.get_content()
             body = content if isinstance(content, str) else ""
+            if body_part.get_content_subtype() == "html":  # HTML-only mail: its text
+                body = html_text(body)
         parts = []
         for part in mime.walk():
             if part is body_part or part.is_multipart():
@@ -166,6 +171,51 @@ def from_mime(data: bytes) -> Incoming:
         body=body.replace("\r\n", "\n"),
         parts=parts,
     )
+
+
+_BLOCKS = frozenset(
+    "address blockquote br dd div dl dt h1 h2 h3 h4 h5 h6 hr li ol p pre table tr ul".split()
+)
+_HIDDEN = frozenset({"script", "style", "head", "title", "template"})
+
+
+class _TextOf(HTMLParser):
+    """The readable text of an HTML body: no markup, scripts or styles; a line break at
+    each block element; character references decoded (html.parser resolves no external
+    entities and loads nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _HIDDEN:
+            self.hidden += 1
+        elif tag in _BLOCKS:
+            self.out.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _HIDDEN:
+            self.hidden = max(0, self.hidden - 1)
+        elif tag in _BLOCKS:
+            self.out.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.hidden:
+            self.out.append(" ".join(data.split()) if data.strip() else " ")
+
+
+def html_text(markup: str) -> str:
+    """Plain text for an HTML-only message body."""
+    parser = _TextOf()
+    parser.feed(markup)
+    parser.close()
+    lines = (" ".join(line.split()) for line in "".join(parser.out).split("\n"))
+    text = "\n".join(lines)
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text.strip() + "\n"
 
 
 def _iso_date(value: str) -> str:
