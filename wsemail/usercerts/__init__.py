@@ -22,7 +22,8 @@ from wsemail.usercerts.client import (
     revoke,
     send_encrypted,
 )
-from wsemail.usercerts.directory import Directory, NoCertificate, Published, accept
+from wsemail.usercerts.dircache import Published
+from wsemail.usercerts.directory import Directory, NoCertificate, accept
 from wsemail.usercerts.filecrypt import SealedFile
 from wsemail.usercerts.keystore import UserKey, new_private_key
 from wsemail.usercerts.sealed import ENCRYPTED_SUBJECT, Opened, is_sealed, open_sealed, seal

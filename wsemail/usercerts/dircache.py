@@ -23,14 +23,13 @@ from cryptography.hazmat.primitives import serialization
 
 
 @dataclass(frozen=True)
-class Entry:
-    """A directory answer that was accepted, and until when it may be used."""
+class Published:
+    """What a domain's directory answered for one address (not yet trusted)."""
 
     address: str
     cert: x509.Certificate
     issuer: x509.Certificate
     crls: tuple[x509.CertificateRevocationList, ...]
-    until: float
 
 
 def _pem(item: x509.Certificate | x509.CertificateRevocationList) -> str:
@@ -44,33 +43,33 @@ class DiskCache:
     def _path(self, address: str) -> Path:
         return self.folder / (hashlib.sha256(address.encode("utf-8")).hexdigest() + ".json")
 
-    def load(self, address: str, now: float) -> Entry | None:
-        """What was accepted for `address`, if still within its time; else None."""
+    def load(self, address: str, now: float) -> tuple[Published, float] | None:
+        """What was accepted for `address` and until when, if still within that time."""
         path = self._path(address)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            entry = Entry(
+            entry = Published(
                 address=str(data["address"]),
                 cert=x509.load_pem_x509_certificate(data["cert"].encode("ascii")),
                 issuer=x509.load_pem_x509_certificate(data["issuer"].encode("ascii")),
                 crls=tuple(x509.load_pem_x509_crl(c.encode("ascii")) for c in data["crls"]),
-                until=float(data["until"]),
             )
+            until = float(data["until"])
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             self.drop(address)
             return None
-        if entry.address != address or now >= entry.until:
+        if entry.address != address or now >= until:
             self.drop(address)
             return None
-        return entry
+        return entry, until
 
-    def store(self, entry: Entry) -> None:
+    def store(self, entry: Published, until: float) -> None:
         """Keep an accepted answer (written atomically; a failure only costs a lookup)."""
         data = {
             "address": entry.address,
-            "until": entry.until,
+            "until": until,
             "cert": _pem(entry.cert),
             "issuer": _pem(entry.issuer),
             "crls": [_pem(c) for c in entry.crls],

@@ -36,7 +36,7 @@ from wsemail.errors import (
 from wsemail.message import domain_of, normalize_address
 from wsemail.pki import TrustStore, read_cert
 from wsemail.soap import element, q, text_of, texts_of
-from wsemail.usercerts.dircache import DiskCache, Entry
+from wsemail.usercerts.dircache import DiskCache, Published
 from wsemail.xmlsafe import XmlLimits, parse_untrusted
 
 LIMITS = XmlLimits(max_bytes=1 << 20, max_depth=16, max_elements=1000)
@@ -44,16 +44,6 @@ LIMITS = XmlLimits(max_bytes=1 << 20, max_depth=16, max_elements=1000)
 
 class NoCertificate(NotFound):
     """The recipient publishes no certificate: encrypted mail cannot be sent to them."""
-
-
-@dataclass(frozen=True)
-class Published:
-    """What a domain's directory answered for one address (not yet trusted)."""
-
-    address: str
-    cert: x509.Certificate
-    issuer: x509.Certificate
-    crls: tuple[x509.CertificateRevocationList, ...]
 
 
 @dataclass(frozen=True)
@@ -214,24 +204,22 @@ class Directory:
                     until = min(until, crl.next_update_utc.timestamp())
             until = min(until, published.cert.not_valid_after_utc.timestamp())
             if self._disk is not None:
-                entry = Entry(address, published.cert, published.issuer, published.crls, until)
-                self._disk.store(entry)
+                self._disk.store(published, until)
         self._cache[address] = Accepted(address, published.cert, published.issuer, until)
         self._published[address] = published
         return published.cert
 
     def _from_disk(self, address: str, now: float) -> tuple[Published, float] | None:
         """An answer kept on disk that is still in time AND passes the checks again."""
-        entry = None if self._disk is None else self._disk.load(address, now)
-        if entry is None or self._disk is None:
+        kept = None if self._disk is None else self._disk.load(address, now)
+        if kept is None or self._disk is None:
             return None
-        published = Published(address, entry.cert, entry.issuer, entry.crls)
         try:
-            accept(self.roots, address, published, clock=self._now)
+            accept(self.roots, address, kept[0], clock=self._now)
         except WsemailError:
             self._disk.drop(address)
             return None
-        return published, entry.until
+        return kept
 
     def verify_signer(self, cert: x509.Certificate, issuer: x509.Certificate, address: str) -> None:
         """Accept `cert` (perhaps older than the published one) as `address`'s, with the
