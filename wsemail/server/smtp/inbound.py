@@ -208,12 +208,9 @@ class Gateway:
             return "550 5.7.1 relaying denied: this server takes mail for its own domain only"
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return "452 4.5.3 too many recipients"
-        try:
-            user = await self.server.store.transact(lambda tx: tx.user(address))
-        except StoreError:
-            return "451 4.3.0 temporary local problem, try again later"
-        if user is None:
-            return "550 5.1.1 no such user here"
+        refused = await unknown_local_user(self.server, address)
+        if refused:
+            return refused
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
@@ -371,6 +368,16 @@ async def write_parts(
     except BaseException:
         await discard_parts(store, plugin, guids)
         raise
+
+
+async def unknown_local_user(server: Server, address: str) -> str | None:
+    """The RCPT reply refusing a local `address` that has no account (or a store problem);
+    None when the account exists."""
+    try:
+        user = await server.store.transact(lambda tx: tx.user(address))
+    except StoreError:
+        return "451 4.3.0 temporary local problem, try again later"
+    return None if user is not None else "550 5.1.1 no such user here"
 
 
 async def discard_parts(store: SqliteStore, plugin: OnDemandAttachments, guids: list[str]) -> None:

@@ -52,7 +52,12 @@ from wsemail.server.attachments import records
 from wsemail.server.attachments.plugin import MAX_PER_MESSAGE
 from wsemail.server.operations import send
 from wsemail.server.pipeline import Environment
-from wsemail.server.smtp.inbound import discard_parts, loaded_attachments, write_parts
+from wsemail.server.smtp.inbound import (
+    discard_parts,
+    loaded_attachments,
+    unknown_local_user,
+    write_parts,
+)
 from wsemail.server.smtp.mime import Incoming, from_mime
 from wsemail.server.store import Tx, UserRecord
 from wsemail.soap import q
@@ -256,12 +261,9 @@ class Submission:
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return "452 4.5.3 too many recipients"
         if domain_of(address) == self.domain:
-            try:
-                user = await self.server.store.transact(lambda tx: tx.user(address))
-            except StoreError:
-                return "451 4.3.0 temporary local problem, try again later"
-            if user is None:
-                return "550 5.1.1 no such user here"
+            refused = await unknown_local_user(self.server, address)
+            if refused:
+                return refused
         if address not in envelope.rcpt_tos:
             envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
