@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from test_attachments import file_sha, make_file, newest  # noqa: E402
 
+from wsemail.core.routing import StaticResolver  # noqa: E402
 from wsemail.pki import create_root, write_crl  # noqa: E402
-from wsemail.server.routing import StaticResolver  # noqa: E402
 
 
 def main() -> None:

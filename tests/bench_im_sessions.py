@@ -36,12 +36,12 @@ from pathlib import Path
 
 from lxml import etree
 
-from wsemail.auth import Credentials, derive_key
-from wsemail.client import Client
-from wsemail.errors import WsemailError
-from wsemail.im_client import InstantMessenger
+from wsemail.client.im import InstantMessenger
+from wsemail.client.mail import Client
+from wsemail.protocol.auth import Credentials, derive_key
+from wsemail.protocol.errors import WsemailError
+from wsemail.protocol.soap import q, text_of
 from wsemail.server.store import SqliteStore
-from wsemail.soap import q, text_of
 
 PASSWORD = "correct horse battery"
 SENDER = "sender@localhost"

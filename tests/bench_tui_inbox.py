@@ -40,7 +40,7 @@ def free_port() -> int:
 
 def fill(url: str, count: int) -> float:
     """`count` messages from bob to alice; returns the seconds it took."""
-    from wsemail.client import Client
+    from wsemail.client.mail import Client
 
     done = 0
     lock = threading.Lock()
@@ -149,7 +149,7 @@ def main() -> None:
         )
         url = f"http://127.0.0.1:{port}/wsemail"
         try:
-            from wsemail.client import Client
+            from wsemail.client.mail import Client
 
             deadline = time.monotonic() + 30
             while True:

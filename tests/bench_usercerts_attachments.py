@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_attachments import file_sha, make_file  # noqa: E402
 from test_usercerts import two_domains  # noqa: E402
 
-from wsemail.attachments_client import Attachments  # noqa: E402
-from wsemail.usercerts import fetch_encrypted, open_listing, send_encrypted  # noqa: E402
+from wsemail.client.attachments import Attachments  # noqa: E402
+from wsemail.client.usercerts import fetch_encrypted, open_listing, send_encrypted  # noqa: E402
 
 
 def main() -> None:

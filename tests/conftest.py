@@ -15,12 +15,12 @@ import httpx
 import pytest
 from lxml import etree
 
-from wsemail.auth import Credentials, derive_key
-from wsemail.client import Client
+from wsemail.client.mail import Client
+from wsemail.protocol.auth import Credentials, derive_key
+from wsemail.protocol.soap import SOAP, WSEMAIL
 from wsemail.server.accounts import set_user
 from wsemail.server.config import ServerConfig
 from wsemail.server.controller import ServerController
-from wsemail.soap import SOAP, WSEMAIL
 
 PASSWORD = "correct horse battery"
 USERS = ("alice@localhost", "bob@localhost", "carol@localhost")

@@ -6,8 +6,9 @@ from dataclasses import replace
 
 from lxml import etree
 
-from wsemail.errors import Rejected
-from wsemail.message import Message
+from wsemail.protocol.errors import Rejected
+from wsemail.protocol.message import Message
+from wsemail.protocol.soap import q
 from wsemail.server.pipeline import (
     DeliveryProcessor,
     Environment,
@@ -15,7 +16,6 @@ from wsemail.server.pipeline import (
     SendingProcessor,
     Verdict,
 )
-from wsemail.soap import q
 
 
 class NoSpam(SendingProcessor):

@@ -24,14 +24,20 @@ from cryptography.x509.oid import NameOID
 from lxml import etree
 from test_federation import start_domain
 
-from wsemail import soap
-from wsemail.attachments_client import Attachments, Token, fetch_request, safe_file_name
-from wsemail.client import Client
-from wsemail.errors import Forbidden, RemoteFault, RequestInvalid, SignatureInvalid, UsageError
-from wsemail.message import AttachmentRef
+from wsemail.client.attachments import Attachments, Token, fetch_request, safe_file_name
+from wsemail.client.mail import Client
+from wsemail.core.routing import StaticResolver
 from wsemail.pki import ServerIdentity, create_root, issue_server, write_crl
-from wsemail.server.routing import StaticResolver
-from wsemail.soap import q
+from wsemail.protocol import soap
+from wsemail.protocol.errors import (
+    Forbidden,
+    RemoteFault,
+    RequestInvalid,
+    SignatureInvalid,
+    UsageError,
+)
+from wsemail.protocol.message import AttachmentRef
+from wsemail.protocol.soap import q
 
 from conftest import PASSWORD, Running, fault_subcode, wait_for, wsemail_binary
 

@@ -25,16 +25,16 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from lxml import etree
 from test_federation import start_domain
 
-from wsemail import soap
-from wsemail.attachments_client import Attachments, fetch_request
-from wsemail.auth import timestamp
-from wsemail.dsig import Signer, add_timestamp
-from wsemail.errors import WsemailError
-from wsemail.message import AttachmentRef, Message
+from wsemail.client.attachments import Attachments, fetch_request
+from wsemail.core.provenance import signed_form
+from wsemail.core.routing import StaticResolver
 from wsemail.pki import ServerIdentity, create_root, issue_server, write_crl
-from wsemail.provenance import signed_form
-from wsemail.server.routing import StaticResolver
-from wsemail.soap import WSSE, WSU, element, q
+from wsemail.protocol import soap
+from wsemail.protocol.auth import timestamp
+from wsemail.protocol.dsig import Signer, add_timestamp
+from wsemail.protocol.errors import WsemailError
+from wsemail.protocol.message import AttachmentRef, Message
+from wsemail.protocol.soap import WSSE, WSU, element, q
 
 from conftest import PASSWORD, Running
 
@@ -192,7 +192,7 @@ class AttachmentProtocol(RuleBasedStateMachine):
         address = data.draw(st.sampled_from(["bob@b.test", "mallory@c.test"]))
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        from wsemail.attachments_client import Token
+        from wsemail.client.attachments import Token
 
         key = ec.generate_private_key(ec.SECP256R1())
         try:

@@ -13,9 +13,9 @@ import pytest
 from lxml import etree
 from test_usercerts import Fed, two_domains
 
-from wsemail import soap
-from wsemail.soap import q
-from wsemail.usercerts import CertificateClient
+from wsemail.client.usercerts import CertificateClient
+from wsemail.protocol import soap
+from wsemail.protocol.soap import q
 
 from conftest import Running, fault_subcode
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from wsemail.errors import UsageError
+from wsemail.protocol.errors import UsageError
 from wsemail.server.config import ServerConfig, load_config
 from wsemail.server.pipeline import PluginSpec
 

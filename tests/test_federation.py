@@ -17,12 +17,12 @@ import httpx
 import pytest
 from lxml import etree
 
-from wsemail import soap
-from wsemail.errors import RevocationUnavailable
+from wsemail.core.routing import StaticResolver
 from wsemail.pki import create_root, issue_server, list_issued, revoke, write_crl
-from wsemail.server.routing import StaticResolver
+from wsemail.protocol import soap
+from wsemail.protocol.errors import RevocationUnavailable
+from wsemail.protocol.soap import SOAP, q
 from wsemail.server.store import QueueRow
-from wsemail.soap import SOAP, q
 
 from conftest import PASSWORD, Running, fault_subcode, inbox, start_server, wait_for, wsemail_binary
 
@@ -143,7 +143,7 @@ def test_messages_for_one_domain_travel_in_one_transaction(fed: Federation) -> N
 
 def _transaction(fed: Federation, recipients: list[str], subject: str = "crafted") -> bytes:
     """A Deliver a.test's relay would send, without sending it."""
-    from wsemail.message import Message
+    from wsemail.protocol.message import Message
 
     message = Message(
         id="",
@@ -277,7 +277,7 @@ def test_a_transaction_for_another_domain_is_refused(fed: Federation) -> None:
 
 def test_a_server_may_not_sign_for_another_domains_sender(fed: Federation) -> None:
     before = stored(fed.b)
-    from wsemail.message import Message
+    from wsemail.protocol.message import Message
 
     relay = fed.a.controller.server.relay
     assert relay is not None
@@ -313,8 +313,8 @@ def test_a_server_from_an_untrusted_root_is_refused(fed: Federation, tmp_path: P
     create_root(rogue_ca)
     write_crl(rogue_ca)
     issue_server(rogue_ca, "a.test", tmp_path / "rogue-a")
-    from wsemail.dsig import Signer
     from wsemail.pki import ServerIdentity
+    from wsemail.protocol.dsig import Signer
 
     identity = ServerIdentity.load(tmp_path / "rogue-a")
     federation = fed.a.controller.server.federation
@@ -455,7 +455,7 @@ def _resign(
     from signxml.algorithms import SignatureConstructionMethod
     from signxml.signer import XMLSigner
 
-    from wsemail.dsig import DS, EXC_C14N, WSU_ID
+    from wsemail.protocol.dsig import DS, EXC_C14N, WSU_ID
 
     identity = fed.a.controller.server.federation.identity  # type: ignore[union-attr]
     root = etree.fromstring(data)
@@ -490,7 +490,7 @@ def test_a_forged_body_reusing_the_signed_id_under_another_attribute_is_refused(
     root = etree.fromstring(_transaction(fed, ["bob@b.test"]))
     body = root.find(q("Body", SOAP))
     assert body is not None
-    from wsemail.dsig import WSU_ID
+    from wsemail.protocol.dsig import WSU_ID
 
     forged = copy.deepcopy(body)
     del forged.attrib[WSU_ID]

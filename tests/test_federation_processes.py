@@ -158,7 +158,7 @@ def test_two_domains_set_up_with_the_cli_exchange_signed_mail(tmp_path: Path) ->
 def test_sender_killed_mid_delivery_delivers_each_message_once_after_restart(
     tmp_path: Path,
 ) -> None:
-    from wsemail.client import Client
+    from wsemail.client.mail import Client
 
     ca = tmp_path / "ca"
     run("ca", "init", "--ca-dir", str(ca))

@@ -17,26 +17,18 @@ import pytest
 from lxml import etree
 from test_federation import start_domain
 
-from wsemail.attachments_client import Attachments, Token
-from wsemail.client import Client
-from wsemail.errors import PluginError, UsageError
-from wsemail.forms import (
-    FormDocument,
-    FormError,
-    FormInvalid,
-    Step,
-    approvals,
-    installed_forms,
-    wheels,
-    workflow,
-)
-from wsemail.forms.loader import load
-from wsemail.message import Draft
+from wsemail.client.attachments import Attachments, Token
+from wsemail.client.forms import installed_forms, workflow
+from wsemail.client.forms.loader import load
+from wsemail.client.mail import Client
+from wsemail.core.forms import FormDocument, FormError, FormInvalid, Step, approvals, wheels
 from wsemail.pki import create_root, read_cert, write_crl
+from wsemail.protocol.errors import PluginError, UsageError
+from wsemail.protocol.message import Draft
+from wsemail.protocol.soap import element, q
 from wsemail.server.accounts import set_user
 from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.pipeline import PluginSpec
-from wsemail.soap import element, q
 
 from conftest import PASSWORD, Running
 

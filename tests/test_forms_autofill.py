@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from test_federation import Federation, start_domain
 
-from wsemail.attachments_client import Attachments, Token
-from wsemail.client import Client
-from wsemail.errors import RemoteFault, RequestInvalid
-from wsemail.forms import workflow
+from wsemail.client.attachments import Attachments, Token
+from wsemail.client.forms import workflow
+from wsemail.client.mail import Client
 from wsemail.pki import create_root, write_crl
+from wsemail.protocol.errors import RemoteFault, RequestInvalid
+from wsemail.protocol.soap import q
 from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.pipeline import PluginSpec
-from wsemail.soap import q
 
 ALICE = {"employee": "Kevin Lux", "employee_id": "abc123"}
 CAROL_B = {"employee": "Carol of b", "employee_id": "b-9"}

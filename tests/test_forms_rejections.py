@@ -22,7 +22,7 @@ from lxml import etree
 from test_federation import Federation, start_domain
 from test_forms_workflow import World, dist  # noqa: F401  (dist: a fixture)
 
-from wsemail.forms import FormDocument, wheels
+from wsemail.core.forms import FormDocument, wheels
 from wsemail.pki import create_root, write_crl
 from wsemail.server.accounts import set_user
 

@@ -22,9 +22,9 @@ import pytest
 from test_federation import start_domain
 from test_forms import ITEMS_500, Domain, built, requisition  # noqa: F401  (built: a fixture)
 
-from wsemail.errors import PluginError
-from wsemail.forms import workflow
+from wsemail.client.forms import workflow
 from wsemail.pki import create_root, issue_server, write_crl
+from wsemail.protocol.errors import PluginError
 from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.forms.webhook import HEADER, retry_after
 from wsemail.server.pipeline import PluginSpec

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_federation import Federation, start_domain
 
-from wsemail.forms import wheels
+from wsemail.core.forms import wheels
 from wsemail.pki import create_root, write_crl
 from wsemail.server.accounts import set_user
 from wsemail.server.config import DEFAULT_PLUGINS

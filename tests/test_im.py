@@ -19,14 +19,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from test_federation import start_domain
 
-from wsemail.attachments_client import Token
-from wsemail.errors import Rejected, RequestInvalid
-from wsemail.im_client import Incoming, InstantMessenger, Stream, direct_request
-from wsemail.message import Draft
+from wsemail.client.attachments import Token
+from wsemail.client.im import Incoming, InstantMessenger, Stream, direct_request
+from wsemail.core.routing import StaticResolver
 from wsemail.pki import ServerIdentity, create_root, issue_server, write_crl
+from wsemail.protocol.errors import Rejected, RequestInvalid
+from wsemail.protocol.message import Draft
 from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.pipeline import PluginSpec
-from wsemail.server.routing import StaticResolver
 
 from conftest import PASSWORD, Running, inbox, wait_for
 
@@ -221,7 +221,7 @@ def test_bad_flags_and_bad_stream_tickets_are_refused(fed: Fed) -> None:
     before = fed.a.stored()[0]
     from lxml import etree
 
-    from wsemail.soap import element, q
+    from wsemail.protocol.soap import element, q
 
     op = etree.Element(q("Send"))
     Draft(["carol@a.test"], "x", "y").to_xml(op)
@@ -249,7 +249,7 @@ def test_bad_flags_and_bad_stream_tickets_are_refused(fed: Fed) -> None:
 
 
 def _token(fed: Fed, running: Running, user: str) -> Token:
-    from wsemail.attachments_client import Attachments
+    from wsemail.client.attachments import Attachments
 
     return Attachments(running.client(user)).token()
 
@@ -386,7 +386,7 @@ def test_stop_is_prompt_with_keep_alive_peers_and_push_streams_and_loses_no_answ
     import sqlite3
     import time
 
-    from wsemail.errors import WsemailError
+    from wsemail.protocol.errors import WsemailError
 
     ca = tmp_path / "ca"
     create_root(ca)

@@ -14,9 +14,9 @@ import subprocess
 import test_im
 from test_im import Fed, stored_for
 
-from wsemail.im_client import direct_request
-from wsemail.message import Draft
-from wsemail.provenance import direct_record
+from wsemail.client.im import direct_request
+from wsemail.core.provenance import direct_record
+from wsemail.protocol.message import Draft
 from wsemail.server.store import Tx
 
 from conftest import PASSWORD, Running, wait_for, wsemail_binary

@@ -51,7 +51,7 @@ def test_local_offline_im_keeps_its_flag_in_list_and_retrieve(server: Running, c
 def test_delete_if_undeliverable_flag_is_stored_with_the_copy(server: Running) -> None:
     """A sent copy of an IM with "delete if undeliverable" keeps both flags (the recipient
     has a session, so it is pushed, never kept: the flag shows on the sender's side)."""
-    from wsemail.im_client import InstantMessenger
+    from wsemail.client.im import InstantMessenger
 
     carol = InstantMessenger(server.client("carol@localhost"))
     stream = carol.listen()

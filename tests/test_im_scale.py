@@ -17,12 +17,12 @@ import httpx
 import pytest
 from lxml import etree
 
-from wsemail.errors import LimitExceeded, PluginError, ServerBusy
-from wsemail.im_client import InstantMessenger, Stream
+from wsemail.client.im import InstantMessenger, Stream
+from wsemail.protocol.errors import LimitExceeded, PluginError, ServerBusy
+from wsemail.protocol.soap import q, text_of
 from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.im.plugin import InstantMessaging
 from wsemail.server.pipeline import PluginSpec
-from wsemail.soap import q, text_of
 
 from conftest import Running, fault_subcode, inbox, start_server, wait_for
 

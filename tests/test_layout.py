@@ -45,7 +45,7 @@ def test_wsdl_is_served_and_names_every_operation(server) -> None:  # type: igno
 
 
 def test_every_fault_subcode_maps_back_to_one_class() -> None:
-    from wsemail.errors import RemoteFault, fault_classes
+    from wsemail.protocol.errors import RemoteFault, fault_classes
 
     seen: dict[str, type[RemoteFault]] = {}
     pending: list[type[RemoteFault]] = [RemoteFault]

@@ -16,7 +16,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
 from wsemail.cli.ca import app as ca_app
-from wsemail.errors import RevocationUnavailable, SignatureInvalid, UntrustedSigner, UsageError
 from wsemail.pki import (
     WSEMAIL_SERVER_ROLE,
     WSEMAIL_USER_ROLE,
@@ -33,6 +32,12 @@ from wsemail.pki import (
 )
 from wsemail.pki._common import read_key
 from wsemail.pki.authority import ROOT_KEY
+from wsemail.protocol.errors import (
+    RevocationUnavailable,
+    SignatureInvalid,
+    UntrustedSigner,
+    UsageError,
+)
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from wsemail.errors import MessageTooLarge, PluginError, Rejected, RelayDenied
+from wsemail.protocol.errors import MessageTooLarge, PluginError, Rejected, RelayDenied
+from wsemail.protocol.soap import q
 from wsemail.server import pipeline
 from wsemail.server.pipeline import INTERFACES, Pipeline, PluginSpec
-from wsemail.soap import q
 
 from conftest import ADMIN, Cli, Running, start_server
 
@@ -168,7 +168,7 @@ def test_processor_rejection_keeps_the_server_serving(server: Running) -> None:
 def test_extension_requests_are_dispatched_by_name_and_refused_otherwise(
     server: Running,
 ) -> None:
-    from wsemail.errors import RequestInvalid as Invalid
+    from wsemail.protocol.errors import RequestInvalid as Invalid
 
     alice = server.client()
     assert alice.extension("im", etree.Element(q("Who"))) is not None

@@ -18,11 +18,11 @@ from cryptography.hazmat.primitives import serialization
 from lxml import etree
 from test_federation import Federation, start_domain
 
-from wsemail.client import Client
-from wsemail.dsig import DSIG11
-from wsemail.message import Message
+from wsemail.client.mail import Client
 from wsemail.pki import create_root, issue_server, write_crl
-from wsemail.soap import q
+from wsemail.protocol.dsig import DSIG11
+from wsemail.protocol.message import Message
+from wsemail.protocol.soap import q
 
 from conftest import PASSWORD, Running, inbox, wait_for
 

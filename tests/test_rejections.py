@@ -12,9 +12,9 @@ import httpx
 import pytest
 from lxml import etree
 
-from wsemail import soap
-from wsemail.auth import Credentials
-from wsemail.soap import WSSE, q
+from wsemail.protocol import soap
+from wsemail.protocol.auth import Credentials
+from wsemail.protocol.soap import WSSE, q
 
 from conftest import PASSWORD, Running, fault_subcode, start_server
 

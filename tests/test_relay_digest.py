@@ -17,14 +17,14 @@ from cryptography.hazmat.primitives import serialization
 from lxml import etree
 from test_federation import Federation, assert_refused, post, start_domain, stored
 
-from wsemail import soap
-from wsemail.dsig import DS, DSIG11, Signer, cert_digest, reference_certificate
-from wsemail.message import Message
 from wsemail.pki import ServerIdentity, create_root, issue_server, write_crl
+from wsemail.protocol import soap
+from wsemail.protocol.dsig import DS, DSIG11, Signer, cert_digest, reference_certificate
+from wsemail.protocol.message import Message
+from wsemail.protocol.soap import SOAP, WSSE, q
 from wsemail.server.federation import Federation as ServerFederation
 from wsemail.server.relay import Relay
 from wsemail.server.store import QueueRow
-from wsemail.soap import SOAP, WSSE, q
 
 from conftest import Running, inbox, wait_for
 

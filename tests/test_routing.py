@@ -19,8 +19,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from wsemail.errors import NoRoute, RoutingError, UsageError
-from wsemail.server.routing import (
+from wsemail.core.routing import (
     ChainResolver,
     Resolver,
     SrvResolver,
@@ -28,6 +27,7 @@ from wsemail.server.routing import (
     Target,
     build_resolver,
 )
+from wsemail.protocol.errors import NoRoute, RoutingError, UsageError
 
 TTL = 30
 AUTH_TTL = 40

@@ -17,16 +17,21 @@ import httpx
 import pytest
 from lxml import etree
 
-from wsemail import soap
-from wsemail.auth import IN_RESPONSE_TO
-from wsemail.client import Client
-from wsemail.dsig import DS, Signer, add_timestamp, verify_element, verify_envelope
-from wsemail.errors import MessageExpired, ReplayDetected, SignatureInvalid, UntrustedSigner
-from wsemail.message import Message
+from wsemail.client.mail import Client
+from wsemail.core.provenance import signed_form
 from wsemail.pki import ServerIdentity, issue_server, list_issued, revoke, write_crl
-from wsemail.provenance import signed_form
+from wsemail.protocol import soap
+from wsemail.protocol.auth import IN_RESPONSE_TO
+from wsemail.protocol.dsig import DS, Signer, add_timestamp, verify_element, verify_envelope
+from wsemail.protocol.errors import (
+    MessageExpired,
+    ReplayDetected,
+    SignatureInvalid,
+    UntrustedSigner,
+)
+from wsemail.protocol.message import Message
+from wsemail.protocol.soap import SOAP, WSSE, WSU, q
 from wsemail.server.security import AnswerBinding, signed_answer
-from wsemail.soap import SOAP, WSSE, WSU, q
 
 from conftest import PASSWORD, Cli, Running, wsemail_binary
 

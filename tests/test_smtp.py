@@ -23,17 +23,17 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from lxml import etree
 from typer.testing import CliRunner
 
-from wsemail.attachments_client import Attachments
 from wsemail.cli import domain as domain_cli
-from wsemail.client import Client
-from wsemail.message import AttachmentRef, attachment_refs
+from wsemail.client.attachments import Attachments
+from wsemail.client.mail import Client
+from wsemail.core.routing import StaticResolver
+from wsemail.protocol.message import AttachmentRef, attachment_refs
+from wsemail.protocol.soap import element, q
 from wsemail.server.attachments import OnDemandAttachments
 from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.pipeline import PluginSpec
-from wsemail.server.routing import StaticResolver
 from wsemail.server.smtp import dkim_keys
 from wsemail.server.smtp.plugins import SmtpInbound
-from wsemail.soap import element, q
 
 from certs import make_tls_files
 from conftest import Cli, Running, start_server, wait_for
@@ -598,7 +598,7 @@ def test_serve_smtp_port_accepts_internet_mail_for_local_users(tmp_path: Path) -
 
     from test_federation_processes import free_port
 
-    from wsemail.client import Client
+    from wsemail.client.mail import Client
 
     from conftest import PASSWORD, wsemail_binary
 

@@ -26,9 +26,9 @@ from test_smtp import Sink, attachments_plugin, sink
 
 __all__ = ["sink"]  # the legacy SMTP server fixture, shared with test_smtp
 
-from wsemail.attachments_client import Attachments
-from wsemail.errors import PluginError, RateLimited
+from wsemail.client.attachments import Attachments
 from wsemail.pki import create_root, write_crl
+from wsemail.protocol.errors import PluginError, RateLimited
 from wsemail.server.accounts import set_user
 from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.pipeline import PluginSpec

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from wsemail.errors import UsageError
-from wsemail.testbed import OPS, Options, parse_mix, run_testbed
+from wsemail.bench.testbed import OPS, Options, parse_mix, run_testbed
+from wsemail.protocol.errors import UsageError
 
 from conftest import wsemail_binary
 

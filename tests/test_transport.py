@@ -14,8 +14,8 @@ from zeep import Client as ZeepClient
 from zeep.transports import Transport
 from zeep.wsse.username import UsernameToken
 
-from wsemail.client import Client
-from wsemail.errors import TransportError
+from wsemail.client.mail import Client
+from wsemail.protocol.errors import TransportError
 
 from certs import make_tls_files
 from conftest import PASSWORD, fault_subcode, start_server, wsemail_binary

@@ -24,20 +24,8 @@ from cryptography.x509.oid import NameOID
 from lxml import etree
 from test_federation import start_domain
 
-from wsemail.client import Client
-from wsemail.errors import (
-    MessageExpired,
-    RevocationUnavailable,
-    SignatureInvalid,
-    UntrustedSigner,
-    UsageError,
-)
-from wsemail.message import Message
-from wsemail.pki import ServerIdentity, create_root, write_crl
-from wsemail.server.config import DEFAULT_PLUGINS
-from wsemail.server.store import Tx
-from wsemail.soap import q
-from wsemail.usercerts import (
+from wsemail.client.mail import Client
+from wsemail.client.usercerts import (
     CertificateClient,
     Directory,
     NoCertificate,
@@ -51,8 +39,20 @@ from wsemail.usercerts import (
     revoke,
     send_encrypted,
 )
-from wsemail.usercerts.sealed import Envelope, seal
-from wsemail.usercerts.xmlenc import KeyPair, decrypt_element, encrypt_element
+from wsemail.client.usercerts.sealed import Envelope, seal
+from wsemail.client.usercerts.xmlenc import KeyPair, decrypt_element, encrypt_element
+from wsemail.pki import ServerIdentity, create_root, write_crl
+from wsemail.protocol.errors import (
+    MessageExpired,
+    RevocationUnavailable,
+    SignatureInvalid,
+    UntrustedSigner,
+    UsageError,
+)
+from wsemail.protocol.message import Message
+from wsemail.protocol.soap import q
+from wsemail.server.config import DEFAULT_PLUGINS
+from wsemail.server.store import Tx
 
 from conftest import Running, fault_subcode, wait_for
 

@@ -17,9 +17,8 @@ import pytest
 from lxml import etree
 from test_usercerts import BODY, SUBJECT, Fed, db_bytes, two_domains
 
-from wsemail.attachments_client import Attachments
-from wsemail.errors import Forbidden, SignatureInvalid, UsageError, WsemailError
-from wsemail.usercerts import (
+from wsemail.client.attachments import Attachments
+from wsemail.client.usercerts import (
     Directory,
     EncryptedAttachment,
     UserKey,
@@ -28,7 +27,8 @@ from wsemail.usercerts import (
     open_sealed,
     send_encrypted,
 )
-from wsemail.usercerts.filecrypt import CHUNK, HEADER, TAG, decrypt_file, encrypted_size
+from wsemail.client.usercerts.filecrypt import CHUNK, HEADER, TAG, decrypt_file, encrypted_size
+from wsemail.protocol.errors import Forbidden, SignatureInvalid, UsageError, WsemailError
 
 from conftest import Running, wait_for
 
@@ -176,8 +176,8 @@ def test_altered_cut_or_reordered_ciphertext_is_refused_leaving_nothing(
         fetch_encrypted(bob, item, downloads / FILE_NAME)
     assert _leftovers(downloads) == []
     # a server reference that is not the sealed one (other ciphertext, re-signed)
-    from wsemail.usercerts.attachments import pair
-    from wsemail.usercerts.sealed import Opened
+    from wsemail.client.usercerts.attachments import pair
+    from wsemail.client.usercerts.sealed import Opened
 
     forged = dataclasses.replace(item.ref, sha256=hashlib.sha256(b"other").hexdigest())
     opened = Opened("", "", True, "alice@a.test", (item.file,))

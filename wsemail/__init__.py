@@ -7,7 +7,7 @@ in `wsemail.server`, the command line in `wsemail.cli`, the terminal UI in `wsem
 from __future__ import annotations
 
 from wsemail.client import Client, Page, SendResult
-from wsemail.errors import (
+from wsemail.protocol.errors import (
     AuthenticationFailed,
     NotFound,
     Rejected,
@@ -16,7 +16,7 @@ from wsemail.errors import (
     UsageError,
     WsemailError,
 )
-from wsemail.message import Draft, Message, MessageHeader
+from wsemail.protocol.message import Draft, Message, MessageHeader
 
 __all__ = [
     "AuthenticationFailed",

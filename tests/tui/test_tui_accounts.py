@@ -18,8 +18,8 @@ from textual.widgets import Checkbox, Input, Label, OptionList, Select
 from textual.widgets._footer import FooterKey
 from tui_helpers import wait_for
 
-from wsemail.cli import session
-from wsemail.errors import WsemailError
+from wsemail.client import session
+from wsemail.protocol.errors import WsemailError
 from wsemail.tui.app import WsemailApp, saved_choices
 from wsemail.tui.screens.choose import ChooseScreen
 from wsemail.tui.screens.help import HelpScreen

@@ -23,7 +23,7 @@ from textual.widgets import Checkbox, OptionList
 from textual.widgets._footer import FooterKey
 from tui_helpers import make_app, wait_for
 
-from wsemail.forms import workflow
+from wsemail.client.forms import workflow
 from wsemail.tui.app import WsemailApp
 from wsemail.tui.formscreen import FormFillScreen
 from wsemail.tui.screens.choose import ChooseScreen

@@ -22,16 +22,17 @@ from textual.app import App
 from textual.widgets import Input, Label, Static
 from tui_helpers import make_app, wait_for
 
-from wsemail.attachments_client import Attachments
-from wsemail.client import Client
-from wsemail.forms import Field, FormPlugin, Step, approvals, wheels, workflow
-from wsemail.forms.loader import load
-from wsemail.message import Draft
+from wsemail.client.attachments import Attachments
+from wsemail.client.forms import workflow
+from wsemail.client.forms.loader import load
+from wsemail.client.mail import Client
+from wsemail.core.forms import Field, FormPlugin, Step, approvals, wheels
 from wsemail.pki import create_root, write_crl
+from wsemail.protocol.message import Draft
+from wsemail.protocol.soap import element, q
 from wsemail.server.accounts import set_user
 from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.pipeline import PluginSpec
-from wsemail.soap import element, q
 from wsemail.tui.app import WsemailApp
 from wsemail.tui.formscreen import FormFillScreen, shown_screen
 from wsemail.tui.formview import show_form

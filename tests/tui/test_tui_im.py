@@ -12,7 +12,7 @@ import pytest
 from textual.widgets import Checkbox, Input, TextArea
 from tui_helpers import make_app, wait_for
 
-from wsemail.im_client import Incoming, InstantMessenger, Stream
+from wsemail.client.im import Incoming, InstantMessenger, Stream
 from wsemail.tui.app import WsemailApp
 from wsemail.tui.screens.chat import ChatScreen
 from wsemail.tui.screens.compose import ComposeScreen

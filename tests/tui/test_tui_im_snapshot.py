@@ -14,7 +14,7 @@ from test_tui_snapshots import frozen, steady  # noqa: E402, F401  (the fixture)
 from textual.pilot import Pilot  # noqa: E402
 from tui_helpers import make_app, wait_for  # noqa: E402
 
-from wsemail.im_client import InstantMessenger  # noqa: E402
+from wsemail.client.im import InstantMessenger  # noqa: E402
 from wsemail.tui.screens.chat import ChatScreen  # noqa: E402
 from wsemail.tui.screens.inbox import InboxScreen  # noqa: E402
 

@@ -267,7 +267,7 @@ async def test_help_lists_the_keys_of_the_screen(server: Running) -> None:
 async def test_message_lists_attachments_and_fetches_them_with_progress(
     server: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from wsemail.attachments_client import Attachments
+    from wsemail.client.attachments import Attachments
 
     source = tmp_path / "minutes.txt"
     source.write_bytes(b"minutes of the meeting\n" * 5000)
@@ -291,7 +291,7 @@ async def test_message_lists_attachments_and_fetches_them_with_progress(
 async def test_compose_attaches_files_that_stay_on_the_server(
     server: Running, tmp_path: Path
 ) -> None:
-    from wsemail.attachments_client import Attachments
+    from wsemail.client.attachments import Attachments
 
     report = tmp_path / "report.csv"
     report.write_text("a,b\n1,2\n")

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from wsemail.client import Page
-from wsemail.errors import AuthenticationFailed, RequestInvalid
-from wsemail.message import Message, MessageHeader
+from wsemail.client.mail import Page
+from wsemail.protocol.errors import AuthenticationFailed, RequestInvalid
+from wsemail.protocol.message import Message, MessageHeader
 from wsemail.tui import drafts
 from wsemail.tui.delivery import DirectOutcome, Options, e2e_line
 from wsemail.tui.feedback import describe

@@ -17,7 +17,7 @@ from textual.pilot import Pilot  # noqa: E402
 from tui_domains import Two, two  # noqa: E402, F401  (the fixture)
 from tui_helpers import wait_for  # noqa: E402
 
-from wsemail.im_client import InstantMessenger, PartyLine  # noqa: E402
+from wsemail.client.im import InstantMessenger, PartyLine  # noqa: E402
 from wsemail.server.im import channel as server_channel  # noqa: E402
 from wsemail.tui.screens import channel as channel_screen  # noqa: E402
 from wsemail.tui.screens.channel import ChannelScreen  # noqa: E402

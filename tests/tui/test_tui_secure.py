@@ -15,7 +15,7 @@ from textual.widgets import Checkbox, Input, TextArea
 from tui_domains import Two, two  # noqa: F401  (the fixture)
 from tui_helpers import wait_for
 
-from wsemail.im_client import Incoming, InstantMessenger
+from wsemail.client.im import Incoming, InstantMessenger
 from wsemail.tui.app import WsemailApp
 from wsemail.tui.screens.compose import ComposeScreen
 from wsemail.tui.screens.inbox import InboxScreen

@@ -11,11 +11,11 @@ import pytest
 from test_federation import Federation, start_domain
 from tui_helpers import make_app
 
-from wsemail.client import Client
+from wsemail.client.mail import Client
+from wsemail.client.usercerts import keystore, new_private_key, request_certificate
 from wsemail.pki import create_root, write_crl
 from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.tui.app import WsemailApp
-from wsemail.usercerts import keystore, new_private_key, request_certificate
 
 from conftest import PASSWORD, Running
 

@@ -27,11 +27,11 @@ from wsemail.cli import (
     mail,
     plugins,
     serve,
-    session,
     tui,
     users,
 )
-from wsemail.errors import WsemailError
+from wsemail.client import session
+from wsemail.protocol.errors import WsemailError
 
 app = typer.Typer(
     name="wsemail",

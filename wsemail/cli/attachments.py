@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from wsemail.cli import session
-from wsemail.errors import UsageError, WsemailError
-from wsemail.message import AttachmentRef
+from wsemail.client import session
+from wsemail.protocol.errors import UsageError, WsemailError
+from wsemail.protocol.message import AttachmentRef
 
 if TYPE_CHECKING:
-    from wsemail.attachments_client import Listing
-    from wsemail.client import Client
-    from wsemail.usercerts import EncryptedAttachment
+    from wsemail.client.attachments import Listing
+    from wsemail.client.mail import Client
+    from wsemail.client.usercerts import EncryptedAttachment
 
 ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")
 UserOpt = typer.Option(None, "--user", help="your address (or WSEMAIL_USER)")
@@ -73,9 +73,9 @@ def attachments(
     user: str | None = UserOpt,
 ) -> None:
     """List a message's on-demand attachments (or their fetch log with --audit)."""
-    from wsemail.attachments_client import Attachments
-    from wsemail.cli.keys import open_attachments
-    from wsemail.soap import q, text_of
+    from wsemail.client.attachments import Attachments
+    from wsemail.client.usercerts.device import open_attachments
+    from wsemail.protocol.soap import q, text_of
 
     with session.open_client(server, user) as client:
         box = Attachments(client)
@@ -139,7 +139,7 @@ def attachments(
 def _names(client: Client, listing: Listing) -> dict[str, str]:
     """GUID → the name to show: for encrypted mail the sealed name if the key on this
     device opens it (else the server's neutral one, with the GUID still usable)."""
-    from wsemail.cli.keys import open_attachments
+    from wsemail.client.usercerts.device import open_attachments
 
     try:
         opened = open_attachments(client, listing) or []
@@ -158,8 +158,8 @@ def fetch(
     """Fetch a message's on-demand attachments with a federated identity; each one is
     checked against the SHA-256 its sending server signed (resumes a partial download);
     those of encrypted mail are then decrypted, every chunk authenticated."""
-    from wsemail.attachments_client import Attachments
-    from wsemail.cli.keys import open_attachments
+    from wsemail.client.attachments import Attachments
+    from wsemail.client.usercerts.device import open_attachments
 
     with session.open_client(server, user) as client:
         box = Attachments(client)
@@ -181,7 +181,7 @@ def fetch(
                     box.fetch(item, dest, progress=callback)
                 typer.echo(f"{dest}  {_size(item.size)}  sha256 {item.sha256} ✓")
                 continue
-            from wsemail.usercerts import fetch_encrypted
+            from wsemail.client.usercerts import fetch_encrypted
 
             with progress_bar(item.name, item.ref.size) as callback:
                 fetch_encrypted(box, item, dest, progress=callback)
@@ -189,7 +189,7 @@ def fetch(
 
 
 def _destination(output: Path | None, name: str) -> Path:
-    from wsemail.attachments_client import safe_file_name
+    from wsemail.client.attachments import safe_file_name
 
     if output is None:
         return Path.cwd() / safe_file_name(name)

@@ -31,7 +31,7 @@ def bench(
     """Measure accepted sends/s, latency and server CPU per send on loopback."""
     if ctx.invoked_subcommand is not None:
         return
-    from wsemail.bench import run_bench
+    from wsemail.bench.accept import run_bench
 
     run_bench(
         clients=clients, seconds=seconds, data_dir=data_dir or None, signed_answers=signed_answers
@@ -66,7 +66,7 @@ def testbed(
     ),
 ) -> None:
     """The paper's test bed: local + external server over TLS, N clients, Tables 1 and 2."""
-    from wsemail.testbed import Options, parse_mix, run_testbed
+    from wsemail.bench.testbed import Options, parse_mix, run_testbed
 
     options = Options(
         clients=clients,

@@ -8,7 +8,6 @@ from pathlib import Path
 import platformdirs
 import typer
 
-from wsemail.errors import UsageError
 from wsemail.pki import (
     create_root,
     fingerprint,
@@ -19,6 +18,7 @@ from wsemail.pki import (
     revoke,
     write_crl,
 )
+from wsemail.protocol.errors import UsageError
 
 app = typer.Typer(
     help="Run the federation root: issue domain servers' certificates, revoke, publish CRLs.",

@@ -25,12 +25,12 @@ def demo(
     directory: Path | None = typer.Option(None, "--dir", help="where to keep the demo's data"),
 ) -> None:
     """Two federated domains on loopback and a signed message between them."""
-    from wsemail.client import Client
+    from wsemail.client.mail import Client
+    from wsemail.core.routing import StaticResolver
     from wsemail.pki import create_root, issue_server, write_crl
     from wsemail.server.accounts import set_user
     from wsemail.server.config import load_config
     from wsemail.server.controller import ServerController
-    from wsemail.server.routing import StaticResolver
 
     temp = None
     if directory is None:

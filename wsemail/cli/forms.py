@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 import typer
 from lxml import etree
 
-from wsemail.cli import session
-from wsemail.errors import UsageError
+from wsemail.client import session
+from wsemail.protocol.errors import UsageError
 
 if TYPE_CHECKING:
-    from wsemail.client import Client
-    from wsemail.forms import FormPlugin, PluginRef
+    from wsemail.client.mail import Client
+    from wsemail.core.forms import FormPlugin, PluginRef
 
 app = typer.Typer(help="client form plug-ins and routed workflows", no_args_is_help=True)
 ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")
@@ -23,7 +23,7 @@ UserOpt = typer.Option(None, "--user", help="your address (or WSEMAIL_USER)")
 
 
 def _publishers() -> list[str]:
-    from wsemail.forms import workflow
+    from wsemail.client.forms import workflow
 
     return workflow.trusted_publishers()
 
@@ -31,7 +31,7 @@ def _publishers() -> list[str]:
 @app.command()
 def build(source: Path, out: Path = typer.Option(Path("dist"), "--out")) -> None:
     """Build the wheel of a form distribution."""
-    from wsemail.forms import wheels
+    from wsemail.core.forms import wheels
 
     typer.echo(wheels.build(source, out))
 
@@ -39,8 +39,8 @@ def build(source: Path, out: Path = typer.Option(Path("dist"), "--out")) -> None
 @app.command()
 def sign(wheel: Path, server: str | None = ServerOpt, user: str | None = UserOpt) -> None:
     """Sign a wheel (name, version, SHA-256) with a certificate from your server."""
-    from wsemail.attachments_client import Attachments
-    from wsemail.forms import wheels
+    from wsemail.client.attachments import Attachments
+    from wsemail.core.forms import wheels
 
     with session.open_client(server, user) as client:
         token = Attachments(client).token()
@@ -50,7 +50,7 @@ def sign(wheel: Path, server: str | None = ServerOpt, user: str | None = UserOpt
 @app.command()
 def publish(wheel: Path, server: str | None = ServerOpt, user: str | None = UserOpt) -> None:
     """Publish a signed wheel (WHEEL and WHEEL.sig) on your server (administrators)."""
-    from wsemail.soap import element, q
+    from wsemail.protocol.soap import element, q
 
     sig = wheel.with_name(wheel.name + ".sig")
     if not wheel.is_file() or not sig.is_file():
@@ -68,7 +68,8 @@ def publish(wheel: Path, server: str | None = ServerOpt, user: str | None = User
 def install(wheel: Path, server: str | None = ServerOpt, user: str | None = UserOpt) -> None:
     """Verify a signed wheel (WHEEL and WHEEL.sig) against your trusted publishers
     (WSEMAIL_FORM_PUBLISHERS) and the federation roots, and install it for yourself."""
-    from wsemail.forms import wheels, workflow
+    from wsemail.client.forms import workflow
+    from wsemail.core.forms import wheels
 
     sig = wheel.with_name(wheel.name + ".sig")
     try:
@@ -94,14 +95,14 @@ def autofill(server: str | None = ServerOpt, user: str | None = UserOpt) -> None
 
 
 def _autofilled(client: Client) -> dict[str, str]:
-    from wsemail.forms import workflow
+    from wsemail.client.forms import workflow
 
     return workflow.autofill(client)
 
 
 def _plugin_for(client: Client, ref: PluginRef, sender: str, yes: bool) -> FormPlugin:
-    from wsemail.errors import PluginError
-    from wsemail.forms import load, workflow
+    from wsemail.client.forms import load, workflow
+    from wsemail.protocol.errors import PluginError
 
     try:
         return load(ref.name, ref.version)
@@ -125,7 +126,8 @@ def show(
     user: str | None = UserOpt,
 ) -> None:
     """Render a received form and where its approval chain stands."""
-    from wsemail.forms import approvals, workflow
+    from wsemail.client.forms import workflow
+    from wsemail.core.forms import approvals
 
     with session.open_client(server, user) as client:
         received = workflow.receive(client, message_id)
@@ -140,7 +142,7 @@ def show(
 
 
 def _act(kind: str, message_id: str, delegate: str, server: str | None, user: str | None) -> None:
-    from wsemail.forms import workflow
+    from wsemail.client.forms import workflow
 
     with session.open_client(server, user) as client:
         entry, chain, to = workflow.act(client, message_id, kind, delegate=delegate)
@@ -176,7 +178,7 @@ def verify(
     crls: list[Path] = typer.Option([], "--crl", help="CRL of a root or issuing CA"),
 ) -> None:
     """Check a form's whole approval chain offline; list who approved what, when, as what."""
-    from wsemail.forms import FormDocument, approvals
+    from wsemail.core.forms import FormDocument, approvals
     from wsemail.pki import read_cert, read_crl
 
     root_files = roots or session.trust_roots()
@@ -195,8 +197,8 @@ def verify(
 
 def send_form(path: Path, to: list[str], subject: str, server: str | None, user: str | None) -> str:
     """`wsemail send --form FILE.json`: validate with the plug-in, then send."""
-    from wsemail.forms import load, workflow
-    from wsemail.message import Draft
+    from wsemail.client.forms import load, workflow
+    from wsemail.protocol.message import Draft
 
     raw = workflow.read_json(path)
     plugin = load(str(raw.get("form", "")))

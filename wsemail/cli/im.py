@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 import typer
 
-from wsemail.cli import session
-from wsemail.errors import WsemailError
-from wsemail.im_client import InstantMessenger, PartyLine
+from wsemail.client import session
+from wsemail.client.im import InstantMessenger, PartyLine
+from wsemail.protocol.errors import WsemailError
 
 ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")
 UserOpt = typer.Option(None, "--user", help="your address (or WSEMAIL_USER)")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from wsemail.cli import session
-from wsemail.errors import UsageError
+from wsemail.client import session
+from wsemail.protocol.errors import UsageError
 
 
 def login(
@@ -28,7 +28,7 @@ def login(
 ) -> None:
     """Check your password with the server, keep it in the OS keyring and the account in
     client.toml (added, or updated when the name is known)."""
-    from wsemail.client import Client
+    from wsemail.client.mail import Client
 
     config = session.load_accounts()
     name = session.check_account_name(account) if account else None

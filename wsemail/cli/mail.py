@@ -10,9 +10,9 @@ from pathlib import Path
 
 import typer
 
-from wsemail.cli import session
-from wsemail.errors import UsageError
-from wsemail.message import MessageHeader
+from wsemail.client import session
+from wsemail.protocol.errors import UsageError
+from wsemail.protocol.message import MessageHeader
 
 ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")
 UserOpt = typer.Option(None, "--user", help="your address (or WSEMAIL_USER)")
@@ -83,8 +83,8 @@ def send(
         raise UsageError("inline attachments are not supported yet; use --on-demand")
     with session.open_client(server, user) as client:
         if encrypt:
-            from wsemail.cli.keys import open_directory
-            from wsemail.usercerts import keystore, send_encrypted
+            from wsemail.client.usercerts import keystore, send_encrypted
+            from wsemail.client.usercerts.device import open_directory
 
             own = keystore.load(client.username)
             with open_directory() as directory:
@@ -108,8 +108,8 @@ def send(
             return
         uploads: list[str] = []
         if attach:
-            from wsemail.attachments_client import Attachments
             from wsemail.cli.attachments import progress_bar
+            from wsemail.client.attachments import Attachments
 
             box = Attachments(client)
             for path in attach:
@@ -157,7 +157,7 @@ def retrieve(
     with session.open_client(server, user) as client:
         for message_id in _ids(ids):
             proof, message = client.verify(client.retrieve(message_id))
-            from wsemail.cli.keys import open_messages
+            from wsemail.client.usercerts.device import open_messages
 
             message, sealed = open_messages(client, message)
             if as_json:
@@ -200,7 +200,7 @@ def _answer_line(check: str | None) -> str:
 
 
 def _e2e_line(sealed: dict[str, object]) -> str:
-    from wsemail.usercerts.sealed import status_line
+    from wsemail.client.usercerts.sealed import status_line
 
     line = status_line(sealed)
     return f"\nEncrypted: {line}" if line else ""

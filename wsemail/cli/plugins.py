@@ -8,8 +8,8 @@ import json
 import typer
 from lxml import etree
 
-from wsemail.cli.session import open_client
-from wsemail.soap import q
+from wsemail.client.session import open_client
+from wsemail.protocol.soap import q
 
 app = typer.Typer(help="Server plug-ins of a running server (admin account).", no_args_is_help=True)
 ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")

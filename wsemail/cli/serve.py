@@ -71,7 +71,7 @@ def serve(
 
 def run_demo(url: str, data_dir: Path, domain: str) -> None:
     """Two fresh demo accounts, one message between them, read back through the client."""
-    from wsemail.client import Client
+    from wsemail.client.mail import Client
     from wsemail.server.accounts import set_user
     from wsemail.server.store import SqliteStore
 

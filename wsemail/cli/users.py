@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from wsemail.cli.session import read_password
+from wsemail.client.session import read_password
 from wsemail.server import accounts
 from wsemail.server.config import ServerConfig, load_config
 from wsemail.server.store import SqliteStore

@@ -9,7 +9,7 @@ Three tiers (DESIGN.md §4):
         └── user certificate           SAN rfc822Name alice@a.test, WSEMAIL_USER_ROLE
 
 `authority` runs the root's folder, `identity` is a domain server's side, `trust` verifies.
-Errors come from `wsemail.errors` only: UsageError for local mistakes; UntrustedSigner,
+Errors come from `wsemail.protocol.errors` only: UsageError for local mistakes; UntrustedSigner,
 RevocationUnavailable and SignatureInvalid for verification.
 """
 

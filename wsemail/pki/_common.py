@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from wsemail.errors import UsageError
+from wsemail.protocol.errors import UsageError
 
 WSEMAIL_SERVER_ROLE = x509.ObjectIdentifier("1.3.6.1.4.1.59417.1.1")
 """Extended key usage that marks a domain's server certificate (TLS and XMLDSIG)."""

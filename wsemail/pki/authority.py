@@ -18,7 +18,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from wsemail.errors import UsageError
 from wsemail.pki._common import (
     CLOCK_SKEW,
     WSEMAIL_SERVER_ROLE,
@@ -37,6 +36,7 @@ from wsemail.pki._common import (
     write_key,
     write_public,
 )
+from wsemail.protocol.errors import UsageError
 
 ROOT_CERT = "root.pem"
 ROOT_KEY = "root.key"

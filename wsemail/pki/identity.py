@@ -16,8 +16,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from wsemail.errors import RequestInvalid, UsageError
-from wsemail.message import domain_of, normalize_address
 from wsemail.pki._common import (
     CLOCK_SKEW,
     WSEMAIL_USER_ROLE,
@@ -34,6 +32,8 @@ from wsemail.pki._common import (
     thumbprint,
     write_public,
 )
+from wsemail.protocol.errors import RequestInvalid, UsageError
+from wsemail.protocol.message import domain_of, normalize_address
 
 
 def _user_key_usage(public_key: PublicKey, encryption: bool) -> x509.KeyUsage:

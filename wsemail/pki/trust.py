@@ -26,15 +26,6 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from wsemail.errors import (
-    RemoteFault,
-    RequestInvalid,
-    RevocationUnavailable,
-    SignatureInvalid,
-    UntrustedSigner,
-    UsageError,
-)
-from wsemail.message import domain_of, normalize_address
 from wsemail.pki._common import (
     CLOCK_SKEW,
     WSEMAIL_SERVER_ROLE,
@@ -45,6 +36,15 @@ from wsemail.pki._common import (
     read_crl,
     spki_digest,
 )
+from wsemail.protocol.errors import (
+    RemoteFault,
+    RequestInvalid,
+    RevocationUnavailable,
+    SignatureInvalid,
+    UntrustedSigner,
+    UsageError,
+)
+from wsemail.protocol.message import domain_of, normalize_address
 
 SHORT_LIVED = timedelta(hours=24)
 """User certificates living at most this long (plus the back-dating) need no CRL."""

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 
-from wsemail.auth import SALT_BYTES, derive_key
-from wsemail.errors import RemoteFault, UsageError
-from wsemail.message import domain_of, normalize_address
+from wsemail.protocol.auth import SALT_BYTES, derive_key
+from wsemail.protocol.errors import RemoteFault, UsageError
+from wsemail.protocol.message import domain_of, normalize_address
 from wsemail.server.store import SqliteStore, Tx, UserRecord
 
 MIN_PASSWORD = 8

@@ -22,8 +22,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from wsemail import soap
-from wsemail.auth import (
+from wsemail.protocol import soap
+from wsemail.protocol.auth import (
     KDF_N,
     KDF_P,
     KDF_R,
@@ -33,8 +33,8 @@ from wsemail.auth import (
     decode_nonce,
     read_username_token,
 )
-from wsemail.dsig import VerifiedEnvelope
-from wsemail.errors import (
+from wsemail.protocol.dsig import VerifiedEnvelope
+from wsemail.protocol.errors import (
     AuthenticationFailed,
     Forbidden,
     InvalidSecurity,
@@ -48,13 +48,13 @@ from wsemail.errors import (
     TooLarge,
     UntrustedSigner,
 )
-from wsemail.message import normalize_address
+from wsemail.protocol.message import normalize_address
+from wsemail.protocol.soap import WSSE, WSU, element, q, text_of
+from wsemail.protocol.xmlsafe import c14n, parse_untrusted
 from wsemail.server.config import ServerConfig
-from wsemail.server.delivery import deliver
 from wsemail.server.federation import Federation
 from wsemail.server.operations import AUTHENTICATED
-from wsemail.server.pipeline import Environment, Pipeline, resolve_class
-from wsemail.server.relay import Relay
+from wsemail.server.pipeline import Environment, Pipeline
 from wsemail.server.security import (
     FAILED,
     AnswerBinding,
@@ -64,8 +64,6 @@ from wsemail.server.security import (
 )
 from wsemail.server.store import SqliteStore, Tx, UserRecord
 from wsemail.server.wsdl import wsdl_document
-from wsemail.soap import WSSE, WSU, element, q, text_of
-from wsemail.xmlsafe import c14n, parse_untrusted
 
 log = logging.getLogger("wsemail.server")
 PATH = "/wsemail"
@@ -104,6 +102,14 @@ class Login:
     answer: AnswerBinding | None = None
 
 
+class Outbound(Protocol):
+    """What the server asks of its outbound queue worker: to look at the queue now."""
+
+    wake: asyncio.Event
+
+    def wake_threadsafe(self) -> None: ...
+
+
 @dataclass
 class Server:
     """Everything one running domain server holds: config, store, pipeline, authenticator."""
@@ -114,7 +120,10 @@ class Server:
     auth: Authenticator
     clock: Callable[[], float] = time.time
     federation: Federation | None = None
-    relay: Relay | None = None
+    # the outbound queue's worker (`relay.Relay`) and the Deliver operation
+    # (`delivery.deliver`), wired by `controller.build_server`: they sit above this module
+    relay: Outbound | None = None
+    deliver: Callable[[Server, etree._Element], Awaitable[etree._Element]] | None = None
     inflight: int = 0
     # hooks for plug-ins (registered from Plugin.attach): top-level SOAP operations that do
     # their own authentication (e.g. a signed FetchAttachment), and raw ASGI routes for
@@ -221,8 +230,8 @@ class Server:
             raise RequestInvalid("the operation must be in the urn:wsemail namespace")
         if name == "GetSalt":
             return await self.get_salt(envelope.operation)
-        if name == "Deliver":
-            return await deliver(self, envelope.root)
+        if name == "Deliver" and self.deliver is not None:
+            return await self.deliver(self, envelope.root)
         if name in self.operations and name not in AUTHENTICATED and name != CERTIFICATE_CALL:
             return await self.operations[name](self, envelope, peer)
         if name not in AUTHENTICATED and name != CERTIFICATE_CALL:
@@ -437,25 +446,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def build_server(config: ServerConfig, *, clock: Callable[[], float] = time.time) -> Server:
-    """Open the data dir, the store and the pipeline for `config`."""
-    secret = config.prepare()
-    store_cls = resolve_class(config.store)
-    store = store_cls(config.db_path, clock=clock)
-    pipeline = Pipeline(config.domain, config.plugins)
-    auth = Authenticator(
-        secret,
-        clock=clock,
-        past_seconds=config.past_seconds,
-        future_seconds=config.future_seconds,
-        failures_per_user=config.failures_per_user,
-        failures_per_peer=config.failures_per_peer,
-        failure_window=config.failure_window,
-    )
-    server = Server(config, store, pipeline, auth, clock)
-    server.federation = Federation(config)
-    server.relay = Relay(server, server.federation)
-    pipeline.attach_all(server)
-    return server

@@ -37,9 +37,9 @@ from typing import Any
 
 import platformdirs
 
-from wsemail.errors import UsageError
+from wsemail.protocol.errors import UsageError
+from wsemail.protocol.xmlsafe import XmlLimits
 from wsemail.server.pipeline import PluginSpec
-from wsemail.xmlsafe import XmlLimits
 
 DEFAULT_PORT = 8025
 CONFIG_NAME = "server.toml"

@@ -17,12 +17,39 @@ from typing import Any
 import uvicorn
 import uvloop
 
-from wsemail.errors import UsageError
-from wsemail.server.app import Server, build_server
+from wsemail.protocol.errors import UsageError
+from wsemail.server.app import Server
 from wsemail.server.config import ServerConfig
-from wsemail.server.relay import run_relay
+from wsemail.server.delivery import deliver
+from wsemail.server.federation import Federation
+from wsemail.server.pipeline import Pipeline, resolve_class
+from wsemail.server.relay import Relay, run_relay
+from wsemail.server.security import Authenticator
 
 log = logging.getLogger("wsemail.server")
+
+
+def build_server(config: ServerConfig, *, clock: Callable[[], float] = time.time) -> Server:
+    """Open the data dir, the store and the pipeline for `config`, and wire the parts that
+    sit above the server object: the Deliver operation and the outbound relay."""
+    secret = config.prepare()
+    store_cls = resolve_class(config.store)
+    store = store_cls(config.db_path, clock=clock)
+    pipeline = Pipeline(config.domain, config.plugins)
+    auth = Authenticator(
+        secret,
+        clock=clock,
+        past_seconds=config.past_seconds,
+        future_seconds=config.future_seconds,
+        failures_per_user=config.failures_per_user,
+        failures_per_peer=config.failures_per_peer,
+        failure_window=config.failure_window,
+    )
+    server = Server(config, store, pipeline, auth, clock, deliver=deliver)
+    server.federation = Federation(config)
+    server.relay = Relay(server, server.federation)
+    pipeline.attach_all(server)
+    return server
 
 
 def bind(host: str, port: int) -> socket.socket:

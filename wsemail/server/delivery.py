@@ -1,6 +1,6 @@
 """In charge of inbound federation: a `Deliver` transaction from another domain's server.
 
-The hop signature is verified with the binding checks of `wsemail.dsig` and the signer's
+The hop signature is verified with the binding checks of `wsemail.protocol.dsig` and the signer's
 chain, role and revocation (fail closed); the transaction must be fresh, name this domain as
 its destination and carry an unseen nonce. Each message's own enveloped signature must be by
 the same server, for this domain and these recipients, from a sender in the signer's domain:
@@ -22,8 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
-from wsemail.auth import NONCE_BYTES
-from wsemail.dsig import (
+from wsemail.core.provenance import read_signed
+from wsemail.protocol.auth import NONCE_BYTES
+from wsemail.protocol.dsig import (
     DS,
     cert_digest,
     embed_certificate,
@@ -31,7 +32,7 @@ from wsemail.dsig import (
     verify_element,
     verify_envelope,
 )
-from wsemail.errors import (
+from wsemail.protocol.errors import (
     Forbidden,
     InvalidSecurity,
     Rejected,
@@ -40,12 +41,11 @@ from wsemail.errors import (
     SignatureInvalid,
     UntrustedSigner,
 )
-from wsemail.message import Message, domain_of
-from wsemail.provenance import read_signed
+from wsemail.protocol.message import Message, domain_of
+from wsemail.protocol.soap import WSU, element, q, text_of
 from wsemail.server.operations import deliver_locally
 from wsemail.server.pipeline import Environment
 from wsemail.server.store import Tx
-from wsemail.soap import WSU, element, q, text_of
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server

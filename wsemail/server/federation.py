@@ -16,12 +16,12 @@ from pathlib import Path
 
 from cryptography import x509
 
-from wsemail.dsig import Signer
-from wsemail.errors import UntrustedSigner
+from wsemail.core.provenance import server_domain
+from wsemail.core.routing import Resolver, build_resolver
 from wsemail.pki import ServerIdentity, TrustStore, create_root, issue_server, write_crl
-from wsemail.provenance import server_domain
+from wsemail.protocol.dsig import Signer
+from wsemail.protocol.errors import UntrustedSigner
 from wsemail.server.config import ServerConfig
-from wsemail.server.routing import Resolver, build_resolver
 
 log = logging.getLogger("wsemail.federation")
 DEV_CA = "federation-ca"

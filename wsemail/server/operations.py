@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
-from wsemail import provenance
-from wsemail.dsig import cert_digest
-from wsemail.errors import NotFound, RequestInvalid, ServerError
-from wsemail.message import FOLDERS, Draft, Message, domain_of, new_message_id
+from wsemail.core import provenance
+from wsemail.protocol.dsig import cert_digest
+from wsemail.protocol.errors import NotFound, RequestInvalid, ServerError
+from wsemail.protocol.message import FOLDERS, Draft, Message, domain_of, new_message_id
+from wsemail.protocol.soap import element, q, text_of
 from wsemail.server.pipeline import Environment, Verdict
-from wsemail.soap import element, q, text_of
 
 MAX_PAGE = 500
 

@@ -31,10 +31,10 @@ from typing import Any
 
 from lxml import etree
 
-from wsemail.errors import PluginError, RequestInvalid
-from wsemail.message import Message
+from wsemail.protocol.errors import PluginError, RequestInvalid
+from wsemail.protocol.message import Message
+from wsemail.protocol.soap import WSEMAIL
 from wsemail.server.store import Tx
-from wsemail.soap import WSEMAIL
 
 GROUP = "wsemail.server_plugins"
 log = logging.getLogger("wsemail.plugins")

@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING
 import httpx
 from lxml import etree
 
-from wsemail import soap
-from wsemail.auth import timestamp
-from wsemail.dsig import add_timestamp
-from wsemail.errors import NoRoute, RemoteFault, RoutingError, WsemailError
-from wsemail.message import Message, new_message_id
-from wsemail.provenance import signed_form
+from wsemail.core.provenance import signed_form
+from wsemail.protocol import soap
+from wsemail.protocol.auth import timestamp
+from wsemail.protocol.dsig import add_timestamp
+from wsemail.protocol.errors import NoRoute, RemoteFault, RoutingError, WsemailError
+from wsemail.protocol.message import Message, new_message_id
+from wsemail.protocol.soap import WSSE, WSU, element, q
+from wsemail.protocol.xmlsafe import XmlLimits, parse_untrusted
 from wsemail.server.store import QueueRow, Tx
-from wsemail.soap import WSSE, WSU, element, q
-from wsemail.xmlsafe import XmlLimits, parse_untrusted
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server
@@ -249,9 +249,10 @@ class Relay:
 
 async def run_relay(server: Server) -> None:
     """The server's background relay task (a no-op without federation)."""
-    if server.relay is None:
+    relay = server.relay
+    if not isinstance(relay, Relay):
         return
     try:
-        await server.relay.run()
+        await relay.run()
     except WsemailError:
         log.exception("relay stopped")

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 
 from lxml import etree
 
-from wsemail.auth import (
+from wsemail.protocol.auth import (
     IN_RESPONSE_TO,
     SALT_BYTES,
     SIGN_RESPONSE,
@@ -41,10 +41,15 @@ from wsemail.auth import (
     parse_timestamp,
     timestamp,
 )
-from wsemail.dsig import Signer
-from wsemail.errors import AuthenticationFailed, MessageExpired, RateLimited, ReplayDetected
+from wsemail.protocol.dsig import Signer
+from wsemail.protocol.errors import (
+    AuthenticationFailed,
+    MessageExpired,
+    RateLimited,
+    ReplayDetected,
+)
+from wsemail.protocol.soap import q
 from wsemail.server.store import Tx, UserRecord
-from wsemail.soap import q
 
 FAILED = "authentication failed"
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from wsemail.errors import StoreError, WsemailError
-from wsemail.message import Message, MessageHeader
+from wsemail.protocol.errors import StoreError, WsemailError
+from wsemail.protocol.message import Message, MessageHeader
 
 log = logging.getLogger("wsemail.store")
 T = TypeVar("T")

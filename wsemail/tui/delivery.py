@@ -14,20 +14,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsemail.attachments_client import Attachments, Progress
-from wsemail.cli.keys import locate_server, open_attachments, open_directory, open_messages
-from wsemail.client import Client, SendResult
-from wsemail.errors import UsageError, WsemailError
-from wsemail.im_client import InstantMessenger
-from wsemail.message import AttachmentRef, Message, domain_of, normalize_address
-from wsemail.usercerts import (
+from wsemail.client.attachments import Attachments, Progress
+from wsemail.client.im import InstantMessenger
+from wsemail.client.mail import Client, SendResult
+from wsemail.client.usercerts import (
     EncryptedAttachment,
     fetch_encrypted,
     is_sealed,
     keystore,
     send_encrypted,
 )
-from wsemail.usercerts.sealed import status_line
+from wsemail.client.usercerts.device import (
+    locate_server,
+    open_attachments,
+    open_directory,
+    open_messages,
+)
+from wsemail.client.usercerts.sealed import status_line
+from wsemail.protocol.errors import UsageError, WsemailError
+from wsemail.protocol.message import AttachmentRef, Message, domain_of, normalize_address
 
 Item = AttachmentRef | EncryptedAttachment
 """An on-demand attachment as the message view lists it: plain, or of encrypted mail."""

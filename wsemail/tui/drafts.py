@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from wsemail.message import Message, normalize_address
+from wsemail.protocol.message import Message, normalize_address
 
 _SEPARATORS = re.compile(r"[,;\s]+")
 

@@ -3,7 +3,7 @@ never as a traceback). Pure Python (no Textual)."""
 
 from __future__ import annotations
 
-from wsemail.errors import (
+from wsemail.protocol.errors import (
     AuthenticationFailed,
     RateLimited,
     RemoteFault,

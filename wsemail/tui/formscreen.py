@@ -17,9 +17,9 @@ Public API (what the compose and message screens use):
     FormFillScreen(plugin, data, readonly=True, chain=chain)   (or `view_screen`)
         The same layout read-only, with the route and approval chain below; dismisses
         with None. `shown_screen(form)` builds it for the message view's `FormShown`.
-    wsemail.forms.workflow.attach_form(draft, plugin, form_draft, sender=…, server=…)
-        → a `wsemail.message.Draft` carrying the form (its body is the form document).
-    wsemail.forms.installed_forms() → every form plug-in that loads, for a "new form" menu.
+    wsemail.client.forms.workflow.attach_form(draft, plugin, form_draft, sender=…, server=…)
+        → a `wsemail.protocol.message.Draft` carrying the form (its body is the form document).
+    wsemail.client.forms.installed_forms() → every form plug-in that loads, for a "new form" menu.
 
 Subclasses may override `cell` (the widget for one table cell) and `row_filled` (when a
 row counts), and add CSS of their own.
@@ -27,7 +27,10 @@ row counts), and add CSS of their own.
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Mapping
+from importlib.metadata import distributions, entry_points
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +42,12 @@ from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Button, Input, Label, Static
 
-from wsemail.client import Client
-from wsemail.errors import WsemailError
-from wsemail.forms import workflow
-from wsemail.forms.approvals import Chain
-from wsemail.forms.contract import Field as FormField
-from wsemail.forms.contract import FormInvalid, FormPlugin
+from wsemail.client.forms import workflow
+from wsemail.client.mail import Client
+from wsemail.core.forms.approvals import Chain
+from wsemail.core.forms.contract import SCREEN_GROUP, FormInvalid, FormPlugin
+from wsemail.core.forms.contract import Field as FormField
+from wsemail.protocol.errors import WsemailError
 from wsemail.tui.feedback import describe
 from wsemail.tui.formview import FormShown
 
@@ -74,6 +77,33 @@ def split_draft(data: Mapping[str, Any] | None) -> tuple[dict[str, Any], Any]:
     return dict(data), None
 
 
+log = logging.getLogger("wsemail.tui")
+
+
+def plugin_screen(plugin: FormPlugin) -> object:
+    """The plug-in's own screen class: the entry point named like the form in group
+    `wsemail.form_screens` of the distribution the plug-in was loaded from (the
+    environment's, or its wheel's in the private plug-in folder); None when it has none
+    or it fails to load (third-party code: the shared layout is used then)."""
+    found = [ep for ep in entry_points(group=SCREEN_GROUP) if ep.name == plugin.name]
+    module = sys.modules.get(type(plugin).__module__)
+    source = getattr(module, "__file__", None)
+    if not found and source:  # a wheel in the private folder: read its own dist-info
+        root = str(Path(source).resolve().parent.parent)
+        for dist in distributions(path=[root]):
+            found += [
+                ep
+                for ep in dist.entry_points
+                if ep.group == SCREEN_GROUP and ep.name == plugin.name
+            ]
+    for ep in found[:1]:
+        try:
+            return ep.load()
+        except Exception as exc:  # third-party code
+            log.warning("form screen %r left out: %s", plugin.name, exc)
+    return None
+
+
 class FormFillScreen(ModalScreen[FormDraft | None]):
     """Fill in (or view) a form; dismisses with the form draft, or None."""
 
@@ -86,10 +116,7 @@ class FormFillScreen(ModalScreen[FormDraft | None]):
 
     def __new__(cls, plugin: FormPlugin, *args: Any, **kwargs: Any) -> FormFillScreen:
         if cls is FormFillScreen:  # the plug-in's own layout, when it has one
-            try:
-                own = plugin.screen()
-            except Exception:  # third-party code: fall back to the shared layout
-                own = None
+            own = plugin_screen(plugin)
             if isinstance(own, type) and issubclass(own, FormFillScreen):
                 cls = own
         return super().__new__(cls)

@@ -10,14 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wsemail.client import Client
-from wsemail.errors import PluginError, WsemailError
-from wsemail.forms import approvals, wheels, workflow
-from wsemail.forms.approvals import Chain
-from wsemail.forms.contract import Data, FormPlugin
-from wsemail.forms.document import FormDocument, PluginRef, is_form_body
-from wsemail.forms.loader import load
-from wsemail.message import Message
+from wsemail.client.forms import workflow
+from wsemail.client.forms.loader import load
+from wsemail.client.mail import Client
+from wsemail.core.forms import approvals, wheels
+from wsemail.core.forms.approvals import Chain
+from wsemail.core.forms.contract import Data, FormPlugin
+from wsemail.core.forms.document import FormDocument, PluginRef, is_form_body
+from wsemail.protocol.errors import PluginError, WsemailError
+from wsemail.protocol.message import Message
 from wsemail.tui.feedback import describe
 
 INSTALL_HINT = "plug-in not installed — press i to fetch and install"

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from wsemail.client import Page
-from wsemail.message import MessageHeader
+from wsemail.client.mail import Page
+from wsemail.protocol.message import MessageHeader
 
 UNREAD = "●"
 INSTANT = "↯"  # meant as an instant message (the reader was offline); one cell wide

@@ -7,9 +7,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from wsemail.errors import WsemailError
-from wsemail.im_client import Incoming, InstantMessenger, Stream
-from wsemail.message import normalize_address
+from wsemail.client.im import Incoming, InstantMessenger, Stream
+from wsemail.protocol.errors import WsemailError
+from wsemail.protocol.message import normalize_address
 
 
 class PushSession:

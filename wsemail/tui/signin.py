@@ -1,5 +1,5 @@
 """In charge of signing in: what the login form starts with (flags, WSEMAIL_* environment,
-the chosen or default account of client.toml and the OS keyring, as `wsemail.cli.session`
+the chosen or default account of client.toml and the OS keyring, as `wsemail.client.session`
 finds them), the accounts one may switch between, opening a checked client session, and
 saving an account set up in the form. Pure Python (no Textual)."""
 
@@ -10,9 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wsemail.cli import session
-from wsemail.client import Client
-from wsemail.errors import WsemailError
+from wsemail.client import session
+from wsemail.client.mail import Client
+from wsemail.protocol.errors import WsemailError
 
 ClientFactory = Callable[[str, str, str], Client]
 NEW_ACCOUNT = "+new"  # the choice of a new account (account names start with a letter or digit)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from wsemail.forms.contract import Data, Field, FormPlugin
+from wsemail.core.forms.contract import Data, Field, FormPlugin
 
 
 class Requisition(FormPlugin):

@@ -4,9 +4,8 @@ overtime and paid time off, with computed totals; signed off by employee and sup
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
 
-from wsemail.forms.contract import Data, Field, FormPlugin
+from wsemail.core.forms.contract import Data, Field, FormPlugin
 
 DAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
 
@@ -74,8 +73,3 @@ class Timesheet(FormPlugin):
             "total_paid_time_off": pto,
             "total_hours": regular + overtime + pto,
         }
-
-    def screen(self) -> Any:
-        from wsemail_timesheet.screen import TimesheetScreen
-
-        return TimesheetScreen

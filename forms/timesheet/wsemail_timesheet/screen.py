@@ -1,7 +1,7 @@
 """The timesheet's own layout of the shared form screen: one line per weekday (the day is
 fixed, not typed), regular / overtime / paid time off / code per day, totals computed live,
-and "Autofill…" for the employee data. Imported lazily by `Timesheet.screen()` so headless
-code never loads Textual."""
+and "Autofill…" for the employee data. Registered as entry point `timesheet` in group
+`wsemail.form_screens`, so headless code never loads Textual."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from textual.widget import Widget
 from textual.widgets import Static
 
-from wsemail.forms.contract import Field
+from wsemail.core.forms.contract import Field
 from wsemail.tui.formscreen import FormFillScreen
 
 

@@ -28,10 +28,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from lxml import etree
 
-from wsemail import soap
-from wsemail.auth import NONCE_BYTES
-from wsemail.dsig import verify_envelope
-from wsemail.errors import (
+from wsemail.pki import SHORT_LIVED
+from wsemail.pki import certificate_address as certificate_address  # re-exported
+from wsemail.protocol import soap
+from wsemail.protocol.auth import NONCE_BYTES
+from wsemail.protocol.dsig import verify_envelope
+from wsemail.protocol.errors import (
     Forbidden,
     InvalidSecurity,
     NotFound,
@@ -41,11 +43,9 @@ from wsemail.errors import (
     UntrustedSigner,
     UsageError,
 )
-from wsemail.pki import SHORT_LIVED
-from wsemail.pki import certificate_address as certificate_address  # re-exported
+from wsemail.protocol.soap import WSU, element, q, text_of
 from wsemail.server.attachments import records
 from wsemail.server.store import Tx, UserRecord
-from wsemail.soap import WSU, element, q, text_of
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 from starlette.types import Scope
 
-from wsemail import soap
-from wsemail.errors import Forbidden, NotFound, RequestInvalid
-from wsemail.message import AttachmentRef, Message
+from wsemail.protocol import soap
+from wsemail.protocol.errors import Forbidden, NotFound, RequestInvalid
+from wsemail.protocol.message import AttachmentRef, Message
+from wsemail.protocol.soap import element, q, text_of, texts_of
 from wsemail.server.attachments import federated, records
 from wsemail.server.attachments.storage import BlobStore
 from wsemail.server.attachments.streams import UPLOAD_PATH, Streams, base_url
 from wsemail.server.pipeline import Environment, ExtensionProcessor, SendingProcessor, dispatch
-from wsemail.soap import element, q, text_of, texts_of
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server

@@ -25,12 +25,12 @@ from lxml import etree
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from wsemail import soap
-from wsemail.errors import Forbidden, RemoteFault, RequestInvalid, ServerError, TooLarge
+from wsemail.protocol import soap
+from wsemail.protocol.errors import Forbidden, RemoteFault, RequestInvalid, ServerError, TooLarge
+from wsemail.protocol.soap import element, q
 from wsemail.server.attachments import records
 from wsemail.server.attachments.storage import BlobStore
 from wsemail.server.store import Tx
-from wsemail.soap import element, q
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from wsemail.server.forms.plugin import WHEEL_PATH, FormsPlugin
+from wsemail.core.forms.document import WHEEL_PATH
+from wsemail.server.forms.plugin import FormsPlugin
 
 __all__ = ["WHEEL_PATH", "FormsPlugin"]

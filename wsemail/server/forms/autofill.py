@@ -19,17 +19,17 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from wsemail import soap
-from wsemail.errors import (
+from wsemail.protocol import soap
+from wsemail.protocol.errors import (
     Forbidden,
     NotFound,
     ReplayDetected,
     UntrustedSigner,
 )
-from wsemail.message import domain_of
+from wsemail.protocol.message import domain_of
+from wsemail.protocol.soap import element, q, text_of
 from wsemail.server.attachments.federated import issuer_certificate, verify_identity_request
 from wsemail.server.store import Tx
-from wsemail.soap import element, q, text_of
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server

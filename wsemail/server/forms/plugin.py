@@ -47,13 +47,14 @@ from lxml import etree
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from wsemail import soap
-from wsemail.errors import Forbidden, PluginError, RemoteFault, RequestInvalid
-from wsemail.forms import approvals
-from wsemail.forms.contract import Step
-from wsemail.forms.document import FormDocument, FormError, is_form_body
-from wsemail.message import Message, domain_of
+from wsemail.core.forms import approvals
+from wsemail.core.forms.contract import Step
+from wsemail.core.forms.document import WHEEL_PATH, FormDocument, FormError, is_form_body
 from wsemail.pki import read_cert
+from wsemail.protocol import soap
+from wsemail.protocol.errors import Forbidden, PluginError, RemoteFault, RequestInvalid
+from wsemail.protocol.message import Message, domain_of
+from wsemail.protocol.soap import element, q, text_of
 from wsemail.server.attachments.federated import issue_token
 from wsemail.server.forms import autofill
 from wsemail.server.forms import webhook as hand_off
@@ -64,10 +65,8 @@ from wsemail.server.pipeline import (
     SendingProcessor,
     Verdict,
 )
-from wsemail.soap import element, q, text_of
 
 log = logging.getLogger("wsemail.forms")
-WHEEL_PATH = "/wsemail/forms/wheel"
 EXTENSION_ID = "forms"
 _FILE = re.compile(r"^[A-Za-z0-9_.]+-[0-9][A-Za-z0-9_.+]*-py3-none-any\.whl(\.sig)?$")
 MAX_WHEEL = 16 << 20

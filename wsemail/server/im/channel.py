@@ -42,9 +42,15 @@ from typing import Any
 
 from cryptography import x509
 
-from wsemail.errors import Forbidden, RequestInvalid, ServerBusy, UntrustedSigner, WsemailError
-from wsemail.message import normalize_address
 from wsemail.pki import ServerFiles, certificate_address, fingerprint
+from wsemail.protocol.errors import (
+    Forbidden,
+    RequestInvalid,
+    ServerBusy,
+    UntrustedSigner,
+    WsemailError,
+)
+from wsemail.protocol.message import normalize_address
 
 log = logging.getLogger("wsemail.im.channel")
 

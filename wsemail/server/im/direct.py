@@ -16,29 +16,39 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lxml import etree
 
-from wsemail import soap
-from wsemail.errors import (
+from wsemail.core.provenance import direct_record
+from wsemail.protocol import soap
+from wsemail.protocol.errors import (
     Forbidden,
     Rejected,
     ReplayDetected,
     RequestInvalid,
 )
-from wsemail.message import Draft, Message, domain_of, new_message_id
-from wsemail.provenance import direct_record
+from wsemail.protocol.message import Draft, Message, domain_of, new_message_id
+from wsemail.protocol.soap import element, q
 from wsemail.server.attachments.federated import issue_token, verify_identity_request
 from wsemail.server.store import Tx
-from wsemail.soap import element, q
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server
-    from wsemail.server.im.plugin import InstantMessaging
+    from wsemail.server.pipeline import Environment
 
 log = logging.getLogger("wsemail.im")
 OPERATION = "DirectInstant"
+
+
+class InstantMessaging(Protocol):
+    """What a direct IM needs of the IM plug-in (`im.plugin.InstantMessaging`)."""
+
+    token_lifetime: float
+
+    def _environment(self, tx: Tx, principal: str) -> Environment: ...
+
+    def deliver_instant(self, message: Message, recipient: str, env: Environment) -> str: ...
 
 
 def register(server: Server, plugin: InstantMessaging) -> None:

@@ -27,15 +27,15 @@ from urllib.parse import parse_qs
 
 from starlette.types import Receive, Scope, Send
 
-from wsemail import soap
-from wsemail.errors import (
+from wsemail.protocol import soap
+from wsemail.protocol.errors import (
     AuthenticationFailed,
     LimitExceeded,
     RemoteFault,
     RequestInvalid,
     ServerBusy,
 )
-from wsemail.message import Message
+from wsemail.protocol.message import Message
 from wsemail.server.im import records
 
 if TYPE_CHECKING:

@@ -23,8 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from wsemail.errors import Rejected, RequestInvalid, ServerError, UnknownRecipient
-from wsemail.message import Message, domain_of, instant_flags, new_message_id, normalize_address
+from wsemail.protocol.errors import Rejected, RequestInvalid, ServerError, UnknownRecipient
+from wsemail.protocol.message import (
+    Message,
+    domain_of,
+    instant_flags,
+    new_message_id,
+    normalize_address,
+)
+from wsemail.protocol.soap import element, q, text_of, texts_of
 from wsemail.server.im import channel, direct, records
 from wsemail.server.im.channel import Channels
 from wsemail.server.im.hub import STREAM_PATH, Hub, Push, event
@@ -40,7 +47,6 @@ from wsemail.server.pipeline import (
 )
 from wsemail.server.relay import MAILER_DAEMON
 from wsemail.server.store import Tx
-from wsemail.soap import element, q, text_of, texts_of
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server

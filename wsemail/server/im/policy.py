@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wsemail.errors import RequestInvalid
-from wsemail.message import domain_of, normalize_address
+from wsemail.protocol.errors import RequestInvalid
+from wsemail.protocol.message import domain_of, normalize_address
 from wsemail.server.im import records
 from wsemail.server.store import Tx
 

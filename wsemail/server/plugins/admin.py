@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from lxml import etree
 
-from wsemail.errors import Forbidden, PluginError, RequestInvalid
+from wsemail.protocol.errors import Forbidden, PluginError, RequestInvalid
+from wsemail.protocol.soap import element, q
 from wsemail.server.pipeline import (
     Environment,
     ExtensionProcessor,
@@ -13,7 +14,6 @@ from wsemail.server.pipeline import (
     PluginSpec,
     interfaces_of,
 )
-from wsemail.soap import element, q
 
 ACTIONS = ("list", "load", "unload", "priority")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from wsemail.errors import UnknownRecipient
-from wsemail.message import Message
+from wsemail.protocol.errors import UnknownRecipient
+from wsemail.protocol.message import Message
 from wsemail.server.pipeline import Environment, LocalMTA
 
 

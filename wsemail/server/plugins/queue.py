@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from wsemail.message import Message
+from wsemail.protocol.message import Message
 from wsemail.server.pipeline import Environment, MailQueue
 
 

@@ -5,8 +5,8 @@ make the server relay: federated `Deliver` only delivers to this domain."""
 
 from __future__ import annotations
 
-from wsemail.errors import RelayDenied
-from wsemail.message import Message, domain_of
+from wsemail.protocol.errors import RelayDenied
+from wsemail.protocol.message import Message, domain_of
 from wsemail.server.pipeline import Environment, SendingProcessor
 
 

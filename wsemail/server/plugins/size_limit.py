@@ -3,8 +3,8 @@ message_size_limit), so one user cannot fill every recipient's mailbox at once."
 
 from __future__ import annotations
 
-from wsemail.errors import MessageTooLarge
-from wsemail.message import Message
+from wsemail.protocol.errors import MessageTooLarge
+from wsemail.protocol.message import Message
 from wsemail.server.pipeline import Environment, SendingProcessor
 
 

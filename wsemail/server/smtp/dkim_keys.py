@@ -18,7 +18,7 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from wsemail.errors import UsageError
+from wsemail.protocol.errors import UsageError
 
 log = logging.getLogger("wsemail.smtp.dkim")
 DEFAULT_SELECTOR = "wsemail"

@@ -28,9 +28,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from lxml import etree
 
-from wsemail.errors import NoRoute, Rejected, RemoteFault, RoutingError, StoreError
-from wsemail.message import MAX_RECIPIENTS, Message, domain_of, new_message_id
-from wsemail.message import normalize_address as normalize
+from wsemail.protocol.errors import NoRoute, Rejected, RemoteFault, RoutingError, StoreError
+from wsemail.protocol.message import MAX_RECIPIENTS, Message, domain_of, new_message_id
+from wsemail.protocol.message import normalize_address as normalize
+from wsemail.protocol.soap import element, q
 from wsemail.server.attachments import OnDemandAttachments, records
 from wsemail.server.controller import bind
 from wsemail.server.operations import deliver_locally
@@ -39,7 +40,6 @@ from wsemail.server.smtp import dkim_keys, spf
 from wsemail.server.smtp.mime import Incoming, Part, from_mime
 from wsemail.server.smtp.mx import MailDns
 from wsemail.server.store import SqliteStore, Tx
-from wsemail.soap import element, q
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server
@@ -82,7 +82,7 @@ class Checks:
 
 def legacy_marker(checks: Checks, incoming: Incoming) -> bytes:
     """The `LegacyMessage` record stored as the message's provenance (see
-    `wsemail.provenance`): what the gateway saw and checked; it is not a signature."""
+    `wsemail.core.provenance`): what the gateway saw and checked; it is not a signature."""
     root = etree.Element(q("LegacyMessage"), nsmap={"w": "urn:wsemail"})
     element(root, "Peer", checks.peer)
     element(root, "Helo", checks.helo)

@@ -18,8 +18,8 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from html.parser import HTMLParser
 
-from wsemail.errors import RemoteFault, RequestInvalid
-from wsemail.message import (
+from wsemail.protocol.errors import RemoteFault, RequestInvalid
+from wsemail.protocol.message import (
     MAX_SUBJECT,
     AttachmentRef,
     Message,

@@ -22,8 +22,8 @@ import dns.name
 import dns.resolver
 from dns.rdtypes.ANY.MX import MX
 
-from wsemail.errors import NoRoute, RoutingError, UsageError
-from wsemail.server.routing import normalize_domain
+from wsemail.core.routing import normalize_domain
+from wsemail.protocol.errors import NoRoute, RoutingError, UsageError
 
 log = logging.getLogger("wsemail.smtp.dns")
 SMTP_PORT = 25

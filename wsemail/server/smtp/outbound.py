@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Literal
 
 from lxml import etree
 
-from wsemail.errors import NoRoute, RoutingError
-from wsemail.message import AttachmentRef, Message, domain_of
+from wsemail.protocol.errors import NoRoute, RoutingError
+from wsemail.protocol.message import AttachmentRef, Message, domain_of
 from wsemail.server.attachments import OnDemandAttachments, records
 from wsemail.server.relay import MAILER_DAEMON
 from wsemail.server.smtp import dkim_keys

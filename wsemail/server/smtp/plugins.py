@@ -28,8 +28,9 @@ from typing import Any
 
 from lxml import etree
 
-from wsemail.errors import Forbidden, PluginError, Rejected
-from wsemail.message import Message, domain_of
+from wsemail.protocol.errors import Forbidden, PluginError, Rejected
+from wsemail.protocol.message import Message, domain_of
+from wsemail.protocol.soap import element, q
 from wsemail.server.attachments import OnDemandAttachments
 from wsemail.server.pipeline import DeliveryProcessor, Environment, ExtensionProcessor, Verdict
 from wsemail.server.smtp import dkim_keys
@@ -37,7 +38,6 @@ from wsemail.server.smtp.inbound import ORIGIN_PREFIX, Gateway, Listener
 from wsemail.server.smtp.mx import MailDns
 from wsemail.server.smtp.outbound import ATTACH_MODES, SmtpSender, storage_reader
 from wsemail.server.smtp.submission import Submission, is_loopback
-from wsemail.soap import element, q
 
 log = logging.getLogger("wsemail.smtp")
 

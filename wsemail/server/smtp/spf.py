@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from wsemail.errors import NoRoute, RoutingError
+from wsemail.protocol.errors import NoRoute, RoutingError
 from wsemail.server.smtp.mx import MailDns, MailHost
 
 MAX_DEPTH = 10

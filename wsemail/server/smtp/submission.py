@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 from lxml import etree
 
-from wsemail.errors import (
+from wsemail.protocol.errors import (
     AuthenticationFailed,
     MessageTooLarge,
     RateLimited,
@@ -45,8 +45,9 @@ from wsemail.errors import (
     TooLarge,
     UnknownRecipient,
 )
-from wsemail.message import MAX_RECIPIENTS, Draft, domain_of
-from wsemail.message import normalize_address as normalize
+from wsemail.protocol.message import MAX_RECIPIENTS, Draft, domain_of
+from wsemail.protocol.message import normalize_address as normalize
+from wsemail.protocol.soap import q
 from wsemail.server.app import Login
 from wsemail.server.attachments import records
 from wsemail.server.attachments.plugin import MAX_PER_MESSAGE
@@ -60,7 +61,6 @@ from wsemail.server.smtp.inbound import (
 )
 from wsemail.server.smtp.mime import Incoming, from_mime
 from wsemail.server.store import Tx, UserRecord
-from wsemail.soap import q
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server

@@ -19,20 +19,25 @@ this server's records (checked inside the unit of work).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography import x509
 
-from wsemail import soap
-from wsemail.dsig import VerifiedEnvelope, verify_envelope
-from wsemail.errors import Forbidden, UntrustedSigner
-from wsemail.message import domain_of
 from wsemail.pki import certificate_address
+from wsemail.protocol import soap
+from wsemail.protocol.dsig import VerifiedEnvelope, verify_envelope
+from wsemail.protocol.errors import Forbidden, UntrustedSigner
+from wsemail.protocol.message import domain_of
 from wsemail.server.store import Tx
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server
-    from wsemail.server.usercerts.plugin import UserCertificates
+
+
+class UserCertificates(Protocol):
+    """What certificate login needs of the user-certificate plug-in (`plugin.py`)."""
+
+    def current_crl(self) -> x509.CertificateRevocationList: ...
 
 
 class CertificateLogin:

@@ -28,13 +28,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from lxml import etree
 
-from wsemail import soap
-from wsemail.errors import Forbidden, NotFound, RequestInvalid
-from wsemail.message import domain_of, normalize_address
 from wsemail.pki import ServerIdentity
+from wsemail.protocol import soap
+from wsemail.protocol.errors import Forbidden, NotFound, RequestInvalid
+from wsemail.protocol.message import domain_of, normalize_address
+from wsemail.protocol.soap import element, q, text_of
 from wsemail.server.pipeline import Environment, ExtensionProcessor
 from wsemail.server.store import Tx
-from wsemail.soap import element, q, text_of
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server

@@ -13,9 +13,9 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import Header, Input, Label
 
-from wsemail.client import Client
-from wsemail.errors import WsemailError
-from wsemail.im_client import Incoming, InstantMessenger, Invitation, Opened
+from wsemail.client.im import Incoming, InstantMessenger, Invitation, Opened
+from wsemail.client.mail import Client
+from wsemail.protocol.errors import WsemailError
 from wsemail.tui.drafts import parse_addresses
 from wsemail.tui.feedback import describe
 from wsemail.tui.push import PushSession, notice_text, plain_address

@@ -11,7 +11,7 @@ mail, so it excludes the instant-message options.
 
 A form from the installed plug-ins (ctrl+f: pick one, fill it in its plug-in's screen)
 travels as the message's body, validated by its plug-in; with no recipient it goes to the
-route's first approvers (`wsemail.forms.workflow.attach_form`, as `wsemail send --form`)."""
+route's first approvers (`wsemail.client.forms.workflow.attach_form`, as `wsemail send --form`)."""
 
 from __future__ import annotations
 
@@ -28,11 +28,12 @@ from textual.containers import Grid, Horizontal
 from textual.message import Message
 from textual.widgets import Checkbox, Header, Input, Label, TextArea
 
-from wsemail.attachments_client import Attachments
-from wsemail.client import Client
-from wsemail.errors import WsemailError
-from wsemail.forms import FormPlugin, installed_forms, workflow
-from wsemail.message import Draft
+from wsemail.client.attachments import Attachments
+from wsemail.client.forms import installed_forms, workflow
+from wsemail.client.mail import Client
+from wsemail.core.forms import FormPlugin
+from wsemail.protocol.errors import WsemailError
+from wsemail.protocol.message import Draft
 from wsemail.tui.delivery import Options, send_directly, send_sealed
 from wsemail.tui.drafts import ComposeDraft, parse_addresses
 from wsemail.tui.feedback import describe

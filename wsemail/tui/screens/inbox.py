@@ -18,10 +18,10 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import DataTable, Header, Input, Label
 
-from wsemail.client import Client, Page
-from wsemail.errors import WsemailError
-from wsemail.im_client import Incoming, InstantMessenger, Invitation
-from wsemail.message import normalize_address
+from wsemail.client.im import Incoming, InstantMessenger, Invitation
+from wsemail.client.mail import Client, Page
+from wsemail.protocol.errors import WsemailError
+from wsemail.protocol.message import normalize_address
 from wsemail.tui.drafts import ComposeDraft
 from wsemail.tui.feedback import describe
 from wsemail.tui.mailbox import AddressBook, Mailbox

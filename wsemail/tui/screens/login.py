@@ -17,8 +17,8 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Checkbox, Header, Input, Label, Select
 
-from wsemail.client import Client
-from wsemail.errors import WsemailError
+from wsemail.client.mail import Client
+from wsemail.protocol.errors import WsemailError
 from wsemail.tui.feedback import describe
 from wsemail.tui.screens.base import Failed, WorkScreen
 from wsemail.tui.signin import (

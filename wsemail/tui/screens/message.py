@@ -20,13 +20,13 @@ from textual.binding import Binding
 from textual.message import Message as TextualMessage
 from textual.widgets import Header, ProgressBar
 
-from wsemail.attachments_client import safe_file_name
-from wsemail.client import Client
-from wsemail.errors import WsemailError
-from wsemail.forms import workflow
-from wsemail.forms.approvals import Chain, Entry
-from wsemail.message import Message
-from wsemail.provenance import Provenance
+from wsemail.client.attachments import safe_file_name
+from wsemail.client.forms import workflow
+from wsemail.client.mail import Client
+from wsemail.core.forms.approvals import Chain, Entry
+from wsemail.core.provenance import Provenance
+from wsemail.protocol.errors import WsemailError
+from wsemail.protocol.message import Message
 from wsemail.tui import delivery, drafts
 from wsemail.tui.formscreen import shown_screen
 from wsemail.tui.formview import FormShown, Offer, accept, offer, show_form

@@ -10,7 +10,7 @@ from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.widgets import DataTable
 
-from wsemail.message import MessageHeader
+from wsemail.protocol.message import MessageHeader
 from wsemail.tui.mailbox import format_date, format_size, markers
 
 # column key, label, width (None: takes the rest of the width)

@@ -9,10 +9,10 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from wsemail.message import AttachmentRef, Message
-from wsemail.provenance import Provenance
+from wsemail.client.usercerts import EncryptedAttachment
+from wsemail.core.provenance import Provenance
+from wsemail.protocol.message import AttachmentRef, Message
 from wsemail.tui.mailbox import format_date
-from wsemail.usercerts import EncryptedAttachment
 
 PROOF_STYLES = {"verified": "green", "local": "", "failed": "bold red"}
 

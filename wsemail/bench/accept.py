@@ -1,0 +1,224 @@
+"""`wsemail bench`: the accept path under load on loopback.
+
+Starts the real `wsemail serve` in its own process on a fresh data dir (SQLite WAL,
+synchronous=FULL), gives every simulated client its own account and key (scrypt once, as a
+real client session), then has N clients send password-MAC-authenticated messages over
+keep-alive HTTP/1.1 connections for a fixed time. With `signed_answers` each request asks
+for a signed answer naming the server certificate by digest, as a client with trust roots
+does once it holds the certificate. Prints accepted sends/s, latency
+percentiles, the server's CPU time per accepted send (from /proc) and the load generator's
+own CPU, and checks that every accepted send is in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from lxml import etree
+
+from wsemail.protocol import soap
+from wsemail.protocol.auth import SIGN_RESPONSE, Credentials, derive_key
+from wsemail.protocol.dsig import cert_digest
+from wsemail.protocol.message import Draft
+from wsemail.protocol.soap import q
+from wsemail.server.accounts import set_user
+from wsemail.server.store import SqliteStore
+
+BENCH_PASSWORD = "bench password"  # noqa: S105 -- throw-away accounts in a temp dir
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)
+    refused: int = 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _envelope(creds: Credentials, recipient: str, n: int, known: str | None) -> bytes:
+    env, header, body = soap.new_envelope()
+    op = etree.SubElement(body, q("Send"))
+    Draft(to=[recipient], subject=f"bench {n}", body="x" * 900).to_xml(op)
+    creds.sign(header, body)
+    if known is not None:
+        etree.SubElement(header, q(SIGN_RESPONSE)).set("ServerCertificate", known)
+    return soap.serialize(env)
+
+
+async def _client(
+    url: str,
+    creds: Credentials,
+    recipient: str,
+    stop_at: float,
+    measure_from: float,
+    tally: Tally,
+    known: str | None,
+) -> None:
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    head = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Content-Type: {soap.CONTENT_TYPE}\r\n"
+    ).encode()
+    n = 0
+    try:
+        while (now := time.perf_counter()) < stop_at:
+            data = _envelope(creds, recipient, n, known)
+            n += 1
+            writer.write(head + b"Content-Length: %d\r\n\r\n" % len(data) + data)
+            status_line = await reader.readuntil(b"\r\n")
+            headers = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in headers.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            if now < measure_from:
+                continue
+            if b" 200 " in status_line:
+                tally.latencies.append(time.perf_counter() - now)
+            else:
+                tally.refused += 1
+    finally:
+        writer.close()
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
+
+
+def run_bench(
+    *,
+    clients: int = 16,
+    seconds: float = 5.0,
+    data_dir: str | None = None,
+    warmup: float = 1.0,
+    signed_answers: bool = False,
+) -> dict[str, float]:
+    temp = None
+    if data_dir is None:
+        temp = tempfile.TemporaryDirectory(prefix="wsemail-bench-")
+        data_dir = temp.name
+    root = Path(data_dir)
+    store = SqliteStore(root / "wsemail.db")
+    senders = [f"sender{i}@localhost" for i in range(clients)]
+    recipient = "sink@localhost"
+    existing = {u.address for u in store.transact_sync(lambda tx: tx.users())}
+    for address in [*senders, recipient]:
+        if address not in existing:
+            set_user(store, "localhost", address, BENCH_PASSWORD)
+    salts = {u.address: u.salt for u in store.transact_sync(lambda tx: tx.users())}
+    store.close()
+    creds = [Credentials(a, derive_key(BENCH_PASSWORD, salts[a])) for a in senders]
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "wsemail.cli", "serve", "--data-dir", str(root), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        if " at " not in line:
+            raise SystemExit(f"bench: server did not start: {line!r}")
+        url = line.split(" at ")[1].split()[0]
+        known = None
+        if signed_answers:  # the server certificate, as a client holds it after first contact
+            cert = x509.load_pem_x509_certificate((root / "federation" / "server.pem").read_bytes())
+            known = base64.b64encode(cert_digest(cert)).decode("ascii")
+        tally = Tally()
+
+        async def drive() -> tuple[float, float, float, float]:
+            start = time.perf_counter()
+            measure_from = start + warmup
+            stop_at = measure_from + seconds
+            tasks = [
+                asyncio.create_task(_client(url, c, recipient, stop_at, measure_from, tally, known))
+                for c in creds
+            ]
+            await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+            cpu0, gen0, wall0 = cpu_seconds(server.pid), time.process_time(), time.perf_counter()
+            await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+            cpu1, gen1, wall1 = cpu_seconds(server.pid), time.process_time(), time.perf_counter()
+            await asyncio.gather(*tasks)
+            return cpu1 - cpu0, gen1 - gen0, wall1 - wall0, 0.0
+
+        server_cpu, generator_cpu, wall, _ = asyncio.run(drive())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        if server.stdout is not None:
+            server.stdout.close()
+
+    with sqlite3.connect(root / "wsemail.db") as db:
+        stored = db.execute("SELECT count(*) FROM messages WHERE owner=?", (recipient,)).fetchone()[
+            0
+        ]
+        sent = db.execute("SELECT count(*) FROM messages WHERE folder='sent'").fetchone()[0]
+    if temp is not None:
+        temp.cleanup()
+    accepted = len(tally.latencies)
+    ms = [x * 1000 for x in tally.latencies] or [0.0]
+    result = {
+        "clients": clients,
+        "seconds": round(wall, 2),
+        "accepted": accepted,
+        "refused": tally.refused,
+        "sends_per_second": round(accepted / wall, 1),
+        "latency_ms_mean": round(statistics.fmean(ms), 2),
+        "latency_ms_p50": round(_percentile(ms, 50), 2),
+        "latency_ms_p90": round(_percentile(ms, 90), 2),
+        "latency_ms_p99": round(_percentile(ms, 99), 2),
+        "latency_ms_max": round(max(ms), 2),
+        "server_cpu_ms_per_send": round(server_cpu * 1000 / max(accepted, 1), 3),
+        "server_cpu_cores": round(server_cpu / wall, 2),
+        "generator_cpu_ms_per_send": round(generator_cpu * 1000 / max(accepted, 1), 3),
+        "generator_cpu_cores": round(generator_cpu / wall, 2),
+        "stored_inbox_copies": stored,
+        "stored_sent_copies": sent,
+    }
+    print(
+        f"wsemail bench: {clients} clients, {wall:.1f} s measured after {warmup:.0f} s warm-up,"
+        f" password-MAC auth, {'signed' if signed_answers else 'plain'} answers,"
+        " SQLite WAL synchronous=FULL"
+    )
+    print(
+        f"  accepted sends     {accepted} ({result['sends_per_second']}/s), refused {tally.refused}"
+    )
+    print(
+        f"  latency ms         mean {result['latency_ms_mean']}  p50 {result['latency_ms_p50']}"
+        f"  p90 {result['latency_ms_p90']}  p99 {result['latency_ms_p99']}"
+        f"  max {result['latency_ms_max']}"
+    )
+    print(
+        f"  server CPU         {result['server_cpu_ms_per_send']} ms per accepted send "
+        f"({result['server_cpu_cores']} cores busy)"
+    )
+    print(
+        f"  load generator CPU {result['generator_cpu_ms_per_send']} ms per send "
+        f"({result['generator_cpu_cores']} cores busy)"
+    )
+    print(
+        f"  durable            {stored} inbox + {sent} sent copies in the database "
+        "(includes warm-up sends)"
+    )
+    return result
+
+
+__all__ = ["run_bench"]

@@ -1,0 +1,14 @@
+"""In charge of the user's side of wsemail, headless (the CLI and the TUI sit on it):
+
+- `mail`: `Client`, the mail client (SOAP over httpx, the salted password MAC, signed answers).
+- `attachments`: on-demand attachments (upload, federated fetch).
+- `im`: instant messages, presence, push streams and the party line.
+- `usercerts`: the user's own certificate, end-to-end encryption, the certificate directory.
+- `forms`: form plug-ins on this device and the routed workflow.
+"""
+
+from __future__ import annotations
+
+from wsemail.client.mail import Client, Page, SendResult
+
+__all__ = ["Client", "Page", "SendResult"]

@@ -1,0 +1,633 @@
+"""In charge of the client's side of instant messaging (paper §4.1, DESIGN.md §8): sending
+instant messages through the own server or directly to the recipient's server, holding a
+live push stream (server-sent events) and reading what it brings, presence, allow / block
+lists, history and the messages that fell back to the mailbox, and the party line
+(`open_channel`, `find_invitation`, `join`: mutual TLS 1.3 with a federated identity, the
+listener pinned by the fingerprint in the invitation). Used by `wsemail im` and the TUI.
+
+    with Client(url, "bob@b.test", password) as client:
+        im = InstantMessenger(client)
+        with im.listen() as stream:          # live once this returns
+            for message in stream:
+                print(message.sender, message.body)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import socket
+import ssl
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+from lxml import etree
+
+from wsemail.client.attachments import Attachments, Token, _answer
+from wsemail.client.mail import Client, SendResult
+from wsemail.core.provenance import Provenance
+from wsemail.protocol import soap
+from wsemail.protocol.auth import timestamp
+from wsemail.protocol.dsig import Signer, add_timestamp
+from wsemail.protocol.errors import (
+    Forbidden,
+    NotFound,
+    ServerError,
+    TransportError,
+    UntrustedSigner,
+    UsageError,
+    WsemailError,
+)
+from wsemail.protocol.message import Draft, Message, domain_of, new_message_id, normalize_address
+from wsemail.protocol.soap import WSSE, WSU, element, q, text_of
+
+EXTENSION_ID = "im"
+CHANNEL_MARK = "wsemail-channel:"  # see wsemail.server.im.channel.ChannelInfo.invitation
+CHANNEL_LINE = 16 * 1024
+CHANNEL_TIMEOUT = 10.0
+# a push stream silent this long is given up (the server sends a keep-alive at least every
+# 30 s; a server that cannot accept the stream, e.g. out of descriptors, is noticed too)
+STREAM_SILENCE = 60.0
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One pushed event: an instant message (`kind` "message") or a notice."""
+
+    kind: str
+    data: dict[str, Any]
+
+    @property
+    def sender(self) -> str:
+        return str(self.data.get("from", ""))
+
+    @property
+    def body(self) -> str:
+        return str(self.data.get("body", ""))
+
+    def message(self) -> Message:
+        signed = self.data.get("signed")
+        return Message(
+            id=str(self.data.get("id", "")),
+            message_id=str(self.data.get("message_id", "")),
+            folder="inbox",
+            sender=self.sender,
+            to=list(self.data.get("to", [])),
+            cc=list(self.data.get("cc", [])),
+            subject=str(self.data.get("subject", "")),
+            date=str(self.data.get("date", "")),
+            size=len(self.body.encode()),
+            seen=False,
+            body=self.body,
+            origin=self.data.get("origin"),
+            signed_xml=signed.encode() if isinstance(signed, str) else None,
+            instant=True,
+        )
+
+
+@dataclass(frozen=True)
+class Contact:
+    address: str
+    status: str  # online | offline | unknown
+    sessions: int = 0
+
+
+@dataclass(frozen=True)
+class DirectResult:
+    message_id: str
+    outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)  # recipient → (status, why)
+
+
+class Stream:
+    """A live push session; iterate for events, `close()` from any thread to stop."""
+
+    def __init__(self, http: httpx.Client, url: httpx.URL, extensions: dict[str, Any]) -> None:
+        self._closed = threading.Event()
+        self._context = http.stream(
+            "GET", url, extensions=extensions, timeout=httpx.Timeout(10, read=STREAM_SILENCE)
+        )
+        try:
+            self._response = self._context.__enter__()
+        except httpx.HTTPError as exc:
+            raise TransportError(f"cannot open the push stream: {exc}") from exc
+        if self._response.status_code != 200:
+            self._response.read()
+            self._context.__exit__(None, None, None)
+            _answer(self._response, str(url))
+            raise ServerError(f"HTTP {self._response.status_code} opening the push stream")
+        self._lines = self._response.iter_lines()
+        ready = self._next()
+        if ready is None or ready.kind != "ready":
+            self.close()
+            raise ServerError("the push stream did not start")
+        self.session = str(ready.data.get("session", ""))
+
+    def _next(self) -> Incoming | None:
+        kind, data = "message", ""
+        try:
+            for line in self._lines:
+                if line == "":
+                    if data:
+                        return Incoming(kind, json.loads(data))
+                    kind, data = "message", ""
+                elif line.startswith(":"):
+                    continue
+                elif line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:"):
+                    data += line[5:].strip()
+        except (httpx.HTTPError, OSError, ValueError, RuntimeError):
+            if not self._closed.is_set():
+                raise TransportError("the push stream broke off") from None
+        return None
+
+    def __iter__(self) -> Iterator[Incoming]:
+        while not self._closed.is_set():
+            item = self._next()
+            if item is None:
+                return
+            yield item
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        # a reader blocked in recv() on another thread wakes only when the socket is shut
+        # down; closing the response alone would leave it waiting for the next keep-alive
+        stream = self._response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        try:
+            self._response.close()
+        except (httpx.HTTPError, OSError, RuntimeError):
+            pass
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class InstantMessenger:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._attachments = Attachments(client)  # its federated identity tokens
+
+    # sending ----------------------------------------------------------------------------
+    def send(
+        self,
+        to: list[str] | str,
+        text: str,
+        *,
+        subject: str = "Instant message",
+        delete_if_undeliverable: bool = False,
+    ) -> SendResult:
+        """Through the own server (which relays to other domains, signed)."""
+        return self.client.send(
+            [to] if isinstance(to, str) else list(to),
+            subject,
+            text,
+            instant=True,
+            delete_if_undeliverable=delete_if_undeliverable,
+        )
+
+    def send_direct(
+        self,
+        to: list[str] | str,
+        text: str,
+        server_url: str,
+        *,
+        subject: str = "Instant message",
+        delete_if_undeliverable: bool = False,
+    ) -> DirectResult:
+        """Straight to the recipients' server, signed with a federated identity from the
+        own server; all recipients must be in that server's domain."""
+        recipients = [normalize_address(a) for a in ([to] if isinstance(to, str) else to)]
+        domains = {domain_of(r) for r in recipients}
+        if len(domains) != 1:
+            raise TransportError("a direct instant message goes to one domain")
+        draft = Draft(
+            to=recipients,
+            subject=subject,
+            body=text,
+            message_id=new_message_id(domain_of(self.client.username)),
+            delete_if_undeliverable=delete_if_undeliverable,
+        )
+        domain = domains.pop()
+        data = direct_request(draft, domain, self._attachments.token())
+        try:
+            response = self.client.http.post(
+                server_url,
+                content=data,
+                headers={"content-type": soap.CONTENT_TYPE},
+                extensions={"sni_hostname": domain},
+            )
+        except httpx.HTTPError as exc:
+            raise TransportError(f"cannot reach {server_url}: {exc}") from exc
+        answer = _answer(response, server_url)
+        outcomes = {
+            n.get("Recipient", ""): (n.get("Status", ""), n.get("Reason", ""))
+            for n in answer.findall(q("Result"))
+        }
+        return DirectResult(text_of(answer, "MessageId", "") or "", outcomes)
+
+    # receiving --------------------------------------------------------------------------
+    def listen(self) -> Stream:
+        """Open a live push session (the caller is online while it is open)."""
+        answer = self._call(etree.Element(q("OpenStream")))
+        ticket = text_of(answer, "Ticket", "") or ""
+        path = text_of(answer, "Path", "") or ""
+        url = httpx.URL(self.client.server).copy_with(path=path, query=f"ticket={ticket}".encode())
+        return Stream(self.client.http, url, self.client.extensions)
+
+    def verify(self, incoming: Incoming) -> tuple[Provenance, Message]:
+        """The pushed message checked like mail (signed by the sending server, or local)."""
+        return self.client.verify(incoming.message())
+
+    # presence, access lists, history ----------------------------------------------------
+    def who(self, addresses: list[str] | None = None) -> list[Contact]:
+        op = etree.Element(q("Who"))
+        for address in addresses or []:
+            element(op, "Address", address)
+        answer = self._call(op)
+        return [
+            Contact(n.get("address", ""), n.get("status", ""), int(n.get("sessions", "0") or 0))
+            for n in answer.findall(q("Contact"))
+        ]
+
+    def acl(self) -> dict[str, list[str]]:
+        return self._acl(self._call(etree.Element(q("GetAcl"))))
+
+    def set_acl(self, kind: str, pattern: str, present: bool = True) -> dict[str, list[str]]:
+        op = etree.Element(q("SetAcl"))
+        element(op, "List", kind)
+        element(op, "Pattern", pattern)
+        element(op, "Present", "true" if present else "false")
+        return self._acl(self._call(op))
+
+    def allow(self, pattern: str) -> dict[str, list[str]]:
+        return self.set_acl("allow", pattern)
+
+    def block(self, pattern: str) -> dict[str, list[str]]:
+        return self.set_acl("block", pattern)
+
+    def history(self, peer: str | None = None, limit: int = 50) -> list[dict[str, object]]:
+        op = etree.Element(q("History"))
+        if peer:
+            element(op, "Peer", peer)
+        element(op, "Limit", str(limit))
+        return [
+            {
+                "from": n.get("from", ""),
+                "message_id": n.get("message-id", ""),
+                "at": float(n.get("at", "0") or 0),
+                "outcome": n.get("outcome", ""),
+                "body": n.text or "",
+            }
+            for n in self._call(op).findall(q("Entry"))
+        ]
+
+    def missed(self) -> list[str]:
+        """Ids of mailbox messages that were meant as instant messages."""
+        answer = self._call(etree.Element(q("Missed")))
+        return [n.text or "" for n in answer.findall(q("Id"))]
+
+    # the party line ---------------------------------------------------------------------
+    def open_channel(self, addresses: list[str], idle_timeout: int | None = None) -> Opened:
+        """Ask the own server to open a party line and invite `addresses` (and you)."""
+        op = etree.Element(q("OpenChannel"))
+        for address in addresses:
+            element(op, "Address", address)
+        if idle_timeout is not None:
+            element(op, "IdleTimeout", str(idle_timeout))
+        answer = self._call(op)
+        try:
+            invitation = Invitation(
+                channel=text_of(answer, "Id", "") or "",
+                host=text_of(answer, "Host", "") or "",
+                port=int(text_of(answer, "Port", "0") or 0),
+                fingerprint=text_of(answer, "Fingerprint", "") or "",
+                domain=text_of(answer, "Domain", "") or "",
+                sender=self.client.username,
+            )
+        except ValueError as exc:
+            raise ServerError("unreadable OpenChannel answer") from exc
+        invited = {n.text or "": n.get("status", "") for n in answer.findall(q("Invited"))}
+        return Opened(invitation, invited)
+
+    def find_invitation(self, channel: str) -> Invitation:
+        """The invitation to `channel` among the instant messages received (pushed or kept
+        in the mailbox); it must come from an address of the channel's domain."""
+        bodies = [(str(e["from"]), str(e["body"])) for e in self.history(limit=500)]
+        for public_id in self.missed():
+            with contextlib.suppress(WsemailError):
+                message = self.client.retrieve(public_id)
+                bodies.append((message.sender, message.body))
+        for sender, body in bodies:
+            found = Invitation.parse(body, sender)
+            if found is not None and found.channel == channel:
+                return found
+        raise NotFound(f"no invitation to channel {channel} among your instant messages")
+
+    def join(self, invitation: Invitation | str) -> PartyLine:
+        """Join a party line with a federated identity certificate from the own server."""
+        if isinstance(invitation, str):
+            invitation = self.find_invitation(invitation)
+        return PartyLine(invitation, self._attachments.token())
+
+    def _call(self, request: etree._Element) -> etree._Element:
+        answer = self.client.extension(EXTENSION_ID, request)
+        if answer is None:
+            raise ServerError("the im extension gave no answer")
+        return answer
+
+    @staticmethod
+    def _acl(answer: etree._Element) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {"allow": [], "block": []}
+        for node in answer.findall(q("Entry")):
+            found.setdefault(node.get("list", ""), []).append(node.text or "")
+        return found
+
+
+def direct_request(
+    draft: Draft,
+    server: str,
+    token: Token,
+    *,
+    now: datetime | None = None,
+    nonce: bytes | None = None,
+) -> bytes:
+    """DirectInstant(Server, Nonce, IssuerCertificate, Message) signed with the token's key
+    (XMLDSIG over Body and Timestamp, the user certificate in KeyInfo)."""
+    env, header, body = soap.new_envelope()
+    security = etree.SubElement(header, q("Security", WSSE), nsmap={"wsse": WSSE, "wsu": WSU})
+    now = now or datetime.now(UTC)
+    add_timestamp(security, timestamp(now), timestamp(now + timedelta(minutes=5)))
+    op = etree.SubElement(body, q("DirectInstant"))
+    element(op, "Server", server)
+    element(op, "Nonce", base64.b64encode(nonce or os.urandom(16)).decode("ascii"))
+    issuer = token.issuer.public_bytes(serialization.Encoding.DER)
+    element(op, "IssuerCertificate", base64.b64encode(issuer).decode("ascii"))
+    draft.to_xml(op)
+    Signer(token.key, token.cert).sign_envelope(env)
+    return soap.serialize(env)
+
+
+@dataclass(frozen=True)
+class Invitation:
+    """Where a party line listens and the SHA-256 fingerprint its certificate must have."""
+
+    channel: str
+    host: str
+    port: int
+    fingerprint: str
+    domain: str
+    sender: str = ""
+
+    @classmethod
+    def parse(cls, body: str, sender: str = "") -> Invitation | None:
+        """The invitation in an instant message's body, or None. One sent by an address of
+        another domain than the channel's is ignored (only the channel's server invites)."""
+        fields: dict[str, str] = {}
+        started = False
+        for line in body.splitlines():
+            key, sep, value = line.partition(":")
+            if line.startswith(CHANNEL_MARK):
+                started, fields = True, {"id": value.strip()}
+            elif started and sep:
+                fields[key.strip().lower()] = value.strip()
+        try:
+            found = cls(
+                channel=fields["id"],
+                host=fields["host"],
+                port=int(fields["port"]),
+                fingerprint=fields["sha256"].upper(),
+                domain=fields["domain"].lower(),
+                sender=sender,
+            )
+        except (KeyError, ValueError):
+            return None
+        if not found.channel or not 0 < found.port < 65536:
+            return None
+        if sender and domain_of(sender) != found.domain:
+            return None
+        return found
+
+
+@dataclass(frozen=True)
+class Opened:
+    invitation: Invitation
+    invited: dict[str, str]  # address → invited | queued | refused
+
+
+def _client_context(token: Token | None) -> ssl.SSLContext:
+    """TLS 1.3; the listener is checked by its pinned fingerprint, not by a CA."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if token is not None:  # ssl loads keys from files only: a private file, removed at once
+        pem = (
+            token.key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            + token.cert.public_bytes(serialization.Encoding.PEM)
+            + token.issuer.public_bytes(serialization.Encoding.PEM)
+        )
+        with tempfile.TemporaryDirectory(prefix="wsemail-channel-") as folder:
+            path = os.path.join(folder, "identity.pem")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(pem)
+            context.load_cert_chain(path)
+    return context
+
+
+class PartyLine:
+    """A joined party line: `send(text)`; iterate (or `next_event`) for what the channel
+    relays — dicts with "event" line | joined | left | closed; `close()` to leave.
+
+    The TLS connection lives in its own asyncio loop thread (one SSL object, one thread)."""
+
+    def __init__(self, invitation: Invitation, token: Token | None) -> None:
+        self.invitation = invitation
+        self.participants: list[str] = []
+        self.address = ""
+        self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._context = _client_context(token)
+        self._issuer = (
+            base64.b64encode(token.issuer.public_bytes(serialization.Encoding.DER)).decode()
+            if token is not None
+            else ""
+        )
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._closing = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="wsemail-party-line", daemon=True
+        )
+        self._thread.start()
+        try:
+            self._run(self._connect())
+        except BaseException:
+            self.close()
+            raise
+
+    def _run(self, coro: Any, timeout: float = 3 * CHANNEL_TIMEOUT) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _connect(self) -> None:
+        invitation = self.invitation
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    invitation.host,
+                    invitation.port,
+                    ssl=self._context,
+                    server_hostname=invitation.domain,
+                    limit=CHANNEL_LINE,
+                ),
+                CHANNEL_TIMEOUT,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise TransportError(
+                f"cannot reach the channel at {invitation.host}:{invitation.port}: {exc}"
+            ) from exc
+        self._writer = writer
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        seen = hashlib.sha256(der or b"").hexdigest().upper()
+        if not der or seen != invitation.fingerprint.replace(":", ""):
+            raise UntrustedSigner("the channel's certificate is not the one in the invitation")
+        hello = {"channel": invitation.channel, "issuer": self._issuer}
+        try:
+            writer.write(json.dumps(hello).encode() + b"\n")
+            await writer.drain()
+            raw = await asyncio.wait_for(reader.readline(), CHANNEL_TIMEOUT)
+        except ssl.SSLError as exc:
+            raise Forbidden(f"the channel refused the TLS connection: {exc.reason}") from exc
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise Forbidden(f"the channel closed the connection: {exc}") from exc
+        first = _event(raw)
+        if first is None:
+            raise Forbidden(
+                "the channel closed the connection before admitting you (TLS refuses a "
+                "missing or untrusted certificate)"
+            )
+        if first.get("event") != "welcome":
+            raise Forbidden(f"the channel refused you: {first.get('reason', 'no reason given')}")
+        self.address = str(first.get("you", ""))
+        self.participants = [str(p) for p in first.get("participants", [])]
+        self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                event = _event(await reader.readline())
+                if event is None:
+                    break
+                self._events.put(event)
+                if event.get("event") == "closed":
+                    break
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._events.put(None)
+
+    def send(self, text: str) -> None:
+        if "\n" in text or "\r" in text:
+            raise UsageError("one line at a time")
+        self._run(self._send(text))
+
+    async def _send(self, text: str) -> None:
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            raise TransportError("the channel is closed")
+        try:
+            writer.write(json.dumps({"text": text}).encode() + b"\n")
+            await writer.drain()
+        except OSError as exc:
+            raise TransportError(f"the channel broke off: {exc}") from exc
+
+    def next_event(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next relayed event; None once the channel is closed (or on timeout)."""
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while (event := self.next_event()) is not None:
+            yield event
+
+    async def _close(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            if not writer.is_closing():
+                writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), CHANNEL_TIMEOUT)
+            except (OSError, TimeoutError):
+                writer.transport.abort()
+        task = self._reader_task
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def close(self) -> None:
+        """Leave (from any thread, any number of times)."""
+        with self._closing:
+            if self._loop.is_closed():
+                return
+            if self._thread.is_alive():
+                with contextlib.suppress(WsemailError, OSError, TimeoutError, RuntimeError):
+                    self._run(self._close())
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join(CHANNEL_TIMEOUT)
+            if not self._thread.is_alive():
+                self._loop.close()
+            self._events.put(None)
+
+    def __enter__(self) -> PartyLine:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _event(raw: bytes) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None

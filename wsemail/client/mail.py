@@ -1,0 +1,428 @@
+"""The client library (RC/SC in the paper): used by the CLI now and the TUI later.
+
+    with Client("http://127.0.0.1:8025/wsemail", "alice@localhost", password="…") as c:
+        c.send(["bob@localhost"], "hi", "hello")
+        for header in c.iter_headers(folder="inbox"):
+            print(c.retrieve(header.id).body)
+
+The password is turned into the MAC key once (scrypt) on the first authenticated call;
+every request after that costs one HMAC. `transport` is a test seam: pass
+`httpx.ASGITransport(app)` to talk to an in-process server.
+
+With trust roots, every authenticated request asks for a signed answer (DESIGN.md §4):
+the answer must be signed by a server certificate of the user's own domain that chains to
+the roots and is not revoked (checked on first contact, when the server embeds it; later
+answers name it by digest), be fresh, and be bound to this request's nonce; otherwise the
+call raises. Without trust roots nothing can be checked: `answer_check` says "unchecked".
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+from cryptography import x509
+from lxml import etree
+
+from wsemail.core import provenance
+from wsemail.core.provenance import Provenance, server_domain
+from wsemail.pki import TrustStore
+from wsemail.protocol import soap
+from wsemail.protocol.auth import (
+    IN_RESPONSE_TO,
+    KDF_N,
+    KDF_P,
+    KDF_R,
+    SIGN_RESPONSE,
+    Credentials,
+    derive_key,
+    parse_timestamp,
+)
+from wsemail.protocol.dsig import DS, cert_digest, verify_envelope
+from wsemail.protocol.errors import (
+    MessageExpired,
+    RemoteFault,
+    ReplayDetected,
+    ServerError,
+    SignatureInvalid,
+    TransportError,
+    UntrustedSigner,
+    UsageError,
+)
+from wsemail.protocol.message import (
+    Draft,
+    Message,
+    MessageHeader,
+    domain_of,
+    new_message_id,
+    normalize_address,
+)
+from wsemail.protocol.soap import WSSE, WSU, element, q, text_of
+from wsemail.protocol.xmlsafe import XmlLimits, parse_untrusted
+
+RESPONSE_LIMITS = XmlLimits(max_bytes=64 << 20, max_depth=32, max_elements=1_000_000)
+ANSWER_PAST, ANSWER_FUTURE = 300.0, 60.0  # freshness window of a signed answer, seconds
+
+
+@dataclass(frozen=True)
+class SendResult:
+    id: str
+    message_id: str
+
+
+@dataclass(frozen=True)
+class Page:
+    headers: list[MessageHeader]
+    next_cursor: str | None
+
+
+class Client:
+    def __init__(
+        self,
+        server: str,
+        username: str,
+        password: str | None = None,
+        *,
+        credentials: Credentials | None = None,
+        transport: httpx.BaseTransport | None = None,
+        verify: str | bool | ssl.SSLContext = True,
+        timeout: float = 30.0,
+        trust_roots: list[Path] | None = None,
+        tls_name: str | None = None,
+    ) -> None:
+        if password is None and credentials is None:
+            raise UsageError("a password is needed")
+        try:
+            url = httpx.URL(server)
+        except httpx.InvalidURL as exc:
+            raise UsageError(f"not a server URL: {server!r} ({exc})") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise UsageError(f"not a server URL: {server!r} (use https://host:port/wsemail)")
+        self.server = server
+        self.username = normalize_address(username)
+        self._password = password
+        self._credentials = credentials
+        if isinstance(verify, str):  # a CA bundle file of our own (WSEMAIL_CACERT)
+            verify = ssl.create_default_context(cafile=verify)
+        self._http = httpx.Client(
+            transport=transport,
+            verify=verify,
+            timeout=timeout,
+            headers={"content-type": soap.CONTENT_TYPE},
+        )
+        self.trust_roots = list(trust_roots or [])
+        self._trust: TrustStore | None = None
+        self._crls: list[x509.CertificateRevocationList] = []  # from our server, for `_trust`
+        # server certificates of relayed mail by SHA-256 of the DER, each fetched once
+        self.certificates: dict[bytes, x509.Certificate] = {}
+        # our own server's certificate, once a signed answer carried it and it was checked
+        self.server_certificate: x509.Certificate | None = None
+        self.answer_check: str | None = None  # last answer: "verified" or "unchecked"
+        # the name the server's TLS certificate must carry when it differs from the URL's host
+        # (a domain's server certificate names the mail domain)
+        self._extensions = {"sni_hostname": tls_name} if tls_name else {}
+
+    def __repr__(self) -> str:
+        return f"Client({self.server!r}, {self.username!r})"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    @property
+    def http(self) -> httpx.Client:
+        """The pooled HTTP client (this client's TLS settings and connections), for the
+        library's other requests: uploads, downloads, streams, signed calls."""
+        return self._http
+
+    @property
+    def extensions(self) -> dict[str, str]:
+        """The httpx request extensions each request to this client's server needs (the
+        TLS name its certificate must carry, when it differs from the URL's host)."""
+        return dict(self._extensions)
+
+    # authentication ---------------------------------------------------------------------
+    @property
+    def credentials(self) -> Credentials:
+        """The session key: fetched salt + scrypt, once per client session."""
+        if self._credentials is None:
+            assert self._password is not None
+            salt = self.get_salt(self.username)
+            self._credentials = Credentials(self.username, derive_key(self._password, salt))
+            self._password = None
+        return self._credentials
+
+    def get_salt(self, username: str) -> bytes:
+        op = etree.Element(q("GetSalt"))
+        element(op, "Username", username)
+        answer = self.call(op, authenticated=False)
+        kdf = answer.find(q("Kdf"))
+        if kdf is None or (kdf.get("n"), kdf.get("r"), kdf.get("p")) != (
+            str(KDF_N),
+            str(KDF_R),
+            str(KDF_P),
+        ):
+            raise ServerError("server asks for KDF parameters this client does not support")
+        return base64.b64decode(text_of(answer, "Salt", "") or "")
+
+    # transport --------------------------------------------------------------------------
+    def call(self, operation: etree._Element, *, authenticated: bool = True) -> etree._Element:
+        """POST one operation; return the response element or raise its fault."""
+        env, header, body = soap.new_envelope()
+        body.append(operation)
+        nonce = None
+        if authenticated:
+            nonce = self.credentials.sign(header, body)
+            if self.trust() is not None:
+                asks = element(header, SIGN_RESPONSE)
+                if self.server_certificate is not None:
+                    digest = cert_digest(self.server_certificate)
+                    asks.set("ServerCertificate", base64.b64encode(digest).decode("ascii"))
+            else:
+                nonce = None
+                self.answer_check = "unchecked"
+        else:
+            env.remove(header)
+        try:
+            response = self._http.post(
+                self.server, content=soap.serialize(env), extensions=self._extensions
+            )
+        except httpx.HTTPError as exc:
+            raise TransportError(f"cannot reach {self.server}: {exc}") from exc
+        try:
+            root = parse_untrusted(response.content, RESPONSE_LIMITS)
+            answer = soap.split_envelope(root).operation
+        except RemoteFault as exc:
+            raise ServerError(
+                f"unreadable answer (HTTP {response.status_code}) from {self.server}"
+            ) from exc
+        soap.raise_if_fault(answer)
+        if nonce is None:
+            return answer
+        return self._checked_answer(root, nonce)
+
+    def _checked_answer(self, root: etree._Element, nonce: str) -> etree._Element:
+        """The verified response element of a signed answer to the request with `nonce`."""
+        trust = self.trust()
+        assert trust is not None
+        domain = domain_of(self.username)
+        held = self.server_certificate
+
+        def own_server(cert: x509.Certificate) -> str:
+            if held is not None and cert == held:
+                return domain  # checked when it first came
+            signer = server_domain(trust, cert)
+            if signer != domain:
+                raise UntrustedSigner(f"signed by the server of {signer}, not of {domain}")
+            return signer
+
+        def by_digest(digest: bytes) -> x509.Certificate:
+            if held is None or cert_digest(held) != digest:
+                raise SignatureInvalid("it names a server certificate this client does not hold")
+            return held
+
+        try:
+            if (
+                root.find(f"{q('Header', soap.SOAP)}/{q('Security', WSSE)}/{q('Signature', DS)}")
+                is None
+            ):
+                raise SignatureInvalid("it is not signed")
+            verified = verify_envelope(root, own_server, by_digest)
+            created = parse_timestamp(verified.timestamp.findtext(q("Created", WSU)) or "")
+            expires = verified.timestamp.findtext(q("Expires", WSU))
+            age = (datetime.now(UTC) - created).total_seconds()
+            if age > ANSWER_PAST or age < -ANSWER_FUTURE:
+                raise MessageExpired("it is stale")
+            if expires is not None and parse_timestamp(expires) < datetime.now(UTC):
+                raise MessageExpired("it has expired")
+            if verified.operation.get(IN_RESPONSE_TO) != nonce:
+                raise ReplayDetected("it answers another request")
+        except RemoteFault as exc:
+            raise type(exc)(f"answer from {self.server} refused: {exc.reason}") from exc
+        self.server_certificate = verified.cert
+        self.answer_check = "verified"
+        return verified.operation
+
+    # operations -------------------------------------------------------------------------
+    def send(
+        self,
+        to: list[str],
+        subject: str = "",
+        body: str = "",
+        *,
+        cc: list[str] | None = None,
+        message_id: str | None = None,
+        retries: int = 2,
+        attachments: list[str] | None = None,
+        instant: bool = False,
+        delete_if_undeliverable: bool = False,
+    ) -> SendResult:
+        """Submit a message. A retry after a lost answer reuses the MessageId, so the server
+        stores it once. `attachments` are ids of finished uploads (`wsemail.client.attachments`)
+        that the server turns into on-demand references. `instant` marks an instant message
+        (pushed to the recipient's live sessions, else kept in the mailbox, or with
+        `delete_if_undeliverable` dropped with a notice to the sender)."""
+        draft = Draft(
+            to=list(to),
+            cc=list(cc or []),
+            subject=subject,
+            body=body,
+            message_id=message_id or new_message_id(self.username.rpartition("@")[2]),
+            attachments=list(attachments or []),
+            instant=instant,
+            delete_if_undeliverable=delete_if_undeliverable,
+        )
+        for attempt in range(retries + 1):
+            op = etree.Element(q("Send"))
+            draft.to_xml(op)
+            try:
+                answer = self.call(op)
+            except TransportError:
+                if attempt == retries:
+                    raise
+                continue
+            return SendResult(
+                text_of(answer, "Id", "") or "", text_of(answer, "MessageId", "") or ""
+            )
+        raise AssertionError("unreachable")
+
+    def list_headers(
+        self,
+        folder: str = "inbox",
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        unread_only: bool = False,
+    ) -> Page:
+        op = etree.Element(q("ListHeaders"))
+        element(op, "Folder", folder)
+        element(op, "Limit", str(limit))
+        if cursor:
+            element(op, "Cursor", cursor)
+        element(op, "UnreadOnly", "true" if unread_only else "false")
+        answer = self.call(op)
+        headers = [MessageHeader.from_xml(n) for n in answer.findall(q("MessageHeader"))]
+        return Page(headers, text_of(answer, "NextCursor"))
+
+    def iter_headers(
+        self, folder: str = "inbox", *, unread_only: bool = False, page_size: int = 100
+    ) -> Iterator[MessageHeader]:
+        """Every header of a folder, newest first, one page in memory at a time."""
+        cursor: str | None = None
+        while True:
+            page = self.list_headers(
+                folder, limit=page_size, cursor=cursor, unread_only=unread_only
+            )
+            yield from page.headers
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def retrieve(self, message_id: str) -> Message:
+        op = etree.Element(q("Retrieve"))
+        element(op, "Id", message_id)
+        node = self.call(op).find(q("Message"))
+        if node is None:
+            raise ServerError("RetrieveResponse without a Message")
+        return Message.from_xml(node)
+
+    def trust(self) -> TrustStore | None:
+        """The federation roots this client trusts, with the CRLs its own server holds."""
+        if not self.trust_roots:
+            return None
+        if self._trust is None:
+            try:
+                response = self._http.get(self.server + "/crl", extensions=self._extensions)
+            except httpx.HTTPError as exc:
+                raise TransportError(f"cannot reach {self.server}: {exc}") from exc
+            crls = []
+            marker = b"-----BEGIN X509 CRL-----"
+            for block in response.content.split(marker)[1:] if response.is_success else []:
+                try:
+                    crls.append(x509.load_pem_x509_crl(marker + block))
+                except ValueError:
+                    continue
+            self._trust = TrustStore.load(self.trust_roots)
+            for crl in crls:
+                try:
+                    self._trust.add_crl(crl)
+                except RemoteFault:
+                    continue  # a CRL that does not verify is ignored; checks then fail closed
+            self._crls = crls
+        return self._trust
+
+    def check_user_certificate(
+        self, cert: x509.Certificate, issuing: x509.Certificate, address: str, at: datetime
+    ) -> None:
+        """Accept `cert` as `address`'s certificate from its domain's `issuing` CA, chained to
+        this client's trust roots, as at the time `at` (a short-lived identity certificate
+        that signed a direct instant message then), with the CRLs this client holds now."""
+        trust = self.trust()
+        if trust is None:
+            raise UntrustedSigner("no trust roots configured")
+        then = TrustStore(trust.roots, clock=lambda: at)
+        for crl in self._crls:
+            try:
+                then.add_crl(crl)
+            except RemoteFault:
+                continue
+        then.verify_user(cert, issuing, address)
+
+    def verify(self, message: Message) -> tuple[Provenance, Message]:
+        """Check a retrieved message's server signature (end-to-end provenance); the
+        returned message's content comes from the verified signed form."""
+        trust = self.trust()
+        signer = None if trust is None else (lambda cert: server_domain(trust, cert))
+        return provenance.check(
+            message, self.username, signer, self.certificate, self.check_user_certificate
+        )
+
+    def certificate(self, digest: bytes) -> x509.Certificate:
+        """The server certificate a compact provenance names by digest, asked once of our
+        own server (which verified it when it accepted the message); the caller still checks
+        its chain, role and revocation."""
+        cert = self.certificates.get(digest)
+        if cert is None:
+            op = etree.Element(q("GetCertificate"))
+            element(op, "Digest", base64.b64encode(digest).decode("ascii"))
+            try:
+                der = base64.b64decode(text_of(self.call(op), "Certificate", "") or "")
+                cert = x509.load_der_x509_certificate(der)
+            except ValueError as exc:
+                raise SignatureInvalid("the server answered an unreadable certificate") from exc
+            if cert_digest(cert) != digest:
+                raise SignatureInvalid("the server answered another certificate than asked")
+            self.certificates[digest] = cert
+        return cert
+
+    def delete(self, message_id: str) -> None:
+        op = etree.Element(q("Delete"))
+        element(op, "Id", message_id)
+        self.call(op)
+
+    def extension(
+        self, extension_id: str, payload: etree._Element | None = None
+    ) -> etree._Element | None:
+        op = etree.Element(q("Extension"))
+        element(op, "ExtensionId", extension_id)
+        holder = element(op, "Payload")
+        if payload is not None:
+            holder.append(payload)
+        answer = self.call(op).find(q("Payload"))
+        return answer[0] if answer is not None and len(answer) else None

@@ -1,0 +1,310 @@
+"""Where the CLI finds its server, user and password: flags, then WSEMAIL_SERVER /
+WSEMAIL_USER / WSEMAIL_PASSWORD, then the account chosen with --account or WSEMAIL_ACCOUNT,
+then the default account of the client config written by `wsemail login`, with each
+account's password in the OS keyring under (server, user).
+
+client.toml holds several named accounts::
+
+    default = "work"
+    [accounts."work"]
+    server = "https://mail.a.example/wsemail"
+    user = "alice@a.example"
+    trust_roots = ["/etc/wsemail/root.pem"]   # optional
+    tls_name = "a.example"                    # optional
+
+The older one-account form (top-level `server`, `user`, `trust_roots`) is still read, as an
+account named after its user; writing always uses the form above."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import platformdirs
+
+from wsemail.client.mail import Client
+from wsemail.protocol.errors import UsageError
+
+DEFAULT_SERVER = "http://127.0.0.1:8025/wsemail"
+KEYRING_SERVICE = "wsemail"
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}")
+
+# set by the --account option every server-talking command carries (wsemail.cli)
+selected_account: str | None = None
+
+
+@dataclass(frozen=True)
+class Account:
+    """One named account: where its server is, who one is there, whom to trust."""
+
+    name: str
+    server: str
+    user: str
+    trust_roots: tuple[str, ...] = ()
+    tls_name: str = ""
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    accounts: dict[str, Account] = field(default_factory=dict)
+    default: str = ""
+
+    def get(self, name: str) -> Account:
+        found = self.accounts.get(name)
+        if found is None:
+            known = ", ".join(sorted(self.accounts)) or "none; run 'wsemail login'"
+            raise UsageError(f"no account named {name!r} (known: {known})")
+        return found
+
+    def current(self, name: str | None = None) -> Account | None:
+        """The named account (an unknown name is an error), else the default one."""
+        if name:
+            return self.get(name)
+        return self.accounts.get(self.default)
+
+    def find(self, server: str, user: str) -> Account | None:
+        for account in self.accounts.values():
+            if account.server == server and account.user == user:
+                return account
+        return None
+
+    def name_for(self, server: str, user: str) -> str:
+        """The account's name for (server, user): the one it has, else the address, made
+        unique (alice@a.test-2) when that name is taken by another server's account."""
+        same = self.find(server, user)
+        if same is not None:
+            return same.name
+        name, n = user, 1
+        while name in self.accounts:
+            n += 1
+            name = f"{user}-{n}"
+        return name
+
+    def with_account(self, account: Account, *, make_default: bool = False) -> ClientConfig:
+        accounts = {**self.accounts, account.name: account}
+        default = account.name if make_default or self.default not in accounts else self.default
+        return ClientConfig(accounts, default)
+
+    def without(self, name: str) -> ClientConfig:
+        accounts = {k: v for k, v in self.accounts.items() if k != name}
+        default = self.default if self.default in accounts else next(iter(sorted(accounts)), "")
+        return ClientConfig(accounts, default)
+
+
+def config_path() -> Path:
+    env = os.environ.get("WSEMAIL_CLIENT_CONFIG")
+    if env:
+        return Path(env)
+    return Path(platformdirs.user_config_dir("wsemail", appauthor=False)) / "client.toml"
+
+
+def _roots(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(p for p in value.split(os.pathsep) if p)
+    if isinstance(value, list):
+        return tuple(str(p) for p in value if isinstance(p, str) and p)
+    return ()
+
+
+def _account(name: str, table: dict[str, object]) -> Account | None:
+    server, user = table.get("server"), table.get("user")
+    if not isinstance(user, str) or not user:
+        return None
+    tls_name = table.get("tls_name")
+    return Account(
+        name,
+        server if isinstance(server, str) and server else DEFAULT_SERVER,
+        user,
+        _roots(table.get("trust_roots")),
+        tls_name if isinstance(tls_name, str) else "",
+    )
+
+
+def load_accounts() -> ClientConfig:
+    """The accounts in client.toml (none when it does not exist); a bad file is an error."""
+    path = config_path()
+    if not path.exists():
+        return ClientConfig()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+    accounts: dict[str, Account] = {}
+    tables = raw.get("accounts")
+    if isinstance(tables, dict):
+        for name, table in tables.items():
+            found = _account(name, table) if isinstance(table, dict) else None
+            if found is not None:
+                accounts[name] = found
+    old = _account("", raw)  # the one-account form of earlier versions
+    if old is not None and not accounts:
+        old = replace(old, name=old.user)
+        accounts[old.name] = old
+        return ClientConfig(accounts, old.name)
+    default = raw.get("default")
+    if not isinstance(default, str) or default not in accounts:
+        default = next(iter(sorted(accounts)), "")
+    return ClientConfig(accounts, default)
+
+
+def _toml(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+
+
+def save_accounts(config: ClientConfig) -> Path:
+    path = config_path()
+    lines = [f"default = {_toml(config.default)}"] if config.default else []
+    for name in sorted(config.accounts):
+        account = config.accounts[name]
+        lines += ["", f"[accounts.{_toml(name)}]"]
+        lines += [f"server = {_toml(account.server)}", f"user = {_toml(account.user)}"]
+        if account.trust_roots:
+            lines.append(f"trust_roots = [{', '.join(_toml(p) for p in account.trust_roots)}]")
+        if account.tls_name:
+            lines.append(f"tls_name = {_toml(account.tls_name)}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc}") from exc
+    return path
+
+
+def check_account_name(name: str) -> str:
+    if not ACCOUNT_NAME.fullmatch(name):
+        raise UsageError(f"bad account name {name!r}: letters, digits and _ . @ + - (at most 128)")
+    return name
+
+
+def _keyring_key(server: str, user: str) -> str:
+    return f"{user} {server}"
+
+
+def keyring_get(server: str, user: str) -> str | None:
+    import keyring
+    from keyring.errors import KeyringError
+
+    try:
+        return keyring.get_password(KEYRING_SERVICE, _keyring_key(server, user))
+    except (KeyringError, RuntimeError):
+        return None
+
+
+def keyring_set(server: str, user: str, password: str) -> None:
+    import keyring
+    from keyring.errors import KeyringError, NoKeyringError
+
+    try:
+        keyring.set_password(KEYRING_SERVICE, _keyring_key(server, user), password)
+    except NoKeyringError as exc:
+        raise UsageError(
+            "no OS keyring is available on this machine; set WSEMAIL_PASSWORD "
+            "in the environment instead"
+        ) from exc
+    except (KeyringError, RuntimeError) as exc:
+        raise UsageError(f"the OS keyring refused the password: {exc}") from exc
+
+
+def keyring_delete(server: str, user: str) -> bool:
+    """Forget the password; False when there was none (or no keyring to ask)."""
+    import keyring
+    from keyring.errors import KeyringError
+
+    try:
+        keyring.delete_password(KEYRING_SERVICE, _keyring_key(server, user))
+    except (KeyringError, RuntimeError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a client session needs but the password."""
+
+    server: str
+    user: str
+    trust_roots: tuple[Path, ...] = ()
+    tls_name: str | None = None
+    account: str = ""
+
+
+def chosen_account() -> str | None:
+    return selected_account or os.environ.get("WSEMAIL_ACCOUNT") or None
+
+
+def settings(
+    server: str | None = None, user: str | None = None, account: str | None = None
+) -> Settings:
+    """Flags, then the environment, then the chosen account, then the default account."""
+    found = load_accounts().current(account or chosen_account())
+    server = server or os.environ.get("WSEMAIL_SERVER") or (found.server if found else None)
+    user = user or os.environ.get("WSEMAIL_USER") or (found.user if found else None)
+    if not user:
+        raise UsageError("no user: run 'wsemail login', or set WSEMAIL_USER")
+    env_roots = os.environ.get("WSEMAIL_TRUST_ROOTS")
+    roots = _roots(env_roots) if env_roots else (found.trust_roots if found else ())
+    tls_name = os.environ.get("WSEMAIL_TLS_NAME") or (found.tls_name if found else "")
+    return Settings(
+        server or DEFAULT_SERVER,
+        user,
+        tuple(Path(p) for p in roots),
+        tls_name or None,
+        found.name if found else "",
+    )
+
+
+def resolve(server: str | None, user: str | None) -> tuple[str, str]:
+    found = settings(server, user)
+    return found.server, found.user
+
+
+def tls_verify() -> str | bool:
+    cafile = os.environ.get("WSEMAIL_CACERT")
+    return cafile if cafile else True
+
+
+def open_client(
+    server: str | None = None, user: str | None = None, account: str | None = None
+) -> Client:
+    found = settings(server, user, account)
+    password = os.environ.get("WSEMAIL_PASSWORD") or keyring_get(found.server, found.user)
+    if not password:
+        raise UsageError(
+            f"no password for {found.user}: run 'wsemail login', or set WSEMAIL_PASSWORD"
+        )
+    return Client(
+        found.server,
+        found.user,
+        password,
+        verify=tls_verify(),
+        trust_roots=list(found.trust_roots),
+        tls_name=found.tls_name,
+    )
+
+
+def trust_roots(account: str | None = None) -> list[Path]:
+    """Federation roots for checking server signatures: WSEMAIL_TRUST_ROOTS (paths joined
+    by os.pathsep) or the chosen (else default) account's `trust_roots` in client.toml."""
+    env_roots = os.environ.get("WSEMAIL_TRUST_ROOTS")
+    if env_roots:
+        return [Path(p) for p in _roots(env_roots)]
+    found = load_accounts().current(account or chosen_account())
+    return [Path(p) for p in found.trust_roots] if found else []
+
+
+def read_password(from_stdin: bool, prompt: str = "Password") -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        password = line.rstrip("\r\n")
+    else:
+        import typer
+
+        password = typer.prompt(prompt, hide_input=True, confirmation_prompt=False)
+    if not password:
+        raise UsageError("empty password")
+    return password

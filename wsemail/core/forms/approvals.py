@@ -1,0 +1,267 @@
+"""In charge of a form's approval chain (paper §4.2): signing an act (approve, reject,
+delegate) with the signer's user certificate, and verifying a whole chain offline.
+
+Each act is an enveloped XMLDSIG signature (ECDSA/RSA, SHA-256, exclusive c14n) over
+
+    <wf:Act Kind="approve">
+      <wf:FormId/> <wf:Plugin/> (name version) <wf:Step/> <wf:Role/> <wf:Signer/> <wf:At/>
+      <wf:Delegate/> (delegations only) <wf:Covers/> (SHA-256 of the form with the earlier
+      acts only: data, plug-in version, route, every earlier act) <wf:IssuingCertificate/>
+    </wf:Act>
+
+Verification, per act in order: the signature and the certificate chain user → its
+domain's issuing CA → a trusted root, at the signing time, with the CRLs given; the signer
+is the certificate's address; form id, plug-in, and covered digest match this form; then
+the workflow rules: the signer may sign the current step (an approver or a delegate of
+one), steps in order, nobody approves twice, nothing after a rejection or the last step,
+and delegations never loop. Everything read comes from the verified copy.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from lxml import etree
+
+from wsemail.core.forms.contract import Step
+from wsemail.core.forms.document import WF, FormDocument, FormError, w
+from wsemail.pki import TrustStore
+from wsemail.protocol.dsig import PrivateKey, Signer, verify_element
+from wsemail.protocol.errors import RemoteFault, UntrustedSigner
+from wsemail.protocol.message import normalize_address
+
+KINDS = ("approve", "reject", "delegate")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+FUTURE_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    step: int
+    role: str
+    signer: str
+    at: str
+    delegate: str = ""
+    on_behalf_of: str = ""
+
+    def __str__(self) -> str:
+        what = {"approve": "approved", "reject": "REJECTED", "delegate": "delegated"}[self.kind]
+        extra = f" to {self.delegate}" if self.delegate else ""
+        behalf = f" (for {self.on_behalf_of})" if self.on_behalf_of else ""
+        return f"step {self.step} {self.role}: {self.signer}{behalf} {what}{extra} at {self.at}"
+
+
+@dataclass
+class Chain:
+    """A verified chain: who did what, and where the workflow stands."""
+
+    route: list[Step]
+    entries: list[Entry] = field(default_factory=list)
+    current: int = 0  # index of the step waiting for a signature
+    rejected: bool = False
+    delegates: dict[int, dict[str, str]] = field(default_factory=dict)  # step → delegate → by
+
+    @property
+    def complete(self) -> bool:
+        return not self.rejected and self.current >= len(self.route)
+
+    @property
+    def status(self) -> str:
+        if self.rejected:
+            return "rejected"
+        return "approved" if self.complete else f"waiting for step {self.current + 1}"
+
+    def may_sign(self, address: str) -> bool:
+        if self.rejected or self.complete:
+            return False
+        step = self.route[self.current]
+        return address in step.approvers or address in self.delegates.get(self.current, {})
+
+    def next_approvers(self) -> list[str]:
+        if self.rejected or self.complete:
+            return []
+        step = self.route[self.current]
+        return [*step.approvers, *self.delegates.get(self.current, {})]
+
+    # the workflow rules ---------------------------------------------------------------
+    def apply(self, kind: str, step: int, signer: str, delegate: str) -> Entry:
+        if self.rejected or self.complete:
+            raise FormError(f"{signer} signed after the workflow ended")
+        if kind == "approve" and any(
+            e.signer == signer and e.kind == "approve" for e in self.entries
+        ):
+            raise FormError(f"{signer} approved this form twice")
+        later = any(signer in s.approvers for s in self.route[self.current + 1 :])
+        if not self.may_sign(signer):
+            if later or step != self.current + 1:
+                raise FormError(f"{signer} signed out of order (step {self.current + 1} is next)")
+            raise FormError(f"{signer} is not on the route for step {self.current + 1}")
+        if step != self.current + 1:
+            raise FormError(f"{signer} signed step {step} out of order")
+        role = self.route[self.current].role
+        delegates = self.delegates.setdefault(self.current, {})
+        entry = Entry(kind, step, role, signer, "", delegate, delegates.get(signer, ""))
+        if kind == "approve":
+            self.current += 1
+        elif kind == "reject":
+            self.rejected = True
+        else:
+            ancestors = {signer}
+            who = signer
+            while who in delegates:
+                who = delegates[who]
+                ancestors.add(who)
+            if delegate in ancestors or delegate in self.route[self.current].approvers:
+                raise FormError(f"delegation loop: {signer} → {delegate}")
+            if delegate in delegates:
+                raise FormError(f"{delegate} is already a delegate for this step")
+            delegates[delegate] = signer
+        return entry
+
+
+def _address(cert: x509.Certificate) -> str:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound as exc:
+        raise UntrustedSigner("certificate names no address") from exc
+    names = san.get_values_for_type(x509.RFC822Name)
+    if len(names) != 1:
+        raise UntrustedSigner("a user certificate names exactly one address")
+    return normalize_address(names[0])
+
+
+def _time(text: str) -> datetime:
+    try:
+        return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise FormError(f"bad signing time {text[:40]!r}") from exc
+
+
+def _fixed(moment: datetime) -> Callable[[], datetime]:
+    return lambda: moment
+
+
+def _text(node: etree._Element, tag: str) -> str:
+    return (node.findtext(w(tag)) or "").strip()
+
+
+def sign(
+    doc: FormDocument,
+    kind: str,
+    key: PrivateKey,
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    chain: Chain,
+    *,
+    delegate: str = "",
+    now: datetime | None = None,
+) -> Entry:
+    """Add one signed act to `doc`; `chain` is its verified chain (updated in place)."""
+    if kind not in KINDS:
+        raise FormError(f"an act is one of {', '.join(KINDS)}")
+    signer = _address(cert)
+    delegate = normalize_address(delegate) if kind == "delegate" else ""
+    if kind == "delegate" and not delegate:
+        raise FormError("delegate to whom?")
+    step = chain.current + 1
+    entry = chain.apply(kind, step, signer, delegate)  # refuses what a verifier would
+    at = (now or datetime.now(UTC)).strftime(TIME_FORMAT)
+    act = etree.Element(w("Act"), nsmap={"wf": WF})
+    act.set("Kind", kind)
+    plugin = doc.plugin
+    for tag, value in (
+        ("FormId", doc.form_id),
+        ("Plugin", f"{plugin.name} {plugin.version}"),
+        ("Step", str(step)),
+        ("Role", entry.role),
+        ("Signer", signer),
+        ("At", at),
+        ("Delegate", delegate),
+        ("Covers", doc.digest_before(len(doc.acts()))),
+        (
+            "IssuingCertificate",
+            base64.b64encode(issuer.public_bytes(serialization.Encoding.DER)).decode(),
+        ),
+    ):
+        if tag != "Delegate" or value:
+            etree.SubElement(act, w(tag)).text = value
+    doc.append_act(Signer(key, cert).sign_element(act))
+    chain.entries.append(_at(entry, at))
+    return chain.entries[-1]
+
+
+def _at(entry: Entry, at: str) -> Entry:
+    return Entry(
+        entry.kind, entry.step, entry.role, entry.signer, at, entry.delegate, entry.on_behalf_of
+    )
+
+
+def verify(
+    doc: FormDocument,
+    roots: list[x509.Certificate],
+    crls: Iterable[x509.CertificateRevocationList] = (),
+    *,
+    now: datetime | None = None,
+) -> Chain:
+    """Verify every act of `doc` (see the module doc); FormError / SecurityFault if not."""
+    crls = list(crls)
+    chain = Chain(doc.route())
+    if not chain.route:
+        raise FormError("the form has no route")
+    plugin = doc.plugin
+    now = now or datetime.now(UTC)
+    for index, act in enumerate(doc.acts()):
+        if act.tag != w("Act"):
+            raise FormError("Acts holds only Act elements")
+        claimed = _time(_text(act, "At"))
+        if claimed > now + FUTURE_SKEW:
+            raise FormError("an act signed in the future")
+        try:
+            issuer = x509.load_der_x509_certificate(
+                base64.b64decode(_text(act, "IssuingCertificate"), validate=True)
+            )
+        except ValueError as exc:
+            raise FormError("unreadable issuing certificate in an act") from exc
+        trust = TrustStore(roots, crls, clock=_fixed(claimed))
+
+        def resolve(
+            cert: x509.Certificate, trust: TrustStore = trust, issuer: x509.Certificate = issuer
+        ) -> str:
+            address = _address(cert)
+            trust.verify_user(cert, issuer, address)
+            return address
+
+        try:
+            _, signer, verified = verify_element(etree.tostring(act), resolve)
+        except RemoteFault as exc:
+            raise FormError(f"act {index + 1}: {exc}") from exc
+        kind = verified.get("Kind", "")
+        if kind not in KINDS or _time(_text(verified, "At")) != claimed:
+            raise FormError(f"act {index + 1}: unknown kind or time")
+        if _text(verified, "Signer") != signer:
+            raise FormError(f"act {index + 1}: signed by {signer}, claims another signer")
+        if _text(verified, "FormId") != doc.form_id or _text(verified, "Plugin") != (
+            f"{plugin.name} {plugin.version}"
+        ):
+            raise FormError(f"act {index + 1} by {signer} was made for another form or version")
+        if _text(verified, "Covers") != doc.digest_before(index):
+            raise FormError(
+                f"act {index + 1} by {signer} does not cover this form's data and earlier acts"
+            )
+        step = _text(verified, "Step")
+        if not step.isdigit():
+            raise FormError(f"act {index + 1}: bad step")
+        delegate = _text(verified, "Delegate")
+        entry = chain.apply(
+            kind, int(step), signer, normalize_address(delegate) if delegate else ""
+        )
+        if _text(verified, "Role") != entry.role:
+            raise FormError(f"act {index + 1}: role differs from the route")
+        chain.entries.append(_at(entry, _text(verified, "At")))
+    return chain

@@ -1,0 +1,295 @@
+"""Messages and their headers as values, and their urn:wsemail XML form."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from wsemail.protocol.errors import RequestInvalid
+from wsemail.protocol.soap import element, q, text_of, texts_of
+
+_ADDRESS = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_MESSAGE_ID = re.compile(r"^<[!-;=?-~]{1,250}@[A-Za-z0-9.-]{1,253}>$")
+FOLDERS = ("inbox", "sent")
+MAX_RECIPIENTS = 100
+MAX_SUBJECT = 998
+
+
+def normalize_address(address: str) -> str:
+    """Lower-case the domain, keep the local part; raise on anything not a plain address."""
+    address = address.strip()
+    if not _ADDRESS.match(address):
+        raise RequestInvalid(f"not a valid address: {address[:80]!r}")
+    local, _, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}"
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2]
+
+
+def new_message_id(domain: str) -> str:
+    return f"<{secrets.token_urlsafe(18)}@{domain}>"
+
+
+def check_message_id(message_id: str) -> str:
+    if not _MESSAGE_ID.match(message_id):
+        raise RequestInvalid("MessageId must look like <unique@domain>")
+    return message_id
+
+
+@dataclass(frozen=True)
+class AttachmentRef:
+    """An on-demand attachment left on the sender's server (DESIGN.md §8): where to fetch it
+    (`server` domain, `url` of its SOAP endpoint, `guid`) and what the bytes must be."""
+
+    server: str
+    url: str
+    guid: str
+    name: str
+    size: int
+    media_type: str
+    sha256: str  # lower-case hex
+
+    def to_xml(self, parent: etree._Element) -> etree._Element:
+        node = element(parent, "Attachment")
+        for tag, value in (
+            ("Server", self.server),
+            ("Url", self.url),
+            ("Guid", self.guid),
+            ("Name", self.name),
+            ("Size", str(self.size)),
+            ("MediaType", self.media_type),
+            ("Sha256", self.sha256),
+        ):
+            element(node, tag, value)
+        return node
+
+    @classmethod
+    def from_xml(cls, node: etree._Element) -> AttachmentRef:
+        size = (text_of(node, "Size", "") or "").strip()
+        if not size.isdigit():
+            raise RequestInvalid("an attachment reference needs a whole-number Size")
+        return cls(
+            server=text_of(node, "Server", "") or "",
+            url=text_of(node, "Url", "") or "",
+            guid=text_of(node, "Guid", "") or "",
+            name=text_of(node, "Name", "") or "",
+            size=int(size),
+            media_type=text_of(node, "MediaType", "") or "",
+            sha256=text_of(node, "Sha256", "") or "",
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "server": self.server,
+            "url": self.url,
+            "guid": self.guid,
+            "name": self.name,
+            "size": self.size,
+            "media_type": self.media_type,
+            "sha256": self.sha256,
+        }
+
+
+def attachment_refs(parent: etree._Element) -> list[AttachmentRef]:
+    return [AttachmentRef.from_xml(n) for n in parent.findall(q("Attachment"))]
+
+
+def instant_flags_to_xml(parent: etree._Element, instant: bool, delete: bool) -> None:
+    """`<Instant>true</Instant>` and `<DeleteIfUndeliverable>true</…>`, only when set (plain
+    mail keeps its old form)."""
+    if instant:
+        element(parent, "Instant", "true")
+    if delete:
+        element(parent, "DeleteIfUndeliverable", "true")
+
+
+def instant_flags(parent: etree._Element) -> tuple[bool, bool]:
+    """The two IM flags (instant, delete if undeliverable) of a Message / Draft / signed
+    Content element."""
+    flags = []
+    for tag in ("Instant", "DeleteIfUndeliverable"):
+        raw = (text_of(parent, tag, "false") or "false").strip().lower()
+        if raw not in ("true", "false", "1", "0"):
+            raise RequestInvalid(f"{tag} must be true or false")
+        flags.append(raw in ("true", "1"))
+    return flags[0], flags[1]
+
+
+@dataclass
+class Draft:
+    """What a client submits: the server adds sender, date and id."""
+
+    to: list[str]
+    subject: str = ""
+    body: str = ""
+    cc: list[str] = field(default_factory=list)
+    message_id: str | None = None
+    attachments: list[str] = field(default_factory=list)  # ids of uploads to reference
+    instant: bool = False  # meant as an instant message (DESIGN.md §8)
+    delete_if_undeliverable: bool = False  # an instant message: drop it, tell the sender
+
+    def to_xml(self, parent: etree._Element) -> etree._Element:
+        msg = element(parent, "Message")
+        if self.message_id:
+            element(msg, "MessageId", self.message_id)
+        for address in self.to:
+            element(msg, "To", address)
+        for address in self.cc:
+            element(msg, "Cc", address)
+        element(msg, "Subject", self.subject)
+        element(msg, "Body", self.body)
+        for upload in self.attachments:
+            element(msg, "AttachmentId", upload)
+        instant_flags_to_xml(msg, self.instant, self.delete_if_undeliverable)
+        return msg
+
+    @classmethod
+    def from_xml(cls, msg: etree._Element | None) -> Draft:
+        if msg is None:
+            raise RequestInvalid("Send needs a Message")
+        to = [normalize_address(a) for a in texts_of(msg, "To")]
+        cc = [normalize_address(a) for a in texts_of(msg, "Cc")]
+        if not to and not cc:
+            raise RequestInvalid("a message needs at least one recipient")
+        if len(to) + len(cc) > MAX_RECIPIENTS:
+            raise RequestInvalid(f"at most {MAX_RECIPIENTS} recipients")
+        subject = text_of(msg, "Subject", "") or ""
+        if len(subject) > MAX_SUBJECT or "\n" in subject or "\r" in subject:
+            raise RequestInvalid("Subject must be one line of at most 998 characters")
+        message_id = text_of(msg, "MessageId")
+        instant, delete = instant_flags(msg)
+        return cls(
+            to=to,
+            cc=cc,
+            subject=subject,
+            body=text_of(msg, "Body", "") or "",
+            message_id=check_message_id(message_id) if message_id else None,
+            attachments=texts_of(msg, "AttachmentId"),
+            instant=instant,
+            delete_if_undeliverable=delete,
+        )
+
+    @property
+    def recipients(self) -> list[str]:
+        """To and Cc, each address once, in order."""
+        return list(dict.fromkeys([*self.to, *self.cc]))
+
+
+@dataclass
+class MessageHeader:
+    """One line of a mailbox listing."""
+
+    id: str
+    message_id: str
+    folder: str
+    sender: str
+    to: list[str]
+    cc: list[str]
+    subject: str
+    date: str
+    size: int
+    seen: bool
+    # meant as an instant message (kept in the mailbox: no live session); keyword-only, so
+    # a Message's positional fields stay as they were
+    instant: bool = field(default=False, kw_only=True)
+    delete_if_undeliverable: bool = field(default=False, kw_only=True)
+
+    def to_xml(self, parent: etree._Element, tag: str = "MessageHeader") -> etree._Element:
+        node = element(parent, tag)
+        element(node, "Id", self.id)
+        element(node, "MessageId", self.message_id)
+        element(node, "Folder", self.folder)
+        element(node, "From", self.sender)
+        for address in self.to:
+            element(node, "To", address)
+        for address in self.cc:
+            element(node, "Cc", address)
+        element(node, "Subject", self.subject)
+        element(node, "Date", self.date)
+        element(node, "Size", str(self.size))
+        element(node, "Seen", "true" if self.seen else "false")
+        instant_flags_to_xml(node, self.instant, self.delete_if_undeliverable)
+        return node
+
+    @classmethod
+    def from_xml(cls, node: etree._Element) -> MessageHeader:
+        instant, delete = instant_flags(node)
+        return cls(
+            id=text_of(node, "Id", "") or "",
+            message_id=text_of(node, "MessageId", "") or "",
+            folder=text_of(node, "Folder", "") or "",
+            sender=text_of(node, "From", "") or "",
+            to=texts_of(node, "To"),
+            cc=texts_of(node, "Cc"),
+            subject=text_of(node, "Subject", "") or "",
+            date=text_of(node, "Date", "") or "",
+            size=int(text_of(node, "Size", "0") or 0),
+            seen=text_of(node, "Seen") == "true",
+            instant=instant,
+            delete_if_undeliverable=delete,
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "message_id": self.message_id,
+            "folder": self.folder,
+            "from": self.sender,
+            "to": self.to,
+            "cc": self.cc,
+            "subject": self.subject,
+            "date": self.date,
+            "size": self.size,
+            "seen": self.seen,
+            **({"instant": True} if self.instant else {}),
+            **({"delete_if_undeliverable": True} if self.delete_if_undeliverable else {}),
+        }
+
+
+@dataclass
+class Message(MessageHeader):
+    """A stored message: its header, its text body, references to on-demand attachments
+    and, for a message relayed from another domain, the sending server (`origin`) and its
+    signed form (`signed_xml`)."""
+
+    body: str = ""
+    origin: str | None = None
+    signed_xml: bytes | None = field(default=None, repr=False)
+    attachments: list[AttachmentRef] = field(default_factory=list)
+
+    def to_xml(self, parent: etree._Element, tag: str = "Message") -> etree._Element:
+        node = super().to_xml(parent, tag)
+        element(node, "Body", self.body)
+        for ref in self.attachments:
+            ref.to_xml(node)
+        if self.signed_xml is not None:
+            provenance = element(node, "Provenance")
+            provenance.set("origin", self.origin or "")
+            provenance.append(etree.fromstring(self.signed_xml))
+        return node
+
+    @classmethod
+    def from_xml(cls, node: etree._Element) -> Message:
+        header = MessageHeader.from_xml(node)
+        provenance = node.find(q("Provenance"))
+        signed = None
+        if provenance is not None and len(provenance):
+            signed = etree.tostring(provenance[0])
+        return cls(
+            **vars(header),
+            body=text_of(node, "Body", "") or "",
+            origin=provenance.get("origin") if provenance is not None else None,
+            signed_xml=signed,
+            attachments=attachment_refs(node),
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        found: dict[str, object] = (
+            {"attachments": [a.as_dict() for a in self.attachments]} if self.attachments else {}
+        )
+        return {**super().as_dict(), "body": self.body, **found}
