@@ -1,6 +1,10 @@
-"""Usage mistakes on the command line: a short message and exit 1, never a traceback."""
+"""The front door: usage mistakes are a short message and exit 2 (never a traceback),
+`--version`, help without Python type names, a server URL without its path, and
+`wsemail user add` that knows its server's domain."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -8,17 +12,90 @@ from conftest import Cli
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "code"),
     [
-        ["list", "--no-such-option"],
-        ["send", "--to"],
-        ["no-such-command"],
-        ["list", "--limit", "many"],
-        ["list", "--account", "nobody-here"],
+        (["list", "--no-such-option"], 2),
+        (["send", "--to"], 2),
+        (["no-such-command"], 2),
+        (["list", "--limit", "many"], 2),
+        (["list", "--account", "nobody-here"], 1),  # a local mistake: no such account here
     ],
 )
-def test_usage_errors_are_one_message_not_a_traceback(cli: Cli, args: list[str]) -> None:
+def test_usage_errors_are_one_message_not_a_traceback(cli: Cli, args: list[str], code: int) -> None:
     result = cli(*args, check=False)
-    assert result.returncode == 1
+    assert result.returncode == code
     assert "Traceback" not in result.stderr
     assert "Error" in result.stderr or result.stderr.startswith("wsemail: ")
+
+
+def test_version_and_help_without_python_type_names(cli: Cli) -> None:
+    import wsemail
+
+    version = cli("--version")
+    assert version.stdout.strip() == f"wsemail {wsemail.__version__}"
+    for args in (["--help"], ["send", "--help"], ["user", "add", "--help"]):
+        shown = cli(*args).stdout
+        assert "<bool>" not in shown and "<str>" not in shown and "list[" not in shown, args
+
+
+def test_a_server_url_without_its_path_reaches_the_service(cli: Cli) -> None:
+    base = cli.server.url.removesuffix("/wsemail")
+    assert base != cli.server.url
+    cli("send", "--to", "bob@localhost", "-s", "no path", "--body", "hi", "--server", base)
+    listed = cli("list", "--json", "--server", base + "/", user="bob@localhost").stdout
+    assert "no path" in listed
+
+
+def test_user_add_takes_the_domain_the_data_dir_records(cli: Cli, tmp_path: Path) -> None:
+    data = tmp_path / "fresh"
+    refused = cli(
+        "user",
+        "add",
+        "carol@c.test",
+        "--password-stdin",
+        "--data-dir",
+        str(data),
+        input="long enough pw\n",
+        check=False,
+    )
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "give --domain c.test" in refused.stderr
+    assert not (data / "wsemail.db").exists() or "carol" not in (
+        data / "wsemail.db"
+    ).read_bytes().decode("latin-1")
+    added = cli(
+        "user",
+        "add",
+        "carol@c.test",
+        "--password-stdin",
+        "--data-dir",
+        str(data),
+        "--domain",
+        "c.test",
+        input="long enough pw\n",
+    )
+    assert "added carol@c.test" in added.stdout
+    # the server's own data dir records its domain: no --domain needed there
+    own = cli(
+        "user",
+        "add",
+        "dora@localhost",
+        "--password-stdin",
+        "--data-dir",
+        str(cli.server.config.data_dir),
+        input="long enough pw\n",
+    )
+    assert "added dora@localhost" in own.stdout
+    wrong = cli(
+        "user",
+        "add",
+        "eve@c.test",
+        "--password-stdin",
+        "--data-dir",
+        str(cli.server.config.data_dir),
+        "--domain",
+        "c.test",
+        input="long enough pw\n",
+        check=False,
+    )
+    assert wrong.returncode == 1 and "data dir of localhost" in wrong.stderr

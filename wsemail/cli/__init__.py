@@ -14,6 +14,7 @@ from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import TyperException
 from typer.models import ParamMeta
 
+from wsemail import __version__ as wsemail_version
 from wsemail.cli import (
     attachments,
     bench,
@@ -40,6 +41,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"wsemail {wsemail_version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """Secure internet mail as web services: server, client and tools."""
+
+
 serve.register(app)
 login.register(app)
 mail.register(app)
@@ -78,16 +96,48 @@ ACCOUNT_OPTION = ParamMeta(
 
 def with_account_option(command: TyperCommand | TyperGroup) -> TyperCommand | TyperGroup:
     """Give every command that takes --user (so talks to a server as someone) an --account
-    option choosing the client.toml account: the one place that does it for all of them."""
+    option choosing the client.toml account: the one place that does it for all of them;
+    and give every option a help label like `TEXT` or none for a flag (typer would show the
+    Python annotation, `<bool>` or `<list[str]>`)."""
     if isinstance(command, TyperGroup):
         for sub in command.commands.values():
             if isinstance(sub, TyperCommand | TyperGroup):
                 with_account_option(sub)
+        _label(command)
         return command
     options = {opt for param in command.params for opt in param.opts}
     if "--user" in options and "--account" not in options:
         command.params.append(_account_param())
+    _label(command)
     return command
+
+
+_LABELS = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "Path": "PATH"}
+
+
+def _label(command: TyperCommand | TyperGroup) -> None:
+    make_help = command.get_help_option
+
+    def help_option(ctx: Any) -> Any:
+        option = make_help(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option  # type: ignore[method-assign]
+    for param in command.params:
+        kind = getattr(param, "param_type_name", "")
+        if kind == "argument" and hasattr(param, "display_type_rich"):
+            param.display_type_rich = lambda ctx: None  # the name says it: ADDRESS, ID…
+        if kind != "option" or param.metavar is not None:
+            continue
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+            continue
+        bare = getattr(param, "bare_type", None)
+        name = bare() if callable(bare) else ""
+        inner = name.removeprefix("list[").removesuffix("]")
+        param.metavar = _LABELS.get(inner, inner.upper() if inner.isidentifier() else None)
 
 
 def _account_param() -> Any:
@@ -116,7 +166,8 @@ def main() -> None:
             show()
         else:
             print(f"wsemail: {exc}", file=sys.stderr)
-        sys.exit(1)
+        # a mistake on the command line exits 2, as in every Unix tool (click's own code)
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
     except WsemailError as exc:
         print(f"wsemail: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

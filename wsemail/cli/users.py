@@ -7,18 +7,39 @@ from pathlib import Path
 import typer
 
 from wsemail.client.session import read_password
+from wsemail.protocol.errors import UsageError
+from wsemail.protocol.message import domain_of
 from wsemail.server import accounts
-from wsemail.server.config import ServerConfig, load_config
+from wsemail.server.config import ServerConfig, load_config, recorded_domain
 from wsemail.server.store import SqliteStore
 
 app = typer.Typer(help="Manage the accounts of a server's domain.", no_args_is_help=True)
 
 DataDirOpt = typer.Option(None, "--data-dir", help="server data dir (default: embedded)")
 ConfigOpt = typer.Option(None, "--config", help="server config file")
+DomainOpt = typer.Option(
+    None, "--domain", help="the server's mail domain (default: the one its data dir records)"
+)
 
 
-def _open(data_dir: Path | None, config: Path | None) -> tuple[ServerConfig, SqliteStore]:
+def _open(
+    data_dir: Path | None, config: Path | None, domain: str | None = None, address: str = ""
+) -> tuple[ServerConfig, SqliteStore]:
+    """The server's config and store; its domain is --domain, else the one the data dir
+    records (`wsemail serve` writes it), else server.toml's, else the default."""
     cfg = load_config(config, data_dir)
+    recorded = recorded_domain(cfg.data_dir)
+    if domain and recorded and domain.lower() != recorded:
+        raise UsageError(f"{cfg.data_dir} is the data dir of {recorded}, not {domain}")
+    configured = cfg.domain != ServerConfig().domain
+    cfg.domain = (domain or recorded or cfg.domain).lower()
+    if address and "@" in address and domain_of(address) != cfg.domain:
+        if not (domain or recorded or configured):
+            raise UsageError(
+                f"{address} is not in {cfg.domain}, the default domain: no domain is recorded "
+                f"in {cfg.data_dir} yet; give --domain {domain_of(address)} (or run "
+                f"`wsemail serve --domain {domain_of(address)}` once)"
+            )
     cfg.prepare()
     return cfg, SqliteStore(cfg.db_path)
 
@@ -30,9 +51,10 @@ def add(
     password_stdin: bool = typer.Option(False, "--password-stdin"),
     data_dir: Path | None = DataDirOpt,
     config: Path | None = ConfigOpt,
+    domain: str | None = DomainOpt,
 ) -> None:
     """Create an account."""
-    cfg, store = _open(data_dir, config)
+    cfg, store = _open(data_dir, config, domain, address)
     try:
         password = read_password(password_stdin)
         address = accounts.set_user(store, cfg.domain, address, password, admin=admin)
@@ -58,9 +80,10 @@ def passwd(
     password_stdin: bool = typer.Option(False, "--password-stdin"),
     data_dir: Path | None = DataDirOpt,
     config: Path | None = ConfigOpt,
+    domain: str | None = DomainOpt,
 ) -> None:
     """Set a new password."""
-    cfg, store = _open(data_dir, config)
+    cfg, store = _open(data_dir, config, domain, address)
     try:
         password = read_password(password_stdin, "New password")
         accounts.set_user(store, cfg.domain, address, password, create=False)
@@ -71,10 +94,13 @@ def passwd(
 
 @app.command()
 def remove(
-    address: str, data_dir: Path | None = DataDirOpt, config: Path | None = ConfigOpt
+    address: str,
+    data_dir: Path | None = DataDirOpt,
+    config: Path | None = ConfigOpt,
+    domain: str | None = DomainOpt,
 ) -> None:
     """Delete an account and its mailbox."""
-    cfg, store = _open(data_dir, config)
+    cfg, store = _open(data_dir, config, domain, address)
     try:
         accounts.remove_user(store, cfg.domain, address)
     finally:

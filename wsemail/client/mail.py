@@ -66,6 +66,7 @@ from wsemail.protocol.message import (
 from wsemail.protocol.soap import WSSE, WSU, element, q, text_of
 from wsemail.protocol.xmlsafe import XmlLimits, parse_untrusted
 
+SERVICE_PATH = "/wsemail"  # where a server answers SOAP when the URL names no path
 RESPONSE_LIMITS = XmlLimits(max_bytes=64 << 20, max_depth=32, max_elements=1_000_000)
 ANSWER_PAST, ANSWER_FUTURE = 300.0, 60.0  # freshness window of a signed answer, seconds
 
@@ -104,6 +105,9 @@ class Client:
             raise UsageError(f"not a server URL: {server!r} ({exc})") from exc
         if url.scheme not in ("http", "https") or not url.host:
             raise UsageError(f"not a server URL: {server!r} (use https://host:port/wsemail)")
+        if url.path in ("", "/"):  # `http://host:port` means the service at its usual path
+            url = url.copy_with(path=SERVICE_PATH)
+            server = str(url)
         self.server = server
         self.username = normalize_address(username)
         self._password = password

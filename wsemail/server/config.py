@@ -57,6 +57,9 @@ DEFAULT_PLUGINS = [
 ]
 
 
+DOMAIN_FILE = "domain"  # the mail domain this data dir belongs to
+
+
 def default_data_dir() -> Path:
     env = os.environ.get("WSEMAIL_DATA_DIR")
     if env:
@@ -131,6 +134,26 @@ class ServerConfig:
                 encoding="utf-8",
             )
         return secret_file.read_bytes()
+
+
+def recorded_domain(data_dir: Path) -> str | None:
+    """The mail domain a data dir belongs to, as `wsemail serve` recorded it (None before)."""
+    try:
+        return (data_dir / DOMAIN_FILE).read_text(encoding="utf-8").strip().lower() or None
+    except FileNotFoundError:
+        return None
+
+
+def record_domain(config: ServerConfig) -> None:
+    """Record the domain a data dir serves (once); serving it as another domain is refused."""
+    recorded = recorded_domain(config.data_dir)
+    if recorded is None:
+        (config.data_dir / DOMAIN_FILE).write_text(config.domain.lower() + "\n", encoding="utf-8")
+    elif recorded != config.domain.lower():
+        raise UsageError(
+            f"{config.data_dir} is the data dir of {recorded}, not {config.domain}: "
+            f"serve it with --domain {recorded}, or use another --data-dir"
+        )
 
 
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import uvloop
 
 from wsemail.protocol.errors import UsageError
 from wsemail.server.app import Server
-from wsemail.server.config import ServerConfig
+from wsemail.server.config import ServerConfig, record_domain
 from wsemail.server.delivery import deliver
 from wsemail.server.federation import Federation
 from wsemail.server.pipeline import Pipeline, resolve_class
@@ -33,6 +33,7 @@ def build_server(config: ServerConfig, *, clock: Callable[[], float] = time.time
     """Open the data dir, the store and the pipeline for `config`, and wire the parts that
     sit above the server object: the Deliver operation and the outbound relay."""
     secret = config.prepare()
+    record_domain(config)
     store_cls = resolve_class(config.store)
     store = store_cls(config.db_path, clock=clock)
     pipeline = Pipeline(config.domain, config.plugins)
