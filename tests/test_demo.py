@@ -11,6 +11,30 @@ from pathlib import Path
 
 from conftest import wsemail_binary
 
+# a shell where the venv's wsemail is not on PATH, as after `scripts/install`
+BARE_PATH = "/usr/bin:/bin"
+
+
+def wait_for_line(log: Path, proc: subprocess.Popen[bytes], text: str) -> str:
+    deadline = time.monotonic() + 60
+    while text not in (out := log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, out
+        time.sleep(0.1)
+    return out
+
+
+def run_as_printed(lines: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The demo's hint, pasted into a fresh shell in `cwd` that has no wsemail on its PATH."""
+    env = {"HOME": os.environ.get("HOME", "/tmp"), "PATH": BARE_PATH, "LANG": "C.UTF-8"}
+    return subprocess.run(
+        ["/bin/sh", "-c", "\n".join(line.strip() for line in lines)],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
 
 def test_demo_shows_a_verified_signature_across_two_domains() -> None:
     result = subprocess.run([wsemail_binary(), "demo"], capture_output=True, text=True, timeout=120)
@@ -39,10 +63,11 @@ def test_demo_serve_writes_state_for_the_ordinary_cli(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 60
-        while "serving until Ctrl-C" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        out = wait_for_line(log, proc, "serving until Ctrl-C")
+        hint = out.split("for example:\n", 1)[1].splitlines()[:1]
+        printed = run_as_printed(hint, tmp_path)
+        assert printed.returncode == 0, (hint, printed.stderr)
+        assert "Hello from a.test" in printed.stdout
         info = json.loads(state.read_text())
         assert set(info["domains"]) == {"a.test", "b.test"}
         assert {"alice@a.test", "bob@b.test"} <= set(info["users"])
@@ -105,6 +130,31 @@ def test_demo_serve_writes_state_for_the_ordinary_cli(tmp_path: Path) -> None:
             text=True,
             timeout=60,
         )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_serve_demo_hint_works_as_printed_without_wsemail_on_path(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    binary = Path(wsemail_binary())
+    project = binary.parent.parent.parent  # started as .venv/bin/wsemail, as the README says
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(binary.relative_to(project)), "serve", "--demo"]
+            + ["--data-dir", str(tmp_path / "data"), "--port", "0"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=project,
+            env={**os.environ, "PATH": BARE_PATH},
+        )
+    try:
+        out = wait_for_line(log, proc, "in another terminal:")
+        hint = out.split("in another terminal:\n", 1)[1].splitlines()[:2]
+        printed = run_as_printed(hint, tmp_path)  # another terminal, another folder
+        assert printed.returncode == 0, (hint, printed.stderr)
+        assert printed.stdout.count("Hello from wsemail") == 2  # listed, then read
+        assert "Signed, sealed, delivered over SOAP." in printed.stdout
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0

@@ -6,8 +6,12 @@ and writes where they are, for the ordinary CLI."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import shlex
+import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -17,6 +21,21 @@ import typer
 
 DOMAINS = ("a.test", "b.test")
 USERS = {"a.test": ("alice", "carol"), "b.test": ("bob", "dave")}
+
+
+def command() -> str:
+    """This same wsemail as another shell can run it, for the commands the demos print:
+    `wsemail` when that is what PATH finds, else the absolute path of the running script
+    (`.venv/bin/wsemail` is not on PATH after `scripts/install`), or `python -m wsemail.cli`."""
+    argv0 = sys.argv[0]
+    if argv0.endswith(".py"):  # python -m wsemail.cli
+        return f"{shlex.quote(sys.executable)} -m wsemail.cli"
+    found = argv0 if os.sep in argv0 else shutil.which(argv0)
+    me = Path(found or argv0).absolute()
+    on_path = shutil.which("wsemail")
+    if on_path is not None and Path(on_path).resolve() == me.resolve():
+        return "wsemail"
+    return shlex.quote(str(me))
 
 
 def demo(
@@ -105,8 +124,8 @@ def demo(
             typer.echo(
                 "demo: serving until Ctrl-C; for example:\n"
                 f"  WSEMAIL_SERVER={url['b.test']} WSEMAIL_USER=bob@b.test "
-                f"WSEMAIL_PASSWORD={passwords['bob@b.test']} WSEMAIL_TRUST_ROOTS={root_pem} "
-                "wsemail list"
+                f"WSEMAIL_PASSWORD={passwords['bob@b.test']} "
+                f"WSEMAIL_TRUST_ROOTS={shlex.quote(str(root_pem))} {command()} list"
             )
             stop = threading.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import shutil
-import sys
 from pathlib import Path
 
 import typer
@@ -71,6 +69,7 @@ def serve(
 
 def run_demo(url: str, data_dir: Path, domain: str) -> None:
     """Two fresh demo accounts, one message between them, read back through the client."""
+    from wsemail.cli.demo import command
     from wsemail.client.mail import Client
     from wsemail.server.accounts import set_user
     from wsemail.server.store import SqliteStore
@@ -95,12 +94,11 @@ def run_demo(url: str, data_dir: Path, domain: str) -> None:
         f"demo: {alice}@{domain} sent {sent.message_id}; {bob}@{domain} read "
         f"{message.subject!r} from {message.sender}"
     )
-    me = "wsemail" if shutil.which("wsemail") else sys.argv[0]
+    me = command()
     typer.echo(
         "demo: try it yourself in another terminal:\n"
         f"  export WSEMAIL_SERVER={url} WSEMAIL_USER={bob}@{domain} "
-        f"WSEMAIL_PASSWORD={bob_pw}\n  {me} list && {me} list --json | jq -r .id | "
-        f"{me} retrieve"
+        f"WSEMAIL_PASSWORD={bob_pw}\n  {me} list && {me} retrieve {header.id}"
     )
 
 
