@@ -48,19 +48,13 @@ def test_demo_shows_a_verified_signature_across_two_domains() -> None:
 def test_demo_serve_writes_state_for_the_ordinary_cli(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
     log = tmp_path / "demo.log"
+    activated = f"{Path(wsemail_binary()).parent}:{BARE_PATH}"  # as `. .venv/bin/activate`
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [
-                wsemail_binary(),
-                "demo",
-                "--serve",
-                "--state",
-                str(state),
-                "--dir",
-                str(tmp_path / "demo"),
-            ],
+            ["wsemail", "demo", "--serve", "--state", str(state), "--dir", str(tmp_path / "demo")],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env={**os.environ, "PATH": activated},
         )
     try:
         out = wait_for_line(log, proc, "serving until Ctrl-C")

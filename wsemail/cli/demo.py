@@ -24,16 +24,22 @@ USERS = {"a.test": ("alice", "carol"), "b.test": ("bob", "dave")}
 
 
 def command() -> str:
-    """This same wsemail as another shell can run it, for the commands the demos print:
-    `wsemail` when that is what PATH finds, else the absolute path of the running script
-    (`.venv/bin/wsemail` is not on PATH after `scripts/install`), or `python -m wsemail.cli`."""
+    """This same wsemail as a new terminal can run it, for the commands the demos print:
+    `wsemail` when PATH finds it outside this environment's own bin folder (an install
+    linked into ~/.local/bin or /usr/local/bin), else the absolute path of the running
+    script (`.venv/bin/wsemail` is on no new terminal's PATH, activated here or not), or
+    `python -m wsemail.cli`."""
     argv0 = sys.argv[0]
     if argv0.endswith(".py"):  # python -m wsemail.cli
         return f"{shlex.quote(sys.executable)} -m wsemail.cli"
     found = argv0 if os.sep in argv0 else shutil.which(argv0)
     me = Path(found or argv0).absolute()
     on_path = shutil.which("wsemail")
-    if on_path is not None and Path(on_path).resolve() == me.resolve():
+    if (
+        on_path is not None
+        and Path(on_path).resolve() == me.resolve()
+        and Path(on_path).absolute().parent != Path(sys.prefix, "bin").absolute()
+    ):
         return "wsemail"
     return shlex.quote(str(me))
 
