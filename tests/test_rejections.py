@@ -287,16 +287,29 @@ def test_concurrency_limit_answers_503_and_recovers(tmp_path: Path) -> None:
     busy = start_server(tmp_path / "s", max_concurrency=1)
     try:
         before = busy.stored()
+        server = busy.controller.server
+        server.inflight = 1  # the one slot is taken (a request running)
+        refused = busy.post(b"<x/>")
+        assert refused.status_code == 503 and fault_subcode(refused) == "wsemail:Busy"
+        server.inflight = 0
+        assert busy.stored() == before
+        busy.client("carol@localhost").list_headers()
+    finally:
+        busy.stop()
+
+
+def test_slow_body_holds_no_concurrency_slot(tmp_path: Path) -> None:
+    busy = start_server(tmp_path / "s", max_concurrency=1)
+    try:
+        before = busy.stored()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             slow = pool.submit(httpx.post, busy.url, content=_slow_body(0.3), timeout=10)
             import time
 
-            time.sleep(0.3)
-            refused = busy.post(b"<x/>")
-            assert refused.status_code == 503 and fault_subcode(refused) == "wsemail:Busy"
+            time.sleep(0.3)  # the slow body is being read: the one slot is still free
+            busy.client("carol@localhost").list_headers()
             assert slow.result().status_code == 400  # "<a><a>…" is not XML
-        assert busy.stored() == before
-        busy.client("carol@localhost").list_headers()
+        assert busy.stored()[0] == before[0]
     finally:
         busy.stop()
 

@@ -52,6 +52,7 @@ from wsemail.protocol.message import normalize_address
 from wsemail.protocol.soap import WSSE, WSU, element, q, text_of
 from wsemail.protocol.xmlsafe import c14n, parse_untrusted
 from wsemail.server.config import ServerConfig
+from wsemail.server.connguard import Peers
 from wsemail.server.federation import Federation
 from wsemail.server.operations import AUTHENTICATED
 from wsemail.server.pipeline import Environment, Pipeline
@@ -68,6 +69,7 @@ from wsemail.server.wsdl import wsdl_document
 log = logging.getLogger("wsemail.server")
 PATH = "/wsemail"
 CRL_PATH = "/wsemail/crl"  # the CRLs this server holds, for its clients' provenance checks
+READING_BUDGET = 64  # request bodies (of the maximum size) buffered at once, all peers
 
 
 T = TypeVar("T")
@@ -124,7 +126,9 @@ class Server:
     # (`delivery.deliver`), wired by `controller.build_server`: they sit above this module
     relay: Outbound | None = None
     deliver: Callable[[Server, etree._Element], Awaitable[etree._Element]] | None = None
-    inflight: int = 0
+    inflight: int = 0  # requests running (bodies being read are not counted)
+    reading: int = 0  # bytes of request bodies being read, all connections together
+    peers: Peers | None = None  # per-peer connections and requests (`connguard`)
     # hooks for plug-ins (registered from Plugin.attach): top-level SOAP operations that do
     # their own authentication (e.g. a signed FetchAttachment), and raw ASGI routes for
     # streams (uploads, downloads, server-sent events). Core paths cannot be overridden.
@@ -168,13 +172,32 @@ class Server:
             return Response(
                 "POST SOAP 1.2 envelopes here; the WSDL is at ?wsdl\n", media_type="text/plain"
             )
-        if self.inflight >= self.config.max_concurrency:
-            return self.fault(ServerBusy("server busy, try again"))
-        self.inflight += 1
+        peer = request.client.host if request.client else ""
         answer = _ANSWER.set(None)
         try:
+            # the body is read before a slot is taken: slow senders hold a connection only
             data = await self.read_body(request)
-            payload = await self.dispatch(data, request.client.host if request.client else "")
+            return await self._run_slot(data, peer)
+        except RequestTimeout as exc:  # the rest of the body would still trickle in
+            response = self.fault(exc)
+            response.headers["connection"] = "close"
+            return response
+        except RemoteFault as exc:
+            return self.fault(exc)
+        except ClientDisconnect:
+            return Response(b"", status_code=400)
+        finally:
+            _ANSWER.reset(answer)
+
+    async def _run_slot(self, data: bytes, peer: str) -> Response:
+        if self.inflight >= self.config.max_concurrency:
+            return self.fault(ServerBusy("server busy, try again"))
+        peers = self.peers
+        if peers is not None and not peers.enter(peer):
+            return self.fault(ServerBusy("too many requests from your address at once"))
+        self.inflight += 1
+        try:
+            payload = await self.dispatch(data, peer)
             binding = _ANSWER.get()
             if binding is not None and self.federation is not None:
                 content = signed_answer(self.federation.signer, payload, binding, self.clock())
@@ -183,14 +206,13 @@ class Server:
             return Response(content, media_type=soap.CONTENT_TYPE)
         except RemoteFault as exc:
             return self.fault(exc)
-        except ClientDisconnect:
-            return Response(b"", status_code=400)
         except Exception:
             log.exception("unexpected error")
             return self.fault(ServerError("internal server error"))
         finally:
-            _ANSWER.reset(answer)
             self.inflight -= 1
+            if peers is not None:
+                peers.leave(peer)
 
     def wake_relay(self) -> None:
         if self.relay is not None:
@@ -201,26 +223,42 @@ class Server:
         return Response(soap.fault(exc), status_code=exc.status, media_type=soap.CONTENT_TYPE)
 
     async def read_body(self, request: Request) -> bytes:
-        limit = self.config.max_request_bytes
+        """The whole body within the limits: at most `max_request_bytes`, at most
+        `read_timeout` seconds, and — after `body_grace` seconds — at least `body_min_rate`
+        bytes a second on average (what has arrived buys time for what is to come). All
+        bodies being read together hold at most READING_BUDGET request sizes."""
+        config = self.config
+        limit = config.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             raise TooLarge(f"request larger than {limit} bytes")
         chunks: list[bytes] = []
         size = 0
-
-        async def collect() -> None:
-            nonlocal size
-            async for chunk in request.stream():
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        last = start + config.read_timeout
+        rate = config.body_min_rate
+        budget = READING_BUDGET * limit
+        stream = request.stream().__aiter__()
+        try:
+            while True:
+                allowed = min(last, start + config.body_grace + size / rate) if rate > 0 else last
+                try:
+                    async with asyncio.timeout_at(allowed):
+                        chunk = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError as exc:
+                    raise RequestTimeout("timed out reading the request (too slow)") from exc
                 size += len(chunk)
                 if size > limit:
                     raise TooLarge(f"request larger than {limit} bytes")
+                if self.reading + len(chunk) > budget:
+                    raise ServerBusy("too many requests being received; try again")
+                self.reading += len(chunk)
                 chunks.append(chunk)
-
-        try:
-            async with asyncio.timeout(self.config.read_timeout):
-                await collect()
-        except TimeoutError as exc:
-            raise RequestTimeout("timed out reading the request") from exc
+        finally:
+            self.reading -= sum(len(c) for c in chunks)
         return b"".join(chunks)
 
     async def dispatch(self, data: bytes, peer: str) -> etree._Element:

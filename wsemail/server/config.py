@@ -13,6 +13,13 @@ max_depth = 32
 max_elements = 10000
 max_concurrency = 512
 read_timeout = 30
+header_timeout = 10
+keepalive_timeout = 20
+body_min_rate = 2048
+body_grace = 5
+max_connections_per_peer = 256
+max_inflight_per_peer = 64
+fd_reserve = 128
 shutdown_grace = 5
 [security]
 past_seconds = 300
@@ -80,7 +87,21 @@ class ServerConfig:
     max_depth: int = 32
     max_elements: int = 10_000
     max_concurrency: int = 512
-    read_timeout: float = 30.0
+    read_timeout: float = 30.0  # a whole request body, at most
+    # slow peers (issue 16, 24.6): the request line and headers must arrive within
+    # `header_timeout` s of the connection (or of the request's first byte); an idle
+    # keep-alive connection is closed after `keepalive_timeout` s; a body must keep up
+    # `body_min_rate` bytes/s once `body_grace` s have passed. Bodies are read before a
+    # concurrency slot is taken. Per peer address: at most `max_connections_per_peer`
+    # open connections and `max_inflight_per_peer` requests running; new connections are
+    # refused while fewer than `fd_reserve` descriptors are left for the store and the rest
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 20.0
+    body_min_rate: float = 2048.0
+    body_grace: float = 5.0
+    max_connections_per_peer: int = 256
+    max_inflight_per_peer: int = 64
+    fd_reserve: int = 128
     # on stop, requests in flight get this long to finish; idle connections and push
     # streams are closed at once
     shutdown_grace: float = 5.0
@@ -191,6 +212,13 @@ def _apply(config: ServerConfig, raw: dict[str, Any], base: Path) -> None:
             "max_elements": int,
             "max_concurrency": int,
             "read_timeout": float,
+            "header_timeout": float,
+            "keepalive_timeout": float,
+            "body_min_rate": float,
+            "body_grace": float,
+            "max_connections_per_peer": int,
+            "max_inflight_per_peer": int,
+            "fd_reserve": int,
             "shutdown_grace": float,
         },
         "security": {

@@ -25,6 +25,7 @@ from wsemail.server.federation import Federation
 from wsemail.server.pipeline import Pipeline, resolve_class
 from wsemail.server.relay import Relay, run_relay
 from wsemail.server.security import Authenticator
+from wsemail.server.connguard import Peers, guarded
 
 log = logging.getLogger("wsemail.server")
 
@@ -47,6 +48,7 @@ def build_server(config: ServerConfig, *, clock: Callable[[], float] = time.time
         failure_window=config.failure_window,
     )
     server = Server(config, store, pipeline, auth, clock, deliver=deliver)
+    server.peers = Peers(config)
     server.federation = Federation(config)
     server.relay = Relay(server, server.federation)
     pipeline.attach_all(server)
@@ -81,11 +83,11 @@ def uvicorn_config(server: Server, **extra: Any) -> uvicorn.Config:
     return uvicorn.Config(
         server.asgi(),
         loop="uvloop",
-        http="httptools",
+        http=guarded(server.peers),  # httptools with header deadline and per-peer caps
         lifespan="off",
         access_log=False,
         log_config=None,
-        timeout_keep_alive=30,
+        timeout_keep_alive=config.keepalive_timeout,
         backlog=2048,
         **tls,
         **extra,

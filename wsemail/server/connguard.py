@@ -1,0 +1,178 @@
+"""In charge of connections before any request runs (issue 16 "slow bodies", issue 24.6
+"slow headers"): uvicorn's HTTP protocol with
+
+- a header deadline: the request line and headers must arrive within `header_timeout`
+  seconds of the connection, or of the request's first byte on a keep-alive connection
+  (uvicorn itself has none: a peer trickling header bytes held its connection forever);
+- a cap on the open connections of one peer address (`max_connections_per_peer`);
+- a reserve of file descriptors: while fewer than `fd_reserve` are left (the store, its
+  WAL, attachment files and the relay's sockets need them), new connections are refused.
+
+A refused connection gets a one-off SOAP `Busy` fault (503, connection: close) and is
+closed at once. Requests in flight per peer are counted here too (`Peers`), taken by the
+endpoint once the body is read. Idle keep-alive connections are closed by uvicorn after
+`keepalive_timeout` (see `controller.uvicorn_config`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+from typing import TYPE_CHECKING, Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from wsemail.protocol import soap
+from wsemail.protocol.errors import ServerBusy
+
+if TYPE_CHECKING:
+    from wsemail.server.config import ServerConfig
+
+log = logging.getLogger("wsemail.server")
+
+
+def _open_descriptors() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 64  # a guess where /proc is absent
+
+
+def _refusal(status: int, reason: str, text: str) -> bytes:
+    body = soap.fault(ServerBusy(text))
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: {soap.CONTENT_TYPE}\r\n"
+        f"content-length: {len(body)}\r\nretry-after: 5\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class Peers:
+    """Open connections and requests in flight per peer address, and the connection budget
+    the descriptor limit leaves. Used from the event loop thread only."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.header_timeout = config.header_timeout
+        self.max_connections_per_peer = config.max_connections_per_peer
+        self.max_inflight_per_peer = config.max_inflight_per_peer
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            soft = 1 << 20
+        # what is open now (store, listener, logs) stays; `fd_reserve` more stay free
+        self.max_connections = max(1, soft - _open_descriptors() - config.fd_reserve)
+        self.connections: dict[str, int] = {}
+        self.inflight: dict[str, int] = {}
+        self.total = 0
+        self.refused = 0
+        self.timed_out = 0
+
+    def connect(self, peer: str) -> bytes | None:
+        """Count a new connection; the refusal to write instead when over a limit."""
+        if self.total >= self.max_connections:
+            self.refused += 1
+            log.warning("connection from %s refused: descriptors are kept for the store", peer)
+            return BUSY
+        if self.connections.get(peer, 0) >= self.max_connections_per_peer:
+            self.refused += 1
+            log.info("connection from %s refused: too many open connections", peer)
+            return TOO_MANY
+        self.connections[peer] = self.connections.get(peer, 0) + 1
+        self.total += 1
+        return None
+
+    def disconnect(self, peer: str) -> None:
+        left = self.connections.get(peer, 0) - 1
+        if left > 0:
+            self.connections[peer] = left
+        else:
+            self.connections.pop(peer, None)
+        self.total -= 1
+
+    def enter(self, peer: str) -> bool:
+        """Take a request slot of `peer`; False when it has its maximum in flight."""
+        running = self.inflight.get(peer, 0)
+        if running >= self.max_inflight_per_peer:
+            return False
+        self.inflight[peer] = running + 1
+        return True
+
+    def leave(self, peer: str) -> None:
+        left = self.inflight.get(peer, 0) - 1
+        if left > 0:
+            self.inflight[peer] = left
+        else:
+            self.inflight.pop(peer, None)
+
+
+BUSY = _refusal(503, "Service Unavailable", "the server is out of connections; try again")
+TOO_MANY = _refusal(503, "Service Unavailable", "too many connections from your address")
+TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits above (`guarded(peers)` binds them)."""
+
+    peers: Peers
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._peer = ""
+        self._counted = False
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._peer = self.client[0] if self.client else ""
+        refusal = self.peers.connect(self._peer)
+        if refusal is not None:
+            transport.write(refusal)
+            transport.close()
+            return
+        self._counted = True
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._counted:
+            self._counted = False
+            self.peers.disconnect(self._peer)
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_timer is None:
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        # idle from here on: uvicorn's keep-alive timer closes the connection
+        self._disarm()
+        super().on_response_complete()
+
+    def _arm(self) -> None:
+        self._header_timer = self.loop.call_later(self.peers.header_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _too_slow(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        self.peers.timed_out += 1
+        log.info("connection from %s closed: headers not complete in time", self._peer)
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.write(TIMEOUT)
+        self.transport.close()
+
+
+def guarded(peers: Peers) -> type[GuardedProtocol]:
+    """The protocol class for uvicorn's `http=`, bound to one server's `Peers`."""
+    return type("Guarded", (GuardedProtocol,), {"peers": peers})
