@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -60,10 +61,16 @@ def listen(
     with session.open_client(server, user) as client:
         im = InstantMessenger(client)
         seen = 0
-        with im.listen() as stream:
-            if not as_json:
+
+        def opened(stream: object) -> None:
+            if stream is not None and not as_json:
                 typer.echo(f"listening as {client.username} …", err=True)
-            for incoming in stream:
+
+        # reconnects when the stream breaks off or falls silent; each message is
+        # acknowledged once printed (one not acknowledged in time goes to the mailbox)
+        events = im.follow(threading.Event(), opened)
+        with contextlib.closing(events):  # the last one is acknowledged on the way out
+            for incoming in events:
                 if incoming.kind == "message":
                     proof, message = im.verify(incoming)
                     if as_json:

@@ -10,6 +10,13 @@ listener pinned by the fingerprint in the invitation). Used by `wsemail im` and 
         with im.listen() as stream:          # live once this returns
             for message in stream:
                 print(message.sender, message.body)
+
+Each instant message the stream brings is acknowledged to the server by its id once the
+loop body has handled it (when the next one is asked for, or the loop ends): one not
+acknowledged in time goes to the mailbox instead, so a listener that dies or hangs loses
+nothing. The server may send one again (on a new session after a reconnect): repeats are
+dropped by id. A stream silent for three heartbeats is taken for dead (`TransportError`);
+`InstantMessenger.follow` reconnects by itself.
 """
 
 from __future__ import annotations
@@ -19,13 +26,15 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import queue
 import socket
 import ssl
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -53,13 +62,36 @@ from wsemail.protocol.errors import (
 from wsemail.protocol.message import Draft, Message, domain_of, new_message_id, normalize_address
 from wsemail.protocol.soap import WSSE, WSU, element, q, text_of
 
+_log = logging.getLogger("wsemail.im")
 EXTENSION_ID = "im"
 CHANNEL_MARK = "wsemail-channel:"  # see wsemail.server.im.channel.ChannelInfo.invitation
 CHANNEL_LINE = 16 * 1024
 CHANNEL_TIMEOUT = 10.0
 # a push stream silent this long is given up (the server sends a keep-alive at least every
-# 30 s; a server that cannot accept the stream, e.g. out of descriptors, is noticed too)
+# 30 s; a server that cannot accept the stream, e.g. out of descriptors, is noticed too);
+# a server that names its heartbeat is given up after SILENT_BEATS of them
 STREAM_SILENCE = 60.0
+SILENT_BEATS = 3
+SEEN_MAX = 4096  # push ids remembered to drop repeats
+RECONNECT_TRIES = 5  # `follow`: reconnections in a row before giving up
+
+
+class Seen:
+    """The push ids of the instant messages already handed out (the last SEEN_MAX)."""
+
+    def __init__(self) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, push_id: str) -> bool:
+        """Remember `push_id`; False if it was seen already (a repeat)."""
+        with self._lock:
+            if push_id in self._ids:
+                return False
+            self._ids[push_id] = None
+            while len(self._ids) > SEEN_MAX:
+                self._ids.popitem(last=False)
+            return True
 
 
 @dataclass(frozen=True)
@@ -111,12 +143,26 @@ class DirectResult:
 
 
 class Stream:
-    """A live push session; iterate for events, `close()` from any thread to stop."""
+    """A live push session; iterate for events, `close()` from any thread to stop. Messages
+    are acknowledged with `ack` after the loop body handled them and repeats are dropped
+    (by push id, in `seen`)."""
 
-    def __init__(self, http: httpx.Client, url: httpx.URL, extensions: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        http: httpx.Client,
+        url: httpx.URL,
+        extensions: dict[str, Any],
+        *,
+        ack: Callable[[list[str]], object] | None = None,
+        seen: Seen | None = None,
+        silence: float = STREAM_SILENCE,
+    ) -> None:
         self._closed = threading.Event()
+        self._ack = ack
+        self._seen = seen if seen is not None else Seen()
+        self.duplicates = 0
         self._context = http.stream(
-            "GET", url, extensions=extensions, timeout=httpx.Timeout(10, read=STREAM_SILENCE)
+            "GET", url, extensions=extensions, timeout=httpx.Timeout(10, read=silence)
         )
         try:
             self._response = self._context.__enter__()
@@ -158,7 +204,26 @@ class Stream:
             item = self._next()
             if item is None:
                 return
-            yield item
+            push_id = str(item.data.get("id", "")) if item.kind == "message" else ""
+            if push_id and not self._seen.add(push_id):
+                self.duplicates += 1  # handled before: acknowledge again, show once
+                self.ack([push_id])
+                continue
+            try:
+                yield item
+            finally:  # handled (or the loop ended after handling it)
+                if push_id:
+                    self.ack([push_id])
+
+    def ack(self, push_ids: list[str]) -> None:
+        """Tell the server these messages were taken; a failure only means they also
+        reach the mailbox."""
+        if self._ack is None or not push_ids:
+            return
+        try:
+            self._ack(push_ids)
+        except WsemailError as exc:
+            _log.info("acknowledging %s failed: %s", push_ids, exc)
 
     def close(self) -> None:
         if self._closed.is_set():
@@ -192,6 +257,7 @@ class InstantMessenger:
     def __init__(self, client: Client) -> None:
         self.client = client
         self._attachments = Attachments(client)  # its federated identity tokens
+        self.seen = Seen()  # across this messenger's streams: a repeat is dropped
 
     # sending ----------------------------------------------------------------------------
     def send(
@@ -252,13 +318,73 @@ class InstantMessenger:
         return DirectResult(text_of(answer, "MessageId", "") or "", outcomes)
 
     # receiving --------------------------------------------------------------------------
-    def listen(self) -> Stream:
-        """Open a live push session (the caller is online while it is open)."""
+    def listen(self, *, ack: bool = True) -> Stream:
+        """Open a live push session (the caller is online while it is open); `ack=False`
+        leaves acknowledging to the caller (`Stream.ack`)."""
         answer = self._call(etree.Element(q("OpenStream")))
         ticket = text_of(answer, "Ticket", "") or ""
         path = text_of(answer, "Path", "") or ""
+        silence = STREAM_SILENCE
+        with contextlib.suppress(ValueError):  # an older server names no heartbeat
+            silence = SILENT_BEATS * float(text_of(answer, "Heartbeat", "") or "x") + 1
         url = httpx.URL(self.client.server).copy_with(path=path, query=f"ticket={ticket}".encode())
-        return Stream(self.client.http, url, self.client.extensions)
+        return Stream(
+            self.client.http,
+            url,
+            self.client.extensions,
+            ack=self.ack if ack else None,
+            seen=self.seen,
+            silence=silence,
+        )
+
+    def follow(
+        self, stop: threading.Event, on_stream: Callable[[Stream | None], object] = lambda s: None
+    ) -> Iterator[Incoming]:
+        """Events of a push session that reconnects when its stream breaks off or falls
+        silent (RECONNECT_TRIES in a row, with backoff), until `stop` is set. `on_stream`
+        is told each stream opened (to close it from another thread) and None at the end.
+        An error opening the first stream propagates."""
+        failures = 0
+        first = True
+        try:
+            while not stop.is_set():
+                try:
+                    stream = self.listen()
+                except TransportError:
+                    if first or failures >= RECONNECT_TRIES:
+                        raise
+                    failures += 1
+                    stop.wait(min(5.0, 0.5 * 2**failures))
+                    continue
+                first = False
+                on_stream(stream)
+                try:
+                    with stream:
+                        if stop.is_set():
+                            return
+                        for item in stream:
+                            failures = 0
+                            yield item
+                except TransportError:
+                    failures += 1
+                    if failures > RECONNECT_TRIES:
+                        raise
+                    stop.wait(min(5.0, 0.2 * 2**failures))
+                else:
+                    if not stop.is_set():  # the server ended it (stopping): try again
+                        failures += 1
+                        stop.wait(min(5.0, 0.2 * 2**failures))
+        finally:
+            on_stream(None)
+
+    def ack(self, push_ids: list[str]) -> dict[str, str]:
+        """Acknowledge pushed messages by id: id → acked, or what became of it instead
+        (mailbox | dropped: acknowledged too late; unknown)."""
+        op = etree.Element(q("Ack"))
+        for push_id in push_ids:
+            element(op, "Id", push_id)
+        answer = self._call(op)
+        return {n.text or "": n.get("status", "") for n in answer.findall(q("Id"))}
 
     def verify(self, incoming: Incoming) -> tuple[Provenance, Message]:
         """The pushed message checked like mail (signed by the sending server, or local)."""

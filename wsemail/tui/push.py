@@ -17,34 +17,40 @@ class PushSession:
         self.im = im
         self._lock = threading.Lock()
         self._stream: Stream | None = None
-        self._closed = False
+        self._stop = threading.Event()
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._stop.is_set()
 
     def run(self, deliver: Callable[[Incoming], object], ready: Callable[[], object]) -> None:
-        """Blocking: open the stream, call `ready`, then `deliver` each event until closed.
-        Errors while open propagate (TransportError, RemoteFault…); after close, none."""
-        stream = self.im.listen()
-        with self._lock:
-            if self._closed:
-                stream.close()
-                return
-            self._stream = stream
+        """Blocking: open the stream, call `ready` (again after each reconnection), then
+        `deliver` each event until closed; each message is acknowledged once `deliver`
+        returned. A stream that breaks off or falls silent is reopened (a few times in a
+        row). Errors while open propagate (TransportError, RemoteFault…); after close, none."""
+
+        def opened(stream: Stream | None) -> None:
+            with self._lock:
+                self._stream = stream
+            if stream is not None:
+                if self._stop.is_set():
+                    stream.close()
+                else:
+                    ready()
+
+        events = self.im.follow(self._stop, opened)
         try:
-            ready()
-            for item in stream:
+            for item in events:
                 deliver(item)
         except Exception:
-            if not self._closed:
+            if not self._stop.is_set():
                 raise
         finally:
-            stream.close()
+            events.close()
 
     def close(self) -> None:
+        self._stop.set()
         with self._lock:
-            self._closed = True
             stream = self._stream
         if stream is not None:
             stream.close()

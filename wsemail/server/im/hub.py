@@ -3,8 +3,14 @@ opened with a one-time ticket that the password-MAC-authenticated `im` extension
 out. A push is held while its unit of work runs and released only once that unit has
 committed; a push that finds no live session any more goes to the mailbox instead.
 
+A push written to a socket is not a delivery: the listener acknowledges each message by
+its id (the `im` extension's `Ack`). Until then it waits in the store (`records.Pending`);
+a new session of the same user is sent what still waits for it (so a listener that
+reconnects gets it; clients drop repeats by id), and a session that leaves a push
+unacknowledged past its deadline is taken for dead and ended (its client reconnects).
+
     GET /wsemail/im/stream?ticket=…   →  text/event-stream
-        event: ready    data: {"session": …, "address": …}
+        event: ready    data: {"session": …, "address": …, "heartbeat": s, "ack": true}
         event: message  id: <push id>  data: {from, to, subject, body, date, message_id, …}
         event: notice   data: {…}            (e.g. an instant message of yours was dropped)
         : keep-alive                          (every `heartbeat` seconds)
@@ -20,7 +26,7 @@ import resource
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -67,6 +73,7 @@ class Session:
         default_factory=lambda: asyncio.Queue(maxsize=QUEUE_MAX)
     )
     ended: bool = False  # dropped by the hub: send what is queued, then end the stream
+    unacked: dict[str, float] = field(default_factory=dict)  # push id → monotonic deadline
 
 
 @dataclass(frozen=True)
@@ -92,12 +99,16 @@ class Hub:
         fallback: Callable[[Push], None],
         *,
         heartbeat: float = 15.0,
+        ack_timeout: float = 5.0,
+        waiting: Callable[[str], Awaitable[list[Push]]] | None = None,
         max_sessions_per_user: int = 16,
         max_sessions: int = 10_000,
     ) -> None:
         self.server = server
         self.fallback = fallback
         self.heartbeat = heartbeat
+        self.ack_timeout = ack_timeout
+        self.waiting = waiting
         self.max_sessions_per_user = max_sessions_per_user
         budget = fd_budget()
         if max_sessions > budget:
@@ -162,22 +173,67 @@ class Hub:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._put_all, address, data)
 
-    def _put_all(self, address: str, data: bytes) -> int:
+    def _put_all(self, address: str, data: bytes, push_id: str | None = None) -> int:
         with self._lock:
             sessions = list(self._sessions.get(address, {}).values())
         delivered = 0
+        deadline = time.monotonic() + self.ack_timeout
         for session in sessions:
             try:
                 session.queue.put_nowait(data)
                 delivered += 1
+                if push_id is not None:
+                    session.unacked[push_id] = deadline
             except asyncio.QueueFull:
                 log.warning("session %s of %r is too slow; cutting it off", session.id, address)
                 self._drop(session)
         return delivered
 
     def _deliver(self, push: Push) -> None:
-        if self._put_all(push.recipient, push.data) == 0:
+        if self._put_all(push.recipient, push.data, push.push_id) == 0:
             self.fallback(push)
+
+    # acknowledgements -------------------------------------------------------------------
+    def acked(self, address: str, push_ids: list[str]) -> None:
+        """After the `Ack` committed (any thread): those pushes no longer count against
+        the liveness of `address`'s sessions."""
+        with self._lock:
+            loop = self._loop
+        if loop is not None and not loop.is_closed() and push_ids:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._forget, address, push_ids)
+
+    def _forget(self, address: str, push_ids: list[str]) -> None:
+        with self._lock:
+            sessions = list(self._sessions.get(address, {}).values())
+        for session in sessions:
+            for push_id in push_ids:
+                session.unacked.pop(push_id, None)
+
+    def reap(self) -> None:
+        """(Any thread.) End every session that left a push unacknowledged past its
+        deadline: a stopped process or a vanished network keeps its socket open, and
+        later pushes should go to the mailbox at once instead of waiting for it."""
+        with self._lock:
+            loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._reap)
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            late = [
+                s
+                for mine in self._sessions.values()
+                for s in mine.values()
+                if any(deadline < now for deadline in s.unacked.values())
+            ]
+        for session in late:
+            log.info(
+                "session %s of %r acknowledged nothing in time; ended", session.id, session.address
+            )
+            self._drop(session)
 
     # sessions ---------------------------------------------------------------------------
     def _add(self, address: str) -> Session:
@@ -237,7 +293,12 @@ class Hub:
             address = await self.server.store.transact(lambda tx: records.take_ticket(tx, ticket))
             if address is None:
                 raise AuthenticationFailed("the stream ticket is not valid")
+            # what still waits for an acknowledgement goes out first on the new session
+            waiting = [] if self.waiting is None else await self.waiting(address)
             session = self._add(address)
+            for push in waiting[:QUEUE_MAX]:
+                session.queue.put_nowait(push.data)
+                session.unacked[push.push_id] = time.monotonic() + self.ack_timeout
         except RemoteFault as exc:
             body = soap.fault(exc)
             headers = [(b"content-type", soap.CONTENT_TYPE.encode())]
@@ -265,7 +326,12 @@ class Hub:
                 ],
             }
         )
-        ready = {"session": session.id, "address": session.address}
+        ready = {
+            "session": session.id,
+            "address": session.address,
+            "heartbeat": self.heartbeat,
+            "ack": True,
+        }
         await send({"type": "http.response.body", "body": event("ready", ready), "more_body": True})
 
         async def disconnected() -> None:

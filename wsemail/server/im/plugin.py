@@ -2,15 +2,20 @@
 
 - sending processor: reads the `Instant` / `DeleteIfUndeliverable` flags of a submitted
   message onto it (they then travel inside the signed form to other domains);
-- delivery processor: an instant message for a user with a live session is recorded and
-  pushed after its unit of work commits; with none it lands in the mailbox marked as
-  meant as an instant message, or — when the sender asked — is dropped and the sender told
-  (a notice in a local sender's inbox; a refusal, hence a bounce, for another domain's);
-  the recipient's allow / block lists and the operator's policy for other domains apply;
-- extension `im` (password MAC): OpenStream (a one-time ticket for the push stream), Who,
-  GetAcl / SetAcl, History, Missed, OpenChannel (a party line, `channel`: the listener is
-  started and every participant, the opener too, is invited by an instant message from
-  the opener with host, port, channel id and the listener's certificate fingerprint);
+- delivery processor: an instant message for a user with a live session is stored as
+  pending (the whole message, in the same unit of work) and pushed after it commits; a
+  listener acknowledges it by id (`Ack`) within `ack_timeout` seconds, or the sweeper
+  moves it on; with no live session it moves on at once. Moving on: into the mailbox
+  marked as meant as an instant message, or — when the sender asked — dropped and the
+  sender told (a notice in a local sender's inbox; for another domain's sender, a
+  refusal while the Deliver runs, a notice mail from mailer-daemon after it). Pending
+  ones from before a restart move on when the plug-in starts. The recipient's allow /
+  block lists and the operator's policy for other domains apply;
+- extension `im` (password MAC): OpenStream (a one-time ticket for the push stream), Ack,
+  Who, GetAcl / SetAcl, History, Missed, OpenChannel (a party line, `channel`: the
+  listener is started and every participant, the opener too, is invited by an instant
+  message from the opener with host, port, channel id and the listener's certificate
+  fingerprint);
 - the push stream route (`hub`) and the `DirectInstant` operation (`direct`).
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +61,7 @@ log = logging.getLogger("wsemail.im")
 EXTENSION_ID = "im"
 MAX_HISTORY = 500
 MAX_HEARTBEAT = 30.0
+MAX_ACKS = 100  # ids in one Ack
 
 
 def push_payload(message: Message, recipient: str, push_id: str) -> dict[str, Any]:
@@ -87,7 +94,8 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         remote_policy: str = "allow",
         remote_domains: list[str] | None = None,
         ticket_lifetime: float = 60,
-        heartbeat: float = 15,
+        heartbeat: float = 10,
+        ack_timeout: float = 5,
         max_sessions_per_user: int = 16,
         max_sessions: int = 10_000,
         token_lifetime: float = 3600,
@@ -105,6 +113,9 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         if not 0 < self.heartbeat <= MAX_HEARTBEAT:
             # clients give up on a stream silent for STREAM_SILENCE (60 s): two beats fit
             raise ValueError(f"heartbeat must be between 0 and {MAX_HEARTBEAT:g} seconds")
+        self.ack_timeout = float(ack_timeout)
+        if not 0 < self.ack_timeout <= 300:
+            raise ValueError("ack_timeout must be between 0 and 300 seconds")
         self.max_sessions_per_user = int(max_sessions_per_user)
         self.max_sessions = int(max_sessions)
         if self.max_sessions_per_user < 1 or self.max_sessions < 1:
@@ -117,6 +128,8 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         self.server: Server | None = None
         self._hub: Hub | None = None
         self._channels: Channels | None = None
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
 
     # wiring -----------------------------------------------------------------------------
     @property
@@ -132,11 +145,22 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             server,
             self._fallback,
             heartbeat=self.heartbeat,
+            ack_timeout=self.ack_timeout,
+            waiting=self._waiting,
             max_sessions_per_user=self.max_sessions_per_user,
             max_sessions=self.max_sessions,
         )
+        # no session is live yet: whatever waited for one before this start moves on now
+        after: list[Any] = []
+        moved = server.store.transact_sync(lambda tx: self._sweep(tx, float("inf"), after))
+        _run_all(after)
+        if moved:
+            log.info("%d instant message(s) unacknowledged before the start moved on", moved)
         server.routes[STREAM_PATH] = self._hub.stream
         direct.register(server, self)
+        self._stop.clear()
+        self._sweeper = threading.Thread(target=self._sweeping, name="wsemail-im-acks", daemon=True)
+        self._sweeper.start()
 
     def stopping(self) -> None:
         """The server stops: end every push stream now (new ones are refused)."""
@@ -144,6 +168,10 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             self._hub.close()
 
     def close(self) -> None:
+        self._stop.set()
+        if self._sweeper is not None:
+            self._sweeper.join(10)
+            self._sweeper = None
         server = self.server
         if server is not None:
             if server.routes.get(STREAM_PATH) == getattr(self._hub, "stream", None):
@@ -184,8 +212,9 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         if hub.live(recipient):
             data = event("message", push_payload(message, recipient, push_id), push_id)
             records.record(
-                tx, push_id, recipient, message.sender, message.message_id, message.body, "pushed"
+                tx, push_id, recipient, message.sender, message.message_id, message.body, "pending"
             )
+            records.add_pending(tx, push_id, recipient, message, tx.now + self.ack_timeout)
             hub.hold(Push(push_id, recipient, message, data))
             env.after_commit.append(lambda: hub.release(push_id))
             self._release_when_committed(push_id)
@@ -229,25 +258,88 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         )
 
     def _fallback(self, push: Push) -> None:
-        """A push that found no live session after all: into the mailbox, flagged. (Even
-        with "delete if undeliverable": the sender was told it was delivered.)"""
+        """A push that found no live session after all: it moves on now."""
         server = self.server
         if server is None:
             return
 
+        after: list[Any] = []
+
         def work(tx: Tx) -> None:
-            env = self._environment(tx, f"im:{server.config.domain}")
+            after.clear()
+            if records.take_pending(tx, push.push_id):
+                self._move_on(tx, push.push_id, push.recipient, push.message, after)
+
+        log.info("no live session took %s for %r: moved on", push.push_id, push.recipient)
+        future = server.store.submit(work)
+        future.add_done_callback(lambda f: _run_all(after) if f.exception() is None else None)
+
+    def _move_on(
+        self, tx: Tx, push_id: str, recipient: str, message: Message, after: list[Any]
+    ) -> None:
+        """An instant message no listener acknowledged (its pending row already taken):
+        into the mailbox, flagged, or — "delete if undeliverable" — dropped, sender told."""
+        assert self.server is not None
+        env = self._environment(tx, f"im:{self.server.config.domain}")
+        if message.delete_if_undeliverable:
+            self._undeliverable(env, message, recipient)
+            records.set_outcome(tx, push_id, "dropped")
+        else:
             mta = env.pipeline.local_mta
             if mta is None:
                 raise ServerError("no local delivery plug-in is loaded")
-            public_id = mta.store(push.message, push.recipient, env)
-            records.mark_missed(tx, push.recipient, public_id)
-            records.set_outcome(tx, push.push_id, "mailbox")
+            public_id = mta.store(message, recipient, env)
+            records.mark_missed(tx, recipient, public_id)
+            records.set_outcome(tx, push_id, "mailbox")
+        after.extend(env.after_commit)  # the caller runs them once the unit has committed
 
-        log.info(
-            "no live session took %s for %r: kept in the mailbox", push.push_id, push.recipient
-        )
-        server.store.submit(work)
+    def _sweep(self, tx: Tx, now: float, after: list[Any]) -> int:
+        """Move on every pending push whose deadline is past `now`."""
+        after.clear()
+        moved = 0
+        while True:
+            late = records.overdue(tx, now)
+            for pending in late:
+                if records.take_pending(tx, pending.push_id):
+                    self._move_on(tx, pending.push_id, pending.owner, pending.message, after)
+                    moved += 1
+            if len(late) < 200:
+                return moved
+
+    def _sweeping(self) -> None:
+        """The sweeper thread: late pushes move on, sessions that acknowledge nothing end."""
+        server = self.server
+        assert server is not None
+        interval = min(1.0, max(0.05, self.ack_timeout / 4))
+        while not self._stop.wait(interval):
+            try:
+                self._sweep_now(server)
+            except Exception:  # a store hiccup: the next round tries again
+                if self._stop.is_set():
+                    return
+                log.exception("moving unacknowledged instant messages on failed")
+            if self._hub is not None:
+                self._hub.reap()
+
+    def _sweep_now(self, server: Server) -> None:
+        after: list[Any] = []
+        server.store.submit(lambda tx: self._sweep(tx, tx.now, after)).result(timeout=30)
+        _run_all(after)
+
+    async def _waiting(self, address: str) -> list[Push]:
+        """`address`'s pushes still waiting for an acknowledgement, for a new session."""
+        server = self.server
+        assert server is not None
+        found = await server.store.transact(lambda tx: records.pending_for(tx, address, tx.now))
+        return [
+            Push(
+                p.push_id,
+                address,
+                p.message,
+                event("message", push_payload(p.message, address, p.push_id), p.push_id),
+            )
+            for p in found
+        ]
 
     def _environment(self, tx: Tx, principal: str) -> Environment:
         assert self.server is not None
@@ -259,6 +351,44 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             request=etree.Element(q("Internal")),
             pipeline=server.pipeline,
             clock=server.clock,
+            wake_relay=self._wake_relay,
+        )
+
+    def _wake_relay(self) -> None:
+        relay = self.server.relay if self.server is not None else None
+        if relay is not None:
+            relay.wake_threadsafe()
+
+    def _undeliverable(self, env: Environment, message: Message, recipient: str) -> None:
+        """Tell the sender that an instant message was dropped: a local one by `_notice`,
+        another domain's by a notice mail from this domain's mailer-daemon (relayed, signed
+        by this server like any mail from here); never about a mailer-daemon's message."""
+        if domain_of(message.sender) == env.domain:
+            self._notice(env, message, recipient)
+            return
+        if message.sender.startswith(f"{MAILER_DAEMON}@") or env.pipeline.queue is None:
+            return
+        notice = self._notice_message(env, message, recipient)
+        env.pipeline.queue.enqueue(notice, domain_of(message.sender), [message.sender], env)
+
+    def _notice_message(self, env: Environment, message: Message, recipient: str) -> Message:
+        date = datetime.fromtimestamp(env.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = (
+            f"{recipient} did not take your instant message in time. As you asked, it was "
+            f"deleted and not delivered.\n\nOriginal Message-Id: {message.message_id}\n"
+        )
+        return Message(
+            id="",
+            message_id=new_message_id(env.domain),
+            folder="sent",
+            sender=f"{MAILER_DAEMON}@{env.domain}",
+            to=[message.sender],
+            cc=[],
+            subject=f"Undeliverable instant message to {recipient}"[:998],
+            date=date,
+            size=len(body),
+            seen=True,
+            body=body,
         )
 
     def _notice(self, env: Environment, message: Message, recipient: str) -> None:
@@ -296,6 +426,7 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
     def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:
         handlers = {
             "OpenStream": self._open_stream,
+            "Ack": self._ack,
             "Who": self._who,
             "GetAcl": self._get_acl,
             "SetAcl": self._set_acl,
@@ -311,6 +442,26 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         element(result, "Ticket", ticket)
         element(result, "Path", STREAM_PATH)
         element(result, "Lifetime", str(int(self.ticket_lifetime)))
+        element(result, "Heartbeat", f"{self.heartbeat:g}")
+        element(result, "AckTimeout", f"{self.ack_timeout:g}")
+        return result
+
+    def _ack(self, op: etree._Element, env: Environment) -> etree._Element:
+        """The listener took these pushes (by id): each answered acked, or what became of
+        it instead (mailbox | dropped, when the acknowledgement came too late), or unknown."""
+        ids = [i.strip() for i in texts_of(op, "Id")]
+        if not ids or len(ids) > MAX_ACKS or any(not 1 <= len(i) <= 64 for i in ids):
+            raise RequestInvalid(f"Ack names 1 to {MAX_ACKS} push ids")
+        result = etree.Element(q("Acked"))
+        acked: list[str] = []
+        for push_id in dict.fromkeys(ids):
+            status = records.acknowledge(env.tx, env.principal, push_id)
+            if status == "acked":
+                acked.append(push_id)
+            element(result, "Id", push_id).set("status", status)
+        hub = self.hub
+        principal = env.principal
+        env.after_commit.append(lambda: hub.acked(principal, acked))
         return result
 
     def _who(self, op: etree._Element, env: Environment) -> etree._Element:
@@ -459,3 +610,11 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
                 raise ServerError("no mail queue is loaded")
             queue.enqueue(message, domain, recipients, env)
         return outcomes
+
+
+def _run_all(callbacks: list[Any]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("after an instant message moved on")

@@ -1,13 +1,19 @@
 """In charge of the IM plug-in's rows: one-time stream tickets (SHA-256 digests, never in
-clear), per-user allow / block lists, the history of instant messages received, and which
-mailbox copies were meant as instant messages. Every function runs inside a transaction."""
+clear), per-user allow / block lists, the history of instant messages received, which
+mailbox copies were meant as instant messages, and the pushed messages waiting for a
+listener's acknowledgement (`im_pending`: the whole message, so that one not acknowledged
+in time still reaches the mailbox after a restart). Every function runs inside a
+transaction."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from lxml import etree
+
+from wsemail.message import Message
 from wsemail.server.store import Tx
 
 MIGRATIONS = [
@@ -39,7 +45,20 @@ MIGRATIONS = [
         id TEXT NOT NULL,
         PRIMARY KEY(owner, id)
     )
+    """,
+    # 2: pushed, not yet acknowledged (outcome 'pending' in im_history until then)
     """
+    CREATE TABLE im_pending(
+        push_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        deadline REAL NOT NULL,
+        message BLOB NOT NULL,
+        origin TEXT,
+        signed_xml BLOB
+    );
+    CREATE INDEX im_pending_deadline ON im_pending(deadline);
+    CREATE INDEX im_pending_owner ON im_pending(owner, deadline)
+    """,
 ]
 
 
@@ -95,7 +114,7 @@ class Entry:
     message_id: str
     body: str
     at: float
-    outcome: str  # pushed | mailbox | dropped
+    outcome: str  # pending | acked | mailbox | dropped (| pushed: before acknowledgements)
 
 
 def record(
@@ -140,3 +159,72 @@ def missed(tx: Tx, owner: str) -> list[str]:
         (owner,),
     )
     return [r[0] for r in rows]
+
+
+# waiting for an acknowledgement ------------------------------------------------------------
+@dataclass(frozen=True)
+class Pending:
+    push_id: str
+    owner: str
+    deadline: float
+    message: Message
+
+
+def add_pending(tx: Tx, push_id: str, owner: str, message: Message, deadline: float) -> None:
+    holder = etree.Element("holder")
+    plain = replace(message, signed_xml=None, origin=None)  # kept as they are, beside
+    tx.conn.execute(
+        "INSERT INTO im_pending(push_id, owner, deadline, message, origin, signed_xml) "
+        "VALUES (?,?,?,?,?,?)",
+        (
+            push_id,
+            owner,
+            deadline,
+            etree.tostring(plain.to_xml(holder)),
+            message.origin,
+            message.signed_xml,
+        ),
+    )
+
+
+def _pending(row: tuple[str, str, float, bytes, str | None, bytes | None]) -> Pending:
+    push_id, owner, deadline, data, origin, signed = row
+    message = Message.from_xml(etree.fromstring(data))  # written by `add_pending` only
+    return Pending(push_id, owner, deadline, replace(message, origin=origin, signed_xml=signed))
+
+
+_PENDING = "SELECT push_id, owner, deadline, message, origin, signed_xml FROM im_pending"
+
+
+def overdue(tx: Tx, now: float, limit: int = 200) -> list[Pending]:
+    """Pushed messages whose acknowledgement is late (oldest first)."""
+    rows = tx.conn.execute(_PENDING + " WHERE deadline<=? ORDER BY deadline LIMIT ?", (now, limit))
+    return [_pending(r) for r in rows]
+
+
+def pending_for(tx: Tx, owner: str, now: float, limit: int = 100) -> list[Pending]:
+    """`owner`'s pushed messages still waiting and not yet late (for a new session)."""
+    rows = tx.conn.execute(
+        _PENDING + " WHERE owner=? AND deadline>? ORDER BY deadline LIMIT ?", (owner, now, limit)
+    )
+    return [_pending(r) for r in rows]
+
+
+def take_pending(tx: Tx, push_id: str) -> bool:
+    """Forget one waiting push (acknowledged, or moved on); False if it was not waiting."""
+    cur = tx.conn.execute("DELETE FROM im_pending WHERE push_id=?", (push_id,))
+    return cur.rowcount > 0
+
+
+def acknowledge(tx: Tx, owner: str, push_id: str) -> str:
+    """`owner` acknowledges a push: acked (it was waiting), or what became of it instead
+    (mailbox | dropped | acked), or unknown (not one of `owner`'s)."""
+    row = tx.conn.execute(
+        "SELECT outcome FROM im_history WHERE push_id=? AND owner=?", (push_id, owner)
+    ).fetchone()
+    if row is None:
+        return "unknown"
+    if row[0] == "pending" and take_pending(tx, push_id):
+        set_outcome(tx, push_id, "acked")
+        return "acked"
+    return str(row[0])
