@@ -53,8 +53,8 @@ class Tally:
 def listener(url: str, address: str, password: str) -> None:
     """The listener process: prints each message's push id once handled, then acknowledges
     it (through `InstantMessenger.follow`, which also reconnects)."""
-    from wsemail.client import Client
-    from wsemail.im_client import InstantMessenger
+    from wsemail.client.im import InstantMessenger
+    from wsemail.client.mail import Client
 
     with Client(url, address, password) as client:
         im = InstantMessenger(client)
@@ -177,8 +177,8 @@ def tally(store: object, message_ids: list[str]) -> Tally:
 
 
 def run_round(data_dir: Path, messages: int, rng: random.Random) -> tuple[Tally, dict[str, int]]:
-    from wsemail.client import Client
-    from wsemail.im_client import InstantMessenger
+    from wsemail.client.im import InstantMessenger
+    from wsemail.client.mail import Client
 
     controller = _start_server(data_dir)
     url = controller.url  # type: ignore[attr-defined]

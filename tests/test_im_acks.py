@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from wsemail.errors import RequestInvalid
-from wsemail.im_client import Incoming, InstantMessenger, Stream
+from wsemail.client.im import Incoming, InstantMessenger, Stream
+from wsemail.protocol.errors import RequestInvalid
 
 from conftest import Running, inbox, start_server, wait_for
 
@@ -183,3 +183,34 @@ def test_listeners_killed_and_stopped_at_random_lose_and_duplicate_nothing(
     assert total.lost == 0 and total.duplicated == 0, total.line()
     assert total.acknowledged + total.mailbox == 80
     assert faults["kill"] + faults["stop"] > 0  # the scenario hit the listener
+
+
+def test_a_silent_stream_is_taken_for_dead_and_follow_reconnects(quick: Running) -> None:
+    from test_im_scale import hub_of
+
+    hub = hub_of(quick).hub
+    bob = InstantMessenger(quick.client(BOB))
+    streams: list[Stream | None] = []
+    got: list[Incoming] = []
+    stop = threading.Event()
+
+    def follow() -> None:
+        for item in bob.follow(stop, streams.append):
+            got.append(item)
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: streams, "the first stream")
+        hub.heartbeat = 1000.0  # the server falls silent (as if the network vanished)
+        wait_for(lambda: len(streams) >= 2, "a new stream after three silent heartbeats")
+        hub.heartbeat = 1.0
+        sent = InstantMessenger(quick.client("alice@localhost")).send(BOB, "still there?")
+        wait_for(lambda: outcome(quick, sent.message_id) == "acked=1 copies=0", "the ack")
+        assert [i.body for i in got if i.kind == "message"] == ["still there?"]
+    finally:
+        stop.set()
+        for stream in streams:
+            if stream is not None:
+                stream.close()
+        reader.join(10)

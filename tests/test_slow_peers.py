@@ -12,8 +12,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from lxml import etree
 
 from tests.conftest import Running, start_server
+from wsemail.protocol.soap import element, q, text_of
 
 BODY = 10_000
 TIMEOUT_ANSWER = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
@@ -189,4 +191,39 @@ def test_descriptors_are_kept_for_the_store(slow: Running) -> None:
     finally:
         held.close()
         peers.max_connections = limit
+    slow.client("carol@localhost").list_headers()
+
+
+def test_a_trickling_upload_is_cut_off(slow: Running) -> None:
+    begin = etree.Element(q("BeginUpload"))
+    element(begin, "Name", "slow.bin")
+    element(begin, "Size", "1000")
+    ticket = slow.client("alice@localhost").extension("attachments", begin)
+    assert ticket is not None
+    path = f"{text_of(ticket, 'Path')}?ticket={text_of(ticket, 'Ticket')}"
+    sock = _open(slow)
+    try:
+        sock.sendall(
+            f"PUT {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n".encode()
+        )
+        answer = b""
+        for _ in range(100):  # 1 byte / 0.1 s: below the minimum rate, never a stall
+            try:
+                sock.sendall(b"x")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.1)
+            sock.setblocking(False)
+            try:
+                answer = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            finally:
+                sock.setblocking(True)
+            break
+        answer += _answer(sock)
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 408") and b"too slow" in answer, answer[:200]
+    assert slow.count("SELECT count(*) FROM attachment_blobs") == 0
     slow.client("carol@localhost").list_headers()

@@ -34,7 +34,7 @@ import ssl
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -339,7 +339,7 @@ class InstantMessenger:
 
     def follow(
         self, stop: threading.Event, on_stream: Callable[[Stream | None], object] = lambda s: None
-    ) -> Iterator[Incoming]:
+    ) -> Generator[Incoming, None, None]:
         """Events of a push session that reconnects when its stream breaks off or falls
         silent (RECONNECT_TRIES in a row, with backoff), until `stop` is set. `on_stream`
         is told each stream opened (to close it from another thread) and None at the end.

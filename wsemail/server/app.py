@@ -52,7 +52,7 @@ from wsemail.protocol.message import normalize_address
 from wsemail.protocol.soap import WSSE, WSU, element, q, text_of
 from wsemail.protocol.xmlsafe import c14n, parse_untrusted
 from wsemail.server.config import ServerConfig
-from wsemail.server.connguard import Peers
+from wsemail.server.connguard import Pace, Peers
 from wsemail.server.federation import Federation
 from wsemail.server.operations import AUTHENTICATED
 from wsemail.server.pipeline import Environment, Pipeline
@@ -234,17 +234,13 @@ class Server:
             raise TooLarge(f"request larger than {limit} bytes")
         chunks: list[bytes] = []
         size = 0
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        last = start + config.read_timeout
-        rate = config.body_min_rate
+        pace = Pace(config, total=config.read_timeout)
         budget = READING_BUDGET * limit
         stream = request.stream().__aiter__()
         try:
             while True:
-                allowed = min(last, start + config.body_grace + size / rate) if rate > 0 else last
                 try:
-                    async with asyncio.timeout_at(allowed):
+                    async with asyncio.timeout_at(pace.deadline(size)):
                         chunk = await anext(stream)
                 except StopAsyncIteration:
                     break

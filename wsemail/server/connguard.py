@@ -173,6 +173,31 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+class Pace:
+    """When the next chunk of a request body must have arrived: within `total` seconds of
+    the start for the whole body (None: within `read_timeout` of the previous chunk, for
+    uploads of any size), and — after `body_grace` seconds — no later than the bytes so
+    far allow at `body_min_rate` bytes a second (what has arrived buys time)."""
+
+    def __init__(self, config: ServerConfig, *, total: float | None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.start = self.loop.time()
+        self.total = total
+        self.idle = config.read_timeout
+        self.grace = config.body_grace
+        self.rate = config.body_min_rate
+
+    def deadline(self, size: int) -> float:
+        """For the next chunk, `size` bytes having arrived (a `loop.time()` value)."""
+        if self.total is None:
+            limit = self.loop.time() + self.idle
+        else:
+            limit = self.start + self.total
+        if self.rate > 0:
+            limit = min(limit, self.start + self.grace + size / self.rate)
+        return limit
+
+
 def guarded(peers: Peers) -> type[GuardedProtocol]:
     """The protocol class for uvicorn's `http=`, bound to one server's `Peers`."""
     return type("Guarded", (GuardedProtocol,), {"peers": peers})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import resource
 import signal
 import socket
@@ -20,12 +21,12 @@ import uvloop
 from wsemail.protocol.errors import UsageError
 from wsemail.server.app import Server
 from wsemail.server.config import ServerConfig, record_domain
+from wsemail.server.connguard import Peers, guarded
 from wsemail.server.delivery import deliver
 from wsemail.server.federation import Federation
 from wsemail.server.pipeline import Pipeline, resolve_class
 from wsemail.server.relay import Relay, run_relay
 from wsemail.server.security import Authenticator
-from wsemail.server.connguard import Peers, guarded
 
 log = logging.getLogger("wsemail.server")
 
@@ -75,6 +76,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 def uvicorn_config(server: Server, **extra: Any) -> uvicorn.Config:
     config = server.config
+    if server.peers is None:
+        server.peers = Peers(config)
     tls: dict[str, Any] = {}
     if config.tls_cert is not None:
         if config.tls_key is None:
@@ -87,7 +90,7 @@ def uvicorn_config(server: Server, **extra: Any) -> uvicorn.Config:
         lifespan="off",
         access_log=False,
         log_config=None,
-        timeout_keep_alive=config.keepalive_timeout,
+        timeout_keep_alive=math.ceil(config.keepalive_timeout),
         backlog=2048,
         **tls,
         **extra,

@@ -26,10 +26,18 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from wsemail.protocol import soap
-from wsemail.protocol.errors import Forbidden, RemoteFault, RequestInvalid, ServerError, TooLarge
+from wsemail.protocol.errors import (
+    Forbidden,
+    RemoteFault,
+    RequestInvalid,
+    RequestTimeout,
+    ServerError,
+    TooLarge,
+)
 from wsemail.protocol.soap import element, q
 from wsemail.server.attachments import records
 from wsemail.server.attachments.storage import BlobStore
+from wsemail.server.connguard import Pace
 from wsemail.server.store import Tx
 
 if TYPE_CHECKING:
@@ -43,7 +51,10 @@ _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?
 
 
 def _fault(exc: RemoteFault) -> Response:
-    return Response(soap.fault(exc), status_code=exc.status, media_type=soap.CONTENT_TYPE)
+    response = Response(soap.fault(exc), status_code=exc.status, media_type=soap.CONTENT_TYPE)
+    if isinstance(exc, RequestTimeout):  # the rest of a slow body is not waited for
+        response.headers["connection"] = "close"
+    return response
 
 
 def _ticket(scope: Scope) -> str:
@@ -120,10 +131,11 @@ class Streams:
             declared = _header(scope, b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) != blob.size):
                 raise RequestInvalid("Content-Length differs from the announced size")
-            timeout = self.server.config.read_timeout
+            # a stall of read_timeout, or a pace below the minimum rate, ends it
+            pace = Pace(self.server.config, total=None)
             with open(tmp, "wb") as out:
                 while True:
-                    async with asyncio.timeout(timeout):
+                    async with asyncio.timeout_at(pace.deadline(size)):
                         message = await receive()
                     if message["type"] == "http.disconnect":
                         raise RequestInvalid("the client went away during the upload")
@@ -146,7 +158,7 @@ class Streams:
             )
             committed = True
         except TimeoutError as exc:
-            raise RequestInvalid("timed out reading the upload") from exc
+            raise RequestTimeout("timed out reading the upload (too slow)") from exc
         finally:
             if not committed:
                 await asyncio.to_thread(self._abandon, tmp, blob.guid)

@@ -38,7 +38,7 @@ from wsemail.protocol.message import (
     normalize_address,
 )
 from wsemail.protocol.soap import element, q, text_of, texts_of
-from wsemail.server.im import channel, direct, records
+from wsemail.server.im import channel, direct, notices, records
 from wsemail.server.im.channel import Channels
 from wsemail.server.im.hub import STREAM_PATH, Hub, Push, event
 from wsemail.server.im.policy import REMOTE_POLICIES, Policy, check_pattern, parse_kind
@@ -51,7 +51,6 @@ from wsemail.server.pipeline import (
     Verdict,
     dispatch,
 )
-from wsemail.server.relay import MAILER_DAEMON
 from wsemail.server.store import Tx
 
 if TYPE_CHECKING:
@@ -221,7 +220,7 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             return "pushed"
         if message.delete_if_undeliverable:
             if domain_of(message.sender) == env.domain:
-                self._notice(env, message, recipient)
+                notices.notice(env, message, recipient, self.hub)
                 return "dropped"
             raise Rejected(
                 f"{recipient} is not online; the instant message was deleted as its sender asked"
@@ -282,7 +281,7 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         assert self.server is not None
         env = self._environment(tx, f"im:{self.server.config.domain}")
         if message.delete_if_undeliverable:
-            self._undeliverable(env, message, recipient)
+            notices.undeliverable(env, message, recipient, self.hub)
             records.set_outcome(tx, push_id, "dropped")
         else:
             mta = env.pipeline.local_mta
@@ -358,69 +357,6 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         relay = self.server.relay if self.server is not None else None
         if relay is not None:
             relay.wake_threadsafe()
-
-    def _undeliverable(self, env: Environment, message: Message, recipient: str) -> None:
-        """Tell the sender that an instant message was dropped: a local one by `_notice`,
-        another domain's by a notice mail from this domain's mailer-daemon (relayed, signed
-        by this server like any mail from here); never about a mailer-daemon's message."""
-        if domain_of(message.sender) == env.domain:
-            self._notice(env, message, recipient)
-            return
-        if message.sender.startswith(f"{MAILER_DAEMON}@") or env.pipeline.queue is None:
-            return
-        notice = self._notice_message(env, message, recipient)
-        env.pipeline.queue.enqueue(notice, domain_of(message.sender), [message.sender], env)
-
-    def _notice_message(self, env: Environment, message: Message, recipient: str) -> Message:
-        date = datetime.fromtimestamp(env.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = (
-            f"{recipient} did not take your instant message in time. As you asked, it was "
-            f"deleted and not delivered.\n\nOriginal Message-Id: {message.message_id}\n"
-        )
-        return Message(
-            id="",
-            message_id=new_message_id(env.domain),
-            folder="sent",
-            sender=f"{MAILER_DAEMON}@{env.domain}",
-            to=[message.sender],
-            cc=[],
-            subject=f"Undeliverable instant message to {recipient}"[:998],
-            date=date,
-            size=len(body),
-            seen=True,
-            body=body,
-        )
-
-    def _notice(self, env: Environment, message: Message, recipient: str) -> None:
-        """Tell a local sender that an instant message was dropped (inbox and live push)."""
-        sender = message.sender
-        if env.tx.user(sender) is None:
-            return
-        date = datetime.fromtimestamp(env.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = (
-            f"{recipient} was not online. As you asked, your instant message was deleted "
-            f"and not delivered.\n\nOriginal Message-Id: {message.message_id}\n"
-        )
-        notice = Message(
-            id="",
-            message_id=new_message_id(env.domain),
-            folder="inbox",
-            sender=f"{MAILER_DAEMON}@{env.domain}",
-            to=[sender],
-            cc=[],
-            subject=f"Undeliverable instant message to {recipient}"[:998],
-            date=date,
-            size=len(body),
-            seen=False,
-            body=body,
-        )
-        env.tx.add_message(sender, "inbox", notice)
-        data = event(
-            "notice",
-            {"kind": "undeliverable", "recipient": recipient, "message_id": message.message_id},
-        )
-        hub = self.hub
-        env.after_commit.append(lambda: hub.notify(sender, data))
 
     # extension --------------------------------------------------------------------------
     def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:

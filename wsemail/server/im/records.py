@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from lxml import etree
 
-from wsemail.message import Message
+from wsemail.protocol.message import Message
 from wsemail.server.store import Tx
 
 MIGRATIONS = [
