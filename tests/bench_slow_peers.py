@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from wsemail.client import Client
+from wsemail.client.mail import Client
 from wsemail.server.accounts import set_user
 from wsemail.server.config import ServerConfig
 from wsemail.server.controller import ServerController
