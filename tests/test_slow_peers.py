@@ -122,14 +122,16 @@ def test_slow_headers_are_cut_off(slow: Running) -> None:
 
 def test_silent_and_idle_connections_are_closed(slow: Running) -> None:
     silent = _open(slow)
-    idle = _open(slow)
     try:
         assert _answer(silent) == TIMEOUT_ANSWER
+    finally:
+        silent.close()
+    idle = _open(slow)
+    try:
         idle.sendall(b"GET /wsemail HTTP/1.1\r\nHost: localhost\r\n\r\n")
         answer = _answer(idle)  # the answer, then the keep-alive timeout closes it
         assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"?wsdl\n")
     finally:
-        silent.close()
         idle.close()
 
 
