@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from wsemail.protocol.errors import Rejected, RequestInvalid, ServerError, UnknownRecipient
+from wsemail.protocol.errors import (
+    Rejected,
+    RequestInvalid,
+    ServerError,
+    UnknownRecipient,
+    WsemailError,
+)
 from wsemail.protocol.message import (
     Message,
     domain_of,
@@ -110,7 +116,7 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         self.ticket_lifetime = float(ticket_lifetime)
         self.heartbeat = float(heartbeat)
         if not 0 < self.heartbeat <= MAX_HEARTBEAT:
-            # clients give up on a stream silent for STREAM_SILENCE (60 s): two beats fit
+            # clients give up on a stream silent for three beats (60 s if none is named)
             raise ValueError(f"heartbeat must be between 0 and {MAX_HEARTBEAT:g} seconds")
         self.ack_timeout = float(ack_timeout)
         if not 0 < self.ack_timeout <= 300:
@@ -299,9 +305,14 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         while True:
             late = records.overdue(tx, now)
             for pending in late:
-                if records.take_pending(tx, pending.push_id):
+                if not records.take_pending(tx, pending.push_id):
+                    continue
+                moved += 1
+                try:
                     self._move_on(tx, pending.push_id, pending.owner, pending.message, after)
-                    moved += 1
+                except WsemailError as exc:  # e.g. the recipient was removed meanwhile
+                    log.warning("instant message %s dropped: %s", pending.push_id, exc)
+                    records.set_outcome(tx, pending.push_id, "dropped")
             if len(late) < 200:
                 return moved
 
