@@ -26,7 +26,7 @@ from pathlib import Path
 
 PASSWORD = "correct horse battery"
 ALICE, BOB = "alice@localhost", "bob@localhost"
-ACK_TIMEOUT = 1.0
+ACK_TIMEOUT = 2.0
 HEARTBEAT = 1.0
 
 
@@ -190,7 +190,7 @@ def run_round(data_dir: Path, messages: int, rng: random.Random) -> tuple[Tally,
         stop = threading.Event()
 
         def faults() -> None:
-            while not stop.wait(rng.uniform(0.1, 1.2)):
+            while not stop.wait(rng.uniform(0.3, 2.0)):
                 hits.fault()
 
         faulting = threading.Thread(target=faults, daemon=True)
