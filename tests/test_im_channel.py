@@ -19,7 +19,7 @@ from test_federation import start_domain
 from test_im import Fed, plugins, route, tmp_root_token
 
 from wsemail.client.attachments import Attachments
-from wsemail.client.im import Invitation, PartyLine
+from wsemail.client.partyline import Invitation, PartyLine
 from wsemail.pki import create_root, fingerprint, write_crl
 from wsemail.protocol.errors import Forbidden, RequestInvalid, UntrustedSigner
 from wsemail.server.im import InstantMessaging

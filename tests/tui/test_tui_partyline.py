@@ -14,7 +14,8 @@ from textual.widgets import Input
 from tui_domains import Two, two  # noqa: F401  (the fixture)
 from tui_helpers import wait_for
 
-from wsemail.client.im import InstantMessenger, Invitation, PartyLine
+from wsemail.client.im import InstantMessenger
+from wsemail.client.partyline import Invitation, PartyLine
 from wsemail.server.im import InstantMessaging
 from wsemail.tui.app import WsemailApp
 from wsemail.tui.screens.channel import ChannelScreen

@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 import typer
 
 from wsemail.client import session
-from wsemail.client.im import InstantMessenger, PartyLine
+from wsemail.client.im import InstantMessenger
+from wsemail.client.partyline import PartyLine
 from wsemail.protocol.errors import WsemailError
 
 ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from textual.app import App
 from textual.binding import Binding
 
-from wsemail.client.im import Invitation
 from wsemail.client.mail import Client
+from wsemail.client.partyline import Invitation
 from wsemail.tui.mailbox import AddressBook
 from wsemail.tui.screens.channel import ChannelScreen, Invited
 from wsemail.tui.screens.choose import ChooseScreen

@@ -8,7 +8,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from wsemail.client.im import InstantMessenger, Invitation, PartyLine
+from wsemail.client.im import InstantMessenger
+from wsemail.client.partyline import Invitation, PartyLine
 from wsemail.protocol.errors import TransportError
 
 Event = dict[str, Any]

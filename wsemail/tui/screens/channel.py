@@ -16,8 +16,9 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import Header, Input, Label
 
-from wsemail.client.im import InstantMessenger, Invitation, PartyLine
+from wsemail.client.im import InstantMessenger
 from wsemail.client.mail import Client
+from wsemail.client.partyline import Invitation, PartyLine
 from wsemail.tui.partyline import ChannelSession, Event, describe_event
 from wsemail.tui.screens.base import WorkScreen
 from wsemail.tui.widgets.chat.chat_log import ChatLog

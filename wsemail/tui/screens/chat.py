@@ -13,8 +13,9 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import Header, Input, Label
 
-from wsemail.client.im import Incoming, InstantMessenger, Invitation, Opened
+from wsemail.client.im import Incoming, InstantMessenger
 from wsemail.client.mail import Client
+from wsemail.client.partyline import Invitation, Opened
 from wsemail.protocol.errors import WsemailError
 from wsemail.tui.drafts import parse_addresses
 from wsemail.tui.feedback import describe

@@ -18,8 +18,9 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import DataTable, Header, Input, Label
 
-from wsemail.client.im import Incoming, InstantMessenger, Invitation
+from wsemail.client.im import Incoming, InstantMessenger
 from wsemail.client.mail import Client, Page
+from wsemail.client.partyline import Invitation
 from wsemail.protocol.errors import WsemailError
 from wsemail.protocol.message import normalize_address
 from wsemail.tui.drafts import ComposeDraft
