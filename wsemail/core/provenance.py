@@ -202,9 +202,17 @@ class Provenance:
     status: Status
     signer: str | None = None
     reason: str = ""
+    dmarc: str | None = None  # legacy mail: the gateway's DMARC result (pass, fail, none, …)
 
     def as_dict(self) -> dict[str, object]:
-        return {"status": self.status, "signer": self.signer, "reason": self.reason}
+        found: dict[str, object] = {
+            "status": self.status,
+            "signer": self.signer,
+            "reason": self.reason,
+        }
+        if self.status == "legacy":
+            found["dmarc"] = self.dmarc
+        return found
 
     def __str__(self) -> str:
         if self.status == "verified":
@@ -214,7 +222,8 @@ class Provenance:
         if self.status == "local":
             return "local (delivered by your own server)"
         if self.status == "legacy":
-            return f"legacy email, NOT signed by a wsemail server: {self.reason}"
+            dmarc = f", DMARC {self.dmarc}" if self.dmarc else ""
+            return f"legacy email{dmarc}, NOT signed by a wsemail server: {self.reason}"
         return f"not checked: {self.reason}"
 
 
@@ -244,7 +253,7 @@ def check(
         ), message
     legacy = read_legacy(message.signed_xml)
     if legacy is not None:  # taken over SMTP by our own server: what it checked, no more
-        return Provenance("legacy", None, legacy), message
+        return legacy, message
     if server_signer is None:
         return Provenance("unchecked", message.origin, "no trust roots configured"), message
     try:
@@ -355,23 +364,28 @@ def check_direct(
     return Provenance("verified", f"{sender} (direct)"), trusted
 
 
-def read_legacy(data: bytes) -> str | None:
-    """The summary of a `LegacyMessage` record (mail the SMTP gateway took), else None."""
+def read_legacy(data: bytes) -> Provenance | None:
+    """The provenance of a `LegacyMessage` record (mail the SMTP gateway took: what it
+    checked, summed up), else None."""
     try:
         root = parse_untrusted(data, XmlLimits(max_bytes=1 << 20))
     except (RemoteFault, WsemailError):
         return None
     if root.tag != q("LegacyMessage"):
         return None
-    dkim, spf = root.find(q("Dkim")), root.find(q("Spf"))
     summary = f"received by SMTP from {text_of(root, 'Peer', '') or '?'}"
-    if dkim is not None:
-        summary += f"; DKIM {dkim.get('result', 'none')}"
-        summary += f" (d={dkim.get('domain')})" if dkim.get("domain") else ""
-    if spf is not None:
-        summary += f"; SPF {spf.get('result', 'none')}"
-        summary += f" ({spf.get('domain')})" if spf.get("domain") else ""
-    return summary
+    for tag, name, prefix in (("Dkim", "DKIM", "d="), ("Spf", "SPF", ""), ("Dmarc", "DMARC", "")):
+        node = root.find(q(tag))
+        if node is None:
+            continue
+        summary += f"; {name} {node.get('result', 'none')}"
+        details = [f"{prefix}{node.get('domain')}"] if node.get("domain") else []
+        details += [f"p={node.get('policy')}"] if node.get("policy") else []
+        summary += f" ({', '.join(details)})" if details else ""
+    dmarc = root.find(q("Dmarc"))
+    return Provenance(
+        "legacy", None, summary, dmarc.get("result", "none") if dmarc is not None else None
+    )
 
 
 def certificate_domain(cert: x509.Certificate) -> list[str]:

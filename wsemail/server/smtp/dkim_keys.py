@@ -8,6 +8,7 @@ dkimpy's exceptions are translated here and nowhere else.
 from __future__ import annotations
 
 import base64
+import binascii
 import logging
 import os
 from collections.abc import Callable
@@ -18,7 +19,7 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from wsemail.protocol.errors import UsageError
+from wsemail.protocol.errors import RoutingError, UsageError
 
 log = logging.getLogger("wsemail.smtp.dkim")
 DEFAULT_SELECTOR = "wsemail"
@@ -99,7 +100,7 @@ def sign(
 
 @dataclass(frozen=True)
 class DkimResult:
-    result: str  # pass | fail | none | temperror
+    result: str  # pass | fail | none | permerror | temperror (RFC 8601 names)
     domain: str = ""
     reason: str = ""
 
@@ -109,7 +110,9 @@ class DkimResult:
 
 
 def verify(message: bytes, dnsfunc: Callable[..., bytes | None]) -> DkimResult:
-    """Check the first DKIM signature of `message` (blocking: DNS; run it in a thread)."""
+    """Check the first DKIM signature of `message` (blocking: DNS; run it in a thread).
+    The key is fetched here first so that a DNS failure (`dnsfunc` raising RoutingError) is
+    "temperror" and a missing or unreadable key "permerror"; dkimpy folds both into "fail"."""
     try:
         checker = dkim.DKIM(message, minkey=1024)
         signatures = [value for name, value in checker.headers if name.lower() == b"dkim-signature"]
@@ -117,14 +120,25 @@ def verify(message: bytes, dnsfunc: Callable[..., bytes | None]) -> DkimResult:
             return DkimResult("none")
         tags = dkim.util.parse_tag_value(signatures[0])
         domain = tags.get(b"d", b"").decode("ascii", "replace")
-        ok = checker.verify(0, dnsfunc=dnsfunc)
+        name = tags.get(b"s", b"") + b"._domainkey." + tags.get(b"d", b"") + b"."
+        if not tags.get(b"s") or not domain:
+            return DkimResult("permerror", domain, "the signature names no selector or domain")
+        record = dnsfunc(name)
+        if record is None:
+            return DkimResult("permerror", domain, "no key published for the signature")
+        dkim.evaluate_pk(name, record)  # raises when the record is not a usable key
+        ok = checker.verify(0, dnsfunc=lambda *_args, **_kw: record)
+    except RoutingError as exc:
+        return DkimResult("temperror", domain, f"cannot fetch the key now: {exc}"[:200])
+    except (dkim.KeyFormatError, dkim.UnparsableKeyError, binascii.Error) as exc:
+        return DkimResult("permerror", domain, f"the published key is not a key: {exc}"[:200])
     except dkim.DKIMException as exc:
-        return DkimResult("fail", "", str(exc))
-    except (ValueError, IndexError, UnicodeError) as exc:
-        return DkimResult("fail", "", f"malformed signature: {exc}")
+        return DkimResult("fail", domain, str(exc)[:200])
+    except (ValueError, IndexError, UnicodeError, TypeError) as exc:
+        return DkimResult("permerror", domain, f"malformed signature: {exc}"[:200])
     if ok:
         return DkimResult("pass", domain)
-    return DkimResult("fail", domain, "signature does not verify")
+    return DkimResult("fail", domain, "signature does not verify (body or headers changed)")
 
 
 def dns_records(

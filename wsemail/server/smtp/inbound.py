@@ -36,7 +36,7 @@ from wsemail.server.attachments import OnDemandAttachments, records
 from wsemail.server.controller import bind
 from wsemail.server.operations import deliver_locally
 from wsemail.server.pipeline import Environment
-from wsemail.server.smtp import dkim_keys, spf
+from wsemail.server.smtp import dkim_keys, dmarc, spf
 from wsemail.server.smtp.mime import Incoming, Part, from_mime
 from wsemail.server.smtp.mx import MailDns
 from wsemail.server.store import SqliteStore, Tx
@@ -76,8 +76,16 @@ class Checks:
     helo: str
     mail_from: str
     dkim: dkim_keys.DkimResult
-    spf: str
-    spf_domain: str
+    spf: spf.SpfResult
+    dmarc: dmarc.DmarcResult = dmarc.DmarcResult("none")
+
+    def temporary(self) -> str | None:
+        """Which check could not be made now (DNS failed), if any: the SMTP answer is then
+        451 and the sender tries again; a temporary cause never refuses mail for good."""
+        for name, result in (("DKIM", self.dkim), ("SPF", self.spf), ("DMARC", self.dmarc)):
+            if result.result == "temperror":
+                return f"{name}: {result.reason}"
+        return None
 
 
 def legacy_marker(checks: Checks, incoming: Incoming) -> bytes:
@@ -90,9 +98,13 @@ def legacy_marker(checks: Checks, incoming: Incoming) -> bytes:
     dkim = element(root, "Dkim", checks.dkim.reason)
     dkim.set("result", checks.dkim.result)
     dkim.set("domain", checks.dkim.domain)
-    spf_node = element(root, "Spf")
-    spf_node.set("result", checks.spf)
-    spf_node.set("domain", checks.spf_domain)
+    spf_node = element(root, "Spf", checks.spf.reason)
+    spf_node.set("result", checks.spf.result)
+    spf_node.set("domain", checks.spf.domain)
+    dmarc_node = element(root, "Dmarc", checks.dmarc.reason)
+    dmarc_node.set("result", checks.dmarc.result)
+    dmarc_node.set("domain", checks.dmarc.domain)
+    dmarc_node.set("policy", checks.dmarc.policy)
     for part in incoming.parts:
         node = element(root, "Part")
         node.set("type", part.content_type)
@@ -221,7 +233,7 @@ class Gateway:
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogateescape")
         try:
-            incoming = from_mime(data)
+            incoming = await asyncio.to_thread(from_mime, data)  # HTML to text takes CPU
         except RemoteFault as exc:
             log.info("unreadable message from %s: %s", peer, exc.reason)
             return "554 5.6.0 unreadable message"
@@ -235,12 +247,11 @@ class Gateway:
             if refused:
                 return refused
         helo = str(session.host_name or "")
-        spf_domain = domain_of(mail_from) if mail_from else helo
-        dkim_result, spf_result = await asyncio.gather(
-            asyncio.to_thread(dkim_keys.verify, data, self.dns.dkim_dnsfunc),
-            asyncio.to_thread(spf.check, self.dns, peer, spf_domain),
-        )
-        checks = Checks(peer, helo, mail_from, dkim_result, spf_result, spf_domain)
+        checks = await asyncio.to_thread(self.check, data, peer, helo, mail_from, incoming)
+        temporary = checks.temporary()
+        if temporary is not None:
+            log.info("deferred mail from %r via %s: %s", mail_from, peer, temporary)
+            return "451 4.4.3 cannot check the message's authentication now, try again later"
         try:
             public_ids = await self.store(incoming, list(envelope.rcpt_tos), checks)
         except Rejected as exc:
@@ -251,14 +262,31 @@ class Gateway:
             return "451 4.3.0 temporary local problem, try again later"
         self.stored += 1
         log.info(
-            "stored legacy mail from %r via %s for %d recipient(s); DKIM %s, SPF %s",
+            "stored legacy mail from %r via %s for %d recipient(s); DKIM %s, SPF %s, DMARC %s",
             mail_from,
             peer,
             len(public_ids),
-            dkim_result,
-            spf_result,
+            checks.dkim,
+            checks.spf,
+            checks.dmarc,
         )
         return "250 2.0.0 OK"
+
+    def check(
+        self, data: bytes, peer: str, helo: str, mail_from: str, incoming: Incoming
+    ) -> Checks:
+        """DKIM, SPF and DMARC for one message (blocking: DNS)."""
+        dkim_result = dkim_keys.verify(data, self.dns.dkim_dnsfunc)
+        spf_result = spf.check(self.dns, peer, mail_from, helo)
+        dmarc_result = dmarc.evaluate(
+            self.dns,
+            domain_of(incoming.sender) if incoming.sender else None,
+            spf_result=spf_result.result,
+            spf_domain=spf_result.domain,
+            dkim_result=dkim_result.result,
+            dkim_domain=dkim_result.domain,
+        )
+        return Checks(peer, helo, mail_from, dkim_result, spf_result, dmarc_result)
 
     async def store(self, incoming: Incoming, recipients: list[str], checks: Checks) -> list[str]:
         """One unit of work: every recipient through the delivery pipeline, or none; the

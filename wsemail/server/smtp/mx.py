@@ -162,9 +162,40 @@ class MailDns:
         return [b"".join(rd.strings).decode("utf-8", "replace") for rd in answer]
 
     def dkim_dnsfunc(self, name: bytes, timeout: int = 5) -> bytes | None:
-        """dkimpy's `dnsfunc`: the DKIM key record at `name`, or None."""
+        """dkimpy's `dnsfunc`: the DKIM key record at `name`, or None (RoutingError when
+        DNS fails: the caller's "temperror")."""
         records = self.txt(name.decode("ascii", "replace"))
         return records[0].encode() if records else None
+
+    def records(self, name: str, rdtype: str) -> list[tuple[tuple[str, str], object]]:
+        """Raw answers in pyspf's shape, ((name, type), value): A/AAAA an address text,
+        MX (preference, exchange), PTR a name, TXT the record's strings (bytes). [] for
+        NXDOMAIN or no data; RoutingError when DNS fails."""
+        key = name.lower().rstrip(".")
+        if rdtype == "TXT" and key in self.static_txt:
+            return [((key, "TXT"), [v.encode()]) for v in self.static_txt[key]]
+        if rdtype == "MX" and key in self.static_mx:
+            hosts = [_split_hostport(h)[0] for h in self.static_mx[key]]
+            return [((key, "MX"), (10, host)) for host in hosts]
+        if self._resolver is None:
+            return []
+        try:
+            answer = self._query(key, rdtype)
+        except NoRoute:
+            return []
+        found: list[tuple[tuple[str, str], object]] = []
+        for rd in answer:
+            value: object
+            if rdtype == "MX":
+                value = (rd.preference, rd.exchange.to_text(omit_final_dot=True))
+            elif rdtype == "PTR":
+                value = rd.target.to_text(omit_final_dot=True)
+            elif rdtype == "TXT":
+                value = list(rd.strings)
+            else:
+                value = rd.to_text()
+            found.append(((key, rdtype), value))
+        return found
 
     # one query, translated ---------------------------------------------------------------
     def _query(self, name: str, rdtype: str) -> dns.resolver.Answer:

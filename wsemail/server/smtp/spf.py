@@ -1,87 +1,71 @@
 """In charge of checking the connecting peer against the sender domain's SPF policy
-(RFC 7208): the ip4, ip6, a, mx, include and all mechanisms and the redirect modifier.
-Macros, exists and ptr are not evaluated (the result is then "permerror", recorded only:
-SPF never decides alone whether legacy mail is stored)."""
+(RFC 7208) with pyspf, a maintained implementation: every mechanism (a, mx, ptr, exists,
+include, ip4/ip6 with prefixes such as mx/24), macros, redirect, the limits of 10
+DNS-mechanism lookups and 2 void lookups, IPv4-mapped IPv6 peers. Its DNS goes through our
+`MailDns` (the server's resolver, its static table in tests), never the system's.
+
+The result is recorded with the legacy message; "temperror" makes the gateway answer 451
+(try again later); nothing else here refuses mail.
+"""
 
 from __future__ import annotations
 
-import ipaddress
+import contextvars
+import logging
+from dataclasses import dataclass
 
-from wsemail.protocol.errors import NoRoute, RoutingError
-from wsemail.server.smtp.mx import MailDns, MailHost
+import spf as pyspf
 
-MAX_DEPTH = 10
-QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
+from wsemail.protocol.errors import RoutingError
+from wsemail.server.smtp.mx import MailDns
+
+log = logging.getLogger("wsemail.smtp.spf")
+RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
+TIMEOUT = 20.0  # seconds for the whole check (RFC 7208 §4.6.4: at least 20 s)
+
+_dns: contextvars.ContextVar[MailDns | None] = contextvars.ContextVar("spf_dns", default=None)
 
 
-def check(dns: MailDns, ip: str, domain: str, depth: int = 0) -> str:
-    """pass | fail | softfail | neutral | none | permerror | temperror (blocking: DNS)."""
-    if depth > MAX_DEPTH or not domain:
-        return "permerror" if domain else "none"
+def _lookup(name: str, qtype: str, strict: object = True, timeout: float = TIMEOUT) -> list[object]:
+    """pyspf's DNS hook: the MailDns of the check running in this context."""
+    dns = _dns.get()
+    if dns is None:
+        raise pyspf.TempError("no resolver for this SPF check")
     try:
-        peer = ipaddress.ip_address(ip)
-        records = [t for t in dns.txt(domain) if t.lower().split(" ", 1)[0] == "v=spf1"]
-    except ValueError:
-        return "permerror"
-    except RoutingError:
-        return "temperror"
-    if not records:
-        return "none"
-    if len(records) > 1:
-        return "permerror"
-    redirect = ""
-    for term in records[0].split()[1:]:
-        qualifier = "+"
-        if term[0] in QUALIFIERS:
-            qualifier, term = term[0], term[1:]
-        if "%" in term:
-            return "permerror"
-        if term.lower().startswith("redirect="):
-            redirect = term.partition("=")[2]
-            continue
-        mechanism, _, arg = term.partition(":")
-        mechanism = mechanism.lower()
-        try:
-            if mechanism == "all":
-                matched = True
-            elif mechanism in ("ip4", "ip6"):
-                matched = peer in ipaddress.ip_network(arg, strict=False)
-            elif mechanism == "a":
-                matched = ip in _addresses(dns, arg or domain)
-            elif mechanism == "mx":
-                matched = ip in [h.address for h in _mail_hosts(dns, arg or domain)]
-            elif mechanism == "include":
-                inner = check(dns, ip, arg, depth + 1)
-                if inner in ("temperror", "permerror"):
-                    return inner
-                if inner == "none":
-                    return "permerror"
-                matched = inner == "pass"
-            elif "=" in term:
-                continue  # an unknown modifier
-            else:
-                return "permerror"
-        except ValueError:
-            return "permerror"
-        except RoutingError:
-            return "temperror"
-        if matched:
-            return QUALIFIERS[qualifier]
-    if redirect:
-        inner = check(dns, ip, redirect, depth + 1)
-        return "permerror" if inner == "none" else inner
-    return "neutral"
+        return list(dns.records(name, qtype))
+    except RoutingError as exc:
+        raise pyspf.TempError(f"DNS {exc}") from exc
 
 
-def _addresses(dns: MailDns, host: str) -> list[str]:
+pyspf.DNSLookup = _lookup  # one hook for the process; each check brings its own MailDns
+
+
+@dataclass(frozen=True)
+class SpfResult:
+    result: str  # one of RESULTS
+    domain: str = ""  # the domain checked: MAIL FROM's, or the HELO name for bounces
+    reason: str = ""
+
+    def __str__(self) -> str:
+        return self.result + (f" ({self.domain})" if self.domain else "")
+
+
+def check(dns: MailDns, ip: str, mail_from: str, helo: str) -> SpfResult:
+    """The SPF result for a peer at `ip` sending as `mail_from` ("" for the null sender:
+    the HELO name is checked instead). Blocking (DNS): run it in a thread."""
+    domain = mail_from.rpartition("@")[2] if mail_from else helo
+    if not domain:
+        return SpfResult("none", "", "no sender domain")
+    token = _dns.set(dns)
     try:
-        return dns.addresses(host)
-    except NoRoute:
-        return []
-
-
-def _mail_hosts(dns: MailDns, domain: str) -> list[MailHost]:
-    try:
-        return dns.mail_hosts(domain)
-    except NoRoute:
-        return []
+        query = pyspf.query(i=ip, s=mail_from, h=helo, timeout=TIMEOUT, querytime=TIMEOUT)
+        result, _, explanation = query.check()
+    except (ValueError, TypeError, IndexError, UnicodeError, RecursionError) as exc:
+        log.info("SPF check of %r for %s failed: %r", domain, ip, exc)
+        return SpfResult("permerror", domain, f"unreadable policy: {exc}"[:200])
+    finally:
+        _dns.reset(token)
+    result = str(result).lower()
+    if result not in RESULTS:
+        return SpfResult("permerror", domain, f"unknown result {result!r}")
+    return SpfResult(result, domain, str(explanation)[:200])
