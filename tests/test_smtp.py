@@ -5,6 +5,7 @@ the gateway refuses to become a relay or a spoofing channel."""
 from __future__ import annotations
 
 import hashlib
+import json
 import smtplib
 import socket
 import ssl
@@ -37,6 +38,7 @@ from wsemail.server.smtp.plugins import SmtpInbound
 
 from certs import make_tls_files
 from conftest import Cli, Running, start_server, wait_for
+from test_routing import Dnsmasq
 
 INBOUND = "wsemail.server.smtp.plugins:SmtpInbound"
 OUTBOUND = "wsemail.server.smtp.plugins:SmtpOutbound"
@@ -82,31 +84,59 @@ def sink(tmp_path: Path) -> Iterator[tuple[Sink, int]]:
     controller.stop()
 
 
+def mail_dns(tmp: Path, txt: dict[str, str] | None = None, *options: str) -> Dnsmasq:
+    """A real DNS server (dnsmasq on loopback) for the gateway: legacy.test's MX, and the
+    TXT records in `txt` (SPF policies, DKIM keys, DMARC policies; long ones are served as
+    several strings); NXDOMAIN for every other name."""
+    server = Dnsmasq(
+        tmp / "dnsmasq.log",
+        [
+            "--local=/#/",
+            "--local-ttl=1",
+            "--mx-host=legacy.test,mx.legacy.test,10",
+            "--host-record=mx.legacy.test,127.0.0.1",
+            *(f"--txt-record={name},{value}" for name, value in (txt or {}).items()),
+            *options,
+        ],
+        probe="probe.test",
+    )
+    server.start()
+    return server
+
+
 def start_gateway(
     tmp: Path,
     sink_port: int | None = None,
     outbound: dict[str, Any] | None = None,
+    dns_options: tuple[str, ...] = (),
     **inbound: Any,
 ) -> Running:
-    """A localhost server with both SMTP plug-ins; b.test is a federated wsemail domain."""
-    txt = inbound.pop("txt", {})
+    """A localhost server with both SMTP plug-ins resolving through a real dnsmasq (`txt`:
+    its TXT records); b.test is a federated wsemail domain."""
+    dns = mail_dns(tmp, inbound.pop("txt", {}), *dns_options)
     plugins = [
         *DEFAULT_PLUGINS,
-        PluginSpec(INBOUND, 50, {"port": 0, "use_dns": False, "txt": txt, **inbound}),
+        PluginSpec(INBOUND, 50, {"port": 0, "dns_timeout": 2, **inbound}),
         PluginSpec(
             OUTBOUND,
             60,
-            {
-                "mx": {"legacy.test": [f"127.0.0.1:{sink_port or 9}"]},
-                "use_dns": False,
-                "timeout": 5,
-                **(outbound or {}),
-            },
+            {"mx_port": sink_port or 9, "timeout": 5, **(outbound or {})},
         ),
     ]
-    running = start_server(
-        tmp / "server", plugins=plugins, retry_base=0.2, retry_max=0.5, relay_poll=0.1
-    )
+    try:
+        running = start_server(
+            tmp / "server",
+            plugins=plugins,
+            retry_base=0.2,
+            retry_max=0.5,
+            relay_poll=0.1,
+            dns_nameservers=["127.0.0.1"],
+            dns_port=dns.port,
+        )
+    except BaseException:
+        dns.stop()
+        raise
+    running.dns = dns  # type: ignore[attr-defined]
     federation = running.controller.server.federation
     assert federation is not None
     federation.resolver = StaticResolver({"b.test": ["https://127.0.0.1:9/wsemail"]})
@@ -139,6 +169,9 @@ def stop(running: Running) -> None:
         if close is not None:
             close()
     running.stop()
+    dns = getattr(running, "dns", None)
+    if dns is not None:
+        dns.stop()
 
 
 @pytest.fixture
@@ -170,6 +203,7 @@ def test_smtp_client_mail_lands_in_local_mailbox_with_legacy_provenance(tmp_path
     txt = {
         "wsemail._domainkey.example.net": dkim_keys.public_record(signing_key),
         "example.net": "v=spf1 ip4:127.0.0.1 -all",
+        "_dmarc.example.net": "v=DMARC1; p=reject; adkim=s",
     }
     running = start_gateway(tmp_path, txt=txt)
     try:
@@ -197,10 +231,22 @@ def test_smtp_client_mail_lands_in_local_mailbox_with_legacy_provenance(tmp_path
         assert message.date == "2025-07-01T08:00:00Z"
         assert message.message_id == "<q3-report@example.net>"
         assert proof.status == "legacy" and proof.signer is None
-        assert "DKIM pass (d=example.net)" in proof.reason and "SPF pass" in proof.reason
-        assert "NOT signed by a wsemail server" in str(proof)
-        shown = Cli(running, tmp_path)("retrieve", header.id, user="bob@localhost").stdout
-        assert "Provenance: legacy email, NOT signed by a wsemail server" in shown
+        assert proof.dmarc == "pass"
+        assert proof.reason == (
+            "received by SMTP from 127.0.0.1; DKIM pass (d=example.net); SPF pass (example.net);"
+            " DMARC pass (example.net, p=reject)"
+        )
+        cli = Cli(running, tmp_path)
+        shown = cli("retrieve", header.id, user="bob@localhost").stdout
+        headline = "Provenance: legacy email, DMARC pass, NOT signed by a wsemail server"
+        assert f"{headline}: {proof.reason}\n" in shown
+        as_json = json.loads(cli("retrieve", "--json", header.id, user="bob@localhost").stdout)
+        assert as_json["provenance"] == {
+            "status": "legacy",
+            "signer": None,
+            "reason": proof.reason,
+            "dmarc": "pass",
+        }
     finally:
         stop(running)
 
@@ -226,9 +272,13 @@ def test_html_only_mail_is_read_as_its_text(gateway: Running) -> None:
     mail["To"] = "carol@localhost"
     mail["Subject"] = "Newsletter"
     mail.set_content(
-        "<html><head><title>T</title><style>p {color: red}</style></head><body>"
+        "<html><head><title>T</title><style>p {color: red}</style>"
+        '<link rel="stylesheet" href="http://127.0.0.1:9/remote.css"></head><body>'
         "<h1>News &amp; notes</h1><p>First   line,<br>second line.</p>"
-        "<script>alert('x')</script><ul><li>one</li><li>two</li></ul></body></html>",
+        "<script>alert('x')</script><ul><li>one</li><li>two</li></ul>"
+        '<p>Pay <a href="https://bank.example.net/login">your bank</a> now</p>'
+        "<pre>  a   b\n    c</pre>"
+        '<img src="http://127.0.0.1:9/track.png" alt="logo"></body></html>',
         subtype="html",
     )
     with smtp_client(gateway) as client:
@@ -236,8 +286,12 @@ def test_html_only_mail_is_read_as_its_text(gateway: Running) -> None:
     carol = gateway.client("carol@localhost")
     [header] = carol.list_headers().headers
     body = carol.retrieve(header.id).body
-    assert body == "News & notes\n\nFirst line,\nsecond line.\n\none\n\ntwo\n"
-    assert "alert" not in body and "color" not in body and "<" not in body
+    assert body == (
+        "# News & notes\n\nFirst line,\nsecond line.\n\n  * one\n  * two\n\n"
+        "Pay [your bank](https://bank.example.net/login) now\n\n"
+        "      a   b\n        c\n\nlogo\n"
+    )
+    assert "alert" not in body and "color" not in body and "remote.css" not in body
 
 
 def test_gateway_refuses_relaying_and_unknown_users_at_rcpt(gateway: Running) -> None:

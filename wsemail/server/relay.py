@@ -204,14 +204,24 @@ class Relay:
                     self.bounce(tx, row, row.recipients, permanent)
                     tx.finish_queued(row.id)
                     continue
-                refused = []
+                refused, later, why_later = [], [], ""
                 for recipient in row.recipients:
                     status, reason = results.get((row.message_id, recipient), ("missing", ""))
-                    if status not in ("delivered", "duplicate"):
+                    if status == "deferred":  # a temporary answer for this recipient only
+                        later.append(recipient)
+                        why_later = why_later or f"{recipient}: {reason}"
+                    elif status not in ("delivered", "duplicate"):
                         refused.append(f"{recipient}: {reason or status}")
+                if later and now - row.created >= self.config.lifetime:
+                    refused += [f"{r}: gave up after {row.attempts + 1} attempts" for r in later]
+                    later = []
                 if refused:
                     self.bounce(tx, row, [r.split(":")[0] for r in refused], "; ".join(refused))
-                tx.finish_queued(row.id)
+                if later:  # the row keeps only them: the others are never sent again
+                    delay = min(self.config.retry_base * 2**row.attempts, self.config.retry_max)
+                    tx.narrow_queued(row.id, later, now + delay, why_later)
+                else:
+                    tx.finish_queued(row.id)
 
         await self.server.store.transact(work)
         if transient is not None:

@@ -352,6 +352,16 @@ class Tx:
             (next_attempt, error[:500], row_id),
         )
 
+    def narrow_queued(
+        self, row_id: int, recipients: list[str], next_attempt: float, error: str
+    ) -> None:
+        """Defer a row for only `recipients` (the others were delivered or bounced)."""
+        self.conn.execute(
+            "UPDATE queue SET state='deferred', attempts=attempts+1, next_attempt=?, "
+            "lease_until=NULL, last_error=?, recipients_json=? WHERE id=?",
+            (next_attempt, error[:500], json.dumps(recipients), row_id),
+        )
+
     def next_due(self) -> float | None:
         row = self.conn.execute(
             "SELECT min(next_attempt) FROM queue WHERE state IN ('queued','deferred')"

@@ -58,6 +58,7 @@ class MailDns:
         use_dns: bool = True,
         timeout: float = 5.0,
         rng: random.Random | None = None,
+        mx_port: int = SMTP_PORT,
     ) -> None:
         self.static_mx = {normalize_domain(d): list(hosts) for d, hosts in (mx or {}).items()}
         self.static_txt: dict[str, list[str]] = {
@@ -65,6 +66,7 @@ class MailDns:
             for name, value in (txt or {}).items()
         }
         self.use_dns = use_dns
+        self.mx_port = mx_port  # the SMTP port of MX hosts found by DNS (25; tests differ)
         self.rng = rng if rng is not None else random.Random()
         self._resolver: dns.resolver.Resolver | None = None
         if use_dns:
@@ -93,7 +95,7 @@ class MailDns:
         last: Exception | None = None
         for exchange in exchanges:
             try:
-                found += [MailHost(exchange, a) for a in self.addresses(exchange)]
+                found += [MailHost(exchange, a, self.mx_port) for a in self.addresses(exchange)]
             except RoutingError as exc:  # try the other exchanges; transient if all fail
                 last = exc
         if not found:

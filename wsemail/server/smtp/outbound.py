@@ -1,7 +1,9 @@
 """In charge of outgoing legacy mail: the relay's fallback for domains without a wsemail
 service. Each queue row becomes one DKIM-signed MIME message, handed by SMTP to the
-domain's MX hosts in order (STARTTLS when offered), and is settled by the relay's own rules:
-a 5xx answer bounces, a 4xx answer or no reachable host defers with backoff.
+domain's MX hosts in order (STARTTLS when offered) with aiosmtplib on the relay's event
+loop, and is settled per recipient: accepted ones are done (never sent again), a 5xx answer
+bounces, a 4xx answer keeps the recipient in the durable queue row for a retry with backoff
+(the row is narrowed to them); no reachable host defers the whole row.
 
 On-demand attachments (`attachments` option): "attach" puts each one's bytes in the message
 as a MIME part, read from the sender's own attachment storage (only a bound attachment of
@@ -9,20 +11,21 @@ THAT sender and message whose bytes still match the signed SHA-256); "link" desc
 one in the text instead; "auto" (the default) attaches while the attached bytes stay within
 `attach_max_bytes` and links the rest. An attachment that cannot be read is linked.
 
-smtplib's and ssl's exceptions are translated here and nowhere else.
+aiosmtplib's and ssl's exceptions are translated here and nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-import smtplib
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+import aiosmtplib
 from lxml import etree
 
 from wsemail.protocol.errors import NoRoute, RoutingError
@@ -120,7 +123,7 @@ class SmtpSender:
             return True
         for row in rows:
             try:
-                outcome = await asyncio.to_thread(self.deliver_row, domain, row, hosts)
+                outcome = await self.deliver_row(domain, row, hosts)
             except Exception as exc:  # never leave a leased row behind: retry it later
                 log.exception("SMTP delivery of %s to %s failed", row.message_id, domain)
                 outcome = Outcome(transient=f"local error: {exc!r}")
@@ -161,67 +164,73 @@ class SmtpSender:
             total += len(data)
         return attached, linked
 
-    def deliver_row(self, domain: str, row: QueueRow, hosts: list[MailHost]) -> Outcome:
-        """One message to the first host that gives a final answer (blocking)."""
-        data = self.message_bytes(row)
+    async def deliver_row(self, domain: str, row: QueueRow, hosts: list[MailHost]) -> Outcome:
+        """One message to the first host that gives a final answer. The row holds only
+        the recipients still to do (the relay narrows it after a partial delivery)."""
+        data = await asyncio.to_thread(self.message_bytes, row)
         mail_from = "" if row.sender.startswith(f"{MAILER_DAEMON}@") else row.sender
         last = "no mail host"
         for host in hosts:
             where = f"{host.name}[{host.address}]:{host.port}"
             try:
-                refused = self._send(host, mail_from, row.recipients, data)
-            except smtplib.SMTPRecipientsRefused as exc:
-                refused = dict(exc.recipients)
-            except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
-                reason = f"{where} said {exc.smtp_code} {_text(exc.smtp_error)}"
-                if exc.smtp_code >= 500:
-                    return Outcome(permanent=reason)
-                last = reason
+                refused = await self._send(host, mail_from, row.recipients, data)
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                refused = {r.recipient: (r.code, r.message) for r in exc.recipients}
+            except aiosmtplib.SMTPResponseException as exc:  # MAIL, DATA, EHLO, STARTTLS
+                last = f"{where} said {exc.code} {_text(exc.message)}"
+                if 500 <= exc.code < 600:
+                    return Outcome(permanent=last)
                 continue  # 4xx: another MX may take it; else retry later
             except _TlsRequired as exc:
                 last = f"{where}: {exc}"
                 continue
-            except smtplib.SMTPResponseException as exc:
-                last = f"{where} said {exc.smtp_code} {_text(exc.smtp_error)}"
-                if exc.smtp_code >= 500:
-                    return Outcome(permanent=last)
-                continue
-            except (smtplib.SMTPException, OSError, ssl.SSLError, ValueError) as exc:
+            except (aiosmtplib.SMTPException, OSError, ssl.SSLError, ValueError) as exc:
                 last = f"{where}: {exc!r}"
                 continue
             return self._outcome(row, where, refused)
         log.info("deferring %s to %s: %s", row.message_id, domain, last)
         return Outcome(transient=last)
 
-    def _outcome(self, row: QueueRow, where: str, refused: dict[str, tuple[int, bytes]]) -> Outcome:
+    def _outcome(self, row: QueueRow, where: str, refused: dict[str, tuple[int, str]]) -> Outcome:
+        """Per recipient: accepted -> delivered, 5xx -> bounced, 4xx -> kept for a retry."""
         accepted = [r for r in row.recipients if r not in refused]
-        temporary = {r: v for r, v in refused.items() if v[0] < 500}
-        if not accepted and len(temporary) == len(refused):  # nothing taken, only 4xx: retry
-            first = next(iter(temporary.values()))
-            return Outcome(transient=f"{where} said {first[0]} {_text(first[1])}")
-        self.sent += 1
-        log.info("sent %s to %s for %d recipient(s)", row.message_id, where, len(accepted))
+        if not accepted and all(code < 500 for code, _ in refused.values()):
+            code, text = next(iter(refused.values()))  # nothing taken, only 4xx: retry all
+            return Outcome(transient=f"{where} said {code} {_text(text)}")
+        if accepted:
+            self.sent += 1
+            log.info("sent %s to %s for %d recipient(s)", row.message_id, where, len(accepted))
         results = {(row.message_id, r): ("delivered", "") for r in accepted}
         for recipient, (code, text) in refused.items():
-            note = "" if code >= 500 else " (temporary, not retried: others were delivered)"
-            results[(row.message_id, recipient)] = ("rejected", f"{code} {_text(text)}{note}")
+            status = "rejected" if code >= 500 else "deferred"
+            results[(row.message_id, recipient)] = (status, f"{where} said {code} {_text(text)}")
         return Outcome(results=results)
 
-    def _send(
+    async def _send(
         self, host: MailHost, mail_from: str, recipients: list[str], data: bytes
-    ) -> dict[str, tuple[int, bytes]]:
-        helo = self.helo or self.domain
-        with smtplib.SMTP(timeout=self.timeout, local_hostname=helo) as smtp:
-            smtp.connect(host.address, host.port)
-            # smtplib takes the SNI and certificate name from the host it was built with
-            smtp._host = host.name  # type: ignore[attr-defined]
-            smtp.ehlo()
-            if self.starttls and smtp.has_extn("starttls"):
-                smtp.starttls(context=self.tls_context())
-                smtp.ehlo()
+    ) -> dict[str, tuple[int, str]]:
+        """One SMTP session; the recipients refused (others were accepted)."""
+        smtp = aiosmtplib.SMTP(
+            hostname=host.address,
+            port=host.port,
+            local_hostname=self.helo or self.domain,
+            timeout=self.timeout,
+            start_tls=False,  # decided below, from the EHLO answer
+        )
+        await smtp.connect()
+        try:
+            await smtp.ehlo()
+            if self.starttls and smtp.supports_extension("starttls"):
+                # the certificate name (and SNI) is the MX host's name, not its address
+                await smtp.starttls(server_hostname=host.name, tls_context=self.tls_context())
             elif self.require_tls:
                 raise _TlsRequired("offers no STARTTLS and TLS is required")
-            return smtp.sendmail(mail_from, recipients, data)
+            errors, _ = await smtp.sendmail(mail_from, recipients, data)
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                await smtp.quit()
+            return {r: (e.code, e.message) for r, e in errors.items()}
+        finally:
+            smtp.close()
 
 
 class _TlsRequired(Exception):

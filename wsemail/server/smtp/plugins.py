@@ -4,11 +4,13 @@
                    wsemail service get DKIM-signed SMTP to their MX hosts; the extension
                    answers an admin with the DNS records to publish; on-demand
                    attachments are attached or linked (options `attachments`:
-                   auto|attach|link, `attach_max_bytes`)
+                   auto|attach|link, `attach_max_bytes`); `mx_port` (25) and
+                   `dns_timeout` for private deployments and tests
     smtp-inbound   (delivery)          runs the SMTP listener (option `port`, 127.0.0.1 by
                    default) and refuses, at delivery, legacy mail that claims a local
                    sender; attachments are kept through the `attachments` plug-in
-                   (options `max_attachment_bytes`, `max_attachments`)
+                   (options `max_attachment_bytes`, `max_attachments`); every message
+                   is checked for SPF, DKIM and DMARC (`dns_timeout`, 5 s)
     smtp-submission (extension "smtp-submission")  the submission port for mail programs
                    (RFC 6409; option `port`, 587 by default, on 127.0.0.1 unless `host`):
                    STARTTLS with the server's certificate, AUTH PLAIN/LOGIN, then a
@@ -49,10 +51,18 @@ def _attachments(server: Any) -> OnDemandAttachments | None:
     return None
 
 
-def _dns(server: Any, mx: Any, txt: Any, use_dns: bool) -> MailDns:
+def _dns(
+    server: Any, mx: Any, txt: Any, use_dns: bool, timeout: float = 5.0, mx_port: int = 25
+) -> MailDns:
     config = server.config
     return MailDns(
-        mx=mx, txt=txt, nameservers=config.dns_nameservers, port=config.dns_port, use_dns=use_dns
+        mx=mx,
+        txt=txt,
+        nameservers=config.dns_nameservers,
+        port=config.dns_port,
+        use_dns=use_dns,
+        timeout=timeout,
+        mx_port=mx_port,
     )
 
 
@@ -91,6 +101,8 @@ class SmtpOutbound(ExtensionProcessor):
         use_dns: bool = True,
         attachments: str = "auto",
         attach_max_bytes: int = 10 << 20,
+        mx_port: int = 25,
+        dns_timeout: float = 5.0,
     ) -> None:
         if attachments not in ATTACH_MODES:
             raise ValueError(f"attachments must be one of {', '.join(ATTACH_MODES)}")
@@ -107,6 +119,7 @@ class SmtpOutbound(ExtensionProcessor):
             "timeout": float(timeout),
         }
         self.mx, self.txt, self.use_dns = mx, txt, bool(use_dns)
+        self.mx_port, self.dns_timeout = int(mx_port), float(dns_timeout)
         self.sender: SmtpSender | None = None
         self.server: Any = None
 
@@ -118,7 +131,7 @@ class SmtpOutbound(ExtensionProcessor):
         )
         self.sender = SmtpSender(
             relay=server.relay,
-            dns=_dns(server, self.mx, self.txt, self.use_dns),
+            dns=_dns(server, self.mx, self.txt, self.use_dns, self.dns_timeout, self.mx_port),
             domain=server.config.domain,
             dkim_key=key,
             reader=storage_reader(lambda: _attachments(server)),
@@ -163,6 +176,7 @@ class SmtpInbound(_Listening, DeliveryProcessor):
         starttls: bool = True,
         max_attachment_bytes: int = 10 << 20,
         max_attachments: int = 32,
+        dns_timeout: float = 5.0,
     ) -> None:
         if int(max_bytes) <= 0 or int(rate) <= 0 or float(window) <= 0:
             raise ValueError("max_bytes, rate and window must be positive")
@@ -176,12 +190,13 @@ class SmtpInbound(_Listening, DeliveryProcessor):
         self.max_bytes, self.rate, self.window = int(max_bytes), int(rate), float(window)
         self.hostname = str(hostname)
         self.txt, self.mx, self.use_dns, self.starttls = txt, mx, bool(use_dns), bool(starttls)
+        self.dns_timeout = float(dns_timeout)
         self.listener: Listener | None = None
 
     def attach(self, server: Any) -> None:
         gateway = Gateway(
             server,
-            _dns(server, self.mx, self.txt, self.use_dns),
+            _dns(server, self.mx, self.txt, self.use_dns, self.dns_timeout),
             rate=self.rate,
             window=self.window,
             max_attachment_bytes=self.max_attachment_bytes,
