@@ -22,6 +22,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from lxml import etree
+from test_routing import Dnsmasq
 from typer.testing import CliRunner
 
 from wsemail.cli import domain as domain_cli
@@ -38,7 +39,6 @@ from wsemail.server.smtp.plugins import SmtpInbound
 
 from certs import make_tls_files
 from conftest import Cli, Running, start_server, wait_for
-from test_routing import Dnsmasq
 
 INBOUND = "wsemail.server.smtp.plugins:SmtpInbound"
 OUTBOUND = "wsemail.server.smtp.plugins:SmtpOutbound"
@@ -605,6 +605,42 @@ def test_permanent_smtp_failure_bounces_and_temporary_defers(
     received.answers.clear()  # the legacy server recovers: the retry delivers
     wait_for(lambda: gateway.count("SELECT count(*) FROM queue") == 0, "the retry")
     assert [e.rcpt_tos for e in received.received] == [["later@legacy.test"]]
+
+
+def test_each_recipient_keeps_its_own_state_in_the_queue(
+    gateway: Running, sink: tuple[Sink, int]
+) -> None:
+    """One message, three answers: 250 is delivered once and never re-sent, 550 bounces,
+    451 stays in the durable queue row alone and is retried until the peer takes it."""
+    received = sink[0]
+    received.answers = {
+        "nobody@legacy.test": "550 5.1.1 no such mailbox",
+        "later@legacy.test": "451 4.2.1 mailbox busy, try again later",
+    }
+    alice = gateway.client()
+    alice.send(["ok@legacy.test", "later@legacy.test", "nobody@legacy.test"], "Three ways")
+    wait_for(lambda: alice.list_headers().headers, "the bounce for nobody@")
+    [bounce] = alice.list_headers().headers
+    body = alice.retrieve(bounce.id).body
+    assert "nobody@legacy.test" in body and "550 5.1.1 no such mailbox" in body
+    assert "later@legacy.test" not in body and "ok@legacy.test" not in body
+    wait_for(
+        lambda: gateway.count("SELECT coalesce(max(attempts), 0) FROM queue") >= 2,
+        "two attempts for later@",
+    )
+    rows = gateway.controller.server.store.transact_sync(
+        lambda tx: tx.conn.execute(
+            "SELECT recipients_json, state, last_error FROM queue"
+        ).fetchall()
+    )
+    [(recipients, state, error)] = rows
+    assert (json.loads(recipients), state) == (["later@legacy.test"], "deferred")
+    assert "451 4.2.1 mailbox busy" in error
+    assert [e.rcpt_tos for e in received.received] == [["ok@legacy.test"]]  # not re-sent
+    received.answers.clear()
+    wait_for(lambda: gateway.count("SELECT count(*) FROM queue") == 0, "the retry")
+    assert [e.rcpt_tos for e in received.received] == [["ok@legacy.test"], ["later@legacy.test"]]
+    assert len(alice.list_headers().headers) == 1  # one bounce, for nobody@ only
 
 
 def test_unreachable_legacy_domain_defers_and_no_mx_bounces(tmp_path: Path) -> None:

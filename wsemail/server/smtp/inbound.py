@@ -277,7 +277,11 @@ class Gateway:
     ) -> Checks:
         """DKIM, SPF and DMARC for one message (blocking: DNS)."""
         dkim_result = dkim_keys.verify(data, self.dns.dkim_dnsfunc)
+        if dkim_result.result == "temperror":  # answered 451: the rest waits for the retry
+            return Checks(peer, helo, mail_from, dkim_result, spf.SpfResult("none"))
         spf_result = spf.check(self.dns, peer, mail_from, helo)
+        if spf_result.result == "temperror":
+            return Checks(peer, helo, mail_from, dkim_result, spf_result)
         dmarc_result = dmarc.evaluate(
             self.dns,
             domain_of(incoming.sender) if incoming.sender else None,
