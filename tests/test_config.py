@@ -50,3 +50,32 @@ def test_bad_config_is_a_usage_error(tmp_path: Path, text: str) -> None:
     )
     assert result.returncode == 1 and result.stderr.startswith("wsemail: ")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "named", "line"),
+    [
+        ('domain = "a.test"\nprot = 9025\n', "'prot'", 2),
+        ('domain = "a.test"\n\n[limits]\nmax_depth = 20\nmax_dept = 10\n', "'limits.max_dept'", 5),
+        ('[security]\nfailures_per_user = 5\n[tsl]\ncert = "c.pem"\n', "'tsl'", 3),
+        ('[[plugins]]\nref = "size-limit"\npriorty = 7\n', "'plugins.priorty'", 3),
+        ('dns.nameserver = ["127.0.0.1"]\n', "'dns.nameserver'", 1),
+    ],
+)
+def test_unknown_or_misspelled_keys_are_refused_with_name_and_line(
+    tmp_path: Path, text: str, named: str, line: int
+) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as refused:
+        load_config(path, tmp_path)
+    assert str(refused.value) == f"{path}:{line}: unknown key {named} in the server config"
+    result = subprocess.run(
+        [wsemail_binary(), "serve", "--config", str(path), "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr == f"wsemail: {refused.value}\n"
+    assert not (tmp_path / "wsemail.db").exists()  # refused before anything was set up

@@ -36,6 +36,7 @@ options = { max_bytes = 2097152 }
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import tomllib
 from dataclasses import dataclass, field
@@ -177,6 +178,87 @@ def record_domain(config: ServerConfig) -> None:
         )
 
 
+# every key server.toml may hold: a table's keys, or None for a table of free names
+# (routes: domain -> URLs; a plug-in's options go to the plug-in, which checks them)
+KNOWN: dict[str, Any] = {
+    "domain": 0,
+    "host": 0,
+    "port": 0,
+    "store": 0,
+    "data_dir": 0,
+    "tls": {"cert", "key"},
+    "limits": {
+        "max_request_bytes",
+        "max_depth",
+        "max_elements",
+        "max_concurrency",
+        "read_timeout",
+        "shutdown_grace",
+    },
+    "security": {
+        "past_seconds",
+        "future_seconds",
+        "failures_per_user",
+        "failures_per_peer",
+        "failure_window",
+    },
+    "federation": {"identity", "trust_roots", "crls"},
+    "routes": None,
+    "dns": {"nameservers", "port"},
+    "queue": {"retry_base", "retry_max", "lifetime", "batch_max"},
+    "plugins": {"ref", "priority", "options"},
+}
+
+
+def check_keys(raw: dict[str, Any], text: str, path: Path) -> None:
+    """Refuse a key server.toml does not know (a misspelling would otherwise be ignored
+    silently), naming it and its line."""
+    for key, value in raw.items():
+        if key not in KNOWN:
+            raise _unknown(text, path, "", key)
+        allowed = KNOWN[key]
+        if not isinstance(allowed, set):
+            continue
+        tables = value if isinstance(value, list) else [value]
+        for table in tables:
+            if not isinstance(table, dict):
+                continue
+            for inner in table:
+                if inner not in allowed:
+                    raise _unknown(text, path, key, inner)
+
+
+def _unknown(text: str, path: Path, table: str, key: str) -> UsageError:
+    name = f"{table}.{key}" if table else key
+    line = _line_of(text, table, key)
+    where = f"{path}:{line}" if line else str(path)
+    return UsageError(f"{where}: unknown key {name!r} in the server config")
+
+
+def _line_of(text: str, table: str, key: str) -> int | None:
+    """The line where `key` is set in `table` ("" for the top level), as far as a plain
+    reading of the TOML can tell (headers, `key =`, `table.key =`, inline tables)."""
+    current = ""
+    bare = re.escape(key)
+    pattern = re.compile(rf"""^\s*(?:{bare}|"{bare}"|'{bare}')\s*=""")
+    dotted = re.compile(rf"""^\s*{re.escape(table)}\s*\.\s*{bare}\s*=""") if table else None
+    inline = re.compile(rf"""[{{,]\s*{bare}\s*=""")
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = re.match(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?", line)
+        if header:
+            current = header.group(1).strip()
+            if not table and current == key:
+                return number
+            continue
+        if current == table and pattern.match(line):
+            return number
+        if dotted is not None and current == "" and dotted.match(line):
+            return number
+        if table and line.lstrip().startswith(table) and inline.search(line):
+            return number
+    return None
+
+
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
     value = raw.get(name, {})
     if not isinstance(value, dict):
@@ -193,9 +275,11 @@ def load_config(path: Path | None, data_dir: Path | None = None, **overrides: An
         path = config.data_dir / CONFIG_NAME
     if path is not None:
         try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            text = Path(path).read_text(encoding="utf-8")
+            raw = tomllib.loads(text)
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read config {path}: {exc}") from exc
+        check_keys(raw, text, Path(path))
         _apply(config, raw, Path(path).parent)
     for key, value in overrides.items():
         if value is not None:
