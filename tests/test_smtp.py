@@ -710,7 +710,10 @@ def test_serve_smtp_port_accepts_internet_mail_for_local_users(tmp_path: Path) -
         timeout=60,
     )
     port, smtp_port = free_port(), free_port()
-    (data / "server.toml").write_text(f"port = {port}\n")
+    dns = mail_dns(tmp_path, {"example.net": "v=spf1 ip4:127.0.0.1 -all"})
+    (data / "server.toml").write_text(
+        f'port = {port}\n[dns]\nnameservers = ["127.0.0.1"]\nport = {dns.port}\n'
+    )
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -734,8 +737,10 @@ def test_serve_smtp_port_accepts_internet_mail_for_local_users(tmp_path: Path) -
             header = bob.list_headers().headers[0]
             proof, message = bob.verify(bob.retrieve(header.id))
         assert message.subject == "From the Internet" and proof.status == "legacy"
+        assert proof.reason.endswith("SPF pass (example.net); DMARC none (example.net)")
     finally:
         proc.send_signal(signal.SIGTERM)
+        dns.stop()
         assert proc.wait(timeout=20) == 0
 
 
