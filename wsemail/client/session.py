@@ -17,7 +17,6 @@ account named after its user; writing always uses the form above."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import platformdirs
+import tomli_w
 
 from wsemail.client.mail import Client
 from wsemail.protocol.errors import UsageError
@@ -152,27 +152,49 @@ def load_accounts() -> ClientConfig:
     return ClientConfig(accounts, default)
 
 
-def _toml(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
-
-
 def save_accounts(config: ClientConfig) -> Path:
+    """Write client.toml with a TOML writer (tomli-w escapes quotes, newlines and control
+    characters such as DEL) to a temporary file that is fsynced and renamed over the old
+    one: a reader sees the old file or the new one, never half of one."""
     path = config_path()
-    lines = [f"default = {_toml(config.default)}"] if config.default else []
+    doc: dict[str, object] = {"default": config.default} if config.default else {}
+    accounts: dict[str, dict[str, object]] = {}
     for name in sorted(config.accounts):
         account = config.accounts[name]
-        lines += ["", f"[accounts.{_toml(name)}]"]
-        lines += [f"server = {_toml(account.server)}", f"user = {_toml(account.user)}"]
+        table: dict[str, object] = {"server": account.server, "user": account.user}
         if account.trust_roots:
-            lines.append(f"trust_roots = [{', '.join(_toml(p) for p in account.trust_roots)}]")
+            table["trust_roots"] = list(account.trust_roots)
         if account.tls_name:
-            lines.append(f"tls_name = {_toml(account.tls_name)}")
+            table["tls_name"] = account.tls_name
+        accounts[name] = table
+    if accounts:
+        doc["accounts"] = accounts
+    data = tomli_w.dumps(doc).encode("utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except OSError as exc:
+        tmp.unlink(missing_ok=True)
         raise UsageError(f"cannot write {path}: {exc}") from exc
     return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # a platform without directory handles (Windows): the rename stands
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def check_account_name(name: str) -> str:
