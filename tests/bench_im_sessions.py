@@ -38,6 +38,7 @@ from lxml import etree
 
 from wsemail.client.im import InstantMessenger
 from wsemail.client.mail import Client
+from wsemail.core.units import percentile
 from wsemail.protocol.auth import Credentials, derive_key
 from wsemail.protocol.errors import WsemailError
 from wsemail.protocol.soap import q, text_of
@@ -185,11 +186,6 @@ async def grow(bench: Bench, users: list[str], pool: ThreadPoolExecutor) -> None
                 bench.sessions.append(outcome)
             else:
                 bench.refused[outcome] = bench.refused.get(outcome, 0) + 1
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 async def pushes(bench: Bench, count: int, pool: ThreadPoolExecutor) -> tuple[list[float], int]:

@@ -40,3 +40,31 @@ def test_a_cancelled_unit_is_skipped_and_the_writer_goes_on(tmp_path: Path) -> N
     finally:
         gate.set()
         store.close()
+
+
+def test_migrations_with_triggers_and_semicolons_in_literals_apply_whole(tmp_path: Path) -> None:
+    """A plug-in's migration with a trigger body and ';' inside literals and comments runs as
+    SQLite reads it (split by sqlite3.complete_statement, not on every ';')."""
+    script = """
+    CREATE TABLE notes(body TEXT NOT NULL DEFAULT 'a;b', n INTEGER NOT NULL DEFAULT 0);
+    -- a comment; with a semicolon
+    CREATE TABLE log(what TEXT NOT NULL);
+    CREATE TRIGGER notes_logged AFTER INSERT ON notes BEGIN
+        INSERT INTO log(what) VALUES ('added; ' || new.body);
+        UPDATE notes SET n = n + 1 WHERE rowid = new.rowid;
+    END;
+    INSERT INTO notes(body) VALUES ('x;y')
+    """
+    store = SqliteStore(tmp_path / "s.db")
+    try:
+        store.ensure_schema("notes-plugin", [script])
+        store.ensure_schema("notes-plugin", [script])  # once only
+
+        def read(tx: Tx) -> tuple[list[tuple[str, int]], list[str]]:
+            notes = tx.conn.execute("SELECT body, n FROM notes").fetchall()
+            log = [r[0] for r in tx.conn.execute("SELECT what FROM log")]
+            return notes, log
+
+        assert store.transact_sync(read) == ([("x;y", 1)], ["added; x;y"])
+    finally:
+        store.close()

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from lxml import etree
 
+from wsemail.core.units import percentile
 from wsemail.protocol import soap
 from wsemail.protocol.auth import SIGN_RESPONSE, Credentials, derive_key
 from wsemail.protocol.dsig import cert_digest
@@ -96,11 +97,6 @@ async def _client(
                 tally.refused += 1
     finally:
         writer.close()
-
-
-def _percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
 
 
 def run_bench(
@@ -182,9 +178,9 @@ def run_bench(
         "refused": tally.refused,
         "sends_per_second": round(accepted / wall, 1),
         "latency_ms_mean": round(statistics.fmean(ms), 2),
-        "latency_ms_p50": round(_percentile(ms, 50), 2),
-        "latency_ms_p90": round(_percentile(ms, 90), 2),
-        "latency_ms_p99": round(_percentile(ms, 99), 2),
+        "latency_ms_p50": round(percentile(ms, 50), 2),
+        "latency_ms_p90": round(percentile(ms, 90), 2),
+        "latency_ms_p99": round(percentile(ms, 99), 2),
         "latency_ms_max": round(max(ms), 2),
         "server_cpu_ms_per_send": round(server_cpu * 1000 / max(accepted, 1), 3),
         "server_cpu_cores": round(server_cpu / wall, 2),

@@ -3,7 +3,6 @@ terms (Tables 1 and 2), and an optional plot."""
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 from pathlib import Path
@@ -11,14 +10,8 @@ from typing import Any
 
 from wsemail.bench.load import Client
 from wsemail.bench.options import EXTERNAL, LOCAL, OPS, Options
+from wsemail.core.units import percentile
 from wsemail.protocol.errors import UsageError
-
-
-def _percentile(ordered: list[float], pct: float) -> float:
-    if not ordered:
-        return 0.0
-    rank = max(0, math.ceil(len(ordered) * pct / 100) - 1)
-    return ordered[min(len(ordered) - 1, rank)]
 
 
 def latency_summary(values: list[float]) -> dict[str, float]:
@@ -30,9 +23,9 @@ def latency_summary(values: list[float]) -> dict[str, float]:
         "variance": round(statistics.pvariance(ordered), 3),
         "stdev": round(statistics.pstdev(ordered), 3),
         "min": round(ordered[0], 3),
-        "p50": round(_percentile(ordered, 50), 3),
-        "p90": round(_percentile(ordered, 90), 3),
-        "p99": round(_percentile(ordered, 99), 3),
+        "p50": round(percentile(ordered, 50), 3),
+        "p90": round(percentile(ordered, 90), 3),
+        "p99": round(percentile(ordered, 99), 3),
         "max": round(ordered[-1], 3),
     }
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from wsemail.client import session
+from wsemail.core.units import byte_size
 from wsemail.protocol.errors import UsageError, WsemailError
 from wsemail.protocol.message import AttachmentRef
 
@@ -26,15 +27,6 @@ if TYPE_CHECKING:
 
 ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")
 UserOpt = typer.Option(None, "--user", help="your address (or WSEMAIL_USER)")
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 @contextmanager
@@ -117,7 +109,7 @@ def attachments(
                     typer.echo(json.dumps({**item.as_dict(), "state": state}))
                 else:
                     typer.echo(
-                        f"{item.name:32}  {_size(item.size):>9}  {item.media_type:24}  "
+                        f"{item.name:32}  {byte_size(item.size):>9}  {item.media_type:24}  "
                         f"{item.ref.server}  [encrypted{', ' + state if state else ''}]"
                     )
             if not encrypted and not as_json:
@@ -129,7 +121,7 @@ def attachments(
                 typer.echo(json.dumps({**ref.as_dict(), "state": state}))
             else:
                 typer.echo(
-                    f"{ref.name:32}  {_size(ref.size):>9}  {ref.media_type:24}  {ref.server}"
+                    f"{ref.name:32}  {byte_size(ref.size):>9}  {ref.media_type:24}  {ref.server}"
                     + (f"  [{state}]" if state and state != "bound" else "")
                 )
         if not listing.refs and not as_json:
@@ -179,13 +171,13 @@ def fetch(
             if isinstance(item, AttachmentRef):
                 with progress_bar(item.name, item.size) as callback:
                     box.fetch(item, dest, progress=callback)
-                typer.echo(f"{dest}  {_size(item.size)}  sha256 {item.sha256} ✓")
+                typer.echo(f"{dest}  {byte_size(item.size)}  sha256 {item.sha256} ✓")
                 continue
             from wsemail.client.usercerts import fetch_encrypted
 
             with progress_bar(item.name, item.ref.size) as callback:
                 fetch_encrypted(box, item, dest, progress=callback)
-            typer.echo(f"{dest}  {_size(item.size)}  decrypted, end to end ✓")
+            typer.echo(f"{dest}  {byte_size(item.size)}  decrypted, end to end ✓")
 
 
 def _destination(output: Path | None, name: str) -> Path:

@@ -18,10 +18,16 @@ MAX_RECIPIENTS = 100
 MAX_SUBJECT = 998
 
 
+def is_address(text: str) -> bool:
+    """Whether `text` is a plain address (local@domain) as wsemail takes them: the one
+    address check, used by messages, accounts, SMTP and forms alike."""
+    return _ADDRESS.match(text) is not None
+
+
 def normalize_address(address: str) -> str:
     """Lower-case the domain, keep the local part; raise on anything not a plain address."""
     address = address.strip()
-    if not _ADDRESS.match(address):
+    if not is_address(address):
         raise RequestInvalid(f"not a valid address: {address[:80]!r}")
     local, _, domain = address.rpartition("@")
     return f"{local}@{domain.lower()}"

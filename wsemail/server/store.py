@@ -139,13 +139,38 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def statements(script: str) -> list[str]:
+    """The SQL statements of a migration script, split where SQLite itself says a statement
+    is complete (`sqlite3.complete_statement`): a ';' inside a string literal, a comment or
+    a trigger's BEGIN ... END body does not end one."""
+    found: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        while ";" in pending:
+            # the shortest prefix ending at a ';' that SQLite takes as a whole statement
+            cut = -1
+            for index, char in enumerate(pending):
+                if char == ";" and sqlite3.complete_statement(pending[: index + 1]):
+                    cut = index + 1
+                    break
+            if cut < 0:
+                break
+            statement, pending = pending[:cut].strip(), pending[cut:]
+            if statement.strip(";").strip():
+                found.append(statement)
+    if pending.strip():
+        found.append(pending.strip())  # the last statement may go without its ';'
+    return found
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Apply the migrations this database has not seen yet, in order."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            for statement in filter(str.strip, script.split(";")):
+            for statement in statements(script):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={number}")
         conn.execute("COMMIT")
@@ -454,7 +479,7 @@ class SqliteStore:
             ).fetchone()
             version = row[0] if row else 0
             for number, script in enumerate(migrations[version:], start=version + 1):
-                for statement in filter(str.strip, script.split(";")):
+                for statement in statements(script):
                     tx.conn.execute(statement)
                 tx.conn.execute(
                     "INSERT INTO components(name, version) VALUES (?,?) "

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from wsemail.client.mail import Page
+from wsemail.core.units import byte_size
 from wsemail.protocol.message import MessageHeader
 
 UNREAD = "●"
@@ -139,9 +140,4 @@ def format_date(value: str) -> str:
 
 def format_size(size: int) -> str:
     """Bytes as 512B, 1.5K, 20K, 3.1M."""
-    value = float(size)
-    for unit in ("B", "K", "M"):
-        if value < 1000:
-            return f"{value:.0f}{unit}" if unit == "B" or value >= 10 else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{value:.1f}G"
+    return byte_size(size, compact=True)

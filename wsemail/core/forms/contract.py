@@ -16,7 +16,6 @@ back into the JSON a draft carries.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -26,13 +25,13 @@ from typing import Any, ClassVar
 from lxml import etree
 
 from wsemail.protocol.errors import UsageError
+from wsemail.protocol.message import is_address
 
 GROUP = "wsemail.forms"
 # A plug-in's own Textual screen (optional): an entry point of the same name in this group,
 # found by the TUI; headless code never loads it.
 SCREEN_GROUP = "wsemail.form_screens"
 KINDS = ("text", "int", "decimal", "date", "address", "table")
-_ADDRESS = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}$")
 MAX_ROWS = 200
 MAX_TEXT = 2000
 
@@ -82,7 +81,7 @@ def _scalar(f: Field, raw: object, where: str, problems: list[str]) -> object:
             return date.fromisoformat(str(raw).strip()).isoformat()
         if f.kind == "address":
             text = str(raw).strip()
-            if not _ADDRESS.match(text):
+            if not is_address(text):
                 raise ValueError
             return text
         text = str(raw)

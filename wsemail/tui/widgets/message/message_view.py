@@ -11,6 +11,7 @@ from textual.widgets import Static
 
 from wsemail.client.usercerts import EncryptedAttachment
 from wsemail.core.provenance import Provenance
+from wsemail.core.units import byte_size
 from wsemail.protocol.message import AttachmentRef, Message
 from wsemail.tui.mailbox import format_date
 
@@ -55,17 +56,8 @@ def header_block(
         text.append(f"{'Files:' if number == 1 else '':9}", style="bold")
         server = ref.ref.server if isinstance(ref, EncryptedAttachment) else ref.server
         locked = ", encrypted" if isinstance(ref, EncryptedAttachment) else ""
-        text.append(f"{number}. {ref.name} ({human_size(ref.size)}{locked}, on {server}; g to get)")
+        text.append(f"{number}. {ref.name} ({byte_size(ref.size)}{locked}, on {server}; g to get)")
     return text
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 class MessageView(VerticalScroll):
