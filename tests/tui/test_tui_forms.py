@@ -449,7 +449,6 @@ async def test_view_a_received_form_with_its_approvals(dom: Domain, wheel: Path)
 
 
 def test_fill_screen_snapshot(dom: Domain, built: dict[str, Path], snap_compare: Any) -> None:
-    pytest.importorskip("pytest_textual_snapshot")
     plugin = install_for(dom, built["requisition"], dom.tmp / "carol-forms")
     draft = {
         "form": "requisition",

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
-pytest.importorskip("pytest_textual_snapshot")
-
+import pytest_textual_snapshot  # noqa: F401 -- a missing plug-in fails these tests, never skips them
 from test_tui_snapshots import frozen, steady  # noqa: E402, F401  (the fixture)
 from textual.pilot import Pilot  # noqa: E402
 from tui_helpers import make_app, wait_for  # noqa: E402

@@ -9,9 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
-pytest.importorskip("pytest_textual_snapshot")
-
+import pytest_textual_snapshot  # noqa: F401 -- a missing plug-in fails these tests, never skips them
 from test_tui_snapshots import steady  # noqa: E402
 from textual.pilot import Pilot  # noqa: E402
 from tui_domains import Two, two  # noqa: E402, F401  (the fixture)

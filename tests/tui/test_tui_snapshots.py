@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("pytest_textual_snapshot")
-
+import pytest_textual_snapshot  # noqa: F401 -- a missing plug-in fails these tests, never skips them
 from textual.pilot import Pilot  # noqa: E402
 from textual.widgets import Checkbox, Input, TextArea  # noqa: E402
 from tui_helpers import make_app, wait_for  # noqa: E402
