@@ -22,7 +22,7 @@ import dkim
 import pytest
 from test_federation import Federation, start_domain
 from test_federation_processes import free_port, run
-from test_smtp import Sink, attachments_plugin, sink
+from test_smtp import Sink, attachments_plugin, mail_dns, sink
 
 __all__ = ["sink"]  # the legacy SMTP server fixture, shared with test_smtp
 
@@ -307,12 +307,16 @@ def test_submission_to_the_internet_goes_out_by_smtp_with_the_attachment(
     ca = tmp_path / "ca"
     create_root(ca)
     write_crl(ca)
-    outbound = PluginSpec(
-        "smtp-outbound",
-        60,
-        {"mx": {"legacy.test": [f"127.0.0.1:{sink[1]}"]}, "use_dns": False, "timeout": 5},
+    outbound = PluginSpec("smtp-outbound", 60, {"mx_port": sink[1], "timeout": 5})
+    dns = mail_dns(tmp_path)  # legacy.test: no _wsemail._tcp SRV, an MX on loopback
+    running = start_domain(
+        tmp_path,
+        ca,
+        "a.test",
+        plugins=[*with_submission(), outbound],
+        dns_nameservers=["127.0.0.1"],
+        dns_port=dns.port,
     )
-    running = start_domain(tmp_path, ca, "a.test", plugins=[*with_submission(), outbound])
     try:
         attachments_plugin(running).public_url = running.url  # port 0: known once bound
         pdf = b"%PDF-1.7 " + bytes(range(256)) * 16
@@ -346,6 +350,7 @@ def test_submission_to_the_internet_goes_out_by_smtp_with_the_attachment(
         assert box.fetch(ref, tmp_path / "plan.pdf").read_bytes() == pdf
     finally:
         running.stop()
+        dns.stop()
 
 
 def test_refused_submission_with_an_attachment_leaves_no_file(tmp_path: Path) -> None:
