@@ -17,6 +17,7 @@ import pytest
 from test_smtp import assert_still_answers, smtp_client, start_gateway, stop
 
 from wsemail.server.smtp import dkim_keys, spf
+from wsemail.server.smtp.mime import MAX_HTML
 from wsemail.server.smtp.mx import MailDns
 
 from conftest import Running, wait_for
@@ -247,7 +248,7 @@ def test_ten_megabytes_of_nesting_gives_the_text_before_it(gw: Running) -> None:
     deliver(gw, "dan@nopolicy.example", data)
     _, _, body = received(gw, "Nesting")
     assert body.startswith("Before the [flood](https://x.example/)\n")
-    assert body.endswith("[HTML cut after 524288 characters]\n")
+    assert body.endswith(f"[HTML cut after {MAX_HTML} characters]\n")
 
 
 def test_non_utf8_parts_are_decoded_by_their_charset_or_with_replacement(gw: Running) -> None:
