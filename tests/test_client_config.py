@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from wsemail.cli import session
-from wsemail.cli.session import Account, ClientConfig
+from wsemail.client import session
+from wsemail.client.session import Account, ClientConfig
 
 
 @pytest.fixture
