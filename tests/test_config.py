@@ -79,3 +79,13 @@ def test_unknown_or_misspelled_keys_are_refused_with_name_and_line(
     assert result.returncode == 1
     assert result.stderr == f"wsemail: {refused.value}\n"
     assert not (tmp_path / "wsemail.db").exists()  # refused before anything was set up
+
+
+def test_every_key_of_the_template_is_known(tmp_path: Path) -> None:
+    """The first-run template, uncommented, loads: the key check knows what is documented."""
+    ServerConfig(data_dir=tmp_path).prepare()
+    lines = (tmp_path / "server.toml").read_text().splitlines()[1:]
+    text = "\n".join(line.removeprefix("#").strip() for line in lines) + "\n"
+    (tmp_path / "server.toml").write_text(text)
+    config = load_config(None, tmp_path)
+    assert config.domain == "example.org" and config.failure_window == 60

@@ -180,28 +180,37 @@ def record_domain(config: ServerConfig) -> None:
 
 # every key server.toml may hold: a table's keys, or None for a table of free names
 # (routes: domain -> URLs; a plug-in's options go to the plug-in, which checks them)
-KNOWN: dict[str, Any] = {
-    "domain": 0,
-    "host": 0,
-    "port": 0,
-    "store": 0,
-    "data_dir": 0,
-    "tls": {"cert", "key"},
+SIMPLE: dict[str, type] = {"domain": str, "host": str, "port": int, "store": str}
+SECTIONS: dict[str, dict[str, type]] = {
     "limits": {
-        "max_request_bytes",
-        "max_depth",
-        "max_elements",
-        "max_concurrency",
-        "read_timeout",
-        "shutdown_grace",
+        "max_request_bytes": int,
+        "max_depth": int,
+        "max_elements": int,
+        "max_concurrency": int,
+        "read_timeout": float,
+        "header_timeout": float,
+        "keepalive_timeout": float,
+        "body_min_rate": float,
+        "body_grace": float,
+        "max_connections_per_peer": int,
+        "max_inflight_per_peer": int,
+        "fd_reserve": int,
+        "shutdown_grace": float,
     },
     "security": {
-        "past_seconds",
-        "future_seconds",
-        "failures_per_user",
-        "failures_per_peer",
-        "failure_window",
+        "past_seconds": float,
+        "future_seconds": float,
+        "failures_per_user": int,
+        "failures_per_peer": int,
+        "failure_window": float,
     },
+}
+
+
+KNOWN: dict[str, Any] = {
+    **dict.fromkeys([*SIMPLE, "data_dir"], 0),
+    **{name: set(keys) for name, keys in SECTIONS.items()},
+    "tls": {"cert", "key"},
     "federation": {"identity", "trust_roots", "crls"},
     "routes": None,
     "dns": {"nameservers", "port"},
@@ -288,31 +297,7 @@ def load_config(path: Path | None, data_dir: Path | None = None, **overrides: An
 
 
 def _apply(config: ServerConfig, raw: dict[str, Any], base: Path) -> None:
-    simple = {"domain": str, "host": str, "port": int, "store": str}
-    sections = {
-        "limits": {
-            "max_request_bytes": int,
-            "max_depth": int,
-            "max_elements": int,
-            "max_concurrency": int,
-            "read_timeout": float,
-            "header_timeout": float,
-            "keepalive_timeout": float,
-            "body_min_rate": float,
-            "body_grace": float,
-            "max_connections_per_peer": int,
-            "max_inflight_per_peer": int,
-            "fd_reserve": int,
-            "shutdown_grace": float,
-        },
-        "security": {
-            "past_seconds": float,
-            "future_seconds": float,
-            "failures_per_user": int,
-            "failures_per_peer": int,
-            "failure_window": float,
-        },
-    }
+    simple, sections = SIMPLE, SECTIONS
     try:
         if "data_dir" in raw:
             config.data_dir = base / str(raw["data_dir"])
