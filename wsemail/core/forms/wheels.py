@@ -8,6 +8,17 @@ the publisher is trusted, that the signature names this very wheel (file, name, 
 SHA-256), no downgrade, every zip entry a plain relative path inside the target, and the
 wheel's RECORD (every file listed once with its SHA-256 and size, nothing unlisted). Files
 are unpacked into a staging folder and moved into place only when all of that passed.
+
+Takeover rules: a form's name, its distribution, the wheel's file name and the METADATA
+`Name` are bound together (form `timesheet` comes only from distribution
+`wsemail_timesheet`, in a file `wsemail_timesheet-<version>-…whl` whose METADATA says
+`Name: wsemail-timesheet` or an equivalent spelling); an installed form is upgraded only by
+the same publisher (the address its certificate names) from the same distribution.
+
+Archive limits, read from the central directory before anything is decompressed and
+enforced again while reading (in case the directory lies): at most `MAX_ENTRIES` entries,
+`MAX_ENTRY` bytes per entry, `MAX_UNPACKED` bytes in all, and, above `RATIO_FLOOR` bytes
+unpacked, at most `MAX_RATIO` times the wheel's own size.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -42,7 +54,12 @@ from wsemail.protocol.errors import RemoteFault, UsageError
 from wsemail.protocol.xmlsafe import XmlLimits, parse_untrusted
 
 _WHEEL = re.compile(r"^([A-Za-z0-9_.]+)-([0-9][A-Za-z0-9_.+]*)-py3-none-any\.whl$")
-MAX_WHEEL = 16 << 20
+MAX_WHEEL = 16 << 20  # the wheel file itself
+MAX_ENTRY = 16 << 20  # one file inside it, uncompressed
+MAX_UNPACKED = 32 << 20  # every file inside it, uncompressed
+MAX_ENTRIES = 1000
+MAX_RATIO = 100  # unpacked size / wheel size, checked above RATIO_FLOOR
+RATIO_FLOOR = 1 << 20
 
 
 class WheelRefused(UsageError):
@@ -139,6 +156,15 @@ def sign(
     return path
 
 
+def claimed_publisher(sig: Path) -> str:
+    """Who a signature file says signed it (not verified: for messages only)."""
+    try:
+        root = parse_untrusted(sig.read_bytes(), XmlLimits(max_bytes=64 << 10))
+    except (OSError, RemoteFault):
+        return "someone (unreadable)"
+    return repr((root.findtext(w("Publisher")) or "someone").strip()[:100])
+
+
 @dataclass(frozen=True)
 class Verified:
     file: str
@@ -201,12 +227,43 @@ def _b64_digest(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
+def _check_sizes(infos: list[zipfile.ZipInfo], packed: int) -> None:
+    """The archive limits from the central directory, before anything is decompressed."""
+    if len(infos) > MAX_ENTRIES:
+        raise WheelRefused(f"the wheel has more than {MAX_ENTRIES} entries")
+    total = 0
+    for info in infos:
+        if info.file_size > MAX_ENTRY:
+            raise WheelRefused(f"zip entry larger than {MAX_ENTRY} bytes: {info.filename[:100]!r}")
+        total += info.file_size
+    if total > MAX_UNPACKED:
+        raise WheelRefused(f"the wheel unpacks to more than {MAX_UNPACKED} bytes")
+    if total > RATIO_FLOOR and total > MAX_RATIO * max(packed, 1):
+        raise WheelRefused(f"the wheel unpacks to more than {MAX_RATIO} times its size")
+
+
+def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> bytes:
+    """One entry, at most its declared size and what is left of the budget."""
+    limit = min(info.file_size, budget)
+    chunks, size = [], 0
+    with archive.open(info) as stream:
+        while chunk := stream.read(64 << 10):
+            size += len(chunk)
+            if size > limit:
+                raise WheelRefused(f"zip entry larger than it says: {info.filename[:100]!r}")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def check_contents(data: bytes, name: str, version: str) -> dict[str, bytes]:
-    """Every entry of the wheel, after the path and RECORD checks; WheelRefused if not."""
+    """Every entry of the wheel, after the size, path and RECORD checks; WheelRefused if
+    not. Nothing is decompressed before the central directory passed `_check_sizes`."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
+        _check_sizes(infos, len(data))
         files: dict[str, bytes] = {}
+        budget = MAX_UNPACKED
         for info in infos:
             path = PurePosixPath(info.filename)
             mode = info.external_attr >> 16
@@ -223,10 +280,9 @@ def check_contents(data: bytes, name: str, version: str) -> dict[str, bytes]:
                 continue
             if info.filename in files:
                 raise WheelRefused(f"zip entry twice: {info.filename[:100]!r}")
-            if info.file_size > MAX_WHEEL:
-                raise WheelRefused("zip entry too large")
-            files[info.filename] = archive.read(info)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            files[info.filename] = _read(archive, info, budget)
+            budget -= len(files[info.filename])
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, zlib.error) as exc:
         raise WheelRefused(f"not a readable wheel: {exc}") from exc
     dist_info = f"{name}-{version}.dist-info"
     record_name = f"{dist_info}/RECORD"
@@ -289,6 +345,54 @@ def _write_registry(root: Path, entries: dict[str, Installed]) -> None:
     os.replace(tmp, path)
 
 
+def normalized(name: str) -> str:
+    """A distribution name as wheel file names spell it (PEP 427/503): runs of -_. become _,
+    lower case."""
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def distribution_for(form_name: str) -> str:
+    """The one distribution that may provide form `form_name`: `wsemail_<form>`."""
+    return normalized(f"wsemail_{form_name}")
+
+
+def _metadata_name(files: dict[str, bytes], dist_info: str) -> str:
+    text = files[f"{dist_info}/METADATA"].decode("utf-8", "replace")
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the headers end at the first empty line
+        key, colon, value = line.partition(":")
+        if colon and key.strip().lower() == "name":
+            return value.strip()
+    raise WheelRefused("the wheel's METADATA names no distribution")
+
+
+def _check_names(checked: Verified, files: dict[str, bytes], form_name: str) -> None:
+    """Form name ⇔ distribution ⇔ file name ⇔ METADATA Name (see the module doc)."""
+    dist_info = f"{checked.name}-{checked.version}.dist-info"
+    declared = _metadata_name(files, dist_info)
+    if normalized(declared) != normalized(checked.name) or checked.name != normalized(checked.name):
+        raise WheelRefused(
+            f"the wheel's METADATA names {declared[:64]!r}, its file name {checked.name!r}"
+        )
+    if normalized(checked.name) != distribution_for(form_name):
+        raise WheelRefused(
+            f"form {form_name!r} comes only from distribution {distribution_for(form_name)!r},"
+            f" not {checked.name!r}"
+        )
+
+
+def _check_upgrade(old: Installed, checked: Verified) -> None:
+    """An installed form is replaced only by its own publisher and distribution."""
+    if old.publisher != checked.publisher:
+        raise WheelRefused(
+            f"{old.name} was published by {old.publisher}, not {checked.publisher}:"
+            " refusing to replace it"
+        )
+    if normalized(old.distribution) != normalized(checked.name):
+        raise WheelRefused(f"{old.name} comes from {old.distribution}, not {checked.name}")
+
+
 def _entry_point(files: dict[str, bytes], dist_info: str) -> tuple[str, str]:
     text = files.get(f"{dist_info}/entry_points.txt", b"").decode("utf-8", "replace")
     section = ""
@@ -302,6 +406,8 @@ def _entry_point(files: dict[str, bytes], dist_info: str) -> tuple[str, str]:
             found.append((key.strip(), value.strip()))
     if len(found) != 1 or not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", found[0][1]):
         raise WheelRefused("the wheel must register exactly one wsemail.forms entry point")
+    if not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", found[0][0]):
+        raise WheelRefused(f"not a form name: {found[0][0][:64]!r}")
     return found[0]
 
 
@@ -326,8 +432,11 @@ def install(
     files = check_contents(data, checked.name, checked.version)
     dist_info = f"{checked.name}-{checked.version}.dist-info"
     form_name, target = _entry_point(files, dist_info)
+    _check_names(checked, files, form_name)
     entries = registry(root)
     old = entries.get(form_name)
+    if old is not None:
+        _check_upgrade(old, checked)
     if old is not None and Version(checked.version) <= Version(old.version):
         if Version(checked.version) == Version(old.version) and old.sha256 == checked.sha256:
             return old
