@@ -40,7 +40,13 @@ from wsemail.protocol.errors import (
     TransportError,
     UsageError,
 )
-from wsemail.protocol.message import AttachmentRef, Message, attachment_refs
+from wsemail.protocol.message import (
+    NAME_BYTES,
+    AttachmentRef,
+    Message,
+    attachment_refs,
+    utf8_prefix,
+)
 from wsemail.protocol.soap import WSSE, WSU, element, q, text_of
 from wsemail.protocol.xmlsafe import parse_untrusted
 
@@ -84,12 +90,25 @@ class Token:
         return self.cert.not_valid_after_utc
 
 
+# what a download adds to the name while it runs: `.encrypted.part` (encrypted mail)
+SUFFIX_ROOM = len(".encrypted.part")
+
+
 def safe_file_name(name: str) -> str:
-    """A name from a message as a plain file name in the target folder (never a path)."""
-    cleaned = "".join(c for c in name if ord(c) >= 32 and c not in "/\\\x7f").strip()
+    """A name from a message as a plain file name in the target folder (never a path),
+    cut to `NAME_BYTES` UTF-8 bytes less the room the download's own suffixes need."""
+    cleaned = "".join(
+        c for c in name if ord(c) >= 32 and c not in "/\\\x7f" and not 0xD800 <= ord(c) < 0xE000
+    ).strip()
     if cleaned in ("", ".", "..") or cleaned.startswith(".."):
         cleaned = cleaned.lstrip(".") or "attachment"
-    return cleaned[:255]
+    limit = NAME_BYTES - SUFFIX_ROOM
+    if len(cleaned.encode()) <= limit:
+        return cleaned
+    stem, dot, ext = cleaned.rpartition(".")
+    if stem and dot and len(ext.encode()) <= 16:  # keep a short extension: report.pdf
+        return utf8_prefix(stem, limit - len(ext.encode()) - 1).rstrip() + "." + ext
+    return utf8_prefix(cleaned, limit).rstrip() or "attachment"
 
 
 def _url(base: str, path: str, ticket: str) -> httpx.URL:

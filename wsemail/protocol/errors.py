@@ -180,6 +180,18 @@ class MessageTooLarge(Rejected):
     status = 413
 
 
+class QuotaExceeded(Rejected):
+    subcode = "wsemail:QuotaExceeded"
+    status = 413
+
+
+class InsufficientStorage(RemoteFault):
+    code = "Receiver"
+    subcode = "wsemail:InsufficientStorage"
+    status = 507
+    exit_code = 3
+
+
 class ServerBusy(RemoteFault):
     code = "Receiver"
     subcode = "wsemail:Busy"

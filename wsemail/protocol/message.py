@@ -24,6 +24,15 @@ def is_address(text: str) -> bool:
     return _ADDRESS.match(text) is not None
 
 
+NAME_BYTES = 255  # the longest file name most file systems take, in UTF-8 bytes
+
+
+def utf8_prefix(text: str, limit: int) -> str:
+    """The longest prefix of `text` whose UTF-8 form has at most `limit` bytes (a file
+    name's limit counts bytes, not characters)."""
+    return text.encode("utf-8", "surrogatepass")[:limit].decode("utf-8", "ignore")
+
+
 def normalize_address(address: str) -> str:
     """Lower-case the domain, keep the local part; raise on anything not a plain address."""
     address = address.strip()

@@ -27,6 +27,9 @@ future_seconds = 60
 failures_per_user = 10
 failures_per_peer = 100
 failure_window = 60
+[quota]
+per_user_bytes = 10737418240
+reserve_bytes = 1073741824
 [[plugins]]
 ref = "size-limit"
 priority = 10
@@ -126,6 +129,10 @@ class ServerConfig:
     relay_poll: float = 1.0
     relay_lease: float = 120.0
     federation_tls: bool = True  # verify peers' TLS with the federation roots
+    # [quota]: what one user may keep on this server (attachments stored + announced;
+    # meant to count mailboxes too), and the free disk space no upload may take
+    quota_per_user_bytes: int = 10 << 30
+    quota_reserve_bytes: int = 1 << 30
 
     @property
     def db_path(self) -> Path:
@@ -309,6 +316,13 @@ def _apply(config: ServerConfig, raw: dict[str, Any], base: Path) -> None:
             for key, kind in keys.items():
                 if key in table:
                     setattr(config, key, kind(table[key]))
+        quota = _section(raw, "quota")
+        for key in ("per_user_bytes", "reserve_bytes"):
+            if key in quota:
+                value = int(quota[key])
+                if value < 0:
+                    raise ValueError(f"[quota] {key} must not be negative")
+                setattr(config, f"quota_{key}", value)
         tls = _section(raw, "tls")
         if "cert" in tls:
             config.tls_cert = base / str(tls["cert"])

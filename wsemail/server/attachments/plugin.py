@@ -8,6 +8,13 @@
 - top-level operations `IssueToken` and `FetchAttachment` and the upload / download
   streams (see `federated` and `streams`);
 - the orphan sweep (at start and at most every `sweep_interval` seconds after uploads).
+
+BeginUpload refuses, before any row or byte is stored: a size above `max_bytes`
+(TooLarge); a size that would take the sender over the server's `[quota] per_user_bytes`
+counting every upload of theirs stored, bound or announced (QuotaExceeded); a size that
+does not fit on the attachment disk with `[quota] reserve_bytes` left over, after every
+other announced upload (InsufficientStorage). Mail taken by the SMTP gateway passes the
+same free-space check (`check_space`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -24,8 +32,15 @@ from lxml import etree
 from starlette.types import Scope
 
 from wsemail.protocol import soap
-from wsemail.protocol.errors import Forbidden, NotFound, RequestInvalid
-from wsemail.protocol.message import AttachmentRef, Message
+from wsemail.protocol.errors import (
+    Forbidden,
+    InsufficientStorage,
+    NotFound,
+    QuotaExceeded,
+    RequestInvalid,
+    TooLarge,
+)
+from wsemail.protocol.message import NAME_BYTES, AttachmentRef, Message
 from wsemail.protocol.soap import element, q, text_of, texts_of
 from wsemail.server.attachments import federated, records
 from wsemail.server.attachments.storage import BlobStore
@@ -42,11 +57,12 @@ _MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^
 
 
 def check_name(raw: str) -> str:
-    """An attachment's display name: a plain file name, never a path."""
+    """An attachment's display name: a plain file name, never a path, at most 255 UTF-8
+    bytes (what file systems take)."""
     name = raw.strip()
     if (
         not name
-        or len(name) > 255
+        or len(name.encode("utf-8", "surrogatepass")) > NAME_BYTES
         or name in (".", "..")
         or any(c in name for c in "/\\")
         or any(ord(c) < 32 or ord(c) == 127 for c in name)
@@ -185,7 +201,9 @@ class OnDemandAttachments(SendingProcessor, ExtensionProcessor):
             raise RequestInvalid("Size must be a whole number of bytes")
         size = int(raw)
         if size > self.max_bytes:
-            raise RequestInvalid(f"attachments are limited to {self.max_bytes} bytes")
+            raise TooLarge(f"attachments are limited to {self.max_bytes} bytes")
+        self.check_quota(env.tx, env.principal, size)
+        self.check_space(env.tx, size)
         guid, ticket = records.create_upload(
             env.tx, env.principal, name, media_type, size, env.tx.now + self.upload_window
         )
@@ -194,6 +212,26 @@ class OnDemandAttachments(SendingProcessor, ExtensionProcessor):
         element(result, "Ticket", ticket)
         element(result, "Path", UPLOAD_PATH)
         return result
+
+    def check_quota(self, tx: Any, owner: str, size: int) -> None:
+        """QuotaExceeded unless `owner`'s uploads plus `size` fit the per-user quota."""
+        assert self.server is not None
+        quota = self.server.config.quota_per_user_bytes
+        used = records.owner_bytes(tx, owner)
+        if used + size > quota:
+            raise QuotaExceeded(
+                f"attachment quota: {used} of {quota} bytes used or announced, "
+                f"{size} more do not fit"
+            )
+
+    def check_space(self, tx: Any, size: int) -> None:
+        """InsufficientStorage unless `size` more bytes fit on the attachment disk after
+        every announced upload, keeping the reserve free."""
+        assert self.server is not None and self.blobs is not None
+        reserve = self.server.config.quota_reserve_bytes
+        free = shutil.disk_usage(self.blobs.root).free
+        if records.announced_bytes(tx) + size + reserve > free:
+            raise InsufficientStorage("not enough free space on this server for that size")
 
     def _blobs_of_message(self, op: etree._Element, env: Environment) -> list[records.Blob]:
         message_id = (text_of(op, "MessageId") or "").strip()

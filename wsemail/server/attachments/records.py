@@ -259,6 +259,24 @@ def stale(tx: Tx, older_than: float) -> list[str]:
     return [r[0] for r in rows]
 
 
+def owner_bytes(tx: Tx, owner: str) -> int:
+    """What `owner` keeps here or announced: every upload not revoked or superseded."""
+    row = tx.conn.execute(
+        "SELECT COALESCE(SUM(size), 0) FROM attachment_blobs WHERE owner=? "
+        "AND state IN ('pending','uploading','stored','bound')",
+        (owner,),
+    ).fetchone()
+    return int(row[0])
+
+
+def announced_bytes(tx: Tx) -> int:
+    """Bytes announced by everyone and not yet on disk (uploads pending or running)."""
+    row = tx.conn.execute(
+        "SELECT COALESCE(SUM(size), 0) FROM attachment_blobs WHERE state IN ('pending','uploading')"
+    ).fetchone()
+    return int(row[0])
+
+
 def live_guids(tx: Tx) -> set[str]:
     rows = tx.conn.execute(
         "SELECT guid FROM attachment_blobs WHERE state IN ('pending','uploading','stored','bound')"

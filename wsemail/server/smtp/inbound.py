@@ -28,7 +28,14 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from lxml import etree
 
-from wsemail.protocol.errors import NoRoute, Rejected, RemoteFault, RoutingError, StoreError
+from wsemail.protocol.errors import (
+    InsufficientStorage,
+    NoRoute,
+    Rejected,
+    RemoteFault,
+    RoutingError,
+    StoreError,
+)
 from wsemail.protocol.message import MAX_RECIPIENTS, Message, domain_of, new_message_id
 from wsemail.protocol.message import normalize_address as normalize
 from wsemail.protocol.soap import element, q
@@ -257,6 +264,9 @@ class Gateway:
         except Rejected as exc:
             log.info("refused message from %s: %s", peer, exc.reason)
             return f"550 5.7.1 {exc.reason}"[:500]
+        except InsufficientStorage:
+            log.warning("no room for attachments of mail from %s", peer)
+            return "452 4.3.1 insufficient system storage"
         except StoreError:
             log.exception("cannot store legacy mail from %s", peer)
             return "451 4.3.0 temporary local problem, try again later"
@@ -384,6 +394,7 @@ async def write_parts(
     and fsynced under its server-generated name; [(guid, sha256)]."""
 
     def create(tx: Tx) -> list[str]:
+        plugin.check_space(tx, sum(p.size for p in parts))
         return [
             records.create_received(tx, owner, p.filename or "attachment", p.content_type, p.size)
             for p in parts

@@ -23,10 +23,12 @@ import html2text
 from wsemail.protocol.errors import RemoteFault, RequestInvalid
 from wsemail.protocol.message import (
     MAX_SUBJECT,
+    NAME_BYTES,
     AttachmentRef,
     Message,
     check_message_id,
     normalize_address,
+    utf8_prefix,
 )
 
 ISO = "%Y-%m-%dT%H:%M:%SZ"
@@ -78,10 +80,10 @@ def to_mime(
 
 def safe_name(raw: str | None) -> str:
     """A part's file name as a plain name: the last path segment, no control characters,
-    no leading dots, at most 255 characters; "attachment" when nothing is left."""
+    no leading dots, at most 255 UTF-8 bytes; "attachment" when nothing is left."""
     name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(c for c in name if ord(c) >= 32 and ord(c) != 127).strip().lstrip(".")
-    return name.strip()[:255] or "attachment"
+    return utf8_prefix(name.strip(), NAME_BYTES).strip() or "attachment"
 
 
 def media_type(part: EmailMessage) -> str:
