@@ -9,7 +9,7 @@ import copy
 import io
 import json
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,15 @@ class Domain:
     def token(self, user: str) -> Token:
         return Attachments(self.client(user)).token()
 
+    def stamper(self, user: str, token: Token) -> Callable[[etree._Element], etree._Element]:
+        """The countersign callable for what `user` signs with `token`."""
+        return lambda signed: workflow.countersign(self.client(user), token, signed)
+
+    @property
+    def forms(self) -> Path:
+        """The plug-in folder the requisition is installed in (shared by every user)."""
+        return self.tmp / "carol-forms"
+
     @property
     def roots(self) -> list[object]:
         return [read_cert(self.ca / "root.pem")]
@@ -90,7 +99,13 @@ def dom(tmp_path: Path) -> Iterator[Domain]:
 
 def publish(dom: Domain, wheel: Path) -> Path:
     token = dom.token("admin@a.test")
-    sig = wheels.sign(wheel, token.key, token.cert, token.issuer)
+    sig = wheels.sign(
+        wheel,
+        token.key,
+        token.cert,
+        token.issuer,
+        countersign=dom.stamper("admin@a.test", token),
+    )
     op = etree.Element(q("Publish"))
     element(op, "File", wheel.name)
     element(op, "Wheel", base64.b64encode(wheel.read_bytes()).decode())
@@ -173,13 +188,19 @@ def test_requisition_of_7500_routes_through_purchasing_with_delegation(
     first = requisition(dom, built, ITEMS_7500)
     received = workflow.receive(dom.client("bob@a.test"), first)
     assert [s.role for s in received.doc.route()] == ["manager", "purchasing"]  # the rule
-    entry, chain, to = workflow.act(dom.client("bob@a.test"), first, "approve")
+    entry, chain, to = workflow.act(dom.client("bob@a.test"), first, "approve", root=dom.forms)
     assert to == ["pat@a.test"]
     _, _, to = workflow.act(
-        dom.client("pat@a.test"), newest(dom, "pat@a.test"), "delegate", delegate="dave@a.test"
+        dom.client("pat@a.test"),
+        newest(dom, "pat@a.test"),
+        "delegate",
+        delegate="dave@a.test",
+        root=dom.forms,
     )
     assert to == ["dave@a.test"]
-    _, chain, to = workflow.act(dom.client("dave@a.test"), newest(dom, "dave@a.test"), "approve")
+    _, chain, to = workflow.act(
+        dom.client("dave@a.test"), newest(dom, "dave@a.test"), "approve", root=dom.forms
+    )
     assert chain.complete and to == ["carol@a.test"]
     final = workflow.receive(dom.client("carol@a.test"), newest(dom, "carol@a.test")).doc
     roots, crls = dom.material()
@@ -194,7 +215,7 @@ def test_requisition_of_7500_routes_through_purchasing_with_delegation(
 
 def test_requisition_of_500_skips_purchasing(dom: Domain, built: dict[str, Path]) -> None:
     first = requisition(dom, built, ITEMS_500)
-    _, chain, to = workflow.act(dom.client("bob@a.test"), first, "approve")
+    _, chain, to = workflow.act(dom.client("bob@a.test"), first, "approve", root=dom.forms)
     assert (
         [s.role for s in chain.route] == ["manager"] and chain.complete and to == ["carol@a.test"]
     )
@@ -206,43 +227,48 @@ def _doc(dom: Domain, built: dict[str, Path]) -> FormDocument:
 
 
 def _append_raw(
+    dom: Domain,
     doc: FormDocument,
-    token: Token,
+    user: str,
     kind: str,
     step: int,
     role: str,
     delegate: str = "",
-    covers: str | None = None,
 ) -> None:
-    """An act signed correctly but put where the rules forbid it (bypassing sign's checks)."""
-    chain = approvals.Chain([Step(role, (approvals._address(token.cert),))] * step)
+    """An act signed correctly and stamped by its server (which checks the signer, not the
+    route) but put where the rules forbid it (bypassing sign's checks)."""
+    token = dom.token(user)
+    chain = approvals.Chain([Step(role, (user,))] * step)
     chain.current = step - 1
     approvals.sign(doc, kind, token.key, token.cert, token.issuer, chain, delegate=delegate)
+    approvals.stamped(doc, chain, dom.stamper(user, token)(doc.acts()[-1]))
 
 
 def test_chain_rejections(dom: Domain, built: dict[str, Path]) -> None:
     roots, crls = dom.material()
-    bob, pat, dave = (dom.token(f"{u}@a.test") for u in ("bob", "pat", "dave"))
+    bob, dave = "bob@a.test", "dave@a.test"
     # someone not on the route
     doc = _doc(dom, built)
-    _append_raw(doc, dave, "approve", 1, "manager")
+    _append_raw(dom, doc, dave, "approve", 1, "manager")
     with pytest.raises(FormError, match="not on the route"):
         approvals.verify(doc, roots, crls)
     # out of order: purchasing before the manager
     doc = _doc(dom, built)
-    _append_raw(doc, pat, "approve", 2, "purchasing")
+    _append_raw(dom, doc, "pat@a.test", "approve", 2, "purchasing")
     with pytest.raises(FormError, match="out of order"):
         approvals.verify(doc, roots, crls)
     # twice
     doc = _doc(dom, built)
-    _append_raw(doc, bob, "approve", 1, "manager")
-    _append_raw(doc, bob, "approve", 2, "purchasing")
+    _append_raw(dom, doc, bob, "approve", 1, "manager")
+    _append_raw(dom, doc, bob, "approve", 2, "purchasing")
     with pytest.raises(FormError, match="twice"):
         approvals.verify(doc, roots, crls)
     # copied onto another form (and onto another version of the same form)
     doc, other = _doc(dom, built), _doc(dom, built)
-    _append_raw(doc, bob, "approve", 1, "manager")
-    other.append_act(copy.deepcopy(doc.acts()[0]))
+    _append_raw(dom, doc, bob, "approve", 1, "manager")
+    [(act, stamp)] = doc.entries()
+    other.append_act(copy.deepcopy(act))
+    other.append_stamp(copy.deepcopy(stamp))
     with pytest.raises(FormError, match="another form"):
         approvals.verify(other, roots, crls)
     data = doc.data.find("{urn:wsemail:forms:requisition:1}purpose")
@@ -252,12 +278,21 @@ def test_chain_rejections(dom: Domain, built: dict[str, Path]) -> None:
     # a delegation loop
     doc = _doc(dom, built)
     chain = approvals.verify(doc, roots, crls)
-    approvals.sign(doc, "delegate", bob.key, bob.cert, bob.issuer, chain, delegate="dave@a.test")
+    token = dom.token(bob)
+    approvals.sign(doc, "delegate", token.key, token.cert, token.issuer, chain, delegate=dave)
+    approvals.stamped(doc, chain, dom.stamper(bob, token)(doc.acts()[-1]))
+    other_token = dom.token(dave)
     with pytest.raises(FormError, match="loop"):
         approvals.sign(
-            doc, "delegate", dave.key, dave.cert, dave.issuer, chain, delegate="bob@a.test"
+            doc,
+            "delegate",
+            other_token.key,
+            other_token.cert,
+            other_token.issuer,
+            chain,
+            delegate=bob,
         )
-    _append_raw(doc, dave, "delegate", 1, "manager", delegate="bob@a.test")
+    _append_raw(dom, doc, dave, "delegate", 1, "manager", delegate=bob)
     with pytest.raises(FormError, match="loop"):
         approvals.verify(doc, roots, crls)
 
@@ -348,13 +383,17 @@ def test_wheel_rejections_install_nothing(
         path = tmp_path / "sign" / (sign_name or name)
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(data)
-        sig = wheels.sign(path, signer.key, signer.cert, signer.issuer).read_bytes()
+        stamp = dom.stamper(approvals._address(signer.cert), signer)
+        sig = wheels.sign(
+            path, signer.key, signer.cert, signer.issuer, countersign=stamp
+        ).read_bytes()
         wheels.install(
             name, data, sig, roots=roots, crls=crls, publishers=list(publishers), root=root
         )
 
     data = wheel.read_bytes()
-    sig = wheels.sign(wheel, admin.key, admin.cert, admin.issuer).read_bytes()
+    stamp = dom.stamper("admin@a.test", admin)
+    sig = wheels.sign(wheel, admin.key, admin.cert, admin.issuer, countersign=stamp).read_bytes()
     tampered = data[:-30] + bytes(30)
     with pytest.raises(wheels.WheelRefused, match="SHA-256"):
         wheels.install(
@@ -369,7 +408,9 @@ def test_wheel_rejections_install_nothing(
     with pytest.raises(wheels.WheelRefused, match="not a trusted form publisher"):
         attempt(wheel.name, data, signer=dom.token("carol@a.test"))
     other = built["requisition"]
-    other_sig = wheels.sign(other, admin.key, admin.cert, admin.issuer).read_bytes()
+    other_sig = wheels.sign(
+        other, admin.key, admin.cert, admin.issuer, countersign=stamp
+    ).read_bytes()
     with pytest.raises(wheels.WheelRefused, match="signature is for"):
         wheels.install(
             wheel.name,

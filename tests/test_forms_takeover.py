@@ -18,7 +18,7 @@ import pytest
 from test_forms_rejections import inbox_size, one_line_error, server, world  # noqa: F401
 from test_forms_workflow import World, dist  # noqa: F401  (fixtures)
 
-from wsemail.client.forms import wheels
+from wsemail.core.forms import wheels
 from wsemail.protocol.errors import UsageError
 from wsemail.server.accounts import set_user
 

@@ -153,7 +153,7 @@ def shops(tmp_path: Path) -> Iterator[list[Shop]]:
 def finish_a_form(dom: Domain, built: dict[str, Path]) -> None:  # noqa: F811
     """carol's requisition, approved by bob, comes back to carol: the workflow's end."""
     first = requisition(dom, built, ITEMS_500)
-    _, chain, to = workflow.act(dom.client("bob@a.test"), first, "approve")
+    _, chain, to = workflow.act(dom.client("bob@a.test"), first, "approve", root=dom.forms)
     assert chain.complete and to == ["carol@a.test"]
 
 

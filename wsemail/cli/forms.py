@@ -45,20 +45,28 @@ def sign(
     server: str | None = ServerOpt,
     user: str | None = UserOpt,
 ) -> None:
-    """Sign a wheel (name, version, SHA-256) with a certificate from your server. An
-    existing WHEEL.sig is never overwritten without --replace."""
+    """Sign a wheel (name, version, SHA-256) with a certificate from your server, which
+    stamps the signature. An existing WHEEL.sig is never overwritten without --replace."""
     from wsemail.client.attachments import Attachments
+    from wsemail.client.forms import workflow
     from wsemail.core.forms import wheels
 
     existing = wheel.with_name(wheel.name + ".sig")
     if existing.exists() and not replace:
         by = wheels.claimed_publisher(existing)
         raise UsageError(f"{existing} exists (signed by {by}); pass --replace to sign over it")
-    with session.open_client(server, user) as client:
-        token = Attachments(client).token()
     if existing.exists():
         typer.echo(f"replacing the signature by {wheels.claimed_publisher(existing)}", err=True)
-    typer.echo(wheels.sign(wheel, token.key, token.cert, token.issuer))
+    with session.open_client(server, user) as client:
+        token = Attachments(client).token()
+        path = wheels.sign(
+            wheel,
+            token.key,
+            token.cert,
+            token.issuer,
+            countersign=lambda signed: workflow.countersign(client, token, signed),
+        )
+    typer.echo(path)
 
 
 @app.command()

@@ -9,6 +9,7 @@ federated identity certificate."""
 from __future__ import annotations
 
 import base64
+import copy
 import ipaddress
 import json
 import os
@@ -29,6 +30,7 @@ from wsemail.core.forms import approvals, wheels
 from wsemail.core.forms.approvals import Chain, Entry
 from wsemail.core.forms.contract import FormPlugin, Step
 from wsemail.core.forms.document import (
+    WF,
     WHEEL_PATH,
     FormDocument,
     FormError,
@@ -42,6 +44,7 @@ from wsemail.protocol import soap
 from wsemail.protocol.auth import timestamp
 from wsemail.protocol.dsig import Signer, add_timestamp
 from wsemail.protocol.errors import (
+    PluginError,
     RemoteFault,
     ServerError,
     SignatureInvalid,
@@ -51,7 +54,7 @@ from wsemail.protocol.errors import (
 )
 from wsemail.protocol.message import Draft, Message, domain_of, normalize_address
 from wsemail.protocol.soap import WSSE, WSU, element, q, text_of
-from wsemail.protocol.xmlsafe import parse_untrusted
+from wsemail.protocol.xmlsafe import XmlLimits, parse_untrusted
 
 if TYPE_CHECKING:
     from wsemail.client.attachments import Token
@@ -215,11 +218,34 @@ def trust_material(
     return [read_cert(p) for p in client.trust_roots], list(trust._crls.values())
 
 
+def rendered(doc: FormDocument, root: Path | None = None) -> str:
+    """The form as its plug-in renders it, after the plug-in read and validated its data:
+    what an approver sees before signing. UsageError when the plug-in is not installed."""
+    ref = doc.plugin
+    try:
+        plugin = load(ref.name, ref.version, root)
+    except PluginError as exc:
+        raise UsageError(
+            f"form plug-in {ref.name} {ref.version} is not installed: nothing is signed "
+            "unseen; look at the form first (wsemail forms show ID --yes)"
+        ) from exc
+    return plugin.render_text(plugin.from_xml(doc.data))
+
+
 def act(
-    client: Client, message_id: str, kind: str, *, delegate: str = ""
+    client: Client,
+    message_id: str,
+    kind: str,
+    *,
+    delegate: str = "",
+    root: Path | None = None,
 ) -> tuple[Entry, Chain, list[str]]:
     """Approve, reject or delegate the form in `message_id` and send it on: to the next
-    step's approvers (or the delegate), or back to the sender when done or rejected."""
+    step's approvers (or the delegate), or back to the sender when done or rejected.
+
+    In order: the chain verifies; the workflow rules allow this act; the form's plug-in
+    (from `root`, the private plug-in folder) reads, validates and renders the data; then
+    the act is signed, stamped by the own server (`countersign`), and sent."""
     from wsemail.client.attachments import Attachments
 
     received = receive(client, message_id)
@@ -227,7 +253,12 @@ def act(
     roots, crls = trust_material(client)
     chain = approvals.verify(doc, roots, crls)
     token = Attachments(client).token()
+    signer = approvals._address(token.cert)
+    target = normalize_address(delegate) if kind == "delegate" and delegate else delegate
+    copy.deepcopy(chain).apply(kind, chain.current + 1, signer, target)  # refused early
+    rendered(doc, root)
     entry = approvals.sign(doc, kind, token.key, token.cert, token.issuer, chain, delegate=delegate)
+    entry = approvals.stamped(doc, chain, countersign(client, token, doc.acts()[-1]))
     if kind == "delegate":
         to = [entry.delegate]
     else:
@@ -357,6 +388,34 @@ def fetch_plugin(
 
 
 # autofill: the user's own organisation's web service, with the federated identity --------
+def identity_request(
+    operation: str,
+    address: str,
+    server_domain: str,
+    token: Token,
+    fields: Mapping[str, str] | None = None,
+    *,
+    now: datetime | None = None,
+    nonce: bytes | None = None,
+) -> bytes:
+    """OPERATION(Address, Server, Nonce, IssuerCertificate, FIELDS…), XMLDSIG-signed with
+    the token's key over Body and Timestamp (the user certificate in KeyInfo)."""
+    env, header, body = soap.new_envelope()
+    security = etree.SubElement(header, q("Security", WSSE), nsmap={"wsse": WSSE, "wsu": WSU})
+    now = now or datetime.now(UTC)
+    add_timestamp(security, timestamp(now), timestamp(now + timedelta(minutes=5)))
+    op = etree.SubElement(body, q(operation))
+    element(op, "Address", address)
+    element(op, "Server", server_domain)
+    element(op, "Nonce", base64.b64encode(nonce or os.urandom(16)).decode("ascii"))
+    issuer = token.issuer.public_bytes(serialization.Encoding.DER)
+    element(op, "IssuerCertificate", base64.b64encode(issuer).decode("ascii"))
+    for name, value in (fields or {}).items():
+        element(op, name, value)
+    Signer(token.key, token.cert).sign_envelope(env)
+    return soap.serialize(env)
+
+
 def autofill_request(
     address: str,
     server_domain: str,
@@ -365,20 +424,25 @@ def autofill_request(
     now: datetime | None = None,
     nonce: bytes | None = None,
 ) -> bytes:
-    """Autofill(Address, Server, Nonce, IssuerCertificate), XMLDSIG-signed with the
-    token's key over Body and Timestamp (the user certificate in KeyInfo)."""
-    env, header, body = soap.new_envelope()
-    security = etree.SubElement(header, q("Security", WSSE), nsmap={"wsse": WSSE, "wsu": WSU})
-    now = now or datetime.now(UTC)
-    add_timestamp(security, timestamp(now), timestamp(now + timedelta(minutes=5)))
-    op = etree.SubElement(body, q("Autofill"))
-    element(op, "Address", address)
-    element(op, "Server", server_domain)
-    element(op, "Nonce", base64.b64encode(nonce or os.urandom(16)).decode("ascii"))
-    issuer = token.issuer.public_bytes(serialization.Encoding.DER)
-    element(op, "IssuerCertificate", base64.b64encode(issuer).decode("ascii"))
-    Signer(token.key, token.cert).sign_envelope(env)
-    return soap.serialize(env)
+    """Autofill(Address, Server, Nonce, IssuerCertificate), signed (`identity_request`)."""
+    return identity_request("Autofill", address, server_domain, token, now=now, nonce=nonce)
+
+
+def countersign(client: Client, token: Token, signed: etree._Element) -> etree._Element:
+    """The own server's stamp of `signed` (an act or a wheel signature of this user,
+    signed with `token`): the time that counts for it (`wsemail.core.forms.stamps`)."""
+    address = client.username.lower()
+    raw = base64.b64encode(etree.tostring(signed)).decode("ascii")
+    request = identity_request("Countersign", address, domain_of(address), token, {"Signed": raw})
+    answer = post_signed(client, request)
+    try:
+        data = base64.b64decode("".join((text_of(answer, "Stamp") or "").split()), validate=True)
+        stamp = parse_untrusted(data, XmlLimits(max_bytes=64 << 10))
+    except (ValueError, RemoteFault) as exc:
+        raise ServerError("the Countersign answer holds no readable stamp") from exc
+    if stamp.tag != f"{{{WF}}}Stamp":
+        raise ServerError("the Countersign answer holds no stamp")
+    return stamp
 
 
 def post_signed(client: Client, data: bytes) -> etree._Element:

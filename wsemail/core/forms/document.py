@@ -7,8 +7,14 @@ sending server's signed content (DESIGN.md §8).
       <wf:Data> …the plug-in's own namespace… </wf:Data>
       <wf:Route> <wf:Step role="manager"> <wf:Approver>bob@a.test</wf:Approver>… </wf:Step>…
       </wf:Route>
-      <wf:Acts> <wf:Act Kind="approve|reject|delegate">…signed…</wf:Act>… </wf:Acts>
+      <wf:Acts> <wf:Act Kind="approve|reject|delegate">…signed by the user…</wf:Act>
+                <wf:Stamp>…its countersignature by the signer's server…</wf:Stamp>… </wf:Acts>
     </wf:Form>
+
+What act number `i` covers (`digest_before(i)`) is a hash chain, computed for all acts in
+one pass: h0 = SHA-256("wsemail-form/2" ‖ SHA-256(c14n of the form with no acts)), then
+h(k+1) = SHA-256(h(k) ‖ SHA-256(c14n act k) ‖ SHA-256(c14n stamp k)); act i covers h(i)
+(hex): the data, plug-in, route and every earlier act and stamp, in order.
 
 Untrusted documents are read with the hardened parser only.
 """
@@ -35,6 +41,8 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _VERSION = re.compile(r"^[0-9][0-9A-Za-z.+-]{0,31}$")
 _ROLE = re.compile(r"^[A-Za-z][A-Za-z0-9 _-]{0,63}$")
 LIMITS = XmlLimits(max_bytes=4 << 20)
+MAX_STEPS = 16  # route steps
+MAX_APPROVERS = 32  # approvers named in one step
 
 
 def w(tag: str) -> str:
@@ -152,7 +160,11 @@ class FormDocument:
             approvers = tuple(normalize_address(a.text or "") for a in node.findall(w("Approver")))
             if not _ROLE.match(role) or not approvers:
                 raise FormError("each route step needs a role and at least one approver")
+            if len(approvers) > MAX_APPROVERS:
+                raise FormError(f"a route step names at most {MAX_APPROVERS} approvers")
             steps.append(Step(role, approvers))
+            if len(steps) > MAX_STEPS:
+                raise FormError(f"a route has at most {MAX_STEPS} steps")
         return steps
 
     def add_step(self, step: Step) -> None:
@@ -167,25 +179,58 @@ class FormDocument:
             etree.SubElement(node, w("Approver")).text = normalize_address(address)
         self.route()
 
-    def acts(self) -> list[etree._Element]:
+    def entries(self) -> list[tuple[etree._Element, etree._Element | None]]:
+        """(act, its server's stamp or None) in order; FormError on anything else."""
         holder = self.root.find(w("Acts"))
         assert holder is not None
-        return [c for c in holder if isinstance(c.tag, str)]
+        pairs: list[tuple[etree._Element, etree._Element | None]] = []
+        for child in holder:
+            if not isinstance(child.tag, str):
+                continue
+            if child.tag == w("Act"):
+                pairs.append((child, None))
+            elif child.tag == w("Stamp") and pairs and pairs[-1][1] is None:
+                pairs[-1] = (pairs[-1][0], child)
+            else:
+                raise FormError("Acts holds Act elements, each followed by at most one Stamp")
+        return pairs
+
+    def acts(self) -> list[etree._Element]:
+        return [act for act, _ in self.entries()]
 
     def append_act(self, act: etree._Element) -> None:
         holder = self.root.find(w("Acts"))
         assert holder is not None
         holder.append(act)
 
-    def digest_before(self, index: int) -> str:
-        """SHA-256 (hex) of the exclusive c14n of this form with only its first `index`
-        acts: what the act at `index` covers (data, plug-in version, route, earlier acts)."""
+    def append_stamp(self, stamp: etree._Element) -> None:
+        """The server's stamp of the last act (which has none yet)."""
+        entries = self.entries()
+        if not entries or entries[-1][1] is not None:
+            raise FormError("a stamp follows the act it countersigns")
+        holder = self.root.find(w("Acts"))
+        assert holder is not None
+        holder.append(stamp)
+
+    def digests(self) -> list[str]:
+        """`digest_before(i)` for every i from 0 to the number of acts, in one pass."""
         root = copy.deepcopy(self.root)
         holder = root.find(w("Acts"))
         assert holder is not None
-        for act in [c for c in holder if isinstance(c.tag, str)][index:]:
-            holder.remove(act)
-        return hashlib.sha256(c14n(root)).hexdigest()
+        for child in list(holder):
+            holder.remove(child)
+        state = hashlib.sha256(b"wsemail-form/2" + hashlib.sha256(c14n(root)).digest()).digest()
+        found = [state.hex()]
+        for act, stamp in self.entries():
+            parts = [state, hashlib.sha256(c14n(act)).digest()]
+            parts.append(hashlib.sha256(c14n(stamp) if stamp is not None else b"").digest())
+            state = hashlib.sha256(b"".join(parts)).digest()
+            found.append(state.hex())
+        return found
+
+    def digest_before(self, index: int) -> str:
+        """What the act at `index` covers (see the module doc)."""
+        return self.digests()[index]
 
 
 def is_form_body(body: str) -> bool:

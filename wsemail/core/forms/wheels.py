@@ -3,7 +3,8 @@ version, file name and SHA-256, by the publisher's user certificate under the fe
 PKI), verifying, and installing into the client's private plug-in directory with a local
 registry (name, version, location, publisher, SHA-256).
 
-Installing checks, before anything is written: the publisher signature and its chain, that
+Installing checks, before anything is written: the publisher signature and its chain, as
+at the time the publisher's own server stamped it (`stamps`: a signer cannot choose it), that
 the publisher is trusted, that the signature names this very wheel (file, name, version,
 SHA-256), no downgrade, every zip entry a plain relative path inside the target, and the
 wheel's RECORD (every file listed once with its SHA-256 and size, nothing unlisted). Files
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -46,8 +48,9 @@ from cryptography.hazmat.primitives import serialization
 from lxml import etree
 from packaging.version import InvalidVersion, Version
 
-from wsemail.core.forms.approvals import TIME_FORMAT, _address, _time
-from wsemail.core.forms.document import WF, w
+from wsemail.core.forms import stamps
+from wsemail.core.forms.approvals import TIME_FORMAT, _address
+from wsemail.core.forms.document import WF, FormError, w
 from wsemail.pki import TrustStore
 from wsemail.protocol.dsig import PrivateKey, Signer, verify_element
 from wsemail.protocol.errors import RemoteFault, UsageError
@@ -131,9 +134,15 @@ def sign(
     cert: x509.Certificate,
     issuer: x509.Certificate,
     *,
+    countersign: Callable[[etree._Element], etree._Element],
     now: datetime | None = None,
 ) -> Path:
-    """Write `<wheel>.sig`: the publisher's signature over file, name, version, SHA-256."""
+    """Write `<wheel>.sig`: the publisher's signature over file, name, version, SHA-256,
+    and its stamp by the publisher's own server (`countersign` asks for it), together:
+
+        <wf:SignedWheel> <wf:WheelSignature>…</wf:WheelSignature> <wf:Stamp>…</wf:Stamp>
+        </wf:SignedWheel>
+    """
     data = wheel.read_bytes()
     name, version = parse_name(wheel.name)
     node = etree.Element(w("WheelSignature"), nsmap={"wf": WF})
@@ -151,8 +160,11 @@ def sign(
     ):
         etree.SubElement(node, w(tag)).text = value
     signed = Signer(key, cert).sign_element(node)
+    holder = etree.Element(w("SignedWheel"), nsmap={"wf": WF})
+    holder.append(signed)
+    holder.append(countersign(signed))
     path = wheel.with_name(wheel.name + ".sig")
-    path.write_bytes(etree.tostring(signed))
+    path.write_bytes(etree.tostring(holder))
     return path
 
 
@@ -162,7 +174,7 @@ def claimed_publisher(sig: Path) -> str:
         root = parse_untrusted(sig.read_bytes(), XmlLimits(max_bytes=64 << 10))
     except (OSError, RemoteFault):
         return "someone (unreadable)"
-    return repr((root.findtext(w("Publisher")) or "someone").strip()[:100])
+    return repr((root.findtext(f"{w('WheelSignature')}/{w('Publisher')}") or "someone")[:100])
 
 
 @dataclass(frozen=True)
@@ -186,20 +198,27 @@ def verify(
     if len(data) > MAX_WHEEL:
         raise WheelRefused("wheel too large")
     try:
-        root = parse_untrusted(signature, XmlLimits(max_bytes=64 << 10))
-        at = _time((root.findtext(w("At")) or "").strip())
-        issuer = x509.load_der_x509_certificate(
-            base64.b64decode((root.findtext(w("IssuingCertificate")) or "").strip(), validate=True)
-        )
-        trust = TrustStore(roots, crls, clock=lambda: at)
+        holder = parse_untrusted(signature, XmlLimits(max_bytes=64 << 10))
+        parts = [c for c in holder if isinstance(c.tag, str)]
+        if holder.tag != w("SignedWheel") or [c.tag for c in parts] != [
+            w("WheelSignature"),
+            w("Stamp"),
+        ]:
+            raise WheelRefused("the publisher signature is not stamped by its server")
+        root, stamp = parts
+        clock = stamps.Clock(datetime.now(UTC))
+        trust = TrustStore(roots, crls, clock=clock)
+        at = stamps.check(stamp, root, clock, trust.verify_server, datetime.now(UTC))
+        issuer = stamps.issuing_certificate(root)
 
         def resolve(cert: x509.Certificate) -> str:
             address = _address(cert)
-            trust.verify_user(cert, issuer, address)
+            trust.verify_user(cert, issuer, address)  # as at the stamp's time
             return address
 
         _, publisher, signed = verify_element(etree.tostring(root), resolve)
-    except (RemoteFault, ValueError) as exc:
+        stamps.check_own_time(signed, at)
+    except (RemoteFault, ValueError, FormError) as exc:
         raise WheelRefused(f"the publisher signature does not verify: {exc}") from exc
     if not _trusted(publisher, publishers):
         raise WheelRefused(f"{publisher} is not a trusted form publisher")

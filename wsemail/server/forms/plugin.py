@@ -14,9 +14,10 @@
   caller's own employee record from the `employees` option (`{"carol@a.test" = {employee
   = "Carol", employee_id = "c-1"}}`), for the timesheet's "Autofill…"; only the
   certificate's own entry, for users of this domain only;
-- delivery processor (never takes a message): when a finished form (approved by every
-  step, or rejected) comes back to its sender, a local user, and its whole chain verifies
-  against this server's roots and CRLs, the result is handed to a program: the `webhook`
+- delivery processor (never takes a message): when a form comes back to its sender, a
+  local user, it is recorded for the webhook worker, which verifies its whole chain
+  against this server's roots and CRLs outside the delivery's transaction; a finished one
+  (approved by every step, or rejected) is handed to a program: the `webhook`
   option (a URL) gets a JSON POST (`form_id`, `form`, `version`, `sender`, `status`,
   `chain`, `xml`), recorded in the same transaction as that delivery and retried with
   backoff until a 2xx or `webhook_lifetime` seconds (`webhook.py`: durable, at least once,
@@ -56,7 +57,7 @@ from wsemail.protocol.errors import Forbidden, PluginError, RemoteFault, Request
 from wsemail.protocol.message import Message, domain_of
 from wsemail.protocol.soap import element, q, text_of
 from wsemail.server.attachments.federated import issue_token
-from wsemail.server.forms import autofill
+from wsemail.server.forms import autofill, stamp
 from wsemail.server.forms import webhook as hand_off
 from wsemail.server.pipeline import (
     DeliveryProcessor,
@@ -148,6 +149,8 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             return await autofill.autofill(srv, envelope, peer, employees)
 
         server.operations[autofill.OPERATION] = signed_autofill
+        server.store.ensure_schema(stamp.COMPONENT, stamp.MIGRATIONS)
+        server.operations[stamp.OPERATION] = stamp.countersign
         if "IssueToken" not in server.operations:  # the attachment plug-in may not be loaded
 
             async def issue(srv: Any, envelope: soap.ReceivedEnvelope, peer: str) -> etree._Element:
@@ -167,7 +170,7 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
                 except ValueError as exc:
                     raise PluginError(str(exc)) from exc
             self.hand_off = hand_off.Webhook(
-                server.store, base_delay=base, max_delay=ceiling, verify=tls
+                server.store, base_delay=base, max_delay=ceiling, verify=tls, prepare=self.finished
             )
             self.hand_off.start()  # also takes up hand-offs pending from before a restart
 
@@ -213,32 +216,43 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
 
     # delivery processor: a finished form back at its sender ---------------------------
     def deliver(self, message: Message, recipient: str, env: Environment) -> Verdict:
+        """Record a form back at its sender for the webhook worker, which verifies its
+        chain outside this transaction (`finished`) before anything is posted."""
         if self.webhook is None or not is_form_body(message.body):
             return Verdict.PASS
         try:
             doc = FormDocument.parse(message.body)
             if recipient != doc.sender or domain_of(doc.sender) != env.domain:
                 return Verdict.PASS
-            roots, crls = self._trust_material()
-            chain = approvals.verify(doc, roots, crls)
-        except (FormError, RemoteFault, OSError, ValueError) as exc:
+            entries = doc.entries()
+            if not entries or len(entries) > len(doc.route()) * approvals.MAX_ACTS_PER_STEP:
+                return Verdict.PASS
+        except (FormError, RemoteFault, ValueError) as exc:
             log.info("form for %r not handed on: %s", recipient, exc)
-            return Verdict.PASS
-        if not (chain.complete or chain.rejected):
             return Verdict.PASS
         payload: dict[str, object] = {
             "form_id": doc.form_id,
             "form": doc.plugin.name,
             "version": doc.plugin.version,
             "sender": doc.sender,
-            "status": chain.status,
-            "chain": [str(e) for e in chain.entries],
             "xml": doc.to_bytes().decode(),
         }
         worker = self.hand_off
         if worker is not None and hand_off.record(env.tx, self.webhook, payload, self.lifetime):
             env.after_commit.append(worker.wake)
         return Verdict.PASS
+
+    def finished(self, payload: dict[str, object]) -> dict[str, object] | None:
+        """The webhook's payload of a recorded form whose whole chain verifies against
+        this server's roots and CRLs and is finished (approved or rejected); None when it
+        is not finished; FormError / a security fault when it does not verify. Runs in
+        the webhook worker, outside any transaction, in time linear in the acts."""
+        doc = FormDocument.parse(str(payload["xml"]))
+        roots, crls = self._trust_material()
+        chain = approvals.verify(doc, roots, crls)
+        if not (chain.complete or chain.rejected):
+            return None
+        return {**payload, "status": chain.status, "chain": [str(e) for e in chain.entries]}
 
     def _trust_material(
         self,

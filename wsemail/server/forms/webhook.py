@@ -8,7 +8,10 @@ On 429 and 503 a `Retry-After` (seconds or an HTTP date) sets the next attempt's
 time, bounded by `max_delay`. Rows outlive restarts, so delivery is at least once: every
 attempt carries the same `Idempotency-Key` header (a digest of the finished form) for the
 receiver to drop repeats; the same finished form brought back twice is recorded once.
-Settled rows are kept a week past their lifetime, then swept.
+Settled rows are kept a week past their lifetime, then swept. Before each POST, outside
+any transaction, `prepare` turns a recorded payload into the one posted (the forms
+plug-in verifies the form's whole chain there): None drops the row as not finished
+('dropped'), an exception fails it for good.
 
 An https program is checked against the system's CAs, a PEM bundle, or this server's
 federation roots (`tls_context`).
@@ -29,7 +32,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -114,6 +117,7 @@ class Outcome:
     error: str = ""
     permanent: bool = False
     wait: float = 0.0
+    dropped: bool = False  # never posted: not a finished form
 
 
 def idempotency_key(payload: dict[str, object]) -> str:
@@ -162,8 +166,10 @@ class Webhook:
         timeout: float = 10.0,
         verify: ssl.SSLContext | None = None,
         transport: httpx.BaseTransport | None = None,
+        prepare: Callable[[dict[str, object]], dict[str, object] | None] | None = None,
     ) -> None:
         self.store = store
+        self.prepare = prepare
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.timeout = timeout
@@ -208,9 +214,25 @@ class Webhook:
         for item in due:
             if self._stop.is_set():
                 break
-            outcome = self._post(http, item)
+            ready = self._prepared(item)
+            if isinstance(ready, Outcome):
+                self.store.transact_sync(self._settle(item, ready))
+                continue
+            outcome = self._post(http, ready)
             self.store.transact_sync(self._settle(item, outcome))
         return self.store.transact_sync(_next_wait(self.max_delay))
+
+    def _prepared(self, item: Due) -> Due | Outcome:
+        """The item with the payload `prepare` makes of it, or how it settles instead."""
+        if self.prepare is None:
+            return item
+        try:
+            payload = self.prepare(json.loads(item.payload))
+        except Exception as exc:  # noqa: BLE001 -- whatever it is, this form is not posted
+            return Outcome(f"not handed on: {str(exc)[:300]}", permanent=True)
+        if payload is None:
+            return Outcome("not a finished form", permanent=True, dropped=True)
+        return replace(item, payload=json.dumps(payload).encode())
 
     def _post(self, http: httpx.Client, item: Due) -> Outcome:
         """POST once; of a non-2xx answer's body only the first chunk(s) are read."""
@@ -241,6 +263,12 @@ class Webhook:
                     (attempts, item.id),
                 )
                 log.info("form hand-off %s taken by %r (attempt %d)", item.key, item.url, attempts)
+                return
+            if outcome.dropped:
+                tx.conn.execute(
+                    "UPDATE forms_webhook SET state='dropped', last_error=? WHERE id=?",
+                    (error, item.id),
+                )
                 return
             if outcome.permanent or tx.now >= item.expires:
                 tx.conn.execute(
