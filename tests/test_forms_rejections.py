@@ -216,6 +216,7 @@ def test_approving_twice_is_refused(world: World) -> None:
     route = [MANAGER, {"role": "director", "approvers": ["bob@a.test", "pat@a.test"]}]
     got = send_form(world, route, ["bob@a.test"], wheel(world))
     before = inbox_size(world, "bob@a.test")
+    world.run("bob@a.test", "forms", "show", got, "--yes")
     out = world.run("bob@a.test", "forms", "approve", got).stdout
     assert "sent to bob@a.test, pat@a.test" in out
     again = world.wait_message("bob@a.test", before + 1)
@@ -225,6 +226,7 @@ def test_approving_twice_is_refused(world: World) -> None:
 def test_a_delegation_loop_is_refused(world: World) -> None:
     got = send_form(world, [MANAGER], ["bob@a.test"], wheel(world))
     before = inbox_size(world, "dave@a.test")
+    world.run("bob@a.test", "forms", "show", got, "--yes")
     world.run("bob@a.test", "forms", "delegate", got, "dave@a.test")
     at_dave = world.wait_message("dave@a.test", before + 1)
     refused_act(world, "dave@a.test", "delegate", at_dave, "bob@a.test", says="delegation loop")
@@ -234,6 +236,7 @@ def approved(world: World, route: list[dict[str, object]]) -> FormDocument:
     """A requisition bob approved (step 1 of `route`), as pat receives it."""
     got = send_form(world, route, ["bob@a.test"], wheel(world))
     before = inbox_size(world, "pat@a.test")
+    world.run("bob@a.test", "forms", "show", got, "--yes")
     world.run("bob@a.test", "forms", "approve", got)
     at_pat = world.wait_message("pat@a.test", before + 1)
     body = json.loads(world.run("pat@a.test", "retrieve", "--json", at_pat).stdout)["body"]

@@ -192,10 +192,15 @@ def test_requisition_of_7500_crosses_domains_with_a_delegation_and_reaches_the_w
 ) -> None:
     submit_requisition(world, "big", ITEMS_7500)
     first = world.wait_message("bob@a.test", 1)
+    unseen = world.run("bob@a.test", "forms", "approve", first, check=False)
+    assert unseen.returncode != 0 and "nothing is signed unseen" in unseen.stderr
+    assert "Traceback" not in unseen.stderr and len(unseen.stderr.strip().splitlines()) == 1
+    world.run("bob@a.test", "forms", "show", first, "--yes")  # seen, then signed
     out = world.run("bob@a.test", "forms", "approve", first).stdout
     assert "sent to pat@b.test" in out  # the purchasing step the a.test rule added
 
     at_pat = world.wait_message("pat@b.test", 1)
+    world.run("pat@b.test", "forms", "show", at_pat, "--yes")
     out = world.run("pat@b.test", "forms", "delegate", at_pat, "dave@b.test").stdout
     assert "delegated to dave@b.test" in out and "sent to dave@b.test" in out
 
@@ -240,6 +245,7 @@ def test_requisition_of_7500_crosses_domains_with_a_delegation_and_reaches_the_w
 def test_requisition_of_500_skips_purchasing(world: World) -> None:
     submit_requisition(world, "small", ITEMS_500)
     first = world.wait_message("bob@a.test", 1)
+    world.run("bob@a.test", "forms", "show", first, "--yes")
     out = world.run("bob@a.test", "forms", "approve", first).stdout
     assert "sent to carol@a.test (approved)" in out
     final_id = world.wait_message("carol@a.test", 1)

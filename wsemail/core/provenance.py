@@ -333,7 +333,7 @@ def check_direct(
         user_signer(cert, issuing, address, signed_at)
         return address
 
-    verified = verify_envelope(envelope, resolve)
+    verified = verify_envelope(envelope, resolve, at=signed_at)
     op, sender = verified.operation, verified.signer
     if op.tag != q(DIRECT_OPERATION):
         raise SignatureInvalid(f"the signed operation is not {DIRECT_OPERATION}")

@@ -20,6 +20,7 @@ import itertools
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from cryptography import x509
@@ -339,12 +340,16 @@ def _verify(
     location: str,
     count: int,
     id_attribute: str | None,
+    at: datetime | None = None,
 ) -> list[Any]:
+    # signxml checks the certificate's validity too: as at `at` when the caller checked
+    # the chain as at a time bound by someone else (a server's stamp or receipt), else now
     config = SignatureConfiguration(
         location=location,
         expect_references=count,
         signature_methods=_METHODS,
         digest_algorithms=_DIGESTS,
+        verification_time=at,
     )
     try:
         result = XMLVerifier().verify(
@@ -362,6 +367,8 @@ def verify_envelope(
     root: etree._Element,
     resolve_signer: Callable[[x509.Certificate], str],
     lookup: CertificateLookup | None = None,
+    *,
+    at: datetime | None = None,
 ) -> VerifiedEnvelope:
     """Verify a hop signature; `resolve_signer` checks the certificate's chain, role and
     revocation (raising on failure) and returns the signer's domain. With `lookup`, the
@@ -385,7 +392,7 @@ def verify_envelope(
     cert = _certificate(signature, lookup)
     signer = resolve_signer(cert)
     location = f"./{q('Header', SOAP)}/{q('Security', WSSE)}/"
-    results = _verify(root, cert, location, 2, "Id")
+    results = _verify(root, cert, location, 2, "Id", at)
     verified: dict[bytes, etree._Element] = {}
     for result in results:
         node = result.signed_xml
@@ -404,6 +411,8 @@ def verify_element(
     data: bytes | etree._Element,
     resolve_signer: Callable[[x509.Certificate], str],
     lookup: CertificateLookup | None = None,
+    *,
+    at: datetime | None = None,
 ) -> tuple[x509.Certificate, str, etree._Element]:
     """Verify an enveloped signature over a standalone element; return (cert, signer,
     verified copy of the element without its signature). With `lookup`, the certificate
@@ -422,7 +431,7 @@ def verify_element(
         raise SignatureInvalid("unexpected signature transforms")
     cert = _certificate(signature, lookup)
     signer = resolve_signer(cert)
-    result = _verify(root, cert, "./", 1, None)[0]
+    result = _verify(root, cert, "./", 1, None, at)[0]
     node = result.signed_xml
     if not isinstance(node, etree._Element):
         raise SignatureInvalid("the signature did not resolve to an element")

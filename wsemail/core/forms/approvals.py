@@ -291,7 +291,7 @@ def verify(
             return address
 
         try:
-            _, signer, verified = verify_element(etree.tostring(act), resolve)
+            _, signer, verified = verify_element(etree.tostring(act), resolve, at=stamped)
         except RemoteFault as exc:
             raise FormError(f"act {index + 1}: {exc}") from exc
         kind = verified.get("Kind", "")

@@ -178,7 +178,7 @@ def check(
         return names[0]
 
     try:
-        _, server, verified = verify_element(etree.tostring(stamp), resolve)
+        _, server, verified = verify_element(etree.tostring(stamp), resolve, at=claimed)
     except RemoteFault as exc:
         raise FormError(f"its stamp does not verify: {exc}") from exc
     if parse_time(_text(verified, "At")) != claimed:

@@ -216,7 +216,7 @@ def verify(
             trust.verify_user(cert, issuer, address)  # as at the stamp's time
             return address
 
-        _, publisher, signed = verify_element(etree.tostring(root), resolve)
+        _, publisher, signed = verify_element(etree.tostring(root), resolve, at=at)
         stamps.check_own_time(signed, at)
     except (RemoteFault, ValueError, FormError) as exc:
         raise WheelRefused(f"the publisher signature does not verify: {exc}") from exc
