@@ -195,7 +195,11 @@ def refused_act(world: World, user: str, *args: str, says: str) -> None:
 
 
 def wheel(world: World) -> Path:
-    return world.tmp / "dist" / REQUISITION
+    """The genuine requisition wheel, published again (the bad-wheel tests above replaced
+    it on the server): approvers fetch it to see the form before they sign."""
+    good = world.tmp / "dist" / REQUISITION
+    world.run("admin@a.test", "forms", "publish", str(good))
+    return good
 
 
 MANAGER = {"role": "manager", "approvers": ["bob@a.test"]}

@@ -328,3 +328,28 @@ def test_a_webhook_ca_that_is_missing_or_not_pem_stops_the_plug_in_from_loading(
     dom = shop.start()
     assert dom.client("carol@a.test").list_headers().headers == []
     assert shop.rows() == []
+
+
+def test_a_form_whose_chain_does_not_verify_is_checked_by_the_worker_and_never_posted(
+    tmp_path: Path,
+    shops: list[Shop],
+    built: dict[str, Path],  # noqa: F811
+) -> None:
+    """The chain is verified by the webhook worker, outside the delivery's transaction: a
+    finished form changed after its approval is recorded, then failed unposted."""
+    shop = make_shop(tmp_path, fail=0)
+    shops.append(shop)
+    dom = shop.start()
+    finish_a_form(dom, built)
+    wait_for(lambda: shop.rows() and shop.rows()[0][0] == "delivered", "the genuine hand-off")
+    xml = str(shop.receiver.got[0][1]["xml"])
+    tampered = xml.replace("<wf:Sender>carol@a.test", "<wf:Sender> carol@a.test")
+    assert tampered != xml
+    carol = dom.client("carol@a.test")
+    carol.send(["carol@a.test"], "tampered", tampered)
+    wait_for(lambda: len(shop.rows()) == 2 and shop.rows()[1][0] == "failed", "the refusal")
+    [_, (state, attempts, _, error)] = shop.rows_with_error()
+    assert (state, attempts) == ("failed", 1) and error is not None
+    assert "not handed on" in error and "does not cover" in error
+    assert len(shop.receiver.got) == 1  # only the genuine one was posted
+    assert carol.list_headers().headers  # the server still answers

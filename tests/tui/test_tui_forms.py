@@ -105,7 +105,13 @@ def send_requisition(dom: Domain, wheel: Path) -> None:
     """admin publishes the signed wheel; carol fills a requisition for bob to approve."""
     admin = dom.user("admin@a.test")
     token = Attachments(admin).token()
-    sig = wheels.sign(wheel, token.key, token.cert, token.issuer)
+    sig = wheels.sign(
+        wheel,
+        token.key,
+        token.cert,
+        token.issuer,
+        countersign=lambda signed: workflow.countersign(admin, token, signed),
+    )
     op = etree.Element(q("Publish"))
     element(op, "File", wheel.name)
     element(op, "Wheel", base64.b64encode(wheel.read_bytes()).decode())
@@ -228,6 +234,7 @@ async def test_untrusted_publisher_is_refused_and_nothing_installed(
 
 async def test_delegate_sends_the_step_on(dom: Domain, wheel: Path) -> None:
     send_requisition(dom, wheel)
+    install_for(dom, wheel, dom.tmp / "bob-forms")  # bob has the plug-in: he sees the form
     app = make_app(dom.running, "bob@a.test", client_factory=dom.client)
     async with app.run_test(size=(80, 24)) as pilot:
         await open_form(app, pilot)
@@ -264,7 +271,13 @@ def install_for(dom: Domain, wheel: Path, root: Path) -> FormPlugin:
     """The publisher (admin) signs the wheel; it is verified and installed into `root`."""
     admin = dom.user("admin@a.test")
     token = Attachments(admin).token()
-    sig = wheels.sign(wheel, token.key, token.cert, token.issuer)
+    sig = wheels.sign(
+        wheel,
+        token.key,
+        token.cert,
+        token.issuer,
+        countersign=lambda signed: workflow.countersign(admin, token, signed),
+    )
     roots, crls = workflow.trust_material(admin)
     record = wheels.install(
         wheel.name,
@@ -425,7 +438,7 @@ async def test_autofill_without_a_record_is_an_inline_error(
 async def test_view_a_received_form_with_its_approvals(dom: Domain, wheel: Path) -> None:
     send_requisition(dom, wheel)
     bob = dom.user("bob@a.test")
-    workflow.act(bob, bob.list_headers().headers[0].id, "approve")
+    workflow.act(bob, bob.list_headers().headers[0].id, "approve", root=dom.tmp / "carol-forms")
     carol = dom.user("carol@a.test")
     message = carol.retrieve(carol.list_headers().headers[0].id)
     form = show_form(carol, message, root=dom.tmp / "carol-forms")

@@ -335,18 +335,34 @@ def download_plugin(
     file_name = url.params.get("file", "")
     wheels.parse_name(file_name)
     extensions = _extensions(client, url, sender, tls_name)
-    try:
-        http = client.http  # the client's own TLS settings and connection pool
-        got = http.get(url, extensions=extensions)
-        sig = http.get(url.copy_with(params={"file": file_name + ".sig"}), extensions=extensions)
-    except httpx.HTTPError as exc:
-        raise TransportError(f"cannot fetch {ref.location}: {exc}") from exc
-    if got.status_code != 200 or sig.status_code != 200:
-        raise TransportError(f"cannot fetch {ref.location}: HTTP {got.status_code}")
-    if wheels.sha256_hex(got.content) != ref.sha256:
+    http = client.http  # the client's own TLS settings and connection pool
+    wheel = _get_capped(http, url, extensions, wheels.MAX_WHEEL, ref.location)
+    sig_url = url.copy_with(params={"file": file_name + ".sig"})
+    sig = _get_capped(http, sig_url, extensions, wheels.MAX_SIGNATURE, ref.location)
+    if wheels.sha256_hex(wheel) != ref.sha256:
         raise wheels.WheelRefused(f"{file_name}: SHA-256 differs from the one in the message")
-    checked = wheels.verify(file_name, got.content, sig.content, roots, crls, publishers)
-    return Downloaded(ref, file_name, got.content, sig.content, checked.publisher, checked.sha256)
+    checked = wheels.verify(file_name, wheel, sig, roots, crls, publishers)
+    return Downloaded(ref, file_name, wheel, sig, checked.publisher, checked.sha256)
+
+
+def _get_capped(
+    http: httpx.Client, url: httpx.URL, extensions: dict[str, str], limit: int, where: str
+) -> bytes:
+    """GET at most `limit` bytes, counted after any content decoding (gzip and the like:
+    a compressed answer cannot unpack into more than that)."""
+    chunks, size = [], 0
+    try:
+        with http.stream("GET", url, extensions=extensions) as response:
+            if response.status_code != 200:
+                raise TransportError(f"cannot fetch {where}: HTTP {response.status_code}")
+            for chunk in response.iter_bytes(64 << 10):
+                size += len(chunk)
+                if size > limit:
+                    raise wheels.WheelRefused(f"{where}: more than {limit} bytes")
+                chunks.append(chunk)
+    except httpx.HTTPError as exc:
+        raise TransportError(f"cannot fetch {where}: {exc}") from exc
+    return b"".join(chunks)
 
 
 def install_downloaded(

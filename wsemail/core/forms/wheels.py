@@ -58,6 +58,7 @@ from wsemail.protocol.xmlsafe import XmlLimits, parse_untrusted
 
 _WHEEL = re.compile(r"^([A-Za-z0-9_.]+)-([0-9][A-Za-z0-9_.+]*)-py3-none-any\.whl$")
 MAX_WHEEL = 16 << 20  # the wheel file itself
+MAX_SIGNATURE = 64 << 10  # its signature file (signature and stamp)
 MAX_ENTRY = 16 << 20  # one file inside it, uncompressed
 MAX_UNPACKED = 32 << 20  # every file inside it, uncompressed
 MAX_ENTRIES = 1000
@@ -198,7 +199,7 @@ def verify(
     if len(data) > MAX_WHEEL:
         raise WheelRefused("wheel too large")
     try:
-        holder = parse_untrusted(signature, XmlLimits(max_bytes=64 << 10))
+        holder = parse_untrusted(signature, XmlLimits(max_bytes=MAX_SIGNATURE))
         parts = [c for c in holder if isinstance(c.tag, str)]
         if holder.tag != w("SignedWheel") or [c.tag for c in parts] != [
             w("WheelSignature"),
