@@ -143,25 +143,31 @@ def test_an_act_of_another_user_is_not_stamped(dom: Dom) -> None:
     refused_stamp(dom, "pat@a.test", act, UntrustedSigner, "not by pat@a.test")
 
 
-def test_one_act_per_signer_and_step(dom: Dom) -> None:
-    """pat approves, then tries to reject the same step of the same form: refused by her
-    server; the same act sent again (a retry) is stamped again."""
+def test_one_decision_per_signer_and_step(dom: Dom) -> None:
+    """pat approves; her client, retrying after a lost Send, signs the same approval again:
+    stamped again. Rejecting the same step of the same form, or delegating it: refused by
+    her server, nothing stored."""
     doc = form([Step("manager", ("pat@a.test",))])
     token = dom.token("pat@a.test")
     chain = approvals.Chain(doc.route())
     approvals.sign(doc, "approve", token.key, token.cert, token.issuer, chain)
-    dom.countersign("pat@a.test", doc.acts()[-1])
-    again = dom.countersign("pat@a.test", doc.acts()[-1])
-    approvals.stamped(doc, chain, again)
+    approvals.stamped(doc, chain, dom.countersign("pat@a.test", doc.acts()[-1]))
+
+    def fork(kind: str, delegate: str = "") -> etree._Element:
+        other = FormDocument.parse(doc.to_bytes())
+        holder = other.root.find("{urn:wsemail:forms}Acts")
+        for child in list(holder):
+            holder.remove(child)
+        fresh = approvals.Chain(other.route())
+        approvals.sign(other, kind, token.key, token.cert, token.issuer, fresh, delegate=delegate)
+        return other.acts()[-1]
+
+    dom.countersign("pat@a.test", fork("approve"))  # the same decision: a retry
     before = dom.acts()
-    fork = FormDocument.parse(doc.to_bytes())
-    holder = fork.root.find("{urn:wsemail:forms}Acts")
-    for child in list(holder):
-        holder.remove(child)
-    approvals.sign(
-        fork, "reject", token.key, token.cert, token.issuer, approvals.Chain(doc.route())
+    refused_stamp(dom, "pat@a.test", fork("reject"), Forbidden, "already acted on step 1")
+    refused_stamp(
+        dom, "pat@a.test", fork("delegate", "dave@a.test"), Forbidden, "already acted on step 1"
     )
-    refused_stamp(dom, "pat@a.test", fork.acts()[-1], Forbidden, "already acted on step 1")
     assert dom.acts() == before
     roots, crls = dom.material()
     assert approvals.verify(doc, roots, crls).complete

@@ -22,7 +22,7 @@ import binascii
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -64,6 +64,8 @@ class Claim:
     signer: str
     form_id: str = ""
     step: int = 0
+    # an act's decision (Kind and Delegate): not in the stamp, for the server's once-per-step
+    decision: str = field(default="", compare=False)
 
 
 def parse_time(text: str) -> datetime:
@@ -100,7 +102,8 @@ def claim_of(element: etree._Element) -> Claim:
     form_id, step = _text(element, "FormId"), _text(element, "Step")
     if not _FORM_ID.match(form_id) or not re.fullmatch(r"[1-9][0-9]?", step):
         raise FormError("an act names a form id and a step from 1 to 99")
-    return Claim(kind, digest(element), signer, form_id, int(step))
+    decision = f"{element.get('Kind', '')} {_text(element, 'Delegate')}".strip()
+    return Claim(kind, digest(element), signer, form_id, int(step), decision)
 
 
 # the server's side ------------------------------------------------------------------------

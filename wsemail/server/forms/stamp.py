@@ -8,9 +8,10 @@ over Body and Timestamp (as `Autofill`); `Signed` is the signed element, base64.
 before any transaction: the request (`verify_identity_request`: chain, CRLs, freshness,
 addressed here), a user of this domain under this server's issuing CA, then the element
 (`stamps.claim_for`: its signature by a certificate of that same user valid and unrevoked
-now, its `At` within the window). In the transaction: the nonce, and for an act, one act
-per (form, step, signer): a second, different act of the same signer on the same step is
-refused (Forbidden); the same act again gets a fresh stamp (a client's retry).
+now, its `At` within the window). In the transaction: the nonce, and for an act, one
+decision per (form, step, signer): an act of the same signer on the same step with another
+decision (approve, reject, or delegate to someone else) is refused (Forbidden); the same
+decision again is stamped again (a client's retry after a lost Send).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ MIGRATIONS = [
         form_id TEXT NOT NULL,
         step INTEGER NOT NULL,
         signer TEXT NOT NULL,
-        signed TEXT NOT NULL,
+        decision TEXT NOT NULL,
         at REAL NOT NULL,
         PRIMARY KEY(form_id, step, signer)
     )
@@ -56,15 +57,15 @@ MIGRATIONS = [
 def _once(tx: Tx, claim: stamps.Claim) -> None:
     try:
         tx.conn.execute(
-            "INSERT INTO forms_acts(form_id, step, signer, signed, at) VALUES (?,?,?,?,?)",
-            (claim.form_id, claim.step, claim.signer, claim.signed, tx.now),
+            "INSERT INTO forms_acts(form_id, step, signer, decision, at) VALUES (?,?,?,?,?)",
+            (claim.form_id, claim.step, claim.signer, claim.decision, tx.now),
         )
     except sqlite3.IntegrityError:
         row = tx.conn.execute(
-            "SELECT signed FROM forms_acts WHERE form_id=? AND step=? AND signer=?",
+            "SELECT decision FROM forms_acts WHERE form_id=? AND step=? AND signer=?",
             (claim.form_id, claim.step, claim.signer),
         ).fetchone()
-        if row is None or row[0] != claim.signed:
+        if row is None or row[0] != claim.decision:
             raise Forbidden(
                 f"{claim.signer} already acted on step {claim.step} of {claim.form_id}"
             ) from None
