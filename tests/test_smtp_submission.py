@@ -384,6 +384,35 @@ def test_refused_submission_with_an_attachment_leaves_no_file(tmp_path: Path) ->
         running.stop()
 
 
+def test_a_submitted_attachment_over_the_users_quota_is_refused(tmp_path: Path) -> None:
+    """[quota] per_user_bytes holds for attachments submitted by SMTP too: 552 5.2.2,
+    nothing written, no row, no message."""
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    running = start_domain(
+        tmp_path, ca, "a.test", plugins=with_submission(), quota_per_user_bytes=1000
+    )
+    try:
+        before = stored(running)
+        message = EmailMessage()
+        message["From"] = "alice@a.test"
+        message["To"] = "bob@a.test"
+        message["Subject"] = "Too much"
+        message.set_content("x\n")
+        message.add_attachment(bytes(1500), maintype="application", subtype="pdf", filename="a.pdf")
+        with connect(running, ca) as client:
+            client.login("alice@a.test", PASSWORD)
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.send_message(message)
+        assert refused.value.smtp_code == 552 and b"attachment quota" in refused.value.smtp_error
+        assert stored(running) == before
+        assert list((running.config.data_dir / "attachments" / "blobs").iterdir()) == []
+        assert_still_answers(running, ca)
+    finally:
+        running.stop()
+
+
 def test_insecure_auth_is_for_loopback_tests_only(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="loopback"):
         SmtpSubmission(host="0.0.0.0", insecure_auth=True)  # noqa: S104 -- refused

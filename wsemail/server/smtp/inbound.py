@@ -388,12 +388,21 @@ def loaded_attachments(server: Server) -> OnDemandAttachments | None:
 
 
 async def write_parts(
-    store: SqliteStore, plugin: OnDemandAttachments, owner: str, parts: list[Part]
+    store: SqliteStore,
+    plugin: OnDemandAttachments,
+    owner: str,
+    parts: list[Part],
+    *,
+    quota: bool = False,
 ) -> list[tuple[str, str]]:
     """Rows first ('uploading': the sweeper spares their files), then each file written
-    and fsynced under its server-generated name; [(guid, sha256)]."""
+    and fsynced under its server-generated name; [(guid, sha256)]. Refused before any row
+    when the parts do not fit on disk (InsufficientStorage) or, with `quota`, in the
+    owner's quota (QuotaExceeded)."""
 
     def create(tx: Tx) -> list[str]:
+        if quota:  # a local user's own attachments (SMTP submission)
+            plugin.check_quota(tx, owner, sum(p.size for p in parts))
         plugin.check_space(tx, sum(p.size for p in parts))
         return [
             records.create_received(tx, owner, p.filename or "attachment", p.content_type, p.size)

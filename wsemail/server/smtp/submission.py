@@ -36,7 +36,9 @@ from lxml import etree
 
 from wsemail.protocol.errors import (
     AuthenticationFailed,
+    InsufficientStorage,
     MessageTooLarge,
+    QuotaExceeded,
     RateLimited,
     Rejected,
     RemoteFault,
@@ -330,7 +332,7 @@ class Submission:
                 raise Rejected(f"at most {MAX_PER_MESSAGE} attachments per message")
             if any(p.size > plugin.max_bytes for p in parts):
                 raise MessageTooLarge(f"attachments are limited to {plugin.max_bytes} bytes each")
-            stored = await write_parts(self.server.store, plugin, user, parts)
+            stored = await write_parts(self.server.store, plugin, user, parts, quota=True)
             draft.attachments = [guid for guid, _ in stored]
         request = etree.Element(q("Send"))
         draft.to_xml(request)
@@ -378,6 +380,10 @@ class Submission:
 def _reply(exc: RemoteFault) -> str:
     """The SMTP answer for a refused submission (RFC 3463 enhanced codes)."""
     reason = " ".join(exc.reason.split())[:400]
+    if isinstance(exc, QuotaExceeded):
+        return f"552 5.2.2 {reason}"
+    if isinstance(exc, InsufficientStorage):
+        return f"452 4.3.1 {reason}"
     if isinstance(exc, MessageTooLarge | TooLarge):
         return f"552 5.3.4 {reason}"
     if isinstance(exc, UnknownRecipient):
