@@ -276,13 +276,17 @@ def forge(world: World, doc: FormDocument, to: str) -> str:
     return world.wait_message(to, before + 1)
 
 
+@pytest.mark.timeout(300)  # some twenty CLI runs; slow on a busy 2-core machine
 def test_an_approval_copied_onto_another_form_or_version_is_refused(world: World) -> None:
     signed = approved(world, [MANAGER, PURCHASING])
     # copied onto another form: bob's act on a form he never saw
     got = send_form(world, [MANAGER, PURCHASING], ["dave@a.test"], wheel(world))
     body = json.loads(world.run("dave@a.test", "retrieve", "--json", got).stdout)["body"]
     other = FormDocument.parse(body)
-    other.append_act(copy.deepcopy(signed.acts()[0]))
+    [(act, stamp)] = signed.entries()  # bob's act with its server's stamp
+    other.append_act(copy.deepcopy(act))
+    assert stamp is not None
+    other.append_stamp(copy.deepcopy(stamp))
     forged = world.tmp / "copied.xml"
     forged.write_bytes(other.to_bytes())
     root = ("--root", str(world.fed.ca / "root.pem"), "--crl", str(world.fed.ca / "crl.pem"))
