@@ -222,6 +222,7 @@ KNOWN: dict[str, Any] = {
     "routes": None,
     "dns": {"nameservers", "port"},
     "queue": {"retry_base", "retry_max", "lifetime", "batch_max"},
+    "quota": {"per_user_bytes", "reserve_bytes"},
     "plugins": {"ref", "priority", "options"},
 }
 
