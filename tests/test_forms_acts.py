@@ -248,3 +248,21 @@ def test_delegation_depth_and_acts_per_step_are_limited(dom: Dom) -> None:
     with pytest.raises(FormError, match="more than 8 acts on step 1"):
         act_at(dom, doc, copy.deepcopy(chain), approvers[8], at, "delegate", "x8@a.test")
     assert approvals.verify(doc, roots, crls).current == 0
+
+
+def test_a_wheel_file_name_too_long_for_a_file_system_is_refused_at_publish(dom: Dom) -> None:
+    """Published wheels become files (NAME, NAME.sig, NAME.tmp): names past 200 bytes are
+    refused with a fault, nothing written, the server still answers."""
+    import base64
+
+    from wsemail.protocol.soap import element, q
+
+    op = etree.Element(q("Publish"))
+    element(op, "File", "a" * 240 + "-1.0.0-py3-none-any.whl")
+    element(op, "Wheel", base64.b64encode(b"PK").decode())
+    element(op, "Signature", base64.b64encode(b"<x/>").decode())
+    admin = dom.running.client("admin@a.test")
+    with pytest.raises(RequestInvalid, match="wheel's file name"):
+        admin.extension("forms", op)
+    assert not list((dom.running.config.data_dir / "forms").glob("a*"))
+    admin.list_headers()

@@ -56,7 +56,8 @@ from wsemail.protocol.dsig import PrivateKey, Signer, verify_element
 from wsemail.protocol.errors import RemoteFault, UsageError
 from wsemail.protocol.xmlsafe import XmlLimits, parse_untrusted
 
-_WHEEL = re.compile(r"^([A-Za-z0-9_.]+)-([0-9][A-Za-z0-9_.+]*)-py3-none-any\.whl$")
+# ASCII only and at most 200 bytes: it becomes a file name (with .sig, .part, a folder)
+_WHEEL = re.compile(r"^(?=.{1,200}$)([A-Za-z0-9_.]+)-([0-9][A-Za-z0-9_.+]*)-py3-none-any\.whl$")
 MAX_WHEEL = 16 << 20  # the wheel file itself
 MAX_SIGNATURE = 64 << 10  # its signature file (signature and stamp)
 MAX_ENTRY = 16 << 20  # one file inside it, uncompressed

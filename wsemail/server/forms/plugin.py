@@ -69,7 +69,8 @@ from wsemail.server.pipeline import (
 
 log = logging.getLogger("wsemail.forms")
 EXTENSION_ID = "forms"
-_FILE = re.compile(r"^[A-Za-z0-9_.]+-[0-9][A-Za-z0-9_.+]*-py3-none-any\.whl(\.sig)?$")
+# ASCII only, so at most 200 bytes: with ".sig" and ".tmp" a name the file system takes
+_FILE = re.compile(r"^(?=.{1,200}$)[A-Za-z0-9_.]+-[0-9][A-Za-z0-9_.+]*-py3-none-any\.whl(\.sig)?$")
 MAX_WHEEL = 16 << 20
 TOKEN_LIFETIME = 3600.0
 
