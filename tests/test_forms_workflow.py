@@ -187,6 +187,7 @@ def submit_requisition(world: World, name: str, items: list[dict[str, object]]) 
     world.run("carol@a.test", "send", "--form", str(draft), "--to", "bob@a.test")
 
 
+@pytest.mark.timeout(300)  # some twenty-five CLI runs; slow on a busy 2-core machine
 def test_requisition_of_7500_crosses_domains_with_a_delegation_and_reaches_the_webhook(
     world: World,
 ) -> None:
