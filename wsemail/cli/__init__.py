@@ -27,6 +27,7 @@ from wsemail.cli import (
     keys,
     login,
     mail,
+    mailbox,
     plugins,
     serve,
     tui,
@@ -62,6 +63,7 @@ def _root(
 serve.register(app)
 login.register(app)
 mail.register(app)
+mailbox.register(app)
 app.add_typer(users.app, name="user")
 app.add_typer(plugins.app, name="plugins")
 app.add_typer(ca.app, name="ca")

@@ -30,9 +30,17 @@ def _ids(ids: list[str] | None) -> list[str]:
     return found
 
 
+def flags(header: MessageHeader) -> str:
+    """N unread, * flagged (starred), A answered."""
+    return (
+        ("N" if not header.seen else " ")
+        + ("*" if header.flagged else " ")
+        + ("A" if header.answered else " ")
+    )
+
+
 def _line(header: MessageHeader) -> str:
-    flag = " " if header.seen else "N"
-    return f"{flag} {header.id:16}  {header.date}  {header.sender:28.28}  {header.subject}"
+    return f"{flags(header)} {header.id:16}  {header.date}  {header.sender:28.28}  {header.subject}"
 
 
 def send(
@@ -130,14 +138,19 @@ def _upload_bar(path: Path) -> AbstractContextManager[Callable[[int, int], None]
 
 
 def list_(
-    folder: str = typer.Option("inbox", "--folder", help="inbox or sent"),
+    folder: str = typer.Option(
+        "inbox",
+        "--folder",
+        help="inbox, sent, Archive, Drafts, Trash or your own (wsemail folders)",
+    ),
     unread: bool = typer.Option(False, "--unread", help="only unread messages"),
     limit: int = typer.Option(0, "--limit", help="at most this many (0: all)"),
     as_json: bool = typer.Option(False, "--json", help="NDJSON, one header per line"),
     server: str | None = ServerOpt,
     user: str | None = UserOpt,
 ) -> None:
-    """List message headers, newest first (pages through large mailboxes)."""
+    """List message headers, newest first (pages through large mailboxes). Flags: N unread,
+    * flagged, A answered."""
     if limit < 0:
         raise UsageError("--limit must not be negative")
     with session.open_client(server, user) as client:
@@ -150,13 +163,14 @@ def list_(
 def retrieve(
     ids: list[str] = typer.Argument(None, help="message ids (else read from stdin)"),
     as_json: bool = typer.Option(False, "--json", help="NDJSON, one message per line"),
+    peek: bool = typer.Option(False, "--peek", help="do not mark them seen"),
     server: str | None = ServerOpt,
     user: str | None = UserOpt,
 ) -> None:
-    """Print messages (and mark them seen)."""
+    """Print messages (and mark them seen, unless --peek)."""
     with session.open_client(server, user) as client:
         for message_id in _ids(ids):
-            proof, message = client.verify(client.retrieve(message_id))
+            proof, message = client.verify(client.retrieve(message_id, peek=peek))
             from wsemail.client.usercerts.device import open_messages
 
             message, sealed = open_messages(client, message)
@@ -211,11 +225,12 @@ def delete(
     server: str | None = ServerOpt,
     user: str | None = UserOpt,
 ) -> None:
-    """Delete messages from your mailbox (final)."""
+    """Move messages to Trash; deleting a message in Trash is final."""
     with session.open_client(server, user) as client:
         for message_id in _ids(ids):
-            client.delete(message_id)
-            typer.echo(f"deleted {message_id}")
+            outcome = client.delete(message_id)
+            done = "moved to Trash" if outcome == "trashed" else "deleted"
+            typer.echo(f"{done}: {message_id}")
 
 
 def register(app: typer.Typer) -> None:

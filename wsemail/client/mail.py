@@ -81,6 +81,28 @@ class SendResult:
 class Page:
     headers: list[MessageHeader]
     next_cursor: str | None
+    # a search's answer: messages in the searched folders whose body is end-to-end
+    # encrypted, which the server cannot search
+    encrypted_not_searched: int = 0
+
+
+@dataclass(frozen=True)
+class Folder:
+    name: str
+    total: int
+    unread: int
+    system: bool  # inbox, sent, Archive, Drafts, Trash: cannot be renamed or deleted
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "total": self.total,
+            "unread": self.unread,
+            "system": self.system,
+        }
+
+
+MAX_IDS = 1000  # message ids per Move / SetFlags request
 
 
 class Client:
@@ -338,9 +360,12 @@ class Client:
                 return
             cursor = page.next_cursor
 
-    def retrieve(self, message_id: str) -> Message:
+    def retrieve(self, message_id: str, *, peek: bool = False) -> Message:
+        """A whole message; marked seen unless `peek`."""
         op = etree.Element(q("Retrieve"))
         element(op, "Id", message_id)
+        if peek:
+            element(op, "Peek", "true")
         node = self.call(op).find(q("Message"))
         if node is None:
             raise ServerError("RetrieveResponse without a Message")
@@ -415,10 +440,86 @@ class Client:
             self.certificates[digest] = cert
         return cert
 
-    def delete(self, message_id: str) -> None:
+    def delete(self, message_id: str) -> str:
+        """Move a message to Trash ("trashed"); in Trash, delete it for good ("deleted")."""
         op = etree.Element(q("Delete"))
         element(op, "Id", message_id)
-        self.call(op)
+        return text_of(self.call(op), "Outcome", "deleted") or "deleted"
+
+    # the mailbox: folders, moving, flags, search ----------------------------------------
+    def folders(self) -> list[Folder]:
+        answer = self.call(etree.Element(q("ListFolders")))
+        return [
+            Folder(
+                text_of(n, "Name", "") or "",
+                int(text_of(n, "Total", "0") or 0),
+                int(text_of(n, "Unread", "0") or 0),
+                text_of(n, "System") == "true",
+            )
+            for n in answer.findall(q("Folder"))
+        ]
+
+    def _folder_call(self, operation: str, **fields: str) -> str:
+        op = etree.Element(q(operation))
+        for tag, value in fields.items():
+            element(op, tag, value)
+        return text_of(self.call(op), "Name", "") or ""
+
+    def create_folder(self, name: str) -> str:
+        return self._folder_call("CreateFolder", Name=name)
+
+    def rename_folder(self, name: str, new_name: str) -> str:
+        return self._folder_call("RenameFolder", Name=name, NewName=new_name)
+
+    def delete_folder(self, name: str) -> str:
+        """Delete one of your own folders; it must be empty."""
+        return self._folder_call("DeleteFolder", Name=name)
+
+    def move(self, ids: list[str], folder: str) -> int:
+        """Move messages to `folder` (all of a request or none: an unknown id is NotFound)."""
+        moved = 0
+        for start in range(0, len(ids), MAX_IDS):
+            op = etree.Element(q("Move"))
+            for message_id in ids[start : start + MAX_IDS]:
+                element(op, "Id", message_id)
+            element(op, "Folder", folder)
+            moved += int(text_of(self.call(op), "Moved", "0") or 0)
+        return moved
+
+    def set_flags(
+        self,
+        ids: list[str],
+        *,
+        seen: bool | None = None,
+        flagged: bool | None = None,
+        answered: bool | None = None,
+    ) -> int:
+        """Set or clear seen, flagged (starred) and answered on messages; None leaves one."""
+        wanted = {"Seen": seen, "Flagged": flagged, "Answered": answered}
+        if all(v is None for v in wanted.values()):
+            raise UsageError("say which flag to set")
+        changed = 0
+        for start in range(0, len(ids), MAX_IDS):
+            op = etree.Element(q("SetFlags"))
+            for message_id in ids[start : start + MAX_IDS]:
+                element(op, "Id", message_id)
+            for tag, value in wanted.items():
+                if value is not None:
+                    element(op, tag, "true" if value else "false")
+            changed += int(text_of(self.call(op), "Changed", "0") or 0)
+        return changed
+
+    def search(self, query: str, *, limit: int = 50, cursor: str | None = None) -> Page:
+        """Search on the server (language: wsemail/server/mailbox/query.py), newest first."""
+        op = etree.Element(q("Search"))
+        element(op, "Query", query)
+        element(op, "Limit", str(limit))
+        if cursor:
+            element(op, "Cursor", cursor)
+        answer = self.call(op)
+        headers = [MessageHeader.from_xml(n) for n in answer.findall(q("MessageHeader"))]
+        hidden = answer.get("EncryptedNotSearched", "0")
+        return Page(headers, text_of(answer, "NextCursor"), int(hidden) if hidden.isdigit() else 0)
 
     def extension(
         self, extension_id: str, payload: etree._Element | None = None

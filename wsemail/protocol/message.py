@@ -13,7 +13,9 @@ from wsemail.protocol.soap import element, q, text_of, texts_of
 
 _ADDRESS = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _MESSAGE_ID = re.compile(r"^<[!-;=?-~]{1,250}@[A-Za-z0-9.-]{1,253}>$")
-FOLDERS = ("inbox", "sent")
+FOLDERS = ("inbox", "sent")  # where mail arrives; every user also has these:
+SYSTEM_FOLDERS = ("inbox", "sent", "Archive", "Drafts", "Trash")
+SEALED_MARKER = '<e2e:Sealed xmlns:e2e="urn:wsemail:e2e"'  # an end-to-end encrypted Body
 MAX_RECIPIENTS = 100
 MAX_SUBJECT = 998
 
@@ -40,6 +42,11 @@ def normalize_address(address: str) -> str:
         raise RequestInvalid(f"not a valid address: {address[:80]!r}")
     local, _, domain = address.rpartition("@")
     return f"{local}@{domain.lower()}"
+
+
+def is_sealed_body(body: str) -> bool:
+    """Whether a Body is end-to-end encrypted (only the recipients can read it)."""
+    return body.lstrip().startswith(SEALED_MARKER)
 
 
 def domain_of(address: str) -> str:
@@ -213,6 +220,8 @@ class MessageHeader:
     # a Message's positional fields stay as they were
     instant: bool = field(default=False, kw_only=True)
     delete_if_undeliverable: bool = field(default=False, kw_only=True)
+    flagged: bool = field(default=False, kw_only=True)  # starred by the owner
+    answered: bool = field(default=False, kw_only=True)
 
     def to_xml(self, parent: etree._Element, tag: str = "MessageHeader") -> etree._Element:
         node = element(parent, tag)
@@ -229,6 +238,10 @@ class MessageHeader:
         element(node, "Size", str(self.size))
         element(node, "Seen", "true" if self.seen else "false")
         instant_flags_to_xml(node, self.instant, self.delete_if_undeliverable)
+        if self.flagged:
+            element(node, "Flagged", "true")
+        if self.answered:
+            element(node, "Answered", "true")
         return node
 
     @classmethod
@@ -247,6 +260,8 @@ class MessageHeader:
             seen=text_of(node, "Seen") == "true",
             instant=instant,
             delete_if_undeliverable=delete,
+            flagged=text_of(node, "Flagged") == "true",
+            answered=text_of(node, "Answered") == "true",
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -261,6 +276,8 @@ class MessageHeader:
             "date": self.date,
             "size": self.size,
             "seen": self.seen,
+            "flagged": self.flagged,
+            "answered": self.answered,
             **({"instant": True} if self.instant else {}),
             **({"delete_if_undeliverable": True} if self.delete_if_undeliverable else {}),
         }

@@ -30,7 +30,13 @@ def element(parent: etree._Element, local: str, text: str | None = None) -> etre
     """Append a urn:wsemail child with optional text."""
     child = etree.SubElement(parent, q(local))
     if text is not None:
-        child.text = text
+        try:
+            child.text = text
+        except ValueError as exc:  # lxml: a control character or NUL (not in XML 1.0)
+            parent.remove(child)
+            raise RequestInvalid(
+                f"{local} contains control characters, which a request cannot carry"
+            ) from exc
     return child
 
 

@@ -284,6 +284,7 @@ class Server:
                 clock=self.clock,
                 is_admin=user.admin,
                 wake_relay=self.wake_relay,
+                trash_after=self.config.trash_days * 86400.0,
             )
             return operation(env, request), env
 

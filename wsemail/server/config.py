@@ -30,6 +30,8 @@ failure_window = 60
 [quota]
 per_user_bytes = 10737418240
 reserve_bytes = 1073741824
+[mailbox]
+trash_days = 30             # deleted mail is kept in Trash this long (0: until deleted)
 [[plugins]]
 ref = "size-limit"
 priority = 10
@@ -133,6 +135,7 @@ class ServerConfig:
     # meant to count mailboxes too), and the free disk space no upload may take
     quota_per_user_bytes: int = 10 << 30
     quota_reserve_bytes: int = 1 << 30
+    trash_days: float = 30.0  # deleted mail stays in Trash this long (0: until deleted)
 
     @property
     def db_path(self) -> Path:
@@ -211,6 +214,7 @@ SECTIONS: dict[str, dict[str, type]] = {
         "failures_per_peer": int,
         "failure_window": float,
     },
+    "mailbox": {"trash_days": float},
 }
 
 
@@ -346,6 +350,8 @@ def _apply(config: ServerConfig, raw: dict[str, Any], base: Path) -> None:
             config.dns_nameservers = [str(n) for n in dns["nameservers"]]
         if "port" in dns:
             config.dns_port = int(dns["port"])
+        if not 0 <= config.trash_days <= 36500:
+            raise ValueError("[mailbox] trash_days must be between 0 and 36500")
         queue = _section(raw, "queue")
         for key in ("retry_base", "retry_max", "lifetime"):
             if key in queue:

@@ -24,6 +24,7 @@ from wsemail.server.config import ServerConfig, record_domain
 from wsemail.server.connguard import Peers, guarded
 from wsemail.server.delivery import deliver
 from wsemail.server.federation import Federation
+from wsemail.server.mailbox import maintenance as mailbox_maintenance
 from wsemail.server.pipeline import Pipeline, resolve_class
 from wsemail.server.relay import Relay, run_relay
 from wsemail.server.security import Authenticator
@@ -152,11 +153,15 @@ def _unsent(connection: Any) -> int:
 
 
 async def serve_with_relay(runner: uvicorn.Server, sock: socket.socket, server: Server) -> None:
-    """uvicorn and the outbound relay on one loop; the relay stops when serving stops."""
+    """uvicorn, the outbound relay and the Trash sweep on one loop; they stop with serving."""
     relay = asyncio.create_task(run_relay(server))
+    trash = asyncio.create_task(mailbox_maintenance.run(server))
     try:
         await runner.serve(sockets=[sock])
     finally:
+        trash.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await trash
         relay.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await relay

@@ -19,8 +19,9 @@ from lxml import etree
 from wsemail.core import provenance
 from wsemail.protocol.dsig import cert_digest
 from wsemail.protocol.errors import NotFound, RequestInvalid, ServerError
-from wsemail.protocol.message import FOLDERS, Draft, Message, domain_of, new_message_id
+from wsemail.protocol.message import Draft, Message, domain_of, new_message_id
 from wsemail.protocol.soap import element, q, text_of
+from wsemail.server.mailbox import operations as mailbox
 from wsemail.server.pipeline import Environment, Verdict
 
 MAX_PAGE = 500
@@ -92,9 +93,7 @@ def _int(op: etree._Element, name: str, default: int, low: int, high: int) -> in
 
 
 def list_headers(env: Environment, op: etree._Element) -> etree._Element:
-    folder = (text_of(op, "Folder") or "inbox").strip()
-    if folder not in FOLDERS:
-        raise RequestInvalid(f"Folder must be one of {', '.join(FOLDERS)}")
+    folder = mailbox.folder_named(env, text_of(op, "Folder") or "inbox")
     limit = _int(op, "Limit", 50, 1, MAX_PAGE)
     cursor = text_of(op, "Cursor")
     before = _int(op, "Cursor", 0, 1, 2**62) if cursor and cursor.strip() else None
@@ -122,8 +121,12 @@ def retrieve(env: Environment, op: etree._Element) -> etree._Element:
     message = env.tx.get_message(env.principal, public_id)
     if message is None:
         raise NotFound("no such message")
-    env.tx.mark_seen(env.principal, public_id)
-    message.seen = True
+    peek = (text_of(op, "Peek") or "false").strip()
+    if peek not in ("true", "false", "1", "0"):
+        raise RequestInvalid("Peek must be true or false")
+    if peek in ("false", "0"):
+        env.tx.mark_seen(env.principal, public_id)
+        message.seen = True
     if message.signed_xml is not None:  # relayed: only the compact provenance travels
         found = provenance.compact(message.signed_xml, message)
         if found is not None:
@@ -154,11 +157,12 @@ def get_certificate(env: Environment, op: etree._Element) -> etree._Element:
 
 
 def delete(env: Environment, op: etree._Element) -> etree._Element:
+    """Into Trash; a delete in Trash is final."""
     public_id = _message_id(op)
-    if not env.tx.delete_message(env.principal, public_id):
-        raise NotFound("no such message")
+    outcome = mailbox.trash(env, public_id, env.trash_after)
     result = etree.Element(q("DeleteResponse"))
     element(result, "Id", public_id)
+    element(result, "Outcome", outcome)
     return result
 
 
@@ -185,4 +189,5 @@ AUTHENTICATED: dict[str, Callable[[Environment, etree._Element], etree._Element]
     "Delete": delete,
     "Extension": extension,
     "GetCertificate": get_certificate,
+    **mailbox.OPERATIONS,
 }

@@ -54,6 +54,7 @@ class Environment:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("wsemail.server"))
     after_commit: list[Callable[[], Any]] = field(default_factory=list)
     wake_relay: Callable[[], Any] = lambda: None  # the queue role calls it after enqueueing
+    trash_after: float = 30 * 86400.0  # seconds a deleted message stays in Trash (0: no limit)
 
 
 class Verdict(enum.Enum):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from wsemail.protocol.errors import StoreError, WsemailError
-from wsemail.protocol.message import Message, MessageHeader
+from wsemail.protocol.message import Message, MessageHeader, is_sealed_body
 
 log = logging.getLogger("wsemail.store")
 T = TypeVar("T")
@@ -112,7 +112,64 @@ MIGRATIONS: list[str] = [
     ALTER TABLE messages ADD COLUMN instant INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE messages ADD COLUMN delete_if_undeliverable INTEGER NOT NULL DEFAULT 0
     """,
+    # 6: a mailbox to live in (wsemail/server/mailbox/) — custom folders; flags; Trash with
+    # the time a copy went there; `arrival`, the folder a copy arrived in, keeps deliveries
+    # idempotent wherever the copy was moved since; full-text search (FTS5, external content
+    # over a view that leaves end-to-end encrypted bodies out, kept in sync by triggers)
+    """
+    ALTER TABLE messages ADD COLUMN flagged INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN answered INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN has_attachment INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN trashed_at REAL;
+    ALTER TABLE messages ADD COLUMN arrival TEXT NOT NULL DEFAULT '';
+    UPDATE messages SET arrival=folder;
+    UPDATE messages SET sealed=1
+        WHERE ltrim(body, ' ' || char(9, 10, 13)) LIKE '<e2e:Sealed xmlns:e2e="urn:wsemail:e2e"%';
+    DROP INDEX messages_once;
+    CREATE UNIQUE INDEX messages_once ON messages(owner, arrival, sender, message_id);
+    CREATE INDEX messages_owner ON messages(owner, seq);
+    CREATE INDEX messages_trash ON messages(trashed_at) WHERE trashed_at IS NOT NULL;
+    CREATE INDEX messages_sealed ON messages(owner, folder) WHERE sealed=1;
+    CREATE TABLE folders(
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL COLLATE NOCASE,
+        created REAL NOT NULL,
+        PRIMARY KEY(owner, name)
+    ) WITHOUT ROWID;
+    CREATE VIEW messages_text AS SELECT seq, subject,
+        CASE WHEN sealed THEN '' ELSE body END AS body, sender,
+        to_json || ' ' || cc_json AS recipients FROM messages;
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        subject, body, sender, recipients, content='messages_text', content_rowid='seq',
+        tokenize='unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts(rowid, subject, body, sender, recipients) VALUES (
+            new.seq, new.subject, CASE WHEN new.sealed THEN '' ELSE new.body END,
+            new.sender, new.to_json || ' ' || new.cc_json);
+    END;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, subject, body, sender, recipients)
+        VALUES ('delete', old.seq, old.subject, CASE WHEN old.sealed THEN '' ELSE old.body END,
+            old.sender, old.to_json || ' ' || old.cc_json);
+    END;
+    CREATE TRIGGER messages_fts_update
+    AFTER UPDATE OF subject, body, sender, to_json, cc_json, sealed ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, subject, body, sender, recipients)
+        VALUES ('delete', old.seq, old.subject, CASE WHEN old.sealed THEN '' ELSE old.body END,
+            old.sender, old.to_json || ' ' || old.cc_json);
+        INSERT INTO messages_fts(rowid, subject, body, sender, recipients) VALUES (
+            new.seq, new.subject, CASE WHEN new.sealed THEN '' ELSE new.body END,
+            new.sender, new.to_json || ' ' || new.cc_json);
+    END;
+    INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')
+    """,
 ]
+HEADER_COLUMNS = (
+    "id, message_id, folder, sender, to_json, cc_json, subject, date, size, seen, instant, "
+    "delete_if_undeliverable, flagged, answered"
+)
 
 
 @dataclass(frozen=True, repr=False)
@@ -225,12 +282,14 @@ class Tx:
 
     def remove_user(self, address: str) -> bool:
         self.conn.execute("DELETE FROM messages WHERE owner=?", (address,))
+        self.conn.execute("DELETE FROM folders WHERE owner=?", (address,))
         return self.conn.execute("DELETE FROM users WHERE address=?", (address,)).rowcount > 0
 
     # mailboxes --------------------------------------------------------------------------
     def find_copy(self, owner: str, folder: str, sender: str, message_id: str) -> str | None:
+        """The copy of a message that arrived in `folder` (inbox, sent), wherever it is now."""
         row = self.conn.execute(
-            "SELECT id FROM messages WHERE owner=? AND folder=? AND sender=? AND message_id=?",
+            "SELECT id FROM messages WHERE owner=? AND arrival=? AND sender=? AND message_id=?",
             (owner, folder, sender, message_id),
         ).fetchone()
         return row[0] if row else None
@@ -252,7 +311,8 @@ class Tx:
         cursor = self.conn.execute(
             "INSERT INTO messages(id, owner, folder, message_id, sender, to_json, cc_json, "
             "subject, date, size, seen, body, origin, signed_xml, instant, "
-            "delete_if_undeliverable) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "delete_if_undeliverable, flagged, answered, has_attachment, sealed, arrival) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 public_id,
                 owner,
@@ -270,6 +330,11 @@ class Tx:
                 signed_xml,
                 int(msg.instant),
                 int(msg.instant and msg.delete_if_undeliverable),
+                int(msg.flagged),
+                int(msg.answered),
+                int(bool(msg.attachments)),
+                int(is_sealed_body(msg.body)),
+                folder,
             ),
         )
         assert cursor.lastrowid is not None
@@ -278,11 +343,7 @@ class Tx:
     def list_headers(
         self, owner: str, folder: str, limit: int, before_seq: int | None, unread_only: bool
     ) -> list[tuple[int, MessageHeader]]:
-        sql = (
-            "SELECT seq, id, message_id, folder, sender, to_json, cc_json, subject, date, "
-            "size, seen, instant, delete_if_undeliverable FROM messages "
-            "WHERE owner=? AND folder=?"
-        )
+        sql = f"SELECT seq, {HEADER_COLUMNS} FROM messages WHERE owner=? AND folder=?"
         args: list[Any] = [owner, folder]
         if before_seq is not None:
             sql += " AND seq<?"
@@ -291,18 +352,17 @@ class Tx:
             sql += " AND seen=0"
         sql += " ORDER BY seq DESC LIMIT ?"
         args.append(limit)
-        return [(r[0], _header(r[1:])) for r in self.conn.execute(sql, args)]
+        return [(r[0], header(r[1:])) for r in self.conn.execute(sql, args)]
 
     def get_message(self, owner: str, public_id: str) -> Message | None:
         row = self.conn.execute(
-            "SELECT id, message_id, folder, sender, to_json, cc_json, subject, date, size, "
-            "seen, instant, delete_if_undeliverable, body, origin, signed_xml FROM messages "
+            f"SELECT {HEADER_COLUMNS}, body, origin, signed_xml FROM messages "
             "WHERE owner=? AND id=?",
             (owner, public_id),
         ).fetchone()
         if row is None:
             return None
-        return Message(**vars(_header(row[:12])), body=row[12], origin=row[13], signed_xml=row[14])
+        return Message(**vars(header(row[:14])), body=row[14], origin=row[15], signed_xml=row[16])
 
     def mark_seen(self, owner: str, public_id: str) -> None:
         self.conn.execute(
@@ -425,7 +485,8 @@ class QueueRow:
     created: float
 
 
-def _header(row: tuple[Any, ...]) -> MessageHeader:
+def header(row: tuple[Any, ...]) -> MessageHeader:
+    """A MessageHeader from the HEADER_COLUMNS of a row."""
     return MessageHeader(
         id=row[0],
         message_id=row[1],
@@ -439,6 +500,8 @@ def _header(row: tuple[Any, ...]) -> MessageHeader:
         seen=bool(row[9]),
         instant=bool(row[10]),
         delete_if_undeliverable=bool(row[11]),
+        flagged=bool(row[12]),
+        answered=bool(row[13]),
     )
 
 
