@@ -39,6 +39,13 @@ def test_wsdl_is_served_and_names_every_operation(server) -> None:  # type: igno
         "Delete",
         "GetCertificate",
         "Extension",
+        "ListFolders",
+        "CreateFolder",
+        "RenameFolder",
+        "DeleteFolder",
+        "Move",
+        "SetFlags",
+        "Search",
     }
     address = root.find(".//{http://schemas.xmlsoap.org/wsdl/soap12/}address")
     assert address is not None and address.get("location") == server.url

@@ -477,6 +477,8 @@ class Client:
 
     def move(self, ids: list[str], folder: str) -> int:
         """Move messages to `folder` (all of a request or none: an unknown id is NotFound)."""
+        if not ids:
+            raise UsageError("no message ids")
         moved = 0
         for start in range(0, len(ids), MAX_IDS):
             op = etree.Element(q("Move"))
@@ -495,6 +497,8 @@ class Client:
         answered: bool | None = None,
     ) -> int:
         """Set or clear seen, flagged (starred) and answered on messages; None leaves one."""
+        if not ids:
+            raise UsageError("no message ids")
         wanted = {"Seen": seen, "Flagged": flagged, "Answered": answered}
         if all(v is None for v in wanted.values()):
             raise UsageError("say which flag to set")
