@@ -152,6 +152,7 @@ BAD_QUERIES = [
     "x" * 1025,
     "word " * 300,  # 1.5 KB
     "budget " * 33,  # too many terms, under 1 KB
+    "budget\x7f",  # a control character XML lets through
 ]
 
 

@@ -131,6 +131,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX messages_owner ON messages(owner, seq);
     CREATE INDEX messages_trash ON messages(trashed_at) WHERE trashed_at IS NOT NULL;
     CREATE INDEX messages_sealed ON messages(owner, folder) WHERE sealed=1;
+    CREATE INDEX messages_date ON messages(owner, date);
+    CREATE INDEX messages_unread ON messages(owner, seq) WHERE seen=0;
+    CREATE INDEX messages_flagged ON messages(owner, seq) WHERE flagged=1;
+    CREATE INDEX messages_attached ON messages(owner, seq) WHERE has_attachment=1;
     CREATE TABLE folders(
         owner TEXT NOT NULL,
         name TEXT NOT NULL COLLATE NOCASE,

@@ -88,6 +88,8 @@ def _tokens(raw: str) -> list[tuple[str, str | None]]:
 def parse(raw: str) -> Query:
     if len(raw.encode("utf-8")) > MAX_QUERY_BYTES:
         raise RequestInvalid(f"a search query is at most {MAX_QUERY_BYTES} bytes")
+    if any(ord(c) < 32 and not c.isspace() or ord(c) == 127 for c in raw):
+        raise RequestInvalid("a search query must not contain control characters")
     tokens = _tokens(raw)
     if not tokens:
         raise RequestInvalid("the search query is empty")

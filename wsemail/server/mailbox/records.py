@@ -3,9 +3,11 @@ of messages, messages_fts and its triggers) come from store.py's migration 6."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from wsemail.protocol.errors import RequestInvalid
 from wsemail.protocol.message import SYSTEM_FOLDERS, MessageHeader
 from wsemail.server.mailbox.names import TRASH, system_folder
 from wsemail.server.mailbox.query import Query
@@ -151,17 +153,24 @@ def search(
     args: list[object] = [owner]
     where.append("m.folder=?" if folder is not None else "m.folder<>?")
     args.append(folder if folder is not None else TRASH)
-    for column, wanted in query.flags.items():
-        where.append(f"m.{column}=?")
-        args.append(int(wanted))
+    for column, wanted in query.flags.items():  # literals: the partial indexes apply
+        where.append(f"m.{column}={int(wanted)}")
     if query.has_attachment:
         where.append("m.has_attachment=1")
+    low, high = _date_bounds(tx, owner, query)
+    if low is None or (high is not None and high < low):
+        return []
     if query.before is not None:
         where.append("m.date<?")
         args.append(query.before)
     if query.after is not None:
         where.append("m.date>=?")
         args.append(query.after)
+    if low > 0:
+        where.append("m.seq>=?")
+        args.append(low)
+    if high is not None:
+        before = high + 1 if before is None else min(before, high + 1)
     match = query.match
     if match is None:
         if before is not None:
@@ -181,8 +190,35 @@ def search(
             sql += " AND f.rowid<?"
             fts_args.append(before)
         sql += f" AND {' AND '.join(where)} ORDER BY f.rowid DESC LIMIT ?"
-        rows = tx.conn.execute(sql, [*fts_args, *args, limit])
+        try:
+            rows = tx.conn.execute(sql, [*fts_args, *args, limit])
+        except sqlite3.OperationalError as exc:  # the parser quotes every term: not expected
+            if "fts5" not in str(exc):
+                raise
+            raise RequestInvalid("the search query cannot be run") from exc
     return [(r[0], header(r[1:])) for r in rows]
+
+
+def _date_bounds(tx: Tx, owner: str, query: Query) -> tuple[int | None, int | None]:
+    """The seq range that can hold messages of the query's dates (None low: none can),
+    read from the (owner, date) index; mail arrives roughly in date order, so the newest-
+    first scan then starts and stops near the dates asked for instead of at the ends."""
+    low, high = 0, None
+    if query.after is not None:
+        row = tx.conn.execute(
+            "SELECT min(seq) FROM messages WHERE owner=? AND date>=?", (owner, query.after)
+        ).fetchone()
+        if row[0] is None:
+            return None, None
+        low = int(row[0])
+    if query.before is not None:
+        row = tx.conn.execute(
+            "SELECT max(seq) FROM messages WHERE owner=? AND date<?", (owner, query.before)
+        ).fetchone()
+        if row[0] is None:
+            return None, None
+        high = int(row[0])
+    return low, high
 
 
 def sealed_count(tx: Tx, owner: str, folder: str | None) -> int:
