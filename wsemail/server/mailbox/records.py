@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from wsemail.protocol.errors import RequestInvalid
 from wsemail.protocol.message import SYSTEM_FOLDERS, MessageHeader
@@ -180,23 +181,41 @@ def search(
         sql += "ORDER BY m.seq DESC LIMIT ?"
         rows = tx.conn.execute(sql, [*args, limit])
     else:
-        # the index drives (newest match first), each match checked against its row
-        sql = (
-            f"SELECT m.seq, {_M_COLUMNS} FROM messages_fts f CROSS JOIN messages m "  # noqa: S608
-            "ON m.seq=f.rowid WHERE messages_fts MATCH ?"
+        rows = _newest_matches(tx, match, " AND ".join(where), args, limit, before, low)
+    return [(r[0], header(r[1:])) for r in rows]
+
+
+FIRST_WINDOW = 4096
+
+
+def _newest_matches(
+    tx: Tx, match: str, where: str, args: list[object], limit: int, before: int | None, low: int
+) -> list[Any]:
+    """The index drives, newest match first, each match checked against its row. It is
+    asked in rowid windows that widen eightfold: FTS5 then reads only the part of a common
+    word's long doclist inside the window, so a page of a word that is in every message
+    costs about what a page of a rare word does."""
+    sql = (
+        f"SELECT m.seq, {_M_COLUMNS} FROM messages_fts f CROSS JOIN messages m "  # noqa: S608
+        f"ON m.seq=f.rowid WHERE messages_fts MATCH ? AND f.rowid<? AND f.rowid>=? "
+        f"AND {where} ORDER BY f.rowid DESC LIMIT ?"
+    )
+    if before is None:
+        before = (
+            int(tx.conn.execute("SELECT coalesce(max(seq), 0) FROM messages").fetchone()[0]) + 1
         )
-        fts_args: list[object] = [match]
-        if before is not None:
-            sql += " AND f.rowid<?"
-            fts_args.append(before)
-        sql += f" AND {' AND '.join(where)} ORDER BY f.rowid DESC LIMIT ?"
+    found: list[Any] = []
+    window = FIRST_WINDOW
+    while before > low and len(found) < limit:
+        bottom = max(low, before - window)
         try:
-            rows = tx.conn.execute(sql, [*fts_args, *args, limit])
+            found += tx.conn.execute(sql, [match, before, bottom, *args, limit - len(found)])
         except sqlite3.OperationalError as exc:  # the parser quotes every term: not expected
             if "fts5" not in str(exc):
                 raise
             raise RequestInvalid("the search query cannot be run") from exc
-    return [(r[0], header(r[1:])) for r in rows]
+        before, window = bottom, window * 8
+    return found
 
 
 def _date_bounds(tx: Tx, owner: str, query: Query) -> tuple[int | None, int | None]:
