@@ -179,7 +179,7 @@ def search(
             args.append(before)
         sql = f"SELECT m.seq, {_M_COLUMNS} FROM messages m WHERE {' AND '.join(where)} "  # noqa: S608
         sql += "ORDER BY m.seq DESC LIMIT ?"
-        rows = tx.conn.execute(sql, [*args, limit])
+        rows: list[Any] = tx.conn.execute(sql, [*args, limit]).fetchall()
     else:
         rows = _newest_matches(tx, match, " AND ".join(where), args, limit, before, low)
     return [(r[0], header(r[1:])) for r in rows]
