@@ -115,7 +115,8 @@ MIGRATIONS: list[str] = [
     # 6: a mailbox to live in (wsemail/server/mailbox/) — custom folders; flags; Trash with
     # the time a copy went there; `arrival`, the folder a copy arrived in, keeps deliveries
     # idempotent wherever the copy was moved since; full-text search (FTS5, external content
-    # over a view that leaves end-to-end encrypted bodies out, kept in sync by triggers)
+    # over a view that leaves end-to-end encrypted bodies out, kept in sync by triggers; the
+    # owner is indexed too, as one hex token, so a search walks only its owner's matches)
     """
     ALTER TABLE messages ADD COLUMN flagged INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE messages ADD COLUMN answered INTEGER NOT NULL DEFAULT 0;
@@ -143,29 +144,30 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE VIEW messages_text AS SELECT seq, subject,
         CASE WHEN sealed THEN '' ELSE body END AS body, sender,
-        to_json || ' ' || cc_json AS recipients FROM messages;
+        to_json || ' ' || cc_json AS recipients, hex(owner) AS mailbox FROM messages;
     CREATE VIRTUAL TABLE messages_fts USING fts5(
-        subject, body, sender, recipients, content='messages_text', content_rowid='seq',
+        subject, body, sender, recipients, mailbox,
+        content='messages_text', content_rowid='seq',
         tokenize='unicode61 remove_diacritics 2'
     );
     CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
-        INSERT INTO messages_fts(rowid, subject, body, sender, recipients) VALUES (
+        INSERT INTO messages_fts(rowid, subject, body, sender, recipients, mailbox) VALUES (
             new.seq, new.subject, CASE WHEN new.sealed THEN '' ELSE new.body END,
-            new.sender, new.to_json || ' ' || new.cc_json);
+            new.sender, new.to_json || ' ' || new.cc_json, hex(new.owner));
     END;
     CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
-        INSERT INTO messages_fts(messages_fts, rowid, subject, body, sender, recipients)
+        INSERT INTO messages_fts(messages_fts, rowid, subject, body, sender, recipients, mailbox)
         VALUES ('delete', old.seq, old.subject, CASE WHEN old.sealed THEN '' ELSE old.body END,
-            old.sender, old.to_json || ' ' || old.cc_json);
+            old.sender, old.to_json || ' ' || old.cc_json, hex(old.owner));
     END;
     CREATE TRIGGER messages_fts_update
-    AFTER UPDATE OF subject, body, sender, to_json, cc_json, sealed ON messages BEGIN
-        INSERT INTO messages_fts(messages_fts, rowid, subject, body, sender, recipients)
+    AFTER UPDATE OF subject, body, sender, to_json, cc_json, sealed, owner ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, subject, body, sender, recipients, mailbox)
         VALUES ('delete', old.seq, old.subject, CASE WHEN old.sealed THEN '' ELSE old.body END,
-            old.sender, old.to_json || ' ' || old.cc_json);
-        INSERT INTO messages_fts(rowid, subject, body, sender, recipients) VALUES (
+            old.sender, old.to_json || ' ' || old.cc_json, hex(old.owner));
+        INSERT INTO messages_fts(rowid, subject, body, sender, recipients, mailbox) VALUES (
             new.seq, new.subject, CASE WHEN new.sealed THEN '' ELSE new.body END,
-            new.sender, new.to_json || ' ' || new.cc_json);
+            new.sender, new.to_json || ' ' || new.cc_json, hex(new.owner));
     END;
     INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')
     """,

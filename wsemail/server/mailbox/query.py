@@ -24,6 +24,7 @@ MAX_TERMS = 32
 _OPERATOR = re.compile(r"([A-Za-z]+):(.*)", re.DOTALL)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _TEXT_COLUMNS = {"from": "sender", "to": "recipients", "subject": "subject"}
+_ALL_TEXT = ("subject", "body", "sender", "recipients")  # not `mailbox`, the owner token
 _OPERATORS = ("from", "to", "subject", "has", "is", "in", "before", "after")
 _IS = {
     "unread": ("seen", False),
@@ -101,7 +102,7 @@ def parse(raw: str) -> Query:
         if operator is None:  # a word, or a phrase
             text = quoted if quoted is not None else head
             if _words(text):
-                query.terms.append(_phrase(text))
+                query.terms.append(f"{{{' '.join(_ALL_TEXT)}}} : {_phrase(text)}")
             continue
         name, value = operator.group(1).lower(), operator.group(2)
         if quoted is not None:
