@@ -99,7 +99,7 @@ def test_cli_exit_codes_and_one_line_errors(cli: Cli) -> None:
     usage = cli("list", "--limit", "-1", check=False)
     assert usage.returncode == 1
     bad_flag = cli("send", "--nope", check=False)
-    assert bad_flag.returncode == 1
+    assert bad_flag.returncode == 2  # a command-line mistake
     env = cli.env("alice@localhost")
     env["WSEMAIL_SERVER"] = "http://127.0.0.1:9/wsemail"
     import subprocess
