@@ -43,6 +43,7 @@ from wsemail.protocol.errors import (
     UntrustedSigner,
     UsageError,
 )
+from wsemail.protocol.message import domain_of
 from wsemail.protocol.soap import WSU, element, q, text_of
 from wsemail.server.attachments import records
 from wsemail.server.store import Tx, UserRecord
@@ -177,6 +178,24 @@ def verify_identity_request(
     if (text_of(op, "Server") or "").strip().lower() != server.config.domain:
         raise Forbidden("this request is addressed to another server")
     return IdentityRequest(address, op, _nonce(op))
+
+
+def verify_own_user_request(
+    server: Server, envelope: soap.ReceivedEnvelope, operation: str
+) -> IdentityRequest:
+    """`verify_identity_request` for operations that serve only this domain's own users
+    (autofill, countersigning): the signer must be a user of this domain whose certificate
+    this server's issuing CA made."""
+    federation = server.federation
+    if federation is None:
+        raise Forbidden("this server takes no federated requests")
+    domain = server.config.domain
+    request = verify_identity_request(server, envelope, operation)
+    op = request.operation
+    address = request.address.lower()
+    if domain_of(address) != domain or issuer_certificate(op) != federation.identity.issuing_cert:
+        raise UntrustedSigner(f"{operation} serves only users of {domain}")
+    return IdentityRequest(address, op, request.nonce)
 
 
 async def fetch_attachment(

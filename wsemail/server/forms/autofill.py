@@ -24,11 +24,9 @@ from wsemail.protocol.errors import (
     Forbidden,
     NotFound,
     ReplayDetected,
-    UntrustedSigner,
 )
-from wsemail.protocol.message import domain_of
 from wsemail.protocol.soap import element, q, text_of
-from wsemail.server.attachments.federated import issuer_certificate, verify_identity_request
+from wsemail.server.attachments.federated import verify_own_user_request
 from wsemail.server.store import Tx
 
 if TYPE_CHECKING:
@@ -45,14 +43,8 @@ async def autofill(
     employees: Mapping[str, Mapping[str, str]],
 ) -> etree._Element:
     """Verify a signed Autofill and answer with the signer's own record."""
-    federation = server.federation
-    if federation is None:
-        raise Forbidden("this server takes no federated requests")
-    domain = server.config.domain
-    request = verify_identity_request(server, envelope, OPERATION)
-    op, address, nonce = request.operation, request.address.lower(), request.nonce
-    if domain_of(address) != domain or issuer_certificate(op) != federation.identity.issuing_cert:
-        raise UntrustedSigner(f"{OPERATION} serves only users of {domain}")
+    request = verify_own_user_request(server, envelope, OPERATION)
+    op, address, nonce = request.operation, request.address, request.nonce
     if (text_of(op, "Address") or "").strip().lower() != address:
         raise Forbidden(f"{address} may ask only for its own record")
     keep = server.auth.keep_nonce

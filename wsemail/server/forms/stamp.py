@@ -28,10 +28,9 @@ from lxml import etree
 from wsemail.core.forms import stamps
 from wsemail.core.forms.document import FormError
 from wsemail.protocol import soap
-from wsemail.protocol.errors import Forbidden, ReplayDetected, RequestInvalid, UntrustedSigner
-from wsemail.protocol.message import domain_of
+from wsemail.protocol.errors import Forbidden, ReplayDetected, RequestInvalid
 from wsemail.protocol.soap import element, q, text_of
-from wsemail.server.attachments.federated import issuer_certificate, verify_identity_request
+from wsemail.server.attachments.federated import verify_own_user_request
 from wsemail.server.store import Tx
 
 if TYPE_CHECKING:
@@ -73,14 +72,10 @@ def _once(tx: Tx, claim: stamps.Claim) -> None:
 
 async def countersign(server: Server, envelope: soap.ReceivedEnvelope, peer: str) -> etree._Element:
     """Verify a signed Countersign and answer with this server's stamp."""
-    federation = server.federation
-    if federation is None:
-        raise Forbidden("this server takes no federated requests")
-    domain = server.config.domain
-    request = verify_identity_request(server, envelope, OPERATION)
-    op, address, nonce = request.operation, request.address.lower(), request.nonce
-    if domain_of(address) != domain or issuer_certificate(op) != federation.identity.issuing_cert:
-        raise UntrustedSigner(f"{OPERATION} serves only users of {domain}")
+    request = verify_own_user_request(server, envelope, OPERATION)
+    op, address, nonce = request.operation, request.address, request.nonce
+    federation, domain = server.federation, server.config.domain
+    assert federation is not None  # verify_own_user_request refused otherwise
     try:
         data = base64.b64decode("".join((text_of(op, "Signed") or "").split()), validate=True)
     except (binascii.Error, ValueError) as exc:
