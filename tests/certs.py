@@ -70,3 +70,47 @@ def make_tls_files(folder: Path) -> tuple[Path, Path, Path]:
         )
     )
     return paths
+
+
+def reissue(
+    cert: x509.Certificate,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    key_usage: x509.KeyUsage | None,
+) -> x509.Certificate:
+    """`cert` signed again by its issuer with every extension kept except the key usage,
+    which becomes `key_usage` (None: no key-usage extension at all)."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.issuer)
+        .public_key(cert.public_key())  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+    )
+    for extension in cert.extensions:
+        if not isinstance(extension.value, x509.KeyUsage):
+            builder = builder.add_extension(extension.value, critical=extension.critical)
+    if key_usage is not None:
+        builder = builder.add_extension(key_usage, critical=True)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def key_usage(**set_bits: bool) -> x509.KeyUsage:
+    """A KeyUsage with only the named bits set (e.g. key_agreement=True)."""
+    bits = dict.fromkeys(
+        (
+            "digital_signature",
+            "content_commitment",
+            "key_encipherment",
+            "data_encipherment",
+            "key_agreement",
+            "key_cert_sign",
+            "crl_sign",
+            "encipher_only",
+            "decipher_only",
+        ),
+        False,
+    )
+    bits.update(set_bits)
+    return x509.KeyUsage(**bits)

@@ -83,11 +83,18 @@ class Running:
         self.controller.stop()
 
 
-def start_server(data_dir: Path, *, users: bool = True, **settings: object) -> Running:
-    """A real server on a loopback port; alice, bob, carol and admin @ its domain."""
+def start_server(
+    data_dir: Path,
+    *,
+    users: bool = True,
+    clock: Callable[[], float] = time.time,
+    **settings: object,
+) -> Running:
+    """A real server on a loopback port; alice, bob, carol and admin @ its domain. `clock`
+    is the server's clock (freshness windows, rate limits)."""
     settings.setdefault("port", 0)
     config = ServerConfig(data_dir=data_dir, **settings)  # type: ignore[arg-type]
-    controller = ServerController(config)
+    controller = ServerController(config, clock=clock)
     if users:
         store = controller.server.store
         for name in ("alice", "bob", "carol", "admin"):

@@ -376,6 +376,66 @@ def test_a_stale_request_is_refused(fed: Fed, one: AttachmentRef) -> None:
     assert_refused(fed, response, 401, "wsse:MessageExpired", before)
 
 
+def _restamped(one: AttachmentRef, token: Token, created: str, expires: str) -> bytes:
+    """A FetchAttachment with another Timestamp, signed again with the token's key."""
+    from wsemail.protocol.dsig import DS, Signer
+
+    root = etree.fromstring(fetch_request(one, token))
+    signature = root.find(f".//{{{DS}}}Signature")
+    stamp = root.find(f".//{{{soap.WSU}}}Timestamp")
+    assert signature is not None and stamp is not None
+    signature.getparent().remove(signature)  # type: ignore[union-attr]
+    stamp[0].text, stamp[1].text = created, expires
+    Signer(token.key, token.cert).sign_envelope(root)
+    return soap.serialize(root)
+
+
+@pytest.mark.parametrize(
+    "created,expires,status,subcode",
+    [
+        (-200, -100, 401, "wsse:MessageExpired"),  # expired 100 s ago (allowance: 60 s)
+        (0, -30, 401, "wsse:MessageExpired"),  # expires before it was created
+        ("20261202T142744Z", 300, 400, "wsse:InvalidSecurity"),  # ISO 8601 basic format
+        ("0001-01-01T00:00:00+01:00", 300, 401, "wsse:MessageExpired"),
+    ],
+)
+def test_an_expired_or_malformed_identity_request_is_refused(
+    fed: Fed, one: AttachmentRef, created: object, expires: object, status: int, subcode: str
+) -> None:
+    from wsemail.protocol.auth import timestamp
+
+    def at(value: object) -> str:
+        if isinstance(value, str):
+            return value
+        return timestamp(datetime.now(UTC) + timedelta(seconds=float(value)))  # type: ignore[arg-type]
+
+    bob = fed.box(fed.b, "bob@b.test")
+    before = served(fed)
+    response = post(bob, one.url, _restamped(one, bob.token(), at(created), at(expires)))
+    assert b"Traceback" not in response.content
+    assert_refused(fed, response, status, subcode, before)
+    bob.authorize(one)  # a well-formed request still gets its ticket
+
+
+def test_a_user_certificate_without_digital_signature_usage_is_refused(
+    fed: Fed, one: AttachmentRef
+) -> None:
+    from certs import key_usage, reissue
+
+    identity = fed.identity("b.test")
+    key = ec.generate_private_key(ec.SECP256R1())
+    good = identity.issue_user_cert("bob@b.test", key.public_key(), lifetime=timedelta(hours=1))
+    cert = reissue(good, identity.issuing_key, key_usage(key_agreement=True))  # type: ignore[arg-type]
+    before = served(fed)
+    response = post(
+        fed.box(fed.b, "bob@b.test"),
+        one.url,
+        fetch_request(one, Token(key, cert, identity.issuing_cert)),
+    )
+    assert_refused(fed, response, 403, "wsse:SecurityTokenUnavailable", before)
+    assert b"digitalSignature" in response.content
+
+
 def test_a_replayed_fetch_is_refused(fed: Fed, one: AttachmentRef) -> None:
     bob = fed.box(fed.b, "bob@b.test")
     data = fetch_request(one, bob.token())

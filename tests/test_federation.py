@@ -141,7 +141,12 @@ def test_messages_for_one_domain_travel_in_one_transaction(fed: Federation) -> N
     )
 
 
-def _transaction(fed: Federation, recipients: list[str], subject: str = "crafted") -> bytes:
+def _transaction(
+    fed: Federation,
+    recipients: list[str],
+    subject: str = "crafted",
+    date: str = "2026-11-25T12:00:00Z",
+) -> bytes:
     """A Deliver a.test's relay would send, without sending it."""
     from wsemail.protocol.message import Message
 
@@ -153,7 +158,7 @@ def _transaction(fed: Federation, recipients: list[str], subject: str = "crafted
         to=recipients,
         cc=[],
         subject=subject,
-        date="2026-11-25T12:00:00Z",
+        date=date,
         size=1,
         seen=True,
         body="b",
@@ -630,3 +635,93 @@ def test_a_send_wakes_the_relay_without_waiting_for_the_poll(tmp_path: Path) -> 
     finally:
         a.stop()
         b.stop()
+
+
+# --- outside review (issue 24): the signed Timestamp's Expires, strict formats, key usage ----
+
+
+def _restamp(fed: Federation, data: bytes, created: str, expires: str | None) -> bytes:
+    """The crafted transaction with another signed Timestamp (signed again by a.test)."""
+    root = etree.fromstring(data)
+    stamp = root.find(f".//{{{soap.WSU}}}Timestamp")
+    assert stamp is not None
+    stamp.find(f"{{{soap.WSU}}}Created").text = created  # type: ignore[union-attr]
+    old = stamp.find(f"{{{soap.WSU}}}Expires")
+    assert old is not None
+    if expires is None:
+        stamp.remove(old)
+    else:
+        old.text = expires
+    return _resign(fed, etree.tostring(root))
+
+
+def _at(seconds: float) -> str:
+    from wsemail.protocol.auth import timestamp
+
+    return timestamp(datetime.now(UTC) + timedelta(seconds=seconds))
+
+
+@pytest.mark.parametrize(
+    "created,expires,status,subcode",
+    [
+        (-200, -100, 401, "wsse:MessageExpired"),  # expired 100 s ago (allowance: 60 s)
+        (0, -30, 401, "wsse:MessageExpired"),  # expires before it was created
+        (0, 0, 401, "wsse:MessageExpired"),  # expires when created
+        ("20261202T142744Z", 300, 400, "wsse:InvalidSecurity"),  # ISO 8601 basic format
+        ("2026-W49-3T14:27:44Z", 300, 400, "wsse:InvalidSecurity"),  # week date
+        (0, "20991202T142744Z", 400, "wsse:InvalidSecurity"),
+        ("0001-01-01T00:00:00+01:00", 300, 401, "wsse:MessageExpired"),  # overflows in UTC
+        (0, "9999-12-31T23:59:59-01:00", 401, "wsse:MessageExpired"),
+    ],
+)
+def test_a_deliver_with_an_expired_or_malformed_signed_timestamp_is_refused(
+    fed: Federation, created: object, expires: object, status: int, subcode: str
+) -> None:
+    before = stored(fed.b)
+    data = _restamp(
+        fed,
+        _transaction(fed, ["bob@b.test"]),
+        created if isinstance(created, str) else _at(float(created)),  # type: ignore[arg-type]
+        expires if isinstance(expires, str) else _at(float(expires)),  # type: ignore[arg-type]
+    )
+    response = post(fed.b, data)
+    assert b"Traceback" not in response.content
+    assert_refused(fed.b, response, status, subcode, before)
+
+
+def test_a_deliver_within_the_clock_skew_allowance_is_delivered(fed: Federation) -> None:
+    # Expires 30 s ago is inside the 60 s allowance; no Expires at all is accepted too
+    for expires in (_at(-30), None):
+        data = _restamp(fed, _transaction(fed, ["bob@b.test"], "skew"), _at(-60), expires)
+        response = post(fed.b, data)
+        assert response.status_code == 200, response.text
+        assert b'Status="delivered"' in response.content
+
+
+@pytest.mark.parametrize("usage", ["key-agreement-only", "none"])
+def test_a_server_certificate_without_digital_signature_usage_is_refused(
+    fed: Federation, usage: str
+) -> None:
+    from wsemail.pki._common import read_key
+
+    from certs import key_usage, reissue
+
+    identity = fed.a.controller.server.federation.identity  # type: ignore[union-attr]
+    root_key = read_key(fed.ca / "root.key")
+    ku = key_usage(key_agreement=True) if usage == "key-agreement-only" else None
+    cert = reissue(identity.cert, root_key, ku)  # type: ignore[arg-type]
+    before = stored(fed.b)
+    data = _resign(fed, _transaction(fed, ["bob@b.test"]), cert=cert)
+    response = post(fed.b, data)
+    assert_refused(fed.b, response, 403, "wsse:SecurityTokenUnavailable", before)
+    assert b"digitalSignature" in response.content
+
+
+@pytest.mark.parametrize("date", ["0001-01-01T00:00:00+01:00", "20261125T120000Z", "yesterday"])
+def test_a_relayed_message_whose_date_is_not_an_xsd_datetime_is_refused(
+    fed: Federation, date: str
+) -> None:
+    # what the receiving clients sort and show: a date they cannot read is refused at the door
+    before = stored(fed.b)
+    response = post(fed.b, _transaction(fed, ["bob@b.test"], date=date))
+    assert_refused(fed.b, response, 400, "wsemail:InvalidRequest", before)

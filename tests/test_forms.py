@@ -297,6 +297,27 @@ def test_chain_rejections(dom: Domain, built: dict[str, Path]) -> None:
         approvals.verify(doc, roots, crls)
 
 
+def test_a_step_that_is_not_ascii_digits_is_a_form_error(
+    dom: Domain, built: dict[str, Path]
+) -> None:
+    # issue 24 (fuzzing): "²" passed str.isdigit() and crashed int() in `forms verify`
+    from wsemail.core.forms.document import w
+    from wsemail.protocol.dsig import DS, Signer
+
+    roots, crls = dom.material()
+    bob = dom.token("bob@a.test")
+    for odd in ("²", "①", "9" * 40):
+        doc = _doc(dom, built)
+        _append_raw(doc, bob, "approve", 1, "manager")
+        act = doc.acts()[-1]
+        unsigned = copy.deepcopy(act)
+        unsigned.remove(unsigned.find(f"{{{DS}}}Signature"))  # type: ignore[arg-type]
+        unsigned.find(w("Step")).text = odd  # type: ignore[union-attr]
+        act.getparent().replace(act, Signer(bob.key, bob.cert).sign_element(unsigned))  # type: ignore[union-attr]
+        with pytest.raises(FormError, match="bad step"):
+            approvals.verify(doc, roots, crls)
+
+
 def test_recipient_fetches_verifies_and_installs_the_wheel(
     dom: Domain, built: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -264,6 +264,24 @@ def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
     )
     assert retry_after(None, now) is None and retry_after("soon", now) is None
     assert retry_after("-5", now) is None
+    # issue 24 (fuzzing): digits to str.isdigit() that int() refuses, and out-of-range dates
+    for odd in ("²", "①", "٣", "9" * 40):
+        assert retry_after(odd, now) is None
+    assert retry_after("Mon, 01 Jan 0001 00:00:00 +0100", now) == 0  # long past: retry now
+
+
+def test_a_retry_after_that_is_not_ascii_digits_does_not_stall_the_hand_off(
+    tmp_path: Path,
+    shops: list[Shop],
+    built: dict[str, Path],  # noqa: F811
+) -> None:
+    odd = (429, {"Retry-After": "²"}, b"slow down")
+    shop = make_shop(tmp_path, 0, receiver=Receiver(fail=1, answer=odd))
+    shops.append(shop)
+    dom = shop.start()
+    finish_a_form(dom, built)
+    wait_for(lambda: shop.rows() and shop.rows()[0][0] == "delivered", "the hand-off")
+    assert shop.rows()[0][:2] == ("delivered", 2) and len(shop.receiver.got) == 2
 
 
 def https_receiver(tmp_path: Path, ca: Path) -> Receiver:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from wsemail.protocol import soap
 from wsemail.protocol.auth import Credentials
 from wsemail.protocol.soap import WSSE, q
 
-from conftest import PASSWORD, Running, fault_subcode, start_server
+from conftest import Running, fault_subcode, start_server
 
 SEND = (
     b'<w:Send xmlns:w="urn:wsemail"><w:Message><w:To>bob@localhost</w:To>'
@@ -261,20 +262,66 @@ def test_sql_looking_list_parameters_are_refused(server: Running, field: str, va
     assert [h.subject for h in server.client("bob@localhost").list_headers().headers] == ["keep me"]
 
 
+class Clock:
+    """The server's clock, moved by the test (no sleeping, no timing assumptions)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def at(self) -> datetime:
+        return datetime.fromtimestamp(self.now, UTC)
+
+
+def post_from(running: Running, source: str, data: bytes) -> httpx.Response:
+    """POST from another loopback address (127.0.0.0/8): another peer to the server."""
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(transport=transport, timeout=10) as http:
+        return http.post(running.url, content=data, headers={"content-type": soap.CONTENT_TYPE})
+
+
 def test_failed_logins_are_rate_limited_then_recover(tmp_path: Path) -> None:
-    limited = start_server(tmp_path / "s", failures_per_user=3, failure_window=1.0)
+    clock = Clock()
+    limited = start_server(tmp_path / "s", failures_per_user=3, failure_window=60, clock=clock)
     try:
         before = limited.stored()
         wrong = Credentials("alice@localhost", b"w" * 32)
-        codes = [limited.post(signed(wrong, LIST)).status_code for _ in range(4)]
+        codes = [limited.post(signed(wrong, LIST, clock.at())).status_code for _ in range(4)]
         assert codes == [401, 401, 401, 429]
-        response = limited.post(signed(limited.credentials(), LIST))
+        response = limited.post(signed(limited.credentials(), LIST, clock.at()))
         assert response.status_code == 429 and fault_subcode(response) == "wsemail:RateLimited"
         assert limited.stored() == before
-        import time
+        clock.now += 19  # 3 failures a minute come back one every 20 s
+        assert limited.post(signed(limited.credentials(), LIST, clock.at())).status_code == 429
+        clock.now += 1
+        assert limited.post(signed(limited.credentials(), LIST, clock.at())).status_code == 200
+    finally:
+        limited.stop()
 
-        time.sleep(1.2)
-        assert limited.client("alice@localhost", PASSWORD).list_headers().headers == []
+
+def test_bad_requests_from_elsewhere_do_not_lock_the_real_user_out(tmp_path: Path) -> None:
+    limited = start_server(tmp_path / "s", failures_per_user=3, failures_per_peer=5)
+    try:
+        before = limited.stored()
+        attacker = "127.0.0.2"
+        wrong = Credentials("alice@localhost", b"w" * 32)
+        codes = [post_from(limited, attacker, signed(wrong, LIST)).status_code for _ in range(5)]
+        assert codes == [401, 401, 401, 429, 429]
+        # an unknown name is counted exactly like a known one
+        ghost = Credentials("ghost@localhost", b"w" * 32)
+        codes = [post_from(limited, attacker, signed(ghost, LIST)).status_code for _ in range(4)]
+        assert codes == [401, 401, 429, 429]  # the peer's 5 failures are used up
+        for name in ("bob", "nobody"):  # every name, from that peer
+            creds = Credentials(f"{name}@localhost", b"w" * 32)
+            assert post_from(limited, attacker, signed(creds, LIST)).status_code == 429
+        assert limited.stored() == before
+        # alice from her own address, with her password: served
+        assert limited.post(signed(limited.credentials(), LIST)).status_code == 200
+        assert limited.client("alice@localhost").list_headers().headers == []
+        # and a wrong password from her address still counts for her address only
+        assert limited.post(signed(wrong, LIST)).status_code == 401
     finally:
         limited.stop()
 
@@ -329,3 +376,170 @@ def test_slow_request_body_times_out(tmp_path: Path) -> None:
         slow.client("carol@localhost").list_headers()
     finally:
         slow.stop()
+
+
+# --- outside review (issue 24): strict timestamps in the UsernameToken and Timestamp ---------
+
+
+def _with_stamp(data: bytes, created: str, expires: str | None) -> bytes:
+    """The request with a wsu:Timestamp beside its UsernameToken."""
+    from wsemail.protocol.dsig import add_timestamp
+
+    root = etree.fromstring(data)
+    security = root.find(f".//{{{WSSE}}}Security")
+    assert security is not None
+    stamp = add_timestamp(security, created, expires or "")
+    if expires is None:
+        stamp.remove(stamp[1])
+    return etree.tostring(root)
+
+
+@pytest.mark.parametrize(
+    "created,status,subcode",
+    [
+        ("20261202T142744Z", 400, "wsse:InvalidSecurity"),  # ISO 8601 basic format
+        ("2026-12-02T14:27:44", 400, "wsse:InvalidSecurity"),  # no time zone
+        ("2026-12-02T14:27:44.5+0100", 400, "wsse:InvalidSecurity"),  # zone without colon
+        ("２０２６-12-02T14:27:44Z", 400, "wsse:InvalidSecurity"),  # fullwidth digits
+        ("0001-01-01T00:00:00+01:00", 401, "wsse:MessageExpired"),  # overflows in UTC
+        ("9999-12-31T23:59:59-01:00", 401, "wsse:MessageExpired"),
+    ],
+)
+@pytest.mark.parametrize("where", ["UsernameToken", "Timestamp"])
+def test_created_that_is_not_an_xsd_datetime_is_a_clean_fault(
+    server: Running, created: str, status: int, subcode: str, where: str
+) -> None:
+    before = server.stored()
+    data = signed(server.credentials(), SEND)
+    if where == "UsernameToken":
+        data = edit_token(data, f"{{{soap.WSU}}}Created", created)
+    else:
+        data = _with_stamp(data, created, None)
+    assert_rejected(server, server.post(data), status, subcode, before)
+
+
+@pytest.mark.parametrize("offsets", [(-200, -100), (0, -30), (0, 0)])
+def test_a_timestamp_beside_the_token_that_has_expired_is_refused(
+    server: Running, offsets: tuple[int, int]
+) -> None:
+    from wsemail.protocol.auth import timestamp
+
+    now = datetime.now(UTC)
+    created, expires = (timestamp(now + timedelta(seconds=s)) for s in offsets)
+    before = server.stored()
+    data = _with_stamp(signed(server.credentials(), SEND), created, expires)
+    assert_rejected(server, server.post(data), 401, "wsse:MessageExpired", before)
+
+
+# --- outside review (issue 24): wide elements --------------------------------------------------
+
+
+def _widen(data: bytes, attributes: int = 0, namespaces: int = 0) -> bytes:
+    """A serialized request with extra attributes and namespace declarations on its Send
+    element (after signing: the MAC no longer matches, the parser refuses it first)."""
+    extra = "".join(f' a{i}="x"' for i in range(attributes))
+    extra += "".join(f' xmlns:p{i}="urn:p{i}"' for i in range(namespaces))
+    assert data.count(b"<w:Send>") == 1
+    return data.replace(b"<w:Send>", b"<w:Send" + extra.encode() + b">")
+
+
+@pytest.mark.parametrize(
+    "attributes,namespaces",
+    [(50_000, 0), (65, 0), (0, 10_000), (0, 33)],
+    ids=["50000-attributes", "65-attributes", "10000-namespaces", "33-namespaces"],
+)
+def test_wide_elements_are_refused(server: Running, attributes: int, namespaces: int) -> None:
+    # libxml2's exclusive c14n of one element with 50,000 attributes takes about a minute:
+    # the parser's limit also keeps such an element away from the MAC and signature checks
+    before = server.stored()
+    data = _widen(signed(server.credentials(), SEND), attributes, namespaces)
+    assert_rejected(server, server.post(data), 400, "wsemail:LimitExceeded", before)
+
+
+def test_elements_at_the_width_limits_are_parsed(server: Running) -> None:
+    # 64 attributes on Send: past the parser, refused only by the MAC that no longer matches
+    response = server.post(_widen(signed(server.credentials(), SEND), attributes=64))
+    assert response.status_code == 401 and fault_subcode(response) == "wsse:FailedAuthentication"
+    # 32 declarations on Send (w and 31 unused ones, which exclusive c14n leaves out of the
+    # MAC): served
+    assert server.stored()[0] == 0
+    response = server.post(_widen(signed(server.credentials(), SEND), namespaces=31))
+    assert response.status_code == 200, response.text
+    assert server.stored()[0] == 2  # alice's sent copy and bob's
+
+
+# --- outside review (issue 24): SOAP 1.2 mustUnderstand ------------------------------------------
+
+MU = f"{{{soap.SOAP}}}mustUnderstand"
+
+
+def _with_header_block(data: bytes, tag: str, **attributes: str) -> bytes:
+    root = etree.fromstring(data)
+    header = root.find(f"{{{soap.SOAP}}}Header")
+    assert header is not None
+    block = etree.SubElement(header, tag)
+    for name, value in attributes.items():
+        block.set(MU if name == "mu" else f"{{{soap.SOAP}}}role", value)
+    return etree.tostring(root)
+
+
+@pytest.mark.parametrize("flag", ["true", "1", " true "])
+def test_an_unknown_must_understand_header_gets_the_must_understand_fault(
+    server: Running, flag: str
+) -> None:
+    before = server.stored()
+    data = _with_header_block(signed(server.credentials(), SEND), "{urn:other}Trace", mu=flag)
+    response = server.post(data)
+    # SOAP 1.2 Part 2 §7.5.2.2: env:MustUnderstand is HTTP 500 (env:Sender would be 400)
+    assert_rejected(server, response, 500, "wsemail:NotUnderstood", before)
+    root = etree.fromstring(response.content)
+    code = root.find(f".//{{{soap.SOAP}}}Code/{{{soap.SOAP}}}Value")
+    assert code is not None and code.text is not None
+    prefix, _, local = code.text.partition(":")
+    assert (code.nsmap[prefix], local) == (soap.SOAP, "MustUnderstand")
+    [block] = root.findall(f"{{{soap.SOAP}}}Header/{{{soap.SOAP}}}NotUnderstood")
+    prefix, _, local = (block.get("qname") or "").partition(":")
+    assert (block.nsmap[prefix], local) == ("urn:other", "Trace")
+
+
+def test_a_must_understand_header_is_checked_before_anything_else(server: Running) -> None:
+    # unauthenticated (GetSalt), and a bad password: the header block is refused first
+    salt = b'<w:GetSalt xmlns:w="urn:wsemail"><w:Username>alice@localhost</w:Username></w:GetSalt>'
+    env, header, body = soap.new_envelope()
+    body.append(etree.fromstring(salt))
+    data = _with_header_block(soap.serialize(env), "{urn:other}Trace", mu="1")
+    assert server.post(data).status_code == 500
+    wrong = Credentials("alice@localhost", b"w" * 32)
+    data = _with_header_block(signed(wrong, LIST), "{urn:other}Trace", mu="1")
+    assert fault_subcode(server.post(data)) == "wsemail:NotUnderstood"
+
+
+@pytest.mark.parametrize(
+    "tag,attributes",
+    [
+        ("{urn:other}Trace", {"mu": "false"}),
+        ("{urn:other}Trace", {"mu": "0"}),
+        ("{urn:other}Trace", {"mu": "true", "role": soap.ROLE_NONE}),
+        ("{urn:other}Trace", {"mu": "true", "role": "urn:some-intermediary"}),
+        (f"{{{soap.WSEMAIL}}}SignResponse", {"mu": "true"}),
+    ],
+)
+def test_header_blocks_that_need_no_understanding_or_are_known_are_served(
+    server: Running, tag: str, attributes: dict[str, str]
+) -> None:
+    data = _with_header_block(signed(server.credentials(), LIST), tag, **attributes)
+    assert server.post(data).status_code == 200
+
+
+def test_a_must_understand_security_header_is_understood(server: Running) -> None:
+    root = etree.fromstring(signed(server.credentials(), LIST))
+    security = root.find(f".//{{{WSSE}}}Security")
+    assert security is not None
+    security.set(MU, "true")
+    assert server.post(etree.tostring(root)).status_code == 200
+
+
+def test_a_must_understand_that_is_not_a_boolean_is_refused(server: Running) -> None:
+    before = server.stored()
+    data = _with_header_block(signed(server.credentials(), SEND), "{urn:other}Trace", mu="yes")
+    assert_rejected(server, server.post(data), 400, "wsemail:InvalidRequest", before)

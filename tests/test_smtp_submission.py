@@ -220,7 +220,7 @@ def test_failed_auth_is_rate_limited_per_user_like_soap(one: tuple[Running, Path
             with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
                 auth(client, "carol@a.test", "wrong password")
             assert failed.value.smtp_code == 535
-        # now even the right password waits, over SMTP and SOAP alike
+        # now even the right password waits from this address, over SMTP and SOAP alike
         with pytest.raises(smtplib.SMTPAuthenticationError) as limited:
             auth(client, "carol@a.test", PASSWORD)
         assert limited.value.smtp_code == 454

@@ -54,6 +54,7 @@ from wsemail.protocol.soap import q
 from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.store import Tx
 
+from certs import key_usage
 from conftest import Running, fault_subcode, wait_for
 
 PLUGINS = list(DEFAULT_PLUGINS)
@@ -336,10 +337,15 @@ def test_rsa_oaep_key_transport_round_trips(tmp_path: Path) -> None:
         .serial_number(1)
         .not_valid_before(now)
         .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
     )
     plain = etree.Element(q("Secret"))
     plain.text = "hello"
+    # a certificate whose key usage does not allow encryption receives nothing (issue 24)
+    signing_only = cert.add_extension(key_usage(digital_signature=True), critical=True)
+    with pytest.raises(UsageError, match="key usage does not allow encryption"):
+        encrypt_element(plain, [("rsa", signing_only.sign(key, hashes.SHA256()))])
+    usage = key_usage(digital_signature=True, key_encipherment=True)
+    cert = cert.add_extension(usage, critical=True).sign(key, hashes.SHA256())
     encrypted = encrypt_element(plain, [("rsa", cert)])
     assert decrypt_element(encrypted, [KeyPair(key, (cert,))]).text == "hello"
 

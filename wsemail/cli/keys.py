@@ -20,7 +20,8 @@ from wsemail.client.usercerts import (
     request_certificate,
     revoke,
 )
-from wsemail.protocol.errors import UsageError
+from wsemail.protocol.errors import RequestInvalid, UsageError
+from wsemail.protocol.soap import parse_int
 
 app = typer.Typer(help="Your key pair and certificate for signed and encrypted mail.")
 ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")
@@ -123,10 +124,12 @@ def revoke_(
     user: str | None = UserOpt,
 ) -> None:
     """Revoke your certificates (a lost device); nobody can encrypt to them any more."""
-    if serial is not None and not serial.isdigit():
-        raise UsageError("--serial is a decimal number")
+    try:
+        number = parse_int(serial, "--serial", 0, 2**160) if serial is not None else None
+    except RequestInvalid as exc:
+        raise UsageError(f"--serial is a decimal number: {exc.reason}") from exc
     with session.open_client(server, user) as client:
-        count = revoke(client, int(serial) if serial else None)
+        count = revoke(client, number)
     typer.echo(f"revoked {count} certificate(s)")
 
 

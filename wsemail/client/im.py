@@ -48,12 +48,13 @@ from wsemail.protocol.auth import timestamp
 from wsemail.protocol.dsig import Signer, add_timestamp
 from wsemail.protocol.errors import (
     NotFound,
+    RequestInvalid,
     ServerError,
     TransportError,
     WsemailError,
 )
 from wsemail.protocol.message import Draft, Message, domain_of, new_message_id, normalize_address
-from wsemail.protocol.soap import WSSE, WSU, element, q, text_of
+from wsemail.protocol.soap import WSSE, WSU, element, int_of, parse_int, q, text_of
 
 _log = logging.getLogger("wsemail.im")
 EXTENSION_ID = "im"
@@ -387,7 +388,11 @@ class InstantMessenger:
             element(op, "Address", address)
         answer = self._call(op)
         return [
-            Contact(n.get("address", ""), n.get("status", ""), int(n.get("sessions", "0") or 0))
+            Contact(
+                n.get("address", ""),
+                n.get("status", ""),
+                parse_int(n.get("sessions") or "0", "sessions", 0, 2**31),
+            )
             for n in answer.findall(q("Contact"))
         ]
 
@@ -441,12 +446,12 @@ class InstantMessenger:
             invitation = Invitation(
                 channel=text_of(answer, "Id", "") or "",
                 host=text_of(answer, "Host", "") or "",
-                port=int(text_of(answer, "Port", "0") or 0),
+                port=int_of(answer, "Port", 1, 65535, 0),
                 fingerprint=text_of(answer, "Fingerprint", "") or "",
                 domain=text_of(answer, "Domain", "") or "",
                 sender=self.client.username,
             )
-        except ValueError as exc:
+        except (ValueError, RequestInvalid) as exc:
             raise ServerError("unreadable OpenChannel answer") from exc
         invited = {n.text or "": n.get("status", "") for n in answer.findall(q("Invited"))}
         return Opened(invitation, invited)

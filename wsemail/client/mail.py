@@ -41,12 +41,12 @@ from wsemail.protocol.auth import (
     KDF_R,
     SIGN_RESPONSE,
     Credentials,
+    check_window,
     derive_key,
-    parse_timestamp,
+    timestamp_parts,
 )
 from wsemail.protocol.dsig import DS, cert_digest, verify_envelope
 from wsemail.protocol.errors import (
-    MessageExpired,
     RemoteFault,
     ReplayDetected,
     ServerError,
@@ -63,11 +63,12 @@ from wsemail.protocol.message import (
     new_message_id,
     normalize_address,
 )
-from wsemail.protocol.soap import WSSE, WSU, element, q, text_of
+from wsemail.protocol.soap import WSSE, element, q, text_of
 from wsemail.protocol.xmlsafe import XmlLimits, parse_untrusted
 
 SERVICE_PATH = "/wsemail"  # where a server answers SOAP when the URL names no path
 RESPONSE_LIMITS = XmlLimits(max_bytes=64 << 20, max_depth=32, max_elements=1_000_000)
+ANSWER_HEADERS = frozenset({q("Security", WSSE)})  # header blocks this client processes
 ANSWER_PAST, ANSWER_FUTURE = 300.0, 60.0  # freshness window of a signed answer, seconds
 
 
@@ -233,12 +234,14 @@ class Client:
             raise TransportError(f"cannot reach {self.server}: {exc}") from exc
         try:
             root = parse_untrusted(response.content, RESPONSE_LIMITS)
-            answer = soap.split_envelope(root).operation
+            parts = soap.split_envelope(root)
         except RemoteFault as exc:
             raise ServerError(
                 f"unreadable answer (HTTP {response.status_code}) from {self.server}"
             ) from exc
+        answer = parts.operation
         soap.raise_if_fault(answer)
+        soap.check_must_understand(parts.header, ANSWER_HEADERS)  # the answer's, as a receiver
         if nonce is None:
             return answer
         return self._checked_answer(root, nonce)
@@ -270,13 +273,8 @@ class Client:
             ):
                 raise SignatureInvalid("it is not signed")
             verified = verify_envelope(root, own_server, by_digest)
-            created = parse_timestamp(verified.timestamp.findtext(q("Created", WSU)) or "")
-            expires = verified.timestamp.findtext(q("Expires", WSU))
-            age = (datetime.now(UTC) - created).total_seconds()
-            if age > ANSWER_PAST or age < -ANSWER_FUTURE:
-                raise MessageExpired("it is stale")
-            if expires is not None and parse_timestamp(expires) < datetime.now(UTC):
-                raise MessageExpired("it has expired")
+            created, expires = timestamp_parts(verified.timestamp)
+            check_window(created, expires, datetime.now(UTC), ANSWER_PAST, ANSWER_FUTURE)
             if verified.operation.get(IN_RESPONSE_TO) != nonce:
                 raise ReplayDetected("it answers another request")
         except RemoteFault as exc:

@@ -28,12 +28,14 @@ from cryptography.hazmat.primitives import serialization
 from wsemail.client.attachments import Token
 from wsemail.protocol.errors import (
     Forbidden,
+    RequestInvalid,
     TransportError,
     UntrustedSigner,
     UsageError,
     WsemailError,
 )
 from wsemail.protocol.message import domain_of
+from wsemail.protocol.soap import parse_int
 
 _log = logging.getLogger("wsemail.im")
 CHANNEL_MARK = "wsemail-channel:"  # see wsemail.server.im.channel.ChannelInfo.invitation
@@ -68,12 +70,12 @@ class Invitation:
             found = cls(
                 channel=fields["id"],
                 host=fields["host"],
-                port=int(fields["port"]),
+                port=parse_int(fields["port"], "port", 1, 65535),
                 fingerprint=fields["sha256"].upper(),
                 domain=fields["domain"].lower(),
                 sender=sender,
             )
-        except (KeyError, ValueError):
+        except (KeyError, RequestInvalid):
             return None
         if not found.channel or not 0 < found.port < 65536:
             return None

@@ -51,7 +51,7 @@ from cryptography import x509
 from lxml import etree
 
 from wsemail.pki import TrustStore, certificate_address
-from wsemail.protocol.auth import parse_timestamp
+from wsemail.protocol.auth import parse_timestamp, timestamp_parts
 from wsemail.protocol.dsig import (
     DS,
     CertificateLookup,
@@ -344,6 +344,11 @@ def check_direct(
     received = parse_timestamp(message.date)
     if not -RECEIVED_FUTURE <= received - signed_at <= RECEIVED_PAST:
         raise SignatureInvalid("signed at another time than your server received it")
+    _, expires = timestamp_parts(verified.timestamp)
+    if expires is not None:
+        until = parse_timestamp(expires, "Expires")
+        if until <= signed_at or received - until > RECEIVED_FUTURE:
+            raise SignatureInvalid("the signed request had expired when your server received it")
     if (text_of(op, "Server") or "").strip().lower() != domain_of(owner):
         raise SignatureInvalid("this message was signed for another server")
     draft = Draft.from_xml(op.find(q("Message")))

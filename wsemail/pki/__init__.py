@@ -34,7 +34,7 @@ from wsemail.pki.authority import (
     write_crl,
 )
 from wsemail.pki.identity import ServerIdentity
-from wsemail.pki.trust import SHORT_LIVED, TrustStore, certificate_address
+from wsemail.pki.trust import SHORT_LIVED, TrustStore, certificate_address, has_key_usage
 
 __all__ = [
     "IssuedRecord",
@@ -47,6 +47,7 @@ __all__ = [
     "WSEMAIL_USER_ROLE",
     "create_root",
     "fingerprint",
+    "has_key_usage",
     "issue_server",
     "list_issued",
     "now_utc",

@@ -4,8 +4,13 @@ revocation against current CRLs, failing closed when a CRL is missing or stale.
 
 Chains are built and checked by cryptography's `x509.verification` (WebPKI profile): it
 refuses a cA=TRUE leaf, wants SKI/AKI on non-root certificates, checks validity periods,
-key usages and the issuing CA's name constraints (rfc822Name and dNSName). This module adds
-what that verifier does not know: roles, exact names and CRLs.
+keyCertSign on CAs and the issuing CA's name constraints (rfc822Name and dNSName). This
+module adds what that verifier does not know: roles, exact names, CRLs, and the key usage
+of what signs. Every leaf accepted here signs something (a Deliver or answer, a relayed
+message, a request, a login, an approval, a wheel, a TLS handshake), so `verify_server` and
+`verify_user` want a KeyUsage extension with digitalSignature; a CRL's issuer wants
+cRLSign. (signxml is given the certificate with `x509_cert=`, which skips its own checks:
+this module is the one place they are made.)
 
 Revocation, per chain element below the root:
 - server certificates and issuing CAs: the root's CRL must be known and current
@@ -60,6 +65,23 @@ def _has_role(cert: x509.Certificate, role: x509.ObjectIdentifier) -> bool:
     except x509.ExtensionNotFound:
         return False
     return role in eku
+
+
+def has_key_usage(cert: x509.Certificate, usage: str) -> bool:
+    """Whether `cert` has a KeyUsage extension with `usage` (an attribute of
+    `x509.KeyUsage`: "digital_signature", "key_agreement", ...) set."""
+    try:
+        value = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return bool(getattr(value, usage))
+
+
+def _require_signing(cert: x509.Certificate) -> None:
+    if not has_key_usage(cert, "digital_signature"):
+        raise UntrustedSigner(
+            "certificate may not sign: no digitalSignature key usage", detail=_name(cert)
+        )
 
 
 def _san(cert: x509.Certificate) -> x509.SubjectAlternativeName:
@@ -132,6 +154,10 @@ class TrustStore:
         if not candidates:
             raise UntrustedSigner("CRL from an unknown issuer", detail=crl.issuer.rfc4514_string())
         for candidate in candidates:
+            if not has_key_usage(candidate, "crl_sign"):
+                raise UntrustedSigner(
+                    "CRL issuer lacks the cRLSign key usage", detail=_name(candidate)
+                )
             if crl.is_signature_valid(public_key_of(candidate)):
                 key = spki_digest(candidate)
                 old = self._crls.get(key)
@@ -199,6 +225,7 @@ class TrustStore:
             raise UntrustedSigner("server certificate not issued by a federation root")
         if not _has_role(cert, WSEMAIL_SERVER_ROLE):
             raise UntrustedSigner("not a wsemail server certificate", detail=_name(cert))
+        _require_signing(cert)
         names = [n.lower() for n in _san(cert).get_values_for_type(x509.DNSName)]
         if names != [domain]:
             raise UntrustedSigner(f"server certificate not for {domain}", detail=str(names))
@@ -228,6 +255,7 @@ class TrustStore:
             raise UntrustedSigner("user certificate not issued by its domain's issuing CA")
         if not _has_role(cert, WSEMAIL_USER_ROLE):
             raise UntrustedSigner("not a wsemail user certificate", detail=_name(cert))
+        _require_signing(cert)
         names = [_mailbox(n) for n in _san(cert).get_values_for_type(x509.RFC822Name)]
         if names != [address]:
             raise UntrustedSigner(f"user certificate not for {address}", detail=str(names))

@@ -13,12 +13,13 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from lxml import etree
 
-from wsemail.protocol.errors import InvalidSecurity
+from wsemail.protocol.errors import InvalidSecurity, MessageExpired
 from wsemail.protocol.soap import WSSE, WSU, q
 from wsemail.protocol.xmlsafe import c14n
 
@@ -52,14 +53,72 @@ def timestamp(now: datetime | None = None) -> str:
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def parse_timestamp(text: str) -> datetime:
+# xsd:dateTime as WS-Security timestamps use it: ASCII digits, extended format, seconds
+# with an optional fraction, and a time zone (Z or ±hh:mm) that this code requires
+_DATETIME = re.compile(
+    r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})T(?P<time>[0-9]{2}:[0-9]{2}:[0-9]{2})"
+    r"(?:\.(?P<fraction>[0-9]{1,9}))?(?P<zone>Z|[+-][0-9]{2}:[0-9]{2})",
+    re.ASCII,
+)
+
+
+def parse_timestamp(text: str, what: str = "Created") -> datetime:
+    """The one strict reader of WS-Security timestamps (wsu:Created, wsu:Expires): an
+    xsd:dateTime with a time zone, as a UTC datetime. Anything else (ISO 8601 basic format,
+    week dates, no zone, non-ASCII digits) is InvalidSecurity; a valid value outside the
+    range a datetime holds in UTC (0001-01-01T00:00:00+01:00) is MessageExpired."""
+    match = _DATETIME.fullmatch(text.strip())
+    if match is None:
+        raise InvalidSecurity(f"{what} is not an xsd:dateTime with a time zone")
+    zone = match["zone"]
+    fraction = (match["fraction"] or "")[:6].ljust(6, "0")
+    iso = f"{match['date']}T{match['time']}.{fraction}{'+00:00' if zone == 'Z' else zone}"
     try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise InvalidSecurity("Created is not an ISO 8601 timestamp") from exc
-    if value.tzinfo is None:
-        raise InvalidSecurity("Created must carry a time zone (UTC)")
-    return value.astimezone(UTC)
+        value = datetime.fromisoformat(iso)
+    except ValueError as exc:  # month 13, hour 24, zone +25:00, ...
+        raise InvalidSecurity(f"{what} is not a valid date and time") from exc
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise MessageExpired(f"{what} is out of range") from exc
+
+
+def timestamp_parts(stamp: etree._Element | None) -> tuple[str | None, str | None]:
+    """(Created, Expires) texts of a wsu:Timestamp (None where absent); more than one of
+    either is InvalidSecurity."""
+    if stamp is None:
+        return None, None
+    created, expires = stamp.findall(q("Created", WSU)), stamp.findall(q("Expires", WSU))
+    if len(created) > 1 or len(expires) > 1:
+        raise InvalidSecurity("a Timestamp holds at most one Created and one Expires")
+    return (
+        created[0].text or "" if created else None,
+        expires[0].text or "" if expires else None,
+    )
+
+
+def check_window(
+    created: str | None, expires: str | None, now: datetime, past: float, future: float
+) -> datetime:
+    """The freshness rule for every timestamp read (requests, Deliver, signed answers):
+    Created is required, at most `past` seconds old and at most `future` seconds ahead (the
+    clock-skew allowance); Expires, when present, is after Created and not past by more than
+    the same allowance. Returns Created."""
+    if created is None:
+        raise MessageExpired("missing Created timestamp")
+    when = parse_timestamp(created)
+    age = (now - when).total_seconds()
+    if age > past:
+        raise MessageExpired("request timestamp is too old")
+    if age < -future:
+        raise MessageExpired("request timestamp is in the future")
+    if expires is not None:
+        until = parse_timestamp(expires, "Expires")
+        if until <= when:
+            raise MessageExpired("Expires is not after Created")
+        if (now - until).total_seconds() > future:
+            raise MessageExpired("the request has expired")
+    return when
 
 
 def mac_input(operation: str, username: str, nonce: str, created: str, body: bytes) -> bytes:
@@ -111,6 +170,8 @@ class UsernameToken:
     password: str  # the base64 MAC, or the clear password for PasswordText
     nonce: str | None
     created: str | None
+    # (Created, Expires) of a wsu:Timestamp beside the token, checked as well
+    stamp: tuple[str | None, str | None] = (None, None)
 
     def __repr__(self) -> str:
         return f"UsernameToken(username={self.username!r}, type={self.password_type!r})"
@@ -142,18 +203,20 @@ def read_username_token(header: etree._Element | None) -> UsernameToken:
     password = one(q("Password", WSSE), True)
     nonce = one(q("Nonce", WSSE), False)
     created = one(q("Created", WSU), False)
-    timestamp_created = securities[0].find(f"{q('Timestamp', WSU)}/{q('Created', WSU)}")
+    stamps = securities[0].findall(q("Timestamp", WSU))
+    if len(stamps) > 1:
+        raise InvalidSecurity("at most one wsu:Timestamp is allowed")
+    stamp = timestamp_parts(stamps[0] if stamps else None)
     assert username is not None and password is not None
     password_type = password.get("Type") or PASSWORD_TEXT
-    created_text = created.text if created is not None else None
-    if created_text is None and timestamp_created is not None:
-        created_text = timestamp_created.text
+    created_text = (created.text or "") if created is not None else stamp[0]
     return UsernameToken(
         username=(username.text or "").strip(),
         password_type=password_type,
         password=password.text or "",
         nonce=(nonce.text or "").strip() if nonce is not None else None,
         created=created_text,
+        stamp=stamp,
     )
 
 

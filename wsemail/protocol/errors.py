@@ -9,6 +9,8 @@
     ├── PluginError                a plug-in could not be found, loaded or run
     └── RemoteFault                anything a peer may be told, as a SOAP fault
         ├── RequestInvalid         malformed XML, DOCTYPE, limits, missing parts    (400/413)
+        ├── NotUnderstood          a mustUnderstand header block this node does not know
+                                   (SOAP 1.2 env:MustUnderstand: 500 by the HTTP binding)
         ├── SecurityFault          the wsse:Security header did not pass
         │   ├── AuthenticationFailed   unknown user or wrong password/MAC        (401, exit 2)
         │   ├── MessageExpired         timestamp outside the freshness window    (401, exit 2)
@@ -98,6 +100,21 @@ class LimitExceeded(RequestInvalid):
 class RequestTimeout(RequestInvalid):
     subcode = "wsemail:Timeout"
     status = 408
+
+
+class NotUnderstood(RemoteFault):
+    """A header block marked mustUnderstand that this node does not process (SOAP 1.2
+    Part 1 §5.2.3). Its fault code is env:MustUnderstand, and the SOAP 1.2 HTTP binding
+    (Part 2 §7.5.2.2) maps that code to status 500; `qnames` are the blocks not
+    understood, sent back as env:NotUnderstood header blocks."""
+
+    code = "MustUnderstand"
+    subcode = "wsemail:NotUnderstood"
+    status = 500
+
+    def __init__(self, reason: str, *, qnames: tuple[str, ...] = ()) -> None:
+        super().__init__(reason)
+        self.qnames = qnames  # Clark notation: {namespace}local
 
 
 class SecurityFault(RemoteFault):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from wsemail.protocol.errors import RequestInvalid
-from wsemail.protocol.soap import element, q, text_of, texts_of
+from wsemail.protocol.soap import element, int_of, parse_int, q, text_of, texts_of
 
 _ADDRESS = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _MESSAGE_ID = re.compile(r"^<[!-;=?-~]{1,250}@[A-Za-z0-9.-]{1,253}>$")
@@ -92,15 +92,13 @@ class AttachmentRef:
 
     @classmethod
     def from_xml(cls, node: etree._Element) -> AttachmentRef:
-        size = (text_of(node, "Size", "") or "").strip()
-        if not size.isdigit():
-            raise RequestInvalid("an attachment reference needs a whole-number Size")
+        size = parse_int(text_of(node, "Size"), "an attachment reference's Size", 0, 2**63 - 1)
         return cls(
             server=text_of(node, "Server", "") or "",
             url=text_of(node, "Url", "") or "",
             guid=text_of(node, "Guid", "") or "",
             name=text_of(node, "Name", "") or "",
-            size=int(size),
+            size=size,
             media_type=text_of(node, "MediaType", "") or "",
             sha256=text_of(node, "Sha256", "") or "",
         )
@@ -256,7 +254,7 @@ class MessageHeader:
             cc=texts_of(node, "Cc"),
             subject=text_of(node, "Subject", "") or "",
             date=text_of(node, "Date", "") or "",
-            size=int(text_of(node, "Size", "0") or 0),
+            size=int_of(node, "Size", 0, 2**63 - 1, 0),
             seen=text_of(node, "Seen") == "true",
             instant=instant,
             delete_if_undeliverable=delete,

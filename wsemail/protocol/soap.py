@@ -4,11 +4,18 @@ the parts of a received envelope, and the one mapping between faults and excepti
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from lxml import etree
 
-from wsemail.protocol.errors import RemoteFault, RequestInvalid, ServerError, fault_classes
+from wsemail.protocol.errors import (
+    NotUnderstood,
+    RemoteFault,
+    RequestInvalid,
+    ServerError,
+    fault_classes,
+)
 
 SOAP = "http://www.w3.org/2003/05/soap-envelope"
 WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
@@ -45,6 +52,31 @@ def text_of(parent: etree._Element, local: str, default: str | None = None) -> s
     if child is None:
         return default
     return child.text or ""
+
+
+_DIGITS = re.compile(r"[0-9]{1,40}", re.ASCII)
+
+
+def parse_int(text: str | None, name: str, lo: int, hi: int) -> int:
+    """The one reader of protocol integers (element text, attributes, HTTP headers): ASCII
+    digits only, surrounding whitespace allowed, no sign, at most 40 digits, then `lo` <=
+    value <= `hi`. Anything else is RequestInvalid naming the field and its range (never
+    the ValueError or OverflowError of `int()` on "²", "①" or "9999999999")."""
+    value = (text or "").strip()
+    if _DIGITS.fullmatch(value) is None:
+        raise RequestInvalid(f"{name} must be a whole number between {lo} and {hi}")
+    number = int(value)
+    if not lo <= number <= hi:
+        raise RequestInvalid(f"{name} must be between {lo} and {hi}")
+    return number
+
+
+def int_of(parent: etree._Element, local: str, lo: int, hi: int, default: int) -> int:
+    """`parse_int` of a urn:wsemail child's text; `default` when absent or empty."""
+    raw = text_of(parent, local)
+    if raw is None or not raw.strip():
+        return default
+    return parse_int(raw, local, lo, hi)
 
 
 def texts_of(parent: etree._Element, local: str) -> list[str]:
@@ -101,13 +133,55 @@ def split_envelope(root: etree._Element) -> ReceivedEnvelope:
     return ReceivedEnvelope(root, headers[0] if headers else None, body, operations[0])
 
 
+# SOAP 1.2 roles (Part 1 §5.2.2): a block with no role, or one of these two, targets this node
+ROLE_NEXT = "http://www.w3.org/2003/05/soap-envelope/role/next"
+ROLE_NONE = "http://www.w3.org/2003/05/soap-envelope/role/none"
+ROLE_ULTIMATE = "http://www.w3.org/2003/05/soap-envelope/role/ultimateReceiver"
+_MUST_UNDERSTAND = q("mustUnderstand", SOAP)
+_ROLE = q("role", SOAP)
+
+
+def check_must_understand(header: etree._Element | None, understood: frozenset[str]) -> None:
+    """SOAP 1.2 Part 1 §5.2.3: every header block that targets this node (no env:role, or
+    role next / ultimateReceiver) and carries env:mustUnderstand="true" or "1" must be one
+    this node processes (`understood`, Clark notation); otherwise NotUnderstood, before
+    anything else is done with the request. An env:mustUnderstand that is not an
+    xs:boolean is RequestInvalid."""
+    if header is None:
+        return
+    missing: list[str] = []
+    for block in header:
+        if not isinstance(block.tag, str):
+            continue
+        flag = block.get(_MUST_UNDERSTAND)
+        if flag is None:
+            continue
+        flag = flag.strip()
+        if flag not in ("true", "1", "false", "0"):
+            raise RequestInvalid("env:mustUnderstand must be true, false, 1 or 0")
+        role = (block.get(_ROLE) or ROLE_ULTIMATE).strip()
+        if flag in ("true", "1") and role in (ROLE_ULTIMATE, ROLE_NEXT):
+            if block.tag not in understood:
+                missing.append(block.tag)
+    if missing:
+        names = ", ".join(etree.QName(tag).localname for tag in missing)
+        raise NotUnderstood(f"header block not understood: {names}", qnames=tuple(missing))
+
+
 # -- faults -------------------------------------------------------------------------------
 
 
 def fault(error: RemoteFault) -> bytes:
     """A SOAP 1.2 Fault for `error`; only its reason travels, never a traceback."""
     env, header, body = new_envelope()
-    env.remove(header)
+    qnames = error.qnames if isinstance(error, NotUnderstood) else ()
+    for n, tag in enumerate(qnames):  # SOAP 1.2 Part 1 §5.4.8: one env:NotUnderstood each
+        name = etree.QName(tag)
+        nsmap = {f"n{n}": name.namespace} if name.namespace else None
+        block = etree.SubElement(header, q("NotUnderstood", SOAP), nsmap=nsmap)
+        block.set("qname", f"n{n}:{name.localname}" if name.namespace else name.localname)
+    if not qnames:
+        env.remove(header)
     prefix, _, local = error.subcode.partition(":")
     f = etree.SubElement(body, q("Fault", SOAP), nsmap={"wsse": WSSE})
     code = etree.SubElement(f, q("Code", SOAP))

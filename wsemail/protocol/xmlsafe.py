@@ -2,8 +2,11 @@
 
 Rules (DESIGN.md §4): refuse any DOCTYPE or ENTITY declaration before parsing; never resolve
 entities, load a DTD or touch the network; never `huge_tree`; UTF-8 only; the size limit is
-checked before parsing and the depth and element-count limits while the parser streams, so
-an over-deep or over-wide document is dropped before it is built in full.
+checked before parsing and the depth, element-count, attributes-per-element and namespace-
+declarations-per-element limits while the parser streams, so an over-deep, over-long or
+over-wide document is dropped before it is built in full. Every reader of untrusted XML
+(the server endpoint, clients reading answers, relayed and sealed messages, form documents
+and what form plug-ins are given, wheel signatures) goes through `parse_untrusted`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ class XmlLimits:
     max_bytes: int = 1 << 20
     max_depth: int = 32
     max_elements: int = 10_000
+    max_attributes: int = 64  # attributes on one element (namespace declarations apart)
+    max_namespaces: int = 32  # namespace declarations on one element
 
 
 def parse_untrusted(data: bytes, limits: XmlLimits = XmlLimits()) -> etree._Element:
@@ -39,7 +44,7 @@ def parse_untrusted(data: bytes, limits: XmlLimits = XmlLimits()) -> etree._Elem
     if declared and declared.group(1).lower().replace(b"_", b"-") not in (b"utf-8", b"utf8"):
         raise RequestInvalid("only UTF-8 XML is accepted")
     parser = etree.XMLPullParser(
-        events=("start", "end"),
+        events=("start", "end", "start-ns"),
         resolve_entities=False,
         no_network=True,
         load_dtd=False,
@@ -48,19 +53,31 @@ def parse_untrusted(data: bytes, limits: XmlLimits = XmlLimits()) -> etree._Elem
         remove_comments=True,
         remove_pis=True,
     )
-    depth = elements = 0
+    depth = elements = declarations = 0
     root: etree._Element | None = None
     view = memoryview(data)
     try:
         for offset in range(0, len(data) or 1, _CHUNK):
             parser.feed(bytes(view[offset : offset + _CHUNK]))
             for event, node in parser.read_events():
+                if event == "start-ns":  # the declarations of the next element to start
+                    declarations += 1
+                    if declarations > limits.max_namespaces:
+                        raise LimitExceeded(
+                            f"XML element declares more than {limits.max_namespaces} namespaces"
+                        )
+                    continue
                 assert isinstance(node, etree._Element)
                 if event == "end":
                     depth -= 1
                     continue
                 depth += 1
                 elements += 1
+                declarations = 0
+                if len(node.attrib) > limits.max_attributes:
+                    raise LimitExceeded(
+                        f"XML element has more than {limits.max_attributes} attributes"
+                    )
                 if depth > limits.max_depth:
                     raise LimitExceeded(f"XML nested deeper than {limits.max_depth}")
                 if elements > limits.max_elements:

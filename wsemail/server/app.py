@@ -29,6 +29,7 @@ from wsemail.protocol.auth import (
     KDF_R,
     MAC_TYPE,
     PASSWORD_TEXT,
+    SIGN_RESPONSE,
     UsernameToken,
     decode_nonce,
     read_username_token,
@@ -49,7 +50,7 @@ from wsemail.protocol.errors import (
     UntrustedSigner,
 )
 from wsemail.protocol.message import normalize_address
-from wsemail.protocol.soap import WSSE, WSU, element, q, text_of
+from wsemail.protocol.soap import WSSE, WSU, element, parse_int, q, text_of
 from wsemail.protocol.xmlsafe import c14n, parse_untrusted
 from wsemail.server.config import ServerConfig
 from wsemail.server.connguard import Pace, Peers
@@ -73,6 +74,7 @@ READING_BUDGET = 64  # request bodies (of the maximum size) buffered at once, al
 
 
 T = TypeVar("T")
+UNDERSTOOD_HEADERS = frozenset({q("Security", WSSE), q(SIGN_RESPONSE)})
 CERTIFICATE_CALL = "CertificateCall"  # a client operation signed with the user certificate
 # set by `Server.authenticated` when the request it authenticated asked for a signed answer
 _ANSWER: ContextVar[AnswerBinding | None] = ContextVar("wsemail_answer", default=None)
@@ -136,6 +138,10 @@ class Server:
     routes: dict[str, ASGIApp] = field(default_factory=dict)
     # certificate login (`CertificateCall`), when the user-certificate plug-in is loaded
     certificate_login: CertificateVerifier | None = None
+    # header blocks this server processes (Clark notation): a block outside this set marked
+    # env:mustUnderstand is answered with the env:MustUnderstand fault; a plug-in that reads
+    # its own header block adds it here (`server.understood |= {...}`) in `attach`
+    understood: frozenset[str] = UNDERSTOOD_HEADERS
 
     def asgi(self) -> ASGIApp:
         """The ASGI application: one path, no middleware stack on the hot path."""
@@ -230,7 +236,7 @@ class Server:
         config = self.config
         limit = config.max_request_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        if declared is not None and parse_int(declared, "Content-Length", 0, 2**63) > limit:
             raise TooLarge(f"request larger than {limit} bytes")
         chunks: list[bytes] = []
         size = 0
@@ -259,6 +265,7 @@ class Server:
 
     async def dispatch(self, data: bytes, peer: str) -> etree._Element:
         envelope = soap.split_envelope(parse_untrusted(data, self.config.xml_limits))
+        soap.check_must_understand(envelope.header, self.understood)
         name = envelope.operation_name
         if etree.QName(envelope.operation).namespace != soap.WSEMAIL:
             raise RequestInvalid("the operation must be in the urn:wsemail namespace")
@@ -333,7 +340,7 @@ class Server:
         name = envelope.operation_name
         with self._counting_failures(lambda: username, peer):
             if token.password_type == MAC_TYPE:
-                self.auth.check_fresh(token.created)
+                self.auth.check_token(token)
                 nonce = self.auth.canonical_nonce(token)
                 body_c14n = c14n(envelope.body)
 
@@ -367,12 +374,12 @@ class Server:
         stamp = (
             None if header is None else header.find(f"{q('Security', WSSE)}/{q('Timestamp', WSU)}")
         )
-        self.auth.check_fresh(None if stamp is None else stamp.findtext(q("Created", WSU)))
+        self.auth.check_timestamp(stamp)
         with self._counting_failures(lambda: claimed, peer):
             verified = verifier.verify(envelope, claim)
             if verified.operation.tag != q(CERTIFICATE_CALL):
                 raise InvalidSecurity("the signed operation is not CertificateCall")
-            self.auth.check_fresh(verified.timestamp.findtext(q("Created", WSU)))
+            self.auth.check_timestamp(verified.timestamp)
         address, cert, op = verified.signer, verified.cert, verified.operation
         if (text_of(op, "Server") or "").strip().lower() != self.config.domain:
             raise Forbidden("this request is addressed to another server")
@@ -425,8 +432,8 @@ class Server:
         if self.config.tls_cert is None and not _is_loopback(peer):
             raise InvalidSecurity("PasswordText is accepted only over TLS")
         nonce = None
-        if token.created is not None:
-            self.auth.check_fresh(token.created)
+        if token.created is not None or token.stamp != (None, None):
+            self.auth.check_token(token)
         if token.nonce is not None:
             nonce = self.auth.canonical_nonce(token)
         user = await self.store.transact(lambda tx: tx.user(username))

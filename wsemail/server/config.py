@@ -113,6 +113,8 @@ class ServerConfig:
     shutdown_grace: float = 5.0
     past_seconds: float = 300.0
     future_seconds: float = 60.0
+    # failed authentications allowed per failure_window: per (user, peer address) and per
+    # peer address (IPv6 by /64); token buckets, see wsemail.server.ratelimit
     failures_per_user: int = 10
     failures_per_peer: int = 100
     failure_window: float = 60.0

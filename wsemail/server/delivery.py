@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
 from wsemail.core.provenance import read_signed
-from wsemail.protocol.auth import NONCE_BYTES
+from wsemail.protocol.auth import NONCE_BYTES, parse_timestamp
 from wsemail.protocol.dsig import (
     DS,
     cert_digest,
@@ -36,13 +36,14 @@ from wsemail.protocol.errors import (
     Forbidden,
     InvalidSecurity,
     Rejected,
+    RemoteFault,
     ReplayDetected,
     RequestInvalid,
     SignatureInvalid,
     UntrustedSigner,
 )
 from wsemail.protocol.message import Message, domain_of
-from wsemail.protocol.soap import WSU, element, q, text_of
+from wsemail.protocol.soap import element, q, text_of
 from wsemail.server.operations import deliver_locally
 from wsemail.server.pipeline import Environment
 from wsemail.server.store import Tx
@@ -89,7 +90,7 @@ def verify_transaction(server: Server, root: etree._Element) -> Transaction:
     origin, op = verified.signer, verified.operation
     if op.tag != q("Deliver"):
         raise SignatureInvalid("the signed operation is not Deliver")
-    server.auth.check_fresh(verified.timestamp.findtext(q("Created", WSU)))
+    server.auth.check_timestamp(verified.timestamp)
     if (text_of(op, "Destination") or "").lower() != server.config.domain:
         raise Forbidden("this transaction is addressed to another domain")
     if (text_of(op, "Origin") or "").lower() != origin:
@@ -115,6 +116,7 @@ def verify_transaction(server: Server, root: etree._Element) -> Transaction:
         content = read_signed(node)
         if content.origin != origin or domain_of(content.message.sender) != origin:
             raise UntrustedSigner(f"{origin} may not sign for {content.message.sender}")
+        _check_date(content.message.date)
         if content.destination != server.config.domain:
             raise Forbidden("a message is addressed to another domain")
         recipients = content.recipients
@@ -125,6 +127,14 @@ def verify_transaction(server: Server, root: etree._Element) -> Transaction:
     if not inbound:
         raise RequestInvalid("Deliver carries no message")
     return Transaction(origin, verified.cert, nonce, inbound)
+
+
+def _check_date(date: str) -> None:
+    """A relayed message's Date is what readers sort and show: an xsd:dateTime in range."""
+    try:
+        parse_timestamp(date, "Date")
+    except RemoteFault as exc:
+        raise RequestInvalid(f"a message's Date is not a valid xsd:dateTime: {exc.reason}") from exc
 
 
 def _record(signed: etree._Element, cert: x509.Certificate) -> bytes:

@@ -20,7 +20,7 @@ from wsemail.core import provenance
 from wsemail.protocol.dsig import cert_digest
 from wsemail.protocol.errors import NotFound, RequestInvalid, ServerError
 from wsemail.protocol.message import Draft, Message, domain_of, new_message_id
-from wsemail.protocol.soap import element, q, text_of
+from wsemail.protocol.soap import element, int_of, q, text_of
 from wsemail.server.mailbox import operations as mailbox
 from wsemail.server.pipeline import Environment, Verdict
 
@@ -80,23 +80,11 @@ def deliver_locally(message: Message, recipient: str, env: Environment) -> None:
     env.pipeline.local_mta.store(message, recipient, env)
 
 
-def _int(op: etree._Element, name: str, default: int, low: int, high: int) -> int:
-    raw = text_of(op, name)
-    if raw is None or raw.strip() == "":
-        return default
-    if not raw.strip().isdigit():
-        raise RequestInvalid(f"{name} must be a whole number")
-    value = int(raw)
-    if not low <= value <= high:
-        raise RequestInvalid(f"{name} must be between {low} and {high}")
-    return value
-
-
 def list_headers(env: Environment, op: etree._Element) -> etree._Element:
     folder = mailbox.folder_named(env, text_of(op, "Folder") or "inbox")
-    limit = _int(op, "Limit", 50, 1, MAX_PAGE)
+    limit = int_of(op, "Limit", 1, MAX_PAGE, 50)
     cursor = text_of(op, "Cursor")
-    before = _int(op, "Cursor", 0, 1, 2**62) if cursor and cursor.strip() else None
+    before = int_of(op, "Cursor", 1, 2**62, 0) if cursor and cursor.strip() else None
     unread = (text_of(op, "UnreadOnly") or "false").strip()
     if unread not in ("true", "false", "1", "0"):
         raise RequestInvalid("UnreadOnly must be true or false")

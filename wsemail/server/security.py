@@ -4,8 +4,10 @@ to those that ask for it.
 Order of checks for the password MAC: timestamp window → nonce not seen → MAC, compared in
 constant time; the nonce is then inserted in the same transaction as the request's effect.
 An unknown user is checked against a fake key, so the answer and its cost are the same as
-for a wrong password. Failed attempts are counted per user and per peer address and answered
-with 429 for the rest of a short window.
+for a wrong password. Failed attempts are counted per (user, peer address) and per peer
+address (`wsemail.server.ratelimit`), never per user alone: bad requests from elsewhere do
+not lock the real user out. Over either limit the answer is 429 until the bucket refills;
+known and unknown names are counted alike.
 
 A MAC-authenticated request with a `<w:SignResponse/>` header gets a signed answer: the
 server key signs Body and Timestamp (the hop-signature form, `Signer.signed_envelope`),
@@ -20,9 +22,8 @@ import base64
 import binascii
 import hashlib
 import hmac
-import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,53 +35,25 @@ from wsemail.protocol.auth import (
     SALT_BYTES,
     SIGN_RESPONSE,
     UsernameToken,
+    check_window,
     compute_mac,
     decode_nonce,
     derive_key,
     mac_matches,
-    parse_timestamp,
     timestamp,
+    timestamp_parts,
 )
 from wsemail.protocol.dsig import Signer
 from wsemail.protocol.errors import (
     AuthenticationFailed,
-    MessageExpired,
     RateLimited,
     ReplayDetected,
 )
 from wsemail.protocol.soap import q
+from wsemail.server.ratelimit import RateLimiter, peer_key
 from wsemail.server.store import Tx, UserRecord
 
 FAILED = "authentication failed"
-
-
-class FailureLimiter:
-    """Counts failed authentications per key in a sliding window. Thread-safe: the SMTP
-    submission listener checks passwords from its own thread."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def over(self, key: str, limit: int, window: float) -> bool:
-        with self._lock:
-            times = self._failures.get(key)
-            if not times:
-                return False
-            cutoff = self.clock() - window
-            while times and times[0] < cutoff:
-                times.popleft()
-            if not times:
-                del self._failures[key]
-                return False
-            return len(times) >= limit
-
-    def record(self, key: str) -> None:
-        with self._lock:
-            self._failures.setdefault(key, deque()).append(self.clock())
-            if len(self._failures) > 100_000:  # bounded memory under a spray of names
-                self._failures.pop(next(iter(self._failures)))
 
 
 class Authenticator:
@@ -100,10 +73,9 @@ class Authenticator:
         self.past = past_seconds
         self.future = future_seconds
         self.keep_nonce = past_seconds + future_seconds + 60
-        self.per_user = failures_per_user
-        self.per_peer = failures_per_peer
-        self.window = failure_window
-        self.limiter = FailureLimiter()
+        # failures_per_user: per (user, peer address); failures_per_peer: per peer address
+        self.per_user = RateLimiter(failures_per_user, failure_window, clock=clock)
+        self.per_peer = RateLimiter(failures_per_peer, failure_window, clock=clock)
         self._password_cache: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()
 
     # salts ------------------------------------------------------------------------------
@@ -116,25 +88,31 @@ class Authenticator:
 
     # checks outside the transaction ------------------------------------------------------
     def check_rate(self, username: str, peer: str) -> None:
-        if self.limiter.over("u:" + username, self.per_user, self.window) or self.limiter.over(
-            "p:" + peer, self.per_peer, self.window
-        ):
+        """RateLimited if this peer used up its failures, for this name or for all names."""
+        where = peer_key(peer)
+        if self.per_peer.over(where) or self.per_user.over(f"{username}\n{where}"):
             raise RateLimited("too many failed authentications; try again later")
 
     def record_failure(self, username: str, peer: str) -> None:
-        self.limiter.record("u:" + username)
-        self.limiter.record("p:" + peer)
+        where = peer_key(peer)
+        self.per_user.hit(f"{username}\n{where}")
+        self.per_peer.hit(where)
 
-    def check_fresh(self, created: str | None) -> None:
-        if created is None:
-            raise MessageExpired("missing Created timestamp")
-        when = parse_timestamp(created)
+    def check_fresh(self, created: str | None, expires: str | None = None) -> None:
+        """Created within the window (300 s past, 60 s future by default); Expires, when
+        given, after Created and not past by more than the 60 s clock-skew allowance."""
         now = datetime.fromtimestamp(self.clock(), UTC)
-        age = (now - when).total_seconds()
-        if age > self.past:
-            raise MessageExpired("request timestamp is too old")
-        if age < -self.future:
-            raise MessageExpired("request timestamp is in the future")
+        check_window(created, expires, now, self.past, self.future)
+
+    def check_timestamp(self, stamp: etree._Element | None) -> None:
+        """`check_fresh` for a (verified) wsu:Timestamp: Created required, Expires checked."""
+        self.check_fresh(*timestamp_parts(stamp))
+
+    def check_token(self, token: UsernameToken) -> None:
+        """A UsernameToken's Created, and the wsu:Timestamp beside it if there is one."""
+        self.check_fresh(token.created)
+        if token.stamp != (None, None):
+            self.check_fresh(*token.stamp)
 
     @staticmethod
     def canonical_nonce(token: UsernameToken) -> str:

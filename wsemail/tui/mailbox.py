@@ -131,11 +131,11 @@ def format_date(value: str) -> str:
     """A server date (ISO 8601, UTC) as local "YYYY-MM-DD HH:MM"; unknown forms as given."""
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone().strftime("%Y-%m-%d %H:%M")
+    except (ValueError, OverflowError):  # e.g. 0001-01-01T00:00:00+01:00 from a peer
         return value
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M")
 
 
 def format_size(size: int) -> str:

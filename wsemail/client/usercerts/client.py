@@ -31,7 +31,7 @@ from wsemail.protocol.auth import NONCE_BYTES, timestamp
 from wsemail.protocol.dsig import Signer, add_timestamp
 from wsemail.protocol.errors import RemoteFault, ServerError, TransportError, UsageError
 from wsemail.protocol.message import domain_of, new_message_id, normalize_address
-from wsemail.protocol.soap import WSSE, WSU, element, q, text_of
+from wsemail.protocol.soap import WSSE, WSU, element, int_of, parse_int, q, text_of
 from wsemail.protocol.xmlsafe import parse_untrusted
 
 EXTENSION_ID = "usercerts"
@@ -73,7 +73,7 @@ def revoke(client: Client, serial: int | None = None) -> int:
     request = etree.Element(q("Revoke"))
     if serial is not None:
         element(request, "Serial", str(serial))
-    return int(text_of(_usercerts(client, request), "Count", "0") or 0)
+    return int_of(_usercerts(client, request), "Count", 0, 2**31, 0)
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,11 @@ class CertInfo:
 def list_certificates(client: Client) -> list[CertInfo]:
     answer = _usercerts(client, etree.Element(q("List")))
     return [
-        CertInfo(int(n.get("serial", "0")), n.get("expires", ""), n.get("state", ""))
+        CertInfo(
+            parse_int(n.get("serial") or "0", "serial", 0, 2**160),
+            n.get("expires", ""),
+            n.get("state", ""),
+        )
         for n in answer.findall(q("Certificate"))
     ]
 

@@ -30,8 +30,15 @@ from wsemail.client.usercerts.keystore import UserKey
 from wsemail.client.usercerts.xmlenc import PLAINTEXT_LIMITS, decrypt_element, encrypt_element
 from wsemail.pki import certificate_address
 from wsemail.protocol.dsig import DS, Signer, verify_element
-from wsemail.protocol.errors import RemoteFault, SignatureInvalid, UsageError, WsemailError
+from wsemail.protocol.errors import (
+    RemoteFault,
+    RequestInvalid,
+    SignatureInvalid,
+    UsageError,
+    WsemailError,
+)
 from wsemail.protocol.message import Message, normalize_address
+from wsemail.protocol.soap import parse_int
 from wsemail.protocol.xmlsafe import parse_untrusted
 
 E2E = "urn:wsemail:e2e"
@@ -151,10 +158,10 @@ def _one_text(node: etree._Element, local: str) -> str:
 
 
 def _count(node: etree._Element, local: str) -> int:
-    raw = _one_text(node, local).strip()
-    if not raw.isdigit() or len(raw) > 19:
-        raise SignatureInvalid(f"sealed attachment {local} is not a whole number")
-    return int(raw)
+    try:
+        return parse_int(_one_text(node, local), local, 0, 2**63 - 1)
+    except RequestInvalid as exc:
+        raise SignatureInvalid(f"sealed attachment {local} is not a whole number") from exc
 
 
 def _sealed_file(node: etree._Element) -> SealedFile:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 from lxml import etree
 
+from wsemail.pki import has_key_usage
 from wsemail.protocol.errors import SignatureInvalid, UsageError
 from wsemail.protocol.xmlsafe import XmlLimits, parse_untrusted
 
@@ -89,6 +90,9 @@ def _recipient_info(parent: etree._Element, cert: x509.Certificate) -> None:
 def _wrap_for(parent: etree._Element, cek: bytes, cert: x509.Certificate, name: str) -> None:
     key = cert.public_key()
     encrypted_key = _sub(parent, XENC, "EncryptedKey", Recipient=name)
+    usage = "key_agreement" if isinstance(key, ec.EllipticCurvePublicKey) else "key_encipherment"
+    if not has_key_usage(cert, usage):  # the holder did not ask to receive encrypted mail
+        raise UsageError(f"{name}: the certificate's key usage does not allow encryption")
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, ec.SECP256R1):
             raise UsageError(f"{name}: only P-256 keys are supported for key agreement")

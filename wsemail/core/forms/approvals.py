@@ -52,8 +52,9 @@ from wsemail.core.forms.contract import Step
 from wsemail.core.forms.document import WF, FormDocument, FormError, w
 from wsemail.pki import TrustStore
 from wsemail.protocol.dsig import PrivateKey, Signer, verify_element
-from wsemail.protocol.errors import RemoteFault, UntrustedSigner, WsemailError
+from wsemail.protocol.errors import RemoteFault, RequestInvalid, UntrustedSigner, WsemailError
 from wsemail.protocol.message import normalize_address
+from wsemail.protocol.soap import parse_int
 
 KINDS = ("approve", "reject", "delegate")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -61,6 +62,7 @@ FUTURE_SKEW = stamps.FUTURE_SKEW
 STAMP_WINDOW = stamps.STAMP_WINDOW  # an act's own At, at most this before its stamp
 MAX_DELEGATION_DEPTH = 3  # approver → delegate → delegate → delegate
 MAX_ACTS_PER_STEP = 8
+MAX_STEP = 999  # what an act's Step may say (the route decides which exist)
 
 
 @dataclass(frozen=True)
@@ -308,13 +310,12 @@ def verify(
             raise FormError(
                 f"act {index + 1} by {signer} does not cover this form's data and earlier acts"
             )
-        step = _text(verified, "Step")
-        if not (step.isascii() and step.isdecimal() and len(step) <= 3):
-            raise FormError(f"act {index + 1}: bad step")
+        try:
+            step = parse_int(_text(verified, "Step"), "Step", 0, MAX_STEP)
+        except RequestInvalid as exc:
+            raise FormError(f"act {index + 1}: bad step ({exc.reason})") from exc
         delegate = _text(verified, "Delegate")
-        entry = chain.apply(
-            kind, int(step), signer, normalize_address(delegate) if delegate else ""
-        )
+        entry = chain.apply(kind, step, signer, normalize_address(delegate) if delegate else "")
         if _text(verified, "Role") != entry.role:
             raise FormError(f"act {index + 1}: role differs from the route")
         chain.entries.append(_at(entry, stamped.strftime(TIME_FORMAT)))

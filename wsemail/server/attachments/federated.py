@@ -44,7 +44,7 @@ from wsemail.protocol.errors import (
     UsageError,
 )
 from wsemail.protocol.message import domain_of
-from wsemail.protocol.soap import WSU, element, q, text_of
+from wsemail.protocol.soap import element, int_of, q, text_of
 from wsemail.server.attachments import records
 from wsemail.server.store import Tx, UserRecord
 
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsemail.attachments")
 T = TypeVar("T")
 DOWNLOAD_PATH = "/wsemail/attachments/download"
+MAX_TOKEN_SECONDS = 10**9  # what IssueToken reads as Lifetime (then cut to the limit)
 
 
 async def mac_authenticated(
@@ -92,11 +93,9 @@ async def issue_token(
         raise RequestInvalid("PublicKey is not a DER SubjectPublicKeyInfo") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
         raise RequestInvalid("only ECDSA and RSA keys can be certified")
-    raw = (text_of(op, "Lifetime") or "").strip()
-    if raw and not raw.isdigit():
-        raise RequestInvalid("Lifetime must be a whole number of seconds")
     limit = min(max_lifetime, SHORT_LIVED.total_seconds())
-    lifetime = timedelta(seconds=max(60, min(int(raw) if raw else limit, limit)))
+    asked = int_of(op, "Lifetime", 0, MAX_TOKEN_SECONDS, 0)  # 0: as long as allowed
+    lifetime = timedelta(seconds=max(60, min(asked or limit, limit)))
     identity = federation.identity
 
     def work(tx: Tx, user: UserRecord) -> x509.Certificate:
@@ -174,7 +173,7 @@ def verify_identity_request(
         raise SignatureInvalid(f"the signed operation is not {operation}")
     if issuer_certificate(op) != issuing:
         raise SignatureInvalid("the IssuerCertificate read is not the one signed")
-    server.auth.check_fresh(verified.timestamp.findtext(q("Created", WSU)))
+    server.auth.check_timestamp(verified.timestamp)
     if (text_of(op, "Server") or "").strip().lower() != server.config.domain:
         raise Forbidden("this request is addressed to another server")
     return IdentityRequest(address, op, _nonce(op))

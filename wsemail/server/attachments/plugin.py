@@ -41,7 +41,7 @@ from wsemail.protocol.errors import (
     TooLarge,
 )
 from wsemail.protocol.message import NAME_BYTES, AttachmentRef, Message
-from wsemail.protocol.soap import element, q, text_of, texts_of
+from wsemail.protocol.soap import element, parse_int, q, text_of, texts_of
 from wsemail.server.attachments import federated, records
 from wsemail.server.attachments.storage import BlobStore
 from wsemail.server.attachments.streams import UPLOAD_PATH, Streams, base_url
@@ -196,10 +196,7 @@ class OnDemandAttachments(SendingProcessor, ExtensionProcessor):
         media_type = (text_of(op, "MediaType") or "application/octet-stream").strip().lower()
         if not _MEDIA_TYPE.match(media_type):
             raise RequestInvalid("MediaType must look like type/subtype")
-        raw = (text_of(op, "Size") or "").strip()
-        if not raw.isdigit() or len(raw) > 19:
-            raise RequestInvalid("Size must be a whole number of bytes")
-        size = int(raw)
+        size = parse_int(text_of(op, "Size"), "Size", 0, 2**63 - 1)
         if size > self.max_bytes:
             raise TooLarge(f"attachments are limited to {self.max_bytes} bytes")
         self.check_quota(env.tx, env.principal, size)

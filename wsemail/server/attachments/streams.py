@@ -34,7 +34,7 @@ from wsemail.protocol.errors import (
     ServerError,
     TooLarge,
 )
-from wsemail.protocol.soap import element, q
+from wsemail.protocol.soap import element, parse_int, q
 from wsemail.server.attachments import records
 from wsemail.server.attachments.storage import BlobStore
 from wsemail.server.connguard import Pace
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsemail.attachments")
 UPLOAD_PATH = "/wsemail/attachments/upload"
 CHUNK = 1 << 20
-_RANGE = re.compile(r"^bytes=(\d{1,19})-(\d{0,19})$")
+_RANGE = re.compile(r"^bytes=([0-9]{1,19})-([0-9]{0,19})$", re.ASCII)
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
@@ -129,7 +129,8 @@ class Streams:
         committed = False
         try:
             declared = _header(scope, b"content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) != blob.size):
+            length = None if declared is None else parse_int(declared, "Content-Length", 0, 2**63)
+            if length is not None and length != blob.size:
                 raise RequestInvalid("Content-Length differs from the announced size")
             # a stall of read_timeout, or a pace below the minimum rate, ends it
             pace = Pace(self.server.config, total=None)

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import httpx
 
+from wsemail.protocol.errors import RequestInvalid
+from wsemail.protocol.soap import parse_int
 from wsemail.server.store import SqliteStore, Tx
 
 log = logging.getLogger("wsemail.forms")
@@ -98,15 +100,18 @@ def retry_after(value: str | None, now: float) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value[:1].isdigit():  # delta-seconds: ASCII digits only ("²" is a digit to isdigit)
+        try:
+            return float(parse_int(value, "Retry-After", 0, 10**9))
+        except RequestInvalid:
+            return None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, when.timestamp() - now)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
 
 
 @dataclass(frozen=True)
@@ -250,6 +255,9 @@ class Webhook:
                     wait = retry_after(response.headers.get("retry-after"), time.time())
                 return Outcome(error, wait=min(wait, self.max_delay) if wait else 0.0)
         except httpx.HTTPError as exc:
+            return Outcome(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # one odd answer must not stall every later hand-off
+            log.exception("webhook POST of %s failed unexpectedly", item.key)
             return Outcome(f"{type(exc).__name__}: {exc}")
 
     def _settle(self, item: Due, outcome: Outcome) -> Callable[[Tx], None]:

@@ -43,7 +43,7 @@ from wsemail.protocol.message import (
     new_message_id,
     normalize_address,
 )
-from wsemail.protocol.soap import element, q, text_of, texts_of
+from wsemail.protocol.soap import element, int_of, q, text_of, texts_of
 from wsemail.server.im import channel, direct, notices, records
 from wsemail.server.im.channel import Channels
 from wsemail.server.im.hub import STREAM_PATH, Hub, Push, event
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsemail.im")
 EXTENSION_ID = "im"
 MAX_HISTORY = 500
+MAX_IDLE_TIMEOUT = 7 * 86400  # what OpenChannel reads; the plug-in's own maximum applies
 MAX_HEARTBEAT = 30.0
 MAX_ACKS = 100  # ids in one Ack
 
@@ -449,11 +450,9 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
     def _history(self, op: etree._Element, env: Environment) -> etree._Element:
         peer_raw = (text_of(op, "Peer") or "").strip()
         peer = normalize_address(peer_raw) if peer_raw else None
-        raw = (text_of(op, "Limit") or "50").strip()
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_HISTORY:
-            raise RequestInvalid(f"Limit must be between 1 and {MAX_HISTORY}")
+        limit = int_of(op, "Limit", 1, MAX_HISTORY, 50)
         result = etree.Element(q("History"))
-        for entry in records.history(env.tx, env.principal, peer, int(raw)):
+        for entry in records.history(env.tx, env.principal, peer, limit):
             node = element(result, "Entry")
             node.set("from", entry.peer)
             node.set("message-id", entry.message_id)
@@ -501,10 +500,8 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
 
     def _open_channel(self, op: etree._Element, env: Environment) -> etree._Element:
         addresses = [normalize_address(a) for a in texts_of(op, "Address")]
-        raw = (text_of(op, "IdleTimeout") or "").strip()
-        if raw and not raw.isdigit():
-            raise RequestInvalid("IdleTimeout must be a whole number of seconds")
-        info = self.channels.open(env.principal, addresses, float(raw) if raw else None)
+        idle = int_of(op, "IdleTimeout", 1, MAX_IDLE_TIMEOUT, 0)  # 0: the plug-in's default
+        info = self.channels.open(env.principal, addresses, float(idle) if idle else None)
         outcomes = self._invite(info, env)
         result = etree.Element(q("Channel"))
         element(result, "Id", info.id)

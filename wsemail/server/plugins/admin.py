@@ -6,7 +6,7 @@ from __future__ import annotations
 from lxml import etree
 
 from wsemail.protocol.errors import Forbidden, PluginError, RequestInvalid
-from wsemail.protocol.soap import element, q
+from wsemail.protocol.soap import element, parse_int, q
 from wsemail.server.pipeline import (
     Environment,
     ExtensionProcessor,
@@ -16,13 +16,14 @@ from wsemail.server.pipeline import (
 )
 
 ACTIONS = ("list", "load", "unload", "priority")
+MAX_PRIORITY = 1_000_000
 
 
 def _priority(value: str | None) -> int:
-    try:
-        return int(value or "100")
-    except ValueError as exc:
-        raise RequestInvalid("priority must be an integer") from exc
+    text = (value or "100").strip()
+    if text.startswith("-"):  # priorities may be negative (run before the built-ins)
+        return -parse_int(text[1:], "priority", 0, MAX_PRIORITY)
+    return parse_int(text, "priority", 0, MAX_PRIORITY)
 
 
 class Admin(ExtensionProcessor):

@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
-from collections import defaultdict, deque
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +41,7 @@ from wsemail.server.attachments import OnDemandAttachments, records
 from wsemail.server.controller import bind
 from wsemail.server.operations import deliver_locally
 from wsemail.server.pipeline import Environment
+from wsemail.server.ratelimit import RateLimiter, peer_key
 from wsemail.server.smtp import dkim_keys, dmarc, spf
 from wsemail.server.smtp.mime import Incoming, Part, from_mime
 from wsemail.server.smtp.mx import MailDns
@@ -53,28 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wsemail.smtp.inbound")
 ORIGIN_PREFIX = "smtp:"
-
-
-class RateLimiter:
-    """At most `limit` events per `window` seconds for each peer (sliding window)."""
-
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit = limit
-        self.window = window
-        self._events: dict[str, deque[float]] = defaultdict(deque)
-
-    def allow(self, peer: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        events = self._events[peer]
-        while events and events[0] <= now - self.window:
-            events.popleft()
-        if len(events) >= self.limit:
-            return False
-        events.append(now)
-        if len(self._events) > 10_000:  # forget idle peers
-            for key in [k for k, v in self._events.items() if not v]:
-                del self._events[key]
-        return True
 
 
 @dataclass(frozen=True)
@@ -193,7 +170,7 @@ class Gateway:
         mail_options: list[str],
     ) -> str:
         peer = _peer(session)
-        if not self.limiter.allow(peer):
+        if not self.limiter.allow(peer_key(peer)):
             log.info("rate limit for %s", peer)
             return "450 4.7.0 too many messages from your address, try again later"
         if address.strip() in ("", "<>"):  # the null reverse-path of bounces (RFC 5321)

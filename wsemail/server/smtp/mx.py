@@ -40,7 +40,7 @@ class MailHost:
 
 def _split_hostport(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or host.count(":") and not host.startswith("["):
+    if not sep or not port.isascii() or not port.isdigit() or ":" in host and host[:1] != "[":
         return text.strip("[]"), SMTP_PORT
     return host.strip("[]"), int(port)
 

@@ -32,7 +32,7 @@ from wsemail.pki import ServerIdentity
 from wsemail.protocol import soap
 from wsemail.protocol.errors import Forbidden, NotFound, RequestInvalid
 from wsemail.protocol.message import domain_of, normalize_address
-from wsemail.protocol.soap import element, q, text_of
+from wsemail.protocol.soap import element, int_of, parse_int, q, text_of
 from wsemail.server.pipeline import Environment, ExtensionProcessor
 from wsemail.server.store import Tx
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsemail.usercerts")
 EXTENSION_ID = "usercerts"
 MIN_LIFETIME = timedelta(days=1)
+MAX_LIFETIME_DAYS = 36_525  # what IssueCertificate reads (then cut to the plug-in's maximum)
 MIGRATIONS = [
     """
     CREATE TABLE user_certs (
@@ -171,10 +172,8 @@ class UserCertificates(ExtensionProcessor):
 
     def _issue(self, op: etree._Element, env: Environment) -> etree._Element:
         key = _public_key(op)
-        raw = (text_of(op, "LifetimeDays") or "").strip()
-        if raw and not raw.isdigit():
-            raise RequestInvalid("LifetimeDays must be a whole number")
-        lifetime = timedelta(days=int(raw)) if raw else self.lifetime
+        days = int_of(op, "LifetimeDays", 1, MAX_LIFETIME_DAYS, 0)  # 0: the default
+        lifetime = timedelta(days=days) if days else self.lifetime
         lifetime = max(MIN_LIFETIME, min(lifetime, self.max_lifetime))
         identity = self._identity()
         now = datetime.fromtimestamp(env.clock(), UTC)
@@ -203,8 +202,8 @@ class UserCertificates(ExtensionProcessor):
 
     def _revoke(self, op: etree._Element, env: Environment) -> etree._Element:
         serial = (text_of(op, "Serial") or "").strip()
-        if serial and not serial.isdigit():
-            raise RequestInvalid("Serial must be a decimal number")
+        if serial:  # an X.509 serial number: at most 20 octets
+            serial = str(parse_int(serial, "Serial", 0, 2**160))
         sql = "UPDATE user_certs SET revoked=? WHERE address=? AND revoked IS NULL"
         args: tuple[object, ...] = (env.tx.now, env.principal)
         if serial:

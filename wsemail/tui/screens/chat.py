@@ -32,7 +32,7 @@ PRESENCE = {"online": "● online", "offline": "○ offline"}
 def moment(value: str) -> float | None:
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 
