@@ -54,14 +54,15 @@ def text_of(parent: etree._Element, local: str, default: str | None = None) -> s
     return child.text or ""
 
 
-_DIGITS = re.compile(r"[0-9]{1,40}", re.ASCII)
+_DIGITS = re.compile(r"[0-9]{1,64}", re.ASCII)
 
 
 def parse_int(text: str | None, name: str, lo: int, hi: int) -> int:
     """The one reader of protocol integers (element text, attributes, HTTP headers): ASCII
-    digits only, surrounding whitespace allowed, no sign, at most 40 digits, then `lo` <=
-    value <= `hi`. Anything else is RequestInvalid naming the field and its range (never
-    the ValueError or OverflowError of `int()` on "²", "①" or "9999999999")."""
+    digits only, surrounding whitespace allowed, no sign, at most 64 digits (an X.509
+    serial number has up to 49), then `lo` <= value <= `hi`. Anything else is
+    RequestInvalid naming the field and its range (never the ValueError or OverflowError
+    of `int()` on "²", "①" or "9999999999")."""
     value = (text or "").strip()
     if _DIGITS.fullmatch(value) is None:
         raise RequestInvalid(f"{name} must be a whole number between {lo} and {hi}")
