@@ -50,13 +50,20 @@ def test_list_headers_numbers_that_are_not_ascii_digits_get_a_400(server: Runnin
 
     server.client().send(["bob@localhost"], "keep me")
     before = _stored(server)
-    for field in ("Limit", "Cursor"):
+    for operation, field in (
+        ("ListHeaders", "Limit"),
+        ("ListHeaders", "Cursor"),
+        ("Search", "Limit"),
+        ("Search", "Cursor"),
+    ):
         for value in ODD:
-            op = etree.Element(q("ListHeaders"))
+            op = etree.Element(q(operation))
+            if operation == "Search":
+                etree.SubElement(op, q("Query")).text = "keep"
             etree.SubElement(op, q(field)).text = value
             data = signed(server.credentials("bob@localhost"), etree.tostring(op))
             response = server.post(data)
-            assert response.status_code == 400, (field, value, response.text)
+            assert response.status_code == 400, (operation, field, value, response.text)
             assert fault_subcode(response) == "wsemail:InvalidRequest"
             assert b"Traceback" not in response.content and field.encode() in response.content
     assert _stored(server) == before

@@ -63,7 +63,7 @@ from wsemail.protocol.message import (
     new_message_id,
     normalize_address,
 )
-from wsemail.protocol.soap import WSSE, element, q, text_of
+from wsemail.protocol.soap import WSSE, element, parse_int, q, text_of
 from wsemail.protocol.xmlsafe import XmlLimits, parse_untrusted
 
 SERVICE_PATH = "/wsemail"  # where a server answers SOAP when the URL names no path
@@ -520,8 +520,10 @@ class Client:
             element(op, "Cursor", cursor)
         answer = self.call(op)
         headers = [MessageHeader.from_xml(n) for n in answer.findall(q("MessageHeader"))]
-        hidden = answer.get("EncryptedNotSearched", "0")
-        return Page(headers, text_of(answer, "NextCursor"), int(hidden) if hidden.isdigit() else 0)
+        hidden = parse_int(
+            answer.get("EncryptedNotSearched") or "0", "EncryptedNotSearched", 0, 2**62
+        )
+        return Page(headers, text_of(answer, "NextCursor"), hidden)
 
     def extension(
         self, extension_id: str, payload: etree._Element | None = None

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from lxml import etree
 
 from wsemail.protocol.errors import NotFound, RequestInvalid
-from wsemail.protocol.soap import element, q, text_of, texts_of
+from wsemail.protocol.soap import element, int_of, q, text_of, texts_of
 from wsemail.server.mailbox import records
 from wsemail.server.mailbox.names import TRASH, check_name, system_folder
 from wsemail.server.mailbox.query import parse
@@ -150,12 +150,8 @@ def trash(env: Environment, public_id: str, trash_after: float) -> str:
 
 
 def _page_args(op: etree._Element) -> tuple[int, int | None]:
-    raw_limit = (text_of(op, "Limit") or "").strip()
-    raw_cursor = (text_of(op, "Cursor") or "").strip()
-    for name, raw, high in (("Limit", raw_limit, MAX_PAGE), ("Cursor", raw_cursor, 2**62)):
-        if raw and (not raw.isdigit() or not 1 <= int(raw) <= high):
-            raise RequestInvalid(f"{name} must be a whole number between 1 and {high}")
-    return int(raw_limit or 50), int(raw_cursor) if raw_cursor else None
+    cursor = int_of(op, "Cursor", 1, 2**62, 0)
+    return int_of(op, "Limit", 1, MAX_PAGE, 50), cursor or None
 
 
 def search(env: Environment, op: etree._Element) -> etree._Element:
