@@ -1,7 +1,7 @@
 """The `wsemail` command. Errors become one line on stderr and an exit code:
 0 ok, 1 local error (bad URL, unreadable file, no keyring…), 2 a command-line mistake or a
 refused security check (authentication, an answer's signature), 3 server or network
-unreachable, 4 rejected by the server."""
+unreachable, 4 rejected by the server, 5 the server's storage is full (try later)."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ max_connections_per_peer = 256
 max_inflight_per_peer = 64
 fd_reserve = 128
 shutdown_grace = 5
+storage_reserve = 8388608
 [security]
 past_seconds = 300
 future_seconds = 60
@@ -111,6 +112,8 @@ class ServerConfig:
     # on stop, requests in flight get this long to finish; idle connections and push
     # streams are closed at once
     shutdown_grace: float = 5.0
+    # bytes kept free in the data dir: on a full disk, reads and deletes go on in them
+    storage_reserve: int = 8 << 20
     past_seconds: float = 300.0
     future_seconds: float = 60.0
     # failed authentications allowed per failure_window: per (user, peer address) and per
@@ -208,6 +211,7 @@ SECTIONS: dict[str, dict[str, type]] = {
         "max_inflight_per_peer": int,
         "fd_reserve": int,
         "shutdown_grace": float,
+        "storage_reserve": int,
     },
     "security": {
         "past_seconds": float,

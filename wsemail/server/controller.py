@@ -28,6 +28,8 @@ from wsemail.server.mailbox import maintenance as mailbox_maintenance
 from wsemail.server.pipeline import Pipeline, resolve_class
 from wsemail.server.relay import Relay, run_relay
 from wsemail.server.security import Authenticator
+from wsemail.server.storage import SpaceReserve
+from wsemail.server.store import SqliteStore
 
 log = logging.getLogger("wsemail.server")
 
@@ -38,7 +40,12 @@ def build_server(config: ServerConfig, *, clock: Callable[[], float] = time.time
     secret = config.prepare()
     record_domain(config)
     store_cls = resolve_class(config.store)
+    space = SpaceReserve(config.data_dir, config.storage_reserve)
+    space.start()  # before the store opens: on a full disk it frees the reserve
     store = store_cls(config.db_path, clock=clock)
+    if isinstance(store, SqliteStore):
+        store.space = space
+    space.announce()
     pipeline = Pipeline(config.domain, config.plugins)
     auth = Authenticator(
         secret,

@@ -23,8 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from wsemail.protocol.errors import StoreError, WsemailError
+from wsemail.protocol.errors import StorageFull, StoreError, WsemailError
 from wsemail.protocol.message import Message, MessageHeader, is_sealed_body
+from wsemail.server.storage import (
+    FULL_REASON,
+    SpaceReserve,
+    check_database,
+    explain,
+    is_full,
+)
 
 log = logging.getLogger("wsemail.store")
 T = TypeVar("T")
@@ -198,7 +205,7 @@ def connect(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=10000")
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot open database {path}: {exc}") from exc
+        raise StoreError(explain(exc, f"cannot open database {path}: {exc}", path)) from exc
     return conn
 
 
@@ -245,9 +252,14 @@ def migrate(conn: sqlite3.Connection) -> None:
 class Tx:
     """The data-access operations available inside one unit of work."""
 
-    def __init__(self, conn: sqlite3.Connection, now: float) -> None:
+    def __init__(self, conn: sqlite3.Connection, now: float, *, full: bool = False) -> None:
         self.conn = conn
         self.now = now
+        self.full = full  # the disk is full: no new mail (reads and deletes go on)
+
+    def _room_for_mail(self) -> None:
+        if self.full:
+            raise StorageFull(FULL_REASON)
 
     # replay cache -----------------------------------------------------------------------
     def nonce_seen(self, principal: str, nonce: str) -> bool:
@@ -311,6 +323,7 @@ class Tx:
     ) -> tuple[str, int]:
         """Store one copy of `msg` in `owner`'s `folder`; returns (public id, seq).
         `origin` and `signed_xml` record the sending server and its signed form."""
+        self._room_for_mail()
         public_id = secrets.token_urlsafe(12)
         if public_id.startswith("-"):  # ids are command-line arguments: never option-like
             public_id = "_" + public_id[1:]
@@ -401,6 +414,7 @@ class Tx:
     # outbound queue (the federation relay consumes it) -----------------------------------
     def enqueue(self, msg: Message, domain: str, recipients: list[str], payload: bytes) -> None:
         """One outbound row per destination domain, committed with the accepted message."""
+        self._room_for_mail()
         self.conn.execute(
             "INSERT INTO queue(message_id, sender, domain, payload, recipients_json, "
             "next_attempt, created) VALUES (?,?,?,?,?,?,?)",
@@ -529,11 +543,15 @@ class SqliteStore:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.commits = 0  # transactions committed, for the benchmark's figures
+        # the data dir's reserve and full-disk mode (set by the server; None: no reserve)
+        self.space: SpaceReserve | None = None
+        check_database(self.path, len(MIGRATIONS))
         conn = connect(self.path)
         try:
             migrate(conn)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot migrate {self.path}: {exc}") from exc
+            message = f"cannot migrate {self.path}: {exc}"
+            raise StoreError(explain(exc, message, self.path)) from exc
         finally:
             conn.close()
 
@@ -615,7 +633,7 @@ class SqliteStore:
         outcomes: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            tx = Tx(conn, now)
+            tx = Tx(conn, now, full=self.space is not None and self.space.still_full())
             for work, future in batch:
                 if not future.set_running_or_notify_cancel():
                     continue  # the caller gave up (request cancelled): do not do its work
@@ -627,8 +645,7 @@ class SqliteStore:
                     outcomes.append((future, None, exc))
                 except sqlite3.Error as exc:
                     conn.execute("ROLLBACK TO unit")
-                    log.exception("unit of work failed")
-                    outcomes.append((future, None, StoreError(str(exc))))
+                    outcomes.append((future, None, self._failed("unit of work failed", exc)))
                 except Exception as exc:  # a plug-in's bug must not take the batch down
                     conn.execute("ROLLBACK TO unit")
                     log.exception("unit of work failed")
@@ -639,10 +656,9 @@ class SqliteStore:
             conn.execute("COMMIT")
             self.commits += 1
         except sqlite3.Error as exc:
-            log.exception("commit failed")
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            failed: BaseException = StoreError(f"commit failed: {exc}")
+            failed = self._failed("commit failed", exc)
             outcomes = [
                 (future, None, failed)
                 for _, future in batch
@@ -653,6 +669,18 @@ class SqliteStore:
                 future.set_exception(error)
             else:
                 future.set_result(result)
+
+    def _failed(self, what: str, exc: sqlite3.Error) -> WsemailError:
+        """The error a failed unit or commit answers: StorageFull (one log line, and full
+        mode) when the disk is full, else a StoreError with the traceback logged."""
+        if is_full(exc):
+            if self.space is not None:
+                self.space.disk_full()
+            else:
+                log.error("%s: %s is full", what, self.path.parent)
+            return StorageFull(FULL_REASON)
+        log.exception(what)
+        return StoreError(f"{what}: {exc}")
 
 
 def _sweep(tx: Tx) -> None:

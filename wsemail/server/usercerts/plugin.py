@@ -30,7 +30,7 @@ from lxml import etree
 
 from wsemail.pki import ServerIdentity
 from wsemail.protocol import soap
-from wsemail.protocol.errors import Forbidden, NotFound, RequestInvalid
+from wsemail.protocol.errors import Forbidden, NotFound, RemoteFault, RequestInvalid
 from wsemail.protocol.message import domain_of, normalize_address
 from wsemail.protocol.soap import element, int_of, parse_int, q, text_of
 from wsemail.server.pipeline import Environment, ExtensionProcessor
@@ -104,7 +104,8 @@ class UserCertificates(ExtensionProcessor):
         server.store.ensure_schema(self.name, MIGRATIONS)
         server.operations["LookupCertificate"] = self.lookup
         server.certificate_login = login.CertificateLogin(self, server)
-        self.publish_crl()
+        if not self._reuse_crl():
+            self.publish_crl()
 
     def close(self) -> None:
         server = self.server
@@ -127,12 +128,7 @@ class UserCertificates(ExtensionProcessor):
         """Sign a fresh user CRL from the revoked rows; keep it and trust it."""
         server = self.server
         assert server is not None and server.federation is not None
-        rows = server.store.transact_sync(
-            lambda tx: tx.conn.execute(
-                "SELECT serial, revoked FROM user_certs WHERE revoked IS NOT NULL"
-            ).fetchall()
-        )
-        revoked = {int(s): datetime.fromtimestamp(r, UTC) for s, r in rows}
+        revoked = self._revoked()
         identity = self._identity()
         path = server.config.data_dir / "usercerts" / "user-crl.pem"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,6 +137,41 @@ class UserCertificates(ExtensionProcessor):
         with self._lock:
             self._crl = crl
         return crl
+
+    def _revoked(self) -> dict[int, datetime]:
+        server = self.server
+        assert server is not None
+        rows = server.store.transact_sync(
+            lambda tx: tx.conn.execute(
+                "SELECT serial, revoked FROM user_certs WHERE revoked IS NOT NULL"
+            ).fetchall()
+        )
+        return {int(s): datetime.fromtimestamp(r, UTC) for s, r in rows}
+
+    def _reuse_crl(self) -> bool:
+        """At start: keep the user CRL on disk when it is this issuer's, lists exactly the
+        revoked rows and has more than half its life left (a start writes nothing that did
+        not change: on a full disk it could not)."""
+        server = self.server
+        assert server is not None and server.federation is not None
+        path = server.config.data_dir / "usercerts" / "user-crl.pem"
+        identity = self._identity()
+        try:
+            crl = x509.load_pem_x509_crl(path.read_bytes())
+            next_update = crl.next_update_utc
+            if (
+                next_update is None
+                or next_update - self._now() < timedelta(days=self.crl_days) / 2
+                or crl.last_update_utc > self._now()
+                or {r.serial_number for r in crl} != set(self._revoked())
+            ):
+                return False
+            server.federation.trust.add_crl(crl, issuer=identity.issuing_cert)
+        except (OSError, ValueError, RemoteFault):
+            return False
+        with self._lock:
+            self._crl = crl
+        return True
 
     def current_crl(self) -> x509.CertificateRevocationList:
         """The user CRL, re-signed when less than half its life remains."""
