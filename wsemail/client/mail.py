@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import base64
 import ssl
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,6 +71,7 @@ SERVICE_PATH = "/wsemail"  # where a server answers SOAP when the URL names no p
 RESPONSE_LIMITS = XmlLimits(max_bytes=64 << 20, max_depth=32, max_elements=1_000_000)
 ANSWER_HEADERS = frozenset({q("Security", WSSE)})  # header blocks this client processes
 ANSWER_PAST, ANSWER_FUTURE = 300.0, 60.0  # freshness window of a signed answer, seconds
+STALE_ANSWER = "stale-answer"  # MessageExpired.detail: the answer, not the request, was stale
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class Client:
         timeout: float = 30.0,
         trust_roots: list[Path] | None = None,
         tls_name: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if password is None and credentials is None:
             raise UsageError("a password is needed")
@@ -151,6 +154,10 @@ class Client:
         # our own server's certificate, once a signed answer carried it and it was checked
         self.server_certificate: x509.Certificate | None = None
         self.answer_check: str | None = None  # last answer: "verified" or "unchecked"
+        # this machine's clock (a test seam) and how far the server's is ahead of it, learnt
+        # from GetSalt: request timestamps and the freshness of answers are in server time
+        self.clock = clock
+        self.clock_offset: float | None = None
         # the name the server's TLS certificate must carry when it differs from the URL's host
         # (a domain's server certificate names the mail domain)
         self._extensions = {"sni_hostname": tls_name} if tls_name else {}
@@ -195,10 +202,28 @@ class Client:
             self._password = None
         return self._credentials
 
+    def now(self) -> datetime:
+        """The time as the server counts it (this clock plus the offset learnt)."""
+        return datetime.fromtimestamp(self.clock() + (self.clock_offset or 0.0), UTC)
+
+    def learn_clock(self) -> None:
+        """Ask the server its time (GetSalt's ServerTime) and keep the offset."""
+        self.get_salt(self.username)
+        if self.clock_offset is None:
+            self.clock_offset = 0.0  # a server that does not say: trust our own clock
+
     def get_salt(self, username: str) -> bytes:
         op = etree.Element(q("GetSalt"))
         element(op, "Username", username)
+        sent = self.clock()
         answer = self.call(op, authenticated=False)
+        server_time = text_of(answer, "ServerTime")
+        if server_time:
+            try:
+                at = parse_timestamp(server_time).timestamp()
+            except RemoteFault as exc:
+                raise ServerError("the server's GetSalt answer has a bad ServerTime") from exc
+            self.clock_offset = at - (sent + self.clock()) / 2
         kdf = answer.find(q("Kdf"))
         if kdf is None or (kdf.get("n"), kdf.get("r"), kdf.get("p")) != (
             str(KDF_N),
@@ -209,13 +234,36 @@ class Client:
         return base64.b64decode(text_of(answer, "Salt", "") or "")
 
     # transport --------------------------------------------------------------------------
-    def call(self, operation: etree._Element, *, authenticated: bool = True) -> etree._Element:
-        """POST one operation; return the response element or raise its fault."""
+    def call(
+        self, operation: etree._Element, *, authenticated: bool = True, idempotent: bool = False
+    ) -> etree._Element:
+        """POST one operation; return the response element or raise its fault.
+
+        A request refused as stale, or an answer judged stale, makes the client learn the
+        server's clock again and ask once more, when that is safe: a refused request had no
+        effect; a stale answer came after the effect, so only an `idempotent` operation is
+        asked again (a Send with the same MessageId is stored once)."""
+        if (
+            authenticated
+            and self.clock_offset is None
+            and self._credentials is not None  # else the salt brings the server's time
+            and self.trust() is not None  # answers will be judged by it
+        ):
+            self.learn_clock()
+        try:
+            return self._call(operation, authenticated)
+        except MessageExpired as exc:
+            if not authenticated or (exc.detail == STALE_ANSWER and not idempotent):
+                raise
+            self.learn_clock()
+            return self._call(operation, authenticated)
+
+    def _call(self, operation: etree._Element, authenticated: bool) -> etree._Element:
         env, header, body = soap.new_envelope()
         body.append(operation)
         nonce = None
         if authenticated:
-            nonce = self.credentials.sign(header, body)
+            nonce = self.credentials.sign(header, body, self.now())
             if self.trust() is not None:
                 asks = element(header, SIGN_RESPONSE)
                 if self.server_certificate is not None:
@@ -274,11 +322,15 @@ class Client:
                 raise SignatureInvalid("it is not signed")
             verified = verify_envelope(root, own_server, by_digest)
             created, expires = timestamp_parts(verified.timestamp)
-            check_window(created, expires, datetime.now(UTC), ANSWER_PAST, ANSWER_FUTURE)
+            try:  # judged by the server's clock: ours may be off by minutes
+                check_window(created, expires, self.now(), ANSWER_PAST, ANSWER_FUTURE)
+            except MessageExpired as exc:
+                raise MessageExpired(f"it is stale: {exc}", detail=STALE_ANSWER) from exc
             if verified.operation.get(IN_RESPONSE_TO) != nonce:
                 raise ReplayDetected("it answers another request")
         except RemoteFault as exc:
-            raise type(exc)(f"answer from {self.server} refused: {exc.reason}") from exc
+            refused = f"answer from {self.server} refused: {exc.reason}"
+            raise type(exc)(refused, detail=exc.detail) from exc
         self.server_certificate = verified.cert
         self.answer_check = "verified"
         return verified.operation
@@ -316,7 +368,7 @@ class Client:
             op = etree.Element(q("Send"))
             draft.to_xml(op)
             try:
-                answer = self.call(op)
+                answer = self.call(op, idempotent=True)  # the same MessageId
             except TransportError:
                 if attempt == retries:
                     raise
@@ -340,7 +392,7 @@ class Client:
         if cursor:
             element(op, "Cursor", cursor)
         element(op, "UnreadOnly", "true" if unread_only else "false")
-        answer = self.call(op)
+        answer = self.call(op, idempotent=True)
         headers = [MessageHeader.from_xml(n) for n in answer.findall(q("MessageHeader"))]
         return Page(headers, text_of(answer, "NextCursor"))
 
@@ -364,7 +416,7 @@ class Client:
         element(op, "Id", message_id)
         if peek:
             element(op, "Peek", "true")
-        node = self.call(op).find(q("Message"))
+        node = self.call(op, idempotent=True).find(q("Message"))
         if node is None:
             raise ServerError("RetrieveResponse without a Message")
         return Message.from_xml(node)
@@ -429,7 +481,9 @@ class Client:
             op = etree.Element(q("GetCertificate"))
             element(op, "Digest", base64.b64encode(digest).decode("ascii"))
             try:
-                der = base64.b64decode(text_of(self.call(op), "Certificate", "") or "")
+                der = base64.b64decode(
+                    text_of(self.call(op, idempotent=True), "Certificate", "") or ""
+                )
                 cert = x509.load_der_x509_certificate(der)
             except ValueError as exc:
                 raise SignatureInvalid("the server answered an unreadable certificate") from exc

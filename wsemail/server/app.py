@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 from cryptography import x509
@@ -33,6 +34,7 @@ from wsemail.protocol.auth import (
     UsernameToken,
     decode_nonce,
     read_username_token,
+    timestamp,
 )
 from wsemail.protocol.dsig import VerifiedEnvelope
 from wsemail.protocol.errors import (
@@ -466,6 +468,8 @@ class Server:
         kdf.set("n", str(KDF_N))
         kdf.set("r", str(KDF_R))
         kdf.set("p", str(KDF_P))
+        # the server's clock: clients judge signed answers' freshness by it, not their own
+        element(result, "ServerTime", timestamp(datetime.fromtimestamp(self.clock(), UTC)))
         return result
 
 

@@ -126,7 +126,9 @@ class CertificateClient(Client):
         self._signer.sign_envelope(env)
         return soap.serialize(env)
 
-    def call(self, operation: etree._Element, *, authenticated: bool = True) -> etree._Element:
+    def call(
+        self, operation: etree._Element, *, authenticated: bool = True, idempotent: bool = False
+    ) -> etree._Element:
         if not authenticated:
             return super().call(operation, authenticated=False)
         data = self.signed_request(operation)
