@@ -91,7 +91,7 @@ def start_server(
     **settings: object,
 ) -> Running:
     """A real server on a loopback port; alice, bob, carol and admin @ its domain. `clock`
-    is the server's clock (freshness windows, rate limits)."""
+    is the server's clock (freshness windows, rate limits; tests inject one to move time on)."""
     settings.setdefault("port", 0)
     config = ServerConfig(data_dir=data_dir, **settings)  # type: ignore[arg-type]
     controller = ServerController(config, clock=clock)

@@ -1,5 +1,5 @@
 """`wsemail plugins list / load / unload / priority`: change a running server's pipeline
-through the authenticated admin extension."""
+through the authenticated admin extension; `wsemail plugins queue`: its outbound queue."""
 
 from __future__ import annotations
 
@@ -65,3 +65,45 @@ def priority(
 ) -> None:
     """Change when a plug-in runs (lower runs first)."""
     _call(server, user, "priority", name=name, priority=str(value))
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+@app.command()
+def queue(
+    as_json: bool = typer.Option(False, "--json", help="NDJSON, one destination per line"),
+    server: str | None = ServerOpt,
+    user: str | None = UserOpt,
+) -> None:
+    """Outbound mail waiting per destination domain: how many, the oldest's age, when the
+    next attempt is due, and the last error."""
+    request = etree.Element(q("Admin"), {"action": "queue"})
+    with open_client(server, user) as client:
+        answer = client.extension("admin", request)
+    rows = [dict(node.attrib) for node in (answer if answer is not None else [])]
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps({k: _number(v) for k, v in row.items()}))
+        return
+    if not rows:
+        typer.echo("the outbound queue is empty")
+        return
+    typer.echo(f"{'domain':24} {'depth':>5} {'oldest':>7} {'next in':>7} {'tries':>5}  last error")
+    for row in rows:
+        typer.echo(
+            f"{row['name']:24} {row['depth']:>5} {_duration(int(row['oldest-age'])):>7} "
+            f"{_duration(int(row['next-attempt-in'])):>7} {row['attempts']:>5}  "
+            f"{row['last-error'][:100]}"
+        )
+
+
+def _number(value: str) -> str | int:
+    return int(value) if value.isdigit() else value

@@ -109,11 +109,14 @@ class Login:
 
 
 class Outbound(Protocol):
-    """What the server asks of its outbound queue worker: to look at the queue now."""
+    """What the server asks of its outbound queue worker: to look at the queue now, and
+    to retry at once what waits for a domain that was just heard from."""
 
     wake: asyncio.Event
 
     def wake_threadsafe(self) -> None: ...
+
+    async def peer_alive(self, domain: str) -> None: ...
 
 
 @dataclass

@@ -129,8 +129,11 @@ class ServerConfig:
     routes: dict[str, list[str]] = field(default_factory=dict)
     dns_nameservers: list[str] | None = None
     dns_port: int = 53
-    retry_base: float = 300.0
+    # outbound queue: first retry after ~retry_base s, doubling with jitter up to retry_max;
+    # one delay notice to the sender after delay_notice, the bounce after lifetime
+    retry_base: float = 5.0
     retry_max: float = 3600.0
+    delay_notice: float = 4 * 3600.0
     lifetime: float = 5 * 86400.0
     batch_max: int = 100
     relay_poll: float = 1.0
@@ -231,7 +234,7 @@ KNOWN: dict[str, Any] = {
     "federation": {"identity", "trust_roots", "crls"},
     "routes": None,
     "dns": {"nameservers", "port"},
-    "queue": {"retry_base", "retry_max", "lifetime", "batch_max"},
+    "queue": {"retry_base", "retry_max", "delay_notice", "lifetime", "batch_max"},
     "quota": {"per_user_bytes", "reserve_bytes"},
     "plugins": {"ref", "priority", "options"},
 }
@@ -359,7 +362,7 @@ def _apply(config: ServerConfig, raw: dict[str, Any], base: Path) -> None:
         if not 0 <= config.trash_days <= 36500:
             raise ValueError("[mailbox] trash_days must be between 0 and 36500")
         queue = _section(raw, "queue")
-        for key in ("retry_base", "retry_max", "lifetime"):
+        for key in ("retry_base", "retry_max", "delay_notice", "lifetime"):
             if key in queue:
                 setattr(config, key, float(queue[key]))
         if "batch_max" in queue:

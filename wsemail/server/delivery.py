@@ -182,6 +182,8 @@ async def deliver(server: Server, root: etree._Element) -> etree._Element:
     result, env = await server.store.transact(work)
     for callback in env.after_commit:  # e.g. an IM push, once the delivery is on disk
         callback()
+    if server.relay is not None:  # the origin is up: what waits for it need not wait longer
+        await server.relay.peer_alive(origin)
     return result
 
 

@@ -1,7 +1,11 @@
 """In charge of outgoing messages: leasing due queue rows, one signed `Deliver` transaction
 per destination domain (batched), failover across the domain's targets, retries with
-exponential backoff, and one bounce to the sender when a recipient is refused or the queue
-lifetime runs out (never a bounce of a bounce).
+exponential backoff and jitter (the first within seconds, up to `retry_max`), one delay
+notice to the sender after `delay_notice`, and one bounce when a recipient is refused or the
+queue lifetime runs out (never a bounce of a bounce, nor a notice for one).
+
+A domain that answers again — a delivery to it succeeded, or it delivered to us — has its
+deferred rows brought forward at once instead of at their backoff time.
 
 Every attempt is freshly signed (new timestamp and nonce); the receiver recognises a retry
 of something it already took by (origin, message id, recipient) and answers as before.
@@ -15,6 +19,7 @@ import asyncio
 import base64
 import logging
 import os
+import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -52,6 +57,9 @@ class Relay:
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop `run` relays on
         self._http: httpx.AsyncClient | None = None
         self.attempts = 0  # Deliver transactions sent, for tests and the benchmark
+        self.random = random.Random()  # the jitter of retry delays (a test seam)
+        # domains with deferred rows: a sign of life from one of them brings its rows forward
+        self.deferred_domains: set[str] = set()
         # a plug-in (e.g. an SMTP gateway) may take domains that have no wsemail service:
         # it gets the leased rows and must settle them (Relay.settle); True = taken
         self.fallback: Callable[[str, list[QueueRow]], Awaitable[bool]] | None = None
@@ -174,6 +182,24 @@ class Relay:
         signer.sign_envelope_fast(env)  # standard XMLDSIG, built without signxml (dsig.py)
         return soap.serialize(env)
 
+    # backoff ----------------------------------------------------------------------------
+    def retry_delay(self, failures: int) -> float:
+        """Seconds until the next attempt after `failures` failed ones (1, 2, …): the base
+        doubling each time, capped at `retry_max`, with jitter (half of it random) so rows
+        and servers that failed together do not retry in lockstep."""
+        ceiling = min(self.config.retry_base * 2 ** min(failures - 1, 60), self.config.retry_max)
+        return ceiling / 2 + self.random.random() * ceiling / 2
+
+    async def peer_alive(self, domain: str) -> None:
+        """`domain` answered (it delivered to us, or took a delivery): retry its rows now."""
+        if domain not in self.deferred_domains:
+            return
+        self.deferred_domains.discard(domain)
+        moved = await self.server.store.transact(lambda tx: tx.bring_forward(domain))
+        if moved:
+            log.info("%s is back: %d deferred row(s) brought forward", domain, moved)
+            self.wake.set()
+
     # outcomes ---------------------------------------------------------------------------
     async def settle(
         self,
@@ -184,8 +210,9 @@ class Relay:
         transient: str | None = None,
     ) -> None:
         now = self.clock()
+        answered = transient is None and permanent is None
 
-        def work(tx: Tx) -> None:
+        def work(tx: Tx) -> int:
             for row in batch:
                 if transient is not None:
                     if now - row.created >= self.config.lifetime:
@@ -196,9 +223,11 @@ class Relay:
                             f"gave up after {row.attempts + 1} attempts: {transient}",
                         )
                         tx.finish_queued(row.id)
-                    else:
-                        delay = min(self.config.retry_base * 2**row.attempts, self.config.retry_max)
-                        tx.defer_queued(row.id, now + delay, transient)
+                        continue
+                    tx.defer_queued(row.id, now + self.retry_delay(row.attempts + 1), transient)
+                    if not row.notified and now - row.created >= self.config.delay_notice:
+                        self.notify_delay(tx, row, transient)
+                        tx.mark_notified(row.id)
                     continue
                 if permanent is not None:
                     self.bounce(tx, row, row.recipients, permanent)
@@ -218,14 +247,23 @@ class Relay:
                 if refused:
                     self.bounce(tx, row, [r.split(":")[0] for r in refused], "; ".join(refused))
                 if later:  # the row keeps only them: the others are never sent again
-                    delay = min(self.config.retry_base * 2**row.attempts, self.config.retry_max)
+                    delay = self.retry_delay(row.attempts + 1)
                     tx.narrow_queued(row.id, later, now + delay, why_later)
                 else:
                     tx.finish_queued(row.id)
+            # the domain took this batch: the rest of its queue need not wait for backoff
+            # (not this batch's own rows a recipient deferred: they keep their backoff)
+            if not answered or not batch:
+                return 0
+            return tx.bring_forward(batch[0].domain, [row.id for row in batch])
 
-        await self.server.store.transact(work)
+        moved = await self.server.store.transact(work)
         if transient is not None:
+            self.deferred_domains.update(row.domain for row in batch)
             log.info("deferred %d message(s): %s", len(batch), transient)
+        elif moved:
+            log.info("%s answered: %d deferred row(s) brought forward", batch[0].domain, moved)
+            self.wake.set()
 
     def bounce(self, tx: Tx, row: QueueRow, recipients: list[str], reason: str) -> None:
         """One delivery-failure notice into the sender's inbox; never for a bounce."""
@@ -233,13 +271,34 @@ class Relay:
             log.warning("dropping undeliverable bounce %s: %s", row.message_id, reason)
             return
         original = Message.from_xml(etree.fromstring(row.payload))
-        domain = self.federation.domain
-        date = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = (
             f"Your message could not be delivered to: {', '.join(recipients)}\n"
             f"Reason: {reason}\n\nOriginal Message-Id: {original.message_id}\n"
             f"Subject: {original.subject}\n"
         )
+        self.notice(tx, row, f"Undeliverable: {original.subject}", body)
+
+    def notify_delay(self, tx: Tx, row: QueueRow, reason: str) -> None:
+        """The one "still trying" notice for a row (none for a bounce's row)."""
+        if row.sender.startswith(f"{MAILER_DAEMON}@"):
+            return
+        original = Message.from_xml(etree.fromstring(row.payload))
+        until = datetime.fromtimestamp(row.created + self.config.lifetime, UTC)
+        hours = (self.clock() - row.created) / 3600
+        body = (
+            f"Your message to {', '.join(row.recipients)} has not been delivered yet "
+            f"({hours:.1f} hours, {row.attempts + 1} attempts).\n"
+            f"Last error: {reason}\n"
+            f"This server keeps trying until {until:%Y-%m-%d %H:%M} UTC, then returns it. "
+            "You need not send it again.\n\n"
+            f"Original Message-Id: {original.message_id}\nSubject: {original.subject}\n"
+        )
+        self.notice(tx, row, f"Delayed: {original.subject}", body)
+
+    def notice(self, tx: Tx, row: QueueRow, subject: str, body: str) -> None:
+        """A mailer-daemon message into the sender's inbox (when the sender is local)."""
+        domain = self.federation.domain
+        date = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         notice = Message(
             id="",
             message_id=new_message_id(domain),
@@ -247,7 +306,7 @@ class Relay:
             sender=f"{MAILER_DAEMON}@{domain}",
             to=[row.sender],
             cc=[],
-            subject=f"Undeliverable: {original.subject}"[:998],
+            subject=subject[:998],
             date=date,
             size=len(body),
             seen=False,

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from wsemail.protocol.errors import StorageFull, StoreError, WsemailError
 from wsemail.protocol.message import Message, MessageHeader, is_sealed_body
+from wsemail.server.schema import MIGRATIONS
 from wsemail.server.storage import (
     FULL_REASON,
     SpaceReserve,
@@ -36,149 +37,6 @@ from wsemail.server.storage import (
 log = logging.getLogger("wsemail.store")
 T = TypeVar("T")
 
-MIGRATIONS: list[str] = [
-    # 1: accounts, mailboxes, replay cache, outbound queue
-    """
-    CREATE TABLE users(
-        address TEXT PRIMARY KEY,
-        salt BLOB NOT NULL,
-        key BLOB NOT NULL,
-        admin INTEGER NOT NULL DEFAULT 0,
-        created TEXT NOT NULL
-    );
-    CREATE TABLE messages(
-        seq INTEGER PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        owner TEXT NOT NULL,
-        folder TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        sender TEXT NOT NULL,
-        to_json TEXT NOT NULL,
-        cc_json TEXT NOT NULL,
-        subject TEXT NOT NULL,
-        date TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        seen INTEGER NOT NULL DEFAULT 0,
-        body TEXT NOT NULL
-    );
-    CREATE INDEX messages_mailbox ON messages(owner, folder, seq);
-    CREATE UNIQUE INDEX messages_once ON messages(owner, folder, sender, message_id);
-    CREATE TABLE nonces(
-        principal TEXT NOT NULL,
-        nonce TEXT NOT NULL,
-        expires REAL NOT NULL,
-        PRIMARY KEY(principal, nonce)
-    ) WITHOUT ROWID;
-    CREATE INDEX nonces_expiry ON nonces(expires);
-    CREATE TABLE queue(
-        id INTEGER PRIMARY KEY,
-        message_id TEXT NOT NULL,
-        sender TEXT NOT NULL,
-        domain TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        recipients_json TEXT NOT NULL,
-        state TEXT NOT NULL DEFAULT 'queued',
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt REAL NOT NULL,
-        lease_until REAL,
-        created REAL NOT NULL,
-        last_error TEXT
-    );
-    CREATE INDEX queue_due ON queue(state, next_attempt);
-    """,
-    # 2: federation — provenance of relayed copies, idempotent inbound deliveries
-    """
-    ALTER TABLE messages ADD COLUMN origin TEXT;
-    ALTER TABLE messages ADD COLUMN signed_xml BLOB;
-    CREATE TABLE deliveries(
-        origin TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        recipient TEXT NOT NULL,
-        status TEXT NOT NULL,
-        reason TEXT NOT NULL DEFAULT '',
-        at REAL NOT NULL,
-        PRIMARY KEY(origin, message_id, recipient)
-    ) WITHOUT ROWID;
-    CREATE INDEX deliveries_age ON deliveries(at);
-    """,
-    # 3: schema versions of plug-ins that keep tables of their own
-    """
-    CREATE TABLE components(name TEXT PRIMARY KEY, version INTEGER NOT NULL)
-    """,
-    # 4: server certificates this server verified on accepting relayed mail, by SHA-256 of
-    # the DER (clients resolve the compact provenance's dsig11:X509Digest through them)
-    """
-    CREATE TABLE certificates(
-        digest BLOB PRIMARY KEY,
-        der BLOB NOT NULL,
-        added REAL NOT NULL
-    ) WITHOUT ROWID
-    """,
-    # 5: the IM flags of a mailbox copy (a relayed one also keeps them in its signed form)
-    """
-    ALTER TABLE messages ADD COLUMN instant INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE messages ADD COLUMN delete_if_undeliverable INTEGER NOT NULL DEFAULT 0
-    """,
-    # 6: a mailbox to live in (wsemail/server/mailbox/) — custom folders; flags; Trash with
-    # the time a copy went there; `arrival`, the folder a copy arrived in, keeps deliveries
-    # idempotent wherever the copy was moved since; full-text search (FTS5, external content
-    # over a view that leaves end-to-end encrypted bodies out, kept in sync by triggers; the
-    # owner is indexed too, as one hex token, so a search walks only its owner's matches)
-    """
-    ALTER TABLE messages ADD COLUMN flagged INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE messages ADD COLUMN answered INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE messages ADD COLUMN has_attachment INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE messages ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE messages ADD COLUMN trashed_at REAL;
-    ALTER TABLE messages ADD COLUMN arrival TEXT NOT NULL DEFAULT '';
-    UPDATE messages SET arrival=folder;
-    UPDATE messages SET sealed=1
-        WHERE ltrim(body, ' ' || char(9, 10, 13)) LIKE '<e2e:Sealed xmlns:e2e="urn:wsemail:e2e"%';
-    DROP INDEX messages_once;
-    CREATE UNIQUE INDEX messages_once ON messages(owner, arrival, sender, message_id);
-    CREATE INDEX messages_owner ON messages(owner, seq);
-    CREATE INDEX messages_trash ON messages(trashed_at) WHERE trashed_at IS NOT NULL;
-    CREATE INDEX messages_sealed ON messages(owner, folder) WHERE sealed=1;
-    CREATE INDEX messages_date ON messages(owner, date);
-    CREATE INDEX messages_unread ON messages(owner, seq) WHERE seen=0;
-    CREATE INDEX messages_flagged ON messages(owner, seq) WHERE flagged=1;
-    CREATE INDEX messages_attached ON messages(owner, seq) WHERE has_attachment=1;
-    CREATE TABLE folders(
-        owner TEXT NOT NULL,
-        name TEXT NOT NULL COLLATE NOCASE,
-        created REAL NOT NULL,
-        PRIMARY KEY(owner, name)
-    ) WITHOUT ROWID;
-    CREATE VIEW messages_text AS SELECT seq, subject,
-        CASE WHEN sealed THEN '' ELSE body END AS body, sender,
-        to_json || ' ' || cc_json AS recipients, hex(owner) AS mailbox FROM messages;
-    CREATE VIRTUAL TABLE messages_fts USING fts5(
-        subject, body, sender, recipients, mailbox,
-        content='messages_text', content_rowid='seq',
-        tokenize='unicode61 remove_diacritics 2'
-    );
-    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
-        INSERT INTO messages_fts(rowid, subject, body, sender, recipients, mailbox) VALUES (
-            new.seq, new.subject, CASE WHEN new.sealed THEN '' ELSE new.body END,
-            new.sender, new.to_json || ' ' || new.cc_json, hex(new.owner));
-    END;
-    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
-        INSERT INTO messages_fts(messages_fts, rowid, subject, body, sender, recipients, mailbox)
-        VALUES ('delete', old.seq, old.subject, CASE WHEN old.sealed THEN '' ELSE old.body END,
-            old.sender, old.to_json || ' ' || old.cc_json, hex(old.owner));
-    END;
-    CREATE TRIGGER messages_fts_update
-    AFTER UPDATE OF subject, body, sender, to_json, cc_json, sealed, owner ON messages BEGIN
-        INSERT INTO messages_fts(messages_fts, rowid, subject, body, sender, recipients, mailbox)
-        VALUES ('delete', old.seq, old.subject, CASE WHEN old.sealed THEN '' ELSE old.body END,
-            old.sender, old.to_json || ' ' || old.cc_json, hex(old.owner));
-        INSERT INTO messages_fts(rowid, subject, body, sender, recipients, mailbox) VALUES (
-            new.seq, new.subject, CASE WHEN new.sealed THEN '' ELSE new.body END,
-            new.sender, new.to_json || ' ' || new.cc_json, hex(new.owner));
-    END;
-    INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')
-    """,
-]
 HEADER_COLUMNS = (
     "id, message_id, folder, sender, to_json, cc_json, subject, date, size, seen, instant, "
     "delete_if_undeliverable, flagged, answered"
@@ -435,10 +293,14 @@ class Tx:
             "UPDATE queue SET state='leased', lease_until=? WHERE id IN (SELECT id FROM queue "
             "WHERE (state IN ('queued','deferred') AND next_attempt<=?) OR "
             "(state='leased' AND lease_until<?) ORDER BY next_attempt LIMIT ?) "
-            "RETURNING id, message_id, sender, domain, payload, recipients_json, attempts, created",
+            "RETURNING id, message_id, sender, domain, payload, recipients_json, attempts, "
+            "created, notified",
             (self.now + lease_seconds, self.now, self.now, limit),
         ).fetchall()
-        return [QueueRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows]
+        return [
+            QueueRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], bool(r[8]))
+            for r in rows
+        ]
 
     def release_leases(self) -> int:
         """At start-up: rows a crashed predecessor had leased are due again (one relay per
@@ -466,6 +328,19 @@ class Tx:
             "lease_until=NULL, last_error=?, recipients_json=? WHERE id=?",
             (next_attempt, error[:500], json.dumps(recipients), row_id),
         )
+
+    def mark_notified(self, row_id: int) -> None:
+        self.conn.execute("UPDATE queue SET notified=1 WHERE id=?", (row_id,))
+
+    def bring_forward(self, domain: str, keep: list[int] | None = None) -> int:
+        """A domain answered: its deferred rows are due now (not at their backoff time),
+        except the rows `keep` names."""
+        skip = list(keep or [])
+        return self.conn.execute(
+            "UPDATE queue SET next_attempt=? WHERE domain=? AND state='deferred' "
+            f"AND next_attempt>? AND id NOT IN ({','.join('?' * len(skip))})",
+            (self.now, domain, self.now, *skip),
+        ).rowcount
 
     def next_due(self) -> float | None:
         row = self.conn.execute(
@@ -503,6 +378,7 @@ class QueueRow:
     recipients: list[str]
     attempts: int
     created: float
+    notified: bool = False  # the sender was told it is delayed
 
 
 def header(row: tuple[Any, ...]) -> MessageHeader:

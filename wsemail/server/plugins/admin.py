@@ -1,5 +1,6 @@
-"""Extension `admin`: list, load, unload and reprioritise plug-ins while the server runs.
-Only accounts marked admin (`wsemail user add --admin`) may call it."""
+"""Extension `admin`: list, load, unload and reprioritise plug-ins while the server runs,
+and the outbound queue's status per destination domain (`queue`). Only accounts marked
+admin (`wsemail user add --admin`) may call it."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from wsemail.server.pipeline import (
     PluginSpec,
     interfaces_of,
 )
+from wsemail.server.plugins.queue import DomainQueue, queue_status
 
-ACTIONS = ("list", "load", "unload", "priority")
-MAX_PRIORITY = 1_000_000
+ACTIONS = ("list", "load", "unload", "priority", "queue")
 
 
 def _priority(value: str | None) -> int:
@@ -40,6 +41,8 @@ class Admin(ExtensionProcessor):
         if request is None or action not in ACTIONS:
             raise RequestInvalid(f"Admin action must be one of {', '.join(ACTIONS)}")
         name = request.get("name", "")
+        if action == "queue":
+            return queue_listing(queue_status(env.tx), env.clock())
         try:
             if action == "load":
                 env.pipeline.load(
@@ -64,4 +67,18 @@ def listing(entries: list[Loaded]) -> etree._Element:
         node.set("priority", str(entry.priority))
         node.set("interfaces", " ".join(interfaces_of(entry.plugin)))
         node.set("description", entry.plugin.describe())
+    return root
+
+
+def queue_listing(domains: list[DomainQueue], now: float) -> etree._Element:
+    """<Queue><Domain name depth oldest-age next-attempt-in attempts last-error/>…"""
+    root = etree.Element(q("Queue"))
+    for entry in domains:
+        node = element(root, "Domain")
+        node.set("name", entry.domain)
+        node.set("depth", str(entry.depth))
+        node.set("oldest-age", str(max(0, round(now - entry.oldest))))
+        node.set("next-attempt-in", str(max(0, round(entry.next_attempt - now))))
+        node.set("attempts", str(entry.attempts))
+        node.set("last-error", entry.last_error)
     return root

@@ -1,0 +1,152 @@
+"""The core schema of the SQLite store: migrations applied in order, once each
+(`PRAGMA user_version` counts them)."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: accounts, mailboxes, replay cache, outbound queue
+    """
+    CREATE TABLE users(
+        address TEXT PRIMARY KEY,
+        salt BLOB NOT NULL,
+        key BLOB NOT NULL,
+        admin INTEGER NOT NULL DEFAULT 0,
+        created TEXT NOT NULL
+    );
+    CREATE TABLE messages(
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        to_json TEXT NOT NULL,
+        cc_json TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        date TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        seen INTEGER NOT NULL DEFAULT 0,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX messages_mailbox ON messages(owner, folder, seq);
+    CREATE UNIQUE INDEX messages_once ON messages(owner, folder, sender, message_id);
+    CREATE TABLE nonces(
+        principal TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        expires REAL NOT NULL,
+        PRIMARY KEY(principal, nonce)
+    ) WITHOUT ROWID;
+    CREATE INDEX nonces_expiry ON nonces(expires);
+    CREATE TABLE queue(
+        id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        recipients_json TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        lease_until REAL,
+        created REAL NOT NULL,
+        last_error TEXT
+    );
+    CREATE INDEX queue_due ON queue(state, next_attempt);
+    """,
+    # 2: federation — provenance of relayed copies, idempotent inbound deliveries
+    """
+    ALTER TABLE messages ADD COLUMN origin TEXT;
+    ALTER TABLE messages ADD COLUMN signed_xml BLOB;
+    CREATE TABLE deliveries(
+        origin TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        at REAL NOT NULL,
+        PRIMARY KEY(origin, message_id, recipient)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_age ON deliveries(at);
+    """,
+    # 3: schema versions of plug-ins that keep tables of their own
+    """
+    CREATE TABLE components(name TEXT PRIMARY KEY, version INTEGER NOT NULL)
+    """,
+    # 4: server certificates this server verified on accepting relayed mail, by SHA-256 of
+    # the DER (clients resolve the compact provenance's dsig11:X509Digest through them)
+    """
+    CREATE TABLE certificates(
+        digest BLOB PRIMARY KEY,
+        der BLOB NOT NULL,
+        added REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+    # 5: the IM flags of a mailbox copy (a relayed one also keeps them in its signed form)
+    """
+    ALTER TABLE messages ADD COLUMN instant INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN delete_if_undeliverable INTEGER NOT NULL DEFAULT 0
+    """,
+    # 6: a mailbox to live in (wsemail/server/mailbox/) — custom folders; flags; Trash with
+    # the time a copy went there; `arrival`, the folder a copy arrived in, keeps deliveries
+    # idempotent wherever the copy was moved since; full-text search (FTS5, external content
+    # over a view that leaves end-to-end encrypted bodies out, kept in sync by triggers; the
+    # owner is indexed too, as one hex token, so a search walks only its owner's matches)
+    """
+    ALTER TABLE messages ADD COLUMN flagged INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN answered INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN has_attachment INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN trashed_at REAL;
+    ALTER TABLE messages ADD COLUMN arrival TEXT NOT NULL DEFAULT '';
+    UPDATE messages SET arrival=folder;
+    UPDATE messages SET sealed=1
+        WHERE ltrim(body, ' ' || char(9, 10, 13)) LIKE '<e2e:Sealed xmlns:e2e="urn:wsemail:e2e"%';
+    DROP INDEX messages_once;
+    CREATE UNIQUE INDEX messages_once ON messages(owner, arrival, sender, message_id);
+    CREATE INDEX messages_owner ON messages(owner, seq);
+    CREATE INDEX messages_trash ON messages(trashed_at) WHERE trashed_at IS NOT NULL;
+    CREATE INDEX messages_sealed ON messages(owner, folder) WHERE sealed=1;
+    CREATE INDEX messages_date ON messages(owner, date);
+    CREATE INDEX messages_unread ON messages(owner, seq) WHERE seen=0;
+    CREATE INDEX messages_flagged ON messages(owner, seq) WHERE flagged=1;
+    CREATE INDEX messages_attached ON messages(owner, seq) WHERE has_attachment=1;
+    CREATE TABLE folders(
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL COLLATE NOCASE,
+        created REAL NOT NULL,
+        PRIMARY KEY(owner, name)
+    ) WITHOUT ROWID;
+    CREATE VIEW messages_text AS SELECT seq, subject,
+        CASE WHEN sealed THEN '' ELSE body END AS body, sender,
+        to_json || ' ' || cc_json AS recipients, hex(owner) AS mailbox FROM messages;
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        subject, body, sender, recipients, mailbox,
+        content='messages_text', content_rowid='seq',
+        tokenize='unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts(rowid, subject, body, sender, recipients, mailbox) VALUES (
+            new.seq, new.subject, CASE WHEN new.sealed THEN '' ELSE new.body END,
+            new.sender, new.to_json || ' ' || new.cc_json, hex(new.owner));
+    END;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, subject, body, sender, recipients, mailbox)
+        VALUES ('delete', old.seq, old.subject, CASE WHEN old.sealed THEN '' ELSE old.body END,
+            old.sender, old.to_json || ' ' || old.cc_json, hex(old.owner));
+    END;
+    CREATE TRIGGER messages_fts_update
+    AFTER UPDATE OF subject, body, sender, to_json, cc_json, sealed, owner ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, subject, body, sender, recipients, mailbox)
+        VALUES ('delete', old.seq, old.subject, CASE WHEN old.sealed THEN '' ELSE old.body END,
+            old.sender, old.to_json || ' ' || old.cc_json, hex(old.owner));
+        INSERT INTO messages_fts(rowid, subject, body, sender, recipients, mailbox) VALUES (
+            new.seq, new.subject, CASE WHEN new.sealed THEN '' ELSE new.body END,
+            new.sender, new.to_json || ' ' || new.cc_json, hex(new.owner));
+    END;
+    INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')
+    """,
+    # 7: whether the sender was told a queued message is delayed (one notice per row)
+    """
+    ALTER TABLE queue ADD COLUMN notified INTEGER NOT NULL DEFAULT 0
+    """,
+]
