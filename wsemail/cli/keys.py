@@ -39,8 +39,9 @@ def create(
     with session.open_client(server, user) as client:
         if keystore.exists(client.username) and not force:
             raise UsageError(f"{client.username} already has a key here (use --force or renew)")
+        passphrase = keystore.storable(client.username)  # before the server certifies it
         user_key = request_certificate(client, new_private_key(), lifetime_days=lifetime_days)
-    path = keystore.save(user_key)
+    path = keystore.save(user_key, passphrase=passphrase)
     typer.echo(f"key and certificate for {user_key.address} stored in {path}")
     typer.echo(f"certificate valid until {user_key.cert.not_valid_after_utc:%Y-%m-%d}")
 

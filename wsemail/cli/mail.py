@@ -168,12 +168,18 @@ def retrieve(
     user: str | None = UserOpt,
 ) -> None:
     """Print messages (and mark them seen, unless --peek)."""
+    unopened: list[str] = []
     with session.open_client(server, user) as client:
         for message_id in _ids(ids):
             proof, message = client.verify(client.retrieve(message_id, peek=peek))
             from wsemail.client.usercerts.device import open_messages
 
             message, sealed = open_messages(client, message)
+            if "error" in sealed:  # ciphertext is no use to anyone: say why, in one line
+                unopened.append(f"{message.id} ({sealed['error']})")
+                if as_json:
+                    typer.echo(json.dumps({**message.as_dict(), "body": None, "e2e": sealed}))
+                continue
             if as_json:
                 typer.echo(
                     json.dumps(
@@ -198,6 +204,8 @@ def retrieve(
                 f"Date: {message.date}\nSubject: {message.subject}\nProvenance: {proof}"
                 f"{_e2e_line(sealed)}{_answer_line(client.answer_check)}\n\n{message.body}"
             )
+    if unopened:
+        raise UsageError(f"cannot decrypt {len(unopened)} message(s) here: {'; '.join(unopened)}")
 
 
 def _instant_line(message: MessageHeader) -> str:

@@ -149,10 +149,28 @@ def exists(address: str) -> bool:
     return _path(address).exists()
 
 
-def save(user_key: UserKey, *, new_passphrase: bool = False) -> Path:
-    """Write the key file (0600, atomically); the passphrase comes from the keyring."""
-    passphrase = None if new_passphrase else keyring_passphrase(user_key.address)
-    passphrase = passphrase or _new_passphrase(user_key.address)
+def storable(address: str) -> str:
+    """Check that a new key for `address` can be stored on this device — a passphrase
+    (the env var, the keyring's, or a new one kept in the keyring) and a writable keys
+    folder — and return the passphrase. Run it before asking a server to certify a key:
+    a certified key that cannot be kept makes mail encrypted to it unreadable."""
+    passphrase = keyring_passphrase(address) or _new_passphrase(address)
+    folder = _path(address).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise UsageError(f"cannot keep keys in {folder}: {exc.strerror or exc}") from exc
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot keep keys in {folder}: not writable")
+    return passphrase
+
+
+def save(user_key: UserKey, *, new_passphrase: bool = False, passphrase: str | None = None) -> Path:
+    """Write the key file (0600, atomically); the passphrase comes from the keyring (or is
+    the one `storable` returned)."""
+    if passphrase is None:
+        passphrase = None if new_passphrase else keyring_passphrase(user_key.address)
+        passphrase = passphrase or _new_passphrase(user_key.address)
     path = _path(user_key.address)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
