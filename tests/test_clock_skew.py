@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from wsemail.auth import Credentials, derive_key
-from wsemail.client import Client
-from wsemail.errors import MessageExpired
+from wsemail.client.mail import Client
+from wsemail.protocol.auth import Credentials, derive_key
+from wsemail.protocol.errors import MessageExpired
 
 from conftest import PASSWORD, Running
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_usercerts import BODY, SUBJECT, Fed, two_domains
 
-from wsemail.usercerts import keystore, send_encrypted
+from wsemail.client.usercerts import keystore, send_encrypted
 
 from conftest import PASSWORD, wait_for, wsemail_binary
 

@@ -256,3 +256,51 @@ def test_first_run_setup_snapshot(home: FileKeyring, snap_compare: Any) -> None:
 
     app = WsemailApp(known_login(), poll_seconds=0, im_notify=False)
     assert snap_compare(app, run_before=steady, terminal_size=(80, 24))
+
+
+@pytest.mark.anyio
+async def test_trust_roots_typed_at_setup_are_used_at_once_and_shown_next_time(
+    two: tuple[Running, Running], home: FileKeyring
+) -> None:
+    a, _ = two
+    root = str(a.config.trust_roots[0])
+    app = app_as_run()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await fill(pilot, "#login-server", a.url)
+        await fill(pilot, "#login-address", "alice@localhost")
+        await fill(pilot, "#login-password", PASSWORD)
+        await fill(pilot, "#login-roots", root)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: signed_in_as(app, "alice@localhost"))
+        client = app.screen.client  # type: ignore[attr-defined]
+        assert client.trust_roots == [Path(root)]
+        assert client.answer_check == "verified"  # this session, not after a restart
+    assert session.load_accounts().accounts["alice@localhost"].trust_roots == (root,)
+    # next start, the password not kept: the form shows the roots it will use
+    home.delete_password("wsemail", f"alice@localhost {a.url}")
+    again = app_as_run()
+    async with again.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert isinstance(again.screen, LoginScreen)
+        assert again.screen.query_one("#login-roots", Input).value == root
+        await fill(pilot, "#login-password", PASSWORD)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: signed_in_as(again, "alice@localhost"))
+        assert again.screen.client.answer_check == "verified"  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio
+async def test_a_missing_trust_root_typed_at_setup_is_a_notification(
+    two: tuple[Running, Running], home: FileKeyring, tmp_path: Path
+) -> None:
+    a, _ = two
+    app = app_as_run()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await fill(pilot, "#login-server", a.url)
+        await fill(pilot, "#login-address", "alice@localhost")
+        await fill(pilot, "#login-password", PASSWORD)
+        await fill(pilot, "#login-roots", str(tmp_path / "nowhere.pem"))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: any("trust root not found" in n for n in notes(app)))
+        assert isinstance(app.screen, LoginScreen)
+    assert not session.config_path().exists()  # nothing saved

@@ -25,9 +25,16 @@ def login(
     tls_name: str | None = typer.Option(None, "--tls-name", help="the name the TLS cert has"),
     make_default: bool = typer.Option(False, "--default", help="make it the default account"),
     password_stdin: bool = typer.Option(False, "--password-stdin"),
+    password_command: str | None = typer.Option(
+        None,
+        "--password-command",
+        help="a shell command that prints the password (kept in client.toml instead of "
+        "the password: for machines without an OS keyring)",
+    ),
 ) -> None:
-    """Check your password with the server, keep it in the OS keyring and the account in
-    client.toml (added, or updated when the name is known)."""
+    """Check your password with the server, keep it in the OS keyring (or the account's
+    password command) and the account in client.toml (added, or updated when the name is
+    known)."""
     from wsemail.client.mail import Client
 
     config = session.load_accounts()
@@ -37,7 +44,13 @@ def login(
     user = user or (known.user if known else None) or typer.prompt("User")
     roots = tuple(str(p) for p in trust_root) or (known.trust_roots if known else ())
     tls = tls_name if tls_name is not None else (known.tls_name if known else "")
-    password = session.read_password(password_stdin)
+    command = password_command if password_command is not None else ""
+    if not command and password_command is None and known is not None:
+        command = known.password_command
+    if command:
+        password = session.run_password_command(command, "--password-command")
+    else:
+        password = session.read_password(password_stdin)
     with Client(
         server,
         user,
@@ -48,13 +61,20 @@ def login(
     ) as client:
         client.list_headers(limit=1)
         address = client.username
-    session.keyring_set(server, address, password)
+    if not command:
+        session.keyring_set(server, address, password)
     name = name or session.check_account_name(config.name_for(server, address))
+    routes = known.directory_routes if known else ()
     config = config.with_account(
-        session.Account(name, server, address, roots, tls), make_default=make_default
+        session.Account(name, server, address, roots, tls, command, routes),
+        make_default=make_default,
     )
     path = session.save_accounts(config)
-    typer.echo(f"logged in as {address} at {server}, account {name!r} (settings in {path})")
+    kept = "its password_command" if command else "the OS keyring"
+    typer.echo(
+        f"logged in as {address} at {server}, account {name!r} (settings in {path}; "
+        f"password from {kept})"
+    )
 
 
 def logout(

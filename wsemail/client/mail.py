@@ -421,6 +421,15 @@ class Client:
             raise ServerError("RetrieveResponse without a Message")
         return Message.from_xml(node)
 
+    def set_trust_roots(self, roots: list[Path]) -> None:
+        """Check answers and signatures against these federation roots from now on."""
+        missing = [str(p) for p in roots if not Path(p).is_file()]
+        if missing:
+            raise UsageError(f"trust root not found: {', '.join(missing)}")
+        self.trust_roots = list(roots)
+        self._trust = None
+        self.server_certificate = None
+
     def trust(self) -> TrustStore | None:
         """The federation roots this client trusts, with the CRLs its own server holds."""
         if not self.trust_roots:

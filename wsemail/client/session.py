@@ -11,6 +11,13 @@ client.toml holds several named accounts::
     user = "alice@a.example"
     trust_roots = ["/etc/wsemail/root.pem"]   # optional
     tls_name = "a.example"                    # optional
+    password_command = "pass show wsemail/work"  # optional: prints the password
+    directory_routes = { "b.example" = "https://mail.b.example/wsemail" }  # optional
+
+The password comes from WSEMAIL_PASSWORD, else the account's `password_command` (run by
+the shell, the first line of its output; for machines without an OS keyring, like aerc's
+source-cred-cmd), else the OS keyring. `directory_routes` name other domains' servers for
+encrypted mail when DNS does not (WSEMAIL_DIRECTORY_ROUTES wins).
 
 The older one-account form (top-level `server`, `user`, `trust_roots`) is still read, as an
 account named after its user; writing always uses the form above."""
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -32,6 +40,11 @@ from wsemail.protocol.errors import UsageError
 
 DEFAULT_SERVER = "http://127.0.0.1:8025/wsemail"
 KEYRING_SERVICE = "wsemail"
+NO_KEYRING = (
+    "no OS keyring is available on this machine: give the account a password_command "
+    "(wsemail login --password-command 'pass show wsemail', or password_command in "
+    "client.toml: a shell command that prints the password), or set WSEMAIL_PASSWORD"
+)
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}")
 
 # set by the --account option every server-talking command carries (wsemail.cli)
@@ -47,6 +60,8 @@ class Account:
     user: str
     trust_roots: tuple[str, ...] = ()
     tls_name: str = ""
+    password_command: str = ""
+    directory_routes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,13 +130,19 @@ def _account(name: str, table: dict[str, object]) -> Account | None:
     server, user = table.get("server"), table.get("user")
     if not isinstance(user, str) or not user:
         return None
-    tls_name = table.get("tls_name")
+    tls_name, command = table.get("tls_name"), table.get("password_command")
+    routes = table.get("directory_routes")
     return Account(
         name,
         server if isinstance(server, str) and server else DEFAULT_SERVER,
         user,
         _roots(table.get("trust_roots")),
         tls_name if isinstance(tls_name, str) else "",
+        command if isinstance(command, str) else "",
+        tuple(
+            (str(d).lower(), str(u))
+            for d, u in (routes.items() if isinstance(routes, dict) else ())
+        ),
     )
 
 
@@ -166,6 +187,10 @@ def save_accounts(config: ClientConfig) -> Path:
             table["trust_roots"] = list(account.trust_roots)
         if account.tls_name:
             table["tls_name"] = account.tls_name
+        if account.password_command:
+            table["password_command"] = account.password_command
+        if account.directory_routes:
+            table["directory_routes"] = dict(account.directory_routes)
         accounts[name] = table
     if accounts:
         doc["accounts"] = accounts
@@ -224,10 +249,7 @@ def keyring_set(server: str, user: str, password: str) -> None:
     try:
         keyring.set_password(KEYRING_SERVICE, _keyring_key(server, user), password)
     except NoKeyringError as exc:
-        raise UsageError(
-            "no OS keyring is available on this machine; set WSEMAIL_PASSWORD "
-            "in the environment instead"
-        ) from exc
+        raise UsageError(NO_KEYRING) from exc
     except (KeyringError, RuntimeError) as exc:
         raise UsageError(f"the OS keyring refused the password: {exc}") from exc
 
@@ -290,14 +312,43 @@ def tls_verify() -> str | bool:
     return cafile if cafile else True
 
 
+def run_password_command(command: str, where: str) -> str:
+    """The first line of what `command` prints (run by the shell, its stderr and prompts
+    on this terminal), as the password."""
+    try:
+        done = subprocess.run(  # noqa: S602 -- the user's own command from their own config
+            command, shell=True, stdout=subprocess.PIPE, text=True, timeout=120, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UsageError(f"password_command of {where} failed: {exc}") from exc
+    if done.returncode != 0:
+        raise UsageError(f"password_command of {where} exited {done.returncode}")
+    password = (done.stdout.splitlines() or [""])[0]
+    if not password:
+        raise UsageError(f"password_command of {where} printed no password")
+    return password
+
+
+def password_for(found: Settings) -> str | None:
+    """WSEMAIL_PASSWORD, else the account's password_command, else the OS keyring."""
+    env = os.environ.get("WSEMAIL_PASSWORD")
+    if env:
+        return env
+    account = load_accounts().accounts.get(found.account) if found.account else None
+    if account is not None and account.password_command and account.user == found.user:
+        return run_password_command(account.password_command, f"account {account.name!r}")
+    return keyring_get(found.server, found.user)
+
+
 def open_client(
     server: str | None = None, user: str | None = None, account: str | None = None
 ) -> Client:
     found = settings(server, user, account)
-    password = os.environ.get("WSEMAIL_PASSWORD") or keyring_get(found.server, found.user)
+    password = password_for(found)
     if not password:
         raise UsageError(
-            f"no password for {found.user}: run 'wsemail login', or set WSEMAIL_PASSWORD"
+            f"no password for {found.user}: run 'wsemail login', give the account a "
+            f"password_command in {config_path()}, or set WSEMAIL_PASSWORD"
         )
     return Client(
         found.server,
@@ -307,6 +358,12 @@ def open_client(
         trust_roots=list(found.trust_roots),
         tls_name=found.tls_name,
     )
+
+
+def directory_routes(account: str | None = None) -> dict[str, str]:
+    """The chosen (else default) account's directory_routes in client.toml."""
+    found = load_accounts().current(account or chosen_account())
+    return dict(found.directory_routes) if found else {}
 
 
 def trust_roots(account: str | None = None) -> list[Path]:

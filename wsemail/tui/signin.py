@@ -28,6 +28,7 @@ class LoginDefaults:
     password: str = field(default="", repr=False)
     account: str = ""
     first_run: bool = False
+    trust_roots: str = ""  # the account's federation roots, os.pathsep-joined, as typed
 
     @property
     def complete(self) -> bool:
@@ -54,15 +55,31 @@ def known_login(
     user = user or os.environ.get("WSEMAIL_USER") or (found.user if found else "")
     password = os.environ.get("WSEMAIL_PASSWORD") or ""
     server = server or session.DEFAULT_SERVER
+    same = found if found and (found.server, found.user) == (server, user) else None
     if user and not password:
-        password = session.keyring_get(server, user) or ""
+        password = _stored_password(same, server, user)
     return LoginDefaults(
         server,
         user,
         password,
-        account=found.name if found and (found.server, found.user) == (server, user) else "",
+        account=same.name if same else "",
         first_run=not config.accounts and not user,
+        trust_roots=os.environ.get("WSEMAIL_TRUST_ROOTS")
+        or (os.pathsep.join(same.trust_roots) if same else ""),
     )
+
+
+def _stored_password(account: session.Account | None, server: str, user: str) -> str:
+    """The account's password_command's answer, else the keyring's; "" when neither
+    gives one (the form then asks)."""
+    if account is not None and account.password_command:
+        try:
+            return session.run_password_command(
+                account.password_command, f"account {account.name!r}"
+            )
+        except WsemailError:
+            return ""
+    return session.keyring_get(server, user) or ""
 
 
 def check_chosen_account() -> None:
@@ -72,9 +89,16 @@ def check_chosen_account() -> None:
 
 
 def account_login(account: session.Account) -> LoginDefaults:
-    """The form for one saved account (its password from the keyring when there)."""
-    password = session.keyring_get(account.server, account.user) or ""
-    return LoginDefaults(account.server, account.user, password, account=account.name)
+    """The form for one saved account (its password from its password_command or the
+    keyring when there)."""
+    password = _stored_password(account, account.server, account.user)
+    return LoginDefaults(
+        account.server,
+        account.user,
+        password,
+        account=account.name,
+        trust_roots=os.pathsep.join(account.trust_roots),
+    )
 
 
 def saved_accounts() -> list[session.Account]:
@@ -112,11 +136,20 @@ def default_client(server: str, user: str, password: str) -> Client:
 
 
 def open_session(
-    server: str, user: str, password: str, factory: ClientFactory = default_client
+    server: str,
+    user: str,
+    password: str,
+    factory: ClientFactory = default_client,
+    *,
+    trust_roots: str = "",
 ) -> Client:
-    """A client whose password the server has accepted (one cheap ListHeaders)."""
+    """A client whose password the server has accepted (one cheap ListHeaders); federation
+    roots typed into the form are used from this first answer on, not after a restart."""
     client = factory(server.strip(), user.strip(), password)
     try:
+        roots = [Path(p.strip()) for p in trust_roots.split(os.pathsep) if p.strip()]
+        if roots:
+            client.set_trust_roots(roots)
         client.list_headers(limit=1)
     except BaseException:
         client.close()
@@ -137,8 +170,11 @@ def save_account(
     if same is not None and not roots:
         roots = same.trust_roots
     tls_name = same.tls_name if same else ""
-    config = config.with_account(session.Account(name, server, user, roots, tls_name))
+    command, routes = (same.password_command, same.directory_routes) if same else ("", ())
+    config = config.with_account(
+        session.Account(name, server, user, roots, tls_name, command, routes)
+    )
     session.save_accounts(config)
-    if remember:
+    if remember and not command:
         session.keyring_set(server, user, password)
     return name

@@ -2,8 +2,9 @@
 domain's server, the certificate directory with its cache, and opening encrypted messages
 and attachments with the key kept here.
 
-The directory of a domain is its server: WSEMAIL_DIRECTORY_ROUTES ("domain=url,…") names
-it explicitly, otherwise `_wsemail._tcp` SRV records do. Accepted certificates are cached
+The directory of a domain is its server: WSEMAIL_DIRECTORY_ROUTES ("domain=url,…") or the
+account's `directory_routes` in client.toml name it explicitly, otherwise `_wsemail._tcp`
+SRV records do. Accepted certificates are cached
 between commands in WSEMAIL_DIRECTORY_CACHE (default: `directory` beside the keys folder)
 for at most an hour (less if a CRL or the certificate runs out first).
 """
@@ -28,6 +29,8 @@ from wsemail.protocol.message import Message
 
 def _routes() -> dict[str, str]:
     raw = os.environ.get("WSEMAIL_DIRECTORY_ROUTES", "")
+    if not raw:
+        return session.directory_routes()
     routes: dict[str, str] = {}
     for item in filter(None, (p.strip() for p in raw.split(","))):
         domain, sep, url = item.partition("=")
@@ -38,7 +41,8 @@ def _routes() -> dict[str, str]:
 
 
 def locate_server(domain: str) -> str:
-    """The wsemail server of `domain`: WSEMAIL_DIRECTORY_ROUTES (domain=url,…), else SRV."""
+    """The wsemail server of `domain`: WSEMAIL_DIRECTORY_ROUTES (domain=url,…), else the
+    account's directory_routes in client.toml, else SRV."""
     routes = _routes()
     if domain in routes:
         return routes[domain]

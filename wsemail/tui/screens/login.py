@@ -85,7 +85,12 @@ class LoginScreen(WorkScreen[Client]):
                 ("Server", "server", self.defaults.server, "https://…/wsemail"),
                 ("Address", "address", self.defaults.user, "you@example.org"),
                 ("Password", "password", self.defaults.password, ""),
-                ("Trust roots", "roots", "", "optional: federation root certificate path(s)"),
+                (
+                    "Trust roots",
+                    "roots",
+                    self.defaults.trust_roots,
+                    "optional: federation root certificate path(s)",
+                ),
             ):
                 with Horizontal(classes="login-row"):
                     yield Label(label, classes="login-label")
@@ -149,6 +154,7 @@ class LoginScreen(WorkScreen[Client]):
         self.query_one("#login-server", Input).value = chosen.server
         self.query_one("#login-address", Input).value = chosen.user
         self.query_one("#login-password", Input).value = chosen.password
+        self.query_one("#login-roots", Input).value = chosen.trust_roots
         self.query_one("#login-remember", Checkbox).value = self.setup
         self.query_one("#login-title", Label).update(self._title())
         if event.select.has_focus:
@@ -177,7 +183,7 @@ class LoginScreen(WorkScreen[Client]):
         self, server: str, address: str, password: str, save: bool, remember: bool, roots: str
     ) -> None:
         try:
-            client = open_session(server, address, password, self.factory)
+            client = open_session(server, address, password, self.factory, trust_roots=roots)
         except Exception as exc:
             self.fail("Sign-in failed", exc)
             return
