@@ -43,6 +43,10 @@ def test_demo_shows_a_verified_signature_across_two_domains() -> None:
         "bob@b.test's inbox: 'Hello from a.test' from alice@a.test — signed by a.test ✓"
         in result.stdout
     )
+    assert (
+        "bob@b.test opened 'Encrypted from a.test', end-to-end encrypted and signed by "
+        "alice@a.test ✓" in result.stdout
+    )
 
 
 def test_demo_serve_writes_state_for_the_ordinary_cli(tmp_path: Path) -> None:
@@ -84,7 +88,11 @@ def test_demo_serve_writes_state_for_the_ordinary_cli(tmp_path: Path) -> None:
         message = json.loads(
             subprocess.run(
                 [wsemail_binary(), "retrieve", "--json"],
-                input=json.loads(listed)["id"],
+                input=next(
+                    h["id"]
+                    for h in map(json.loads, listed.splitlines())
+                    if h["subject"] == "Hello from a.test"
+                ),
                 env=env,
                 text=True,
                 capture_output=True,
@@ -124,6 +132,42 @@ def test_demo_serve_writes_state_for_the_ordinary_cli(tmp_path: Path) -> None:
             text=True,
             timeout=60,
         )
+        # the ordinary CLI with the demo's client.toml and nothing else: the accounts carry
+        # server, trust roots, password command and the other domain's directory route
+        device = {k: v for k, v in os.environ.items() if not k.startswith("WSEMAIL_")} | {
+            "WSEMAIL_CLIENT_CONFIG": info["client_config"],
+            "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
+            "WSEMAIL_KEYS_DIR": str(tmp_path / "keys"),
+            "WSEMAIL_KEY_PASSPHRASE": "this device's passphrase",
+            "WSEMAIL_DIRECTORY_CACHE": str(tmp_path / "directory-cache"),
+        }
+
+        def demo_cli(account: str, *args: str) -> str:
+            done = subprocess.run(
+                [wsemail_binary(), *args, "--account", account],
+                env=device,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, (args, done.stderr)
+            return done.stdout
+
+        assert "Hello from a.test" in demo_cli("bob@b.test", "list")
+        demo_cli("alice@a.test", "keys", "create")
+        demo_cli("bob@b.test", "keys", "create")
+        demo_cli("alice@a.test", "send", "--to", "bob@b.test", "--body", "sealed", "--encrypt")
+        deadline = time.monotonic() + 30
+        while True:
+            headers = [
+                json.loads(line) for line in demo_cli("bob@b.test", "list", "--json").splitlines()
+            ]
+            if len(headers) == 3:  # the demo's signed and encrypted ones, and this one
+                break
+            assert time.monotonic() < deadline, headers
+            time.sleep(0.2)
+        opened = json.loads(demo_cli("bob@b.test", "retrieve", "--json", headers[0]["id"]))
+        assert opened["body"] == "sealed" and opened["e2e"]["signer"] == "alice@a.test"
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0

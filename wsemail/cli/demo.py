@@ -1,7 +1,9 @@
 """`wsemail demo`: a federation root, two domains (a.test and b.test) on loopback ports with
-users, and one signed message from alice@a.test to bob@b.test, read back with its verified
-signature — the first thing a newcomer runs. `--serve --state FILE` keeps both servers up
-and writes where they are, for the ordinary CLI."""
+users, one signed message from alice@a.test to bob@b.test, read back with its verified
+signature, and one end-to-end encrypted message between them — the first thing a newcomer
+runs. `--serve` keeps both servers up and writes a client.toml with an account per demo
+user (server, trust roots, the other domain's directory route, a password_command), so the
+ordinary CLI works on them with nothing to export; `--state FILE` writes the same as JSON."""
 
 from __future__ import annotations
 
@@ -108,6 +110,8 @@ def demo(
                 time.sleep(0.1)
             proof, message = bob.verify(bob.retrieve(headers[0].id))
         typer.echo(f"demo: bob@b.test's inbox: {message.subject!r} from {message.sender} — {proof}")
+        typer.echo(encrypted_demo(url, passwords, root_pem))
+        client_toml = write_client_config(directory, url, passwords, root_pem)
         if state is not None:
             state.write_text(
                 json.dumps(
@@ -120,6 +124,8 @@ def demo(
                             for a, p in passwords.items()
                         },
                         "trust_roots": str(root_pem),
+                        "directory_routes": url,
+                        "client_config": str(client_toml),
                     },
                     indent=2,
                 )
@@ -128,10 +134,12 @@ def demo(
             typer.echo(f"demo: servers and users written to {state}")
         if serve:
             typer.echo(
-                "demo: serving until Ctrl-C; for example:\n"
-                f"  WSEMAIL_SERVER={url['b.test']} WSEMAIL_USER=bob@b.test "
-                f"WSEMAIL_PASSWORD={passwords['bob@b.test']} "
-                f"WSEMAIL_TRUST_ROOTS={shlex.quote(str(root_pem))} {command()} list"
+                "demo: serving until Ctrl-C; the demo's accounts are in "
+                f"{client_toml}, for example:\n"
+                f"  WSEMAIL_CLIENT_CONFIG={shlex.quote(str(client_toml))} {command()} list "
+                "--account bob@b.test\n"
+                f"  WSEMAIL_CLIENT_CONFIG={shlex.quote(str(client_toml))} {command()} send "
+                "--account alice@a.test --to bob@b.test --body hi"
             )
             stop = threading.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -142,6 +150,78 @@ def demo(
             controller.stop()
         if temp is not None:
             temp.cleanup()
+
+
+def encrypted_demo(url: dict[str, str], passwords: dict[str, str], root_pem: Path) -> str:
+    """alice@a.test and bob@b.test get certificates from their servers; alice encrypts to
+    bob, whose certificate her client fetched from b.test's directory and checked; bob
+    opens it. Returns the line that says so."""
+    from wsemail.client import Client
+    from wsemail.usercerts import (
+        ENCRYPTED_SUBJECT,
+        Directory,
+        new_private_key,
+        open_sealed,
+        request_certificate,
+        send_encrypted,
+    )
+
+    with (
+        Client(url["a.test"], "alice@a.test", passwords["alice@a.test"]) as alice,
+        Client(url["b.test"], "bob@b.test", passwords["bob@b.test"], trust_roots=[root_pem]) as bob,
+        Directory([root_pem], url) as directory,
+    ):
+        alice_key = request_certificate(alice, new_private_key())
+        bob_key = request_certificate(bob, new_private_key())
+        send_encrypted(
+            alice,
+            alice_key,
+            directory,
+            ["bob@b.test"],
+            "Encrypted from a.test",
+            "Only bob@b.test can read this; the servers stored ciphertext.",
+        )
+        deadline = time.monotonic() + 30
+        while not (
+            found := [h for h in bob.list_headers().headers if h.subject == ENCRYPTED_SUBJECT]
+        ):
+            if time.monotonic() > deadline:
+                raise typer.Exit(3)
+            time.sleep(0.1)
+        _, message = bob.verify(bob.retrieve(found[0].id))
+        opened = open_sealed(message, bob_key, directory)
+    return (
+        f"demo: bob@b.test opened {opened.subject!r}, end-to-end encrypted and signed by "
+        f"{opened.signer} ✓ (the servers relayed and stored ciphertext only)"
+    )
+
+
+def write_client_config(
+    directory: Path, url: dict[str, str], passwords: dict[str, str], root_pem: Path
+) -> Path:
+    """A client.toml with an account per demo user; each password in a 0600 file that the
+    account's password_command reads (no keyring, nothing to export)."""
+    from wsemail.cli import session
+
+    secrets_dir = directory / "passwords"
+    secrets_dir.mkdir(mode=0o700, exist_ok=True)
+    routes = tuple(sorted(url.items()))
+    config = session.ClientConfig()
+    for address, password in passwords.items():
+        secret = secrets_dir / address
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(password + "\n")
+        account = session.Account(
+            address,
+            url[address.rpartition("@")[2]],
+            address,
+            (str(root_pem),),
+            password_command=f"cat '{secret}'",
+            directory_routes=routes,
+        )
+        config = config.with_account(account, make_default=address == "bob@b.test")
+    return session.save_accounts(config, directory / "client.toml")
 
 
 def register(app: typer.Typer) -> None:

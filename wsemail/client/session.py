@@ -173,11 +173,12 @@ def load_accounts() -> ClientConfig:
     return ClientConfig(accounts, default)
 
 
-def save_accounts(config: ClientConfig) -> Path:
-    """Write client.toml with a TOML writer (tomli-w escapes quotes, newlines and control
-    characters such as DEL) to a temporary file that is fsynced and renamed over the old
-    one: a reader sees the old file or the new one, never half of one."""
-    path = config_path()
+def save_accounts(config: ClientConfig, path: Path | None = None) -> Path:
+    """Write client.toml (`path`, default: `config_path()`) with a TOML writer (tomli-w
+    escapes quotes, newlines and control characters such as DEL) to a temporary file that
+    is fsynced and renamed over the old one: a reader sees the old file or the new one,
+    never half of one."""
+    path = path or config_path()
     doc: dict[str, object] = {"default": config.default} if config.default else {}
     accounts: dict[str, dict[str, object]] = {}
     for name in sorted(config.accounts):
