@@ -297,3 +297,37 @@ def test_timesheet_recipient_without_the_plugin_fetches_verifies_installs_and_re
     assert "127.0.0.1" in registry["timesheet"]["location"]
     again = world.run("bob@b.test", "forms", "show", got, "--json").stdout  # installed now
     assert json.loads(again.split("\nstep")[0].split("\nstatus")[0])["employee"] == "Kevin Lux"
+
+
+def test_send_form_without_to_goes_to_the_first_step_and_warns_without_a_wheel(
+    world: World,
+) -> None:
+    wheel = next((world.tmp / "dist").glob("wsemail_requisition-*.whl"))
+    world.run("carol@a.test", "forms", "install", str(wheel))  # from a file: no location
+    draft = world.tmp / "no-wheel.json"
+    draft.write_text(
+        json.dumps(
+            {
+                "form": "requisition",
+                "data": {"requester": "carol@a.test", "department": "OS", "items": ITEMS_500},
+                "route": [{"role": "manager", "approvers": ["bob@a.test"]}],
+            }
+        )
+    )
+    sent = world.run("carol@a.test", "send", "--form", str(draft))  # no --to
+    warning = sent.stderr.strip().splitlines()
+    assert len(warning) == 1 and warning[0].startswith("wsemail: warning: ")
+    assert "no published wheel" in warning[0] and '"wheel"' in warning[0]
+    world.wait_message("bob@a.test", 1)  # the route's first approver got it
+    # with the published wheel named: no warning
+    with_wheel = world.draft(
+        "with-wheel",
+        "requisition",
+        {"requester": "carol@a.test", "department": "OS", "items": ITEMS_500},
+        [{"role": "manager", "approvers": ["bob@a.test"]}],
+    )
+    assert world.run("carol@a.test", "send", "--form", str(with_wheel)).stderr == ""
+    world.wait_message("bob@a.test", 2)
+    # a plain message still needs --to
+    plain = world.run("carol@a.test", "send", "--body", "x", check=False)
+    assert plain.returncode == 1 and "--to" in plain.stderr

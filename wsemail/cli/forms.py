@@ -218,7 +218,9 @@ def verify(
 
 
 def send_form(path: Path, to: list[str], subject: str, server: str | None, user: str | None) -> str:
-    """`wsemail send --form FILE.json`: validate with the plug-in, then send."""
+    """`wsemail send --form FILE.json`: validate with the plug-in, then send (to `to`, or
+    without it to the route's first step's approvers); warns when recipients may not be
+    able to fetch the plug-in."""
     from wsemail.client.forms import load, workflow
     from wsemail.protocol.message import Draft
 
@@ -233,6 +235,9 @@ def send_form(path: Path, to: list[str], subject: str, server: str | None, user:
             server=client.server,
             autofilled=lambda: _autofilled(client),
         )
+        warning = workflow.unreachable_plugin(plugin, raw, client.server)
+        if warning:
+            typer.echo(f"wsemail: warning: {warning}", err=True)
         return client.send(draft.to, draft.subject, draft.body, cc=draft.cc).id
 
 

@@ -44,7 +44,9 @@ def _line(header: MessageHeader) -> str:
 
 
 def send(
-    to: list[str] = typer.Option(..., "--to", help="recipient (repeatable)"),
+    to: list[str] = typer.Option(
+        [], "--to", help="recipient (repeatable; with --form: default the route's first step)"
+    ),
     cc: list[str] = typer.Option([], "--cc", help="copy to (repeatable)"),
     subject: str = typer.Option("", "--subject", "-s"),
     body: str | None = typer.Option(None, "--body", help="the text (else --body-file or stdin)"),
@@ -77,6 +79,8 @@ def send(
 
         typer.echo(send_form(form, to, subject, server, user))
         return
+    if not to:
+        raise UsageError("no recipient: give --to (repeatable)")
     if body is None:
         if body_file is not None:
             try:

@@ -147,6 +147,20 @@ def _published(plugin: FormPlugin, wheel: object, server: str) -> tuple[Path | N
     return None, PluginRef(plugin.name, plugin.version)
 
 
+def unreachable_plugin(plugin: FormPlugin, data: Mapping[str, object], server: str) -> str:
+    """Why recipients may not open the form a draft sends ("" when they can): it names no
+    published wheel and the plug-in was not installed from one, so the message says where
+    to fetch nothing; only recipients who already have the plug-in can read it."""
+    wheel, ref = _published(plugin, data.get("wheel"), server)
+    if wheel is not None or ref.location:
+        return ""
+    return (
+        f"the form names no published wheel: only recipients who have the {plugin.name} "
+        f'{plugin.version} plug-in installed can open it (add "wheel": the path of the '
+        "wheel published with 'wsemail forms publish' to the draft)"
+    )
+
+
 def attach_form(
     draft: Draft,
     plugin: FormPlugin,

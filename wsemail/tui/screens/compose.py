@@ -266,6 +266,9 @@ class ComposeScreen(WorkScreen[bool]):
                 )
                 to, cc = draft.to, draft.cc
                 how = f"Form sent: {plugin.title or plugin.name}"
+                warning = workflow.unreachable_plugin(plugin, filled, self.client.server)
+                if warning:
+                    how += f" — but {warning}"
             elif options.encrypt:
                 send_sealed(self.client, to, cc, subject, body, sign=options.sign, files=files)
                 how = "Encrypted message sent" + (", signed" if options.sign else "")
