@@ -156,8 +156,8 @@ def encrypted_demo(url: dict[str, str], passwords: dict[str, str], root_pem: Pat
     """alice@a.test and bob@b.test get certificates from their servers; alice encrypts to
     bob, whose certificate her client fetched from b.test's directory and checked; bob
     opens it. Returns the line that says so."""
-    from wsemail.client import Client
-    from wsemail.usercerts import (
+    from wsemail.client.mail import Client
+    from wsemail.client.usercerts import (
         ENCRYPTED_SUBJECT,
         Directory,
         new_private_key,
@@ -201,7 +201,7 @@ def write_client_config(
 ) -> Path:
     """A client.toml with an account per demo user; each password in a 0600 file that the
     account's password_command reads (no keyring, nothing to export)."""
-    from wsemail.cli import session
+    from wsemail.client import session
 
     secrets_dir = directory / "passwords"
     secrets_dir.mkdir(mode=0o700, exist_ok=True)
