@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from wsemail.client.attachments import Attachments
 from wsemail.protocol.errors import StorageFull
 from wsemail.server.storage import RESERVE_NAME
 
@@ -123,6 +124,12 @@ def test_full_disk_refuses_new_mail_with_storage_full_and_reads_go_on(
         assert result.stderr.strip().splitlines() == [
             "wsemail: the server's storage is full: it takes no new mail until space is freed"
         ]
+        # an attachment upload would eat the reserve: refused too, nothing kept
+        attachment = small_disk.parent / "attachment.bin"
+        attachment.write_bytes(b"a" * 1000)
+        with pytest.raises(StorageFull, match="storage is full"):
+            Attachments(alice).upload(attachment)
+        assert running.count("SELECT count(*) FROM messages") == messages
         # room again: the reserve is taken back and mail is accepted
         filler.unlink()
 

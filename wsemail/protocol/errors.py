@@ -23,7 +23,8 @@
         ├── Rejected                   a processor refused the message    (400/403/413, exit 4)
         ├── RevocationUnavailable      no current CRL: fail closed, retry later  (503, exit 3)
         ├── ServerBusy / ServerError   the server cannot take it now             (503/500, exit 3)
-        └── StorageFull                the server's disk is full: reads go on    (507, exit 5)
+        └── InsufficientStorage        a quota or the store has no room          (507, exit 3)
+            └── StorageFull            the server's disk is full: reads go on    (507, exit 5)
 
 Every RemoteFault carries the SOAP 1.2 code (Sender/Receiver), a WS-Security or urn:wsemail
 subcode and the HTTP status; `wsemail.faults` turns them into fault XML and back. Foreign
@@ -224,8 +225,8 @@ class ServerError(RemoteFault):
     exit_code = 3
 
 
-class StorageFull(RemoteFault):
-    """The server's storage is full: it takes no new mail until space is freed; reads
+class StorageFull(InsufficientStorage):
+    """The server's disk is full: it takes no new mail until space is freed; reads
     and deletes go on. Nothing of the refused request was stored."""
 
     code = "Receiver"

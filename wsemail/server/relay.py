@@ -187,7 +187,8 @@ class Relay:
         """Seconds until the next attempt after `failures` failed ones (1, 2, …): the base
         doubling each time, capped at `retry_max`, with jitter (half of it random) so rows
         and servers that failed together do not retry in lockstep."""
-        ceiling = min(self.config.retry_base * 2 ** min(failures - 1, 60), self.config.retry_max)
+        doubled = self.config.retry_base * float(2 ** min(failures - 1, 60))
+        ceiling = min(doubled, self.config.retry_max)
         return ceiling / 2 + self.random.random() * ceiling / 2
 
     async def peer_alive(self, domain: str) -> None:

@@ -32,12 +32,14 @@ from wsemail.protocol.errors import (
     RequestInvalid,
     RequestTimeout,
     ServerError,
+    StorageFull,
     TooLarge,
 )
 from wsemail.protocol.soap import element, parse_int, q
 from wsemail.server.attachments import records
 from wsemail.server.attachments.storage import BlobStore
 from wsemail.server.connguard import Pace
+from wsemail.server.storage import FULL_REASON, is_full
 from wsemail.server.store import Tx
 
 if TYPE_CHECKING:
@@ -109,12 +111,22 @@ class Streams:
             if scope["method"] not in ("PUT", "POST"):
                 raise RequestInvalid("upload with PUT")
             ticket = _ticket(scope)
+            space = self.server.store.space
+            if space is not None and space.still_full():  # the reserve is for reads
+                raise StorageFull(FULL_REASON)
             blob = await self.server.store.transact(
                 lambda tx: records.take_upload_ticket(tx, ticket)
             )
             if blob is None:
                 raise Forbidden("unknown, used or expired upload ticket")
-            response = await self._receive_into(blob, scope, receive)
+            try:
+                response = await self._receive_into(blob, scope, receive)
+            except OSError as exc:
+                if not is_full(exc):
+                    raise
+                if space is not None:
+                    space.disk_full()
+                raise StorageFull(FULL_REASON) from exc
         except RemoteFault as exc:
             response = _fault(exc)
         except Exception:

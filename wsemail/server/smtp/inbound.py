@@ -241,7 +241,7 @@ class Gateway:
         except Rejected as exc:
             log.info("refused message from %s: %s", peer, exc.reason)
             return f"550 5.7.1 {exc.reason}"[:500]
-        except InsufficientStorage:
+        except InsufficientStorage:  # a quota, or the disk (StorageFull): try later
             log.warning("no room for attachments of mail from %s", peer)
             return "452 4.3.1 insufficient system storage"
         except StoreError:
