@@ -44,10 +44,12 @@ from wsemail.protocol.auth import (
     Credentials,
     check_window,
     derive_key,
+    parse_timestamp,
     timestamp_parts,
 )
 from wsemail.protocol.dsig import DS, cert_digest, verify_envelope
 from wsemail.protocol.errors import (
+    MessageExpired,
     RemoteFault,
     ReplayDetected,
     ServerError,

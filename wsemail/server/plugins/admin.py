@@ -18,6 +18,7 @@ from wsemail.server.pipeline import (
 from wsemail.server.plugins.queue import DomainQueue, queue_status
 
 ACTIONS = ("list", "load", "unload", "priority", "queue")
+MAX_PRIORITY = 1_000_000
 
 
 def _priority(value: str | None) -> int:
