@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -115,6 +116,28 @@ def test_two_domains_set_up_with_the_cli_exchange_signed_mail(tmp_path: Path) ->
         assert message["provenance"]["signer"] == "a.test"
         plain = run("retrieve", message["id"], env=env("b.test", "bob@b.test"))
         assert "Provenance: signed by a.test ✓" in plain
+        # bob's server altered the stored copy: the reader's check fails, the content stays
+        # hidden unless asked for, and the exit says so
+        db = tmp_path / "b.test" / "wsemail.db"
+        with sqlite3.connect(db) as conn:
+            conn.execute(
+                "UPDATE messages SET body = 'Pay mallory', signed_xml = CAST(replace("
+                "CAST(signed_xml AS TEXT), 'Across two processes', 'Pay mallory') AS BLOB) "
+                "WHERE id = ?",
+                (message["id"],),
+            )
+        conn.close()
+        for extra in ([], ["--show-unverified"]):
+            shown = subprocess.run(
+                [wsemail_binary(), "retrieve", *extra, message["id"]],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env("b.test", "bob@b.test"),
+            )
+            assert shown.returncode == 2 and "Traceback" not in shown.stderr, shown.stderr
+            assert "signature check FAILED" in shown.stdout + shown.stderr
+            assert ("Pay mallory" in shown.stdout) == bool(extra), shown.stdout
         local = run("list", "--json", env=env("a.test", "dave@a.test"))
         dave_copy = json.loads(
             run(

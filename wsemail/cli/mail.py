@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from wsemail.client import session
-from wsemail.protocol.errors import UsageError
+from wsemail.protocol.errors import SignatureInvalid, UsageError
 from wsemail.protocol.message import MessageHeader
 
 ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")
@@ -168,17 +168,32 @@ def retrieve(
     ids: list[str] = typer.Argument(None, help="message ids (else read from stdin)"),
     as_json: bool = typer.Option(False, "--json", help="NDJSON, one message per line"),
     peek: bool = typer.Option(False, "--peek", help="do not mark them seen"),
+    show_unverified: bool = typer.Option(
+        False, "--show-unverified", help="also print a message whose signature check FAILED"
+    ),
     server: str | None = ServerOpt,
     user: str | None = UserOpt,
 ) -> None:
-    """Print messages (and mark them seen, unless --peek)."""
+    """Print messages (and mark them seen, unless --peek). A message whose provenance check
+    fails is shown without its content unless --show-unverified; the exit is non-zero."""
     unopened: list[str] = []
+    failed: list[str] = []
     with session.open_client(server, user) as client:
         for message_id in _ids(ids):
             proof, message = client.verify(client.retrieve(message_id, peek=peek))
             from wsemail.client.usercerts.device import open_messages
 
             message, sealed = open_messages(client, message)
+            if proof.status == "failed":
+                failed.append(message.id)
+                if not show_unverified:  # never shown as if it were verified
+                    message.subject, message.body = (
+                        "(hidden)",
+                        (
+                            "(content hidden: its signature check FAILED; "
+                            "--show-unverified shows it anyway)"
+                        ),
+                    )
             if "error" in sealed:  # ciphertext is no use to anyone: say why, in one line
                 unopened.append(f"{message.id} ({sealed['error']})")
                 if as_json:
@@ -210,6 +225,10 @@ def retrieve(
             )
     if unopened:
         raise UsageError(f"cannot decrypt {len(unopened)} message(s) here: {'; '.join(unopened)}")
+    if failed:
+        raise SignatureInvalid(
+            f"the signature check FAILED for {len(failed)} message(s): {', '.join(failed)}"
+        )
 
 
 def _instant_line(message: MessageHeader) -> str:
