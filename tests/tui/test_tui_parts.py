@@ -175,3 +175,32 @@ def test_party_line_events_read_as_one_line() -> None:
         "the channel closed: idle timeout",
     )
     assert describe_event({"event": "welcome"}) is None
+
+
+def test_a_message_whose_signature_check_failed_hides_its_body_until_asked() -> None:
+    import asyncio
+
+    from textual.app import App, ComposeResult
+    from textual.widgets import Static
+
+    from wsemail.core.provenance import Provenance
+    from wsemail.tui.widgets.message.message_view import MessageView
+
+    class Viewer(App[None]):
+        def compose(self) -> ComposeResult:
+            yield MessageView()
+
+    message = Message(**vars(header(1)) | {"subject": "pay"}, body="Pay mallory now")
+    failed = Provenance("failed", reason="digest mismatch")
+
+    async def shown(reveal: bool, proof: Provenance) -> str:
+        app = Viewer()
+        async with app.run_test(size=(80, 24)):
+            view = app.query_one(MessageView)
+            view.show(message, proof, reveal=reveal)
+            return str(view.query_one("#message-body", Static).render())
+
+    hidden = asyncio.run(shown(False, failed))
+    assert "Pay mallory" not in hidden and "FAILED" in hidden and "U" in hidden
+    assert "Pay mallory" in asyncio.run(shown(True, failed))
+    assert "Pay mallory" in asyncio.run(shown(False, Provenance("verified", signer="a.test")))

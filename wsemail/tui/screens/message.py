@@ -62,6 +62,7 @@ class MessageScreen(WorkScreen[str | None]):
         Binding("R", "act('reject')", "Reject", show=False),
         Binding("D", "delegate", "Delegate", show=False),
         Binding("v", "view_form", "View form", show=False),
+        Binding("U", "reveal", "Show unverified", show=False),
     ]
     FORM_ACTIONS = {"install", "act", "delegate", "view_form"}
 
@@ -115,6 +116,7 @@ class MessageScreen(WorkScreen[str | None]):
         self.refs: list[delivery.Item] = []
         self.form: FormShown | None = None
         self.proof: Provenance | None = None
+        self.reveal = False  # the content of a message whose signature check FAILED
         self.e2e: dict[str, object] = {}
 
     def compose(self) -> ComposeResult:
@@ -179,9 +181,19 @@ class MessageScreen(WorkScreen[str | None]):
             if keys:
                 form_text += "\n\nKeys: " + " · ".join(keys)
         self.query_one(MessageView).show(
-            self.message, self.proof, self.refs, form_text, delivery.e2e_line(self.e2e)
+            self.message,
+            self.proof,
+            self.refs,
+            form_text,
+            delivery.e2e_line(self.e2e),
+            reveal=self.reveal,
         )
         self.refresh_bindings()
+
+    def action_reveal(self) -> None:
+        """Show the content of a message whose signature check FAILED (it stays red)."""
+        self.reveal = True
+        self._show()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action not in self.FORM_ACTIONS:

@@ -74,11 +74,19 @@ class MessageView(VerticalScroll):
         refs: Sequence[AttachmentRef | EncryptedAttachment] | None = None,
         form_text: str | None = None,
         sealed: str = "",
+        reveal: bool = False,
     ) -> None:
-        """`form_text` (a form's rendering) is shown instead of the body's XML."""
+        """`form_text` (a form's rendering) is shown instead of the body's XML; the body of a
+        message whose signature check FAILED only when `reveal` (key U)."""
         self.query_one("#message-headers", Static).update(
             header_block(message, proof, refs, sealed)
         )
         body = Text(message.body) if form_text is None else Text(form_text)
+        if proof is not None and proof.status == "failed" and not reveal:
+            body = Text(
+                "Content hidden: its signature check FAILED, so it may not be what was sent.\n"
+                "Press U to show it anyway.",
+                style="bold red",
+            )
         self.query_one("#message-body", Static).update(body)
         self.scroll_home(animate=False)
