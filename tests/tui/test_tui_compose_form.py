@@ -77,7 +77,10 @@ async def test_attach_a_form_fill_it_and_send_it(dom: Domain, built: dict[str, P
         assert compose.query_one("#compose-body").read_only
         await pilot.press("ctrl+s")  # no recipient typed: the route's first approver
         await wait_for(pilot, lambda: isinstance(app.screen, InboxScreen))
-        assert any("Form sent: Requisition: Sent to bob@a.test" in n for n in notes(app))
+        sent = [n for n in notes(app) if n.startswith("Form sent: Requisition")]
+        assert sent and sent[0].endswith(": Sent to bob@a.test"), notes(app)
+        # installed straight from a wheel file, not a published one: the notice says so
+        assert "names no published wheel" in sent[0]
 
     bob = dom.user("bob@a.test")
     header = bob.list_headers().headers[0]

@@ -241,6 +241,7 @@ def fault_classes() -> dict[str, type[RemoteFault]]:
     pending: list[type[RemoteFault]] = [RemoteFault]
     while pending:
         cls = pending.pop()
-        found[cls.subcode] = cls  # a subclass wins over its parent
+        if "subcode" in vars(cls):  # a subclass that keeps its parent's subcode
+            found[cls.subcode] = cls  # (a client-side refinement) never takes it over
         pending.extend(cls.__subclasses__())
     return found
