@@ -6,19 +6,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
+from wsemail.bench.nodes import free_port
+
 from conftest import PASSWORD, wsemail_binary
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_serving(data_dir: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import signal
 import socket
 import sqlite3
@@ -126,9 +127,18 @@ class CountingProxy:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now, drawn below Linux's ephemeral range (32768-60999): a port the
+    kernel hands out for bind(0) or an outgoing connection may be taken again by another
+    process before the server that is told about it starts listening."""
+    for _ in range(200):
+        port = secrets.choice(range(20_000, 32_000))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise UsageError("no free port between 20000 and 32000 on 127.0.0.1")
 
 
 def _toml_value(value: Any) -> str:
