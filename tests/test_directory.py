@@ -18,7 +18,7 @@ from wsemail.protocol.dsig import DS
 from wsemail.protocol.errors import RateLimited, RequestInvalid
 from wsemail.protocol.soap import q
 from wsemail.server.accounts import set_user
-from wsemail.server.config import DEFAULT_PLUGINS
+from wsemail.server.config import DEFAULT_PLUGINS, load_config
 from wsemail.server.directory import federated
 from wsemail.server.directory.search import Request
 from wsemail.server.pipeline import PluginSpec
@@ -59,7 +59,7 @@ def fed(tmp_path: Path) -> Iterator[Federation]:
     write_crl(ca)
     servers = {
         "a.test": start_domain(tmp_path, ca, "a.test"),
-        "b.test": start_domain(tmp_path, ca, "b.test", plugins=plugins(peer_searches_per_minute=4)),
+        "b.test": start_domain(tmp_path, ca, "b.test", plugins=plugins(peer_searches_per_minute=6)),
     }
     federation = Federation(ca, servers)
     federation.route_all()
@@ -99,7 +99,17 @@ def test_a_short_query_is_refused_with_nothing_stored(server: Running) -> None:
 
 
 def test_an_operator_may_allow_a_full_listing(tmp_path: Path) -> None:
-    running = start_server(tmp_path / "s", plugins=plugins(allow_dump=True, max_results=2))
+    toml = tmp_path / "server.toml"
+    toml.write_text(
+        "".join(
+            f'[[plugins]]\nref = "{spec.ref}"\npriority = {spec.priority}\n'
+            for spec in DEFAULT_PLUGINS
+            if spec.ref != "directory"
+        )
+        + '[[plugins]]\nref = "directory"\noptions = { allow_dump = true, max_results = 2 }\n',
+        encoding="utf-8",
+    )
+    running = start_server(tmp_path / "s", plugins=load_config(toml).plugins)
     try:
         for user in ("alice@localhost", "bob@localhost", "carol@localhost"):
             book(running, user).publish(user.split("@")[0].title())
@@ -174,6 +184,13 @@ def test_a_search_of_another_domain_goes_signed_through_both_servers(fed: Federa
     assert fed.b.count("SELECT count(*) FROM nonces WHERE principal='directory:a.test'") == 3
     with pytest.raises(RequestInvalid, match="b.test: a directory search needs"):
         alice.search("b", domain="b.test")  # b.test's own rules
+    # pages of another domain: its cursor travels through a.test back to b.test
+    add_users(fed.b, "boris")
+    book(fed.b, "boris@b.test").publish("Boris")
+    first = alice.search("bo", domain="b.test", limit=1)
+    assert first.next_cursor and found(first.entries) == ["bob@b.test"]
+    second = alice.search("bo", domain="b.test", limit=1, cursor=first.next_cursor)
+    assert found(second.entries) == ["boris@b.test"] and second.next_cursor is None
 
 
 def test_a_peer_domain_is_rate_limited_as_a_whole(fed: Federation) -> None:
@@ -181,10 +198,10 @@ def test_a_peer_domain_is_rate_limited_as_a_whole(fed: Federation) -> None:
     users = ("alice@a.test", "carol@a.test", "admin@a.test")
     done = 0
     with pytest.raises(RateLimited, match="b.test: too many directory searches from a.test"):
-        for n in range(6):
+        for n in range(8):
             book(fed.a, users[n % 3]).search("bo", domain="b.test")
             done += 1
-    assert done == 4  # b.test takes peer_searches_per_minute=4 from a.test
+    assert done == 6  # b.test takes peer_searches_per_minute=6 from a.test
     assert found(book(fed.b, "carol@b.test").search("bo").entries) == ["bob@b.test"]
 
 
