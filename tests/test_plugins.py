@@ -26,11 +26,13 @@ def test_default_pipeline_lists_builtins_in_priority_order(cli: Cli) -> None:
         "im",
         "attachments",
         "usercerts",
+        "contacts",
+        "directory",
         "admin",
         "local-delivery",
         "sqlite-queue",
     ]
-    assert rows[0]["interfaces"] == "sending" and rows[7]["interfaces"] == "local-mta"
+    assert rows[0]["interfaces"] == "sending" and rows[9]["interfaces"] == "local-mta"
 
 
 def test_admin_loads_reprioritises_and_unloads_while_serving(cli: Cli, server: Running) -> None:

@@ -20,7 +20,9 @@ from wsemail.cli import (
     attachments,
     bench,
     ca,
+    contacts,
     demo,
+    directory,
     domain,
     forms,
     im,
@@ -75,6 +77,8 @@ attachments.register(app)
 forms.register(app)
 im.register(app)
 keys.register(app)
+contacts.register(app)
+directory.register(app)
 
 
 def _choose_account(value: str | None) -> None:

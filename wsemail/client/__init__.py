@@ -5,6 +5,8 @@
 - `im`: instant messages, presence, push streams and the party line.
 - `usercerts`: the user's own certificate, end-to-end encryption, the certificate directory.
 - `forms`: form plug-ins on this device and the routed workflow.
+- `contacts`, `directory`, `completion`, `vcard`: personal contacts on the server, the
+  address directory, address completion (contacts → directory → sent to), vCard files.
 """
 
 from __future__ import annotations

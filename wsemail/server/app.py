@@ -225,6 +225,12 @@ class Server:
             if peers is not None:
                 peers.leave(peer)
 
+    def sign_answer(self, nonce: str) -> None:
+        """Answer the request being served with an envelope signed by this server's key,
+        bound to `nonce` (InResponseTo): for a plug-in's operation that a peer server
+        signed (e.g. a directory look-up), as a MAC request asking for it gets one."""
+        _ANSWER.set(AnswerBinding(nonce, None))
+
     def wake_relay(self) -> None:
         if self.relay is not None:
             self.relay.wake.set()

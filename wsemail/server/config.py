@@ -65,6 +65,8 @@ DEFAULT_PLUGINS = [
     PluginSpec("im", 40),
     PluginSpec("attachments", 50),
     PluginSpec("usercerts", 60),
+    PluginSpec("contacts", 70),
+    PluginSpec("directory", 70),
     PluginSpec("local-delivery", 1000),
     PluginSpec("sqlite-queue", 1000),
     PluginSpec("admin", 100),

@@ -1,5 +1,6 @@
 """In charge of writing and sending a message (paper, Figure 7): To and Cc with completion
-from past correspondents, subject, body in a TextArea or in $EDITOR, send.
+(contacts, the directory, addresses sent to, past correspondents), subject, body in a
+TextArea or in $EDITOR, send.
 
 Delivery options live in `compose_options`: send as an instant message (pushed to the
 recipients' live sessions, else kept in their mailbox) and, with it, delete it if it
@@ -29,6 +30,7 @@ from textual.message import Message
 from textual.widgets import Checkbox, Header, Input, Label, TextArea
 
 from wsemail.client.attachments import Attachments
+from wsemail.client.completion import Completer
 from wsemail.client.forms import installed_forms, workflow
 from wsemail.client.mail import Client
 from wsemail.core.forms import FormPlugin
@@ -79,6 +81,8 @@ class ComposeScreen(WorkScreen[bool]):
         self.draft = draft
         self.sending = False
         self.form: tuple[FormPlugin, FormDraft] | None = None  # attached: plug-in, filled draft
+        # To and Cc complete from contacts, the directory, addresses sent to (one cache)
+        self.completer = Completer(client)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -89,9 +93,16 @@ class ComposeScreen(WorkScreen[bool]):
                 ", ".join(self.draft.to),
                 id="compose-to",
                 placeholder="bob@example.org, …",
+                completer=self.completer,
             )
             yield Label("Cc", classes="compose-label")
-            yield AddressInput(self.book, ", ".join(self.draft.cc), id="compose-cc", placeholder="")
+            yield AddressInput(
+                self.book,
+                ", ".join(self.draft.cc),
+                id="compose-cc",
+                placeholder="",
+                completer=self.completer,
+            )
             yield Label("Subject", classes="compose-label")
             yield Input(self.draft.subject, id="compose-subject", compact=True)
         yield TextArea(self.draft.body, id="compose-body", soft_wrap=True)
@@ -305,6 +316,7 @@ class ComposeScreen(WorkScreen[bool]):
 
     def on_compose_screen_sent(self, event: ComposeScreen.Sent) -> None:
         self.book.add(event.recipients)
+        self.completer.learn(event.recipients)
         self.notify(f"Sent to {', '.join(event.recipients)}", title=event.how)
         self.dismiss(True)
 
