@@ -34,6 +34,7 @@ from wsemail.cli import (
     serve,
     tui,
     users,
+    watch,
 )
 from wsemail.client import session
 from wsemail.protocol.errors import WsemailError
@@ -79,6 +80,7 @@ im.register(app)
 keys.register(app)
 contacts.register(app)
 directory.register(app)
+watch.register(app)
 
 
 def _choose_account(value: str | None) -> None:

@@ -65,8 +65,10 @@ def login(
         session.keyring_set(server, address, password)
     name = name or session.check_account_name(config.name_for(server, address))
     routes = known.directory_routes if known else ()
+    same = known or config.find(server, address)
+    hook = same.new_mail_command if same else ""  # kept: only client.toml sets it
     config = config.with_account(
-        session.Account(name, server, address, roots, tls, command, routes),
+        session.Account(name, server, address, roots, tls, command, routes, hook),
         make_default=make_default,
     )
     path = session.save_accounts(config)

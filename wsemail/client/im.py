@@ -17,6 +17,10 @@ acknowledged in time goes to the mailbox instead, so a listener that dies or han
 nothing. The server may send one again (on a new session after a reconnect): repeats are
 dropped by id. A stream silent for three heartbeats is taken for dead (`TransportError`);
 `InstantMessenger.follow` reconnects by itself.
+
+A stream may follow new mail as well (`listen(mail="now")`, issue 18): `mail` events, each
+with a cursor; `follow(mail=True)` reconnects with the last cursor handed out, so what
+arrived meanwhile comes then, and nothing twice (`wsemail.client.newmail`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import socket
 import threading
 from collections import OrderedDict
@@ -49,6 +54,7 @@ from wsemail.protocol.dsig import Signer, add_timestamp
 from wsemail.protocol.errors import (
     NotFound,
     RequestInvalid,
+    ServerBusy,
     ServerError,
     TransportError,
     WsemailError,
@@ -65,6 +71,7 @@ STREAM_SILENCE = 60.0
 SILENT_BEATS = 3
 SEEN_MAX = 4096  # push ids remembered to drop repeats
 RECONNECT_TRIES = 5  # `follow`: reconnections in a row before giving up
+RETRYABLE = (TransportError, ServerBusy)  # a reconnection that may work later (a restart)
 
 
 class Seen:
@@ -170,6 +177,8 @@ class Stream:
             self.close()
             raise ServerError("the push stream did not start")
         self.session = str(ready.data.get("session", ""))
+        mail = ready.data.get("mail")  # the new-mail cursor, when asked for and pushed
+        self.mail_cursor = mail if isinstance(mail, int) and not isinstance(mail, bool) else None
 
     def _next(self) -> Incoming | None:
         kind, data = "message", ""
@@ -309,16 +318,26 @@ class InstantMessenger:
         return DirectResult(text_of(answer, "MessageId", "") or "", outcomes)
 
     # receiving --------------------------------------------------------------------------
-    def listen(self, *, ack: bool = True) -> Stream:
+    def listen(
+        self, *, ack: bool = True, mail: int | str | None = None, instant: bool = True
+    ) -> Stream:
         """Open a live push session (the caller is online while it is open); `ack=False`
-        leaves acknowledging to the caller (`Stream.ack`)."""
+        leaves acknowledging to the caller (`Stream.ack`). `mail` ("now", or a cursor to
+        resume after) asks for new-mail events too (`Stream.mail_cursor` is then where
+        they start, None from a server that does not push them); `instant=False` takes no
+        instant messages (the session follows new mail only and is not online)."""
         answer = self._call(etree.Element(q("OpenStream")))
         ticket = text_of(answer, "Ticket", "") or ""
         path = text_of(answer, "Path", "") or ""
         silence = STREAM_SILENCE
         with contextlib.suppress(ValueError):  # an older server names no heartbeat
             silence = SILENT_BEATS * float(text_of(answer, "Heartbeat", "") or "x") + 1
-        url = httpx.URL(self.client.server).copy_with(path=path, query=f"ticket={ticket}".encode())
+        query = f"ticket={ticket}"
+        if mail is not None:
+            query += f"&mail={mail}"
+        if not instant:
+            query += "&im=0"
+        url = httpx.URL(self.client.server).copy_with(path=path, query=query.encode())
         return Stream(
             self.client.http,
             url,
@@ -329,25 +348,49 @@ class InstantMessenger:
         )
 
     def follow(
-        self, stop: threading.Event, on_stream: Callable[[Stream | None], object] = lambda s: None
+        self,
+        stop: threading.Event,
+        on_stream: Callable[[Stream | None], object] = lambda s: None,
+        *,
+        mail: bool = False,
+        instant: bool = True,
+        tries: int | None = RECONNECT_TRIES,
+        max_delay: float = 5.0,
     ) -> Generator[Incoming, None, None]:
-        """Events of a push session that reconnects when its stream breaks off or falls
-        silent (RECONNECT_TRIES in a row, with backoff), until `stop` is set. `on_stream`
-        is told each stream opened (to close it from another thread) and None at the end.
-        An error opening the first stream propagates."""
+        """Events of a push session that reconnects when its stream breaks off, falls
+        silent or the server stops (`tries` times in a row, None: for ever; with backoff
+        up to `max_delay` s), until `stop` is set. `on_stream` is told each stream opened
+        (to close it from another thread) and None at the end. An error opening the first
+        stream propagates. With `mail`, new-mail events come too, resumed after the last
+        one handed out on each reconnection (never one twice); `instant=False` takes no
+        instant messages (`listen`)."""
         failures = 0
         first = True
+        cursor: int | None = None
+
+        def backoff(base: float) -> None:
+            delay = min(max_delay, base * 2 ** min(failures, 16))
+            stop.wait(delay * random.uniform(0.75, 1.0))  # noqa: S311 -- spreads reconnections
+
+        def exhausted() -> bool:
+            return tries is not None and failures >= tries
+
         try:
             while not stop.is_set():
+                since: int | str | None = None
+                if mail:
+                    since = "now" if cursor is None else cursor
                 try:
-                    stream = self.listen()
-                except TransportError:
-                    if first or failures >= RECONNECT_TRIES:
+                    stream = self.listen(mail=since, instant=instant)
+                except RETRYABLE:
+                    if first or exhausted():
                         raise
                     failures += 1
-                    stop.wait(min(5.0, 0.5 * 2**failures))
+                    backoff(0.5)
                     continue
                 first = False
+                if mail and stream.mail_cursor is not None:
+                    cursor = stream.mail_cursor  # ours, or the server's newest if it started over
                 on_stream(stream)
                 try:
                     with stream:
@@ -355,16 +398,21 @@ class InstantMessenger:
                             return
                         for item in stream:
                             failures = 0
+                            if item.kind == "mail":
+                                at = item.data.get("cursor")
+                                if not isinstance(at, int) or (cursor is not None and at <= cursor):
+                                    continue  # not a cursor, or handed out already
+                                cursor = at
                             yield item
                 except TransportError:
                     failures += 1
-                    if failures > RECONNECT_TRIES:
+                    if tries is not None and failures > tries:
                         raise
-                    stop.wait(min(5.0, 0.2 * 2**failures))
+                    backoff(0.2)
                 else:
                     if not stop.is_set():  # the server ended it (stopping): try again
                         failures += 1
-                        stop.wait(min(5.0, 0.2 * 2**failures))
+                        backoff(0.2)
         finally:
             on_stream(None)
 

@@ -6,6 +6,7 @@ account's password in the OS keyring under (server, user).
 client.toml holds several named accounts::
 
     default = "work"
+    new_mail_command = "notify-send \"$WSEMAIL_FROM\" \"$WSEMAIL_SUBJECT\""  # optional
     [accounts."work"]
     server = "https://mail.a.example/wsemail"
     user = "alice@a.example"
@@ -13,11 +14,14 @@ client.toml holds several named accounts::
     tls_name = "a.example"                    # optional
     password_command = "pass show wsemail/work"  # optional: prints the password
     directory_routes = { "b.example" = "https://mail.b.example/wsemail" }  # optional
+    new_mail_command = "…"                       # optional: this account's own hook
 
 The password comes from WSEMAIL_PASSWORD, else the account's `password_command` (run by
 the shell, the first line of its output; for machines without an OS keyring, like aerc's
 source-cred-cmd), else the OS keyring. `directory_routes` name other domains' servers for
-encrypted mail when DNS does not (WSEMAIL_DIRECTORY_ROUTES wins).
+encrypted mail when DNS does not (WSEMAIL_DIRECTORY_ROUTES wins). `new_mail_command` is
+the TUI's new-mail hook (`wsemail.client.newmail`): an account's own wins over the one at
+the top.
 
 The older one-account form (top-level `server`, `user`, `trust_roots`) is still read, as an
 account named after its user; writing always uses the form above."""
@@ -62,12 +66,14 @@ class Account:
     tls_name: str = ""
     password_command: str = ""
     directory_routes: tuple[tuple[str, str], ...] = ()
+    new_mail_command: str = ""
 
 
 @dataclass(frozen=True)
 class ClientConfig:
     accounts: dict[str, Account] = field(default_factory=dict)
     default: str = ""
+    new_mail_command: str = ""  # for every account without its own
 
     def get(self, name: str) -> Account:
         found = self.accounts.get(name)
@@ -103,12 +109,17 @@ class ClientConfig:
     def with_account(self, account: Account, *, make_default: bool = False) -> ClientConfig:
         accounts = {**self.accounts, account.name: account}
         default = account.name if make_default or self.default not in accounts else self.default
-        return ClientConfig(accounts, default)
+        return ClientConfig(accounts, default, self.new_mail_command)
 
     def without(self, name: str) -> ClientConfig:
         accounts = {k: v for k, v in self.accounts.items() if k != name}
         default = self.default if self.default in accounts else next(iter(sorted(accounts)), "")
-        return ClientConfig(accounts, default)
+        return ClientConfig(accounts, default, self.new_mail_command)
+
+    def hook_for(self, server: str, user: str) -> str:
+        """The new-mail hook of the account (server, user): its own, else the top one."""
+        account = self.find(server, user)
+        return (account.new_mail_command if account else "") or self.new_mail_command
 
 
 def config_path() -> Path:
@@ -131,7 +142,7 @@ def _account(name: str, table: dict[str, object]) -> Account | None:
     if not isinstance(user, str) or not user:
         return None
     tls_name, command = table.get("tls_name"), table.get("password_command")
-    routes = table.get("directory_routes")
+    routes, hook = table.get("directory_routes"), table.get("new_mail_command")
     return Account(
         name,
         server if isinstance(server, str) and server else DEFAULT_SERVER,
@@ -143,6 +154,7 @@ def _account(name: str, table: dict[str, object]) -> Account | None:
             (str(d).lower(), str(u))
             for d, u in (routes.items() if isinstance(routes, dict) else ())
         ),
+        hook if isinstance(hook, str) else "",
     )
 
 
@@ -162,15 +174,17 @@ def load_accounts() -> ClientConfig:
             found = _account(name, table) if isinstance(table, dict) else None
             if found is not None:
                 accounts[name] = found
+    hook = raw.get("new_mail_command")
+    hook = hook if isinstance(hook, str) else ""
     old = _account("", raw)  # the one-account form of earlier versions
     if old is not None and not accounts:
-        old = replace(old, name=old.user)
+        old = replace(old, name=old.user, new_mail_command="")
         accounts[old.name] = old
-        return ClientConfig(accounts, old.name)
+        return ClientConfig(accounts, old.name, hook)
     default = raw.get("default")
     if not isinstance(default, str) or default not in accounts:
         default = next(iter(sorted(accounts)), "")
-    return ClientConfig(accounts, default)
+    return ClientConfig(accounts, default, hook)
 
 
 def save_accounts(config: ClientConfig, path: Path | None = None) -> Path:
@@ -180,6 +194,8 @@ def save_accounts(config: ClientConfig, path: Path | None = None) -> Path:
     never half of one."""
     path = path or config_path()
     doc: dict[str, object] = {"default": config.default} if config.default else {}
+    if config.new_mail_command:
+        doc["new_mail_command"] = config.new_mail_command
     accounts: dict[str, dict[str, object]] = {}
     for name in sorted(config.accounts):
         account = config.accounts[name]
@@ -192,6 +208,8 @@ def save_accounts(config: ClientConfig, path: Path | None = None) -> Path:
             table["password_command"] = account.password_command
         if account.directory_routes:
             table["directory_routes"] = dict(account.directory_routes)
+        if account.new_mail_command:
+            table["new_mail_command"] = account.new_mail_command
         accounts[name] = table
     if accounts:
         doc["accounts"] = accounts

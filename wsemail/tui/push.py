@@ -13,8 +13,11 @@ from wsemail.protocol.message import normalize_address
 
 
 class PushSession:
-    def __init__(self, im: InstantMessenger) -> None:
+    """`mail`: new-mail events come too (`InstantMessenger.follow`)."""
+
+    def __init__(self, im: InstantMessenger, *, mail: bool = False) -> None:
         self.im = im
+        self.mail = mail
         self._lock = threading.Lock()
         self._stream: Stream | None = None
         self._stop = threading.Event()
@@ -38,7 +41,7 @@ class PushSession:
                 else:
                     ready()
 
-        events = self.im.follow(self._stop, opened)
+        events = self.im.follow(self._stop, opened, mail=self.mail)
         try:
             for item in events:
                 deliver(item)

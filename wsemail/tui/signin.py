@@ -171,8 +171,9 @@ def save_account(
         roots = same.trust_roots
     tls_name = same.tls_name if same else ""
     command, routes = (same.password_command, same.directory_routes) if same else ("", ())
+    hook = same.new_mail_command if same else ""
     config = config.with_account(
-        session.Account(name, server, user, roots, tls_name, command, routes)
+        session.Account(name, server, user, roots, tls_name, command, routes, hook)
     )
     session.save_accounts(config)
     if remember and not command:

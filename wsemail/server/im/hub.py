@@ -9,11 +9,16 @@ a new session of the same user is sent what still waits for it (so a listener th
 reconnects gets it; clients drop repeats by id), and a session that leaves a push
 unacknowledged past its deadline is taken for dead and ended (its client reconnects).
 
-    GET /wsemail/im/stream?ticket=…   →  text/event-stream
-        event: ready    data: {"session": …, "address": …, "heartbeat": s, "ack": true}
+    GET /wsemail/im/stream?ticket=…[&mail=now|<cursor>][&im=0]  →  text/event-stream
+        event: ready    data: {"session": …, "address": …, "heartbeat": s, "ack": true,
+                               "mail": <cursor> (with mail=…)}
         event: message  id: <push id>  data: {from, to, subject, body, date, message_id, …}
         event: notice   data: {…}            (e.g. an instant message of yours was dropped)
+        event: mail     data: {cursor, id, from, subject, date, folder, …}  (`newmail`)
         : keep-alive                          (every `heartbeat` seconds)
+
+`mail=…` asks for new-mail events as well (`newmail`); `im=0` makes a session that only
+follows new mail: it takes no instant messages or notices and does not count as online.
 """
 
 from __future__ import annotations
@@ -40,16 +45,21 @@ from wsemail.protocol.errors import (
     RemoteFault,
     RequestInvalid,
     ServerBusy,
+    WsemailError,
 )
 from wsemail.protocol.message import Message
+from wsemail.protocol.soap import parse_int
 from wsemail.server.im import records
+from wsemail.server.store import Tx
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server
+    from wsemail.server.im.newmail import MailFeed
 
 log = logging.getLogger("wsemail.im")
 STREAM_PATH = "/wsemail/im/stream"
 QUEUE_MAX = 256  # events a slow session may fall behind before it is cut off
+MAX_CURSOR = 2**62  # a new-mail event number
 FD_RESERVE = 256  # at least this many descriptors (and half) stay for everything else
 
 
@@ -74,6 +84,9 @@ class Session:
     )
     ended: bool = False  # dropped by the hub: send what is queued, then end the stream
     unacked: dict[str, float] = field(default_factory=dict)  # push id → monotonic deadline
+    instant: bool = True  # takes instant messages and notices, counts as online
+    mail_cursor: int | None = None  # follows new mail: the last event it was sent
+    mail_wake: asyncio.Event | None = None  # set: new mail may be there for it
 
 
 @dataclass(frozen=True)
@@ -103,8 +116,10 @@ class Hub:
         waiting: Callable[[str], Awaitable[list[Push]]] | None = None,
         max_sessions_per_user: int = 16,
         max_sessions: int = 10_000,
+        mail: MailFeed | None = None,
     ) -> None:
         self.server = server
+        self.mail = mail
         self.fallback = fallback
         self.heartbeat = heartbeat
         self.ack_timeout = ack_timeout
@@ -129,12 +144,16 @@ class Hub:
 
     # presence ---------------------------------------------------------------------------
     def live(self, address: str) -> int:
+        """`address`'s sessions that take instant messages."""
         with self._lock:
-            return len(self._sessions.get(address, {}))
+            return sum(s.instant for s in self._sessions.get(address, {}).values())
 
     def online(self) -> dict[str, int]:
         with self._lock:
-            return {a: len(s) for a, s in self._sessions.items() if s}
+            counts = {
+                a: sum(s.instant for s in mine.values()) for a, mine in self._sessions.items()
+            }
+        return {a: n for a, n in counts.items() if n}
 
     def count(self) -> int:
         with self._lock:
@@ -175,7 +194,7 @@ class Hub:
 
     def _put_all(self, address: str, data: bytes, push_id: str | None = None) -> int:
         with self._lock:
-            sessions = list(self._sessions.get(address, {}).values())
+            sessions = [s for s in self._sessions.get(address, {}).values() if s.instant]
         delivered = 0
         deadline = time.monotonic() + self.ack_timeout
         for session in sessions:
@@ -192,6 +211,21 @@ class Hub:
     def _deliver(self, push: Push) -> None:
         if self._put_all(push.recipient, push.data, push.push_id) == 0:
             self.fallback(push)
+
+    def wake_mail(self, addresses: list[str]) -> None:
+        """(Any thread.) These users may have new mail: their sessions that follow it look."""
+        with self._lock:
+            loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake_mail, addresses)
+
+    def _wake_mail(self, addresses: list[str]) -> None:
+        with self._lock:
+            sessions = [s for a in addresses for s in self._sessions.get(a, {}).values()]
+        for session in sessions:
+            if session.mail_wake is not None:
+                session.mail_wake.set()
 
     # acknowledgements -------------------------------------------------------------------
     def acked(self, address: str, push_ids: list[str]) -> None:
@@ -236,7 +270,7 @@ class Hub:
             self._drop(session)
 
     # sessions ---------------------------------------------------------------------------
-    def _add(self, address: str) -> Session:
+    def _add(self, address: str, instant: bool = True) -> Session:
         with self._lock:
             if self._closed:
                 raise ServerBusy("the server is shutting down")
@@ -251,7 +285,7 @@ class Hub:
                     f"this server holds its maximum of {self.max_sessions} live sessions; "
                     "try again later"
                 )
-            session = Session(secrets.token_hex(8), address, time.time())
+            session = Session(secrets.token_hex(8), address, time.time(), instant=instant)
             self._sessions.setdefault(address, mine)[session.id] = session
             self._count += 1
             self._loop = asyncio.get_running_loop()
@@ -290,15 +324,26 @@ class Hub:
             if len(tickets) != 1 or not 16 <= len(tickets[0]) <= 128:
                 raise AuthenticationFailed("a stream ticket is required")
             ticket = tickets[0]
-            address = await self.server.store.transact(lambda tx: records.take_ticket(tx, ticket))
+            instant, follow, since = self._options(query)
+            mail = self.mail if follow else None
+
+            def start(tx: Tx) -> tuple[str | None, int | None]:
+                address = records.take_ticket(tx, ticket)
+                return address, (None if mail is None else mail.cursor(tx, since))
+
+            address, cursor = await self.server.store.transact(start)
             if address is None:
                 raise AuthenticationFailed("the stream ticket is not valid")
             # what still waits for an acknowledgement goes out first on the new session
-            waiting = [] if self.waiting is None else await self.waiting(address)
-            session = self._add(address)
+            waiting = [] if self.waiting is None or not instant else await self.waiting(address)
+            session = self._add(address, instant)
             for push in waiting[:QUEUE_MAX]:
                 session.queue.put_nowait(push.data)
                 session.unacked[push.push_id] = time.monotonic() + self.ack_timeout
+            if cursor is not None:  # registered first: a commit from now on wakes it
+                session.mail_cursor = cursor
+                session.mail_wake = asyncio.Event()
+                session.mail_wake.set()  # what arrived after `cursor` goes out at once
         except RemoteFault as exc:
             body = soap.fault(exc)
             headers = [(b"content-type", soap.CONTENT_TYPE.encode())]
@@ -314,6 +359,19 @@ class Hub:
             self._drop(session)
             log.info("session %s for %r ended", session.id, address)
 
+    def _options(self, query: dict[str, list[str]]) -> tuple[bool, bool, int | None]:
+        """(takes instant messages, follows new mail, the cursor to resume after)."""
+        ims, mails = query.get("im", ["1"]), query.get("mail", [])
+        if len(ims) != 1 or ims[0] not in ("0", "1") or len(mails) > 1:
+            raise RequestInvalid("im must be 0 or 1, and mail given at most once")
+        instant = ims[0] == "1"
+        since = None if not mails or mails[0] == "now" else _cursor(mails[0])
+        if not instant and not mails:
+            raise RequestInvalid("a stream without instant messages (im=0) must ask for mail")
+        if mails and self.mail is None:
+            raise RequestInvalid("this server does not push new mail")
+        return instant, bool(mails), since
+
     async def _serve(self, session: Session, receive: Receive, send: Send) -> None:
         await send(
             {
@@ -326,12 +384,14 @@ class Hub:
                 ],
             }
         )
-        ready = {
+        ready: dict[str, Any] = {
             "session": session.id,
             "address": session.address,
             "heartbeat": self.heartbeat,
             "ack": True,
         }
+        if session.mail_cursor is not None:
+            ready["mail"] = session.mail_cursor
         await send({"type": "http.response.body", "body": event("ready", ready), "more_body": True})
 
         async def disconnected() -> None:
@@ -339,6 +399,7 @@ class Hub:
                 pass
 
         watcher = asyncio.ensure_future(disconnected())
+        puller = None if session.mail_wake is None else asyncio.ensure_future(self._pull(session))
         try:
             while not watcher.done():
                 if session.ended and session.queue.empty():
@@ -368,6 +429,47 @@ class Hub:
         except OSError:
             return
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await watcher
+            for task in (watcher, puller):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+
+    async def _pull(self, session: Session) -> None:
+        """A session's new mail: each wake-up reads what arrived after its cursor (in pages,
+        leaving half of its queue for instant messages) and queues it."""
+        wake, feed = session.mail_wake, self.mail
+        assert wake is not None and feed is not None and session.mail_cursor is not None
+        while not session.ended:
+            await wake.wait()
+            wake.clear()
+            more = True
+            while more and not session.ended:
+                while session.queue.qsize() > QUEUE_MAX // 2:
+                    await asyncio.sleep(0.05)
+                try:
+                    events, cursor, more = await feed.pull(session.address, session.mail_cursor)
+                except WsemailError as exc:  # a store hiccup: look again in a moment
+                    log.warning("new mail for session %s not read: %s", session.id, exc)
+                    await asyncio.sleep(1.0)
+                    wake.set()
+                    break
+                session.mail_cursor = cursor
+                for data in events:
+                    try:
+                        session.queue.put_nowait(data)
+                    except asyncio.QueueFull:
+                        log.warning(
+                            "session %s of %r is too slow; cutting it off",
+                            session.id,
+                            session.address,
+                        )
+                        self._drop(session)
+                        return
+
+
+def _cursor(value: str) -> int:
+    try:
+        return parse_int(value, "mail", 0, MAX_CURSOR)
+    except RequestInvalid:
+        raise RequestInvalid("mail must be now or a cursor from an earlier mail event") from None

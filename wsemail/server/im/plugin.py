@@ -16,7 +16,9 @@
   listener is started and every participant, the opener too, is invited by an instant
   message from the opener with host, port, channel id and the listener's certificate
   fingerprint);
-- the push stream route (`hub`) and the `DirectInstant` operation (`direct`).
+- the push stream route (`hub`) and the `DirectInstant` operation (`direct`); a stream
+  may also follow new mail (`newmail`): after a delivery the sessions of its recipients are
+  woken (and every sweep, for mail that came another way: a bounce, a notice).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from wsemail.protocol.soap import element, int_of, q, text_of, texts_of
 from wsemail.server.im import channel, direct, notices, records
 from wsemail.server.im.channel import Channels
 from wsemail.server.im.hub import STREAM_PATH, Hub, Push, event
+from wsemail.server.im.newmail import MailFeed
 from wsemail.server.im.policy import REMOTE_POLICIES, Policy, check_pattern, parse_kind
 from wsemail.server.operations import deliver_locally
 from wsemail.server.pipeline import (
@@ -133,6 +136,7 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         self.max_channels = int(max_channels)
         self.server: Server | None = None
         self._hub: Hub | None = None
+        self._mail: MailFeed | None = None
         self._channels: Channels | None = None
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -147,6 +151,9 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
     def attach(self, server: Any) -> None:
         self.server = server
         server.store.ensure_schema(self.name, records.MIGRATIONS)
+        mail = MailFeed(server.store, lambda owners: self.hub.wake_mail(owners))
+        server.store.transact_sync(mail.attach)
+        self._mail = mail
         self._hub = Hub(
             server,
             self._fallback,
@@ -155,6 +162,7 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             waiting=self._waiting,
             max_sessions_per_user=self.max_sessions_per_user,
             max_sessions=self.max_sessions,
+            mail=mail,
         )
         # no session is live yet: whatever waited for one before this start moves on now
         after: list[Any] = []
@@ -199,6 +207,8 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
 
     # delivery ---------------------------------------------------------------------------
     def deliver(self, message: Message, recipient: str, env: Environment) -> Verdict:
+        if self._mail is not None:  # once this unit has committed: new mail to tell about?
+            self._mail.check_soon()
         if not message.instant:
             return Verdict.PASS
         self.deliver_instant(message, recipient, env)
@@ -331,6 +341,14 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
                 log.exception("moving unacknowledged instant messages on failed")
             if self._hub is not None:
                 self._hub.reap()
+            if self._mail is not None:
+                try:
+                    self._mail.check_soon()
+                    self._mail.prune_now()
+                except Exception:
+                    if self._stop.is_set():
+                        return
+                    log.exception("new-mail events not checked")
 
     def _sweep_now(self, server: Server) -> None:
         after: list[Any] = []

@@ -1,9 +1,10 @@
 """In charge of the IM plug-in's rows: one-time stream tickets (SHA-256 digests, never in
 clear), per-user allow / block lists, the history of instant messages received, which
-mailbox copies were meant as instant messages, and the pushed messages waiting for a
+mailbox copies were meant as instant messages, the pushed messages waiting for a
 listener's acknowledgement (`im_pending`: the whole message, so that one not acknowledged
-in time still reaches the mailbox after a restart). Every function runs inside a
-transaction."""
+in time still reaches the mailbox after a restart), and the new-mail events that live
+sessions are told about (`im_new_mail`, filled by a trigger on every new mailbox copy).
+Every function runs inside a transaction."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from dataclasses import dataclass, replace
 
 from lxml import etree
 
-from wsemail.protocol.message import Message
-from wsemail.server.store import Tx
+from wsemail.protocol.message import Message, MessageHeader
+from wsemail.server.store import HEADER_COLUMNS, Tx, header
 
 MIGRATIONS = [
     """
@@ -59,7 +60,32 @@ MIGRATIONS = [
     CREATE INDEX im_pending_deadline ON im_pending(deadline);
     CREATE INDEX im_pending_owner ON im_pending(owner, deadline)
     """,
+    # 3: new mail, one row per copy that arrived unread (the trigger: `NEW_MAIL_TRIGGER`);
+    # `ev` only grows (AUTOINCREMENT), so it is a cursor a client can resume from
+    """
+    CREATE TABLE im_new_mail(
+        ev INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner TEXT NOT NULL,
+        copy TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX im_new_mail_owner ON im_new_mail(owner, ev);
+    CREATE INDEX im_new_mail_at ON im_new_mail(at)
+    """,
 ]
+
+# New mail is a copy that arrives unread in any folder but sent, Drafts and Trash: whatever
+# wrote it (a Send to a local user, a Deliver, the SMTP gateway, a bounce, a notice, a
+# Sieve filing), in the same unit of work, so a rolled-back delivery leaves no event.
+# Made at every start (IF NOT EXISTS): a core migration that rebuilds `messages` drops it.
+NEW_MAIL_TRIGGER = """
+CREATE TRIGGER IF NOT EXISTS im_new_mail_arrived AFTER INSERT ON messages
+WHEN new.seen = 0 AND new.arrival NOT IN ('sent', 'Drafts', 'Trash')
+BEGIN
+    INSERT INTO im_new_mail(owner, copy, at)
+    VALUES (new.owner, new.id, CAST(strftime('%s', 'now') AS REAL));
+END
+"""
 
 
 def _digest(ticket: str) -> str:
@@ -228,3 +254,46 @@ def acknowledge(tx: Tx, owner: str, push_id: str) -> str:
         set_outcome(tx, push_id, "acked")
         return "acked"
     return str(row[0])
+
+
+# new mail ----------------------------------------------------------------------------------
+def install_new_mail_trigger(tx: Tx) -> None:
+    tx.conn.execute(NEW_MAIL_TRIGGER)
+
+
+def new_mail_mark(tx: Tx) -> int:
+    """The newest new-mail event ever (pruned ones too): a new session starts after it."""
+    row = tx.conn.execute("SELECT seq FROM sqlite_sequence WHERE name='im_new_mail'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def new_mail_owners(tx: Tx, after: int) -> tuple[int, list[str]]:
+    """(newest event, the owners with events after `after`)."""
+    newest = new_mail_mark(tx)
+    if newest <= after:
+        return newest, []
+    rows = tx.conn.execute("SELECT DISTINCT owner FROM im_new_mail WHERE ev>?", (after,))
+    return newest, [r[0] for r in rows]
+
+
+def new_mail(
+    tx: Tx, owner: str, after: int, limit: int
+) -> tuple[list[tuple[int, MessageHeader]], int, bool]:
+    """`owner`'s new mail after event `after`, oldest first: ([(event, header)], the last
+    event read, whether there are more). Copies deleted since (or in Trash) are skipped."""
+    columns = ", ".join(f"m.{c.strip()}" for c in HEADER_COLUMNS.split(","))
+    rows = tx.conn.execute(
+        f"SELECT e.ev, m.seq, {columns} FROM im_new_mail e "  # noqa: S608 -- fixed columns
+        "LEFT JOIN messages m ON m.owner=e.owner AND m.id=e.copy "
+        "WHERE e.owner=? AND e.ev>? ORDER BY e.ev LIMIT ?",
+        (owner, after, limit),
+    ).fetchall()
+    found = [(int(r[0]), header(r[2:])) for r in rows if r[1] is not None]
+    found = [(ev, head) for ev, head in found if head.folder != "Trash"]
+    last = int(rows[-1][0]) if rows else after
+    return found, last, len(rows) == limit
+
+
+def prune_new_mail(tx: Tx, before: float) -> int:
+    """Forget new-mail events older than `before` (a reconnecting client replays less)."""
+    return tx.conn.execute("DELETE FROM im_new_mail WHERE at<?", (before,)).rowcount

@@ -3,7 +3,10 @@ server as the user nears the end, filtered locally, kept fresh by polling ListHe
 
 While it is open (the whole session: other screens stack above it) it also holds an IM push
 stream, so instant messages that arrive while the user is elsewhere show as notifications;
-m opens a conversation with the selected sender, M with any address.
+m opens a conversation with the selected sender, M with any address. The same stream brings
+new mail (issue 18): the terminal bell rings, the folder it went to is read again at once,
+and the user's `new_mail_command` (client.toml) runs with the message in its environment,
+in a thread of its own; a hook that fails is a notice.
 
 Later, the marker column fills with provenance, attachment, form and IM markers (see
 `wsemail.tui.mailbox.markers`)."""
@@ -18,8 +21,10 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import DataTable, Header, Input, Label
 
+from wsemail.client import session
 from wsemail.client.im import Incoming, InstantMessenger
 from wsemail.client.mail import Client, Page
+from wsemail.client.newmail import HookRunner, NewMail
 from wsemail.client.partyline import Invitation
 from wsemail.protocol.errors import WsemailError
 from wsemail.protocol.message import normalize_address
@@ -38,6 +43,12 @@ from wsemail.tui.widgets.footer import KeyFooter
 from wsemail.tui.widgets.inbox.header_table import HeaderTable
 
 FOLDER_TITLES = {"inbox": "Inbox", "sent": "Sent"}
+
+
+class HookFailed(Message):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
 
 
 class InboxScreen(WorkScreen[None]):
@@ -90,7 +101,8 @@ class InboxScreen(WorkScreen[None]):
     ) -> None:
         super().__init__()
         self.im_notify = im_notify
-        self.push = PushSession(InstantMessenger(client))
+        self.push = PushSession(InstantMessenger(client), mail=True)
+        self.hooks = HookRunner(self._hook_command, client, self._hook_failed)
         self.client = client
         self.book = book
         self.page_size = page_size
@@ -242,6 +254,9 @@ class InboxScreen(WorkScreen[None]):
     def on_inbox_screen_instant_arrived(self, event: InboxScreen.InstantArrived) -> None:
         item = event.item
         screen = self.app.screen
+        if item.kind == "mail":
+            self._new_mail(NewMail.from_event(item))
+            return
         if item.kind == "notice":
             if not isinstance(screen, ChatScreen):  # a chat screen shows its own
                 self.notify(notice_text(item), title="Instant message", severity="warning")
@@ -255,6 +270,24 @@ class InboxScreen(WorkScreen[None]):
         if isinstance(screen, ChatScreen) and screen.peer == plain_address(item.sender):
             return  # shown in the conversation
         self.notify(f"{item.body[:200]}  (m to answer)", title=f"IM from {item.sender}")
+
+    # new mail -------------------------------------------------------------------------------
+    def _new_mail(self, mail: NewMail) -> None:
+        self.app.bell()
+        self.hooks.submit(mail.header)
+        if mail.header.folder == self.mailbox.folder:
+            self._poll_tick()  # shown now, not at the next poll
+
+    def _hook_command(self) -> str:
+        """(The hook's thread.) The hook as client.toml says now."""
+        return session.load_accounts().hook_for(self.client.server, self.client.username)
+
+    def _hook_failed(self, exc: WsemailError) -> None:
+        """(The hook's thread.) A notice, never a crash."""
+        self.post_message(HookFailed(describe(exc)))
+
+    def on_hook_failed(self, event: HookFailed) -> None:
+        self.notify(event.text, title="New-mail hook", severity="warning", timeout=8)
 
     def action_chat(self) -> None:
         message_id = self.table.selected_id
