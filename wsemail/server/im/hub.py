@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
 
 from starlette.types import Receive, Scope, Send
@@ -54,7 +54,6 @@ from wsemail.server.store import Tx
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server
-    from wsemail.server.im.newmail import MailFeed
 
 log = logging.getLogger("wsemail.im")
 STREAM_PATH = "/wsemail/im/stream"
@@ -72,6 +71,14 @@ def fd_budget(reserve: int = FD_RESERVE) -> int:
         return 1 << 30
     # half: a live client usually also holds a keep-alive connection for its requests
     return max(16, soft - max(reserve, soft // 2))
+
+
+class MailSource(Protocol):
+    """What the hub reads new mail through (`newmail.MailFeed`)."""
+
+    def cursor(self, tx: Tx, since: int | None) -> int: ...
+
+    async def pull(self, owner: str, after: int) -> tuple[list[bytes], int, bool]: ...
 
 
 @dataclass
@@ -116,7 +123,7 @@ class Hub:
         waiting: Callable[[str], Awaitable[list[Push]]] | None = None,
         max_sessions_per_user: int = 16,
         max_sessions: int = 10_000,
-        mail: MailFeed | None = None,
+        mail: MailSource | None = None,
     ) -> None:
         self.server = server
         self.mail = mail

@@ -46,8 +46,7 @@ class MailFeed:
         records.install_new_mail_trigger(tx)
         self._mark = records.new_mail_mark(tx)
 
-    @staticmethod
-    def cursor(tx: Tx, since: int | None) -> int:
+    def cursor(self, tx: Tx, since: int | None) -> int:
         """Where a new session starts: after `since`, or after the newest event (`now`, or
         a cursor from a server whose events started over)."""
         newest = records.new_mail_mark(tx)
