@@ -214,6 +214,14 @@ def test_watch_refuses_an_empty_exec_in_one_line(cli: Cli) -> None:
     assert result.stderr.strip() == "wsemail: --exec needs a command"
 
 
+def test_watch_with_a_wrong_password_is_one_line_and_exit_2(cli: Cli) -> None:
+    result = cli("watch", user=BOB, password="not the password", check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith("wsemail: ") and result.stderr.count("\n") == 1
+    assert result.stdout == ""
+    assert cli.server.client(BOB).list_headers().headers == []  # the server still answers
+
+
 def test_a_stream_resumed_after_a_cursor_gets_what_arrived_meanwhile_once(
     server: Running,
 ) -> None:
