@@ -31,12 +31,9 @@ class Watching:
     """A running `wsemail watch` (or a shell pipeline holding one): stdout lines come in a
     queue, stderr lines in a list, both read by threads."""
 
-    def __init__(self, args: list[str], env: dict[str, str], *, shell: bool = False) -> None:
-        command: list[str] | str = " ".join(args) if shell else args
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            command,
-            shell=shell,  # noqa: S602 -- a fixed pipeline of the test's own
-            executable="/bin/bash" if shell else None,
+            args,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -158,11 +155,8 @@ def test_watch_survives_a_server_restart_and_prints_nothing_twice(tmp_path: Path
 
 
 def test_watch_piped_into_head_ends_with_exit_0_when_head_is_done(cli: Cli) -> None:
-    pipeline = Watching(
-        ["set -o pipefail;", wsemail_binary(), "watch", "|", "head", "-1"],
-        cli.env(BOB),
-        shell=True,
-    )
+    script = f"set -o pipefail; '{wsemail_binary()}' watch | head -1"
+    pipeline = Watching(["/bin/bash", "-c", script], cli.env(BOB))
     try:
         pipeline.ready()
         cli.server.client().send([BOB], "just one", "x")
