@@ -92,6 +92,13 @@ def deliver_locally(message: Message, recipient: str, env: Environment) -> None:
     if not env.pipeline.mapped:
         to_mailbox(message, recipient, env)
         return
+    if recipient in forwarded_through(message) and claim_of(recipient, env) is not None:
+        log.warning(
+            "%s came back to %s, which forwarded it before: a loop, not delivered again",
+            message.message_id,
+            recipient,
+        )
+        return
     expansion = expand(recipient, env)
     for plugin, address, _ in expansion.taken:
         key = (message.sender, message.message_id, f"take:{address}")
@@ -209,3 +216,17 @@ def server_message(
         body=body,
         headers=headers,
     )
+
+
+def role_members(addresses: tuple[str, ...], env: Environment) -> tuple[str, ...]:
+    """Approvers for a forms routing rule (issue 18): each role address of this domain
+    replaced by whom it reaches now, the other addresses as they are."""
+    out: list[str] = []
+    for address in addresses:
+        found = claim_of(address, env) if domain_of(address) == env.domain else None
+        if found is not None and found[1].kind == "role":
+            reached = expand(address, env)
+            out.extend([*reached.mailboxes, *reached.remote])
+        else:
+            out.append(address)
+    return tuple(dict.fromkeys(out))
