@@ -142,7 +142,25 @@ def parse(text: str) -> Script:
         reason = str(getattr(parser, "error", "syntax error"))
         reason = re.sub(r"^line \d+: ", "", reason)
         raise SieveError(reason, line, column)
+    bare = _masked(text).rstrip()
+    if bare and bare[-1] not in ";}":  # sievelib takes a last command without its ';'
+        before = text[: len(bare)]
+        line = before.count("\n") + 1
+        raise SieveError(
+            "';' expected at the end of the script", line, len(bare) - before.rfind("\n")
+        )
     return Script(text, _Builder(text).block(list(parser.result), 0, top=True))
+
+
+def _masked(text: str) -> str:
+    """`text` with comments and strings blanked out (same length)."""
+    pattern = r'#[^\n]*|/\*.*?\*/|"(?:[^"\\]|\\.)*"|text:.*?\n\.\r?\n'
+    return re.sub(
+        pattern,
+        lambda m: " " * len(m.group(0)) if m.group(0)[0] in "#/" else "x" * len(m.group(0)),
+        text,
+        flags=re.DOTALL,
+    )
 
 
 class _Builder:

@@ -166,12 +166,10 @@ class Filters(DeliveryProcessor, ExtensionProcessor):
             raise RequestInvalid(f"script refused: redirect {target[:80]!r}: {exc.reason}") from exc
         if address.lower() == env.principal.lower():
             raise RequestInvalid(f"script refused: redirect to yourself ({address}) would loop")
-        if domain_of(address) == env.domain:
-            reached = mapping.expand(address, env)
-            if env.principal in reached.mailboxes:
-                raise RequestInvalid(
-                    f"script refused: redirect to {address} comes back to you (a loop)"
-                )
+        if env.principal in _redirect_reach(address, env):
+            raise RequestInvalid(
+                f"script refused: redirect to {address} comes back to you (a loop)"
+            )
 
     def get_script(self, request: etree._Element, env: Environment) -> etree._Element:
         answer = etree.Element(q("Script"))
@@ -208,3 +206,30 @@ class Filters(DeliveryProcessor, ExtensionProcessor):
                 answer.set("Until", end.date().isoformat())
             answer.text = found.body
         return answer
+
+
+def _redirect_reach(address: str, env: Environment) -> set[str]:
+    """The local mailboxes mail redirected to `address` reaches: through mapped addresses
+    and the redirects of those mailboxes' own scripts, MAX_DEPTH steps at most."""
+    reached: set[str] = set()
+    todo = [address]
+    for _ in range(mapping.MAX_DEPTH):
+        found = []
+        for target in todo:
+            if domain_of(target) != env.domain:
+                continue
+            for owner in mapping.expand(target, env).mailboxes:
+                if owner in reached:
+                    continue
+                reached.add(owner)
+                text = records.script(env.tx, owner)
+                try:
+                    script = _compiled(text) if text else None
+                except SieveError:
+                    script = None
+                if script is not None:
+                    found += [a.argument for a in script.walk() if a.name == "redirect"]
+        if not found:
+            break
+        todo = found
+    return reached

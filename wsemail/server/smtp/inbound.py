@@ -309,6 +309,7 @@ class Gateway:
             body=body,
             origin=origin,
             signed_xml=legacy_marker(checks, incoming),
+            headers=incoming.headers,
         )
         request = etree.fromstring(message.signed_xml or b"<x/>")
         if plugin is None or not kept:
