@@ -20,6 +20,7 @@ from wsemail.client.filters import Filters
 from wsemail.pki import create_root, write_crl
 from wsemail.protocol.errors import RequestInvalid
 from wsemail.protocol.soap import q
+from wsemail.server.addresses import records
 
 from conftest import Cli, Running, wait_for
 from test_federation import Federation, start_domain
@@ -256,6 +257,23 @@ def test_vacation_never_answers_list_or_automatic_legacy_mail(
                 mail.set_content("hello")
                 client.sendmail("carol@legacy.test", ["alice@localhost"], mail.as_bytes())
         assert len(running.client().list_headers().headers) == 4
+        # an alias takes legacy mail too (RCPT accepts a mapped address)
+        running.controller.server.store.transact_sync(
+            lambda tx: records.put(
+                tx, records.Mapped("team@localhost", "alias", ("bob@localhost", "carol@localhost"))
+            )
+        )
+        team = EmailMessage()
+        team["From"], team["To"], team["Subject"] = "carol@legacy.test", "team@localhost", "Team"
+        team["Precedence"] = "list"  # and nobody answers list mail
+        team.set_content("hi")
+        with smtp_client(running) as client:
+            client.sendmail("carol@legacy.test", ["team@localhost"], team.as_bytes())
+            client.mail("carol@legacy.test")
+            assert client.rcpt("nobody@localhost")[0] == 550
+            client.rset()
+        for user in ("bob@localhost", "carol@localhost"):
+            assert [h.subject for h in running.client(user).list_headers().headers] == ["Team"]
         wait_for(lambda: received.received, "the reply to reach the legacy server")  # type: ignore[attr-defined]
         [envelope] = received.received  # type: ignore[attr-defined]
         assert envelope.rcpt_tos == ["carol@legacy.test"]
