@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_federation import Federation, start_domain
 
 from wsemail.pki import create_root, write_crl
 from wsemail.protocol.message import Message
@@ -19,7 +20,6 @@ from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.pipeline import AddressMap, Claim, Environment, PluginSpec
 
 from conftest import Cli, Running, wait_for, wsemail_binary
-from test_federation import Federation, start_domain
 
 
 def alias(running: Running, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

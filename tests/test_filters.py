@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
+from test_federation import Federation, start_domain
+from test_smtp import sink, smtp_client, start_gateway, stop  # noqa: F401 -- sink: a fixture
 
 from wsemail.client.filters import Filters
 from wsemail.pki import create_root, write_crl
@@ -23,8 +25,6 @@ from wsemail.protocol.soap import q
 from wsemail.server.addresses import records
 
 from conftest import Cli, Running, wait_for
-from test_federation import Federation, start_domain
-from test_smtp import sink, smtp_client, start_gateway, stop  # noqa: F401 -- sink: a fixture
 
 SCRIPT = """require ["fileinto", "imap4flags"];
 # invoices, starred, into their folder
