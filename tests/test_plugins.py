@@ -22,6 +22,7 @@ def test_default_pipeline_lists_builtins_in_priority_order(cli: Cli) -> None:
     assert [r["name"] for r in rows] == [
         "relay-policy",
         "size-limit",
+        "aliases",
         "forms",
         "im",
         "attachments",
@@ -29,10 +30,12 @@ def test_default_pipeline_lists_builtins_in_priority_order(cli: Cli) -> None:
         "contacts",
         "directory",
         "admin",
+        "filters",
         "local-delivery",
         "sqlite-queue",
     ]
-    assert rows[0]["interfaces"] == "sending" and rows[9]["interfaces"] == "local-mta"
+    assert rows[0]["interfaces"] == "sending" and rows[11]["interfaces"] == "local-mta"
+    assert rows[2]["interfaces"] == "mapped-address"
 
 
 def test_admin_loads_reprioritises_and_unloads_while_serving(cli: Cli, server: Running) -> None:

@@ -17,6 +17,7 @@ from typer.models import ParamMeta
 
 from wsemail import __version__ as wsemail_version
 from wsemail.cli import (
+    aliases,
     attachments,
     bench,
     ca,
@@ -24,6 +25,7 @@ from wsemail.cli import (
     demo,
     directory,
     domain,
+    filters,
     forms,
     im,
     keys,
@@ -68,6 +70,8 @@ login.register(app)
 mail.register(app)
 mailbox.register(app)
 app.add_typer(users.app, name="user")
+app.add_typer(aliases.app, name="alias")
+filters.register(app)
 app.add_typer(plugins.app, name="plugins")
 app.add_typer(ca.app, name="ca")
 app.command("tui")(tui.tui)

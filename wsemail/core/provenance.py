@@ -5,7 +5,7 @@ sending server relays each message, and the receiving client's check of it.
       <w:Origin>a.test</w:Origin> <w:Destination>b.test</w:Destination>
       <w:Recipient>bob@b.test</w:Recipient>…
       <w:Content> MessageId, From, To…, Cc…, Subject, Date, Body, Attachment…,
-                  Instant?, DeleteIfUndeliverable? </w:Content>
+                  Instant?, DeleteIfUndeliverable?, Header… </w:Content>
       <ds:Signature>…enveloped, by a.test's server certificate…</ds:Signature>
     </w:SignedMessage>
 
@@ -65,6 +65,8 @@ from wsemail.protocol.message import (
     Message,
     attachment_refs,
     domain_of,
+    headers_of,
+    headers_to_xml,
     instant_flags,
     instant_flags_to_xml,
 )
@@ -94,6 +96,7 @@ def signed_form(
     for ref in msg.attachments:
         ref.to_xml(content)
     instant_flags_to_xml(content, msg.instant, msg.delete_if_undeliverable)
+    headers_to_xml(content, msg.headers)
     return root
 
 
@@ -128,6 +131,7 @@ def read_signed(node: etree._Element) -> SignedContent:
         attachments=attachment_refs(content),
         instant=instant,
         delete_if_undeliverable=delete,
+        headers=headers_of(content),
     )
     return SignedContent(
         origin=text_of(node, "Origin", "") or "",

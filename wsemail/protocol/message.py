@@ -128,6 +128,37 @@ def instant_flags_to_xml(parent: etree._Element, instant: bool, delete: bool) ->
         element(parent, "DeleteIfUndeliverable", "true")
 
 
+# Header fields a server adds to a message and relays signed (issue 18): what tells an
+# automatic reply (RFC 3834 Auto-Submitted), list and bulk mail from the SMTP gateway
+# (Precedence, List-Id), and the mapped addresses a message was forwarded through
+# (Forwarded-By, one per hop: loops between servers stop at MAX_HOPS). Clients do not set them.
+HEADER_NAMES = ("Auto-Submitted", "Precedence", "List-Id", "Forwarded-By")
+MAX_HEADERS = 32
+MAX_HEADER_VALUE = 998
+
+
+def headers_to_xml(parent: etree._Element, headers: list[tuple[str, str]]) -> None:
+    """`<Header Name="Auto-Submitted">auto-replied</Header>`…, only when there are any."""
+    for name, value in headers:
+        element(parent, "Header", value).set("Name", name)
+
+
+def headers_of(parent: etree._Element) -> list[tuple[str, str]]:
+    """The Header fields of a Message or signed Content element: known names only (others
+    are dropped), one line each, at most MAX_HEADERS."""
+    found: list[tuple[str, str]] = []
+    canonical = {n.lower(): n for n in HEADER_NAMES}
+    for node in parent.findall(q("Header")):
+        name = canonical.get((node.get("Name") or "").lower())
+        value = " ".join((node.text or "").split())
+        if name is None or len(value) > MAX_HEADER_VALUE:
+            continue
+        if len(found) >= MAX_HEADERS:
+            raise RequestInvalid(f"a message carries at most {MAX_HEADERS} Header fields")
+        found.append((name, value))
+    return found
+
+
 def instant_flags(parent: etree._Element) -> tuple[bool, bool]:
     """The two IM flags (instant, delete if undeliverable) of a Message / Draft / signed
     Content element."""
@@ -291,12 +322,18 @@ class Message(MessageHeader):
     origin: str | None = None
     signed_xml: bytes | None = field(default=None, repr=False)
     attachments: list[AttachmentRef] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)  # HEADER_NAMES fields
+
+    def header(self, name: str) -> list[str]:
+        """The values of header field `name` (any case) this message carries."""
+        return [v for n, v in self.headers if n.lower() == name.lower()]
 
     def to_xml(self, parent: etree._Element, tag: str = "Message") -> etree._Element:
         node = super().to_xml(parent, tag)
         element(node, "Body", self.body)
         for ref in self.attachments:
             ref.to_xml(node)
+        headers_to_xml(node, self.headers)
         if self.signed_xml is not None:
             provenance = element(node, "Provenance")
             provenance.set("origin", self.origin or "")
@@ -316,6 +353,7 @@ class Message(MessageHeader):
             origin=provenance.get("origin") if provenance is not None else None,
             signed_xml=signed,
             attachments=attachment_refs(node),
+            headers=headers_of(node),
         )
 
     def as_dict(self) -> dict[str, object]:

@@ -167,6 +167,7 @@ async def deliver(server: Server, root: etree._Element) -> etree._Element:
             request=root,
             pipeline=server.pipeline,
             clock=server.clock,
+            wake_relay=server.wake_relay,  # mapped addresses may forward, auto-replies go out
         )
         for item in inbound:
             for recipient in item.recipients:

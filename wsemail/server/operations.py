@@ -3,7 +3,8 @@ returns its response element; whatever it raised rolls the whole unit back.
 
 Send is the submission step of the message path: sending processors in priority order,
 one copy in the sender's `sent` folder, then for every recipient the delivery processors
-and the local MTA (local domain) or one queue row per destination domain (elsewhere).
+and the local MTA (local domain, through its mapped addresses: `mapping.deliver_locally`)
+or one queue row per destination domain (elsewhere).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from wsemail.protocol.errors import NotFound, RequestInvalid, ServerError
 from wsemail.protocol.message import Draft, Message, domain_of, new_message_id
 from wsemail.protocol.soap import element, int_of, q, text_of
 from wsemail.server.mailbox import operations as mailbox
-from wsemail.server.pipeline import Environment, Verdict
+from wsemail.server.mapping import deliver_locally
+from wsemail.server.pipeline import Environment
+
+__all__ = ["AUTHENTICATED", "deliver_locally"]
 
 MAX_PAGE = 500
 
@@ -68,16 +72,6 @@ def send(env: Environment, op: etree._Element) -> etree._Element:
     element(result, "Id", sent_id)
     element(result, "MessageId", message_id)
     return result
-
-
-def deliver_locally(message: Message, recipient: str, env: Environment) -> None:
-    """Delivery processors first (any may take the message), then the local MTA."""
-    for processor in env.pipeline.delivery:
-        if processor.deliver(message, recipient, env) is Verdict.TAKEN:
-            return
-    if env.pipeline.local_mta is None:
-        raise ServerError("no local delivery plug-in is loaded")
-    env.pipeline.local_mta.store(message, recipient, env)
 
 
 def list_headers(env: Environment, op: etree._Element) -> etree._Element:

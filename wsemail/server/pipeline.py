@@ -11,6 +11,8 @@ points exactly as third-party plug-ins do.
     ExtensionProcessor.handle(payload, env)              `Extension` RPC calls by id
     LocalMTA.store(message, recipient, env)              final write into a mailbox (role)
     MailQueue.enqueue(message, domain, recipients, env)  outbound, per domain (role)
+    AddressMap.claim(address, env)                       addresses that are not mailboxes
+    AddressMap.take(message, address, env)               …and mail that reaches one of them
 
 The store role (data access and database management, `SqliteStore`) is chosen when the
 server starts; the processors and the other roles can be loaded, unloaded and
@@ -55,6 +57,9 @@ class Environment:
     after_commit: list[Callable[[], Any]] = field(default_factory=list)
     wake_relay: Callable[[], Any] = lambda: None  # the queue role calls it after enqueueing
     trash_after: float = 30 * 86400.0  # seconds a deleted message stays in Trash (0: no limit)
+    # (sender, message id, mailbox) delivered in this unit of work: each mailbox gets a
+    # message once, however many mapped addresses lead to it (`wsemail.server.mapping`)
+    delivered: set[tuple[str, str, str]] = field(default_factory=set)
 
 
 class Verdict(enum.Enum):
@@ -140,12 +145,39 @@ class MailQueue(Plugin, ABC):
         """Record the message for delivery to `domain` in the current transaction."""
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What a mapped address is: its `kind` (alias, role, autoresponse, or a plug-in's own
+    word, for listings and logs) and the addresses mail to it goes to instead (`targets`,
+    local or in other domains, mapped again in turn; none: the plug-in's `take` is all)."""
+
+    kind: str
+    targets: tuple[str, ...] = ()
+
+
+class AddressMap(Plugin, ABC):
+    """A role: claims addresses of this domain that are not mailboxes (aliases, role
+    addresses, auto-responders). Every loaded one is asked, in priority order; the first
+    claim wins. `wsemail.server.mapping` expands recipients through them (each mailbox
+    once, loops and depth capped) before the delivery processors and the local MTA."""
+
+    @abstractmethod
+    def claim(self, address: str, env: Environment) -> Claim | None:
+        """The claim on `address` (lower-case domain), or None if it is not this plug-in's.
+        No side effects: also asked when checking configuration and at SMTP RCPT time."""
+
+    def take(self, message: Message, address: str, env: Environment) -> None:
+        """Mail reached `address`, which this plug-in claimed (once per message and address
+        in a unit of work): e.g. an auto-responder answers. The default does nothing."""
+
+
 INTERFACES: dict[str, type[Plugin]] = {
     "sending": SendingProcessor,
     "delivery": DeliveryProcessor,
     "extension": ExtensionProcessor,
     "local-mta": LocalMTA,
     "queue": MailQueue,
+    "mapped-address": AddressMap,
 }
 
 
@@ -211,6 +243,7 @@ class Pipeline:
         self.extensions: dict[str, ExtensionProcessor] = {}
         self.local_mta: LocalMTA | None = None
         self.queue: MailQueue | None = None
+        self.mapped: tuple[AddressMap, ...] = ()
         self.server: Any = None
         for spec in specs:
             self.load(spec)
@@ -294,3 +327,4 @@ class Pipeline:
         }
         self.local_mta = next((p for p in ordered if isinstance(p, LocalMTA)), None)
         self.queue = next((p for p in ordered if isinstance(p, MailQueue)), None)
+        self.mapped = tuple(p for p in ordered if isinstance(p, AddressMap))

@@ -4,7 +4,8 @@
   routing rules of this server applied before anyone signed, e.g. a requisition whose
   `total` is above a threshold gets a purchasing step (`rules` option:
   `[{form = "requisition", field = "total", above = "5000", role = "purchasing",
-  approvers = ["pat@b.test"]}]`);
+  approvers = ["pat@b.test"]}]`; a role address among the approvers, `wsemail alias add
+  purchasing@b.test pat@b.test --role`, stands for its members at that time);
 - extension `forms` (password MAC, admins only): `Publish` a signed wheel (file, bytes,
   signature), kept under the data dir;
 - route `WHEEL_PATH?file=NAME` (and `NAME.sig`): serves published wheels to anyone —
@@ -59,6 +60,7 @@ from wsemail.protocol.soap import element, q, text_of
 from wsemail.server.attachments.federated import issue_token
 from wsemail.server.forms import autofill, stamp
 from wsemail.server.forms import webhook as hand_off
+from wsemail.server.mapping import role_members
 from wsemail.server.pipeline import (
     DeliveryProcessor,
     Environment,
@@ -194,6 +196,8 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
                     continue
                 value = self._value(doc, rule["field"])
                 step: Step = rule["step"]
+                # a role address among the approvers stands for its members (issue 18)
+                step = Step(step.role, role_members(step.approvers, env))
                 if value is not None and value > rule["above"]:
                     if all(s.role != step.role for s in doc.route()):
                         doc.add_step(step)

@@ -39,6 +39,7 @@ from wsemail.protocol.message import normalize_address as normalize
 from wsemail.protocol.soap import element, q
 from wsemail.server.attachments import OnDemandAttachments, records
 from wsemail.server.controller import bind
+from wsemail.server.mapping import claim_of
 from wsemail.server.operations import deliver_locally
 from wsemail.server.pipeline import Environment
 from wsemail.server.ratelimit import RateLimiter, peer_key
@@ -309,6 +310,7 @@ class Gateway:
             body=body,
             origin=origin,
             signed_xml=legacy_marker(checks, incoming),
+            headers=incoming.headers,
         )
         request = etree.fromstring(message.signed_xml or b"<x/>")
         if plugin is None or not kept:
@@ -400,13 +402,27 @@ async def write_parts(
 
 
 async def unknown_local_user(server: Server, address: str) -> str | None:
-    """The RCPT reply refusing a local `address` that has no account (or a store problem);
-    None when the account exists."""
+    """The RCPT reply refusing a local `address` that is neither an account nor a mapped
+    address (or a store problem); None when it takes mail."""
+
+    def known(tx: Tx) -> bool:
+        if tx.user(address) is not None:
+            return True
+        env = Environment(  # a mapped address (an alias…) takes mail too
+            principal=ORIGIN_PREFIX,
+            domain=server.config.domain,
+            tx=tx,
+            request=etree.Element(q("Rcpt")),
+            pipeline=server.pipeline,
+            clock=server.clock,
+        )
+        return claim_of(address, env) is not None
+
     try:
-        user = await server.store.transact(lambda tx: tx.user(address))
+        found = await server.store.transact(known)
     except StoreError:
         return "451 4.3.0 temporary local problem, try again later"
-    return None if user is not None else "550 5.1.1 no such user here"
+    return None if found else "550 5.1.1 no such user here"
 
 
 async def discard_parts(store: SqliteStore, plugin: OnDemandAttachments, guids: list[str]) -> None:

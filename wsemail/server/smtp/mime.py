@@ -22,6 +22,7 @@ import html2text
 
 from wsemail.protocol.errors import RemoteFault, RequestInvalid
 from wsemail.protocol.message import (
+    MAX_HEADER_VALUE,
     MAX_SUBJECT,
     NAME_BYTES,
     AttachmentRef,
@@ -67,6 +68,8 @@ def to_mime(
         when = datetime.now(UTC)
     mime["Date"] = email.utils.format_datetime(when)
     mime["Message-ID"] = message.message_id
+    for value in message.header("Auto-Submitted")[:1]:  # an auto-reply says so (RFC 3834)
+        mime["Auto-Submitted"] = value
     body = message.body
     if linked:
         body = body.rstrip("\n") + "\n\n" + "\n".join(link_text(r) for r in linked) + "\n"
@@ -114,6 +117,20 @@ class Incoming:
     message_id: str | None
     body: str
     parts: list[Part] = field(default_factory=list)
+    # what tells automatic, list and bulk mail (the vacation responder reads them)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+KEPT_HEADERS = ("Auto-Submitted", "Precedence", "List-Id")
+
+
+def _kept_headers(mime: EmailMessage) -> list[tuple[str, str]]:
+    found = []
+    for name in KEPT_HEADERS:
+        value = mime.get(name)
+        if value is not None:
+            found.append((name, " ".join(str(value).split())[:MAX_HEADER_VALUE]))
+    return found
 
 
 def _addresses(values: list[str]) -> list[str]:
@@ -136,6 +153,7 @@ def from_mime(data: bytes) -> Incoming:
         cc = _addresses([str(v) for v in mime.get_all("Cc", [])])
         date = _iso_date(str(mime.get("Date", "")))
         message_id = _message_id(str(mime.get("Message-ID", "")))
+        headers = _kept_headers(mime)
         body_part = mime.get_body(preferencelist=("plain",)) or mime.get_body(
             preferencelist=("html",)
         )
@@ -173,6 +191,7 @@ def from_mime(data: bytes) -> Incoming:
         message_id=message_id,
         body=body.replace("\r\n", "\n"),
         parts=parts,
+        headers=headers,
     )
 
 

@@ -37,6 +37,7 @@ from wsemail.tui.screens.channel import Invited
 from wsemail.tui.screens.chat import ChatScreen
 from wsemail.tui.screens.compose import ComposeScreen
 from wsemail.tui.screens.confirm import ConfirmScreen
+from wsemail.tui.screens.filters import FiltersScreen
 from wsemail.tui.screens.message import MessageScreen
 from wsemail.tui.screens.prompt import PromptScreen
 from wsemail.tui.widgets.footer import KeyFooter
@@ -63,6 +64,7 @@ class InboxScreen(WorkScreen[None]):
         Binding("slash", "filter", "Filter"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
         Binding("ctrl+r", "reload", "Reload", show=False),
+        Binding("F", "filters", "Filters", show=False),
         Binding("q", "app.quit", "Quit"),
     ]
 
@@ -342,6 +344,9 @@ class InboxScreen(WorkScreen[None]):
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:
         self.table.focus()
+
+    def action_filters(self) -> None:
+        self.app.push_screen(FiltersScreen(self.client))
 
     def action_compose(self) -> None:
         self.app.push_screen(ComposeScreen(self.client, self.book, ComposeDraft()))
