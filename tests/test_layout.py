@@ -46,6 +46,12 @@ def test_wsdl_is_served_and_names_every_operation(server) -> None:  # type: igno
         "Move",
         "SetFlags",
         "Search",
+        "SaveDraft",
+        "GetDraft",
+        "ListDrafts",
+        "DeleteDraft",
+        "SendDraft",
+        "ImportMessages",
     }
     address = root.find(".//{http://schemas.xmlsoap.org/wsdl/soap12/}address")
     assert address is not None and address.get("location") == server.url

@@ -18,6 +18,7 @@ from typer.models import ParamMeta
 from wsemail import __version__ as wsemail_version
 from wsemail.cli import (
     aliases,
+    archive,
     attachments,
     bench,
     ca,
@@ -25,6 +26,7 @@ from wsemail.cli import (
     demo,
     directory,
     domain,
+    drafts,
     filters,
     forms,
     im,
@@ -69,6 +71,8 @@ serve.register(app)
 login.register(app)
 mail.register(app)
 mailbox.register(app)
+drafts.register(app)
+archive.register(app)
 app.add_typer(users.app, name="user")
 app.add_typer(aliases.app, name="alias")
 filters.register(app)

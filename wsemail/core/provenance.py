@@ -198,7 +198,7 @@ def expand(message: Message, compact_root: etree._Element) -> etree._Element:
     return form
 
 
-Status = Literal["verified", "failed", "local", "unchecked", "legacy"]
+Status = Literal["verified", "failed", "local", "unchecked", "legacy", "imported", "draft"]
 
 
 @dataclass(frozen=True)
@@ -228,6 +228,10 @@ class Provenance:
         if self.status == "legacy":
             dmarc = f", DMARC {self.dmarc}" if self.dmarc else ""
             return f"legacy email{dmarc}, NOT signed by a wsemail server: {self.reason}"
+        if self.status == "imported":
+            return f"imported, NOT signed by anyone: {self.reason}"
+        if self.status == "draft":
+            return "your draft: not sent, not signed"
         return f"not checked: {self.reason}"
 
 
@@ -258,6 +262,9 @@ def check(
     legacy = read_legacy(message.signed_xml)
     if legacy is not None:  # taken over SMTP by our own server: what it checked, no more
         return legacy, message
+    kept = read_kept(message.signed_xml)
+    if kept is not None:  # imported from a file, or a draft: the owner's, signed by nobody
+        return kept, message
     if server_signer is None:
         return Provenance("unchecked", message.origin, "no trust roots configured"), message
     try:
@@ -395,6 +402,44 @@ def read_legacy(data: bytes) -> Provenance | None:
     return Provenance(
         "legacy", None, summary, dmarc.get("result", "none") if dmarc is not None else None
     )
+
+
+# the owner's own: imported mail and drafts -------------------------------------------------
+def imported_record(at: str, folder: str, parts: list[tuple[str, str, int]]) -> bytes:
+    """The `ImportedMessage` record stored as an imported message's provenance: when and
+    into which folder it was imported, and the MIME parts that were not kept (media type,
+    file name, size). It is not a signature: whatever the message's headers claim, the
+    reader shows "imported"."""
+    root = etree.Element(q("ImportedMessage"), nsmap={"w": "urn:wsemail"})
+    element(root, "At", at)
+    element(root, "Folder", folder)
+    for media_type, filename, size in parts:
+        node = element(root, "Part")
+        node.set("type", media_type)
+        node.set("filename", filename)
+        node.set("size", str(size))
+    return etree.tostring(root)
+
+
+DRAFT_RECORD = b'<w:DraftMessage xmlns:w="urn:wsemail"/>'  # a draft's provenance record
+
+
+def read_kept(data: bytes) -> Provenance | None:
+    """The provenance of an `ImportedMessage` or `DraftMessage` record, else None."""
+    try:
+        root = parse_untrusted(data, XmlLimits(max_bytes=1 << 20))
+    except (RemoteFault, WsemailError):
+        return None
+    if root.tag == q("DraftMessage"):
+        return Provenance("draft", None, "saved on your server, not sent")
+    if root.tag != q("ImportedMessage"):
+        return None
+    summary = f"imported into {text_of(root, 'Folder', '') or '?'} on {text_of(root, 'At', '')}"
+    dropped = root.findall(q("Part"))
+    if dropped:
+        names = ", ".join(p.get("filename") or p.get("type") or "?" for p in dropped[:5])
+        summary += f"; {len(dropped)} attachment(s) not kept ({names})"
+    return Provenance("imported", None, summary)
 
 
 def certificate_domain(cert: x509.Certificate) -> list[str]:

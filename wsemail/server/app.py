@@ -303,6 +303,7 @@ class Server:
                 is_admin=user.admin,
                 wake_relay=self.wake_relay,
                 trash_after=self.config.trash_days * 86400.0,
+                quota_bytes=self.config.quota_per_user_bytes,
             )
             return operation(env, request), env
 

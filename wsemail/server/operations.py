@@ -22,6 +22,7 @@ from wsemail.protocol.dsig import cert_digest
 from wsemail.protocol.errors import NotFound, RequestInvalid, ServerError
 from wsemail.protocol.message import Draft, Message, domain_of, new_message_id
 from wsemail.protocol.soap import element, int_of, q, text_of
+from wsemail.server.mailbox import drafts, importing
 from wsemail.server.mailbox import operations as mailbox
 from wsemail.server.mapping import deliver_locally
 from wsemail.server.pipeline import Environment
@@ -172,4 +173,6 @@ AUTHENTICATED: dict[str, Callable[[Environment, etree._Element], etree._Element]
     "Extension": extension,
     "GetCertificate": get_certificate,
     **mailbox.OPERATIONS,
+    **drafts.operations(send),
+    **importing.OPERATIONS,
 }

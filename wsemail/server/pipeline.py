@@ -60,6 +60,7 @@ class Environment:
     # (sender, message id, mailbox) delivered in this unit of work: each mailbox gets a
     # message once, however many mapped addresses lead to it (`wsemail.server.mapping`)
     delivered: set[tuple[str, str, str]] = field(default_factory=set)
+    quota_bytes: int = 0  # what the user may keep here ([quota] per_user_bytes; 0: no limit)
 
 
 class Verdict(enum.Enum):

@@ -149,4 +149,16 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE queue ADD COLUMN notified INTEGER NOT NULL DEFAULT 0
     """,
+    # 8: reserved for threads (issue 17); its script takes this place
+    """
+    SELECT 1
+    """,
+    # 9: drafts saved on the server and imported mail (wsemail/server/mailbox/): `draft`, a
+    # draft's JSON (Bcc, attachment ids, IM flags; a copy sent from a draft keeps it, so a
+    # retried SendDraft is recognised); `imported`, when a message was imported (its
+    # provenance record says "imported", never signed)
+    """
+    ALTER TABLE messages ADD COLUMN draft TEXT;
+    ALTER TABLE messages ADD COLUMN imported REAL
+    """,
 ]

@@ -7,6 +7,7 @@ else lives in the screens."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 
 from textual.app import App
@@ -17,6 +18,7 @@ from wsemail.client.partyline import Invitation
 from wsemail.tui.mailbox import AddressBook
 from wsemail.tui.screens.channel import ChannelScreen, Invited
 from wsemail.tui.screens.choose import ChooseScreen
+from wsemail.tui.screens.compose import AUTOSAVE_SECONDS, ComposeScreen
 from wsemail.tui.screens.help import HelpScreen
 from wsemail.tui.screens.inbox import InboxScreen
 from wsemail.tui.screens.login import LoginScreen
@@ -45,8 +47,9 @@ GENERIC_ACTIONS = {"app.focus_next", "app.focus_previous", "screen.copy_text"}
 class WsemailApp(App[None]):
     """`defaults` prefill (or, when complete, skip) the sign-in form; `choices` (one per
     saved account) make it offer a choice first; `accounts` lists them for ctrl+a;
-    `client_factory`, `page_size`, `poll_seconds` and `im_notify` (hold an IM push stream
-    for notifications) are seams for tests."""
+    `client_factory`, `page_size`, `poll_seconds`, `im_notify` (hold an IM push stream
+    for notifications) and `autosave_seconds` (the compose screen's drafts) are seams for
+    tests."""
 
     TITLE = "wsemail"
     CSS_PATH = "app.tcss"
@@ -82,8 +85,10 @@ class WsemailApp(App[None]):
         page_size: int = 50,
         poll_seconds: float = 5.0,
         im_notify: bool = True,
+        autosave_seconds: float = AUTOSAVE_SECONDS,
     ) -> None:
         super().__init__()
+        self.autosave_seconds = autosave_seconds
         self.defaults = defaults if defaults is not None else LoginDefaults()
         self.choices = list(choices)
         self.accounts = accounts
@@ -166,6 +171,16 @@ class WsemailApp(App[None]):
         self.switch_screen(self._inbox(client))
         old.close()
         self.notify(f"Signed in as {client.username}.", title="Accounts")
+
+    async def action_quit(self) -> None:
+        """Quit; a message being written is kept in Drafts first (when it can be)."""
+        for screen in self.screen_stack:
+            if isinstance(screen, ComposeScreen):
+                try:
+                    await asyncio.to_thread(screen.save_before_quit)
+                except Exception as exc:  # quitting must not fail: say so on the way out
+                    self.log.warning(f"draft not saved: {exc}")
+        self.exit()
 
     def on_unmount(self) -> None:
         if self.client is not None:

@@ -1,11 +1,13 @@
 """In charge of the drafts the compose screen starts from: new, reply, reply-all, forward,
-and of reading the address lists a user types. Pure Python (no Textual)."""
+a draft reopened from the server's Drafts folder, and of reading the address lists a user
+types. Pure Python (no Textual)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
+from wsemail.protocol.drafts import SavedDraft
 from wsemail.protocol.message import Message, normalize_address
 
 _SEPARATORS = re.compile(r"[,;\s]+")
@@ -13,12 +15,21 @@ _SEPARATORS = re.compile(r"[,;\s]+")
 
 @dataclass
 class ComposeDraft:
-    """What the compose screen opens with; addresses as the user sees them."""
+    """What the compose screen opens with; addresses as the user sees them. `saved` is the
+    draft on the server it continues (reopened from Drafts), if any."""
 
     to: list[str] = field(default_factory=list)
     cc: list[str] = field(default_factory=list)
     subject: str = ""
     body: str = ""
+    saved: SavedDraft | None = None
+
+
+def reopen(saved: SavedDraft) -> ComposeDraft:
+    """The compose screen's start for a draft kept on the server."""
+    return ComposeDraft(
+        to=list(saved.to), cc=list(saved.cc), subject=saved.subject, body=saved.body, saved=saved
+    )
 
 
 def parse_addresses(text: str) -> list[str]:

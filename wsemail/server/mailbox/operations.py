@@ -11,7 +11,7 @@ from lxml import etree
 from wsemail.protocol.errors import NotFound, RequestInvalid
 from wsemail.protocol.soap import element, int_of, q, text_of, texts_of
 from wsemail.server.mailbox import records
-from wsemail.server.mailbox.names import TRASH, check_name, system_folder
+from wsemail.server.mailbox.names import DRAFTS, TRASH, check_name, system_folder
 from wsemail.server.mailbox.query import parse
 from wsemail.server.pipeline import Environment
 
@@ -109,8 +109,14 @@ def delete_folder(env: Environment, op: etree._Element) -> etree._Element:
 
 
 def move(env: Environment, op: etree._Element) -> etree._Element:
+    """Drafts holds drafts only, and a draft leaves it only for Trash (and back)."""
     ids = ids_of(env, op)
     folder = folder_named(env, text_of(op, "Folder"))
+    drafts = records.drafts_among(env.tx, env.principal, ids)
+    if folder == DRAFTS and len(drafts) < len(ids):
+        raise RequestInvalid(f"{DRAFTS} holds drafts only (wsemail draft save makes one)")
+    if drafts and folder not in (DRAFTS, TRASH):
+        raise RequestInvalid(f"a draft moves only to {TRASH} and back to {DRAFTS}")
     moved = records.move(env.tx, env.principal, ids, folder)
     result = etree.Element(q("MoveResponse"))
     element(result, "Folder", folder)

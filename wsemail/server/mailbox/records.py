@@ -1,17 +1,22 @@
 """Every SQL string of the mailbox feature. The tables (folders, the flag and Trash columns
-of messages, messages_fts and its triggers) come from store.py's migration 6."""
+of messages, messages_fts and its triggers) come from schema.py's migration 6; the `draft`
+and `imported` columns from migration 9."""
 
 from __future__ import annotations
 
+import json
+import secrets
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from wsemail.protocol.errors import RequestInvalid
-from wsemail.protocol.message import SYSTEM_FOLDERS, MessageHeader
-from wsemail.server.mailbox.names import TRASH, system_folder
+from wsemail.protocol.drafts import SavedDraft
+from wsemail.protocol.errors import RequestInvalid, StorageFull
+from wsemail.protocol.message import SYSTEM_FOLDERS, MessageHeader, is_sealed_body
+from wsemail.server.mailbox.names import DRAFTS, TRASH, system_folder
 from wsemail.server.mailbox.query import Query
+from wsemail.server.storage import FULL_REASON
 from wsemail.server.store import HEADER_COLUMNS, Tx, header
 
 _CHUNK = 500  # ids per IN (...) list, under SQLite's parameter limit
@@ -251,3 +256,213 @@ def sealed_count(tx: Tx, owner: str, folder: str | None) -> int:
             (owner, folder),
         ).fetchone()
     return int(row[0])
+
+
+# usage --------------------------------------------------------------------------------
+def mailbox_bytes(tx: Tx, owner: str) -> int:
+    """What `owner`'s messages take (subjects and bodies), every folder counted."""
+    row = tx.conn.execute(
+        "SELECT COALESCE(SUM(size), 0) FROM messages WHERE owner=?", (owner,)
+    ).fetchone()
+    return int(row[0])
+
+
+# the owner's own rows: drafts and imported mail ------------------------------------------
+@dataclass(frozen=True)
+class NewRow:
+    """A row the owner adds to their own mailbox (a draft, an imported message)."""
+
+    folder: str
+    arrival: str  # the idempotency key's folder: Drafts, or import:FOLDER
+    message_id: str
+    sender: str
+    to: list[str]
+    cc: list[str]
+    subject: str
+    date: str
+    body: str
+    seen: bool = True
+    flagged: bool = False
+    answered: bool = False
+    origin: str | None = None
+    record: bytes | None = None  # the provenance record (signed_xml column)
+    draft: str | None = None  # a draft's JSON
+    imported: float | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.body.encode()) + len(self.subject.encode())
+
+
+def _new_id() -> str:
+    public_id = secrets.token_urlsafe(12)
+    return "_" + public_id[1:] if public_id.startswith("-") else public_id  # never option-like
+
+
+def insert(tx: Tx, owner: str, row: NewRow) -> str:
+    """Store `row` in `owner`'s mailbox; returns its public id."""
+    if tx.full:
+        raise StorageFull(FULL_REASON)
+    public_id = _new_id()
+    tx.conn.execute(
+        "INSERT INTO messages(id, owner, folder, message_id, sender, to_json, cc_json, "
+        "subject, date, size, seen, body, origin, signed_xml, flagged, answered, sealed, "
+        "arrival, draft, imported) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            public_id,
+            owner,
+            row.folder,
+            row.message_id,
+            row.sender,
+            json.dumps(row.to),
+            json.dumps(row.cc),
+            row.subject,
+            row.date,
+            row.size,
+            int(row.seen),
+            row.body,
+            row.origin,
+            row.record,
+            int(row.flagged),
+            int(row.answered),
+            int(is_sealed_body(row.body)),
+            row.arrival,
+            row.draft,
+            row.imported,
+        ),
+    )
+    return public_id
+
+
+_DRAFT_COLUMNS = "id, folder, message_id, to_json, cc_json, subject, body, date, size, draft"
+
+
+def _draft(row: tuple[Any, ...]) -> tuple[str, SavedDraft]:
+    """(folder, draft) of a row of _DRAFT_COLUMNS."""
+    extra = json.loads(row[9] or "{}")
+    return row[1], SavedDraft(
+        to=json.loads(row[3]),
+        cc=json.loads(row[4]),
+        bcc=list(extra.get("bcc", [])),
+        subject=row[5],
+        body=row[6],
+        attachments=list(extra.get("attachments", [])),
+        instant=bool(extra.get("instant", False)),
+        delete_if_undeliverable=bool(extra.get("delete_if_undeliverable", False)),
+        id=row[0],
+        message_id=row[2],
+        saved=row[7],
+        size=row[8],
+    )
+
+
+def draft_json(draft: SavedDraft) -> str:
+    """What a draft keeps beyond the columns every message has."""
+    extra: dict[str, object] = {"bcc": draft.bcc, "attachments": draft.attachments}
+    if draft.instant:
+        extra["instant"] = True
+        extra["delete_if_undeliverable"] = draft.delete_if_undeliverable
+    return json.dumps(extra, sort_keys=True)
+
+
+def draft(tx: Tx, owner: str, public_id: str) -> tuple[str, SavedDraft] | None:
+    """(folder, draft): `owner`'s draft with this id (in Drafts, or in Trash), or None."""
+    row = tx.conn.execute(
+        f"SELECT {_DRAFT_COLUMNS} FROM messages WHERE owner=? AND id=? AND arrival=? "  # noqa: S608
+        "AND draft IS NOT NULL",
+        (owner, public_id, DRAFTS),
+    ).fetchone()
+    return _draft(row) if row else None
+
+
+def draft_by_message_id(tx: Tx, owner: str, message_id: str) -> str | None:
+    """The id of `owner`'s draft with this MessageId (a retried first save), or None."""
+    row = tx.conn.execute(
+        "SELECT id FROM messages WHERE owner=? AND arrival=? AND sender=? AND message_id=? "
+        "AND draft IS NOT NULL",
+        (owner, DRAFTS, owner, message_id),
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def replace_draft(tx: Tx, owner: str, public_id: str, new: SavedDraft, saved: str) -> None:
+    """Put `new` in place of the draft `public_id` (back in Drafts if it was in Trash)."""
+    if tx.full:
+        raise StorageFull(FULL_REASON)
+    size = len(new.body.encode()) + len(new.subject.encode())
+    tx.conn.execute(
+        "UPDATE messages SET folder=?, trashed_at=NULL, to_json=?, cc_json=?, subject=?, "
+        "body=?, date=?, size=?, sealed=?, draft=? WHERE owner=? AND id=? AND arrival=?",
+        (
+            DRAFTS,
+            json.dumps(new.to),
+            json.dumps(new.cc),
+            new.subject,
+            new.body,
+            saved,
+            size,
+            int(is_sealed_body(new.body)),
+            draft_json(new),
+            owner,
+            public_id,
+            DRAFTS,
+        ),
+    )
+
+
+def drafts(tx: Tx, owner: str, limit: int, before: int | None) -> list[tuple[int, SavedDraft]]:
+    """`owner`'s drafts in the Drafts folder, the most recently created first."""
+    sql = (
+        f"SELECT seq, {_DRAFT_COLUMNS} FROM messages WHERE owner=? AND folder=? "  # noqa: S608
+        "AND arrival=? AND draft IS NOT NULL"
+    )
+    args: list[object] = [owner, DRAFTS, DRAFTS]
+    if before is not None:
+        sql += " AND seq<?"
+        args.append(before)
+    sql += " ORDER BY seq DESC LIMIT ?"
+    rows = tx.conn.execute(sql, [*args, limit]).fetchall()
+    return [(r[0], _draft(r[1:])[1]) for r in rows]
+
+
+def sent_from_draft(tx: Tx, owner: str, public_id: str) -> str | None:
+    """The MessageId of the copy sent from the draft `public_id` (it keeps the draft's id),
+    or None: a retried SendDraft is answered with it."""
+    row = tx.conn.execute(
+        "SELECT message_id FROM messages WHERE owner=? AND id=? AND arrival='sent' "
+        "AND draft IS NOT NULL",
+        (owner, public_id),
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def adopt_draft(tx: Tx, owner: str, sent_id: str, draft_id: str, extra: str) -> None:
+    """The sent copy of a draft (the draft's row deleted already) takes the draft's id and
+    keeps its JSON, so a retried SendDraft finds it."""
+    tx.conn.execute(
+        "UPDATE messages SET id=?, draft=? WHERE owner=? AND id=?",
+        (draft_id, extra, owner, sent_id),
+    )
+
+
+def drafts_among(tx: Tx, owner: str, ids: list[str]) -> set[str]:
+    """Which of `ids` (all `owner`'s) are drafts."""
+    found: set[str] = set()
+    for chunk in _chunks(ids):
+        marks = ",".join("?" * len(chunk))
+        rows = tx.conn.execute(
+            f"SELECT id FROM messages WHERE owner=? AND arrival=? AND draft IS NOT NULL "  # noqa: S608
+            f"AND id IN ({marks})",
+            (owner, DRAFTS, *chunk),
+        )
+        found.update(r[0] for r in rows)
+    return found
+
+
+def imported_copy(tx: Tx, owner: str, arrival: str, message_id: str) -> str | None:
+    """The id of a message imported into the same folder with this Message-ID, or None."""
+    row = tx.conn.execute(
+        "SELECT id FROM messages WHERE owner=? AND arrival=? AND message_id=? LIMIT 1",
+        (owner, arrival, message_id),
+    ).fetchone()
+    return str(row[0]) if row else None

@@ -12,7 +12,13 @@ mail, so it excludes the instant-message options.
 
 A form from the installed plug-ins (ctrl+f: pick one, fill it in its plug-in's screen)
 travels as the message's body, validated by its plug-in; with no recipient it goes to the
-route's first approvers (`wsemail.client.forms.workflow.attach_form`, as `wsemail send --form`)."""
+route's first approvers (`wsemail.client.forms.workflow.attach_form`, as `wsemail send --form`).
+
+The text is kept as a draft on the server (`wsemail.tui.autosave`): saved every
+`autosave_seconds` while it changes (the app's setting), when the app quits and when the
+screen is left without discarding; a draft reopened from Drafts continues it, and sending
+it (SendDraft) takes it out of Drafts. Not while a form is attached or Send encrypted is
+ticked (the server would read the text)."""
 
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import os
 import shlex
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from textual import work
@@ -36,6 +43,7 @@ from wsemail.client.mail import Client
 from wsemail.core.forms import FormPlugin
 from wsemail.protocol.errors import WsemailError
 from wsemail.protocol.message import Draft
+from wsemail.tui.autosave import Content, DraftKeeper
 from wsemail.tui.delivery import Options, send_directly, send_sealed
 from wsemail.tui.drafts import ComposeDraft, parse_addresses
 from wsemail.tui.feedback import describe
@@ -49,6 +57,7 @@ from wsemail.tui.widgets.footer import KeyFooter
 
 NO_FORM = "none — ctrl+f attaches one of your installed forms"
 DETACH = "-detach"
+AUTOSAVE_SECONDS = 5.0
 
 
 def editor_command() -> list[str]:
@@ -74,15 +83,26 @@ class ComposeScreen(WorkScreen[bool]):
             self.how = how
             self.recipients = recipients
 
+    class DraftSaved(Message):
+        """An autosave finished: `at` is the server's time of it, "" when it failed."""
+
+        def __init__(self, at: str, close: bool = False) -> None:
+            super().__init__()
+            self.at = at
+            self.close = close
+
     def __init__(self, client: Client, book: AddressBook, draft: ComposeDraft) -> None:
         super().__init__()
         self.client = client
         self.book = book
         self.draft = draft
         self.sending = False
+        self.saving = False
         self.form: tuple[FormPlugin, FormDraft] | None = None  # attached: plug-in, filled draft
         # To and Cc complete from contacts, the directory, addresses sent to (one cache)
         self.completer = Completer(client)
+        start = Content(", ".join(draft.to), ", ".join(draft.cc), draft.subject, draft.body)
+        self.keeper = DraftKeeper(client, start, draft.saved)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -175,11 +195,15 @@ class ComposeScreen(WorkScreen[bool]):
                 self._tick("#compose-instant", False)
 
     def on_mount(self) -> None:
-        self.sub_title = f"{self.client.username} — new message"
+        what = "draft" if self.draft.saved is not None else "new message"
+        self.sub_title = f"{self.client.username} — {what}"
         if not self.draft.to:
             self.query_one("#compose-to", Input).focus()
         else:
             self.query_one("#compose-body", TextArea).focus()
+        seconds = getattr(self.app, "autosave_seconds", AUTOSAVE_SECONDS)
+        if seconds > 0:
+            self.set_interval(seconds, self._autosave_tick)
 
     # reading the form ---------------------------------------------------------------------
     def _value(self, selector: str) -> str:
@@ -191,14 +215,66 @@ class ComposeScreen(WorkScreen[bool]):
 
     @property
     def dirty(self) -> bool:
+        """Something not kept yet: text the server does not hold, files, a form."""
         return (
-            self._value("#compose-to") != ", ".join(self.draft.to)
-            or self._value("#compose-cc") != ", ".join(self.draft.cc)
-            or self._value("#compose-subject") != self.draft.subject
-            or self.body != self.draft.body
+            self.keeper.changed(self.content)
             or bool(self._value("#compose-files").strip())
             or self.form is not None
         )
+
+    # the draft on the server --------------------------------------------------------------
+    @property
+    def content(self) -> Content:
+        return Content(
+            self._value("#compose-to"),
+            self._value("#compose-cc"),
+            self._value("#compose-subject"),
+            self.body,
+        )
+
+    def _to_keep(self) -> tuple[list[str], list[str], Content] | None:
+        """What to save as the draft now, or None: nothing new, a form or Send encrypted
+        (not kept on the server), or addresses still being typed."""
+        content = self.content
+        if self.form is not None or self.encrypt or not self.keeper.changed(content):
+            return None
+        try:
+            return parse_addresses(content.to), parse_addresses(content.cc), content
+        except WsemailError:
+            return None
+
+    def _autosave_tick(self) -> None:
+        if self.sending or self.saving:
+            return
+        found = self._to_keep()
+        if found is not None:
+            self.saving = True
+            self.autosave(*found)
+
+    @work(thread=True, group="autosave")
+    def autosave(self, to: list[str], cc: list[str], content: Content, close: bool = False) -> None:
+        try:
+            saved = self.keeper.save(to, cc, content)
+        except Exception as exc:
+            self.fail("Draft not saved", exc)
+            self.post_message(self.DraftSaved("", close))
+        else:
+            self.post_message(self.DraftSaved(saved.saved if saved else "", close))
+
+    def on_compose_screen_draft_saved(self, event: ComposeScreen.DraftSaved) -> None:
+        self.saving = False
+        if event.at:
+            self.sub_title = f"{self.client.username} — draft saved {event.at[11:19]}"
+        if event.close:
+            if event.at:
+                self.notify("Kept in Drafts", title="Draft saved")
+            self.dismiss(False)
+
+    def save_before_quit(self) -> None:
+        """Blocking (the app runs it in a thread as it quits): save what changed."""
+        found = self._to_keep()
+        if found is not None:
+            self.keeper.save(*found)
 
     # actions ------------------------------------------------------------------------------
     def action_send(self) -> None:
@@ -234,7 +310,7 @@ class ComposeScreen(WorkScreen[bool]):
             return
         self.sending = True
         self.notify("Sending…", timeout=2)
-        self.send(to, cc, subject, self.body, files, options, self.form)
+        self.send(to, cc, subject, self.body, files, options, self.form, self.content)
 
     @property
     def options(self) -> Options:
@@ -257,8 +333,10 @@ class ComposeScreen(WorkScreen[bool]):
         files: list[Path],
         options: Options | None = None,
         form: tuple[FormPlugin, FormDraft] | None = None,
+        content: Content | None = None,
     ) -> None:
         options = options or Options()
+        another_way = True  # form, encrypted or direct: not as the draft
         try:
             if form is not None:
                 plugin, filled = form
@@ -295,16 +373,30 @@ class ComposeScreen(WorkScreen[bool]):
             else:
                 box = Attachments(self.client)
                 guids = [box.upload(path).guid for path in files]  # on-demand: uploaded first
-                self.client.send(
-                    to,
-                    subject,
-                    body,
-                    cc=cc,
-                    attachments=guids,
-                    instant=options.instant,
-                    delete_if_undeliverable=options.delete_if_undeliverable,
+                instant, dropped = options.instant, options.delete_if_undeliverable
+                typed = content or Content(", ".join(to), ", ".join(cc), subject, body)
+                final = replace(typed, subject=subject, body=body)
+                # a draft on the server is sent as itself (SendDraft: it leaves Drafts)
+                as_draft = self.keeper.send(
+                    to, cc, final, guids, instant=instant, delete_if_undeliverable=dropped
                 )
+                if as_draft is None:
+                    self.client.send(
+                        to,
+                        subject,
+                        body,
+                        cc=cc,
+                        attachments=guids,
+                        instant=instant,
+                        delete_if_undeliverable=dropped,
+                    )
                 how = "Instant message sent" if options.instant else "Message sent"
+                another_way = False
+            if another_way:  # the draft it was (if any) is done with
+                try:
+                    self.keeper.discard()
+                except Exception as exc:
+                    how += f" — its draft stays in Drafts ({describe(exc)})"
         except Exception as exc:
             self.fail("Not sent", exc)
         else:
@@ -366,15 +458,37 @@ class ComposeScreen(WorkScreen[bool]):
         self.notify(f"{plugin.title or plugin.name} attached", title="Form")
 
     def action_cancel(self) -> None:
+        """Leave: nothing typed, gone; else Discard (the server's draft too) or keep it in
+        Drafts (saved now, if the addresses can be read)."""
         if not self.dirty:
+            if self.keeper.draft_id is not None:
+                self.notify("Kept in Drafts", title="Draft")
             self.dismiss(False)
             return
 
         def answered(yes: bool | None) -> None:
             if yes:
+                self.discard()
+                return
+            found = self._to_keep()
+            if found is None:
+                if self.keeper.changed(self.content) and self.keeper.draft_id is None:
+                    self.notify("not kept: nothing to keep, or addresses that cannot be read")
                 self.dismiss(False)
+                return
+            self.saving = True
+            self.autosave(*found, close=True)
 
-        self.app.push_screen(ConfirmScreen("Discard this draft?", yes="Discard"), answered)
+        question = "Discard this draft? (No keeps it in Drafts)"
+        self.app.push_screen(ConfirmScreen(question, yes="Discard"), answered)
+
+    @work(thread=True, group="autosave")
+    def discard(self) -> None:
+        try:
+            self.keeper.discard()
+        except Exception as exc:
+            self.fail("The draft stays in Drafts", exc)
+        self.post_message(self.DraftSaved("", close=True))
 
     def action_edit_external(self) -> None:
         """Edit the body in $VISUAL / $EDITOR while the app is suspended."""

@@ -22,13 +22,15 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Header, Input, Label
 
 from wsemail.client import session
+from wsemail.client.drafts import Drafts
 from wsemail.client.im import Incoming, InstantMessenger
 from wsemail.client.mail import Client, Page
 from wsemail.client.newmail import HookRunner, NewMail
 from wsemail.client.partyline import Invitation
+from wsemail.protocol.drafts import SavedDraft
 from wsemail.protocol.errors import WsemailError
 from wsemail.protocol.message import normalize_address
-from wsemail.tui.drafts import ComposeDraft
+from wsemail.tui.drafts import ComposeDraft, reopen
 from wsemail.tui.feedback import describe
 from wsemail.tui.mailbox import AddressBook, Mailbox
 from wsemail.tui.push import PushSession, notice_text, plain_address
@@ -44,6 +46,7 @@ from wsemail.tui.widgets.footer import KeyFooter
 from wsemail.tui.widgets.inbox.header_table import HeaderTable
 
 FOLDER_TITLES = {"inbox": "Inbox", "sent": "Sent"}
+DRAFTS = "Drafts"
 
 
 class HookFailed(Message):
@@ -61,6 +64,7 @@ class InboxScreen(WorkScreen[None]):
         Binding("d,delete", "delete", "Delete"),
         Binding("i", "folder('inbox')", "Inbox"),
         Binding("s", "folder('sent')", "Sent"),
+        Binding("D", "folder('Drafts')", "Drafts", show=False),
         Binding("slash", "filter", "Filter"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
         Binding("ctrl+r", "reload", "Reload", show=False),
@@ -86,6 +90,11 @@ class InboxScreen(WorkScreen[None]):
         def __init__(self, message_id: str) -> None:
             super().__init__()
             self.message_id = message_id
+
+    class DraftOpened(Message):
+        def __init__(self, draft: SavedDraft) -> None:
+            super().__init__()
+            self.draft = draft
 
     class InstantArrived(Message):
         def __init__(self, item: Incoming) -> None:
@@ -356,11 +365,31 @@ class InboxScreen(WorkScreen[None]):
         message_id = event.row_key.value
         if message_id is None:
             return
+        if self.mailbox.folder == DRAFTS:  # a draft opens where it is written
+            self.open_draft(message_id)
+            return
         self.mailbox.mark_seen(message_id)
         self._show_all()
         self.app.push_screen(
             MessageScreen(self.client, self.book, message_id), self._message_closed
         )
+
+    @work(thread=True, group="draft")
+    def open_draft(self, draft_id: str) -> None:
+        try:
+            found = Drafts(self.client).get(draft_id)
+        except Exception as exc:
+            self.fail("Cannot open the draft", exc)
+        else:
+            self.post_message(self.DraftOpened(found))
+
+    def on_inbox_screen_draft_opened(self, event: InboxScreen.DraftOpened) -> None:
+        def closed(_: bool | None) -> None:
+            if self.mailbox.folder == DRAFTS:
+                self._load_folder(DRAFTS)  # sent, changed or discarded
+
+        screen = ComposeScreen(self.client, self.book, reopen(event.draft))
+        self.app.push_screen(screen, closed)
 
     def _message_closed(self, deleted: str | None) -> None:
         if deleted:

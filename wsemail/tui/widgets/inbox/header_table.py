@@ -22,6 +22,7 @@ COLUMNS: tuple[tuple[str, str, int | None], ...] = (
     ("size", "Size", 5),
 )
 NEAR_END_ROWS = 5
+RECIPIENT_FOLDERS = ("sent", "Drafts")  # the second column shows To and Cc
 MIN_SUBJECT = 12
 
 
@@ -38,7 +39,7 @@ class HeaderTable(DataTable[Text | str]):
         self._folder = "inbox"
 
     def set_folder(self, folder: str) -> None:
-        """In "sent" the second column shows recipients instead of the sender."""
+        """In "sent" and "Drafts" the second column shows recipients, not the sender."""
         if folder != self._folder:
             self._folder = folder
             self._columns_width = -1  # relabel the column on the next rebuild
@@ -73,7 +74,9 @@ class HeaderTable(DataTable[Text | str]):
 
     def _cells(self, header: MessageHeader) -> list[Text | str]:
         style = "bold" if not header.seen else ""
-        who = ", ".join([*header.to, *header.cc]) if self._folder == "sent" else header.sender
+        who = header.sender
+        if self._folder in RECIPIENT_FOLDERS:
+            who = ", ".join([*header.to, *header.cc])
         return [
             Text(markers(header), style="bold"),
             Text(who, style=style, overflow="ellipsis", no_wrap=True),
@@ -96,7 +99,7 @@ class HeaderTable(DataTable[Text | str]):
         self._columns_width = width
         self.clear(columns=True)
         for key, label, fixed in COLUMNS:
-            if key == "sender" and self._folder == "sent":
+            if key == "sender" and self._folder in RECIPIENT_FOLDERS:
                 label = "To"
             self.add_column(label, width=fixed or width, key=key)
 
