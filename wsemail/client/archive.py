@@ -26,6 +26,7 @@ import email.utils
 import mailbox
 import os
 import quopri
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -144,11 +145,15 @@ def export(
     if kind not in ("mbox", "maildir"):
         raise UsageError(f"unknown export format {kind!r}")
     _fresh(path, kind)
+    if folder is not None:
+        client.list_headers(folder, limit=1)  # NotFound before anything is written
     names = [folder] if folder is not None else [f.name for f in client.folders()]
     check = verify or (lambda m: _checked(client, m))
     part = path.with_name(f".{path.name}.part") if kind == "mbox" else None
+    made = kind == "maildir" and not path.exists()
     count = 0
     done: list[str] = []
+    finished = False
     try:
         if kind == "mbox":
             assert part is not None
@@ -187,11 +192,14 @@ def export(
             mbox.close()
             assert part is not None
             os.replace(part, path)
+        finished = True
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc}") from exc
     finally:
         if part is not None:
             part.unlink(missing_ok=True)
+        if made and not finished:  # no half-written maildir left behind
+            shutil.rmtree(path, ignore_errors=True)
     return Exported(count, done)
 
 
@@ -223,15 +231,18 @@ def _mbox_items(path: Path) -> Iterator[Item]:
         if start and start != b"From ":
             raise UsageError(f"{path} is not an mbox file (it must begin with a 'From ' line)")
         box = mailbox.mbox(path, create=False)
-        for number, key in enumerate(box.keys(), 1):
-            flags = box.get_message(key).get_flags()
-            yield Item(
-                box.get_bytes(key),
-                "R" in flags,
-                "F" in flags,
-                "A" in flags,
-                f"message {number} of {path}",
-            )
+        try:
+            for number, key in enumerate(box.keys(), 1):
+                flags = box.get_message(key).get_flags()
+                yield Item(
+                    box.get_bytes(key),
+                    "R" in flags,
+                    "F" in flags,
+                    "A" in flags,
+                    f"message {number} of {path}",
+                )
+        finally:
+            box.close()
     except (OSError, mailbox.Error) as exc:
         raise UsageError(f"cannot read {path}: {exc}") from exc
 
