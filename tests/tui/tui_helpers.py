@@ -21,6 +21,7 @@ def make_app(
     poll_seconds: float = 0,
     im_notify: bool = False,
     client_factory: ClientFactory | None = None,
+    autosave_seconds: float = 5.0,
 ) -> WsemailApp:
     """`im_notify` off by default: most tests do not want the inbox's IM push stream."""
     return WsemailApp(
@@ -29,6 +30,7 @@ def make_app(
         poll_seconds=poll_seconds,
         im_notify=im_notify,
         client_factory=client_factory or default_client,
+        autosave_seconds=autosave_seconds,
     )
 
 
