@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from wsemail.client.attachments import Attachments
 from wsemail.client.drafts import Drafts, from_text, to_text
 from wsemail.protocol.drafts import SavedDraft
 from wsemail.protocol.errors import (
@@ -189,6 +190,22 @@ def test_bcc_is_kept_and_sent_as_the_server_allows(server: Running) -> None:
         assert got.subject == "quiet copy" and "carol@localhost" not in got.to + got.cc
     else:  # never sent without its Bcc
         assert "Bcc" in _refused(server, lambda: drafts.send(saved.id), RequestInvalid)
+
+
+def test_a_drafted_upload_is_sent_as_an_on_demand_attachment(
+    server: Running, tmp_path: Path
+) -> None:
+    alice = server.client()
+    path = tmp_path / "figures.csv"
+    path.write_text("a,b\n1,2\n")
+    guid = Attachments(alice).upload(path).guid
+    drafts = Drafts(alice)
+    saved = drafts.save(SavedDraft(to=["bob@localhost"], subject="figures", attachments=[guid]))
+    assert drafts.get(saved.id).attachments == [guid]
+    drafts.send(saved.id)
+    bob = server.client("bob@localhost")
+    (got,) = bob.list_headers().headers
+    assert [ref.guid for ref in Attachments(bob).list(got.id).refs] == [guid]
 
 
 def test_the_text_form_round_trips_and_names_a_bad_line() -> None:

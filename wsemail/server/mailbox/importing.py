@@ -84,7 +84,10 @@ def import_messages(env: Environment, op: etree._Element) -> etree._Element:
                 f"message {index} of the request is {len(raw)} bytes, over the limit of {limit}"
             )
         seen, flagged, answered = (_flag(node, n) for n in ("Seen", "Flagged", "Answered"))
-        incoming = from_mime(raw)
+        try:
+            incoming = from_mime(raw)
+        except RequestInvalid as exc:
+            raise RequestInvalid(f"message {index} of the request: {exc.reason}") from exc
         message_id = incoming.message_id or (
             f"<{hashlib.sha256(raw).hexdigest()[:40]}@import.invalid>"
         )
