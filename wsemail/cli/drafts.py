@@ -93,8 +93,9 @@ def edit(
     server: str | None = ServerOpt,
     user: str | None = UserOpt,
 ) -> None:
-    """Open a draft in $VISUAL / $EDITOR (To, Cc, Bcc, Subject, an empty line, the body)
-    and save what you write back."""
+    """Edit a draft in $VISUAL / $EDITOR and save it back.
+
+    The text: To:, Cc:, Bcc: and Subject: lines, an empty line, the body."""
     with session.open_client(server, user) as client:
         drafts = Drafts(client)
         draft = drafts.get(draft_id)
