@@ -69,7 +69,10 @@ def test_mbox_round_trip_into_another_user(server: Running, cli: Cli, tmp_path: 
     assert all(m["X-Wsemail-Folder"] == "inbox" for m in exported.values())
     assert exported["mbox traps"].get_flags() == "FA" and exported["plain"].get_flags() == "RO"
 
+    events = "SELECT count(*) FROM im_new_mail WHERE owner='carol@localhost'"
+    arrived = server.count(events)
     out = cli("import", "--mbox", str(path), "--folder", "Old", user="carol@localhost").stdout
+    assert server.count(events) == arrived  # imported mail is not new mail: no bell, no hook
     assert out.strip() == "imported 3 message(s) into Old"
     imported = _folder(server, "carol@localhost", "Old")
     assert set(imported) == set(BODIES)

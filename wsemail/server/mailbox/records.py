@@ -300,7 +300,9 @@ def _new_id() -> str:
 
 
 def insert(tx: Tx, owner: str, row: NewRow) -> str:
-    """Store `row` in `owner`'s mailbox; returns its public id."""
+    """Store `row` in `owner`'s mailbox; returns its public id. It did not arrive: it is
+    written seen and its flag set after, so no new-mail event is raised for it (the `im`
+    plug-in's trigger fires on copies inserted unread)."""
     if tx.full:
         raise StorageFull(FULL_REASON)
     public_id = _new_id()
@@ -319,7 +321,7 @@ def insert(tx: Tx, owner: str, row: NewRow) -> str:
             row.subject,
             row.date,
             row.size,
-            int(row.seen),
+            1,
             row.body,
             row.origin,
             row.record,
@@ -331,6 +333,8 @@ def insert(tx: Tx, owner: str, row: NewRow) -> str:
             row.imported,
         ),
     )
+    if not row.seen:
+        tx.conn.execute("UPDATE messages SET seen=0 WHERE owner=? AND id=?", (owner, public_id))
     return public_id
 
 
