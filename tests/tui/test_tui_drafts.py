@@ -87,27 +87,36 @@ async def test_type_autosave_quit_reopen_and_send(server: Running) -> None:
 
 
 async def test_leaving_compose_keeps_or_discards_the_draft(server: Running) -> None:
-    app = make_app(server, autosave_seconds=0.2)
+    app = make_app(server, autosave_seconds=0)  # no autosave until the last part
     drafts = Drafts(server.client())
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: in_folder(app, "inbox"))
         await pilot.press("c")
         await wait_for(pilot, lambda: isinstance(app.screen, ComposeScreen))
         await pilot.press(*"carol@localhost", "tab", "tab", *"to keep")
-        await pilot.press("escape")  # before any autosave
+        await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("n")  # no, do not discard: kept in Drafts
         await wait_for(pilot, lambda: in_folder(app, "inbox"))
         assert [d.subject for d in drafts.list()] == ["to keep"]
 
+        await pilot.press("D")  # reopened, changed, then discarded: gone from the server
+        await wait_for(pilot, lambda: in_folder(app, "Drafts", 1))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ComposeScreen))
+        await pilot.press("!", "escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: in_folder(app, "Drafts", 0))
+        assert list(drafts.list()) == []
+
+        app.autosave_seconds = 0.2  # autosaved, then left as it is: kept without a question
         await pilot.press("c")
         await wait_for(pilot, lambda: isinstance(app.screen, ComposeScreen))
-        await pilot.press(*"carol@localhost", "tab", "tab", *"to drop")
+        await pilot.press(*"carol@localhost", "tab", "tab", *"autosaved")
         await wait_for(pilot, lambda: autosaved(app))
-        assert sorted(d.subject for d in drafts.list()) == ["to drop", "to keep"]
-        await pilot.press(*"!", "escape")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
-        await pilot.press("y")  # discard: the autosaved draft goes too
-        await wait_for(pilot, lambda: in_folder(app, "inbox"))
-    assert [d.subject for d in drafts.list()] == ["to keep"]
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: in_folder(app, "Drafts"))
+        assert any("Kept in Drafts" in str(n.message) for n in app._notifications)
+    assert [d.subject for d in drafts.list()] == ["autosaved"]
     assert server.client("carol@localhost").list_headers().headers == []
