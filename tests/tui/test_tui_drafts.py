@@ -13,6 +13,7 @@ from wsemail.tui.app import WsemailApp
 from wsemail.tui.screens.compose import ComposeScreen
 from wsemail.tui.screens.confirm import ConfirmScreen
 from wsemail.tui.screens.inbox import InboxScreen
+from wsemail.tui.screens.message import MessageScreen
 
 from conftest import Running
 
@@ -120,3 +121,17 @@ async def test_leaving_compose_keeps_or_discards_the_draft(server: Running) -> N
         assert any("Kept in Drafts" in str(n.message) for n in app._notifications)
     assert [d.subject for d in drafts.list()] == ["autosaved"]
     assert server.client("carol@localhost").list_headers().headers == []
+
+
+async def test_a_message_filed_into_drafts_opens_as_a_message(server: Running) -> None:
+    server.client("bob@localhost").send(["alice@localhost"], "filed", "by a filter")
+    # a filter's fileinto (or a copy moved before drafts were kept) puts mail there
+    server.count("UPDATE messages SET folder='Drafts' WHERE owner='alice@localhost' RETURNING 1")
+    app = make_app(server)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: in_folder(app, "inbox"))
+        await pilot.press("D")
+        await wait_for(pilot, lambda: in_folder(app, "Drafts", 1))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, MessageScreen) and app.screen.message)
+        assert "by a filter" in str(app.screen.query_one("#message-body").render())

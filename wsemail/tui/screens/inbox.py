@@ -28,7 +28,7 @@ from wsemail.client.mail import Client, Page
 from wsemail.client.newmail import HookRunner, NewMail
 from wsemail.client.partyline import Invitation
 from wsemail.protocol.drafts import SavedDraft
-from wsemail.protocol.errors import WsemailError
+from wsemail.protocol.errors import NotFound, WsemailError
 from wsemail.protocol.message import normalize_address
 from wsemail.tui.drafts import ComposeDraft, reopen
 from wsemail.tui.feedback import describe
@@ -92,9 +92,12 @@ class InboxScreen(WorkScreen[None]):
             self.message_id = message_id
 
     class DraftOpened(Message):
-        def __init__(self, draft: SavedDraft) -> None:
+        """`draft` is None when the row in Drafts is a message, not a draft."""
+
+        def __init__(self, draft: SavedDraft | None, message_id: str) -> None:
             super().__init__()
             self.draft = draft
+            self.message_id = message_id
 
     class InstantArrived(Message):
         def __init__(self, item: Incoming) -> None:
@@ -368,6 +371,9 @@ class InboxScreen(WorkScreen[None]):
         if self.mailbox.folder == DRAFTS:  # a draft opens where it is written
             self.open_draft(message_id)
             return
+        self._open_message(message_id)
+
+    def _open_message(self, message_id: str) -> None:
         self.mailbox.mark_seen(message_id)
         self._show_all()
         self.app.push_screen(
@@ -378,12 +384,18 @@ class InboxScreen(WorkScreen[None]):
     def open_draft(self, draft_id: str) -> None:
         try:
             found = Drafts(self.client).get(draft_id)
+        except NotFound:  # a message filed into Drafts (not a draft): shown as one
+            self.post_message(self.DraftOpened(None, draft_id))
         except Exception as exc:
             self.fail("Cannot open the draft", exc)
         else:
-            self.post_message(self.DraftOpened(found))
+            self.post_message(self.DraftOpened(found, draft_id))
 
     def on_inbox_screen_draft_opened(self, event: InboxScreen.DraftOpened) -> None:
+        if event.draft is None:
+            self._open_message(event.message_id)
+            return
+
         def closed(_: bool | None) -> None:
             if self.mailbox.folder == DRAFTS:
                 self._load_folder(DRAFTS)  # sent, changed or discarded
