@@ -31,6 +31,15 @@ def serve(
         "--submission-port",
         help="also let mail programs send here (SMTP AUTH after STARTTLS; needs --tls-cert)",
     ),
+    imap_port: int | None = typer.Option(
+        None,
+        "--imap-port",
+        help="also serve IMAP here for mail programs (implicit TLS with --tls-cert, "
+        "else plain on a loopback --host only)",
+    ),
+    imap_tls: str = typer.Option(
+        "auto", "--imap-tls", help="IMAP TLS: auto, implicit (IMAPS), starttls or none"
+    ),
     demo: bool = typer.Option(False, "--demo", help="create two users and send a message"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -58,6 +67,14 @@ def serve(
             )
         if "smtp-outbound" not in refs:  # submitted mail may go to the Internet
             cfg.plugins.append(PluginSpec("smtp-outbound", 60))
+
+    if imap_port is not None:
+        if imap_tls not in ("auto", "implicit", "starttls", "none"):
+            raise typer.BadParameter("--imap-tls is auto, implicit, starttls or none")
+        refs = {spec.ref for spec in cfg.plugins}
+        if not refs & {"imap", "wsemail.server.imap:Imap"}:
+            options = {"port": imap_port, "host": cfg.host, "tls": imap_tls}
+            cfg.plugins.append(PluginSpec("imap", 30, options))
 
     def ready(url: str) -> None:
         typer.echo(f"wsemail: serving {cfg.domain} at {url} (data in {cfg.data_dir})")

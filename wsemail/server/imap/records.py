@@ -1,0 +1,264 @@
+"""Every SQL string of the IMAP plug-in. Its own tables (component `imap`, no core
+migration) keep what IMAP needs and the messages table has not:
+
+    imap_folders  per (owner, folder): UIDVALIDITY and UIDNEXT. A row is never deleted,
+                  so neither number ever goes back, even for a folder deleted and made again
+    imap_uids     per (owner, folder, uid): the message (`seq` of messages) and the two
+                  flags wsemail has no column for, \\Deleted and \\Draft
+
+`sync` brings one folder's UIDs up to date with the messages table (whatever moved them:
+SOAP, the TUI, another IMAP session): rows of messages that left the folder go, messages
+new to it get the next UIDs in arrival order. Every function runs inside a transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from wsemail.server.store import Tx
+
+MIGRATIONS = [
+    """
+    CREATE TABLE imap_folders(
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        uidnext INTEGER NOT NULL,
+        PRIMARY KEY(owner, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE imap_uids(
+        owner TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        uid INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        draft INTEGER NOT NULL DEFAULT 0,
+        rendered_size INTEGER,
+        PRIMARY KEY(owner, folder, uid)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX imap_uids_seq ON imap_uids(owner, folder, seq)
+    """,
+]
+
+_CHUNK = 500
+_COPY_COLUMNS = (
+    "owner, folder, message_id, sender, to_json, cc_json, subject, date, size, seen, body, "
+    "origin, signed_xml, instant, delete_if_undeliverable, flagged, answered, has_attachment, "
+    "sealed"
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One message of a selected folder as IMAP sees it."""
+
+    uid: int
+    seq: int
+    seen: bool
+    flagged: bool
+    answered: bool
+    deleted: bool
+    draft: bool
+
+
+@dataclass(frozen=True)
+class FolderState:
+    uidvalidity: int
+    uidnext: int
+    entries: list[Entry]
+
+
+def _state(tx: Tx, owner: str, folder: str) -> tuple[int, int]:
+    row = tx.conn.execute(
+        "SELECT uidvalidity, uidnext FROM imap_folders WHERE owner=? AND name=?", (owner, folder)
+    ).fetchone()
+    if row is not None:
+        return int(row[0]), int(row[1])
+    last = tx.conn.execute(
+        "SELECT max(uidvalidity) FROM imap_folders WHERE owner=?", (owner,)
+    ).fetchone()[0]
+    validity = max(int(time.time()), int(last or 0) + 1) & 0xFFFFFFFF or 1
+    tx.conn.execute(
+        "INSERT INTO imap_folders(owner, name, uidvalidity, uidnext) VALUES (?,?,?,1)",
+        (owner, folder, validity),
+    )
+    return validity, 1
+
+
+def sync(tx: Tx, owner: str, folder: str) -> FolderState:
+    """The folder's UIDs brought up to date, and its messages in UID order."""
+    validity, uidnext = _state(tx, owner, folder)
+    conn = tx.conn
+    conn.execute(
+        "DELETE FROM imap_uids WHERE owner=? AND folder=? AND NOT EXISTS (SELECT 1 FROM "
+        "messages m WHERE m.seq=imap_uids.seq AND m.owner=? AND m.folder=?)",
+        (owner, folder, owner, folder),
+    )
+    new = conn.execute(
+        "SELECT seq FROM messages m WHERE owner=? AND folder=? AND NOT EXISTS (SELECT 1 FROM "
+        "imap_uids u WHERE u.owner=? AND u.folder=? AND u.seq=m.seq) ORDER BY seq",
+        (owner, folder, owner, folder),
+    ).fetchall()
+    if new:
+        conn.executemany(
+            "INSERT INTO imap_uids(owner, folder, uid, seq) VALUES (?,?,?,?)",
+            [(owner, folder, uidnext + i, row[0]) for i, row in enumerate(new)],
+        )
+        uidnext += len(new)
+        conn.execute(
+            "UPDATE imap_folders SET uidnext=? WHERE owner=? AND name=?",
+            (uidnext, owner, folder),
+        )
+    rows = conn.execute(
+        "SELECT u.uid, u.seq, m.seen, m.flagged, m.answered, u.deleted, u.draft "
+        "FROM imap_uids u JOIN messages m ON m.seq=u.seq "
+        "WHERE u.owner=? AND u.folder=? ORDER BY u.uid",
+        (owner, folder),
+    ).fetchall()
+    entries = [
+        Entry(r[0], r[1], bool(r[2]), bool(r[3]), bool(r[4]), bool(r[5]), bool(r[6]))
+        for r in rows
+    ]
+    return FolderState(validity, uidnext, entries)
+
+
+def peek_state(tx: Tx, owner: str, folder: str) -> tuple[int, int, int, int]:
+    """(messages, unseen, uidnext, uidvalidity) for STATUS, after a sync."""
+    state = sync(tx, owner, folder)
+    unseen = sum(1 for e in state.entries if not e.seen)
+    return len(state.entries), unseen, state.uidnext, state.uidvalidity
+
+
+@dataclass(frozen=True)
+class Row:
+    """What FETCH and SEARCH read of one message."""
+
+    seq: int
+    public_id: str
+    message_id: str
+    sender: str
+    to_json: str
+    cc_json: str
+    subject: str
+    date: str
+    size: int
+    body: str
+    origin: str | None
+    signed_xml: bytes | None
+    has_attachment: bool
+    sealed: bool
+    rendered_size: int | None
+
+
+def _chunks(seqs: list[int]) -> Iterable[list[int]]:
+    for start in range(0, len(seqs), _CHUNK):
+        yield seqs[start : start + _CHUNK]
+
+
+def rows(tx: Tx, owner: str, folder: str, seqs: list[int], *, body: bool) -> dict[int, Row]:
+    """The messages `seqs` of `owner` (bodies only if asked), by seq."""
+    found: dict[int, Row] = {}
+    body_cols = "m.body, m.origin, m.signed_xml" if body else "'', m.origin, NULL"
+    for chunk in _chunks(seqs):
+        marks = ",".join("?" * len(chunk))
+        sql = (
+            "SELECT m.seq, m.id, m.message_id, m.sender, m.to_json, m.cc_json, m.subject, "  # noqa: S608
+            f"m.date, m.size, {body_cols}, m.has_attachment, m.sealed, u.rendered_size "
+            "FROM messages m LEFT JOIN imap_uids u ON u.seq=m.seq AND u.owner=m.owner "
+            f"AND u.folder=? WHERE m.owner=? AND m.seq IN ({marks})"
+        )
+        for r in tx.conn.execute(sql, (folder, owner, *chunk)):
+            found[r[0]] = Row(
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11],
+                bool(r[12]), bool(r[13]), r[14],
+            )  # fmt: skip
+    return found
+
+
+def remember_size(tx: Tx, owner: str, folder: str, sizes: dict[int, int]) -> None:
+    tx.conn.executemany(
+        "UPDATE imap_uids SET rendered_size=? WHERE owner=? AND folder=? AND seq=?",
+        [(size, owner, folder, seq) for seq, size in sizes.items()],
+    )
+
+
+def set_flags(
+    tx: Tx, owner: str, folder: str, seqs: list[int], flags: dict[str, bool]
+) -> None:
+    """Core flags (seen, flagged, answered) on messages; deleted and draft on imap_uids."""
+    core = {k: v for k, v in flags.items() if k in ("seen", "flagged", "answered")}
+    own = {k: v for k, v in flags.items() if k in ("deleted", "draft")}
+    for chunk in _chunks(seqs):
+        marks = ",".join("?" * len(chunk))
+        if core:
+            setting = ", ".join(f"{c}=?" for c in core)
+            tx.conn.execute(
+                f"UPDATE messages SET {setting} WHERE owner=? AND seq IN ({marks})",  # noqa: S608
+                (*(int(v) for v in core.values()), owner, *chunk),
+            )
+        if own:
+            setting = ", ".join(f"{c}=?" for c in own)
+            tx.conn.execute(
+                f"UPDATE imap_uids SET {setting} WHERE owner=? AND folder=? "  # noqa: S608
+                f"AND seq IN ({marks})",
+                (*(int(v) for v in own.values()), owner, folder, *chunk),
+            )
+
+
+def public_ids(tx: Tx, owner: str, seqs: list[int]) -> dict[int, str]:
+    found: dict[int, str] = {}
+    for chunk in _chunks(seqs):
+        marks = ",".join("?" * len(chunk))
+        for r in tx.conn.execute(
+            f"SELECT seq, id FROM messages WHERE owner=? AND seq IN ({marks})",  # noqa: S608
+            (owner, *chunk),
+        ):
+            found[r[0]] = r[1]
+    return found
+
+
+def copy(
+    tx: Tx, owner: str, seq: int, folder: str, public_id: str, trashed_at: float | None
+) -> int:
+    """A new mailbox copy of message `seq` in `folder` (a copy never counts as an arrival:
+    its `arrival` is its own id, so delivery idempotency is not touched); its seq."""
+    cursor = tx.conn.execute(
+        f"INSERT INTO messages(id, arrival, trashed_at, {_COPY_COLUMNS}) SELECT ?, ?, ?, "  # noqa: S608
+        f"{_COPY_COLUMNS.replace('folder', '?', 1)} FROM messages WHERE owner=? AND seq=?",
+        (public_id, "imap:" + public_id, trashed_at, folder, owner, seq),
+    )
+    assert cursor.lastrowid is not None
+    return int(cursor.lastrowid)
+
+
+def copy_in(tx: Tx, owner: str, folder: str, message_id: str, sender: str) -> int | None:
+    """A message with this Message-ID and sender already in `folder` (its seq), if any."""
+    row = tx.conn.execute(
+        "SELECT seq FROM messages WHERE owner=? AND folder=? AND message_id=? AND sender=?",
+        (owner, folder, message_id, sender),
+    ).fetchone()
+    return int(row[0]) if row else None
+
+
+def uid_of(tx: Tx, owner: str, folder: str, seq: int) -> int | None:
+    row = tx.conn.execute(
+        "SELECT uid FROM imap_uids WHERE owner=? AND folder=? AND seq=?", (owner, folder, seq)
+    ).fetchone()
+    return int(row[0]) if row else None
+
+
+def set_draft(tx: Tx, owner: str, folder: str, seq: int) -> None:
+    tx.conn.execute(
+        "UPDATE imap_uids SET draft=1 WHERE owner=? AND folder=? AND seq=?", (owner, folder, seq)
+    )
+
+
+def delete_for_good(tx: Tx, owner: str, seqs: list[int]) -> None:
+    for chunk in _chunks(seqs):
+        marks = ",".join("?" * len(chunk))
+        tx.conn.execute(
+            f"DELETE FROM messages WHERE owner=? AND seq IN ({marks})",  # noqa: S608
+            (owner, *chunk),
+        )

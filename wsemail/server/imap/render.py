@@ -1,0 +1,304 @@
+"""In charge of showing a stored wsemail message as an Internet message (RFC 5322/MIME) and
+answering FETCH about it: the bytes, ENVELOPE, BODYSTRUCTURE and body sections.
+
+- the wsemail fields become From, To, Cc, Subject, Date, Message-ID; `X-WSEmail-Id` is the
+  message's id for the wsemail CLI; `X-WSEmail-Provenance` says what this server knows of
+  where the message comes from (`provenance_line`);
+- the text is a text/plain UTF-8 part; each on-demand attachment is a text/plain part
+  (named `<name>.wsemail-link.txt`) saying where the bytes are (server, endpoint, id,
+  SHA-256): the bytes stay on the sender's server and are fetched with wsemail;
+- an end-to-end encrypted message is delivered as is: its sealed XML as an
+  application/xml part (`X-WSEmail-Encrypted: yes`); only the recipient's device opens it.
+
+A message's bytes never change (the same stored copy always renders the same), so
+RFC822.SIZE and UIDs stay true; the plug-in caches renderings.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.header import Header
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+
+from wsemail.core.provenance import read_legacy, read_signed
+from wsemail.protocol.errors import RemoteFault, WsemailError
+from wsemail.protocol.message import AttachmentRef, domain_of
+from wsemail.protocol.xmlsafe import XmlLimits, parse_untrusted
+from wsemail.server.imap.parser import Refused
+from wsemail.server.imap.records import Row
+from wsemail.server.smtp.mime import ISO, link_text, safe_name
+
+_HEADER_PARSER = BytesHeaderParser(policy=email.policy.compat32)
+_SECTION = re.compile(
+    r"^((?:[1-9]\d{0,3})(?:\.[1-9]\d{0,3}){0,7})?(?:\.?(HEADER|HEADER\.FIELDS|"
+    r"HEADER\.FIELDS\.NOT|TEXT|MIME))?$"
+)
+
+
+def rfc_date(iso: str) -> str:
+    try:
+        when = datetime.strptime(iso, ISO).replace(tzinfo=UTC)
+    except ValueError:
+        when = datetime(1970, 1, 1, tzinfo=UTC)
+    return email.utils.format_datetime(when)
+
+
+def internal_date(iso: str) -> str:
+    try:
+        when = datetime.strptime(iso, ISO).replace(tzinfo=UTC)
+    except ValueError:
+        when = datetime(1970, 1, 1, tzinfo=UTC)
+    return when.strftime("%d-%b-%Y %H:%M:%S +0000")
+
+
+def provenance_line(row: Row, owner: str, domain: str) -> str:
+    """What this server knows of the message's origin, in one header line."""
+    if row.signed_xml is None:
+        if domain_of(row.sender) == domain:
+            return f"local {domain} (sent by a user of this server)"
+        return "none (a message from another domain without a signature)"
+    legacy = read_legacy(row.signed_xml)
+    if legacy is not None:
+        return f"legacy ({legacy.reason}); NOT signed by a wsemail server"
+    if b"SignedRequest" in row.signed_xml[:200]:
+        return f"verified {row.sender} (direct instant message, checked by {domain} on delivery)"
+    return f"verified {row.origin} (signature checked by {domain} on delivery)"
+
+
+def attachment_refs(row: Row) -> list[AttachmentRef]:
+    """The attachments named in a relayed message's signed form."""
+    if row.signed_xml is None:
+        return []
+    try:
+        root = parse_untrusted(row.signed_xml, XmlLimits(max_bytes=64 << 20))
+        if root.tag.endswith("}SignedMessage"):
+            return read_signed(root).message.attachments
+    except (RemoteFault, WsemailError):
+        return []
+    return []
+
+
+def render(row: Row, owner: str, domain: str, refs: list[AttachmentRef]) -> bytes:
+    """The message as RFC 5322 bytes (CRLF line ends)."""
+    mime = EmailMessage(policy=email.policy.SMTP)
+    mime["From"] = row.sender
+    to, cc = json.loads(row.to_json), json.loads(row.cc_json)
+    if to:
+        mime["To"] = ", ".join(to)
+    if cc:
+        mime["Cc"] = ", ".join(cc)
+    mime["Subject"] = row.subject
+    mime["Date"] = rfc_date(row.date)
+    mime["Message-ID"] = row.message_id
+    mime["X-WSEmail-Id"] = row.public_id
+    mime["X-WSEmail-Provenance"] = provenance_line(row, owner, domain)
+    if row.sealed:
+        mime["X-WSEmail-Encrypted"] = "yes (end-to-end; open it with wsemail on your device)"
+        mime.set_content(
+            row.body.encode("utf-8"),
+            maintype="application",
+            subtype="xml",
+            cte="base64",
+            disposition="attachment",
+            filename="sealed-message.xml",
+        )
+        return mime.as_bytes()
+    mime.set_content(row.body, subtype="plain", charset="utf-8", cte="quoted-printable")
+    for ref in refs:
+        mime.add_attachment(
+            link_text(ref) + "\n",
+            subtype="plain",
+            charset="utf-8",
+            filename=safe_name(ref.name) + ".wsemail-link.txt",
+        )
+    if row.has_attachment and not refs:
+        mime.add_attachment(
+            "[this message has attachments kept on a wsemail server: open it with wsemail]\n",
+            subtype="plain",
+            charset="utf-8",
+            filename="attachments.wsemail-link.txt",
+        )
+    return mime.as_bytes()
+
+
+# output syntax ---------------------------------------------------------------------------
+_QUOTABLE = re.compile(rb"^[\x20-\x7e]{0,500}$")
+
+
+def string(value: str | bytes | None) -> bytes:
+    """An IMAP nstring: NIL, a quoted string, or a literal."""
+    if value is None:
+        return b"NIL"
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    if _QUOTABLE.match(data):
+        return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return b"{%d}\r\n" % len(data) + data
+
+
+def _address(address: str) -> bytes:
+    local, _, host = address.rpartition("@")
+    return b"(NIL NIL " + string(local) + b" " + string(host) + b")"
+
+
+def _addresses(values: list[str]) -> bytes:
+    if not values:
+        return b"NIL"
+    return b"(" + b"".join(_address(a) for a in values) + b")"
+
+
+def header_text(value: str) -> str:
+    """A header value as it is written (RFC 2047 words for text that is not ASCII)."""
+    if all(32 <= ord(c) < 127 for c in value):
+        return value
+    return Header(value, "utf-8").encode()
+
+
+def envelope(row: Row) -> bytes:
+    """ENVELOPE straight from the stored columns (no rendering: a sync of thousands)."""
+    sender = _addresses([row.sender])
+    return b"(" + b" ".join(
+        [
+            string(rfc_date(row.date)),
+            string(header_text(row.subject)),
+            sender,
+            sender,
+            sender,
+            _addresses(json.loads(row.to_json)),
+            _addresses(json.loads(row.cc_json)),
+            b"NIL",
+            b"NIL",
+            string(row.message_id),
+        ]
+    ) + b")"
+
+
+# MIME structure --------------------------------------------------------------------------
+@dataclass
+class Part:
+    header: bytes  # up to and including the empty line
+    body: bytes
+    children: list[Part] = field(default_factory=list)
+
+    def info(self) -> tuple[str, str, list[tuple[str, str]], str, str | None]:
+        """(type, subtype, parameters, transfer encoding, disposition filename)."""
+        parsed = _HEADER_PARSER.parsebytes(self.header)
+        maintype, subtype = parsed.get_content_maintype(), parsed.get_content_subtype()
+        params = [(k, v) for k, v in parsed.get_params(header="content-type")[1:] if v]
+        encoding = (parsed.get("content-transfer-encoding") or "7bit").strip()
+        filename = parsed.get_filename()
+        return maintype, subtype, params, encoding, filename
+
+
+def split(data: bytes) -> Part:
+    """A message (or part) into its header, body and, for a multipart, its children."""
+    if data.startswith(b"\r\n"):
+        header, body = b"\r\n", data[2:]
+    else:
+        end = data.find(b"\r\n\r\n")
+        header, body = (data, b"") if end < 0 else (data[: end + 4], data[end + 4 :])
+    part = Part(header, body)
+    parsed = _HEADER_PARSER.parsebytes(header)
+    boundary = parsed.get_boundary() if parsed.get_content_maintype() == "multipart" else None
+    if boundary:
+        delimiter = b"\r\n--" + boundary.encode("ascii", "replace")
+        pieces = (b"\r\n" + body).split(delimiter)
+        for piece in pieces[1:]:
+            if piece.startswith(b"--"):
+                break
+            newline = piece.find(b"\r\n")
+            part.children.append(split(piece[newline + 2 :] if newline >= 0 else b""))
+    return part
+
+
+def bodystructure(part: Part, extensible: bool) -> bytes:
+    maintype, subtype, params, encoding, filename = part.info()
+    if part.children:
+        inner = b"".join(bodystructure(c, extensible) for c in part.children)
+        out = inner + b" " + string(subtype.upper())
+        if extensible:
+            out += b" " + _params(params) + b" NIL NIL NIL"
+        return b"(" + out + b")"
+    fields = [
+        string(maintype.upper()),
+        string(subtype.upper()),
+        _params(params),
+        b"NIL",
+        b"NIL",
+        string(encoding.upper()),
+        str(len(part.body)).encode(),
+    ]
+    if maintype == "text":
+        fields.append(str(part.body.count(b"\n")).encode())
+    if extensible:
+        fields.append(b"NIL")
+        if filename:
+            fields.append(b'("ATTACHMENT" ("FILENAME" ' + string(filename) + b"))")
+        else:
+            fields.append(b"NIL")
+        fields.append(b"NIL NIL")
+    return b"(" + b" ".join(fields) + b")"
+
+
+def _params(params: list[tuple[str, str]]) -> bytes:
+    if not params:
+        return b"NIL"
+    return b"(" + b" ".join(string(k.upper()) + b" " + string(str(v)) for k, v in params) + b")"
+
+
+def _header_lines(header: bytes) -> list[tuple[str, bytes]]:
+    """(lower-case name, the whole field with its continuation lines) of a header."""
+    fields: list[tuple[str, bytes]] = []
+    for line in header.split(b"\r\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and fields:
+            name, text = fields[-1]
+            fields[-1] = (name, text + line + b"\r\n")
+            continue
+        name = line.split(b":", 1)[0].strip().lower().decode("ascii", "replace")
+        fields.append((name, line + b"\r\n"))
+    return fields
+
+
+def section(data: bytes, spec: str, names: list[str]) -> bytes:
+    """The bytes of BODY[spec] (spec upper-cased, without the field list `names`)."""
+    found = _SECTION.match(spec)
+    if found is None:
+        raise Refused(f"unknown body section {spec[:40]!r}")
+    path, what = found.group(1), found.group(2)
+    part = split(data)
+    if path:
+        for number in (int(n) for n in path.split(".")):
+            if not part.children:
+                if number != 1:
+                    return b""
+                part = Part(b"", part.body)  # the body of a single-part message is part 1
+                continue
+            if number > len(part.children):
+                return b""
+            part = part.children[number - 1]
+        if what is None:
+            return part.body
+        if what == "MIME":
+            return part.header
+        if not part.header or part.info()[:2] != ("message", "rfc822"):
+            return b""  # HEADER and TEXT of a part are for message/rfc822 parts
+        part = split(part.body)
+    elif what is None:
+        return data
+    elif what == "MIME":
+        raise Refused("MIME needs a part number")
+    if what == "TEXT":
+        return part.body
+    if what == "HEADER":
+        return part.header
+    wanted = {n.lower() for n in names}
+    keep = what == "HEADER.FIELDS"
+    lines = [text for name, text in _header_lines(part.header) if (name in wanted) == keep]
+    return b"".join(lines) + b"\r\n"
