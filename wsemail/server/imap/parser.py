@@ -25,6 +25,7 @@ _LITERAL = re.compile(rb"\{(\d{1,10})(\+?)\}$")
 _ATOM_STOP = frozenset(b' (){"\r\n')
 _TAG = re.compile(r"^[!#$&'+-Z^-z|~]{1,64}$")  # astring chars minus "+"; checked below
 
+
 class Atom(str):
     """A bare word of a command (a tag, a command name, a flag, NIL, a sequence set…)."""
 

@@ -118,8 +118,7 @@ def sync(tx: Tx, owner: str, folder: str) -> FolderState:
         (owner, folder),
     ).fetchall()
     entries = [
-        Entry(r[0], r[1], bool(r[2]), bool(r[3]), bool(r[4]), bool(r[5]), bool(r[6]))
-        for r in rows
+        Entry(r[0], r[1], bool(r[2]), bool(r[3]), bool(r[4]), bool(r[5]), bool(r[6])) for r in rows
     ]
     return FolderState(validity, uidnext, entries)
 
@@ -184,9 +183,7 @@ def remember_size(tx: Tx, owner: str, folder: str, sizes: dict[int, int]) -> Non
     )
 
 
-def set_flags(
-    tx: Tx, owner: str, folder: str, seqs: list[int], flags: dict[str, bool]
-) -> None:
+def set_flags(tx: Tx, owner: str, folder: str, seqs: list[int], flags: dict[str, bool]) -> None:
     """Core flags (seen, flagged, answered) on messages; deleted and draft on imap_uids."""
     core = {k: v for k, v in flags.items() if k in ("seen", "flagged", "answered")}
     own = {k: v for k, v in flags.items() if k in ("deleted", "draft")}

@@ -162,20 +162,24 @@ def header_text(value: str) -> str:
 def envelope(row: Row) -> bytes:
     """ENVELOPE straight from the stored columns (no rendering: a sync of thousands)."""
     sender = _addresses([row.sender])
-    return b"(" + b" ".join(
-        [
-            string(rfc_date(row.date)),
-            string(header_text(row.subject)),
-            sender,
-            sender,
-            sender,
-            _addresses(json.loads(row.to_json)),
-            _addresses(json.loads(row.cc_json)),
-            b"NIL",
-            b"NIL",
-            string(row.message_id),
-        ]
-    ) + b")"
+    return (
+        b"("
+        + b" ".join(
+            [
+                string(rfc_date(row.date)),
+                string(header_text(row.subject)),
+                sender,
+                sender,
+                sender,
+                _addresses(json.loads(row.to_json)),
+                _addresses(json.loads(row.cc_json)),
+                b"NIL",
+                b"NIL",
+                string(row.message_id),
+            ]
+        )
+        + b")"
+    )
 
 
 # MIME structure --------------------------------------------------------------------------
@@ -189,7 +193,8 @@ class Part:
         """(type, subtype, parameters, transfer encoding, disposition filename)."""
         parsed = _HEADER_PARSER.parsebytes(self.header)
         maintype, subtype = parsed.get_content_maintype(), parsed.get_content_subtype()
-        params = [(k, v) for k, v in parsed.get_params(header="content-type")[1:] if v]
+        found = parsed.get_params(header="content-type") or []
+        params = [(str(k), str(v)) for k, v in found[1:] if v]
         encoding = (parsed.get("content-transfer-encoding") or "7bit").strip()
         filename = parsed.get_filename()
         return maintype, subtype, params, encoding, filename

@@ -44,7 +44,9 @@ def _date(value: object) -> date:
     if found is None or found.group(2).upper() not in _MONTHS:
         raise Refused(f"bad date {text[:20]!r} (like 1-Feb-2026)")
     try:
-        return date(int(found.group(3)), _MONTHS.index(found.group(2).upper()) + 1, int(found.group(1)))
+        return date(
+            int(found.group(3)), _MONTHS.index(found.group(2).upper()) + 1, int(found.group(1))
+        )
     except ValueError as exc:
         raise Refused(f"bad date {text[:20]!r}") from exc
 
@@ -57,9 +59,7 @@ def _message_date(m: Message) -> date:
         return date(1970, 1, 1)
 
 
-def compile_criteria(
-    args: list[object], total: int, uids: list[int]
-) -> tuple[Predicate, Needs]:
+def compile_criteria(args: list[object], total: int, uids: list[int]) -> tuple[Predicate, Needs]:
     """The predicate for `args` (charset already taken off) and what it needs to read."""
     needs = Needs()
     tokens = list(args)

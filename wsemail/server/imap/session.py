@@ -132,7 +132,9 @@ class Session:
         return b" ".join(caps)
 
     def may_login(self) -> bool:
-        return self.tls or (self.service.loopback_plain_login and self.service.is_loopback(self.peer))
+        return self.tls or (
+            self.service.loopback_plain_login and self.service.is_loopback(self.peer)
+        )
 
     async def run(self) -> None:
         self.send(b"* OK [CAPABILITY " + self.capabilities() + b"] wsemail IMAP ready")
@@ -589,7 +591,10 @@ class Session:
                 self.send(b"* %d EXPUNGE" % (index + 1))
         kept = [now[e.uid] for e in self.entries if e.uid in now]
         changed = [
-            (i, e) for i, (e, old) in enumerate(zip(kept, [e for e in self.entries if e.uid in now], strict=True))
+            (i, e)
+            for i, (e, old) in enumerate(
+                zip(kept, [e for e in self.entries if e.uid in now], strict=True)
+            )
             if flag_list(e) != flag_list(old)
         ]
         known = {e.uid for e in kept}
@@ -648,7 +653,9 @@ class Session:
         assert folder is not None
         kinds = {i.kind for i in items}
         needs_rows = bool(kinds - {"UID", "FLAGS"})
-        needs_body = bool(kinds & {"SECTION", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "BODYSTRUCTURE", "BODY"})
+        needs_body = bool(
+            kinds & {"SECTION", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "BODYSTRUCTURE", "BODY"}
+        )
         sets_seen = not self.readonly and any(i.sets_seen for i in items)
         chosen = [self.entries[i] for i in indexes]
         seqs = [e.seq for e in chosen]
@@ -731,9 +738,16 @@ class Session:
             found[seq] = [
                 self.service.reference(blob)
                 for blob in attachment_records.for_message(tx, row.message_id)
-                if blob.owner == self.owner or attachment_records.is_recipient(tx, blob.guid, self.owner)
+                if blob.owner == self.owner
+                or attachment_records.is_recipient(tx, blob.guid, self.owner)
             ]
         return found
+
+    def loader(self, row: records.Row | None, refs: dict[int, list[Any]]) -> Callable[[], bytes]:
+        def load() -> bytes:
+            return b"" if row is None else self.data(row, refs.get(row.seq, []))
+
+        return load
 
     def data(self, row: records.Row, refs: list[Any]) -> bytes:
         return self.service.rendered(row, self.owner, refs)
@@ -821,7 +835,9 @@ class Session:
                 trashed_at = tx.now if target == TRASH else None
                 for entry in present:
                     public_id = _new_id()
-                    targets.append(records.copy(tx, owner, entry.seq, target, public_id, trashed_at))
+                    targets.append(
+                        records.copy(tx, owner, entry.seq, target, public_id, trashed_at)
+                    )
             state = records.sync(tx, owner, target)
             by_seq = {e.seq: e.uid for e in state.entries}
             return state.uidvalidity, [e.uid for e in present], [by_seq[s] for s in targets]
@@ -910,9 +926,7 @@ class Session:
             row = rows.get(entry.seq)
             if needs.rows and row is None:
                 continue
-            candidate = Candidate(
-                number, entry, row, lambda r=row: self.data(r, refs.get(r.seq, [])) if r else b""
-            )
+            candidate = Candidate(number, entry, row, self.loader(row, refs))
             if predicate(candidate):
                 hits.append(entry.uid if by_uid else number)
         self.send(b"* SEARCH" + b"".join(b" %d" % h for h in hits))
