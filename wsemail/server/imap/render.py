@@ -17,6 +17,7 @@ RFC822.SIZE and UIDs stay true; the plug-in caches renderings.
 from __future__ import annotations
 
 import email.policy
+import hashlib
 import email.utils
 import json
 import re
@@ -35,6 +36,7 @@ from wsemail.server.imap.records import Row
 from wsemail.server.smtp.mime import ISO, link_text, safe_name
 
 _HEADER_PARSER = BytesHeaderParser(policy=email.policy.compat32)
+_POLICY = email.policy.SMTP.clone(max_line_length=998)  # no folding of our own headers
 _SECTION = re.compile(
     r"^((?:[1-9]\d{0,3})(?:\.[1-9]\d{0,3}){0,7})?(?:\.?(HEADER|HEADER\.FIELDS|"
     r"HEADER\.FIELDS\.NOT|TEXT|MIME))?$"
@@ -86,7 +88,7 @@ def attachment_refs(row: Row) -> list[AttachmentRef]:
 
 def render(row: Row, owner: str, domain: str, refs: list[AttachmentRef]) -> bytes:
     """The message as RFC 5322 bytes (CRLF line ends)."""
-    mime = EmailMessage(policy=email.policy.SMTP)
+    mime = EmailMessage(policy=_POLICY)
     mime["From"] = row.sender
     to, cc = json.loads(row.to_json), json.loads(row.cc_json)
     if to:
@@ -116,6 +118,7 @@ def render(row: Row, owner: str, domain: str, refs: list[AttachmentRef]) -> byte
             subtype="plain",
             charset="utf-8",
             filename=safe_name(ref.name) + ".wsemail-link.txt",
+            cte="8bit",
         )
     if row.has_attachment and not refs:
         mime.add_attachment(
@@ -124,6 +127,8 @@ def render(row: Row, owner: str, domain: str, refs: list[AttachmentRef]) -> byte
             charset="utf-8",
             filename="attachments.wsemail-link.txt",
         )
+    if mime.is_multipart():  # the same bytes every time: sizes and UIDs stay true
+        mime.set_boundary("wsemail-" + hashlib.sha256(row.public_id.encode()).hexdigest()[:32])
     return mime.as_bytes()
 
 
