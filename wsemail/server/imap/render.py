@@ -17,8 +17,8 @@ RFC822.SIZE and UIDs stay true; the plug-in caches renderings.
 from __future__ import annotations
 
 import email.policy
-import hashlib
 import email.utils
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
