@@ -28,6 +28,10 @@ SIMPLE = {
 MAX_ITEMS = 64
 _BODY = re.compile(r"^(BODY|BODY\.PEEK)\[([^\]]*)\](?:<(\d{1,10})\.(\d{1,10})>)?$", re.IGNORECASE)
 _FIELDS = re.compile(r"^([0-9.]*)(HEADER\.FIELDS(?:\.NOT)?) \(([^()]*)\)$", re.IGNORECASE)
+SECTION = re.compile(
+    r"^((?:[1-9]\d{0,3})(?:\.[1-9]\d{0,3}){0,7})?(?:\.?(HEADER|HEADER\.FIELDS|"
+    r"HEADER\.FIELDS\.NOT|TEXT|MIME))?$"
+)
 _FIELD_NAME = re.compile(r"^[!-9;-~]{1,128}$")
 
 
@@ -96,6 +100,8 @@ def _item(name: str) -> Item:
             raise Refused("HEADER.FIELDS needs a list of header names")
         spec = fields.group(1) + fields.group(2)
     elif "(" in spec or " " in spec:
+        raise Refused(f"bad body section {spec[:40]!r}")
+    if SECTION.match(spec) is None or spec == "MIME":
         raise Refused(f"bad body section {spec[:40]!r}")
     partial = None
     if found.group(3) is not None:

@@ -91,8 +91,11 @@ async def read_command(
     writer: asyncio.StreamWriter,
     limits: Limits,
     idle: float | None,
+    *,
+    authenticated: bool = True,
 ) -> Raw:
-    """Read one whole command, literals included (EOFError when the peer is gone)."""
+    """Read one whole command, literals included (EOFError when the peer is gone). Only
+    an authenticated APPEND may send a message-sized literal."""
     raw = Raw()
     line = await _line(reader, limits, idle)
     while True:
@@ -101,7 +104,7 @@ async def read_command(
         if found is None:
             return raw
         size, nonsync = int(found.group(1)), bool(found.group(2))
-        is_append = _is_append(raw.lines[0])
+        is_append = authenticated and _is_append(raw.lines[0])
         allowed = limits.max_append if is_append else limits.max_literal
         if size > allowed or (not is_append and raw.size + size > limits.max_command):
             if nonsync:

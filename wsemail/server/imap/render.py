@@ -31,16 +31,13 @@ from wsemail.core.provenance import read_legacy, read_signed
 from wsemail.protocol.errors import RemoteFault, WsemailError
 from wsemail.protocol.message import AttachmentRef, domain_of
 from wsemail.protocol.xmlsafe import XmlLimits, parse_untrusted
+from wsemail.server.imap.fetch import SECTION
 from wsemail.server.imap.parser import Refused
 from wsemail.server.imap.records import Row
 from wsemail.server.smtp.mime import ISO, link_text, safe_name
 
 _HEADER_PARSER = BytesHeaderParser(policy=email.policy.compat32)
 _POLICY = email.policy.SMTP.clone(max_line_length=998)  # no folding of our own headers
-_SECTION = re.compile(
-    r"^((?:[1-9]\d{0,3})(?:\.[1-9]\d{0,3}){0,7})?(?:\.?(HEADER|HEADER\.FIELDS|"
-    r"HEADER\.FIELDS\.NOT|TEXT|MIME))?$"
-)
 
 
 def rfc_date(iso: str) -> str:
@@ -278,7 +275,7 @@ def _header_lines(header: bytes) -> list[tuple[str, bytes]]:
 
 def section(data: bytes, spec: str, names: list[str]) -> bytes:
     """The bytes of BODY[spec] (spec upper-cased, without the field list `names`)."""
-    found = _SECTION.match(spec)
+    found = SECTION.match(spec)
     if found is None:
         raise Refused(f"unknown body section {spec[:40]!r}")
     path, what = found.group(1), found.group(2)

@@ -143,7 +143,13 @@ class Session:
                 await self.writer.drain()
                 idle = self.service.autologout if self.account else self.service.login_timeout
                 try:
-                    raw = await read_command(self.reader, self.writer, self.service.limits, idle)
+                    raw = await read_command(
+                        self.reader,
+                        self.writer,
+                        self.service.limits,
+                        idle,
+                        authenticated=self.account is not None,
+                    )
                 except Refused as exc:
                     self.send(exc.tag.encode() + b" BAD " + exc.reason.encode())
                     continue
