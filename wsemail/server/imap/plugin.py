@@ -37,7 +37,7 @@ class Imap(DeliveryProcessor):
         loopback_plain_login: bool = True,
         max_append: int = 25 << 20,
         max_literal: int = 64 << 10,
-        idle_poll: float = 5.0,
+        idle_poll: float = 15.0,
         max_connections: int = 1000,
     ) -> None:
         if int(max_append) <= 0 or int(max_literal) <= 0 or float(idle_poll) <= 0:

@@ -14,7 +14,8 @@ new to it get the next UIDs in arrival order. Every function runs inside a trans
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from wsemail.server.store import Tx
@@ -63,11 +64,72 @@ class Entry:
     draft: bool
 
 
+def bits_of(entry: Entry) -> int:
+    return (
+        entry.seen
+        | entry.flagged << 1
+        | entry.answered << 2
+        | entry.deleted << 3
+        | entry.draft << 4
+    )
+
+
+class Entries:
+    """A folder's messages in UID order, kept compactly (a session holds one per selected
+    folder: 13 bytes a message instead of an object each)."""
+
+    __slots__ = ("bits", "seqs", "uids")
+
+    def __init__(self) -> None:
+        self.uids = array("q")
+        self.seqs = array("q")
+        self.bits = bytearray()
+
+    def append(self, uid: int, seq: int, bits: int) -> None:
+        self.uids.append(uid)
+        self.seqs.append(seq)
+        self.bits.append(bits)
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def __getitem__(self, index: int) -> Entry:
+        b = self.bits[index]
+        return Entry(
+            self.uids[index], self.seqs[index],
+            bool(b & 1), bool(b & 2), bool(b & 4), bool(b & 8), bool(b & 16),
+        )  # fmt: skip
+
+    def __setitem__(self, index: int, entry: Entry) -> None:
+        self.bits[index] = bits_of(entry)
+
+    def __iter__(self) -> Iterator[Entry]:
+        for index in range(len(self.uids)):
+            yield self[index]
+
+
 @dataclass(frozen=True)
 class FolderState:
     uidvalidity: int
     uidnext: int
-    entries: list[Entry]
+    entries: Entries
+    fingerprint: tuple[object, ...]
+
+
+def fingerprint(tx: Tx, owner: str, folder: str) -> tuple[object, ...]:
+    """A cheap digest of the folder (its messages, their flags, its UIDs): when it is
+    unchanged, nothing needs reporting and `sync` can be skipped."""
+    messages = tx.conn.execute(
+        "SELECT count(*), total(seq * (1 + seen + 2*flagged + 4*answered)) FROM messages "
+        "WHERE owner=? AND folder=?",
+        (owner, folder),
+    ).fetchone()
+    uids = tx.conn.execute(
+        "SELECT count(*), total(seq * (1 + deleted + 2*draft)), max(uid) FROM imap_uids "
+        "WHERE owner=? AND folder=?",
+        (owner, folder),
+    ).fetchone()
+    return (*messages, *uids)
 
 
 def _state(tx: Tx, owner: str, folder: str) -> tuple[int, int]:
@@ -87,8 +149,13 @@ def _state(tx: Tx, owner: str, folder: str) -> tuple[int, int]:
     return validity, 1
 
 
-def sync(tx: Tx, owner: str, folder: str) -> FolderState:
-    """The folder's UIDs brought up to date, and its messages in UID order."""
+def sync(
+    tx: Tx, owner: str, folder: str, unless: tuple[object, ...] | None = None
+) -> FolderState | None:
+    """The folder's UIDs brought up to date, and its messages in UID order; None when its
+    fingerprint is still `unless` (nothing changed since that sync)."""
+    if unless is not None and fingerprint(tx, owner, folder) == unless:
+        return None
     validity, uidnext = _state(tx, owner, folder)
     conn = tx.conn
     conn.execute(
@@ -111,22 +178,27 @@ def sync(tx: Tx, owner: str, folder: str) -> FolderState:
             "UPDATE imap_folders SET uidnext=? WHERE owner=? AND name=?",
             (uidnext, owner, folder),
         )
-    rows = conn.execute(
-        "SELECT u.uid, u.seq, m.seen, m.flagged, m.answered, u.deleted, u.draft "
+    entries = Entries()
+    for uid, seq, bits in conn.execute(
+        "SELECT u.uid, u.seq, m.seen + 2*m.flagged + 4*m.answered + 8*u.deleted + 16*u.draft "
         "FROM imap_uids u JOIN messages m ON m.seq=u.seq "
         "WHERE u.owner=? AND u.folder=? ORDER BY u.uid",
         (owner, folder),
-    ).fetchall()
-    entries = [
-        Entry(r[0], r[1], bool(r[2]), bool(r[3]), bool(r[4]), bool(r[5]), bool(r[6])) for r in rows
-    ]
-    return FolderState(validity, uidnext, entries)
+    ):
+        entries.append(uid, seq, bits)
+    return FolderState(validity, uidnext, entries, fingerprint(tx, owner, folder))
+
+
+def synced(tx: Tx, owner: str, folder: str) -> FolderState:
+    state = sync(tx, owner, folder)
+    assert state is not None
+    return state
 
 
 def peek_state(tx: Tx, owner: str, folder: str) -> tuple[int, int, int, int]:
     """(messages, unseen, uidnext, uidvalidity) for STATUS, after a sync."""
-    state = sync(tx, owner, folder)
-    unseen = sum(1 for e in state.entries if not e.seen)
+    state = synced(tx, owner, folder)
+    unseen = sum(1 for b in state.entries.bits if not b & 1)
     return len(state.entries), unseen, state.uidnext, state.uidvalidity
 
 

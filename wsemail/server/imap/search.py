@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -59,7 +59,9 @@ def _message_date(m: Message) -> date:
         return date(1970, 1, 1)
 
 
-def compile_criteria(args: list[object], total: int, uids: list[int]) -> tuple[Predicate, Needs]:
+def compile_criteria(
+    args: list[object], total: int, uids: Sequence[int]
+) -> tuple[Predicate, Needs]:
     """The predicate for `args` (charset already taken off) and what it needs to read."""
     needs = Needs()
     tokens = list(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Sequence
 
 from wsemail.server.imap.parser import Refused
 
@@ -56,7 +57,7 @@ def select_seqnums(ranges: Ranges, total: int) -> list[int]:
     return sorted(found)
 
 
-def select_uids(ranges: Ranges, uids: list[int]) -> list[int]:
+def select_uids(ranges: Ranges, uids: Sequence[int]) -> list[int]:
     """0-based indexes in `uids` (ascending) of the UIDs in the set; "*" is the largest
     UID (or, in an empty folder, nothing)."""
     if not uids:

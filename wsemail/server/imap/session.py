@@ -15,7 +15,7 @@ import logging
 import re
 import secrets
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -108,8 +108,8 @@ class Session:
         self.account: Account | None = None
         self.folder: str | None = None
         self.readonly = False
-        self.entries: list[records.Entry] = []
-        self.uids: list[int] = []
+        self.entries = records.Entries()
+        self.fingerprint: tuple[object, ...] | None = None
         self.uidvalidity = 0
         self.uidnext = 1
         self.wake = asyncio.Event()
@@ -403,7 +403,7 @@ class Session:
         count(args, 1, 2, self.name)
         self.folder = None
         folder = await self.folder_named(args[0])
-        state = await self.transact(lambda tx: records.sync(tx, self.owner, folder))
+        state = await self.transact(lambda tx: records.synced(tx, self.owner, folder))
         self.folder, self.readonly = folder, self.name == "EXAMINE"
         self.load(state)
         self.send(b"* FLAGS " + FLAGS)
@@ -420,16 +420,19 @@ class Session:
         self.ok(tag, f"{mode} {self.name} completed")
 
     def load(self, state: records.FolderState) -> None:
-        self.entries = list(state.entries)
-        self.uids = [e.uid for e in self.entries]
+        self.entries, self.fingerprint = state.entries, state.fingerprint
         self.uidvalidity, self.uidnext = state.uidvalidity, state.uidnext
+
+    @property
+    def uids(self) -> Sequence[int]:
+        return self.entries.uids
 
     async def do_close(self, tag: str, args: list[object]) -> None:
         count(args, 0, 0, self.name)
         if self.name == "CLOSE" and not self.readonly:
             await self.expunge(None, report=False)
         self.folder = None
-        self.entries, self.uids = [], []
+        self.entries, self.fingerprint = records.Entries(), None
         self.ok(tag)
 
     async def do_create(self, tag: str, args: list[object]) -> None:
@@ -572,7 +575,7 @@ class Session:
             seq = records.copy_in(tx, self.owner, folder, message_id, self.owner)
             if seq is None:
                 _, seq = tx.add_message(self.owner, folder, message)
-            state = records.sync(tx, self.owner, folder)
+            state = records.synced(tx, self.owner, folder)
             if "draft" in flags or folder == "Drafts":
                 records.set_draft(tx, self.owner, folder, seq)
             uid = records.uid_of(tx, self.owner, folder, seq)
@@ -584,33 +587,37 @@ class Session:
         self.ok(tag, f"[APPENDUID {validity} {uid}] APPEND completed")
 
     # selected state ----------------------------------------------------------------------
-    async def report_updates(self, expunges: bool = True) -> None:
-        """Tell the client what changed in the selected folder since it last heard."""
-        folder = self.folder
+    async def report_updates(self) -> None:
+        """Tell the client what changed in the selected folder since it last heard:
+        EXPUNGE (highest first), EXISTS, and FETCH FLAGS of messages others changed."""
+        folder, owner, known = self.folder, self.owner, self.fingerprint
         assert folder is not None
-        state = await self.transact(lambda tx: records.sync(tx, self.owner, folder))
-        now = {e.uid: e for e in state.entries}
-        if not expunges:
+        state = await self.transact(lambda tx: records.sync(tx, owner, folder, unless=known))
+        if state is None:
             return
-        for index in range(len(self.entries) - 1, -1, -1):
-            if self.entries[index].uid not in now:
+        self.fingerprint, self.uidnext = state.fingerprint, state.uidnext
+        fresh = state.entries
+        where = {uid: index for index, uid in enumerate(fresh.uids)}
+        old = self.entries
+        for index in range(len(old) - 1, -1, -1):
+            if old.uids[index] not in where:
                 self.send(b"* %d EXPUNGE" % (index + 1))
-        kept = [now[e.uid] for e in self.entries if e.uid in now]
-        changed = [
-            (i, e)
-            for i, (e, old) in enumerate(
-                zip(kept, [e for e in self.entries if e.uid in now], strict=True)
-            )
-            if flag_list(e) != flag_list(old)
-        ]
-        known = {e.uid for e in kept}
-        added = [e for e in state.entries if e.uid not in known]
-        self.entries = kept + added
-        self.uids = [e.uid for e in self.entries]
-        self.uidnext = state.uidnext
-        if added:
-            self.send(b"* %d EXISTS" % len(self.entries))
-        for index, entry in changed:
+        kept = records.Entries()
+        changed: list[int] = []
+        for index in range(len(old)):
+            found = where.pop(old.uids[index], None)
+            if found is None:
+                continue
+            if fresh.bits[found] != old.bits[index]:
+                changed.append(len(kept))
+            kept.append(fresh.uids[found], fresh.seqs[found], fresh.bits[found])
+        for found in sorted(where.values()):  # new to this session: always higher UIDs
+            kept.append(fresh.uids[found], fresh.seqs[found], fresh.bits[found])
+        self.entries = kept
+        if where:
+            self.send(b"* %d EXISTS" % len(kept))
+        for index in changed:
+            entry = kept[index]
             self.send(b"* %d FETCH (UID %d FLAGS %s)" % (index + 1, entry.uid, flag_list(entry)))
 
     def chosen(self, text: object, by_uid: bool) -> list[int]:
@@ -844,7 +851,7 @@ class Session:
                     targets.append(
                         records.copy(tx, owner, entry.seq, target, public_id, trashed_at)
                     )
-            state = records.sync(tx, owner, target)
+            state = records.synced(tx, owner, target)
             by_seq = {e.seq: e.uid for e in state.entries}
             return state.uidvalidity, [e.uid for e in present], [by_seq[s] for s in targets]
 
@@ -881,7 +888,7 @@ class Session:
         if doomed:
 
             def work(tx: Tx) -> None:
-                current = records.sync(tx, owner, folder)
+                current = records.synced(tx, owner, folder)
                 still = {e.seq for e in current.entries if e.deleted}
                 seqs = [e.seq for e in doomed if e.seq in still]
                 if folder == TRASH:
