@@ -148,13 +148,19 @@ def main() -> None:
             took, size = conn.command("UID FETCH 1:* (UID FLAGS RFC822.SIZE)")
             print(f"UID FETCH 1:* (UID FLAGS RFC822.SIZE), sizes kept: {took * 1000:.0f} ms")
             rng = random.Random(3)
-            for item in ("BODY.PEEK[]", "BODY[]"):
+            for item, label in (
+                ("BODY.PEEK[]", ""),
+                ("BODY[]", ", sets \\Seen when unseen (a committed write)"),
+                ("BODY[]", ", already seen"),
+            ):
                 times = []
+                if label == ", already seen":
+                    conn.command("STORE 1:* +FLAGS.SILENT (\\Seen)")
                 for _ in range(500):
                     took, _ = conn.command(f"UID FETCH {rng.randint(1, count)} ({item})")
                     times.append(took * 1000)
                 times.sort()
-                print(f"UID FETCH n ({item}) of a 1 KB message, round trip: "
+                print(f"UID FETCH n ({item}) of a 1 KB message{label}, round trip: "
                       f"p50 {statistics.median(times):.2f} ms, "
                       f"p99 {times[int(len(times) * 0.99)]:.2f} ms")  # fmt: skip
             before = rss_kb(process.pid)

@@ -81,7 +81,7 @@ class Entries:
     __slots__ = ("bits", "seqs", "uids")
 
     def __init__(self) -> None:
-        self.uids = array("q")
+        self.uids = array("I")  # UIDs are 32-bit
         self.seqs = array("q")
         self.bits = bytearray()
 

@@ -20,6 +20,7 @@ import base64
 import binascii
 import email.policy
 import email.utils
+import functools
 import hashlib
 import json
 import re
@@ -183,7 +184,13 @@ def string(value: str | bytes | None) -> bytes:
     """An IMAP nstring: NIL, a quoted string, or a literal."""
     if value is None:
         return b"NIL"
-    data = value.encode("utf-8") if isinstance(value, str) else value
+    if isinstance(value, str):
+        if len(value) < 500 and value.isascii() and value.isprintable():
+            if '"' not in value and "\\" not in value:
+                return b'"' + value.encode("ascii") + b'"'
+        data = value.encode("utf-8")
+    else:
+        data = value
     if _QUOTABLE.match(data):
         return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return b"{%d}\r\n" % len(data) + data
@@ -200,16 +207,27 @@ def _addresses(values: list[str]) -> bytes:
     return b"(" + b"".join(_address(a) for a in values) + b")"
 
 
+@functools.lru_cache(maxsize=4096)
+def _addresses_json(stored: str) -> bytes:
+    """An address list as stored (JSON) in ENVELOPE form; a mailbox repeats a few often."""
+    return _addresses(json.loads(stored))
+
+
+@functools.lru_cache(maxsize=4096)
+def _sender(address: str) -> bytes:
+    return _addresses([address])
+
+
 def header_text(value: str) -> str:
     """A header value as it is written (RFC 2047 words for text that is not ASCII)."""
-    if all(32 <= ord(c) < 127 for c in value):
+    if value.isascii() and value.isprintable():
         return value
     return Header(value, "utf-8").encode(linesep="\r\n")
 
 
 def envelope(row: Row) -> bytes:
     """ENVELOPE straight from the stored columns (no rendering: a sync of thousands)."""
-    sender = _addresses([row.sender])
+    sender = _sender(row.sender)
     return (
         b"("
         + b" ".join(
