@@ -16,6 +16,8 @@ import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+import uvloop
+
 from wsemail.protocol.errors import PluginError
 from wsemail.protocol.message import AttachmentRef
 from wsemail.server.attachments.records import Blob
@@ -103,7 +105,7 @@ class Service:
         return self
 
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = uvloop.new_event_loop()
         self.loop = loop
         try:
             loop.run_until_complete(self._serve())

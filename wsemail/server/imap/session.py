@@ -113,11 +113,23 @@ class Session:
         self.uidvalidity = 0
         self.uidnext = 1
         self.wake = asyncio.Event()
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
         self.logout = False
 
     # plumbing ----------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
-        self.writer.write(data + b"\r\n")
+        """Queue a line; `drain` writes what is queued in one go (a sync is 10,000 lines)."""
+        self.pending.append(data)
+        self.pending.append(b"\r\n")
+        self.pending_bytes += len(data) + 2
+
+    async def drain(self) -> None:
+        if self.pending:
+            self.writer.write(b"".join(self.pending))
+            self.pending.clear()
+            self.pending_bytes = 0
+        await self.writer.drain()
 
     def capabilities(self) -> bytes:
         caps = [b"IMAP4rev1", b"LITERAL+", b"UIDPLUS", b"MOVE", b"IDLE", b"SPECIAL-USE"]
@@ -140,7 +152,7 @@ class Session:
         self.send(b"* OK [CAPABILITY " + self.capabilities() + b"] wsemail IMAP ready")
         try:
             while not self.logout:
-                await self.writer.drain()
+                await self.drain()
                 idle = self.service.autologout if self.account else self.service.login_timeout
                 try:
                     raw = await read_command(
@@ -161,7 +173,7 @@ class Session:
         finally:
             self.service.forget(self)
             try:
-                await asyncio.wait_for(self.writer.drain(), 5)
+                await asyncio.wait_for(self.drain(), 5)
                 self.writer.close()
             except (ConnectionError, TimeoutError, ssl.SSLError):
                 self.writer.transport.abort()
@@ -308,7 +320,7 @@ class Session:
         if self.reader._buffer:  # type: ignore[attr-defined]  # pipelined plaintext: refuse it
             raise Fatal("data after STARTTLS")
         self.ok(tag, "begin TLS")
-        await self.writer.drain()
+        await self.drain()
         await self.writer.start_tls(context)
         self.tls = True
 
@@ -328,7 +340,7 @@ class Session:
             answer = astring(args[1], "the initial response")
         else:
             self.send(b"+ ")
-            await self.writer.drain()
+            await self.drain()
             line = await asyncio.wait_for(self.reader.readline(), self.service.limits.timeout)
             if len(line) > 4096 or not line.endswith(b"\n"):
                 raise Fatal("authentication line too long")
@@ -735,8 +747,8 @@ class Session:
             if sets_seen and not flags_done:
                 parts.append(b"FLAGS " + flag_list(entry))
             self.send(b"* %d FETCH (" % (index + 1) + b" ".join(parts) + b")")
-            if self.writer.transport.get_write_buffer_size() > 1 << 20:
-                await self.writer.drain()
+            if self.pending_bytes > 1 << 20:
+                await self.drain()
         if sizes:
             await self.transact(lambda tx: records.remember_size(tx, owner, folder, sizes))
 
@@ -949,7 +961,7 @@ class Session:
     async def do_idle(self, tag: str, args: list[object]) -> None:
         count(args, 0, 0, "IDLE")
         self.send(b"+ idling")
-        await self.writer.drain()
+        await self.drain()
         line_task = asyncio.ensure_future(self.reader.readline())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + IDLE_MAX
@@ -958,7 +970,7 @@ class Session:
                 self.wake.clear()
                 if self.folder is not None:
                     await self.report_updates()
-                    await self.writer.drain()
+                    await self.drain()
                 waiter = asyncio.ensure_future(self.wake.wait())
                 remaining = deadline - loop.time()
                 if remaining <= 0:
