@@ -21,6 +21,7 @@ from wsemail.protocol.message import Message
 from wsemail.server.imap import records
 from wsemail.server.imap.parser import Limits
 from wsemail.server.imap.service import Service
+from wsemail.server.imap.session import Session
 from wsemail.server.pipeline import DeliveryProcessor, Environment, Verdict
 
 
@@ -66,6 +67,7 @@ class Imap(DeliveryProcessor):
         server.store.ensure_schema(self.name, records.MIGRATIONS)
         self.service = Service(
             server,
+            Session,
             self.host,
             int(port),
             tls=mode,

@@ -14,7 +14,8 @@ import socket
 import ssl
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import uvloop
 
@@ -28,7 +29,19 @@ from wsemail.server.imap.records import Row
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server
-    from wsemail.server.imap.session import Session
+
+
+class Session(Protocol):
+    """What the listener needs of a connection (`session.Session`, given by the plug-in)."""
+
+    account: Any
+    peer: str
+    wake: asyncio.Event
+
+    async def run(self) -> None: ...
+
+
+SessionFactory = Callable[["Service", asyncio.StreamReader, asyncio.StreamWriter, bool], Session]
 
 log = logging.getLogger("wsemail.imap")
 CACHE_BYTES = 32 << 20
@@ -46,6 +59,7 @@ class Service:
     def __init__(
         self,
         server: Server,
+        factory: SessionFactory,
         host: str,
         port: int,
         *,
@@ -65,6 +79,7 @@ class Service:
         if tls == "none" and not is_loopback(host):
             raise PluginError("imap: plain IMAP (tls none) only on a loopback address")
         self.server = server
+        self.factory = factory
         self.domain = server.config.domain
         self.tls_mode = tls
         self.context = context
@@ -85,6 +100,7 @@ class Service:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def is_loopback(host: str) -> bool:
@@ -123,11 +139,13 @@ class Service:
             ssl_handshake_timeout=30 if implicit else None,
         )
         self._ready.set()
-        async with listener:
-            await self._stop.wait()
-        for sessions in list(self.sessions.values()):
-            for session in list(sessions):
-                session.writer.transport.abort()
+        await self._stop.wait()
+        listener.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(listener.wait_closed(), 5)
 
     def stop(self) -> None:
         loop, stop = self.loop, self._stop
@@ -139,8 +157,6 @@ class Service:
         self.sock.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from wsemail.server.imap.session import Session
-
         if self.connections >= self.max_connections:
             writer.write(b"* BYE too many connections\r\n")
             with contextlib.suppress(ConnectionError):
@@ -148,14 +164,20 @@ class Service:
             writer.close()
             return
         self.connections += 1
-        session = Session(self, reader, writer, tls=self.tls_mode == "implicit")
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        session = self.factory(self, reader, writer, self.tls_mode == "implicit")
         try:
             await session.run()
+        except asyncio.CancelledError:
+            writer.transport.abort()  # the listener is stopping
         except Exception:
             log.exception("IMAP session from %s failed", session.peer)
             writer.transport.abort()
         finally:
             self.connections -= 1
+            self._tasks.discard(task)
 
     # sessions and wake-ups ---------------------------------------------------------------
     def register(self, session: Session) -> None:

@@ -97,7 +97,6 @@ class Session:
         service: Service,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        *,
         tls: bool,
     ) -> None:
         self.service = service
@@ -168,6 +167,8 @@ class Session:
                 await self.command(raw)
         except Fatal as exc:
             self.send(b"* BYE " + str(exc).encode())
+        except (ValueError, TimeoutError):  # a line too long or too late (AUTHENTICATE, IDLE)
+            self.send(b"* BYE line too long or too late")
         except (EOFError, ConnectionError):
             pass
         finally:
@@ -175,7 +176,7 @@ class Session:
             try:
                 await asyncio.wait_for(self.drain(), 5)
                 self.writer.close()
-            except (ConnectionError, TimeoutError, ssl.SSLError):
+            except (ConnectionError, TimeoutError, ssl.SSLError, asyncio.CancelledError):
                 self.writer.transport.abort()
 
     async def command(self, raw: Raw) -> None:
