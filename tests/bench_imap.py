@@ -112,6 +112,27 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def render_cold() -> None:
+    """The server's work for a message not rendered before (in this process, no I/O)."""
+    import json
+
+    from wsemail.server.imap import render
+    from wsemail.server.imap.records import Row
+
+    body = ("budget meeting report " * 60)[:1024]
+    rows = [
+        Row(n, f"id{n}", f"<m{n}@localhost>", "alice@localhost", json.dumps([USER]), "[]",
+            f"message {n}", "2026-01-01T10:00:00Z", 1024, body, None, None, False, False, None)
+        for n in range(2000)
+    ]  # fmt: skip
+    started = time.perf_counter()
+    for row in rows:
+        data = render.render(row, USER, "localhost", [])
+        render.section(data, "", [])
+    each = (time.perf_counter() - started) / len(rows)
+    print(f"rendering a 1 KB message not rendered before + BODY[]: {each * 1e6:.0f} µs")
+
+
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
     connections = int(sys.argv[2]) if len(sys.argv) > 2 else 200
@@ -163,6 +184,18 @@ def main() -> None:
                 print(f"UID FETCH n ({item}) of a 1 KB message{label}, round trip: "
                       f"p50 {statistics.median(times):.2f} ms, "
                       f"p99 {times[int(len(times) * 0.99)]:.2f} ms")  # fmt: skip
+            render_cold()
+            before = rss_kb(process.pid)
+            bare = []
+            for _ in range(connections):
+                c = Conn(imap_port)
+                c.login()
+                bare.append(c)
+            time.sleep(1)
+            after = rss_kb(process.pid)
+            print(f"{connections} connections logged in, nothing selected: "
+                  f"+{(after - before) / 1024:.1f} MB RSS, "
+                  f"{(after - before) / connections:.0f} KB each")  # fmt: skip
             before = rss_kb(process.pid)
             idle = []
             for _ in range(connections):
