@@ -186,8 +186,21 @@ def test_append_to_sent_and_drafts_only(imap_server: Running) -> None:
         assert imap.noop()[0] == "OK"
 
 
-def test_idle_answers_when_mail_is_delivered(imap_server: Running) -> None:
-    """IDLE wakes on the delivery itself (the poll is 60 s in this fixture)."""
+@pytest.mark.parametrize("feed", ["im new-mail feed", "own delivery hook"])
+def test_idle_answers_when_mail_is_delivered(tmp_path: Path, feed: str) -> None:
+    """IDLE wakes on the delivery itself (the poll is 60 s here): through the `im`
+    plug-in's new-mail feed, or without that plug-in through the IMAP plug-in's own hook."""
+    plugins = with_imap(idle_poll=60.0)
+    if feed == "own delivery hook":
+        plugins = [p for p in plugins if p.ref != "im"]
+    imap_server = start_server(tmp_path / "s", plugins=plugins)
+    try:
+        idle_until_delivered(imap_server)
+    finally:
+        imap_server.stop()
+
+
+def idle_until_delivered(imap_server: Running) -> None:
     host, port = imap_plugin(imap_server).address
     with socket.create_connection((host, port), timeout=10) as sock:
         stream = sock.makefile("rwb")

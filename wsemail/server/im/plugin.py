@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -137,6 +138,9 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         self.server: Server | None = None
         self._hub: Hub | None = None
         self._mail: MailFeed | None = None
+        # other plug-ins that follow new mail too (the IMAP plug-in's IDLE): each is called
+        # (from any thread) with the owners a commit gave new mail, as the hub is
+        self.mail_listeners: list[Callable[[list[str]], Any]] = []
         self._channels: Channels | None = None
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -151,7 +155,7 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
     def attach(self, server: Any) -> None:
         self.server = server
         server.store.ensure_schema(self.name, records.MIGRATIONS)
-        mail = MailFeed(server.store, lambda owners: self.hub.wake_mail(owners))
+        mail = MailFeed(server.store, self._new_mail)
         server.store.transact_sync(mail.attach)
         self._mail = mail
         self._hub = Hub(
@@ -175,6 +179,14 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         self._stop.clear()
         self._sweeper = threading.Thread(target=self._sweeping, name="wsemail-im-acks", daemon=True)
         self._sweeper.start()
+
+    def _new_mail(self, owners: list[str]) -> None:
+        self.hub.wake_mail(owners)
+        for listener in list(self.mail_listeners):
+            try:
+                listener(owners)
+            except Exception:  # a follower's failure must not stop the push
+                log.exception("a new-mail listener failed")
 
     def stopping(self) -> None:
         """The server stops: end every push stream now (new ones are refused)."""

@@ -8,8 +8,12 @@ loopback peer; false: never without TLS), `max_append` (bytes of an APPEND), `ma
 (bytes of any other literal), `idle_poll` (seconds between IDLE looks at the store besides
 the wake-up a delivery sends), `max_connections`.
 
-As a delivery processor it only watches: every local delivery wakes the recipient's IMAP
-sessions (IDLE answers at once) once its unit of work has committed, and passes on.
+IDLE is fed by the same new-mail push as `wsemail watch` and the TUI: with the `im`
+plug-in loaded, its new-mail feed (`im/newmail.py`, events written by a trigger with every
+copy that arrives) wakes the owner's IMAP sessions too. Without it, the plug-in's own
+delivery processor wakes them once a local delivery's unit of work has committed (and
+passes the message on). Either way a session also looks every `idle_poll` seconds, which
+catches what the feed does not announce (flags or moves made elsewhere).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import ssl
 from typing import Any
 
 from wsemail.protocol.message import Message
+from wsemail.server.im import InstantMessaging
 from wsemail.server.imap import records
 from wsemail.server.imap.parser import Limits
 from wsemail.server.imap.service import Service
@@ -53,6 +58,7 @@ class Imap(DeliveryProcessor):
         self.idle_poll, self.max_connections = float(idle_poll), int(max_connections)
         self.service: Service | None = None
         self.server: Any = None
+        self.feed: InstantMessaging | None = None
 
     def attach(self, server: Any) -> None:
         config = server.config
@@ -78,21 +84,36 @@ class Imap(DeliveryProcessor):
             max_connections=self.max_connections,
         ).start()
         self.server = server
+        for entry in server.pipeline.listing():
+            if isinstance(entry.plugin, InstantMessaging):
+                self.feed = entry.plugin
+                self.feed.mail_listeners.append(self.new_mail)
 
     @property
     def address(self) -> tuple[str, int]:
         assert self.service is not None, "not attached"
         return self.service.address
 
+    def new_mail(self, owners: list[str]) -> None:
+        """(Any thread.) The new-mail feed says these users have new mail."""
+        service = self.service
+        if service is not None:
+            for owner in owners:
+                service.wake_threadsafe(owner)
+
     def close(self) -> None:
+        feed, self.feed = self.feed, None
+        if feed is not None and self.new_mail in feed.mail_listeners:
+            feed.mail_listeners.remove(self.new_mail)
         service, self.service = self.service, None
         if service is not None:
             service.stop()
 
     def deliver(self, message: Message, recipient: str, env: Environment) -> Verdict:
         service = self.service
-        if service is not None and self.server is not None:
-            # a follow-up job in the writer thread: runs once this unit's batch committed
+        if service is not None and self.server is not None and self.feed is None:
+            # no new-mail feed (no `im` plug-in): a follow-up job in the writer thread runs
+            # once this unit's batch has committed
             follow_up = self.server.store.submit(lambda tx: None)
             follow_up.add_done_callback(lambda _: service.wake_threadsafe(recipient))
         return Verdict.PASS
