@@ -172,12 +172,22 @@ def test_append_to_sent_and_drafts_only(imap_server: Running) -> None:
         imap.login("bob@localhost", PASSWORD)
         status, data = imap.append("Drafts", "(\\Draft)", None, draft)
         assert status == "OK" and b"APPENDUID" in data[0]
-        # a client that saves a Sent copy of mail the submission port already stored
-        # (same Message-ID) gets the existing copy, not a second one
-        assert imap.append("Drafts", None, None, draft)[0] == "OK"
-        assert folder_of(imap_server, "unfinished") == ["Drafts"]
         imap.select("Drafts")
         assert b"\\Draft" in imap.fetch("1", "(FLAGS)")[1][0]
+        # a draft saved again (same Message-ID, new text), the old one deleted: two copies,
+        # then the old one in Trash
+        again = draft.replace(b"not done yet", b"almost done")
+        assert imap.append("Drafts", "(\\Draft)", None, again)[0] == "OK"
+        imap.store("1", "+FLAGS", "(\\Deleted)")
+        imap.expunge()
+        assert folder_of(imap_server, "unfinished") == ["Trash", "Drafts"]
+        assert b"almost done" in fetched(imap.fetch("1", "(BODY.PEEK[TEXT])")[1])
+        # a Sent copy of mail the submission port already stored (same Message-ID) is the
+        # existing copy, not a second one
+        sent = draft.replace(b"draft-1", b"sent-1").replace(b"unfinished", b"was sent")
+        assert imap.append("Sent", "(\\Seen)", None, sent)[0] == "OK"
+        assert imap.append("Sent", "(\\Seen)", None, sent)[0] == "OK"
+        assert folder_of(imap_server, "was sent") == ["sent"]
         before = imap_server.stored()
         assert imap.append("INBOX", None, None, draft)[0] == "NO"
         forged = draft.replace(b"From: bob@", b"From: alice@").replace(b"draft-1", b"d2")

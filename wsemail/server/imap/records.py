@@ -13,11 +13,15 @@ new to it get the next UIDs in arrival order. Every function runs inside a trans
 
 from __future__ import annotations
 
+import json
 import time
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from wsemail.protocol.errors import StorageFull
+from wsemail.protocol.message import Message, is_sealed_body
+from wsemail.server.storage import FULL_REASON
 from wsemail.server.store import Tx
 
 MIGRATIONS = [
@@ -297,6 +301,38 @@ def copy(
         f"INSERT INTO messages(id, arrival, trashed_at, {_COPY_COLUMNS}) SELECT ?, ?, ?, "  # noqa: S608
         f"{_COPY_COLUMNS.replace('folder', '?', 1)} FROM messages WHERE owner=? AND seq=?",
         (public_id, "imap:" + public_id, trashed_at, folder, owner, seq),
+    )
+    assert cursor.lastrowid is not None
+    return int(cursor.lastrowid)
+
+
+def append(tx: Tx, owner: str, folder: str, message: Message, public_id: str) -> int:
+    """Store an APPENDed message in `folder`; its seq. Like a copy, it is no arrival (its
+    `arrival` is its own id): a draft saved again under the same Message-ID is a new copy."""
+    if tx.full:
+        raise StorageFull(FULL_REASON)
+    cursor = tx.conn.execute(
+        "INSERT INTO messages(id, arrival, owner, folder, message_id, sender, to_json, cc_json, "
+        "subject, date, size, seen, body, flagged, answered, sealed) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            public_id,
+            "imap:" + public_id,
+            owner,
+            folder,
+            message.message_id,
+            message.sender,
+            json.dumps(message.to),
+            json.dumps(message.cc),
+            message.subject,
+            message.date,
+            message.size,
+            int(message.seen),
+            message.body,
+            int(message.flagged),
+            int(message.answered),
+            int(is_sealed_body(message.body)),
+        ),
     )
     assert cursor.lastrowid is not None
     return int(cursor.lastrowid)

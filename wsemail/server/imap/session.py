@@ -553,6 +553,8 @@ class Session:
         flags: list[str] = []
         if len(args) >= 3 and isinstance(args[1], list):
             flags = self.flag_names(args[1])
+        elif len(args) == 4 or len(args) == 3 and not isinstance(args[1], bytes):
+            raise Refused("APPEND is: folder [(flags)] [date-time] literal")
         if len(args) == 4 and not isinstance(args[2], bytes):
             raise Refused("APPEND's date is a quoted string")
         folder = await self.folder_named(args[0])
@@ -585,9 +587,11 @@ class Session:
         )
 
         def work(tx: Tx) -> tuple[int, int]:
-            seq = records.copy_in(tx, self.owner, folder, message_id, self.owner)
+            seq = None
+            if folder == "sent":  # the submission port stored it already: that copy
+                seq = records.copy_in(tx, self.owner, folder, message_id, self.owner)
             if seq is None:
-                _, seq = tx.add_message(self.owner, folder, message)
+                seq = records.append(tx, self.owner, folder, message, _new_id())
             state = records.synced(tx, self.owner, folder)
             if "draft" in flags or folder == "Drafts":
                 records.set_draft(tx, self.owner, folder, seq)
