@@ -486,3 +486,25 @@ def test_serve_imap_port_through_the_real_binary(tmp_path: Path) -> None:
         )  # fmt: skip
         assert done.returncode != 0 and "Traceback" not in done.stderr
         assert words in done.stderr
+
+
+def test_changes_made_through_soap_reach_an_open_session(imap_server: Running) -> None:
+    alice = imap_server.client("alice@localhost")
+    for n in range(3):
+        alice.send(["bob@localhost"], f"elsewhere {n}", "text")
+    bob = imap_server.client("bob@localhost")
+    ids = {h.subject: h.id for h in bob.list_headers().headers}
+    with connect(imap_server) as imap:
+        imap.login("bob@localhost", PASSWORD)
+        imap.select("INBOX")
+        assert imap.noop()[0] == "OK" and not imap.response("FETCH")[1][0]
+        bob.set_flags([ids["elsewhere 2"]], flagged=True)  # as the TUI would
+        bob.move([ids["elsewhere 0"]], "Archive")
+        imap.noop()
+        assert imap.response("EXPUNGE")[1] == [b"1"]
+        changed = imap.response("FETCH")[1]
+        assert changed == [b"2 (UID 3 FLAGS (\\Flagged))"]
+        assert imap.uid("SEARCH", None, "ALL")[1] == [b"2 3"]
+        # the message moved in wsemail shows in Archive with a UID of that folder
+        imap.select("Archive")
+        assert imap.uid("SEARCH", None, "ALL")[1] == [b"1"]
