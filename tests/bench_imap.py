@@ -23,6 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import tomli_w
+
+from wsemail.server.config import DEFAULT_PLUGINS
+
 PASSWORD = "correct horse battery"
 USER = "bob@localhost"
 
@@ -144,9 +148,15 @@ def main() -> None:
         fill(data_dir, count)
         print(f"filled {count} messages in {time.perf_counter() - started:.1f} s")
         port, imap_port = free_port(), free_port()
+        config = Path(tmp) / "server.toml"  # the defaults, and imap taking many connections
+        plugins = [{"ref": p.ref, "priority": p.priority, "options": p.options}
+                   for p in DEFAULT_PLUGINS]  # fmt: skip
+        options = {"port": imap_port, "max_connections_per_peer": 10_000}
+        plugins.append({"ref": "imap", "priority": 30, "options": options})
+        config.write_text(tomli_w.dumps({"plugins": plugins}))
         process = subprocess.Popen(
             [binary, "serve", "--data-dir", str(data_dir), "--domain", "localhost",
-             "--host", "127.0.0.1", "--port", str(port), "--imap-port", str(imap_port)],
+             "--host", "127.0.0.1", "--port", str(port), "--config", str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )  # fmt: skip

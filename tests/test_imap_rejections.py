@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_imap import imap_plugin, with_imap
 
-from conftest import PASSWORD, Running, start_server
+from conftest import PASSWORD, Running, start_server, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -203,9 +203,7 @@ def test_pipelined_garbage_is_answered_line_by_line(running: Running) -> None:
     still_serves(running)
 
 
-def test_many_connections_from_one_peer_do_not_stop_the_others(
-    running: Running, tmp_path: Path
-) -> None:
+def test_many_connections_from_one_peer_do_not_stop_the_others(running: Running) -> None:
     wires = [Wire(running) for _ in range(20)]
     try:
         for wire in wires:
@@ -214,3 +212,26 @@ def test_many_connections_from_one_peer_do_not_stop_the_others(
     finally:
         for wire in wires:
             wire.close()
+
+
+def test_connections_per_peer_are_capped(tmp_path: Path) -> None:
+    capped = start_server(tmp_path / "s", plugins=with_imap(max_connections_per_peer=3))
+    try:
+        held = [Wire(capped) for _ in range(3)]
+        sock = socket.create_connection(imap_plugin(capped).address, timeout=10)
+        with sock, sock.makefile("rb") as stream:
+            assert stream.readline().startswith(b"* BYE too many connections")
+            assert stream.readline() == b""
+        held.pop().close()  # once the server has seen it go, there is room again
+
+        def greeted() -> bool:
+            with socket.create_connection(imap_plugin(capped).address, timeout=10) as probe:
+                return probe.makefile("rb").readline().startswith(b"* OK")
+
+        wait_for(greeted, "room for one more connection")
+        with imaplib.IMAP4(*imap_plugin(capped).address, timeout=10) as imap:
+            assert imap.login("bob@localhost", PASSWORD)[0] == "OK"
+        for wire in held:
+            wire.close()
+    finally:
+        capped.stop()

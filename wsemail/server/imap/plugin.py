@@ -6,7 +6,8 @@ starttls | none (auto: implicit TLS when the server has a certificate, else plai
 allowed on a loopback address only), `loopback_plain_login` (true: LOGIN without TLS from a
 loopback peer; false: never without TLS), `max_append` (bytes of an APPEND), `max_literal`
 (bytes of any other literal), `idle_poll` (seconds between IDLE looks at the store besides
-the wake-up a delivery sends), `max_connections`.
+the wake-up a delivery sends), `max_connections` (all), `max_connections_per_peer` (per
+address, IPv6 per /64).
 
 IDLE is fed by the same new-mail push as `wsemail watch` and the TUI: with the `im`
 plug-in loaded, its new-mail feed (`im/newmail.py`, events written by a trigger with every
@@ -45,17 +46,19 @@ class Imap(DeliveryProcessor):
         max_literal: int = 64 << 10,
         idle_poll: float = 15.0,
         max_connections: int = 1000,
+        max_connections_per_peer: int = 64,
     ) -> None:
         if int(max_append) <= 0 or int(max_literal) <= 0 or float(idle_poll) <= 0:
             raise ValueError("max_append, max_literal and idle_poll must be positive")
-        if int(max_connections) <= 0:
-            raise ValueError("max_connections must be positive")
+        if int(max_connections) <= 0 or int(max_connections_per_peer) <= 0:
+            raise ValueError("max_connections and max_connections_per_peer must be positive")
         if tls not in ("auto", "implicit", "starttls", "none"):
             raise ValueError("tls is one of auto, implicit, starttls, none")
         self.host, self.port, self.tls = str(host), port, str(tls)
         self.loopback_plain_login = bool(loopback_plain_login)
         self.limits = Limits(max_literal=int(max_literal), max_append=int(max_append))
         self.idle_poll, self.max_connections = float(idle_poll), int(max_connections)
+        self.max_connections_per_peer = int(max_connections_per_peer)
         self.service: Service | None = None
         self.server: Any = None
         self.feed: InstantMessaging | None = None
@@ -82,6 +85,7 @@ class Imap(DeliveryProcessor):
             limits=self.limits,
             idle_poll=self.idle_poll,
             max_connections=self.max_connections,
+            max_connections_per_peer=self.max_connections_per_peer,
         ).start()
         self.server = server
         for entry in server.pipeline.listing():

@@ -26,6 +26,7 @@ from wsemail.server.controller import bind
 from wsemail.server.imap import render
 from wsemail.server.imap.parser import Limits
 from wsemail.server.imap.records import Row
+from wsemail.server.ratelimit import peer_key
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server
@@ -69,6 +70,7 @@ class Service:
         limits: Limits,
         idle_poll: float,
         max_connections: int,
+        max_connections_per_peer: int = 64,
         login_timeout: float = 60.0,
         autologout: float = 30 * 60.0,
     ) -> None:
@@ -88,6 +90,8 @@ class Service:
         self.limits = limits
         self.idle_poll = idle_poll
         self.max_connections = max_connections
+        self.max_connections_per_peer = max_connections_per_peer
+        self.per_peer: dict[str, int] = {}
         self.login_timeout, self.autologout = login_timeout, autologout
         self.sessions: dict[str, set[Session]] = {}
         self.connections = 0
@@ -157,13 +161,19 @@ class Service:
         self.sock.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.connections >= self.max_connections:
+        peername = writer.get_extra_info("peername")
+        peer = peer_key(str(peername[0]) if isinstance(peername, tuple) and peername else "")
+        if (
+            self.connections >= self.max_connections
+            or self.per_peer.get(peer, 0) >= self.max_connections_per_peer
+        ):
             writer.write(b"* BYE too many connections\r\n")
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
             writer.close()
             return
         self.connections += 1
+        self.per_peer[peer] = self.per_peer.get(peer, 0) + 1
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
@@ -177,6 +187,9 @@ class Service:
             writer.transport.abort()
         finally:
             self.connections -= 1
+            left = self.per_peer.pop(peer, 1) - 1
+            if left:
+                self.per_peer[peer] = left
             self._tasks.discard(task)
 
     # sessions and wake-ups ---------------------------------------------------------------
