@@ -28,10 +28,24 @@ SIMPLE = {
 MAX_ITEMS = 64
 _BODY = re.compile(r"^(BODY|BODY\.PEEK)\[([^\]]*)\](?:<(\d{1,10})\.(\d{1,10})>)?$", re.IGNORECASE)
 _FIELDS = re.compile(r"^([0-9.]*)(HEADER\.FIELDS(?:\.NOT)?) \(([^()]*)\)$", re.IGNORECASE)
-SECTION = re.compile(
-    r"^((?:[1-9]\d{0,3})(?:\.[1-9]\d{0,3}){0,7})?(?:\.?(HEADER|HEADER\.FIELDS|"
-    r"HEADER\.FIELDS\.NOT|TEXT|MIME))?$"
-)
+_PART = re.compile(r"^[1-9]\d{0,3}(?:\.[1-9]\d{0,3}){0,7}$")
+_WHAT = ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME")
+
+
+def split_section(spec: str) -> tuple[str, str | None] | None:
+    """A body section (upper-cased, no field list) as (part path, what), or None if it is
+    not one: "" → ("", None); "1.2" → ("1.2", None); "2.MIME" → ("2", "MIME")."""
+    if spec in _WHAT:
+        return ("", spec) if spec != "MIME" else None
+    for what in sorted(_WHAT, key=len, reverse=True):
+        if spec.endswith("." + what):
+            path = spec[: -len(what) - 1]
+            return (path, what) if _PART.match(path) else None
+    if spec == "" or _PART.match(spec):
+        return spec, None
+    return None
+
+
 _FIELD_NAME = re.compile(r"^[!-9;-~]{1,128}$")
 
 
@@ -42,14 +56,6 @@ class Item:
     fields: list[str] = field(default_factory=list)
     partial: tuple[int, int] | None = None
     peek: bool = False
-
-    @property
-    def needs_body(self) -> bool:
-        return self.kind in ("SECTION", "RFC822", "RFC822.HEADER", "RFC822.TEXT") or self.kind in (
-            "RFC822.SIZE",
-            "BODYSTRUCTURE",
-            "BODY",
-        )
 
     @property
     def sets_seen(self) -> bool:
@@ -101,7 +107,7 @@ def _item(name: str) -> Item:
         spec = fields.group(1) + fields.group(2)
     elif "(" in spec or " " in spec:
         raise Refused(f"bad body section {spec[:40]!r}")
-    if SECTION.match(spec) is None or spec == "MIME":
+    if split_section(spec) is None:
         raise Refused(f"bad body section {spec[:40]!r}")
     partial = None
     if found.group(3) is not None:

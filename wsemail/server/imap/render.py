@@ -33,7 +33,7 @@ from wsemail.core.provenance import read_legacy, read_signed
 from wsemail.protocol.errors import RemoteFault, WsemailError
 from wsemail.protocol.message import AttachmentRef, domain_of
 from wsemail.protocol.xmlsafe import XmlLimits, parse_untrusted
-from wsemail.server.imap.fetch import SECTION
+from wsemail.server.imap.fetch import split_section
 from wsemail.server.imap.parser import Refused
 from wsemail.server.imap.records import Row
 from wsemail.server.smtp.mime import link_text, safe_name
@@ -339,10 +339,10 @@ def _header_lines(header: bytes) -> list[tuple[str, bytes]]:
 
 def section(data: bytes, spec: str, names: list[str]) -> bytes:
     """The bytes of BODY[spec] (spec upper-cased, without the field list `names`)."""
-    found = SECTION.match(spec)
+    found = split_section(spec)
     if found is None:
         raise Refused(f"unknown body section {spec[:40]!r}")
-    path, what = found.group(1), found.group(2)
+    path, what = found
     part = split(data)
     if path:
         for number in (int(n) for n in path.split(".")):
