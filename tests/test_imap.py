@@ -508,3 +508,16 @@ def test_changes_made_through_soap_reach_an_open_session(imap_server: Running) -
         # the message moved in wsemail shows in Archive with a UID of that folder
         imap.select("Archive")
         assert imap.uid("SEARCH", None, "ALL")[1] == [b"1"]
+
+
+def test_authenticate_plain_with_a_continuation(imap_server: Running) -> None:
+    with connect(imap_server) as imap:
+        answer = imap.authenticate("PLAIN", lambda _: b"\0bob@localhost\0" + PASSWORD.encode())
+        assert answer[0] == "OK"
+        assert imap.select("INBOX")[0] == "OK"
+    with connect(imap_server) as imap, pytest.raises(imaplib.IMAP4.error) as refused:
+        # acting for someone else (an authzid that is not the login) is refused
+        imap.authenticate(
+            "PLAIN", lambda _: b"alice@localhost\0bob@localhost\0" + PASSWORD.encode()
+        )
+    assert "AUTHENTICATIONFAILED" in str(refused.value)
