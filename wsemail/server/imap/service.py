@@ -205,7 +205,7 @@ class Service:
                 if not found:
                     del self.sessions[session.account.address]
 
-    def wake_owner(self, owner: str, but: Session | None = None) -> None:
+    def wake_owner(self, owner: str, but: object = None) -> None:
         """On this loop: the user's other sessions look for changes (IDLE answers now)."""
         for session in self.sessions.get(owner, set()):
             if session is not but:
