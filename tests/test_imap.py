@@ -24,7 +24,9 @@ from test_federation import Federation, start_domain
 from test_federation_processes import free_port
 
 from wsemail.client.attachments import Attachments
+from wsemail.client.drafts import Drafts
 from wsemail.pki import create_root, write_crl
+from wsemail.protocol.drafts import SavedDraft
 from wsemail.protocol.errors import RateLimited
 from wsemail.protocol.message import SEALED_MARKER
 from wsemail.server.accounts import set_user
@@ -181,7 +183,18 @@ def test_append_to_sent_and_drafts_only(imap_server: Running) -> None:
         imap.store("1", "+FLAGS", "(\\Deleted)")
         imap.expunge()
         assert folder_of(imap_server, "unfinished") == ["Trash", "Drafts"]
-        assert b"almost done" in fetched(imap.fetch("1", "(BODY.PEEK[TEXT])")[1])
+        whole = fetched(imap.fetch("1", "(BODY.PEEK[])")[1])
+        assert b"almost done" in whole and b"X-WSEmail-Provenance: draft (" in whole
+        # the newest version is a wsemail draft: the TUI and `wsemail drafts` open it
+        [saved] = list(Drafts(imap_server.client("bob@localhost")).list())
+        assert saved.subject == "unfinished" and saved.to == ["alice@localhost"]
+        assert Drafts(imap_server.client("bob@localhost")).get(saved.id).body == "almost done\n"
+        # and a draft saved by the TUI (SaveDraft) is a \\Draft message here
+        Drafts(imap_server.client("bob@localhost")).save(
+            SavedDraft(to=["carol@localhost"], subject="from the tui", body="later")
+        )
+        imap.noop()
+        assert imap.uid("SEARCH", None, "DRAFT", "SUBJECT", '"from the tui"')[1] == [b"3"]
         # a Sent copy of mail the submission port already stored (same Message-ID) is the
         # existing copy, not a second one
         sent = draft.replace(b"draft-1", b"sent-1").replace(b"unfinished", b"was sent")

@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import replace
 
+from lxml import etree
+
+from wsemail.core.provenance import DRAFT_RECORD
+from wsemail.protocol.drafts import SavedDraft
 from wsemail.protocol.errors import RemoteFault
-from wsemail.protocol.message import Message, new_message_id
+from wsemail.protocol.message import new_message_id
+from wsemail.protocol.soap import q
 from wsemail.server.imap import records, render, utf7
 from wsemail.server.imap.parser import (
     Refused,
@@ -25,7 +31,9 @@ from wsemail.server.imap.state import (
     wire_name,
 )
 from wsemail.server.mailbox import records as mailbox
-from wsemail.server.mailbox.names import system_folder
+from wsemail.server.mailbox.limits import check_quota, check_size
+from wsemail.server.mailbox.names import DRAFTS, system_folder
+from wsemail.server.pipeline import Environment
 from wsemail.server.smtp.mime import from_mime
 from wsemail.server.store import Tx
 
@@ -169,7 +177,7 @@ class FolderCommands(SessionState):
         if len(args) == 4 and not isinstance(args[2], bytes):
             raise Refused("APPEND's date is a quoted string")
         folder = await self.folder_named(args[0])
-        if folder not in ("sent", "Drafts"):
+        if folder not in ("sent", DRAFTS):
             raise No("[CANNOT] APPEND only to Sent and Drafts (mail arrives by delivery)")
         try:
             incoming = from_mime(data)
@@ -180,33 +188,52 @@ class FolderCommands(SessionState):
         if incoming.sender is not None and incoming.sender != self.owner:
             raise No(f"[CANNOT] the From header must be your address {self.owner}")
         message_id = incoming.message_id or new_message_id(self.service.domain)
-        body = incoming.body
-        message = Message(
-            id="",
-            message_id=message_id,
+        owner, domain, server = self.owner, self.service.domain, self.service.server
+        saved = SavedDraft(
+            to=incoming.to, cc=incoming.cc, subject=incoming.subject, body=incoming.body
+        )
+        row = mailbox.NewRow(
             folder=folder,
-            sender=self.owner,
+            arrival=f"imap:{new_public_id()}",  # no arrival: delivery idempotency untouched
+            message_id=message_id,
+            sender=owner,
             to=incoming.to,
             cc=incoming.cc,
             subject=incoming.subject,
             date=incoming.date,
-            size=len(body.encode()) + len(incoming.subject.encode()),
+            body=incoming.body,
             seen="seen" in flags,
-            body=body,
             flagged="flagged" in flags,
             answered="answered" in flags,
         )
+        if folder == DRAFTS:  # a wsemail draft (the TUI opens it as one), the newest
+            row = replace(row, arrival=DRAFTS, record=DRAFT_RECORD, draft=mailbox.draft_json(saved))
 
         def work(tx: Tx) -> tuple[int, int]:
+            env = Environment(
+                principal=owner,
+                domain=domain,
+                tx=tx,
+                request=etree.Element(q("ImapAppend")),
+                pipeline=server.pipeline,
+                clock=server.clock,
+                quota_bytes=server.config.quota_per_user_bytes,
+            )
+            check_size(env, row.size, "a message")
             seq = None
             if folder == "sent":  # the submission port stored it already: that copy
-                seq = records.copy_in(tx, self.owner, folder, message_id, self.owner)
+                seq = records.copy_in(tx, owner, folder, message_id, owner)
             if seq is None:
-                seq = records.append(tx, self.owner, folder, message, new_public_id())
-            state = records.synced(tx, self.owner, folder)
-            if "draft" in flags or folder == "Drafts":
-                records.set_draft(tx, self.owner, folder, seq)
-            uid = records.uid_of(tx, self.owner, folder, seq)
+                check_quota(env, row.size)
+                if folder == DRAFTS:  # saved again (same Message-ID): this is the draft now
+                    older = mailbox.draft_by_message_id(tx, owner, message_id)
+                    if older is not None:
+                        records.retire_draft(tx, owner, older)
+                seq = records.seq_of(tx, owner, mailbox.insert(tx, owner, row))
+            state = records.synced(tx, owner, folder)
+            if "draft" in flags or folder == DRAFTS:
+                records.set_draft(tx, owner, folder, seq)
+            uid = records.uid_of(tx, owner, folder, seq)
             assert uid is not None
             return state.uidvalidity, uid
 

@@ -13,15 +13,11 @@ new to it get the next UIDs in arrival order. Every function runs inside a trans
 
 from __future__ import annotations
 
-import json
 import time
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from wsemail.protocol.errors import StorageFull
-from wsemail.protocol.message import Message, is_sealed_body
-from wsemail.server.storage import FULL_REASON
 from wsemail.server.store import Tx
 
 MIGRATIONS = [
@@ -167,15 +163,16 @@ def sync(
         "messages m WHERE m.seq=imap_uids.seq AND m.owner=? AND m.folder=?)",
         (owner, folder, owner, folder),
     )
-    new = conn.execute(
-        "SELECT seq FROM messages m WHERE owner=? AND folder=? AND NOT EXISTS (SELECT 1 FROM "
-        "imap_uids u WHERE u.owner=? AND u.folder=? AND u.seq=m.seq) ORDER BY seq",
+    new = conn.execute(  # a wsemail draft (SaveDraft, the TUI) comes with \\Draft
+        "SELECT seq, draft IS NOT NULL FROM messages m WHERE owner=? AND folder=? AND NOT "
+        "EXISTS (SELECT 1 FROM imap_uids u WHERE u.owner=? AND u.folder=? AND u.seq=m.seq) "
+        "ORDER BY seq",
         (owner, folder, owner, folder),
     ).fetchall()
     if new:
         conn.executemany(
-            "INSERT INTO imap_uids(owner, folder, uid, seq) VALUES (?,?,?,?)",
-            [(owner, folder, uidnext + i, row[0]) for i, row in enumerate(new)],
+            "INSERT INTO imap_uids(owner, folder, uid, seq, draft) VALUES (?,?,?,?,?)",
+            [(owner, folder, uidnext + i, row[0], row[1]) for i, row in enumerate(new)],
         )
         uidnext += len(new)
         conn.execute(
@@ -306,36 +303,21 @@ def copy(
     return int(cursor.lastrowid)
 
 
-def append(tx: Tx, owner: str, folder: str, message: Message, public_id: str) -> int:
-    """Store an APPENDed message in `folder`; its seq. Like a copy, it is no arrival (its
-    `arrival` is its own id): a draft saved again under the same Message-ID is a new copy."""
-    if tx.full:
-        raise StorageFull(FULL_REASON)
-    cursor = tx.conn.execute(
-        "INSERT INTO messages(id, arrival, owner, folder, message_id, sender, to_json, cc_json, "
-        "subject, date, size, seen, body, flagged, answered, sealed) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            public_id,
-            "imap:" + public_id,
-            owner,
-            folder,
-            message.message_id,
-            message.sender,
-            json.dumps(message.to),
-            json.dumps(message.cc),
-            message.subject,
-            message.date,
-            message.size,
-            int(message.seen),
-            message.body,
-            int(message.flagged),
-            int(message.answered),
-            int(is_sealed_body(message.body)),
-        ),
+def seq_of(tx: Tx, owner: str, public_id: str) -> int:
+    row = tx.conn.execute(
+        "SELECT seq FROM messages WHERE owner=? AND id=?", (owner, public_id)
+    ).fetchone()
+    return int(row[0])
+
+
+def retire_draft(tx: Tx, owner: str, public_id: str) -> None:
+    """An older version of a draft APPENDed again under its Message-ID stays a plain
+    message in Drafts (its bytes never change under its UID) until the client deletes it;
+    the newest version is the wsemail draft."""
+    tx.conn.execute(
+        "UPDATE messages SET arrival=?, draft=NULL WHERE owner=? AND id=?",
+        ("imap:" + public_id, owner, public_id),
     )
-    assert cursor.lastrowid is not None
-    return int(cursor.lastrowid)
 
 
 def copy_in(tx: Tx, owner: str, folder: str, message_id: str, sender: str) -> int | None:

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from email.header import Header
 from email.parser import BytesHeaderParser
 
-from wsemail.core.provenance import read_legacy, read_signed
+from wsemail.core.provenance import read_kept, read_legacy, read_signed
 from wsemail.protocol.errors import RemoteFault, WsemailError
 from wsemail.protocol.message import AttachmentRef, domain_of
 from wsemail.protocol.xmlsafe import XmlLimits, parse_untrusted
@@ -81,6 +81,9 @@ def provenance_line(row: Row, owner: str, domain: str) -> str:
         if domain_of(row.sender) == domain:
             return f"local {domain} (sent by a user of this server)"
         return "none (a message from another domain without a signature)"
+    kept = read_kept(row.signed_xml)
+    if kept is not None:  # a draft saved here, or mail imported by its owner
+        return f"{kept.status} ({kept.reason}); NOT signed by a wsemail server"
     legacy = read_legacy(row.signed_xml)
     if legacy is not None:
         return f"legacy ({legacy.reason}); NOT signed by a wsemail server"
