@@ -188,8 +188,9 @@ class Tx:
         cursor = self.conn.execute(
             "INSERT INTO messages(id, owner, folder, message_id, sender, to_json, cc_json, "
             "subject, date, size, seen, body, origin, signed_xml, instant, "
-            "delete_if_undeliverable, flagged, answered, has_attachment, sealed, arrival) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "delete_if_undeliverable, flagged, answered, has_attachment, sealed, arrival, "
+            "in_reply_to, references_json, bcc_json) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 public_id,
                 owner,
@@ -212,6 +213,9 @@ class Tx:
                 int(bool(msg.attachments)),
                 int(is_sealed_body(msg.body)),
                 folder,
+                msg.in_reply_to or "",
+                json.dumps(msg.references),
+                json.dumps(msg.bcc),
             ),
         )
         assert cursor.lastrowid is not None
@@ -233,13 +237,10 @@ class Tx:
 
     def get_message(self, owner: str, public_id: str) -> Message | None:
         row = self.conn.execute(
-            f"SELECT {HEADER_COLUMNS}, body, origin, signed_xml FROM messages "
-            "WHERE owner=? AND id=?",
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE owner=? AND id=?",
             (owner, public_id),
         ).fetchone()
-        if row is None:
-            return None
-        return Message(**vars(header(row[:14])), body=row[14], origin=row[15], signed_xml=row[16])
+        return None if row is None else message(row)
 
     def mark_seen(self, owner: str, public_id: str) -> None:
         self.conn.execute(
@@ -379,6 +380,24 @@ class QueueRow:
     attempts: int
     created: float
     notified: bool = False  # the sender was told it is delayed
+
+
+MESSAGE_COLUMNS = (
+    f"{HEADER_COLUMNS}, body, origin, signed_xml, in_reply_to, references_json, bcc_json"
+)
+
+
+def message(row: tuple[Any, ...]) -> Message:
+    """A whole Message from the MESSAGE_COLUMNS of a row."""
+    return Message(
+        **vars(header(row[:14])),
+        body=row[14],
+        origin=row[15],
+        signed_xml=row[16],
+        in_reply_to=row[17] or None,
+        references=json.loads(row[18]),
+        bcc=json.loads(row[19]),
+    )
 
 
 def header(row: tuple[Any, ...]) -> MessageHeader:
