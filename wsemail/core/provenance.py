@@ -115,15 +115,18 @@ class SignedContent:
     message: Message
 
 
-def read_signed(node: etree._Element) -> SignedContent:
-    """Read a VERIFIED SignedMessage copy."""
+def read_signed(node: etree._Element, *, strict: bool = True) -> SignedContent:
+    """Read a VERIFIED SignedMessage copy. `strict`: its In-Reply-To and References must be
+    message ids (RequestInvalid otherwise); RS reads its own stored records with
+    strict=False, so a record changed since is answered as it is and fails the reader's
+    signature check instead of failing the answer."""
     content = node.find(q("Content"))
     if node.tag != q("SignedMessage") or content is None:
         raise SignatureInvalid("not a SignedMessage")
     body = text_of(content, "Body", "") or ""
     subject = text_of(content, "Subject", "") or ""
     instant, delete = instant_flags(content)
-    in_reply_to, refs = thread_fields(content)
+    in_reply_to, refs = thread_fields(content, strict=strict)
     message = Message(
         id="",
         message_id=text_of(content, "MessageId", "") or "",
@@ -160,7 +163,7 @@ def compact(signed_xml: bytes, stored: Message) -> tuple[Message, x509.Certifica
     signature = root.find(q("Signature", DS))
     if root.tag != q("SignedMessage") or signature is None:
         return None
-    content = read_signed(root)
+    content = read_signed(root, strict=False)
     cert = _embedded_certificate(signature)
     if cert is None:
         return None
