@@ -16,7 +16,7 @@ with `to_all` to everyone else on To and Cc too (never to oneself, never to a Bc
 subject gets "Re: " once; its body is the text, then "On DATE, SENDER wrote:" and the
 original quoted with "> "; In-Reply-To is the original's MessageId and References the
 original's References plus its MessageId (at most MAX_REFERENCES: the first and the
-newest); the original is marked answered once the reply is accepted. A forward gets
+newest); the original is marked answered (and seen) once the reply is accepted. A forward gets
 "Fwd: " once, the original's headers and body below the text, References (no
 In-Reply-To: it answers nobody), and the original's on-demand attachments: each is
 fetched (checked against the signed SHA-256) and uploaded again to one's own server, since
@@ -173,7 +173,7 @@ def send_reply(
     client: Client, answer: Answer, body: str, *, bcc: list[str] | None = None
 ) -> SendResult:
     """Send `answer` with this whole `body` (see `Answer.body`) and mark the original
-    answered."""
+    answered (and seen: it was answered, so it was read)."""
     result = client.send(
         answer.to,
         answer.subject,
@@ -184,7 +184,7 @@ def send_reply(
         references=answer.references,
     )
     try:
-        client.set_flags([answer.original.id], answered=True)
+        client.set_flags([answer.original.id], answered=True, seen=True)
     except NotFound:
         pass  # deleted for good meanwhile: the reply went all the same
     return result
