@@ -495,18 +495,42 @@ def newest_threads(
 ) -> list[tuple[int, int]]:
     """(thread, cursor): `owner`'s conversations with a copy in `folder` (an unread one with
     `unread_only`), the one whose newest such copy is newest first, below the cursor
-    `before` (a seq). One pass over the (owner, folder, thread, seq) index."""
-    sql = "SELECT thread, max(seq) FROM messages WHERE owner=? AND folder=?"
-    args: list[object] = [owner, folder]
-    if unread_only:
-        sql += " AND seen=0"
-    sql += " GROUP BY thread"
-    if before is not None:
-        sql += " HAVING max(seq)<?"
-        args.append(before)
-    sql += " ORDER BY 2 DESC LIMIT ?"
-    args.append(limit)
-    return [(int(r[0]), int(r[1])) for r in tx.conn.execute(sql, args)]
+    `before` (a seq). Walking the folder newest first meets each conversation first at its
+    newest copy there, so a page costs the copies walked, not the folder's size; on a later
+    page, a conversation met again was listed before when it has a copy at or above the
+    cursor (one probe of the (owner, folder, thread, seq) index)."""
+    unread = " AND seen=0" if unread_only else ""
+    walk = tx.conn.execute(
+        f"SELECT thread, seq FROM messages WHERE owner=? AND folder=?{unread} AND seq<? "  # noqa: S608
+        "ORDER BY seq DESC",
+        (owner, folder, 2**62 if before is None else before),
+    )
+    found: list[tuple[int, int]] = []
+    met: set[int] = set()
+    while len(found) < limit:
+        rows = walk.fetchmany(256)
+        if not rows:
+            break
+        for thread, seq in rows:
+            if thread in met:
+                continue
+            met.add(thread)
+            if before is not None and _listed_before(tx, owner, folder, thread, before, unread):
+                continue
+            found.append((int(thread), int(seq)))
+            if len(found) == limit:
+                break
+    walk.close()
+    return found
+
+
+def _listed_before(tx: Tx, owner: str, folder: str, thread: int, cursor: int, unread: str) -> bool:
+    row = tx.conn.execute(
+        f"SELECT 1 FROM messages WHERE owner=? AND folder=? AND thread=? AND seq>=?{unread} "  # noqa: S608
+        "LIMIT 1",
+        (owner, folder, thread, cursor),
+    ).fetchone()
+    return row is not None
 
 
 def conversations(
