@@ -199,6 +199,59 @@ def test_malformed_references_are_refused_and_nothing_is_stored(
     assert server.client(BOB).list_threads().threads[0].count == 1
 
 
+@pytest.mark.parametrize(
+    ("operation", "fields"),
+    [
+        ("ListThreads", (("Limit", "0"),)),
+        ("ListThreads", (("Limit", "101"),)),
+        ("ListThreads", (("Cursor", "-1"),)),
+        ("ListThreads", (("UnreadOnly", "maybe"),)),
+        ("ListThreads", (("Folder", "a/b"),)),
+        ("GetThread", ()),
+        ("GetThread", (("Id", "x" * 65),)),
+        ("GetThread", (("Id", "{id}"), ("Limit", "201"))),
+        ("GetThread", (("Id", "{id}"), ("Cursor", "1e3"))),
+        ("GetThread", (("Id", "{id}"), ("Peek", "yes"))),
+    ],
+)
+def test_thread_operations_refuse_bad_arguments(
+    server: Running, operation: str, fields: tuple[tuple[str, str], ...]
+) -> None:
+    server.client(ALICE).send([BOB], "one", "x")
+    bob = server.client(BOB)
+    own = newest(bob)
+    before = state(server)
+    op = etree.Element(q(operation))
+    for tag, value in fields:
+        element(op, tag, value.format(id=own))
+    with pytest.raises(RequestInvalid):
+        bob.call(op)
+    assert state(server) == before
+    assert bob.list_threads().threads[0].count == 1  # still serving
+
+
+def test_list_threads_pages_list_each_conversation_once(server: Running) -> None:
+    alice, carol, bob = server.client(ALICE), server.client(CAROL), server.client(BOB)
+    # interleaved: a, b, a, c, b, a (newest last); by newest copy: a, b, c
+    order = ["a", "b", "a", "c", "b", "a"]
+    for n, name in enumerate(order):
+        sender = alice if n % 2 else carol
+        root = f"<{name}@localhost>"
+        if n == order.index(name):
+            sender.send([BOB], name, "x", message_id=root)
+        else:
+            sender.send([BOB], f"Re: {name}", "x", in_reply_to=root, references=[root])
+    for size in (1, 2):
+        listed, cursor = [], None
+        while True:
+            page = bob.list_threads(limit=size, cursor=cursor)
+            listed += [(t.headers[0].subject, t.count) for t in page.threads]
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        assert listed == [("a", 3), ("b", 2), ("c", 1)], size
+
+
 def test_bcc_recipients_get_it_and_nobody_else_sees_them(server: Running) -> None:
     alice = server.client(ALICE)
     alice.send([BOB], "quiet", "x", bcc=[CAROL, BOB])  # bob on To is not a blind copy too

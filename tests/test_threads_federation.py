@@ -141,6 +141,13 @@ def test_a_relay_that_rethreads_a_message_is_refused_and_nothing_is_stored(
     assert fed.b.count("SELECT count(*) FROM thread_links") == 3
 
 
+def test_a_server_signing_malformed_references_is_refused(fed: Federation) -> None:
+    before = stored(fed.b)
+    for references in (["not-an-id"], [f"<r{n}@a.test>" for n in range(51)]):
+        data = _deliver(fed, references)
+        assert_refused(fed.b, post(fed.b, data), 400, "wsemail:InvalidRequest", before)
+
+
 def test_tampered_references_fail_the_readers_provenance_check(fed: Federation) -> None:
     alice, bob = reader(fed, fed.a, "alice@a.test"), reader(fed, fed.b, "bob@b.test")
     alice.send(["bob@b.test"], "Plan", "Shall we?")
