@@ -372,14 +372,13 @@ class Message(MessageHeader):
     signed_xml: bytes | None = field(default=None, repr=False)
     attachments: list[AttachmentRef] = field(default_factory=list)
     headers: list[tuple[str, str]] = field(default_factory=list)  # HEADER_NAMES fields
+    in_reply_to: str | None = None
+    references: list[str] = field(default_factory=list)
+    bcc: list[str] = field(default_factory=list)  # only ever on the sender's own copy
 
     def header(self, name: str) -> list[str]:
         """The values of header field `name` (any case) this message carries."""
         return [v for n, v in self.headers if n.lower() == name.lower()]
-
-    in_reply_to: str | None = None
-    references: list[str] = field(default_factory=list)
-    bcc: list[str] = field(default_factory=list)  # only ever on the sender's own copy
 
     @property
     def recipients(self) -> list[str]:
