@@ -339,6 +339,31 @@ def test_a_version_7_store_gets_conversations_for_its_mail(tmp_path: Path) -> No
         store.close()
 
 
+def test_rows_stored_another_way_are_linked_by_the_trigger(server: Running) -> None:
+    """An importer writing rows itself (thread left 0): the insert trigger links them as
+    Tx.add_message does, merges included."""
+
+    def insert(tx: Any, public_id: str, message_id: str, refs: list[str]) -> None:
+        tx.conn.execute(
+            "INSERT INTO messages(id, owner, folder, arrival, message_id, sender, to_json, "
+            "cc_json, subject, date, size, body, in_reply_to, references_json) VALUES "
+            "(?, 'bob@localhost', 'inbox', 'inbox', ?, 'x@y.test', '[]', '[]', ?, "
+            "'2026-01-01T00:00:00Z', 1, 'x', ?, ?)",
+            (public_id, message_id, public_id, refs[-1] if refs else "", json.dumps(refs)),
+        )
+
+    store = server.controller.server.store
+    store.transact_sync(lambda tx: insert(tx, "r1", "<r1@y.test>", ["<a@y.test>"]))
+    store.transact_sync(lambda tx: insert(tx, "b1", "<b@y.test>", []))
+    server.client(ALICE).send([BOB], "a", "x", message_id="<a@y.test>")  # the usual way
+    bob = server.client(BOB)
+    assert sorted(t.count for t in bob.list_threads().threads) == [1, 2]
+    store.transact_sync(lambda tx: insert(tx, "m1", "<m@y.test>", ["<a@y.test>", "<b@y.test>"]))
+    [conversation] = bob.list_threads().threads
+    assert conversation.count == 4
+    assert server.count("SELECT count(*) FROM messages WHERE thread=0") == 0
+
+
 def test_the_links_of_a_conversation_go_with_its_last_message(server: Running) -> None:
     alice, bob = server.client(ALICE), server.client(BOB)
     alice.send([BOB], "short-lived", "x")

@@ -153,10 +153,12 @@ MIGRATIONS: list[str] = [
     # copy, its blind copies (the sender's own copy only), and `thread`, the conversation it
     # belongs to: copies linked by those message ids, whichever arrives first. thread_links
     # maps every message id a mailbox has seen (its copies' and those they name) to its
-    # conversation; the triggers keep both true on every insert, whatever the path (Send,
-    # delivery, import), merging two conversations that a new copy links, and forget a
-    # conversation's links when its last copy is deleted. A thread number is the seq of a
-    # copy of the conversation, so it is never reused while the conversation lives.
+    # conversation. `Tx.add_message` links each copy as it inserts it (its row written once,
+    # with its thread); the insert trigger does the same for a row inserted another way
+    # (thread 0): links, merging two conversations that a new copy links (the two UPDATEs
+    # run only then), numbering. The delete trigger forgets a conversation's links when its
+    # last copy goes. A thread number is the seq of a copy of the conversation, so it is
+    # never reused while the conversation lives.
     """
     ALTER TABLE messages ADD COLUMN in_reply_to TEXT NOT NULL DEFAULT '';
     ALTER TABLE messages ADD COLUMN references_json TEXT NOT NULL DEFAULT '[]';
@@ -175,7 +177,7 @@ MIGRATIONS: list[str] = [
         WHERE l.owner=messages.owner AND l.message_id=messages.message_id);
     CREATE INDEX messages_thread ON messages(owner, thread, seq);
     CREATE INDEX messages_folder_thread ON messages(owner, folder, thread, seq);
-    CREATE TRIGGER messages_thread_insert AFTER INSERT ON messages BEGIN
+    CREATE TRIGGER messages_thread_insert AFTER INSERT ON messages WHEN new.thread=0 BEGIN
         INSERT OR IGNORE INTO thread_links(owner, message_id, thread)
             SELECT new.owner, k.value, new.seq FROM (SELECT new.message_id AS value
                 UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
@@ -185,7 +187,13 @@ MIGRATIONS: list[str] = [
                 SELECT new.message_id AS value
                 UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
                 UNION SELECT value FROM json_each(new.references_json)))
-        WHERE owner=new.owner AND thread IN (
+        WHERE (new.in_reply_to<>'' OR new.references_json<>'[]') AND (
+            SELECT count(DISTINCT thread) FROM thread_links
+            WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)))>1
+        AND owner=new.owner AND thread IN (
             SELECT thread FROM thread_links WHERE owner=new.owner AND message_id IN (
                 SELECT new.message_id AS value
                 UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
@@ -200,7 +208,13 @@ MIGRATIONS: list[str] = [
                 SELECT new.message_id AS value
                 UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
                 UNION SELECT value FROM json_each(new.references_json)))
-        WHERE owner=new.owner AND thread IN (
+        WHERE (new.in_reply_to<>'' OR new.references_json<>'[]') AND (
+            SELECT count(DISTINCT thread) FROM thread_links
+            WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)))>1
+        AND owner=new.owner AND thread IN (
             SELECT thread FROM thread_links WHERE owner=new.owner AND message_id IN (
                 SELECT new.message_id AS value
                 UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''

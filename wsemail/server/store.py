@@ -180,17 +180,26 @@ class Tx:
         signed_xml: bytes | None = None,
     ) -> tuple[str, int]:
         """Store one copy of `msg` in `owner`'s `folder`; returns (public id, seq).
-        `origin` and `signed_xml` record the sending server and its signed form."""
+        `origin` and `signed_xml` record the sending server and its signed form. The copy
+        joins the conversation its message ids link it to (see `_conversation`)."""
         self._room_for_mail()
         public_id = secrets.token_urlsafe(12)
         if public_id.startswith("-"):  # ids are command-line arguments: never option-like
             public_id = "_" + public_id[1:]
+        keys = list(dict.fromkeys([msg.message_id, msg.in_reply_to or "", *msg.references]))
+        keys = [k for k in keys if k]
+        threads = self._conversations_of(owner, keys)
+        # a new conversation is numbered by the copy's own seq, chosen here so that the row
+        # is written once (the insert trigger of migration 8 only numbers rows that come
+        # in another way, with thread 0)
         cursor = self.conn.execute(
-            "INSERT INTO messages(id, owner, folder, message_id, sender, to_json, cc_json, "
+            "INSERT INTO messages(seq, id, owner, folder, message_id, sender, to_json, cc_json, "
             "subject, date, size, seen, body, origin, signed_xml, instant, "
             "delete_if_undeliverable, flagged, answered, has_attachment, sealed, arrival, "
-            "in_reply_to, references_json, bcc_json) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "in_reply_to, references_json, bcc_json, thread) "
+            "VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM messages),"
+            "?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+            "coalesce(?, (SELECT coalesce(max(seq), 0) + 1 FROM messages)))",
             (
                 public_id,
                 owner,
@@ -216,10 +225,39 @@ class Tx:
                 msg.in_reply_to or "",
                 json.dumps(msg.references),
                 json.dumps(msg.bcc),
+                threads[0] if threads else None,
             ),
         )
         assert cursor.lastrowid is not None
+        self._link(owner, keys, threads, cursor.lastrowid)
         return public_id, cursor.lastrowid
+
+    # conversations (wsemail/server/mailbox/threads.py; tables of schema.py migration 8) --
+    def _conversations_of(self, owner: str, keys: list[str]) -> list[int]:
+        """The conversations of `owner`'s mailbox that message ids `keys` belong to, the
+        oldest (lowest number) first."""
+        marks = ",".join("?" * len(keys))
+        rows = self.conn.execute(  # by primary key (no ORDER BY: it would pick the other index)
+            f"SELECT thread FROM thread_links WHERE owner=? AND message_id IN ({marks})",  # noqa: S608
+            (owner, *keys),
+        )
+        return sorted({int(r[0]) for r in rows})
+
+    def _link(self, owner: str, keys: list[str], threads: list[int], seq: int) -> None:
+        """After inserting copy `seq`: every id it names belongs to its conversation, and
+        conversations it links are merged into the oldest."""
+        thread = threads[0] if threads else seq
+        if len(threads) > 1:
+            marks = ",".join("?" * (len(threads) - 1))
+            for table in ("messages", "thread_links"):
+                self.conn.execute(
+                    f"UPDATE {table} SET thread=? WHERE owner=? AND thread IN ({marks})",  # noqa: S608
+                    (thread, owner, *threads[1:]),
+                )
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO thread_links(owner, message_id, thread) VALUES (?,?,?)",
+            [(owner, key, thread) for key in keys],
+        )
 
     def list_headers(
         self, owner: str, folder: str, limit: int, before_seq: int | None, unread_only: bool
