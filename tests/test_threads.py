@@ -364,6 +364,24 @@ def test_rows_stored_another_way_are_linked_by_the_trigger(server: Running) -> N
     assert server.count("SELECT count(*) FROM messages WHERE thread=0") == 0
 
 
+def test_an_exported_conversation_is_one_again_when_imported(
+    server: Running, tmp_path: Path
+) -> None:
+    from wsemail.client import archive
+
+    alice, bob, carol = server.client(ALICE), server.client(BOB), server.client(CAROL)
+    alice.send([BOB], "Plan", "Shall we?")
+    replies.reply(bob, newest(bob), "We shall.")
+    replies.reply(alice, newest(alice), "Good.")
+    archive.export(bob, tmp_path / "bob.mbox", "mbox", "inbox")
+    items = archive.read_items(tmp_path / "bob.mbox", "mbox")
+    archive.import_items(carol, "Archive", list(reversed(items)))  # newest first, even
+    [conversation] = carol.list_threads("Archive").threads
+    assert [h.subject for h in conversation.headers] == ["Re: Plan", "Plan"]  # import order
+    whole = carol.thread(conversation.headers[0].id)
+    assert whole[0].references[0] == whole[1].message_id  # "Re: Plan" names "Plan"
+
+
 def test_the_links_of_a_conversation_go_with_its_last_message(server: Running) -> None:
     alice, bob = server.client(ALICE), server.client(BOB)
     alice.send([BOB], "short-lived", "x")

@@ -9,7 +9,7 @@ import json
 import secrets
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from wsemail.protocol.drafts import SavedDraft
@@ -289,6 +289,8 @@ class NewRow:
     record: bytes | None = None  # the provenance record (signed_xml column)
     draft: str | None = None  # a draft's JSON
     imported: float | None = None
+    in_reply_to: str = ""  # its conversation (the insert trigger of migration 8 links it)
+    references: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -310,7 +312,8 @@ def insert(tx: Tx, owner: str, row: NewRow) -> str:
     tx.conn.execute(
         "INSERT INTO messages(id, owner, folder, message_id, sender, to_json, cc_json, "
         "subject, date, size, seen, body, origin, signed_xml, flagged, answered, sealed, "
-        "arrival, draft, imported) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "arrival, draft, imported, in_reply_to, references_json) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             public_id,
             owner,
@@ -332,6 +335,8 @@ def insert(tx: Tx, owner: str, row: NewRow) -> str:
             row.arrival,
             row.draft,
             row.imported,
+            row.in_reply_to,
+            json.dumps(row.references),
         ),
     )
     if not row.seen:
