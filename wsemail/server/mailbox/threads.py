@@ -3,9 +3,9 @@ server/operations.py `AUTHENTICATED`).
 
 A conversation is a set of copies in one mailbox linked by message ids: a copy's own
 MessageId, its InReplyTo and its References. The links are kept by the store itself
-(schema.py migration 8: triggers on every insert, whatever the path), so a reply that
-arrives before the message it answers joins it when that one arrives, and a copy that
-links two conversations merges them. There is no grouping by subject: two strangers'
+(`Tx.add_message`; a trigger of schema.py migration 8 for rows written another way), so
+a reply that arrives before the message it answers joins it when that one arrives, and a
+copy that links two conversations merges them. There is no grouping by subject: two strangers'
 "Hello" stay apart, and nobody joins a conversation without naming one of its ids.
 For relayed mail the ids come from the signed form the sending server signed (a relay
 cannot re-thread a message).
