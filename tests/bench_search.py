@@ -1,11 +1,18 @@
 """Benchmark, not a test (pytest does not collect it): server-side search over a
-100,000-message mailbox (issue 17). The mailbox is written straight through the store in
+100,000-message mailbox (issue 17), and the conversation listing (`wsemail list --threads`,
+ListThreads) of the same mailbox. The mailbox is written straight through the store in
 batches (the FTS5 triggers index as it goes, as delivery does), with a second user's tenth
 beside it; then the index is built again from scratch ('rebuild' + 'optimize', what
 migration 6 does for an existing store) and timed; the index size is read from dbstat;
 the server-side SQL of each query is timed on its own; then a real `wsemail serve` process
 on loopback answers the same queries through the client library (password MAC, SOAP,
 HTTP), and per-query and overall p50/p99 are printed.
+
+Half of the messages answer one of the 200 before them (In-Reply-To and References set as
+a reply sets them, drawn from a random generator of their own, so the searched text is the
+same as before), which makes conversations of 1 to a few hundred messages. The first page
+of ListThreads is timed server-side (the operation's SQL and XML, in-process) and through
+`wsemail serve`. 12,500 messages make an inbox of about 10,000:
 
     .venv/bin/python tests/bench_search.py [MESSAGES] [ROUNDS]
 """
@@ -37,8 +44,10 @@ def vocabulary(rng: random.Random, size: int = 6000) -> list[str]:
 
 
 def fill(store: object, owner: str, count: int, rng: random.Random, words: list[str]) -> float:
-    from wsemail.protocol.message import SEALED_MARKER, AttachmentRef, Message
+    from wsemail.protocol.message import MAX_REFERENCES, SEALED_MARKER, AttachmentRef, Message
 
+    threading = random.Random(f"threads {owner}")  # apart: the text stays as it was
+    recent: list[tuple[str, list[str]]] = []  # (message id, its References), the last 200
     weights = [1 / (rank + 1) for rank in range(len(words))]  # Zipf-like
     senders = [f"user{n}@{d}" for n in range(150) for d in ("a.test", "b.test")]
     ref = AttachmentRef("a.test", "https://a.test/wsemail", "g", "f.pdf", 1, "x/y", "0" * 64)
@@ -55,12 +64,20 @@ def fill(store: object, owner: str, count: int, rng: random.Random, words: list[
             body = " ".join(body_words)
             if rng.random() < 0.05:
                 body = f"{SEALED_MARKER}>{body}</e2e:Sealed>"
+            message_id = f"<m{made}.{owner}@a.test>"
+            in_reply_to, references = None, []
+            if recent and threading.random() < 0.5:
+                in_reply_to, before = threading.choice(recent)
+                references = [*before, in_reply_to]
+                if len(references) > MAX_REFERENCES:
+                    references = [references[0], *references[-(MAX_REFERENCES - 1) :]]
+            recent = [*recent[-199:], (message_id, references)]
             batch.append(
                 (
                     rng.choice(folders),
                     Message(
                         id="",
-                        message_id=f"<m{made}.{owner}@a.test>",
+                        message_id=message_id,
                         folder="inbox",
                         sender=rng.choice(senders),
                         to=[owner],
@@ -72,6 +89,8 @@ def fill(store: object, owner: str, count: int, rng: random.Random, words: list[
                         body=body,
                         flagged=rng.random() < 0.05,
                         attachments=[ref] if rng.random() < 0.1 else [],
+                        in_reply_to=in_reply_to,
+                        references=references,
                     ),
                 )
             )
@@ -181,9 +200,69 @@ def build_mailbox(db: Path, count: int) -> list[str]:
             timed = [store.transact_sync(run) for _ in range(5)]
             median = statistics.median(t for t, _ in timed)
             print(f"  {query[:44]:44} {timed[0][1]:3} hits {median * 1000:7.1f} ms")
+        conversations_in_process(store)
     finally:
         store.close()
     return queries
+
+
+def conversations_in_process(store: object) -> None:
+    """ListThreads of the inbox, first page (and one deep page), as the server runs it:
+    the operation itself on a transaction (SQL, headers, XML), median of 5."""
+    from lxml import etree
+
+    from wsemail.protocol.soap import element, q
+    from wsemail.server.mailbox import threads
+    from wsemail.server.pipeline import Environment
+
+    def sizes(tx: object) -> tuple[int, int, int]:
+        conn = tx.conn  # type: ignore[attr-defined]
+        inbox, conversations = conn.execute(
+            "SELECT count(*), count(DISTINCT thread) FROM messages WHERE owner=? AND "
+            "folder='inbox'",
+            (USER,),
+        ).fetchone()
+        largest = conn.execute(
+            "SELECT max(n) FROM (SELECT count(*) AS n FROM messages WHERE owner=? GROUP BY thread)",
+            (USER,),
+        ).fetchone()[0]
+        return int(inbox), int(conversations), int(largest)
+
+    inbox, conversations, largest = store.transact_sync(sizes)  # type: ignore[attr-defined]
+    print(
+        f"\nconversations: {USER}'s inbox holds {inbox} messages in {conversations} "
+        f"conversations (the largest has {largest} messages in all folders)"
+    )
+    print("ListThreads, server-side (the operation in-process: SQL, headers, XML), median of 5:")
+    cursor: list[str] = []
+
+    def run(tx: object, limit: int, deep: bool) -> tuple[float, int, int]:
+        op = etree.Element(q("ListThreads"))
+        element(op, "Folder", "inbox")
+        element(op, "Limit", str(limit))
+        if deep and cursor:
+            element(op, "Cursor", cursor[0])
+        env = Environment(USER, "localhost", tx, op, None, time.time)  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        answer = etree.tostring(threads.list_threads(env, op))
+        took = time.perf_counter() - t0
+        found = etree.fromstring(answer)
+        next_cursor = found.findtext(q("NextCursor"))
+        if next_cursor and not cursor:
+            cursor.append(next_cursor)
+        return took, len(found.findall(q("Thread"))), len(answer)
+
+    for limit, deep in ((20, False), (50, False), (100, False), (20, True)):
+        timed = [
+            store.transact_sync(lambda tx, n=limit, d=deep: run(tx, n, d))  # type: ignore
+            for _ in range(5)
+        ]
+        median = statistics.median(t for t, _, _ in timed)
+        where = "second page" if deep else "first page"
+        print(
+            f"  {where} of {limit:3} conversations: {median * 1000:6.1f} ms "
+            f"({timed[0][1]} conversations, {timed[0][2] / 1024:.0f} KiB of XML)"
+        )
 
 
 def main() -> None:
@@ -228,6 +307,7 @@ def main() -> None:
                 client.search("warm up")
                 latencies: dict[str, list[float]] = {q: [] for q in queries}
                 listing: list[float] = []
+                threaded: list[float] = []
                 for _ in range(rounds):
                     for query in queries:
                         started = time.perf_counter()
@@ -236,6 +316,9 @@ def main() -> None:
                     started = time.perf_counter()
                     client.list_headers(limit=50)
                     listing.append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    client.list_threads(limit=20)
+                    threaded.append(time.perf_counter() - started)
             print(f"\nthrough wsemail serve (client library, loopback), {rounds} rounds:")
             print(f"  {'query':44} {'p50 ms':>8} {'max ms':>8}")
             for query in queries:
@@ -250,6 +333,11 @@ def main() -> None:
                 f"p50 {percentile(every, 0.5) * 1000:.1f} ms, "
                 f"p99 {percentile(every, 0.99) * 1000:.1f} ms, max {max(every) * 1000:.1f} ms; "
                 f"for scale, ListHeaders of 50: p50 {statistics.median(listing) * 1000:.1f} ms"
+            )
+            print(
+                f"ListThreads, first page of 20 conversations (client library, loopback): "
+                f"p50 {statistics.median(threaded) * 1000:.1f} ms, "
+                f"max {max(threaded) * 1000:.1f} ms"
             )
         finally:
             server.terminate()

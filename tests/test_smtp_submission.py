@@ -260,7 +260,7 @@ def test_mail_from_or_header_from_another_address_is_refused(one: tuple[Running,
     assert_still_answers(running, ca)
 
 
-def test_oversized_blind_and_unknown_recipients_are_refused(one: tuple[Running, Path]) -> None:
+def test_oversized_and_unknown_recipients_are_refused(one: tuple[Running, Path]) -> None:
     running, ca = one
     before = stored(running)
     with connect(running, ca) as client:
@@ -283,13 +283,6 @@ def test_oversized_blind_and_unknown_recipients_are_refused(one: tuple[Running, 
             over_limit.value.smtp_code == 552
             and b"exceeds the limit" in over_limit.value.smtp_error
         )
-        with pytest.raises(smtplib.SMTPDataError) as blind:
-            client.sendmail(
-                "alice@a.test",
-                ["bob@a.test", "carol@a.test"],
-                mail("alice@a.test", ["bob@a.test"], "bcc", "y"),
-            )
-        assert blind.value.smtp_code == 550 and b"blind copies" in blind.value.smtp_error
         with pytest.raises(smtplib.SMTPRecipientsRefused) as unknown:
             client.sendmail(
                 "alice@a.test", ["nobody@a.test"], mail("alice@a.test", ["nobody@a.test"], "x", "y")

@@ -23,6 +23,7 @@ from wsemail.cli import (
     bench,
     ca,
     contacts,
+    conversations,
     demo,
     directory,
     domain,
@@ -70,6 +71,7 @@ def _root(
 serve.register(app)
 login.register(app)
 mail.register(app)
+conversations.register(app)
 mailbox.register(app)
 drafts.register(app)
 archive.register(app)

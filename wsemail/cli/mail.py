@@ -11,11 +11,15 @@ from pathlib import Path
 import typer
 
 from wsemail.client import session
+from wsemail.client.mail import Conversation
 from wsemail.protocol.errors import SignatureInvalid, UsageError
 from wsemail.protocol.message import MessageHeader
 
 ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")
 UserOpt = typer.Option(None, "--user", help="your address (or WSEMAIL_USER)")
+BccOpt = typer.Option(
+    [], "--bcc", help="blind copy to (repeatable): no other recipient sees it, signed or not"
+)
 
 
 def _ids(ids: list[str] | None) -> list[str]:
@@ -43,11 +47,24 @@ def _line(header: MessageHeader) -> str:
     return f"{flags(header)} {header.id:16}  {header.date}  {header.sender:28.28}  {header.subject}"
 
 
+def _conversation(conversation: Conversation) -> str:
+    """A conversation: its subject, size and unread count, then its latest messages."""
+    first = conversation.headers[0] if conversation.headers else None
+    unread = f", {conversation.unread} unread" if conversation.unread else ""
+    title = f"== {first.subject if first else ''}  ({conversation.count} messages{unread})"
+    more = conversation.count - len(conversation.headers)
+    lines = [title, *(f"  {_line(h)}" for h in conversation.headers)]
+    if more > 0:
+        lines.insert(1, f"  … {more} older")
+    return "\n".join(lines)
+
+
 def send(
     to: list[str] = typer.Option(
         [], "--to", help="recipient (repeatable; with --form: default the route's first step)"
     ),
     cc: list[str] = typer.Option([], "--cc", help="copy to (repeatable)"),
+    bcc: list[str] = BccOpt,
     subject: str = typer.Option("", "--subject", "-s"),
     body: str | None = typer.Option(None, "--body", help="the text (else --body-file or stdin)"),
     body_file: Path | None = typer.Option(None, "--body-file", help="read the text from a file"),
@@ -74,6 +91,8 @@ def send(
     user: str | None = UserOpt,
 ) -> None:
     """Send a message; the text comes from --body, --body-file or stdin."""
+    if bcc and (form is not None or encrypt):
+        raise UsageError("--bcc does not go with --form or --encrypt (they name every recipient)")
     if form is not None:
         from wsemail.cli.forms import send_form
 
@@ -128,7 +147,7 @@ def send(
                 size = path.stat().st_size if path.is_file() else 0
                 with progress_bar(path.name, size) as callback:
                     uploads.append(box.upload(path, progress=callback).guid)
-        result = client.send(to, subject, body, cc=cc, attachments=uploads)
+        result = client.send(to, subject, body, cc=cc, bcc=bcc, attachments=uploads)
     if as_json:
         typer.echo(json.dumps({"id": result.id, "message_id": result.message_id}))
     else:
@@ -150,14 +169,28 @@ def list_(
     unread: bool = typer.Option(False, "--unread", help="only unread messages"),
     limit: int = typer.Option(0, "--limit", help="at most this many (0: all)"),
     as_json: bool = typer.Option(False, "--json", help="NDJSON, one header per line"),
+    threads: bool = typer.Option(
+        False, "--threads", help="by conversation (--json: one conversation per line)"
+    ),
     server: str | None = ServerOpt,
     user: str | None = UserOpt,
 ) -> None:
     """List message headers, newest first (pages through large mailboxes). Flags: N unread,
-    * flagged, A answered."""
+    * flagged, A answered. With --threads, conversations: the one with the newest message
+    in the folder first, then its latest messages (`wsemail thread ID` shows it all)."""
     if limit < 0:
         raise UsageError("--limit must not be negative")
     with session.open_client(server, user) as client:
+        if threads:
+            for count, conversation in enumerate(
+                client.iter_threads(folder, unread_only=unread), 1
+            ):
+                typer.echo(
+                    json.dumps(conversation.as_dict()) if as_json else _conversation(conversation)
+                )
+                if count == limit:
+                    break
+            return
         for count, header in enumerate(client.iter_headers(folder, unread_only=unread), 1):
             typer.echo(json.dumps(header.as_dict()) if as_json else _line(header))
             if count == limit:

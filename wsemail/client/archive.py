@@ -1,15 +1,15 @@
 """In charge of moving mail between one's mailbox and files, with the standard library's
 `mailbox` module: export to an mbox file or a maildir, import from either.
 
-Export writes each message as RFC 5322 text: From, To, Cc, Subject, Date, Message-ID, the
-body as UTF-8 text (quoted-printable, or base64 where an mbox would change it), and
-`X-Wsemail-Folder`, `X-Wsemail-Provenance` (what the reader's check said) and one
-`X-Wsemail-Attachment` per on-demand attachment (described: the bytes stay on the sender's
-server). Flags: seen, flagged, answered as mbox `Status: RO` / `X-Status: F A` and as
-maildir info flags S, F, R (unseen and unflagged messages go to `new/`). All folders go to
-one mbox (each message names its folder), or to a Maildir++ tree: inbox at the top, every
-other folder as a `.NAME` sub-maildir. End-to-end encrypted bodies are exported as they
-are stored (ciphertext).
+Export writes each message as RFC 5322 text: From, To, Cc, Subject, Date, Message-ID,
+In-Reply-To and References (when it has them), the body as UTF-8 text (quoted-printable,
+or base64 where an mbox would change it), and `X-Wsemail-Folder`, `X-Wsemail-Provenance`
+(what the reader's check said) and one `X-Wsemail-Attachment` per on-demand attachment
+(described: the bytes stay on the sender's server). Flags: seen, flagged, answered as mbox
+`Status: RO` / `X-Status: F A` and as maildir info flags S, F, R (unseen and unflagged
+messages go to `new/`). All folders go to one mbox (each message names its folder), or to
+a Maildir++ tree: inbox at the top, every other folder as a `.NAME` sub-maildir.
+End-to-end encrypted bodies are exported as they are stored (ciphertext).
 
 Import reads an mbox file or the top of a maildir (not its sub-maildirs), checks the whole
 input before anything is sent (not an mbox, no such maildir, a message too large for a
@@ -81,6 +81,10 @@ def to_email(message: Message, folder: str, provenance: str = "") -> EmailMessag
         pass
     if message.message_id:
         mime["Message-ID"] = message.message_id
+    if message.in_reply_to:  # its conversation (an import threads it again)
+        mime["In-Reply-To"] = message.in_reply_to
+    if message.references:
+        mime["References"] = " ".join(message.references)
     mime["X-Wsemail-Folder"] = folder
     if provenance:
         mime["X-Wsemail-Provenance"] = provenance

@@ -222,10 +222,11 @@ class Attachments:
         return result.id, result.message_id
 
     # listing ----------------------------------------------------------------------------
-    def list(self, message_id: str) -> Listing:
+    def list(self, message_id: str, *, peek: bool = False) -> Listing:
         """The attachments of a message in one's mailbox. Mail from another domain must
-        carry a verified signature by the domain whose server holds the attachments."""
-        message = self.client.retrieve(message_id)
+        carry a verified signature by the domain whose server holds the attachments.
+        `peek`: the message is not marked seen."""
+        message = self.client.retrieve(message_id, peek=peek)
         proof, trusted = self.client.verify(message)
         if message.signed_xml is not None and proof.status != "legacy":
             if proof.status != "verified":

@@ -92,6 +92,34 @@ class Page:
 
 
 @dataclass(frozen=True)
+class Conversation:
+    """One conversation of a listing: its size, how many unread, its newest headers
+    (oldest first; at most 20, `count` says how many there are)."""
+
+    count: int
+    unread: int
+    headers: list[MessageHeader]
+
+    @property
+    def latest(self) -> MessageHeader:
+        return self.headers[-1]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "count": self.count,
+            "unread": self.unread,
+            "subject": self.headers[0].subject if self.headers else "",
+            "messages": [h.as_dict() for h in self.headers],
+        }
+
+
+@dataclass(frozen=True)
+class ThreadPage:
+    threads: list[Conversation]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
 class Folder:
     name: str
     total: int
@@ -350,12 +378,17 @@ class Client:
         attachments: list[str] | None = None,
         instant: bool = False,
         delete_if_undeliverable: bool = False,
+        bcc: list[str] | None = None,
+        in_reply_to: str | None = None,
+        references: list[str] | None = None,
     ) -> SendResult:
         """Submit a message. A retry after a lost answer reuses the MessageId, so the server
         stores it once. `attachments` are ids of finished uploads (`wsemail.client.attachments`)
         that the server turns into on-demand references. `instant` marks an instant message
         (pushed to the recipient's live sessions, else kept in the mailbox, or with
-        `delete_if_undeliverable` dropped with a notice to the sender)."""
+        `delete_if_undeliverable` dropped with a notice to the sender). `bcc`: blind copies
+        (only your own copy names them). `in_reply_to` and `references` place the message in
+        a conversation (`wsemail.client.replies` fills them in for a reply)."""
         draft = Draft(
             to=list(to),
             cc=list(cc or []),
@@ -365,6 +398,9 @@ class Client:
             attachments=list(attachments or []),
             instant=instant,
             delete_if_undeliverable=delete_if_undeliverable,
+            bcc=list(bcc or []),
+            in_reply_to=in_reply_to,
+            references=list(references or []),
         )
         for attempt in range(retries + 1):
             op = etree.Element(q("Send"))
@@ -411,6 +447,67 @@ class Client:
             if not page.next_cursor:
                 return
             cursor = page.next_cursor
+
+    def list_threads(
+        self,
+        folder: str = "inbox",
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+        unread_only: bool = False,
+    ) -> ThreadPage:
+        """Conversations with a message in `folder`, the one with the newest message there
+        first; each with its size, unread count and newest headers (every folder but
+        Trash)."""
+        op = etree.Element(q("ListThreads"))
+        element(op, "Folder", folder)
+        element(op, "Limit", str(limit))
+        if cursor:
+            element(op, "Cursor", cursor)
+        element(op, "UnreadOnly", "true" if unread_only else "false")
+        answer = self.call(op, idempotent=True)
+        threads = [
+            Conversation(
+                parse_int(text_of(n, "Count"), "Count", 0, 2**62),
+                parse_int(text_of(n, "Unread"), "Unread", 0, 2**62),
+                [MessageHeader.from_xml(h) for h in n.findall(q("MessageHeader"))],
+            )
+            for n in answer.findall(q("Thread"))
+        ]
+        return ThreadPage(threads, text_of(answer, "NextCursor"))
+
+    def iter_threads(
+        self, folder: str = "inbox", *, unread_only: bool = False, page_size: int = 20
+    ) -> Iterator[Conversation]:
+        """Every conversation of a folder, newest first, one page in memory at a time."""
+        cursor: str | None = None
+        while True:
+            page = self.list_threads(
+                folder, limit=page_size, cursor=cursor, unread_only=unread_only
+            )
+            yield from page.threads
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def thread(self, message_id: str, *, peek: bool = False, page_size: int = 50) -> list[Message]:
+        """The whole conversation of a message (by its id), oldest first, every message as
+        `retrieve` answers it (check each with `verify`); marked seen unless `peek`."""
+        found: list[Message] = []
+        cursor: str | None = None
+        while True:
+            op = etree.Element(q("GetThread"))
+            element(op, "Id", message_id)
+            element(op, "Limit", str(page_size))
+            if cursor:
+                element(op, "Cursor", cursor)
+            if peek:
+                element(op, "Peek", "true")
+            answer = self.call(op, idempotent=True)
+            found += [Message.from_xml(n) for n in answer.findall(q("Message"))]
+            cursor = text_of(answer, "NextCursor")
+            if not cursor:
+                return found
 
     def retrieve(self, message_id: str, *, peek: bool = False) -> Message:
         """A whole message; marked seen unless `peek`."""

@@ -5,13 +5,17 @@ sending server relays each message, and the receiving client's check of it.
       <w:Origin>a.test</w:Origin> <w:Destination>b.test</w:Destination>
       <w:Recipient>bob@b.test</w:Recipient>…
       <w:Content> MessageId, From, To…, Cc…, Subject, Date, Body, Attachment…,
-                  Instant?, DeleteIfUndeliverable?, Header… </w:Content>
+                  Instant?, DeleteIfUndeliverable?, Header…, InReplyTo?, Reference…
+                  </w:Content>
       <ds:Signature>…enveloped, by a.test's server certificate…</ds:Signature>
     </w:SignedMessage>
 
 Destination and recipients are inside the signed content, so a signed message cannot be
 replayed to anyone else; so are on-demand attachment references (server, GUID, size,
-SHA-256), so the reader checks fetched bytes against what the sending server signed.
+SHA-256), so the reader checks fetched bytes against what the sending server signed; and
+so are In-Reply-To and References, so no relay can move a message into another
+conversation. Blind copies are never in it: each Bcc recipient gets a signed form of its
+own that names only that recipient.
 The client trusts only what it reads from the verified copy.
 
 RS keeps the whole signed form, but Retrieve carries only its compact provenance: the
@@ -69,6 +73,8 @@ from wsemail.protocol.message import (
     headers_to_xml,
     instant_flags,
     instant_flags_to_xml,
+    thread_fields,
+    thread_fields_to_xml,
 )
 from wsemail.protocol.soap import SOAP, WSU, element, q, text_of, texts_of
 from wsemail.protocol.xmlsafe import XmlLimits, parse_untrusted
@@ -97,6 +103,7 @@ def signed_form(
         ref.to_xml(content)
     instant_flags_to_xml(content, msg.instant, msg.delete_if_undeliverable)
     headers_to_xml(content, msg.headers)
+    thread_fields_to_xml(content, msg.in_reply_to, msg.references)
     return root
 
 
@@ -108,14 +115,18 @@ class SignedContent:
     message: Message
 
 
-def read_signed(node: etree._Element) -> SignedContent:
-    """Read a VERIFIED SignedMessage copy."""
+def read_signed(node: etree._Element, *, strict: bool = True) -> SignedContent:
+    """Read a VERIFIED SignedMessage copy. `strict`: its In-Reply-To and References must be
+    message ids (RequestInvalid otherwise); RS reads its own stored records with
+    strict=False, so a record changed since is answered as it is and fails the reader's
+    signature check instead of failing the answer."""
     content = node.find(q("Content"))
     if node.tag != q("SignedMessage") or content is None:
         raise SignatureInvalid("not a SignedMessage")
     body = text_of(content, "Body", "") or ""
     subject = text_of(content, "Subject", "") or ""
     instant, delete = instant_flags(content)
+    in_reply_to, refs = thread_fields(content, strict=strict)
     message = Message(
         id="",
         message_id=text_of(content, "MessageId", "") or "",
@@ -132,6 +143,8 @@ def read_signed(node: etree._Element) -> SignedContent:
         instant=instant,
         delete_if_undeliverable=delete,
         headers=headers_of(content),
+        in_reply_to=in_reply_to,
+        references=refs,
     )
     return SignedContent(
         origin=text_of(node, "Origin", "") or "",
@@ -150,7 +163,7 @@ def compact(signed_xml: bytes, stored: Message) -> tuple[Message, x509.Certifica
     signature = root.find(q("Signature", DS))
     if root.tag != q("SignedMessage") or signature is None:
         return None
-    content = read_signed(root)
+    content = read_signed(root, strict=False)
     cert = _embedded_certificate(signature)
     if cert is None:
         return None
@@ -295,6 +308,9 @@ def check(
         attachments=content.message.attachments,
         instant=content.message.instant,
         delete_if_undeliverable=content.message.delete_if_undeliverable,
+        in_reply_to=content.message.in_reply_to,
+        references=content.message.references,
+        bcc=[],
     )
     return Provenance("verified", signer), trusted
 
@@ -376,6 +392,9 @@ def check_direct(
         attachments=[],
         instant=True,
         delete_if_undeliverable=draft.delete_if_undeliverable,
+        in_reply_to=draft.in_reply_to,
+        references=draft.references,
+        bcc=[],
     )
     return Provenance("verified", f"{sender} (direct)"), trusted
 

@@ -18,6 +18,7 @@ SYSTEM_FOLDERS = ("inbox", "sent", "Archive", "Drafts", "Trash")
 SEALED_MARKER = '<e2e:Sealed xmlns:e2e="urn:wsemail:e2e"'  # an end-to-end encrypted Body
 MAX_RECIPIENTS = 100
 MAX_SUBJECT = 998
+MAX_REFERENCES = 50  # message ids in References (a reply keeps the first and the newest)
 
 
 def is_address(text: str) -> bool:
@@ -57,10 +58,45 @@ def new_message_id(domain: str) -> str:
     return f"<{secrets.token_urlsafe(18)}@{domain}>"
 
 
+def is_message_id(text: str) -> bool:
+    """Whether `text` is a message id as wsemail takes them: <unique@domain>."""
+    return _MESSAGE_ID.fullmatch(text) is not None  # fullmatch: `$` lets a newline through
+
+
 def check_message_id(message_id: str) -> str:
     if not _MESSAGE_ID.match(message_id):
         raise RequestInvalid("MessageId must look like <unique@domain>")
     return message_id
+
+
+def thread_fields_to_xml(parent: etree._Element, in_reply_to: str | None, refs: list[str]) -> None:
+    """`<InReplyTo>` and one `<Reference>` per id of References, only when set (a message
+    that starts a conversation keeps its old form, and its old signature)."""
+    if in_reply_to:
+        element(parent, "InReplyTo", in_reply_to)
+    for ref in refs:
+        element(parent, "Reference", ref)
+
+
+def thread_fields(parent: etree._Element, *, strict: bool = True) -> tuple[str | None, list[str]]:
+    """In-Reply-To and References of a Message / Draft / signed Content element. `strict`
+    (what a server takes in, and what a reader checks in a signed form): each a message id
+    like <unique@domain>, at most MAX_REFERENCES, else RequestInvalid naming the value."""
+    in_reply_to = text_of(parent, "InReplyTo")
+    refs = texts_of(parent, "Reference")
+    if not strict:
+        return in_reply_to or None, refs
+    if len(parent.findall(q("InReplyTo"))) > 1:
+        raise RequestInvalid("a message has at most one InReplyTo")
+    if len(refs) > MAX_REFERENCES:
+        raise RequestInvalid(f"References names at most {MAX_REFERENCES} message ids")
+    for value in [*([in_reply_to] if in_reply_to is not None else []), *refs]:
+        if not is_message_id(value):
+            tag = "References" if value in refs else "InReplyTo"
+            raise RequestInvalid(f"{tag}: not a message id like <unique@domain>: {value[:80]!r}")
+    if len(set(refs)) != len(refs):
+        raise RequestInvalid("References names a message id twice")
+    return in_reply_to or None, refs
 
 
 @dataclass(frozen=True)
@@ -183,6 +219,10 @@ class Draft:
     attachments: list[str] = field(default_factory=list)  # ids of uploads to reference
     instant: bool = False  # meant as an instant message (DESIGN.md §8)
     delete_if_undeliverable: bool = False  # an instant message: drop it, tell the sender
+    # blind copies: they get the message, nobody else ever sees that they did
+    bcc: list[str] = field(default_factory=list)
+    in_reply_to: str | None = None  # the message id this answers
+    references: list[str] = field(default_factory=list)  # the conversation's ids, oldest first
 
     def to_xml(self, parent: etree._Element) -> etree._Element:
         msg = element(parent, "Message")
@@ -192,11 +232,14 @@ class Draft:
             element(msg, "To", address)
         for address in self.cc:
             element(msg, "Cc", address)
+        for address in self.bcc:
+            element(msg, "Bcc", address)
         element(msg, "Subject", self.subject)
         element(msg, "Body", self.body)
         for upload in self.attachments:
             element(msg, "AttachmentId", upload)
         instant_flags_to_xml(msg, self.instant, self.delete_if_undeliverable)
+        thread_fields_to_xml(msg, self.in_reply_to, self.references)
         return msg
 
     @classmethod
@@ -205,15 +248,18 @@ class Draft:
             raise RequestInvalid("Send needs a Message")
         to = [normalize_address(a) for a in texts_of(msg, "To")]
         cc = [normalize_address(a) for a in texts_of(msg, "Cc")]
-        if not to and not cc:
-            raise RequestInvalid("a message needs at least one recipient")
-        if len(to) + len(cc) > MAX_RECIPIENTS:
+        bcc = [normalize_address(a) for a in texts_of(msg, "Bcc")]
+        if not to and not cc:  # a message only to blind copies would show no recipient
+            raise RequestInvalid("a message needs at least one To or Cc recipient")
+        if len(to) + len(cc) + len(bcc) > MAX_RECIPIENTS:
             raise RequestInvalid(f"at most {MAX_RECIPIENTS} recipients")
         subject = text_of(msg, "Subject", "") or ""
         if len(subject) > MAX_SUBJECT or "\n" in subject or "\r" in subject:
             raise RequestInvalid("Subject must be one line of at most 998 characters")
         message_id = text_of(msg, "MessageId")
         instant, delete = instant_flags(msg)
+        in_reply_to, refs = thread_fields(msg)
+        named = set(to) | set(cc)
         return cls(
             to=to,
             cc=cc,
@@ -223,11 +269,14 @@ class Draft:
             attachments=texts_of(msg, "AttachmentId"),
             instant=instant,
             delete_if_undeliverable=delete,
+            bcc=[a for a in dict.fromkeys(bcc) if a not in named],
+            in_reply_to=in_reply_to,
+            references=refs,
         )
 
     @property
     def recipients(self) -> list[str]:
-        """To and Cc, each address once, in order."""
+        """To and Cc, each address once, in order (blind copies: `bcc`)."""
         return list(dict.fromkeys([*self.to, *self.cc]))
 
 
@@ -323,10 +372,18 @@ class Message(MessageHeader):
     signed_xml: bytes | None = field(default=None, repr=False)
     attachments: list[AttachmentRef] = field(default_factory=list)
     headers: list[tuple[str, str]] = field(default_factory=list)  # HEADER_NAMES fields
+    in_reply_to: str | None = None
+    references: list[str] = field(default_factory=list)
+    bcc: list[str] = field(default_factory=list)  # only ever on the sender's own copy
 
     def header(self, name: str) -> list[str]:
         """The values of header field `name` (any case) this message carries."""
         return [v for n, v in self.headers if n.lower() == name.lower()]
+
+    @property
+    def recipients(self) -> list[str]:
+        """To, Cc and Bcc, each address once, in order: everyone the message goes to."""
+        return list(dict.fromkeys([*self.to, *self.cc, *self.bcc]))
 
     def to_xml(self, parent: etree._Element, tag: str = "Message") -> etree._Element:
         node = super().to_xml(parent, tag)
@@ -334,6 +391,9 @@ class Message(MessageHeader):
         for ref in self.attachments:
             ref.to_xml(node)
         headers_to_xml(node, self.headers)
+        thread_fields_to_xml(node, self.in_reply_to, self.references)
+        for address in self.bcc:
+            element(node, "Bcc", address)
         if self.signed_xml is not None:
             provenance = element(node, "Provenance")
             provenance.set("origin", self.origin or "")
@@ -347,6 +407,7 @@ class Message(MessageHeader):
         signed = None
         if provenance is not None and len(provenance):
             signed = etree.tostring(provenance[0])
+        in_reply_to, refs = thread_fields(node, strict=False)
         return cls(
             **vars(header),
             body=text_of(node, "Body", "") or "",
@@ -354,10 +415,19 @@ class Message(MessageHeader):
             signed_xml=signed,
             attachments=attachment_refs(node),
             headers=headers_of(node),
+            in_reply_to=in_reply_to,
+            references=refs,
+            bcc=texts_of(node, "Bcc"),
         )
 
     def as_dict(self) -> dict[str, object]:
         found: dict[str, object] = (
             {"attachments": [a.as_dict() for a in self.attachments]} if self.attachments else {}
         )
+        if self.in_reply_to:
+            found["in_reply_to"] = self.in_reply_to
+        if self.references:
+            found["references"] = self.references
+        if self.bcc:
+            found["bcc"] = self.bcc
         return {**super().as_dict(), "body": self.body, **found}

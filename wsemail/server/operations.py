@@ -5,6 +5,9 @@ Send is the submission step of the message path: sending processors in priority 
 one copy in the sender's `sent` folder, then for every recipient the delivery processors
 and the local MTA (local domain, through its mapped addresses: `mapping.deliver_locally`)
 or one queue row per destination domain (elsewhere).
+Blind copies: only the sender's copy names them; every other copy, and every signed form,
+is made from the message without them, and each remote Bcc recipient gets a queue row
+(so a signed form) of its own that names only that recipient.
 """
 
 from __future__ import annotations
@@ -12,17 +15,15 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
-from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
-from wsemail.core import provenance
-from wsemail.protocol.dsig import cert_digest
 from wsemail.protocol.errors import NotFound, RequestInvalid, ServerError
 from wsemail.protocol.message import Draft, Message, domain_of, new_message_id
 from wsemail.protocol.soap import element, int_of, q, text_of
-from wsemail.server.mailbox import drafts, importing
+from wsemail.server.mailbox import drafts, importing, retrieval, threads
 from wsemail.server.mailbox import operations as mailbox
 from wsemail.server.mapping import deliver_locally
 from wsemail.server.pipeline import Environment
@@ -55,21 +56,32 @@ def send(env: Environment, op: etree._Element) -> etree._Element:
         size=len(draft.body.encode()) + len(draft.subject.encode()),
         seen=True,
         body=draft.body,
+        in_reply_to=draft.in_reply_to,
+        references=draft.references,
+        bcc=draft.bcc,
     )
     for processor in env.pipeline.sending:
         processor.process_outgoing(message, env)
     sent_id, _ = tx.add_message(env.principal, "sent", message)
-    remote: dict[str, list[str]] = {}
+    public = replace(message, bcc=[])  # what every recipient gets
+    remote: list[tuple[str, list[str]]] = []
+    by_domain: dict[str, list[str]] = {}
     for recipient in draft.recipients:
         domain = domain_of(recipient)
         if domain == env.domain:
-            deliver_locally(message, recipient, env)
+            deliver_locally(public, recipient, env)
         else:
-            remote.setdefault(domain, []).append(recipient)
-    for domain, recipients in sorted(remote.items()):
+            by_domain.setdefault(domain, []).append(recipient)
+    remote += sorted(by_domain.items())
+    for recipient in draft.bcc:  # each alone: no signed form names another recipient
+        if domain_of(recipient) == env.domain:
+            deliver_locally(public, recipient, env)
+        else:
+            remote.append((domain_of(recipient), [recipient]))
+    for domain, recipients in remote:
         if env.pipeline.queue is None:
             raise ServerError("no mail queue is loaded")
-        env.pipeline.queue.enqueue(message, domain, recipients, env)
+        env.pipeline.queue.enqueue(public, domain, recipients, env)
     element(result, "Id", sent_id)
     element(result, "MessageId", message_id)
     return result
@@ -110,15 +122,8 @@ def retrieve(env: Environment, op: etree._Element) -> etree._Element:
     if peek in ("false", "0"):
         env.tx.mark_seen(env.principal, public_id)
         message.seen = True
-    if message.signed_xml is not None:  # relayed: only the compact provenance travels
-        found = provenance.compact(message.signed_xml, message)
-        if found is not None:
-            message, cert = found
-            digest = cert_digest(cert)
-            if env.tx.certificate(digest) is None:  # stored before certificates were kept
-                env.tx.put_certificate(digest, cert.public_bytes(serialization.Encoding.DER))
     result = etree.Element(q("RetrieveResponse"))
-    message.to_xml(result)
+    retrieval.for_reader(env.tx, message).to_xml(result)  # relayed: compact provenance
     return result
 
 
@@ -175,4 +180,5 @@ AUTHENTICATED: dict[str, Callable[[Environment, etree._Element], etree._Element]
     **mailbox.OPERATIONS,
     **drafts.operations(send),
     **importing.OPERATIONS,
+    **threads.OPERATIONS,
 }

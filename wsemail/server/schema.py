@@ -149,9 +149,88 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE queue ADD COLUMN notified INTEGER NOT NULL DEFAULT 0
     """,
-    # 8: reserved for threads (issue 17); its script takes this place
+    # 8: conversations (wsemail/server/mailbox/threads.py). In-Reply-To and References of a
+    # copy, its blind copies (the sender's own copy only), and `thread`, the conversation it
+    # belongs to: copies linked by those message ids, whichever arrives first. thread_links
+    # maps every message id a mailbox has seen (its copies' and those they name) to its
+    # conversation. `Tx.add_message` links each copy as it inserts it (its row written once,
+    # with its thread); the insert trigger does the same for a row inserted another way
+    # (thread 0): links, merging two conversations that a new copy links (the two UPDATEs
+    # run only then), numbering. The delete trigger forgets a conversation's links when its
+    # last copy goes. A thread number is the seq of a copy of the conversation, so it is
+    # never reused while the conversation lives.
     """
-    SELECT 1
+    ALTER TABLE messages ADD COLUMN in_reply_to TEXT NOT NULL DEFAULT '';
+    ALTER TABLE messages ADD COLUMN references_json TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE messages ADD COLUMN bcc_json TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE messages ADD COLUMN thread INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE thread_links(
+        owner TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        thread INTEGER NOT NULL,
+        PRIMARY KEY(owner, message_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX thread_links_thread ON thread_links(owner, thread);
+    INSERT OR IGNORE INTO thread_links(owner, message_id, thread)
+        SELECT owner, message_id, seq FROM messages ORDER BY seq;
+    UPDATE messages SET thread=(SELECT l.thread FROM thread_links l
+        WHERE l.owner=messages.owner AND l.message_id=messages.message_id);
+    CREATE INDEX messages_thread ON messages(owner, thread, seq);
+    CREATE INDEX messages_folder_thread ON messages(owner, folder, thread, seq);
+    CREATE TRIGGER messages_thread_insert AFTER INSERT ON messages WHEN new.thread=0 BEGIN
+        INSERT OR IGNORE INTO thread_links(owner, message_id, thread)
+            SELECT new.owner, k.value, new.seq FROM (SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)) AS k;
+        UPDATE messages SET thread=(
+            SELECT min(thread) FROM thread_links WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)))
+        WHERE (new.in_reply_to<>'' OR new.references_json<>'[]') AND (
+            SELECT count(DISTINCT thread) FROM thread_links
+            WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)))>1
+        AND owner=new.owner AND thread IN (
+            SELECT thread FROM thread_links WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)))
+        AND thread<>(
+            SELECT min(thread) FROM thread_links WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)));
+        UPDATE thread_links SET thread=(
+            SELECT min(thread) FROM thread_links WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)))
+        WHERE (new.in_reply_to<>'' OR new.references_json<>'[]') AND (
+            SELECT count(DISTINCT thread) FROM thread_links
+            WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)))>1
+        AND owner=new.owner AND thread IN (
+            SELECT thread FROM thread_links WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)))
+        AND thread<>(
+            SELECT min(thread) FROM thread_links WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)));
+        UPDATE messages SET thread=(SELECT thread FROM thread_links
+            WHERE owner=new.owner AND message_id=new.message_id) WHERE seq=new.seq;
+    END;
+    CREATE TRIGGER messages_thread_delete AFTER DELETE ON messages BEGIN
+        DELETE FROM thread_links WHERE owner=old.owner AND thread=old.thread AND NOT EXISTS (
+            SELECT 1 FROM messages WHERE owner=old.owner AND thread=old.thread);
+    END
     """,
     # 9: drafts saved on the server and imported mail (wsemail/server/mailbox/): `draft`, a
     # draft's JSON (Bcc, attachment ids, IM flags; a copy sent from a draft keeps it, so a

@@ -92,6 +92,17 @@ def statements(script: str) -> list[str]:
     return found
 
 
+# Migrations that were once a placeholder ("SELECT 1", reserving the number while the
+# feature was written) and a table the real script creates: a store that took the
+# placeholder gets the real script when it is opened.
+PLACEHOLDERS = {8: "thread_links"}
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,))
+    return row.fetchone() is not None
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Apply the migrations this database has not seen yet, in order."""
     conn.execute("BEGIN IMMEDIATE")
@@ -101,6 +112,10 @@ def migrate(conn: sqlite3.Connection) -> None:
             for statement in statements(script):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={number}")
+        for number, table in PLACEHOLDERS.items():  # taken as a placeholder: run it now
+            if version >= number and not _has_table(conn, table):
+                for statement in statements(MIGRATIONS[number - 1]):
+                    conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -180,16 +195,26 @@ class Tx:
         signed_xml: bytes | None = None,
     ) -> tuple[str, int]:
         """Store one copy of `msg` in `owner`'s `folder`; returns (public id, seq).
-        `origin` and `signed_xml` record the sending server and its signed form."""
+        `origin` and `signed_xml` record the sending server and its signed form. The copy
+        joins the conversation its message ids link it to (see `_conversation`)."""
         self._room_for_mail()
         public_id = secrets.token_urlsafe(12)
         if public_id.startswith("-"):  # ids are command-line arguments: never option-like
             public_id = "_" + public_id[1:]
+        keys = list(dict.fromkeys([msg.message_id, msg.in_reply_to or "", *msg.references]))
+        keys = [k for k in keys if k]
+        threads = self._conversations_of(owner, keys)
+        # a new conversation is numbered by the copy's own seq, chosen here so that the row
+        # is written once (the insert trigger of migration 8 only numbers rows that come
+        # in another way, with thread 0)
         cursor = self.conn.execute(
-            "INSERT INTO messages(id, owner, folder, message_id, sender, to_json, cc_json, "
+            "INSERT INTO messages(seq, id, owner, folder, message_id, sender, to_json, cc_json, "
             "subject, date, size, seen, body, origin, signed_xml, instant, "
-            "delete_if_undeliverable, flagged, answered, has_attachment, sealed, arrival) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "delete_if_undeliverable, flagged, answered, has_attachment, sealed, arrival, "
+            "in_reply_to, references_json, bcc_json, thread) "
+            "VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM messages),"
+            "?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+            "coalesce(?, (SELECT coalesce(max(seq), 0) + 1 FROM messages)))",
             (
                 public_id,
                 owner,
@@ -212,10 +237,42 @@ class Tx:
                 int(bool(msg.attachments)),
                 int(is_sealed_body(msg.body)),
                 folder,
+                msg.in_reply_to or "",
+                json.dumps(msg.references),
+                json.dumps(msg.bcc),
+                threads[0] if threads else None,
             ),
         )
         assert cursor.lastrowid is not None
+        self._link(owner, keys, threads, cursor.lastrowid)
         return public_id, cursor.lastrowid
+
+    # conversations (wsemail/server/mailbox/threads.py; tables of schema.py migration 8) --
+    def _conversations_of(self, owner: str, keys: list[str]) -> list[int]:
+        """The conversations of `owner`'s mailbox that message ids `keys` belong to, the
+        oldest (lowest number) first."""
+        marks = ",".join("?" * len(keys))
+        rows = self.conn.execute(  # by primary key (no ORDER BY: it would pick the other index)
+            f"SELECT thread FROM thread_links WHERE owner=? AND message_id IN ({marks})",  # noqa: S608
+            (owner, *keys),
+        )
+        return sorted({int(r[0]) for r in rows})
+
+    def _link(self, owner: str, keys: list[str], threads: list[int], seq: int) -> None:
+        """After inserting copy `seq`: every id it names belongs to its conversation, and
+        conversations it links are merged into the oldest."""
+        thread = threads[0] if threads else seq
+        if len(threads) > 1:
+            marks = ",".join("?" * (len(threads) - 1))
+            for table in ("messages", "thread_links"):
+                self.conn.execute(
+                    f"UPDATE {table} SET thread=? WHERE owner=? AND thread IN ({marks})",  # noqa: S608
+                    (thread, owner, *threads[1:]),
+                )
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO thread_links(owner, message_id, thread) VALUES (?,?,?)",
+            [(owner, key, thread) for key in keys],
+        )
 
     def list_headers(
         self, owner: str, folder: str, limit: int, before_seq: int | None, unread_only: bool
@@ -233,13 +290,10 @@ class Tx:
 
     def get_message(self, owner: str, public_id: str) -> Message | None:
         row = self.conn.execute(
-            f"SELECT {HEADER_COLUMNS}, body, origin, signed_xml FROM messages "
-            "WHERE owner=? AND id=?",
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE owner=? AND id=?",
             (owner, public_id),
         ).fetchone()
-        if row is None:
-            return None
-        return Message(**vars(header(row[:14])), body=row[14], origin=row[15], signed_xml=row[16])
+        return None if row is None else message(row)
 
     def mark_seen(self, owner: str, public_id: str) -> None:
         self.conn.execute(
@@ -379,6 +433,24 @@ class QueueRow:
     attempts: int
     created: float
     notified: bool = False  # the sender was told it is delayed
+
+
+MESSAGE_COLUMNS = (
+    f"{HEADER_COLUMNS}, body, origin, signed_xml, in_reply_to, references_json, bcc_json"
+)
+
+
+def message(row: tuple[Any, ...]) -> Message:
+    """A whole Message from the MESSAGE_COLUMNS of a row."""
+    return Message(
+        **vars(header(row[:14])),
+        body=row[14],
+        origin=row[15],
+        signed_xml=row[16],
+        in_reply_to=row[17] or None,
+        references=json.loads(row[18]),
+        bcc=json.loads(row[19]),
+    )
 
 
 def header(row: tuple[Any, ...]) -> MessageHeader:

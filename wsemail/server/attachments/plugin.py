@@ -172,7 +172,7 @@ class OnDemandAttachments(SendingProcessor, ExtensionProcessor):
             return
         if len(ids) > MAX_PER_MESSAGE or len(set(ids)) != len(ids):
             raise RequestInvalid(f"at most {MAX_PER_MESSAGE} distinct attachments per message")
-        recipients = list(dict.fromkeys([*message.to, *message.cc, env.principal]))
+        recipients = list(dict.fromkeys([*message.recipients, env.principal]))  # Bcc too
         for guid in ids:
             blob = records.get(env.tx, guid) if len(guid) <= 64 else None
             if blob is None or blob.owner != env.principal or blob.state != "stored":

@@ -77,6 +77,8 @@ async def direct_instant(
     draft = Draft.from_xml(op.find(q("Message")))
     if draft.attachments:
         raise RequestInvalid("a direct instant message carries no attachments")
+    if draft.bcc:  # its signed request names every recipient: nothing would stay blind
+        raise RequestInvalid("a direct instant message has no blind copies")
     recipients = draft.recipients
     if any(domain_of(r) != domain for r in recipients):
         raise Forbidden("recipients outside this domain: this server does not relay")
@@ -97,6 +99,8 @@ async def direct_instant(
         signed_xml=direct_record(etree.tostring(envelope.root)),
         instant=True,
         delete_if_undeliverable=draft.delete_if_undeliverable,
+        in_reply_to=draft.in_reply_to,
+        references=draft.references,
     )
 
     def work(tx: Tx) -> tuple[list[tuple[str, str, str]], Any]:

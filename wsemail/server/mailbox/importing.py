@@ -113,6 +113,8 @@ def import_messages(env: Environment, op: etree._Element) -> etree._Element:
             origin=ORIGIN,
             record=imported_record(at, folder, dropped),
             imported=now,
+            in_reply_to=incoming.in_reply_to or "",
+            references=incoming.references,
         )
         used += row.size
         if env.quota_bytes > 0 and used > env.quota_bytes:

@@ -1,6 +1,7 @@
 """Every SQL string of the mailbox feature. The tables (folders, the flag and Trash columns
 of messages, messages_fts and its triggers) come from schema.py's migration 6; the `draft`
-and `imported` columns from migration 9."""
+and `imported` columns from migration 9; the conversation columns, thread_links and the
+triggers that keep them from migration 8."""
 
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ import json
 import secrets
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from wsemail.protocol.drafts import SavedDraft
 from wsemail.protocol.errors import RequestInvalid, StorageFull
-from wsemail.protocol.message import SYSTEM_FOLDERS, MessageHeader, is_sealed_body
+from wsemail.protocol.message import SYSTEM_FOLDERS, Message, MessageHeader, is_sealed_body
 from wsemail.server.mailbox.names import DRAFTS, TRASH, system_folder
 from wsemail.server.mailbox.query import Query
 from wsemail.server.storage import FULL_REASON
-from wsemail.server.store import HEADER_COLUMNS, Tx, header
+from wsemail.server.store import HEADER_COLUMNS, MESSAGE_COLUMNS, Tx, header, message
 
 _CHUNK = 500  # ids per IN (...) list, under SQLite's parameter limit
 _M_COLUMNS = ", ".join(f"m.{c.strip()}" for c in HEADER_COLUMNS.split(","))
@@ -288,6 +289,8 @@ class NewRow:
     record: bytes | None = None  # the provenance record (signed_xml column)
     draft: str | None = None  # a draft's JSON
     imported: float | None = None
+    in_reply_to: str = ""  # its conversation (the insert trigger of migration 8 links it)
+    references: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -309,7 +312,8 @@ def insert(tx: Tx, owner: str, row: NewRow) -> str:
     tx.conn.execute(
         "INSERT INTO messages(id, owner, folder, message_id, sender, to_json, cc_json, "
         "subject, date, size, seen, body, origin, signed_xml, flagged, answered, sealed, "
-        "arrival, draft, imported) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "arrival, draft, imported, in_reply_to, references_json) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             public_id,
             owner,
@@ -331,6 +335,8 @@ def insert(tx: Tx, owner: str, row: NewRow) -> str:
             row.arrival,
             row.draft,
             row.imported,
+            row.in_reply_to,
+            json.dumps(row.references),
         ),
     )
     if not row.seen:
@@ -470,3 +476,131 @@ def imported_copy(tx: Tx, owner: str, arrival: str, message_id: str) -> str | No
         (owner, arrival, message_id),
     ).fetchone()
     return str(row[0]) if row else None
+
+
+# conversations ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Conversation:
+    """One conversation of a listing: how many copies it has in scope, how many unread,
+    and the newest of them (oldest first)."""
+
+    thread: int
+    count: int
+    unread: int
+    headers: list[MessageHeader]
+
+
+def _scope(trash: bool) -> str:
+    """A conversation in Trash is read in Trash; anywhere else, everywhere but Trash."""
+    return "folder=?" if trash else "folder<>?"
+
+
+def newest_threads(
+    tx: Tx, owner: str, folder: str, limit: int, before: int | None, unread_only: bool
+) -> list[tuple[int, int]]:
+    """(thread, cursor): `owner`'s conversations with a copy in `folder` (an unread one with
+    `unread_only`), the one whose newest such copy is newest first, below the cursor
+    `before` (a seq). Walking the folder newest first meets each conversation first at its
+    newest copy there, so a page costs the copies walked, not the folder's size; on a later
+    page, a conversation met again was listed before when it has a copy at or above the
+    cursor (one probe of the (owner, folder, thread, seq) index)."""
+    unread = " AND seen=0" if unread_only else ""
+    walk = tx.conn.execute(
+        f"SELECT thread, seq FROM messages WHERE owner=? AND folder=?{unread} AND seq<? "  # noqa: S608
+        "ORDER BY seq DESC",
+        (owner, folder, 2**62 if before is None else before),
+    )
+    found: list[tuple[int, int]] = []
+    met: set[int] = set()
+    while len(found) < limit:
+        rows = walk.fetchmany(256)
+        if not rows:
+            break
+        for thread, seq in rows:
+            if thread in met:
+                continue
+            met.add(thread)
+            if before is not None and _listed_before(tx, owner, folder, thread, before, unread):
+                continue
+            found.append((int(thread), int(seq)))
+            if len(found) == limit:
+                break
+    walk.close()
+    return found
+
+
+def _listed_before(tx: Tx, owner: str, folder: str, thread: int, cursor: int, unread: str) -> bool:
+    row = tx.conn.execute(
+        f"SELECT 1 FROM messages WHERE owner=? AND folder=? AND thread=? AND seq>=?{unread} "  # noqa: S608
+        "LIMIT 1",
+        (owner, folder, thread, cursor),
+    ).fetchone()
+    return row is not None
+
+
+def conversations(
+    tx: Tx, owner: str, threads: list[int], trash: bool, per_thread: int
+) -> dict[int, Conversation]:
+    """For each of `threads`: its copies in scope (see `_scope`) counted, and the newest
+    `per_thread` of their headers."""
+    if not threads:
+        return {}
+    marks = ",".join("?" * len(threads))
+    sql = (
+        f"SELECT thread, total, unread, {HEADER_COLUMNS} FROM ("  # noqa: S608
+        f"SELECT seq, thread, {HEADER_COLUMNS}, count(*) OVER whole AS total, "
+        "sum(seen=0) OVER whole AS unread, "
+        "row_number() OVER (PARTITION BY thread ORDER BY seq DESC) AS newest "
+        f"FROM messages WHERE owner=? AND thread IN ({marks}) AND {_scope(trash)} "
+        "WINDOW whole AS (PARTITION BY thread)) WHERE newest<=? ORDER BY seq"
+    )
+    found: dict[int, Conversation] = {}
+    for row in tx.conn.execute(sql, (owner, *threads, TRASH, per_thread)):
+        thread = int(row[0])
+        if thread not in found:
+            found[thread] = Conversation(thread, int(row[1]), int(row[2] or 0), [])
+        found[thread].headers.append(header(row[3:]))
+    return found
+
+
+def thread_of(tx: Tx, owner: str, public_id: str) -> tuple[int, str] | None:
+    """(thread, folder) of one of `owner`'s copies; None if there is no such copy."""
+    row = tx.conn.execute(
+        "SELECT thread, folder FROM messages WHERE owner=? AND id=?", (owner, public_id)
+    ).fetchone()
+    return (int(row[0]), str(row[1])) if row else None
+
+
+def thread_messages(
+    tx: Tx, owner: str, thread: int, trash: bool, after: int | None, limit: int
+) -> list[tuple[int, Message]]:
+    """A conversation's copies in scope, oldest first, after the cursor `after` (a seq)."""
+    sql = (
+        f"SELECT seq, {MESSAGE_COLUMNS} FROM messages "  # noqa: S608
+        f"WHERE owner=? AND thread=? AND {_scope(trash)}"
+    )
+    args: list[object] = [owner, thread, TRASH]
+    if after is not None:
+        sql += " AND seq>?"
+        args.append(after)
+    sql += " ORDER BY seq LIMIT ?"
+    args.append(limit)
+    return [(int(r[0]), message(r[1:])) for r in tx.conn.execute(sql, args)]
+
+
+def thread_size(tx: Tx, owner: str, thread: int, trash: bool) -> int:
+    row = tx.conn.execute(
+        f"SELECT count(*) FROM messages WHERE owner=? AND thread=? AND {_scope(trash)}",  # noqa: S608
+        (owner, thread, TRASH),
+    ).fetchone()
+    return int(row[0])
+
+
+def mark_seen(tx: Tx, owner: str, seqs: list[int]) -> None:
+    for start in range(0, len(seqs), _CHUNK):
+        chunk = seqs[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        tx.conn.execute(
+            f"UPDATE messages SET seen=1 WHERE owner=? AND seq IN ({marks}) AND seen=0",  # noqa: S608
+            (owner, *chunk),
+        )

@@ -27,8 +27,6 @@ class RelayPolicy(SendingProcessor):
         )
 
     def process_outgoing(self, message: Message, env: Environment) -> None:
-        denied = [
-            r for r in [*message.to, *message.cc] if not self.permits(domain_of(r), env.domain)
-        ]
+        denied = [r for r in message.recipients if not self.permits(domain_of(r), env.domain)]
         if denied:
             raise RelayDenied("relaying denied for " + ", ".join(sorted(set(denied))))

@@ -311,6 +311,8 @@ class Gateway:
             origin=origin,
             signed_xml=legacy_marker(checks, incoming),
             headers=incoming.headers,
+            in_reply_to=incoming.in_reply_to,
+            references=incoming.references,
         )
         request = etree.fromstring(message.signed_xml or b"<x/>")
         if plugin is None or not kept:

@@ -23,11 +23,13 @@ import html2text
 from wsemail.protocol.errors import RemoteFault, RequestInvalid
 from wsemail.protocol.message import (
     MAX_HEADER_VALUE,
+    MAX_REFERENCES,
     MAX_SUBJECT,
     NAME_BYTES,
     AttachmentRef,
     Message,
     check_message_id,
+    is_message_id,
     normalize_address,
     utf8_prefix,
 )
@@ -68,6 +70,10 @@ def to_mime(
         when = datetime.now(UTC)
     mime["Date"] = email.utils.format_datetime(when)
     mime["Message-ID"] = message.message_id
+    if message.in_reply_to:  # its conversation, for the reader's mail program
+        mime["In-Reply-To"] = message.in_reply_to
+    if message.references:
+        mime["References"] = " ".join(message.references)
     for value in message.header("Auto-Submitted")[:1]:  # an auto-reply says so (RFC 3834)
         mime["Auto-Submitted"] = value
     body = message.body
@@ -119,6 +125,8 @@ class Incoming:
     parts: list[Part] = field(default_factory=list)
     # what tells automatic, list and bulk mail (the vacation responder reads them)
     headers: list[tuple[str, str]] = field(default_factory=list)
+    in_reply_to: str | None = None  # its conversation (ids as wsemail takes them, else none)
+    references: list[str] = field(default_factory=list)
 
 
 KEPT_HEADERS = ("Auto-Submitted", "Precedence", "List-Id")
@@ -154,6 +162,7 @@ def from_mime(data: bytes) -> Incoming:
         date = _iso_date(str(mime.get("Date", "")))
         message_id = _message_id(str(mime.get("Message-ID", "")))
         headers = _kept_headers(mime)
+        in_reply_to, references = _thread_ids(mime)
         body_part = mime.get_body(preferencelist=("plain",)) or mime.get_body(
             preferencelist=("html",)
         )
@@ -192,7 +201,24 @@ def from_mime(data: bytes) -> Incoming:
         body=body.replace("\r\n", "\n"),
         parts=parts,
         headers=headers,
+        in_reply_to=in_reply_to,
+        references=references,
     )
+
+
+_ID_TOKEN = re.compile(r"<[^<>\s]+>")
+
+
+def _thread_ids(mime: EmailMessage) -> tuple[str | None, list[str]]:
+    """In-Reply-To and References of legacy mail, leniently: the <id> tokens wsemail takes
+    as message ids (others dropped), each once, the first and the newest when too many."""
+    raw_in_reply_to = _ID_TOKEN.findall(str(mime.get("In-Reply-To", "")))
+    raw_references = _ID_TOKEN.findall(" ".join(str(v) for v in mime.get_all("References", [])))
+    in_reply_to = next((i for i in raw_in_reply_to if is_message_id(i)), None)
+    references = list(dict.fromkeys(r for r in raw_references if is_message_id(r)))
+    if len(references) > MAX_REFERENCES:
+        references = [references[0], *references[-(MAX_REFERENCES - 1) :]]
+    return in_reply_to, references
 
 
 MAX_HTML = 256 << 10  # characters of markup converted (Gmail clips at 102 KB); the rest is cut

@@ -303,21 +303,24 @@ class Submission:
 
     def draft(self, incoming: Incoming, user: str, recipients: list[str]) -> Draft:
         """The Send request's message: the headers' To and Cc as far as the envelope names
-        them (the envelope alone when the headers name nobody)."""
+        them (the envelope alone when the headers name nobody); envelope recipients the
+        headers do not name are blind copies (Bcc); In-Reply-To and References as the mail
+        program set them."""
         if incoming.sender is not None and incoming.sender != user:
             raise Rejected(f"the From header must be your address {user}")
         named = [*incoming.to, *incoming.cc]
-        if not named:
-            return Draft(recipients, incoming.subject, incoming.body, [], incoming.message_id)
-        blind = [r for r in recipients if r not in named]
-        if blind:
-            raise Rejected(
-                "blind copies are not supported: name every recipient in To or Cc "
-                f"({', '.join(blind)})"
-            )
-        to = [r for r in incoming.to if r in recipients]
+        to = [r for r in incoming.to if r in recipients] if named else recipients
         cc = [r for r in incoming.cc if r in recipients and r not in to]
-        return Draft(to, incoming.subject, incoming.body, cc, incoming.message_id)
+        return Draft(
+            to,
+            incoming.subject,
+            incoming.body,
+            cc,
+            incoming.message_id,
+            bcc=[r for r in recipients if r not in named] if named else [],
+            in_reply_to=incoming.in_reply_to,
+            references=incoming.references,
+        )
 
     async def submit(self, incoming: Incoming, draft: Draft, account: Account, peer: str) -> str:
         """Attachments written first, then one `Send` unit of work; the Message-ID sent."""
