@@ -51,7 +51,8 @@ def _conversation(conversation: Conversation) -> str:
     """A conversation: its subject, size and unread count, then its latest messages."""
     first = conversation.headers[0] if conversation.headers else None
     unread = f", {conversation.unread} unread" if conversation.unread else ""
-    title = f"== {first.subject if first else ''}  ({conversation.count} messages{unread})"
+    count = f"{conversation.count} message{'' if conversation.count == 1 else 's'}"
+    title = f"== {first.subject if first else ''}  ({count}{unread})"
     more = conversation.count - len(conversation.headers)
     lines = [title, *(f"  {_line(h)}" for h in conversation.headers)]
     if more > 0:
