@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 
 from wsemail.client.mail import Client
 
+from certs import make_tls_files
 from conftest import PASSWORD, wait_for, wsemail_binary
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -250,3 +252,45 @@ def test_web_refuses_other_origins_and_host_names(web: tuple[str, str, Path]) ->
     page = httpx.get(page_url)
     assert page.status_code == 200 and f"ws://127.0.0.1:{port}/ws" in page.text
     assert "googleapis" not in page.text
+
+
+def test_web_over_tls_serves_the_page_and_a_wss_session(tmp_path: Path) -> None:
+    ca, cert, key = make_tls_files(tmp_path)
+    args = ["web", "--port", "0", "--tls-cert", str(cert), "--tls-key", str(key)]
+    proc, page_url = _started(args, _env(tmp_path))
+    try:
+        assert page_url.startswith("https://127.0.0.1:")
+        trust = ssl.create_default_context(cafile=str(ca))
+        page = httpx.get(page_url, verify=trust)
+        host = page_url.removeprefix("https://").rstrip("/")
+        assert page.status_code == 200 and f"wss://{host}/ws" in page.text
+        refused = httpx.get(
+            f"{page_url}ws",
+            verify=trust,
+            headers={"Connection": "Upgrade", "Upgrade": "websocket", "Origin": f"http://{host}"},
+        )
+        assert refused.status_code == 403  # http:// is not this page's origin
+    finally:
+        _stop(proc)
+
+
+def test_web_reports_a_missing_key_and_an_unreadable_certificate(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    for args, code, start in (
+        (["--tls-cert", "c.pem"], 2, "wsemail: --tls-cert and --tls-key go together"),
+        (
+            ["--tls-cert", "no.pem", "--tls-key", "no.key"],
+            1,
+            "wsemail: cannot load the TLS certificate or key",
+        ),
+    ):
+        result = subprocess.run(
+            [wsemail_binary(), "web", "--port", "0", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert result.returncode == code, result.stderr
+        assert result.stderr.startswith(start) and len(result.stderr.splitlines()) == 1
