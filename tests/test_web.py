@@ -294,3 +294,51 @@ def test_web_reports_a_missing_key_and_an_unreadable_certificate(tmp_path: Path)
         )
         assert result.returncode == code, result.stderr
         assert result.stderr.startswith(start) and len(result.stderr.splitlines()) == 1
+
+
+def _children(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return {int(p) for p in out.stdout.split()}
+
+
+def test_web_runs_one_tui_per_connection_and_ends_it_with_the_connection(tmp_path: Path) -> None:
+    import asyncio
+
+    import aiohttp
+
+    proc, page_url = _started(["web", "--port", "0"], _env(tmp_path))
+    origin = page_url.rstrip("/")
+
+    async def session(http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+        ws = await http.ws_connect(f"{page_url}ws?width=80&height=24", origin=origin)
+        await ws.send_json(["resize", {"width": 80, "height": 24}])
+        drawn = b""
+        while b"Sign in to your wsemail server" not in drawn:  # its own sign-in form
+            message = await asyncio.wait_for(ws.receive(), 30)
+            assert message.type == aiohttp.WSMsgType.BINARY, message
+            drawn += message.data
+        return ws
+
+    async def drive() -> None:
+        async with aiohttp.ClientSession() as http:
+            first = await session(http)
+            one = _children(proc.pid)
+            second = await session(http)
+            both = _children(proc.pid)
+            assert len(one) == 1 and len(both) == 2 and one < both
+            await first.close()  # the tab closes: its TUI ends, the other goes on
+            await asyncio.to_thread(wait_for, lambda: _children(proc.pid) == both - one, "exit")
+            reader = asyncio.create_task(second.receive())  # answers the server's close
+            proc.terminate()  # stopping `wsemail web` ends the sessions still open
+            assert await asyncio.to_thread(proc.wait, 30) == 0
+            await reader
+            await asyncio.to_thread(
+                wait_for,
+                lambda: not any(Path(f"/proc/{p}").exists() for p in both),
+                "the TUI processes to end",
+            )
+
+    try:
+        asyncio.run(drive())
+    finally:
+        _stop(proc)

@@ -30,6 +30,7 @@ log = logging.getLogger("wsemail.web")
 
 # passwords the browser sessions must never inherit from whoever started `wsemail web`
 SECRET_ENVIRONMENT = ("WSEMAIL_PASSWORD",)
+SHUTDOWN_SECONDS = 3.0
 _REMOTE_FONT = re.compile(r"<link[^>]*fonts\.googleapis\.com[^>]*>", re.DOTALL)
 
 
@@ -132,7 +133,8 @@ class BrowserServer(Server):
         return await super().handle_websocket(request)
 
     def serve(self, debug: bool = False) -> None:
-        """Until SIGINT or SIGTERM; each open session's TUI is told to quit."""
+        """Until SIGINT or SIGTERM; then open sessions get a few seconds before they are
+        cancelled, which tells each one's TUI to quit."""
         for name in SECRET_ENVIRONMENT:
             os.environ.pop(name, None)
         web.run_app(
@@ -141,6 +143,7 @@ class BrowserServer(Server):
             ssl_context=self.tls,
             print=None,
             access_log=None,
+            shutdown_timeout=SHUTDOWN_SECONDS,
         )
 
 
