@@ -40,6 +40,7 @@ from wsemail.cli import (
     tui,
     users,
     watch,
+    web,
 )
 from wsemail.client import session
 from wsemail.protocol.errors import WsemailError
@@ -91,6 +92,7 @@ keys.register(app)
 contacts.register(app)
 directory.register(app)
 watch.register(app)
+web.register(app)
 
 
 def _choose_account(value: str | None) -> None:

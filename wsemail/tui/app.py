@@ -49,7 +49,8 @@ class WsemailApp(App[None]):
     saved account) make it offer a choice first; `accounts` lists them for ctrl+a;
     `client_factory`, `page_size`, `poll_seconds`, `im_notify` (hold an IM push stream
     for notifications) and `autosave_seconds` (the compose screen's drafts) are seams for
-    tests."""
+    tests; `saving` off (a browser session) keeps sign-ins from saving accounts or
+    passwords on this machine."""
 
     TITLE = "wsemail"
     CSS_PATH = "app.tcss"
@@ -86,9 +87,11 @@ class WsemailApp(App[None]):
         poll_seconds: float = 5.0,
         im_notify: bool = True,
         autosave_seconds: float = AUTOSAVE_SECONDS,
+        saving: bool = True,
     ) -> None:
         super().__init__()
         self.autosave_seconds = autosave_seconds
+        self.saving = saving
         self.defaults = defaults if defaults is not None else LoginDefaults()
         self.choices = list(choices)
         self.accounts = accounts
@@ -102,7 +105,12 @@ class WsemailApp(App[None]):
 
     def on_mount(self) -> None:
         self.push_screen(
-            LoginScreen(self.defaults, factory=self.client_factory, choices=self.choices),
+            LoginScreen(
+                self.defaults,
+                factory=self.client_factory,
+                choices=self.choices,
+                saving=self.saving,
+            ),
             self.signed_in,
         )
 
@@ -152,7 +160,9 @@ class WsemailApp(App[None]):
                 self.notify(f"Already signed in as {current.username}.")
                 return
             defaults = chosen or LoginDefaults(current.server, first_run=True)
-            screen = LoginScreen(defaults, factory=self.client_factory, cancellable=True)
+            screen = LoginScreen(
+                defaults, factory=self.client_factory, cancellable=True, saving=self.saving
+            )
             self.push_screen(screen, self.switched)
 
         self.push_screen(
@@ -249,6 +259,13 @@ def run(server: str | None = None, user: str | None = None) -> None:
     check_chosen_account()
     choices = saved_choices() if account_choice_needed(server, user) else []
     WsemailApp(known_login(server, user), choices=choices).run()
+
+
+def run_web(server: str) -> None:
+    """One browser session of `wsemail web`: the sign-in form with only the server filled
+    in; nothing from this machine's accounts, keyring or environment signs anyone in, and
+    nothing is saved."""
+    WsemailApp(LoginDefaults(server), accounts=list, saving=False).run()
 
 
 def main() -> None:

@@ -4,7 +4,9 @@ When everything is already known (flags, WSEMAIL_* environment, client.toml + ke
 form stays hidden and the screen signs in at once; a refusal shows the form and a
 notification. On first run (nothing configured) the form sets up an account: on success it
 is saved to client.toml and, with "remember" ticked, its password to the OS keyring. With
-several accounts the form starts with a choice of them (and "New account…")."""
+several accounts the form starts with a choice of them (and "New account…"). With `saving`
+off (a browser session of `wsemail web`) nothing is saved on this machine: no account, no
+keyring entry, and no "remember" box."""
 
 from __future__ import annotations
 
@@ -51,13 +53,15 @@ class LoginScreen(WorkScreen[Client]):
         factory: ClientFactory = default_client,
         choices: Sequence[LoginDefaults] = (),
         cancellable: bool = False,
+        saving: bool = True,
     ) -> None:
         super().__init__()
         self.defaults = defaults
+        self.saving = saving
         self.factory = factory
         self.choices = {c.account: c for c in choices if c.account}
         self.cancellable = cancellable
-        self.setup = defaults.first_run
+        self.setup = defaults.first_run and saving
         # the account the fields show (the Select's first Changed repeats it)
         self.shown = defaults.account if defaults.account in self.choices else ""
         if self.choices and not self.shown:
@@ -101,12 +105,13 @@ class LoginScreen(WorkScreen[Client]):
                         password=name == "password",
                         compact=True,
                     )
-            yield Checkbox(
-                "Remember the password in the OS keyring",
-                self.setup,
-                id="login-remember",
-                compact=True,
-            )
+            if self.saving:
+                yield Checkbox(
+                    "Remember the password in the OS keyring",
+                    self.setup,
+                    id="login-remember",
+                    compact=True,
+                )
             yield Button("Sign in", id="login-submit", variant="primary", compact=True)
         yield Label("", id="login-status")
         yield KeyFooter()
@@ -148,14 +153,15 @@ class LoginScreen(WorkScreen[Client]):
             return
         self.shown = str(event.value)
         chosen = self.choices.get(self.shown)
-        self.setup = chosen is None
+        self.setup = chosen is None and self.saving
         if chosen is None:  # a new account, perhaps on the same server
             chosen = LoginDefaults(self.query_one("#login-server", Input).value)
         self.query_one("#login-server", Input).value = chosen.server
         self.query_one("#login-address", Input).value = chosen.user
         self.query_one("#login-password", Input).value = chosen.password
         self.query_one("#login-roots", Input).value = chosen.trust_roots
-        self.query_one("#login-remember", Checkbox).value = self.setup
+        if self.saving:
+            self.query_one("#login-remember", Checkbox).value = self.setup
         self.query_one("#login-title", Label).update(self._title())
         if event.select.has_focus:
             self._focus_first_empty()
@@ -174,7 +180,7 @@ class LoginScreen(WorkScreen[Client]):
             return
         self.busy = True
         self.query_one("#login-status", Label).update(f"Signing in as {address} …")
-        remember = self.query_one("#login-remember", Checkbox).value
+        remember = self.saving and self.query_one("#login-remember", Checkbox).value
         roots = self.query_one("#login-roots", Input).value.strip()
         self.sign_in(server, address, password, self.setup or remember, remember, roots)
 
@@ -188,7 +194,7 @@ class LoginScreen(WorkScreen[Client]):
             self.fail("Sign-in failed", exc)
             return
         warning = ""
-        if save:
+        if save and self.saving:
             try:
                 save_account(
                     client.server, client.username, password, remember=remember, trust_roots=roots
