@@ -17,6 +17,7 @@ from typer.models import ParamMeta
 
 from wsemail import __version__ as wsemail_version
 from wsemail.cli import (
+    admin,
     aliases,
     archive,
     attachments,
@@ -80,6 +81,7 @@ app.add_typer(users.app, name="user")
 app.add_typer(aliases.app, name="alias")
 filters.register(app)
 app.add_typer(plugins.app, name="plugins")
+app.add_typer(admin.app, name="admin")
 app.add_typer(ca.app, name="ca")
 app.command("tui")(tui.tui)
 bench.register(app)

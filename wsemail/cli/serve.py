@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 import secrets
 from pathlib import Path
 
@@ -41,12 +40,26 @@ def serve(
         "auto", "--imap-tls", help="IMAP TLS: auto, implicit (IMAPS), starttls or none"
     ),
     demo: bool = typer.Option(False, "--demo", help="create two users and send a message"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="same as --log-level info"),
+    log_format: str = typer.Option(
+        "text", "--log-format", help="text, or json: one JSON object per line"
+    ),
+    log_level: str | None = typer.Option(
+        None,
+        "--log-level",
+        help="debug, info (one line per request), warning (default) or error",
+    ),
 ) -> None:
     """Run a wsemail server (Ctrl-C stops it)."""
     from wsemail.server.controller import serve_forever
+    from wsemail.server.operate import logs
 
-    logging.getLogger("wsemail").setLevel(logging.INFO if verbose else logging.WARNING)
+    level = (log_level or ("info" if verbose else "warning")).lower()
+    try:
+        logs.configure(log_format.lower(), level)
+    except ValueError as exc:
+        typer.echo(f"wsemail: {exc}", err=True)
+        raise typer.Exit(2) from exc
     cfg = load_config(
         config, data_dir, domain=domain, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key
     )

@@ -1,4 +1,5 @@
-"""`wsemail user add / list / passwd / remove`: accounts, straight on the server's data dir."""
+"""`wsemail user add / list / passwd / remove / quota`: accounts, straight on the server's
+data dir."""
 
 from __future__ import annotations
 
@@ -106,3 +107,25 @@ def remove(
     finally:
         store.close()
     typer.echo(f"removed {address}")
+
+
+@app.command()
+def quota(
+    address: str,
+    size: str = typer.Argument(..., help="500M, 2G, bytes, or 'default'"),
+    data_dir: Path | None = DataDirOpt,
+    config: Path | None = ConfigOpt,
+    domain: str | None = DomainOpt,
+) -> None:
+    """Set an account's own storage quota ('default': the server's [quota] per_user_bytes).
+    A quota below what the account keeps is accepted: only new mail is refused."""
+    from wsemail.cli.admin import check_size, quota_line
+    from wsemail.client.admin import StorageUsage
+
+    check_size(size)
+    cfg, store = _open(data_dir, config, domain, address)
+    try:
+        usage = accounts.set_quota(store, cfg, address, size)
+    finally:
+        store.close()
+    typer.echo(quota_line(StorageUsage(**usage)))

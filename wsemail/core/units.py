@@ -31,3 +31,28 @@ def percentile(values: list[float], pct: int) -> float:
     if len(values) == 1:
         return float(values[0])
     return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
+
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MAX_SIZE = 1 << 60
+
+
+def parse_size(text: str) -> int:
+    """A byte size as people write it: "5000", "500K", "20 MB", "1.5G", "2 GiB" (binary
+    units, as `byte_size` prints them). ValueError with a one-line reason otherwise."""
+    cleaned = text.strip().upper().replace(" ", "")
+    for suffix in ("IB", "B"):
+        if cleaned.endswith(suffix) and cleaned[: -len(suffix)][-1:] in "KMGT":
+            cleaned = cleaned[: -len(suffix)]
+            break
+    unit = cleaned[-1:] if cleaned[-1:] in "BKMGT" else ""
+    number = cleaned[: len(cleaned) - len(unit)]
+    if not number or not all(c.isdigit() or c == "." for c in number) or number.count(".") > 1:
+        raise ValueError(f"not a size: {text!r} (say 5000, 500K, 20MB or 2G)")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError as exc:
+        raise ValueError(f"not a size: {text!r} (say 5000, 500K, 20MB or 2G)") from exc
+    if value > MAX_SIZE:
+        raise ValueError(f"size too large: {text!r}")
+    return int(value)

@@ -5,11 +5,15 @@ SQLite WAL with a busy timeout)."""
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 from wsemail.protocol.auth import SALT_BYTES, derive_key
 from wsemail.protocol.errors import RemoteFault, UsageError
 from wsemail.protocol.message import domain_of, normalize_address
 from wsemail.server.store import SqliteStore, Tx, UserRecord
+
+if TYPE_CHECKING:
+    from wsemail.server.config import ServerConfig
 
 MIN_PASSWORD = 8
 
@@ -60,3 +64,33 @@ def remove_user(store: SqliteStore, domain: str, address: str) -> None:
 
 def list_users(store: SqliteStore) -> list[UserRecord]:
     return store.transact_sync(lambda tx: tx.users())
+
+
+def set_quota(store: SqliteStore, config: ServerConfig, address: str, size: str) -> dict[str, Any]:
+    """Set (a size) or clear ("default") an account's own storage quota; its usage after."""
+    from wsemail.core.units import parse_size
+    from wsemail.server.operate import records
+
+    address = _address(address, config.domain)
+    try:
+        limit = None if size.strip().lower() == "default" else parse_size(size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    store.ensure_schema(records.COMPONENT, records.MIGRATIONS)
+
+    def work(tx: Tx) -> records.Usage:
+        if tx.user(address) is None:
+            raise UsageError(f"no such user: {address}")
+        records.set_limit(tx, address, limit)
+        return records.usage(tx, address, config.quota_per_user_bytes)
+
+    usage = store.transact_sync(work)
+    return {
+        "address": usage.address,
+        "used": usage.used,
+        "limit": usage.limit,
+        "messages": usage.messages,
+        "message_bytes": usage.message_bytes,
+        "attachment_bytes": usage.attachment_bytes,
+        "override": usage.override,
+    }

@@ -80,6 +80,9 @@ UNDERSTOOD_HEADERS = frozenset({q("Security", WSSE), q(SIGN_RESPONSE)})
 CERTIFICATE_CALL = "CertificateCall"  # a client operation signed with the user certificate
 # set by `Server.authenticated` when the request it authenticated asked for a signed answer
 _ANSWER: ContextVar[AnswerBinding | None] = ContextVar("wsemail_answer", default=None)
+# what the request being answered is, for its log line and the metrics (`RequestRecord`)
+_RECORD: ContextVar[RequestRecord | None] = ContextVar("wsemail_request", default=None)
+request_log = logging.getLogger("wsemail.request")
 SelfAuthenticated = Callable[["Server", soap.ReceivedEnvelope, str], Awaitable[etree._Element]]
 
 
@@ -93,6 +96,33 @@ class CertificateVerifier(Protocol):
     ) -> VerifiedEnvelope: ...
 
     def active(self, tx: Tx, address: str, cert: x509.Certificate) -> bool: ...
+
+
+@dataclass
+class RequestRecord:
+    """One SOAP request as the operator sees it: the operation (an extension call as
+    `Extension/<id>` when that extension is loaded), who it authenticated as, the outcome
+    (`ok` or the fault's subcode name) and how long it took. Never a credential or a body;
+    `answer` (the response payload, for observers that count what a Deliver did) is not
+    logged."""
+
+    peer: str
+    operation: str = "unknown"
+    user: str = ""
+    outcome: str = "ok"
+    status: int = 200
+    seconds: float = 0.0
+    answer: etree._Element | None = None
+
+    def log_fields(self) -> dict[str, object]:
+        return {
+            "operation": self.operation,
+            "user": self.user,
+            "outcome": self.outcome,
+            "status": self.status,
+            "seconds": round(self.seconds, 6),
+            "peer": self.peer,
+        }
 
 
 @dataclass
@@ -147,6 +177,9 @@ class Server:
     # env:mustUnderstand is answered with the env:MustUnderstand fault; a plug-in that reads
     # its own header block adds it here (`server.understood |= {...}`) in `attach`
     understood: frozenset[str] = UNDERSTOOD_HEADERS
+    # called with every answered SOAP request (metrics, activity counts); after the log line
+    observers: list[Callable[[RequestRecord], None]] = field(default_factory=list)
+    started: float = field(default_factory=time.time)  # when this server object was made
 
     def asgi(self) -> ASGIApp:
         """The ASGI application: one path, no middleware stack on the hot path."""
@@ -185,6 +218,9 @@ class Server:
             )
         peer = request.client.host if request.client else ""
         answer = _ANSWER.set(None)
+        record = RequestRecord(peer)
+        noted = _RECORD.set(record)
+        began = time.perf_counter()
         try:
             # the body is read before a slot is taken: slow senders hold a connection only
             data = await self.read_body(request)
@@ -196,9 +232,31 @@ class Server:
         except RemoteFault as exc:
             return self.fault(exc)
         except ClientDisconnect:
+            record.outcome, record.status = "disconnected", 400
             return Response(b"", status_code=400)
         finally:
             _ANSWER.reset(answer)
+            _RECORD.reset(noted)
+            record.seconds = time.perf_counter() - began
+            self.observe(record)
+
+    def observe(self, record: RequestRecord) -> None:
+        """The request's one log line (logger `wsemail.request`, INFO; its fields also as
+        `extra` for the JSON format), then the observers."""
+        request_log.info(
+            "%s %s by %r from %s in %.1f ms",
+            record.operation,
+            record.outcome,
+            record.user,
+            record.peer,
+            record.seconds * 1000,
+            extra={"request": record.log_fields()},
+        )
+        for observer in list(self.observers):
+            try:
+                observer(record)
+            except Exception:  # an observer's bug must not touch the answer
+                log.exception("request observer failed")
 
     async def _run_slot(self, data: bytes, peer: str) -> Response:
         if self.inflight >= self.config.max_concurrency:
@@ -237,6 +295,10 @@ class Server:
 
     @staticmethod
     def fault(exc: RemoteFault) -> Response:
+        record = _RECORD.get()
+        if record is not None:
+            record.outcome = exc.subcode.partition(":")[2] or type(exc).__name__
+            record.status = exc.status
         return Response(soap.fault(exc), status_code=exc.status, media_type=soap.CONTENT_TYPE)
 
     async def read_body(self, request: Request) -> bytes:
@@ -280,10 +342,19 @@ class Server:
         name = envelope.operation_name
         if etree.QName(envelope.operation).namespace != soap.WSEMAIL:
             raise RequestInvalid("the operation must be in the urn:wsemail namespace")
+        record = _RECORD.get()
+        known = name in AUTHENTICATED or name in self.operations
+        if record is not None and (known or name in ("GetSalt", "Deliver", CERTIFICATE_CALL)):
+            record.operation = name
         if name == "GetSalt":
             return await self.get_salt(envelope.operation)
         if name == "Deliver" and self.deliver is not None:
-            return await self.deliver(self, envelope.root)
+            delivered = await self.deliver(self, envelope.root)
+            if record is not None:  # verified: the origin that signed it
+                record.answer = delivered
+                origin = (text_of(envelope.operation, "Origin") or "").strip().lower()
+                record.user = f"server:{origin}"
+            return delivered
         if name in self.operations and name not in AUTHENTICATED and name != CERTIFICATE_CALL:
             return await self.operations[name](self, envelope, peer)
         if name not in AUTHENTICATED and name != CERTIFICATE_CALL:
@@ -291,6 +362,8 @@ class Server:
         login = await self.login(envelope, peer)
         request = login.request
         operation = AUTHENTICATED[etree.QName(request).localname]
+        if record is not None:
+            record.operation = self._operation_label(request)
 
         def work(tx: Tx, user: UserRecord) -> tuple[etree._Element, Environment]:
             env = Environment(
@@ -424,7 +497,20 @@ class Server:
         with self._counting_failures(lambda: login.username, peer):
             result = await self.store.transact(unit)
         _ANSWER.set(login.answer)
+        record = _RECORD.get()
+        if record is not None:
+            record.user = login.username
         return result
+
+    def _operation_label(self, request: etree._Element) -> str:
+        """The operation's name; an Extension call's names the extension when it is loaded
+        (a bounded set: never a name the client made up)."""
+        name = etree.QName(request).localname
+        if name == "Extension":
+            extension_id = (text_of(request, "ExtensionId") or "").strip()
+            if extension_id in self.pipeline.extensions:
+                return f"Extension/{extension_id}"
+        return name
 
     @contextmanager
     def _counting_failures(self, who: Callable[[], str], peer: str) -> Iterator[None]:

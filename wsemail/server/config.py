@@ -31,6 +31,8 @@ failure_window = 60
 [quota]
 per_user_bytes = 10737418240
 reserve_bytes = 1073741824
+[metrics]
+token = "a long random string"  # GET /metrics with it from anywhere (else loopback only)
 [mailbox]
 trash_days = 30             # deleted mail is kept in Trash this long (0: until deleted)
 [[plugins]]
@@ -72,6 +74,7 @@ DEFAULT_PLUGINS = [
     PluginSpec("local-delivery", 1000),
     PluginSpec("sqlite-queue", 1000),
     PluginSpec("admin", 100),
+    PluginSpec("operate", 30),
 ]
 
 
@@ -148,6 +151,9 @@ class ServerConfig:
     quota_per_user_bytes: int = 10 << 30
     quota_reserve_bytes: int = 1 << 30
     trash_days: float = 30.0  # deleted mail stays in Trash this long (0: until deleted)
+    # [metrics] token: a scraper that sends `Authorization: Bearer <token>` may read
+    # /metrics from any address; without it only loopback peers may
+    metrics_token: str = field(default="", repr=False)
 
     @property
     def db_path(self) -> Path:
@@ -240,6 +246,7 @@ KNOWN: dict[str, Any] = {
     "dns": {"nameservers", "port"},
     "queue": {"retry_base", "retry_max", "delay_notice", "lifetime", "batch_max"},
     "quota": {"per_user_bytes", "reserve_bytes"},
+    "metrics": {"token"},
     "plugins": {"ref", "priority", "options"},
 }
 
@@ -341,6 +348,12 @@ def _apply(config: ServerConfig, raw: dict[str, Any], base: Path) -> None:
                 if value < 0:
                     raise ValueError(f"[quota] {key} must not be negative")
                 setattr(config, f"quota_{key}", value)
+        metrics = _section(raw, "metrics")
+        if "token" in metrics:
+            token = str(metrics["token"])
+            if token and len(token) < 16:
+                raise ValueError("[metrics] token must have at least 16 characters")
+            config.metrics_token = token
         tls = _section(raw, "tls")
         if "cert" in tls:
             config.tls_cert = base / str(tls["cert"])

@@ -63,6 +63,9 @@ class Relay:
         # a plug-in (e.g. an SMTP gateway) may take domains that have no wsemail service:
         # it gets the leased rows and must settle them (Relay.settle); True = taken
         self.fallback: Callable[[str, list[QueueRow]], Awaitable[bool]] | None = None
+        # told of every Deliver transaction sent: (destination domain, whether it answered
+        # with results); the metrics count attempts and failures per domain from it
+        self.observers: list[Callable[[str, bool], None]] = []
 
     def wake_threadsafe(self) -> None:
         """Wake the relay from another thread (e.g. an SMTP listener's); before `run`
@@ -135,6 +138,7 @@ class Relay:
                 )
             except httpx.HTTPError as exc:
                 last_error = f"{url}: {exc!r}"
+                self._attempted(domain, False)
                 continue  # failover to the next target
             try:
                 answer = soap.split_envelope(
@@ -142,11 +146,13 @@ class Relay:
                 ).operation
                 soap.raise_if_fault(answer)
             except RemoteFault as exc:
+                self._attempted(domain, False)
                 if response.status_code in PERMANENT_STATUSES:
                     await self.settle(batch, {}, permanent=f"{domain} refused: {exc.reason}")
                     return
                 last_error = f"{url}: {exc.reason}"
                 continue
+            self._attempted(domain, True)
             results = {
                 (node.get("MessageId", ""), node.get("Recipient", "")): (
                     node.get("Status", ""),
@@ -157,6 +163,13 @@ class Relay:
             await self.settle(batch, results)
             return
         await self.settle(batch, {}, transient=last_error)
+
+    def _attempted(self, domain: str, answered: bool) -> None:
+        for observer in list(self.observers):
+            try:
+                observer(domain, answered)
+            except Exception:
+                log.exception("relay observer failed")
 
     def transaction(self, domain: str, batch: list[QueueRow]) -> bytes:
         """A freshly signed Deliver for `batch` (all rows for `domain`)."""

@@ -45,6 +45,7 @@ from wsemail.protocol.soap import element, parse_int, q, text_of, texts_of
 from wsemail.server.attachments import federated, records
 from wsemail.server.attachments.storage import BlobStore
 from wsemail.server.attachments.streams import UPLOAD_PATH, Streams, base_url
+from wsemail.server.operate.records import limit_for
 from wsemail.server.pipeline import Environment, ExtensionProcessor, SendingProcessor, dispatch
 
 if TYPE_CHECKING:
@@ -213,7 +214,8 @@ class OnDemandAttachments(SendingProcessor, ExtensionProcessor):
     def check_quota(self, tx: Any, owner: str, size: int) -> None:
         """QuotaExceeded unless `owner`'s uploads plus `size` fit the per-user quota."""
         assert self.server is not None
-        quota = self.server.config.quota_per_user_bytes
+        # the account's own quota when one is set (wsemail user quota), else the default
+        quota = limit_for(tx, owner, self.server.config.quota_per_user_bytes)
         used = records.owner_bytes(tx, owner)
         if used + size > quota:
             raise QuotaExceeded(

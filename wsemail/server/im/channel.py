@@ -410,6 +410,11 @@ class Channels:
         with self._lock:
             self._open.pop(channel.info.id, None)
 
+    def count(self) -> int:
+        """Channels open now."""
+        with self._lock:
+            return len(self._open)
+
     def get(self, channel_id: str) -> ChannelInfo | None:
         with self._lock:
             channel = self._open.get(channel_id)

@@ -188,6 +188,11 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             except Exception:  # a follower's failure must not stop the push
                 log.exception("a new-mail listener failed")
 
+    def live_counts(self) -> tuple[int, int]:
+        """(live push sessions, open party lines), for the admin status and the metrics."""
+        channels = self._channels
+        return self.hub.count(), channels.count() if channels is not None else 0
+
     def stopping(self) -> None:
         """The server stops: end every push stream now (new ones are refused)."""
         if self._hub is not None:

@@ -1,13 +1,17 @@
 """Extension `admin`: list, load, unload and reprioritise plug-ins while the server runs,
-and the outbound queue's status per destination domain (`queue`). Only accounts marked
-admin (`wsemail user add --admin`) may call it."""
+the outbound queue's status per destination domain (`queue`), and operating the server
+(`status`, `rows`, `retry`, `bounce`, `users`, `quota`: `wsemail.server.operate.actions`).
+Only accounts marked admin (`wsemail user add --admin`) may call it."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from lxml import etree
 
 from wsemail.protocol.errors import Forbidden, PluginError, RequestInvalid
 from wsemail.protocol.soap import element, parse_int, q
+from wsemail.server.operate import actions as operating
 from wsemail.server.pipeline import (
     Environment,
     ExtensionProcessor,
@@ -17,7 +21,7 @@ from wsemail.server.pipeline import (
 )
 from wsemail.server.plugins.queue import DomainQueue, queue_status
 
-ACTIONS = ("list", "load", "unload", "priority", "queue")
+ACTIONS = ("list", "load", "unload", "priority", "queue", *operating.ACTIONS)
 MAX_PRIORITY = 1_000_000
 
 
@@ -33,6 +37,10 @@ class Admin(ExtensionProcessor):
 
     name = "admin"
     extension_id = "admin"
+    server: Any = None
+
+    def attach(self, server: Any) -> None:
+        self.server = server
 
     def handle(self, payload: etree._Element, env: Environment) -> etree._Element:
         if not env.is_admin:
@@ -44,6 +52,11 @@ class Admin(ExtensionProcessor):
         name = request.get("name", "")
         if action == "queue":
             return queue_listing(queue_status(env.tx), env.clock())
+        if action in operating.ACTIONS:
+            queue = queue_listing(queue_status(env.tx), env.clock())
+            answer = operating.run(action, request, env, self.server, queue)
+            env.log.info("admin %s: %s", env.principal, action)
+            return answer
         try:
             if action == "load":
                 env.pipeline.load(

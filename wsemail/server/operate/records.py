@@ -1,0 +1,206 @@
+"""In charge of the operate feature's rows and queries: per-user storage quota overrides
+(its own table, component schema `operate`), what each user keeps on the server, and the
+queue rows an administrator lists, retries or bounces. Every function runs inside a store
+transaction."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+
+from wsemail.server.store import QueueRow, Tx
+
+COMPONENT = "operate"
+MIGRATIONS = [
+    """
+    CREATE TABLE operate_quotas(
+        address TEXT PRIMARY KEY,
+        limit_bytes INTEGER NOT NULL,
+        changed REAL NOT NULL
+    ) WITHOUT ROWID
+    """
+]
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one user keeps here against their storage quota."""
+
+    address: str
+    messages: int
+    message_bytes: int  # mailbox copies (every folder, Trash included)
+    attachment_bytes: int  # uploads stored, bound or announced
+    limit: int  # the quota in force (the override, else the server default)
+    override: bool  # a per-user quota is set
+
+    @property
+    def used(self) -> int:
+        return self.message_bytes + self.attachment_bytes
+
+
+def set_limit(tx: Tx, address: str, limit: int | None) -> None:
+    """Set `address`'s own quota (None: back to the server default)."""
+    if limit is None:
+        tx.conn.execute("DELETE FROM operate_quotas WHERE address=?", (address,))
+        return
+    tx.conn.execute(
+        "INSERT INTO operate_quotas(address, limit_bytes, changed) VALUES (?,?,?) "
+        "ON CONFLICT(address) DO UPDATE SET limit_bytes=excluded.limit_bytes, "
+        "changed=excluded.changed",
+        (address, limit, tx.now),
+    )
+
+
+def override_of(tx: Tx, address: str) -> int | None:
+    """`address`'s own quota, if one is set (None also while the table does not exist:
+    other features ask before this one has run its migration)."""
+    try:
+        row = tx.conn.execute(
+            "SELECT limit_bytes FROM operate_quotas WHERE address=?", (address,)
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return int(row[0]) if row else None
+
+
+def limit_for(tx: Tx, address: str, default: int) -> int:
+    found = override_of(tx, address)
+    return default if found is None else found
+
+
+def _attachment_bytes(tx: Tx, address: str | None) -> dict[str, int]:
+    """Upload bytes per owner that count against the quota (the attachment plug-in's
+    table, when it exists: the same states its own quota counts)."""
+    where = "state IN ('pending','uploading','stored','bound')" + (
+        " AND owner=?" if address else ""
+    )
+    try:
+        rows = tx.conn.execute(
+            f"SELECT owner, coalesce(sum(size), 0) FROM attachment_blobs WHERE {where} "
+            "GROUP BY owner",
+            (address,) if address else (),
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return {}
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def usage(tx: Tx, address: str, default: int) -> Usage:
+    count, size = tx.conn.execute(
+        "SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE owner=?", (address,)
+    ).fetchone()
+    override = override_of(tx, address)
+    return Usage(
+        address,
+        int(count),
+        int(size),
+        _attachment_bytes(tx, address).get(address, 0),
+        default if override is None else override,
+        override is not None,
+    )
+
+
+def usage_all(tx: Tx, default: int) -> list[Usage]:
+    """Every account's usage, by address."""
+    per_owner = {
+        r[0]: (int(r[1]), int(r[2]))
+        for r in tx.conn.execute(
+            "SELECT owner, count(*), coalesce(sum(size), 0) FROM messages GROUP BY owner"
+        )
+    }
+    attached = _attachment_bytes(tx, None)
+    try:
+        overrides = {
+            r[0]: int(r[1])
+            for r in tx.conn.execute("SELECT address, limit_bytes FROM operate_quotas")
+        }
+    except sqlite3.OperationalError:
+        overrides = {}
+    return [
+        Usage(
+            user.address,
+            per_owner.get(user.address, (0, 0))[0],
+            per_owner.get(user.address, (0, 0))[1],
+            attached.get(user.address, 0),
+            overrides.get(user.address, default),
+            user.address in overrides,
+        )
+        for user in sorted(tx.users(), key=lambda u: u.address)
+    ]
+
+
+# the outbound queue, for the administrator ------------------------------------------------
+@dataclass(frozen=True)
+class QueuedRow:
+    """One queue row as the administrator sees it."""
+
+    id: int
+    domain: str
+    sender: str
+    recipients: list[str]
+    state: str
+    attempts: int
+    created: float
+    next_attempt: float
+    last_error: str
+
+
+def queue_rows(tx: Tx, domain: str | None = None, limit: int = 1000) -> list[QueuedRow]:
+    where, args = ("WHERE domain=?", (domain,)) if domain else ("", ())
+    rows = tx.conn.execute(
+        "SELECT id, domain, sender, recipients_json, state, attempts, created, next_attempt, "
+        f"coalesce(last_error, '') FROM queue {where} ORDER BY created, id LIMIT ?",
+        (*args, limit),
+    ).fetchall()
+    return [
+        QueuedRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows
+    ]
+
+
+def retry_now(tx: Tx, row_id: int) -> bool:
+    """Make a waiting row due now (a leased one is being tried already)."""
+    return (
+        tx.conn.execute(
+            "UPDATE queue SET next_attempt=? WHERE id=? AND state IN ('queued','deferred')",
+            (tx.now, row_id),
+        ).rowcount
+        > 0
+    )
+
+
+def take_for_bounce(tx: Tx, row_id: int) -> QueueRow | None:
+    """The waiting row `row_id`, for the relay to bounce (None: no such row, or the relay
+    holds it right now)."""
+    r = tx.conn.execute(
+        "SELECT id, message_id, sender, domain, payload, recipients_json, attempts, created, "
+        "notified FROM queue WHERE id=? AND state IN ('queued','deferred')",
+        (row_id,),
+    ).fetchone()
+    if r is None:
+        return None
+    return QueueRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], bool(r[8]))
+
+
+def schema_versions(tx: Tx) -> tuple[int, dict[str, int]]:
+    """The core schema version and each component's."""
+    core = int(tx.conn.execute("PRAGMA user_version").fetchone()[0])
+    components = {r[0]: int(r[1]) for r in tx.conn.execute("SELECT name, version FROM components")}
+    return core, components
+
+
+def counts(tx: Tx) -> tuple[int, int]:
+    """(accounts, messages) on this server."""
+    users = int(tx.conn.execute("SELECT count(*) FROM users").fetchone()[0])
+    return users, tx.count_messages()
+
+
+def overdue(tx: Tx) -> float:
+    """Seconds the most overdue queue row is past its attempt (a waiting row past its
+    next attempt, a leased one past its lease; 0: none)."""
+    row = tx.conn.execute(
+        "SELECT min(CASE WHEN state='leased' THEN lease_until ELSE next_attempt END) FROM queue"
+    ).fetchone()
+    if row is None or row[0] is None:
+        return 0.0
+    return max(0.0, tx.now - float(row[0]))
