@@ -4,14 +4,13 @@ authenticated admin extension (an admin account; signed answers when trust roots
 from __future__ import annotations
 
 import json
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import typer
 
-from wsemail.cli.plugins import _duration
 from wsemail.client import admin
 from wsemail.client.session import open_client
-from wsemail.core.units import byte_size
+from wsemail.core.units import byte_size, duration
 
 app = typer.Typer(help="Operate a running server (admin account).", no_args_is_help=True)
 ServerOpt = typer.Option(None, "--server", help="server URL (or WSEMAIL_SERVER)")
@@ -22,67 +21,6 @@ def mistake(message: str) -> NoReturn:
     """A command-line mistake: one line on stderr, exit 2 (as click's own)."""
     typer.echo(f"wsemail: {message}", err=True)
     raise typer.Exit(2)
-
-
-def _left(seconds: Any) -> str:
-    if not isinstance(seconds, int):
-        return "?"
-    return f"in {_duration(seconds)}" if seconds >= 0 else f"EXPIRED {_duration(-seconds)} ago"
-
-
-def status_lines(info: dict[str, Any]) -> list[str]:
-    """The status as the CLI prints it and the TUI shows it."""
-    store = info.get("store", {})
-    lines = [
-        f"wsemail {info.get('version', '?')} serving {info.get('domain', '?')}, "
-        f"up {_duration(int(info.get('uptime', 0)))}",
-        f"store       {store.get('kind', '?')}, {byte_size(int(store.get('size', 0)))}, "
-        f"schema {store.get('schema', '?')} "
-        f"({', '.join(f'{k} {v}' for k, v in store.get('components', {}).items()) or '-'})",
-        f"accounts    {info.get('users', 0)} users, {info.get('messages', 0)} messages",
-        f"disk        {byte_size(int(info.get('disk-free', 0)))} free of "
-        f"{byte_size(int(info.get('disk-total', 0)))}",
-    ]
-    for kind, rate in info.get("rates", {}).items():
-        lines.append(
-            f"{kind:11} {rate.get('m1', 0):.2f} {rate.get('m5', 0):.2f} "
-            f"{rate.get('m15', 0):.2f} per minute (1/5/15 min), {rate.get('total', 0)} in all"
-        )
-    sessions = info.get("sessions")
-    if sessions is not None:
-        lines.append(
-            f"live        {sessions.get('push', 0)} push sessions, "
-            f"{sessions.get('party-lines', 0)} party lines"
-        )
-    queue = info.get("queue", [])
-    if not queue:
-        lines.append("queue       empty")
-    for entry in queue:
-        lines.append(
-            f"queue       {entry['name']}: {entry['depth']} waiting, oldest "
-            f"{_duration(int(entry['oldest-age']))}, next attempt in "
-            f"{_duration(int(entry['next-attempt-in']))}, {entry['attempts']} tries"
-            + (f", last error: {str(entry['last-error'])[:100]}" if entry["last-error"] else "")
-        )
-    for role, plugins in info.get("plugins", {}).items():
-        if plugins:
-            named = ", ".join(f"{p['name']} ({p['priority']})" for p in plugins)
-            lines.append(f"{role:11} {named}")
-    cert = info.get("certificate")
-    if cert is not None:
-        lines.append(
-            f"certificate {cert.get('subject', '')} until {cert.get('not-after', '?')} "
-            f"({_left(cert.get('seconds-left'))})"
-        )
-    for crl in info.get("crls", []):
-        if "error" in crl:
-            lines.append(f"crl         {crl.get('file', '')}: unreadable: {crl['error']}")
-        else:
-            lines.append(
-                f"crl         {crl.get('file', '')} next update {crl.get('next-update', '?')} "
-                f"({_left(crl.get('seconds-left'))})"
-            )
-    return lines
 
 
 @app.command()
@@ -98,7 +36,7 @@ def status(
     if as_json:
         typer.echo(json.dumps(info, sort_keys=True))
         return
-    for line in status_lines(info):
+    for line in admin.status_lines(info):
         typer.echo(line)
 
 
@@ -138,7 +76,7 @@ def queue(
     for row in rows:
         typer.echo(
             f"{row['id']:>6}  {row['domain']:20} {row['attempts']:>5} "
-            f"{_duration(int(row['age'])):>7} {_duration(int(row['next-attempt-in'])):>7}  "
+            f"{duration(int(row['age'])):>7} {duration(int(row['next-attempt-in'])):>7}  "
             f"{row['sender']} → {row['recipients']}"
             + (f"\n{'':8}last error: {row['last-error'][:100]}" if row["last-error"] else "")
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from wsemail.client import session
+from wsemail.client.admin import storage_usage
 from wsemail.client.mail import Conversation
 from wsemail.protocol.errors import SignatureInvalid, UsageError
 from wsemail.protocol.message import MessageHeader
@@ -196,6 +197,10 @@ def list_(
             typer.echo(json.dumps(header.as_dict()) if as_json else _line(header))
             if count == limit:
                 break
+        if not as_json:  # NDJSON stays one header per line
+            usage = storage_usage(client)
+            if usage is not None:
+                typer.echo(usage.describe())
 
 
 def retrieve(

@@ -9,6 +9,7 @@ import typer
 from lxml import etree
 
 from wsemail.client.session import open_client
+from wsemail.core.units import duration as _duration
 from wsemail.protocol.soap import q
 
 app = typer.Typer(help="Server plug-ins of a running server (admin account).", no_args_is_help=True)
@@ -65,16 +66,6 @@ def priority(
 ) -> None:
     """Change when a plug-in runs (lower runs first)."""
     _call(server, user, "priority", name=name, priority=str(value))
-
-
-def _duration(seconds: int) -> str:
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
 @app.command()

@@ -11,7 +11,8 @@ from typing import Any
 from lxml import etree
 
 from wsemail.client.mail import Client
-from wsemail.protocol.errors import NotFound
+from wsemail.core.units import byte_size, duration
+from wsemail.protocol.errors import NotFound, RemoteFault
 from wsemail.protocol.soap import q
 
 
@@ -28,6 +29,16 @@ class StorageUsage:
     @property
     def percent(self) -> float:
         return 100.0 * self.used / self.limit if self.limit else 100.0
+
+    def describe(self) -> str:
+        """One line: what is used of the quota (`wsemail list` ends with it, the TUI
+        shows it in its status bar)."""
+        line = (
+            f"storage: {byte_size(self.used)} of {byte_size(self.limit)} used ({self.percent:.0f}%)"
+        )
+        if self.used >= self.limit:
+            line += " — over quota: new mail to you is refused"
+        return line
 
     @classmethod
     def from_xml(cls, node: etree._Element) -> StorageUsage:
@@ -74,7 +85,7 @@ def storage_usage(client: Client) -> StorageUsage | None:
     """The signed-in user's usage and quota (None: the server has no quota extension)."""
     try:
         answer = client.extension("quota", etree.Element(q("Usage")))
-    except NotFound:
+    except RemoteFault:  # no quota extension there (NotFound), or it cannot say now
         return None
     return StorageUsage.from_xml(answer) if answer is not None else None
 
@@ -153,3 +164,64 @@ def users_usage(client: Client) -> list[StorageUsage]:
 def set_quota(client: Client, address: str, size: str) -> StorageUsage:
     """`size`: bytes or 500M, 2G…; "default" clears the account's own quota."""
     return StorageUsage.from_xml(_admin(client, "quota", address=address, size=size))
+
+
+def _left(seconds: Any) -> str:
+    if not isinstance(seconds, int):
+        return "?"
+    return f"in {duration(seconds)}" if seconds >= 0 else f"EXPIRED {duration(-seconds)} ago"
+
+
+def status_lines(info: dict[str, Any]) -> list[str]:
+    """The status as the CLI prints it and the TUI shows it."""
+    store = info.get("store", {})
+    lines = [
+        f"wsemail {info.get('version', '?')} serving {info.get('domain', '?')}, "
+        f"up {duration(int(info.get('uptime', 0)))}",
+        f"store       {store.get('kind', '?')}, {byte_size(int(store.get('size', 0)))}, "
+        f"schema {store.get('schema', '?')} "
+        f"({', '.join(f'{k} {v}' for k, v in store.get('components', {}).items()) or '-'})",
+        f"accounts    {info.get('users', 0)} users, {info.get('messages', 0)} messages",
+        f"disk        {byte_size(int(info.get('disk-free', 0)))} free of "
+        f"{byte_size(int(info.get('disk-total', 0)))}",
+    ]
+    for kind, rate in info.get("rates", {}).items():
+        lines.append(
+            f"{kind:11} {rate.get('m1', 0):.2f} {rate.get('m5', 0):.2f} "
+            f"{rate.get('m15', 0):.2f} per minute (1/5/15 min), {rate.get('total', 0)} in all"
+        )
+    sessions = info.get("sessions")
+    if sessions is not None:
+        lines.append(
+            f"live        {sessions.get('push', 0)} push sessions, "
+            f"{sessions.get('party-lines', 0)} party lines"
+        )
+    queue = info.get("queue", [])
+    if not queue:
+        lines.append("queue       empty")
+    for entry in queue:
+        lines.append(
+            f"queue       {entry['name']}: {entry['depth']} waiting, oldest "
+            f"{duration(int(entry['oldest-age']))}, next attempt in "
+            f"{duration(int(entry['next-attempt-in']))}, {entry['attempts']} tries"
+            + (f", last error: {str(entry['last-error'])[:100]}" if entry["last-error"] else "")
+        )
+    for role, plugins in info.get("plugins", {}).items():
+        if plugins:
+            named = ", ".join(f"{p['name']} ({p['priority']})" for p in plugins)
+            lines.append(f"{role:11} {named}")
+    cert = info.get("certificate")
+    if cert is not None:
+        lines.append(
+            f"certificate {cert.get('subject', '')} until {cert.get('not-after', '?')} "
+            f"({_left(cert.get('seconds-left'))})"
+        )
+    for crl in info.get("crls", []):
+        if "error" in crl:
+            lines.append(f"crl         {crl.get('file', '')}: unreadable: {crl['error']}")
+        else:
+            lines.append(
+                f"crl         {crl.get('file', '')} next update {crl.get('next-update', '?')} "
+                f"({_left(crl.get('seconds-left'))})"
+            )
+    return lines

@@ -56,3 +56,14 @@ def parse_size(text: str) -> int:
     if value > MAX_SIZE:
         raise ValueError(f"size too large: {text!r}")
     return int(value)
+
+
+def duration(seconds: int) -> str:
+    """Whole seconds as people read a wait or an age: "42s", "5m03s", "2h07m", "3d04h"."""
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"

@@ -22,6 +22,7 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Header, Input, Label
 
 from wsemail.client import session
+from wsemail.client.admin import StorageUsage, storage_usage
 from wsemail.client.drafts import Drafts
 from wsemail.client.im import Incoming, InstantMessenger
 from wsemail.client.mail import Client, Page
@@ -34,6 +35,7 @@ from wsemail.tui.drafts import ComposeDraft, reopen
 from wsemail.tui.feedback import describe
 from wsemail.tui.mailbox import AddressBook, Mailbox
 from wsemail.tui.push import PushSession, notice_text, plain_address
+from wsemail.tui.screens.admin import AdminStatusScreen
 from wsemail.tui.screens.base import WorkScreen
 from wsemail.tui.screens.channel import Invited
 from wsemail.tui.screens.chat import ChatScreen
@@ -69,22 +71,28 @@ class InboxScreen(WorkScreen[None]):
         Binding("escape", "clear_filter", "Clear filter", show=False),
         Binding("ctrl+r", "reload", "Reload", show=False),
         Binding("F", "filters", "Filters", show=False),
+        Binding("S", "server_status", "Server status", show=False),
         Binding("q", "app.quit", "Quit"),
     ]
 
     class PageLoaded(Message):
-        """`page` is None when the fetch failed (already reported)."""
+        """`page` is None when the fetch failed (already reported); `usage` comes with a
+        folder's first page (None: the server did not say)."""
 
-        def __init__(self, generation: int, page: Page | None) -> None:
+        def __init__(
+            self, generation: int, page: Page | None, usage: StorageUsage | None = None
+        ) -> None:
             super().__init__()
             self.generation = generation
             self.page = page
+            self.usage = usage
 
     class Polled(Message):
-        def __init__(self, generation: int, page: Page) -> None:
+        def __init__(self, generation: int, page: Page, usage: StorageUsage | None = None) -> None:
             super().__init__()
             self.generation = generation
             self.page = page
+            self.usage = usage
 
     class Deleted(Message):
         def __init__(self, message_id: str) -> None:
@@ -126,6 +134,7 @@ class InboxScreen(WorkScreen[None]):
         self.loading = False
         self.polling = False
         self._poll_timer: Timer | None = None
+        self.usage: StorageUsage | None = None  # storage used of the quota, when known
 
     # layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -170,6 +179,8 @@ class InboxScreen(WorkScreen[None]):
             parts.append("more on server")
         if self.loading:
             parts.append("loading…")
+        if self.usage is not None:
+            parts.append(self.usage.describe())
         self.query_one("#inbox-status", Label).update(" · ".join(parts))
 
     def _show_all(self) -> None:
@@ -200,12 +211,23 @@ class InboxScreen(WorkScreen[None]):
             self.fail("Cannot list messages", exc)
             self.post_message(self.PageLoaded(generation, None))
         else:
-            self.post_message(self.PageLoaded(generation, page))
+            usage = self._read_usage() if cursor is None else None
+            self.post_message(self.PageLoaded(generation, page, usage))
+
+    def _read_usage(self) -> StorageUsage | None:
+        """The user's storage against their quota (None when it cannot be read: the
+        status bar then shows the last value it had)."""
+        try:
+            return storage_usage(self.client)
+        except Exception:  # the listing itself worked: no notice for the status bar
+            return None
 
     def on_inbox_screen_page_loaded(self, event: InboxScreen.PageLoaded) -> None:
         if event.generation != self.generation:
             return
         self.loading = False
+        if event.usage is not None:
+            self.usage = event.usage
         if event.page is None:
             self._update_status()  # keep the cursor: the next scroll or ctrl+r tries again
             return
@@ -238,12 +260,15 @@ class InboxScreen(WorkScreen[None]):
             self.fail("Cannot check for new mail", exc)
             self.post_message(self.Polled(-1, Page([], None)))
         else:
-            self.post_message(self.Polled(generation, page))
+            self.post_message(self.Polled(generation, page, self._read_usage()))
 
     def on_inbox_screen_polled(self, event: InboxScreen.Polled) -> None:
         self.polling = False
         if event.generation != self.generation:
             return
+        if event.usage is not None and event.usage != self.usage:
+            self.usage = event.usage
+            self._update_status()
         fresh = self.mailbox.merge_newest(event.page)
         if fresh is None:
             self._load_folder(self.mailbox.folder)
@@ -255,6 +280,10 @@ class InboxScreen(WorkScreen[None]):
         if self.mailbox.folder == "inbox":
             count = len(fresh)
             self.notify(f"{count} new message{'s' if count > 1 else ''}", title="New mail")
+
+    def action_server_status(self) -> None:
+        """The server status screen (an admin account; others see the refusal there)."""
+        self.app.push_screen(AdminStatusScreen(self.client))
 
     # instant messages ---------------------------------------------------------------------
     @work(thread=True, group="listen")
