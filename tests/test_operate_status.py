@@ -135,7 +135,9 @@ def test_admin_queue_lists_retries_and_bounces_one_message(tmp_path: Path, ca: P
         alice.send(["carol@b.test", "dave@b.test"], "Second", "two")
         wait_for(lambda: attempted(a, 1), "the first attempts")
 
-        rows = [json.loads(line) for line in run(a, ca, "admin", "queue", "--json").stdout.splitlines()]
+        rows = [
+            json.loads(line) for line in run(a, ca, "admin", "queue", "--json").stdout.splitlines()
+        ]
         assert [r["recipients"] for r in rows] == ["bob@b.test", "carol@b.test dave@b.test"]
         assert all(r["domain"] == "b.test" and r["attempts"] == 1 for r in rows)
         assert all(r["sender"] == "alice@a.test" and r["state"] == "deferred" for r in rows)
@@ -148,9 +150,7 @@ def test_admin_queue_lists_retries_and_bounces_one_message(tmp_path: Path, ca: P
 
         retried = run(a, ca, "admin", "queue", "--retry", str(first))
         assert retried.returncode == 0 and f"{first} will be tried now" in retried.stdout
-        wait_for(
-            lambda: a.count(f"SELECT attempts FROM queue WHERE id={first}") == 2, "the retry"
-        )
+        wait_for(lambda: a.count(f"SELECT attempts FROM queue WHERE id={first}") == 2, "the retry")
         assert a.count(f"SELECT attempts FROM queue WHERE id={second}") == 1
 
         bounced = run(a, ca, "admin", "queue", "--bounce", str(second))
