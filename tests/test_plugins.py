@@ -23,6 +23,7 @@ def test_default_pipeline_lists_builtins_in_priority_order(cli: Cli) -> None:
         "relay-policy",
         "size-limit",
         "aliases",
+        "operate",
         "forms",
         "im",
         "attachments",
@@ -34,8 +35,9 @@ def test_default_pipeline_lists_builtins_in_priority_order(cli: Cli) -> None:
         "local-delivery",
         "sqlite-queue",
     ]
-    assert rows[0]["interfaces"] == "sending" and rows[11]["interfaces"] == "local-mta"
+    assert rows[0]["interfaces"] == "sending" and rows[12]["interfaces"] == "local-mta"
     assert rows[2]["interfaces"] == "mapped-address"
+    assert rows[3]["interfaces"] == "delivery extension" and rows[3]["priority"] == "30"
 
 
 def test_admin_loads_reprioritises_and_unloads_while_serving(cli: Cli, server: Running) -> None:
