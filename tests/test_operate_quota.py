@@ -142,3 +142,27 @@ def test_quota_commands_refuse_bad_input_in_one_line(server: Running, cli: Cli) 
     )
     assert server.count("SELECT count(*) FROM operate_quotas") == 0  # nothing set
     assert server.client("bob@localhost").list_headers().headers == []  # still answers
+
+
+def test_usage_follows_deliveries_and_final_deletes(server: Running) -> None:
+    """The totals the quota check reads (kept by the operate component's triggers) agree
+    with the mailboxes after deliveries, a move to Trash and a final delete."""
+    alice, bob = server.client("alice@localhost"), server.client("bob@localhost")
+    for n in range(3):
+        alice.send(["bob@localhost"], f"Size {n}", "y" * (10 * (n + 1)))
+
+    def used() -> tuple[int, int]:
+        usage = admin.storage_usage(bob)
+        assert usage is not None
+        counted = server.count(
+            "SELECT coalesce(sum(size), 0) FROM messages WHERE owner='bob@localhost'"
+        )
+        assert usage.message_bytes == counted
+        return usage.messages, usage.used
+
+    assert used() == (3, 6 + 10 + 6 + 20 + 6 + 30)
+    first = bob.list_headers().headers[-1].id  # "Size 0": 16 bytes
+    assert bob.delete(first) == "trashed"
+    assert used() == (3, 78)  # Trash still counts
+    assert bob.delete(first) == "deleted"
+    assert used() == (2, 62)

@@ -243,15 +243,16 @@ class Server:
     def observe(self, record: RequestRecord) -> None:
         """The request's one log line (logger `wsemail.request`, INFO; its fields also as
         `extra` for the JSON format), then the observers."""
-        request_log.info(
-            "%s %s by %r from %s in %.1f ms",
-            record.operation,
-            record.outcome,
-            record.user,
-            record.peer,
-            record.seconds * 1000,
-            extra={"request": record.log_fields()},
-        )
+        if request_log.isEnabledFor(logging.INFO):  # no fields built for nothing
+            request_log.info(
+                "%s %s by %r from %s in %.1f ms",
+                record.operation,
+                record.outcome,
+                record.user,
+                record.peer,
+                record.seconds * 1000,
+                extra={"request": record.log_fields()},
+            )
         for observer in list(self.observers):
             try:
                 observer(record)
