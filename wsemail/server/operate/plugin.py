@@ -69,6 +69,7 @@ class Operate(DeliveryProcessor, ExtensionProcessor):
         self.metrics = Metrics()
         self.rates = {"deliveries": Rate(), "refusals": Rate()}
         self._routes: dict[str, Any] = {}
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     # wiring -----------------------------------------------------------------------------
     def attach(self, server: Any) -> None:
@@ -109,19 +110,18 @@ class Operate(DeliveryProcessor, ExtensionProcessor):
         return int(self.server.config.quota_per_user_bytes)
 
     def deliver(self, message: Message, recipient: str, env: Environment) -> Verdict:
-        if env.tx.user(recipient) is not None:  # an unknown one is local delivery's to refuse
-            usage = records.usage(env.tx, recipient, self.default_quota())
-            if usage.used + max(message.size, 0) > usage.limit:
-                log.info(
-                    "delivery to %r refused: over quota (%d of %d bytes)",
-                    recipient,
-                    usage.used,
-                    usage.limit,
-                )
+        size = max(message.size, 0)
+        if records.room_left(env.tx, recipient, self.default_quota()) < size:
+            if env.tx.user(recipient) is not None:  # an unknown one is local delivery's
+                log.info("delivery to %r refused: over its storage quota", recipient)
                 raise QuotaExceeded(f"{recipient}'s mailbox is full (storage quota reached)")
-        env.after_commit.append(self.rates["deliveries"].add)
-        env.after_commit.append(self.metrics.deliveries.inc)
+        env.after_commit.append(self.delivered)
         return Verdict.PASS
+
+    def delivered(self) -> None:
+        """After the commit: one more copy in a mailbox here."""
+        self.rates["deliveries"].add()
+        self.metrics.deliveries.inc()
 
     def handle(self, payload: etree._Element, env: Environment) -> etree._Element | None:
         return dispatch(payload, {"Usage": self._usage}, env, self.extension_id)
@@ -132,8 +132,15 @@ class Operate(DeliveryProcessor, ExtensionProcessor):
 
     # observation ------------------------------------------------------------------------
     def observe(self, record: Any) -> None:
-        self.metrics.requests.labels(record.operation, record.outcome).inc()
-        self.metrics.latency.labels(record.operation).observe(record.seconds)
+        key = (record.operation, record.outcome)
+        counted = self._children.get(key)
+        if counted is None:  # label children looked up once (bounded: names and subcodes)
+            counted = self._children[key] = (
+                self.metrics.requests.labels(*key),
+                self.metrics.latency.labels(record.operation),
+            )
+        counted[0].inc()
+        counted[1].observe(record.seconds)
         refused = 0
         if record.operation in MAIL_OPERATIONS and record.outcome in REFUSED:
             refused = 1

@@ -140,6 +140,23 @@ def usage(tx: Tx, address: str, default: int) -> Usage:
     )
 
 
+def room_left(tx: Tx, address: str, default: int) -> int:
+    """Bytes `address` may still receive (negative: over quota) — the delivery check's
+    one read of the totals and the override, plus the attachment uploads."""
+    try:
+        used, override = tx.conn.execute(
+            "SELECT (SELECT bytes FROM operate_usage WHERE owner=?), "
+            "(SELECT limit_bytes FROM operate_quotas WHERE address=?)",
+            (address, address),
+        ).fetchone()
+    except sqlite3.OperationalError:  # before this component's migrations ran
+        counted = usage(tx, address, default)
+        return counted.limit - counted.used
+    limit = default if override is None else int(override)
+    attached = _attachment_bytes(tx, address).get(address, 0)
+    return limit - int(used or 0) - attached
+
+
 def usage_all(tx: Tx, default: int) -> list[Usage]:
     """Every account's usage, by address."""
     per_owner = _mailboxes(tx, None)
