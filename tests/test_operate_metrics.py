@@ -13,9 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from lxml import etree
 from prometheus_client.parser import text_string_to_metric_families
 
+from wsemail.client import admin
 from wsemail.protocol.errors import AuthenticationFailed
+from wsemail.protocol.soap import q
 from wsemail.server.config import DEFAULT_PLUGINS, load_config
 from wsemail.server.pipeline import PluginSpec
 
@@ -182,3 +185,22 @@ def test_healthz_fails_while_the_relay_is_stuck_on_a_peer_that_never_answers(
     finally:
         silent.close()
         server.stop()
+
+
+def test_without_the_operate_plugin_there_are_no_routes_and_status_still_answers(
+    server: Running,
+) -> None:
+    admin_client = server.client("admin@localhost")
+    unload = etree.Element(q("Admin"), {"action": "unload", "name": "operate"})
+    admin_client.extension("admin", unload)
+    assert httpx.get(base(server) + "/metrics", timeout=10).status_code == 404
+    assert httpx.get(base(server) + "/healthz", timeout=10).status_code == 404
+    status = admin.status(admin_client)
+    assert status["rates"] == {} and "sessions" not in status
+    assert "operate" not in {p["name"] for p in status["plugins"]["delivery"]}
+    load = etree.Element(q("Admin"), {"action": "load", "ref": "operate", "priority": "30"})
+    admin_client.extension("admin", load)
+    server.client().send(["bob@localhost"], "Counted again", "hi")
+    samples = scrape(server)
+    assert samples["wsemail_requests_total"][(("operation", "Send"), ("outcome", "ok"))] == 1
+    assert httpx.get(base(server) + "/healthz", timeout=10).status_code == 200

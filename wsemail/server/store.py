@@ -494,6 +494,7 @@ class SqliteStore:
         # told how long each commit took (seconds from BEGIN to COMMIT) and how many units
         # it carried; set by the metrics (runs in the writer thread: keep it cheap)
         self.on_commit: Callable[[float, int], None] | None = None
+        self._current: Tx | None = None  # the transaction the writer thread is in
         # the data dir's reserve and full-disk mode (set by the server; None: no reserve)
         self.space: SpaceReserve | None = None
         check_database(self.path, len(MIGRATIONS))
@@ -532,6 +533,13 @@ class SqliteStore:
         return await asyncio.wrap_future(self.submit(work))
 
     def transact_sync(self, work: Callable[[Tx], T]) -> T:
+        current = self._current
+        if current is not None and threading.current_thread() is self._thread:
+            # a unit of work that needs the store again (a plug-in loaded at run time through
+            # the admin extension creates its tables in `attach`): it is already in a
+            # transaction, so `work` joins it; waiting for the writer thread would wait for
+            # itself
+            return work(current)
         return self.submit(work).result()
 
     def submit(self, work: Callable[[Tx], T]) -> concurrent.futures.Future[T]:
@@ -585,7 +593,9 @@ class SqliteStore:
         began = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            tx = Tx(conn, now, full=self.space is not None and self.space.still_full())
+            tx = self._current = Tx(
+                conn, now, full=self.space is not None and self.space.still_full()
+            )
             for work, future in batch:
                 if not future.set_running_or_notify_cancel():
                     continue  # the caller gave up (request cancelled): do not do its work
@@ -605,6 +615,7 @@ class SqliteStore:
                 else:
                     outcomes.append((future, result, None))
                 conn.execute("RELEASE unit")
+            self._current = None
             conn.execute("COMMIT")
             self.commits += 1
             if self.on_commit is not None:
@@ -613,6 +624,7 @@ class SqliteStore:
                 except Exception:
                     log.exception("commit observer failed")
         except sqlite3.Error as exc:
+            self._current = None
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             failed = self._failed("commit failed", exc)
