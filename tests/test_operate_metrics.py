@@ -17,7 +17,7 @@ from lxml import etree
 from prometheus_client.parser import text_string_to_metric_families
 
 from wsemail.client import admin
-from wsemail.protocol.errors import AuthenticationFailed
+from wsemail.protocol.errors import AuthenticationFailed, RequestInvalid
 from wsemail.protocol.soap import q
 from wsemail.server.config import DEFAULT_PLUGINS, load_config
 from wsemail.server.pipeline import PluginSpec
@@ -200,6 +200,9 @@ def test_without_the_operate_plugin_there_are_no_routes_and_status_still_answers
     assert "operate" not in {p["name"] for p in status["plugins"]["delivery"]}
     load = etree.Element(q("Admin"), {"action": "load", "ref": "operate", "priority": "30"})
     admin_client.extension("admin", load)
+    with pytest.raises(RequestInvalid, match="already loaded"):  # no second instance hooks in
+        admin_client.extension("admin", load)
+    assert len(server.controller.server.observers) == 1  # the loaded one's, once
     server.client().send(["bob@localhost"], "Counted again", "hi")
     samples = scrape(server)
     assert samples["wsemail_requests_total"][(("operation", "Send"), ("outcome", "ok"))] == 1

@@ -264,6 +264,9 @@ class Pipeline:
         plugin.priority = spec.priority
         if not interfaces_of(plugin):
             raise PluginError(f"{spec.ref!r} implements no plug-in interface")
+        with self._lock:  # before attach: a second instance must not hook into the server
+            if name in self._loaded:
+                raise PluginError(f"plug-in {name!r} is already loaded")
         if self.server is not None:
             plugin.attach(self.server)
         with self._lock:
