@@ -92,8 +92,8 @@ def test_admin_status_reports_a_server_holding_mail_for_a_down_domain(
 
         text = run(a, ca, "admin", "status").stdout
         assert "serving a.test" in text and "accounts    4 users, 2 messages" in text
-        assert "queue       b.test: 1 waiting" in text and "last error:" in text
-        assert "deliveries  1.00" in text and "local-mta   local-delivery (1000)" in text
+        assert "queue       b.test: 1 waiting" in text and "1 attempt, last error:" in text
+        assert "deliveries  1.00" in text and "local-mta: local-delivery (1000)" in text
 
         # the answer is signed by a.test's server and checked, as for every admin call
         checked = signed_client(a, ca, "admin@a.test")

@@ -50,7 +50,7 @@ async def test_the_status_screen_shows_the_server_and_refreshes_live(server: Run
         assert "serving localhost" in screen.text
         assert "accounts    4 users, 2 messages" in screen.text
         assert "queue       empty" in screen.text
-        assert "local-mta   local-delivery (1000)" in screen.text
+        assert "local-mta: local-delivery (1000)" in screen.text
         assert "certificate CN=localhost until" in screen.text
         reads = screen.reads
 

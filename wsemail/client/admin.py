@@ -203,13 +203,16 @@ def status_lines(info: dict[str, Any]) -> list[str]:
         lines.append(
             f"queue       {entry['name']}: {entry['depth']} waiting, oldest "
             f"{duration(int(entry['oldest-age']))}, next attempt in "
-            f"{duration(int(entry['next-attempt-in']))}, {entry['attempts']} tries"
+            f"{duration(int(entry['next-attempt-in']))}, "
+            f"{entry['attempts']} attempt{'' if entry['attempts'] == 1 else 's'}"
             + (f", last error: {str(entry['last-error'])[:100]}" if entry["last-error"] else "")
         )
+    label = "plug-ins"
     for role, plugins in info.get("plugins", {}).items():
         if plugins:
             named = ", ".join(f"{p['name']} ({p['priority']})" for p in plugins)
-            lines.append(f"{role:11} {named}")
+            lines.append(f"{label:11} {role}: {named}")
+            label = ""
     cert = info.get("certificate")
     if cert is not None:
         lines.append(
