@@ -16,7 +16,10 @@ from operate_helpers import one_line_failure
 from test_federation import Federation, start_domain
 
 from wsemail.client import admin
+from wsemail.client.attachments import Attachments
+from wsemail.client.drafts import Drafts
 from wsemail.pki import create_root, write_crl
+from wsemail.protocol.drafts import SavedDraft
 from wsemail.protocol.errors import QuotaExceeded
 
 from conftest import Cli, Running, inbox, wait_for, wsemail_binary
@@ -166,3 +169,19 @@ def test_usage_follows_deliveries_and_final_deletes(server: Running) -> None:
     assert used() == (3, 78)  # Trash still counts
     assert bob.delete(first) == "deleted"
     assert used() == (2, 62)
+
+
+def test_an_accounts_own_quota_also_bounds_its_drafts_and_uploads(server: Running) -> None:
+    admin_client = server.client("admin@localhost")
+    admin.set_quota(admin_client, "bob@localhost", "1K")
+    drafts = Drafts(server.client("bob@localhost"))
+    drafts.save(SavedDraft(subject="fits", body="x" * 500))
+    stored = server.stored()
+    with pytest.raises(QuotaExceeded, match="mailbox quota: 504 B of 1.0 KB used"):
+        drafts.save(SavedDraft(subject="too much", body="y" * 600))
+    uploads = Attachments(server.client("bob@localhost"))
+    with pytest.raises(QuotaExceeded, match="attachment quota"):
+        uploads.upload_stream([b"z" * 2048], 2048, "big.bin")
+    assert server.stored()[0] == stored[0]  # nothing more stored
+    admin.set_quota(admin_client, "bob@localhost", "default")
+    drafts.save(SavedDraft(subject="now it fits", body="y" * 600))

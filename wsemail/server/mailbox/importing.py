@@ -24,7 +24,7 @@ from wsemail.core.provenance import imported_record
 from wsemail.protocol.errors import MessageTooLarge, QuotaExceeded, RequestInvalid
 from wsemail.protocol.soap import element, q, text_of
 from wsemail.server.mailbox import records
-from wsemail.server.mailbox.limits import max_message_bytes, used_bytes
+from wsemail.server.mailbox.limits import max_message_bytes, quota_of, used_bytes
 from wsemail.server.mailbox.names import DRAFTS, TRASH, check_name
 from wsemail.server.pipeline import Environment
 from wsemail.server.smtp.mime import from_mime
@@ -72,7 +72,8 @@ def import_messages(env: Environment, op: etree._Element) -> etree._Element:
     now = env.clock()
     at = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     limit = max_message_bytes(env)
-    used = used_bytes(env) if env.quota_bytes > 0 else 0
+    quota = quota_of(env)
+    used = used_bytes(env) if quota > 0 else 0
     result = etree.Element(q("ImportMessagesResponse"))
     element(result, "Folder", folder)
     counts = {"imported": 0, "duplicate": 0}
@@ -117,9 +118,9 @@ def import_messages(env: Environment, op: etree._Element) -> etree._Element:
             references=incoming.references,
         )
         used += row.size
-        if env.quota_bytes > 0 and used > env.quota_bytes:
+        if quota > 0 and used > quota:
             raise QuotaExceeded(
-                f"mailbox quota of {env.quota_bytes} bytes: message {index} of the request "
+                f"mailbox quota of {quota} bytes: message {index} of the request "
                 "does not fit (nothing of this request was imported)"
             )
         items.append((records.insert(tx, owner, row), "imported"))

@@ -9,6 +9,7 @@ from wsemail.core.units import byte_size
 from wsemail.protocol.errors import MessageTooLarge, QuotaExceeded
 from wsemail.server.attachments import records as attachments
 from wsemail.server.mailbox import records
+from wsemail.server.operate.records import limit_for
 from wsemail.server.pipeline import Environment
 from wsemail.server.plugins.size_limit import SizeLimit
 
@@ -33,13 +34,19 @@ def used_bytes(env: Environment) -> int:
     return used
 
 
+def quota_of(env: Environment) -> int:
+    """The caller's quota: their own (`wsemail user quota`), else the server's; 0: none."""
+    return limit_for(env.tx, env.principal, env.quota_bytes)
+
+
 def check_quota(env: Environment, adding: int) -> None:
     """QuotaExceeded unless `adding` more bytes fit the caller's quota."""
-    if adding <= 0 or env.quota_bytes <= 0:
+    quota = quota_of(env)
+    if adding <= 0 or quota <= 0:
         return
     used = used_bytes(env)
-    if used + adding > env.quota_bytes:
+    if used + adding > quota:
         raise QuotaExceeded(
-            f"mailbox quota: {byte_size(used)} of {byte_size(env.quota_bytes)} used, "
+            f"mailbox quota: {byte_size(used)} of {byte_size(quota)} used, "
             f"{byte_size(adding)} more do not fit"
         )
