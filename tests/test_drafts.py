@@ -277,3 +277,38 @@ def test_draft_commands_refuse_bad_input_in_one_line(cli: Cli, tmp_path: Path) -
         assert result.returncode == code and text in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     assert _state(cli.server) == before
+
+
+def test_a_reply_draft_keeps_its_conversation_and_sending_it_answers(cli: Cli) -> None:
+    server = cli.server
+    server.client("bob@localhost").send(["alice@localhost"], "plans", "friday?")
+    alice = server.client()
+    original = alice.retrieve(alice.list_headers().headers[0].id, peek=True)
+    drafts = Drafts(alice)
+    draft_id = drafts.save(
+        SavedDraft(
+            to=["bob@localhost"],
+            subject="Re: plans",
+            in_reply_to=original.message_id,
+            references=[original.message_id],
+        )
+    ).id
+    # editing it from the binary (what no option gives is kept) keeps its conversation
+    cli("draft", "save", "--id", draft_id, "--subject", "Re: plans!", input="friday it is\n")
+    kept = drafts.get(draft_id)
+    assert (kept.in_reply_to, kept.references, kept.subject) == (
+        original.message_id,
+        [original.message_id],
+        "Re: plans!",
+    )
+    assert kept.as_dict()["in_reply_to"] == original.message_id
+    bad = SavedDraft(to=["bob@localhost"], in_reply_to="not-an-id")
+    assert "InReplyTo" in _refused(server, lambda: drafts.save(bad), RequestInvalid)
+    assert cli("draft", "send", draft_id).stdout.strip() == draft_id
+    assert [m.subject for m in alice.thread(original.id, peek=True)] == ["plans", "Re: plans!"]
+    header = alice.list_headers().headers[0]
+    assert header.answered and header.seen
+    bob = server.client("bob@localhost")
+    reply = bob.retrieve(bob.list_headers().headers[0].id)
+    assert reply.in_reply_to == original.message_id
+    assert [m.subject for m in bob.thread(reply.id, peek=True)] == ["plans", "Re: plans!"]

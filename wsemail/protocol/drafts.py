@@ -2,7 +2,10 @@
 form: what SaveDraft takes and GetDraft / ListDrafts answer.
 
     <Draft> Id? MessageId? To* Cc* Bcc* Subject Body? AttachmentId* Instant?
-            DeleteIfUndeliverable? Saved? Size? </Draft>
+            DeleteIfUndeliverable? InReplyTo? Reference* Saved? Size? </Draft>
+
+A reply's draft keeps its conversation (InReplyTo, References), so sending it links the
+sent message into the conversation as `wsemail reply` does.
 
 A draft is nobody's signed mail: it is the owner's text until SendDraft turns it into a
 real Send (with the draft's MessageId, so a retried send is stored once)."""
@@ -21,6 +24,8 @@ from wsemail.protocol.message import (
     instant_flags,
     instant_flags_to_xml,
     normalize_address,
+    thread_fields,
+    thread_fields_to_xml,
 )
 from wsemail.protocol.soap import element, int_of, text_of, texts_of
 
@@ -49,6 +54,8 @@ class SavedDraft:
     message_id: str | None = None
     saved: str = ""  # when it was last saved, UTC, YYYY-MM-DDTHH:MM:SSZ
     size: int = 0
+    in_reply_to: str | None = None  # a reply's: the message id it answers
+    references: list[str] = field(default_factory=list)  # its conversation, oldest first
 
     @property
     def recipients(self) -> list[str]:
@@ -72,6 +79,7 @@ class SavedDraft:
         for upload in self.attachments:
             element(node, "AttachmentId", upload)
         instant_flags_to_xml(node, self.instant, self.instant and self.delete_if_undeliverable)
+        thread_fields_to_xml(node, self.in_reply_to, self.references)
         if self.saved:
             element(node, "Saved", self.saved)
         if self.size:
@@ -98,6 +106,7 @@ class SavedDraft:
             raise RequestInvalid("an AttachmentId is the id of one of your uploads")
         message_id = (text_of(node, "MessageId") or "").strip()
         instant, delete = instant_flags(node)
+        in_reply_to, refs = thread_fields(node)
         return cls(
             to=to,
             cc=cc,
@@ -111,6 +120,8 @@ class SavedDraft:
             message_id=check_message_id(message_id) if message_id else None,
             saved=(text_of(node, "Saved") or "").strip(),
             size=int_of(node, "Size", 0, 2**63 - 1, 0),
+            in_reply_to=in_reply_to,
+            references=refs,
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -127,4 +138,6 @@ class SavedDraft:
             "size": self.size,
             **({"instant": True} if self.instant else {}),
             **({"delete_if_undeliverable": True} if self.delete_if_undeliverable else {}),
+            **({"in_reply_to": self.in_reply_to} if self.in_reply_to else {}),
+            **({"references": self.references} if self.references else {}),
         }

@@ -1,6 +1,7 @@
 """In charge of the compose screen's draft on the server: saved every few seconds while the
 text changes and when the app quits, sent with SendDraft (so it leaves Drafts in the same
-step), or discarded. Pure Python (no Textual): the screen calls it from its thread workers;
+step; a reply's draft names its conversation, and the server marks what it answers
+answered), or discarded. Pure Python (no Textual): the screen calls it from its thread workers;
 one lock keeps an autosave and a send from racing (a second draft, or a draft left behind).
 
 A message being written for Send encrypted is not saved: the server would read its text."""
@@ -28,9 +29,18 @@ class Content:
 class DraftKeeper:
     """The draft behind one compose screen: `saved` is None until the first save."""
 
-    def __init__(self, client: Client, start: Content, saved: SavedDraft | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        start: Content,
+        saved: SavedDraft | None = None,
+        *,
+        thread: SavedDraft | None = None,
+    ) -> None:
+        """`thread`: a reply's In-Reply-To and References, kept in the draft it saves."""
         self.drafts = Drafts(client)
         self.saved = saved
+        self.base = thread or SavedDraft()
         self.last = start  # the content the server holds (or the screen opened with)
         self._lock = threading.Lock()
 
@@ -42,8 +52,8 @@ class DraftKeeper:
         return content != self.last
 
     def _draft(self, to: list[str], cc: list[str], content: Content) -> SavedDraft:
-        """The draft to save: the saved one's Bcc, attachments and flags kept."""
-        base = self.saved or SavedDraft()
+        """The draft to save: the saved one's Bcc, attachments, flags and thread kept."""
+        base = self.saved or self.base
         return replace(base, to=to, cc=cc, subject=content.subject, body=content.body)
 
     def save(self, to: list[str], cc: list[str], content: Content) -> SavedDraft | None:

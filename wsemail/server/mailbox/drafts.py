@@ -10,8 +10,11 @@ A draft is a row of the owner's mailbox (searchable by the owner only, counted i
 quota like other mail) that is nobody's signed mail: its provenance record says "draft", it
 is never queued or relayed. SendDraft runs the ordinary Send (sending processors, the sent
 copy, local delivery, the queue) with the draft's MessageId and deletes the draft in the
-same unit of work: both happen or neither does. The sent copy keeps the draft's id, so a
-SendDraft retried after a lost answer is answered with the first result, sent once.
+same unit of work: both happen or neither does. A reply's draft carries InReplyTo and
+References: the sent message joins the conversation and the owner's copies of the message
+it answers are marked answered (and seen) in that unit of work too. The sent copy keeps
+the draft's id, so a SendDraft retried after a lost answer is answered with the first
+result, sent once.
 """
 
 from __future__ import annotations
@@ -132,6 +135,8 @@ def _send_request(found: SavedDraft) -> etree._Element:
         attachments=found.attachments,
         instant=found.instant,
         delete_if_undeliverable=found.delete_if_undeliverable,
+        in_reply_to=found.in_reply_to,
+        references=found.references,
     ).to_xml(request)
     for address in found.bcc:
         element(message, "Bcc", address)
@@ -168,6 +173,8 @@ def send_draft(env: Environment, op: etree._Element, submit: Operation) -> etree
     env.tx.delete_message(env.principal, public_id)
     answer = submit(replace(env, request=request), request)
     records.adopt_draft(env.tx, env.principal, text_of(answer, "Id", "") or "", public_id, extra)
+    if draft.in_reply_to:  # a reply: what it answers is marked answered, in the same step
+        records.mark_answered(env.tx, env.principal, draft.in_reply_to)
     element(result, "Id", public_id)
     element(result, "MessageId", text_of(answer, "MessageId", "") or "")
     return result

@@ -363,6 +363,8 @@ def _draft(row: tuple[Any, ...]) -> tuple[str, SavedDraft]:
         message_id=row[2],
         saved=row[7],
         size=row[8],
+        in_reply_to=extra.get("in_reply_to") or None,
+        references=list(extra.get("references", [])),
     )
 
 
@@ -372,7 +374,22 @@ def draft_json(draft: SavedDraft) -> str:
     if draft.instant:
         extra["instant"] = True
         extra["delete_if_undeliverable"] = draft.delete_if_undeliverable
+    if draft.in_reply_to:
+        extra["in_reply_to"] = draft.in_reply_to
+    if draft.references:
+        extra["references"] = draft.references
     return json.dumps(extra, sort_keys=True)
+
+
+def mark_answered(tx: Tx, owner: str, message_id: str) -> int:
+    """Mark answered (and seen) `owner`'s copies of the message `message_id` (not drafts):
+    a reply sent from a draft answered it. Found through its conversation (indexed)."""
+    return tx.conn.execute(
+        "UPDATE messages SET answered=1, seen=1 WHERE owner=? AND thread=("
+        "SELECT thread FROM thread_links WHERE owner=? AND message_id=?) "
+        "AND message_id=? AND draft IS NULL",
+        (owner, owner, message_id, message_id),
+    ).rowcount
 
 
 def draft(tx: Tx, owner: str, public_id: str) -> tuple[str, SavedDraft] | None:

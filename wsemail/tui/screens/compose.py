@@ -41,7 +41,8 @@ from wsemail.client.completion import Completer
 from wsemail.client.forms import installed_forms, workflow
 from wsemail.client.mail import Client
 from wsemail.core.forms import FormPlugin
-from wsemail.protocol.errors import WsemailError
+from wsemail.protocol.drafts import SavedDraft
+from wsemail.protocol.errors import NotFound, WsemailError
 from wsemail.protocol.message import Draft
 from wsemail.tui.autosave import Content, DraftKeeper
 from wsemail.tui.delivery import Options, send_directly, send_sealed
@@ -102,7 +103,8 @@ class ComposeScreen(WorkScreen[bool]):
         # To and Cc complete from contacts, the directory, addresses sent to (one cache)
         self.completer = Completer(client)
         start = Content(", ".join(draft.to), ", ".join(draft.cc), draft.subject, draft.body)
-        self.keeper = DraftKeeper(client, start, draft.saved)
+        thread = SavedDraft(in_reply_to=draft.in_reply_to, references=list(draft.references))
+        self.keeper = DraftKeeper(client, start, draft.saved, thread=thread)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -389,7 +391,10 @@ class ComposeScreen(WorkScreen[bool]):
                         attachments=guids,
                         instant=instant,
                         delete_if_undeliverable=dropped,
+                        in_reply_to=self.draft.in_reply_to,
+                        references=list(self.draft.references),
                     )
+                    self._mark_answered()
                 how = "Instant message sent" if options.instant else "Message sent"
                 another_way = False
             if another_way:  # the draft it was (if any) is done with
@@ -401,6 +406,16 @@ class ComposeScreen(WorkScreen[bool]):
             self.fail("Not sent", exc)
         else:
             self.post_message(self.Sent(how, [*to, *cc]))
+
+    def _mark_answered(self) -> None:
+        """(A worker.) A reply sent without a server draft: flag what it answers (SendDraft
+        does it on the server)."""
+        if self.draft.answers is None or self.draft.in_reply_to is None:
+            return
+        try:
+            self.client.set_flags([self.draft.answers], answered=True, seen=True)
+        except NotFound:
+            pass  # deleted meanwhile: the reply went all the same
 
     def on_failed(self, event: Failed) -> None:
         # WorkScreen.on_failed (run after this one: Textual walks the MRO) shows the error
