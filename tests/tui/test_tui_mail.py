@@ -193,7 +193,7 @@ async def test_delete_asks_first(server: Running) -> None:
     assert inbox_subjects(server, "alice@localhost") == []
 
 
-async def test_sent_folder_and_filter(server: Running) -> None:
+async def test_sent_folder_and_search(server: Running) -> None:
     alice = server.client("alice@localhost")
     alice.send(["bob@localhost"], "for bob", "b")
     alice.send(["carol@localhost"], "for carol", "c")
@@ -205,11 +205,12 @@ async def test_sent_folder_and_filter(server: Running) -> None:
         await wait_for(pilot, lambda: in_inbox(app, 2))
         assert inbox(app).mailbox.folder == "sent"
         assert subjects(app) == ["for carol", "for bob"]
-        await pilot.press("slash", *"CAROL")
-        await wait_for(pilot, lambda: in_inbox(app, 1))
+        await pilot.press("slash", *"CAROL", "enter")  # searched on the server
+        await wait_for(pilot, lambda: in_inbox(app, 1) and inbox(app).search_query)
         assert subjects(app) == ["for carol"]
-        await pilot.press("enter", "escape")  # back to the table, then clear the filter
-        await wait_for(pilot, lambda: in_inbox(app, 2))
+        await pilot.press("escape")  # back to the folder
+        await wait_for(pilot, lambda: in_inbox(app, 2) and inbox(app).search_query is None)
+        assert subjects(app) == ["for carol", "for bob"]
         await pilot.press("i")
         await wait_for(pilot, lambda: in_inbox(app, 1))
         assert subjects(app) == ["in the inbox"]

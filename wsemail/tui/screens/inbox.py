@@ -1,5 +1,11 @@
 """In charge of the folder view (paper, Figure 5): one folder's headers, paged in from the
-server as the user nears the end, filtered locally, kept fresh by polling ListHeaders.
+server as the user nears the end, kept fresh by polling ListHeaders.
+
+/ searches the server (Search: words, from:, to:, subject:, has:attachment, is:unread,
+is:flagged, in:FOLDER, before:, after:); the results are paged into the table like a
+folder, Enter opens one, Esc returns to the folder; a query the server refuses is a notice
+naming why. t shows the folder's conversations instead (ListThreads, `wsemail.tui.
+conversations`): Enter or space expands one, Enter on a message opens it.
 
 While it is open (the whole session: other screens stack above it) it also holds an IM push
 stream, so instant messages that arrive while the user is elsewhere show as notifications;
@@ -25,12 +31,13 @@ from wsemail.client import session
 from wsemail.client.admin import StorageUsage, storage_usage
 from wsemail.client.drafts import Drafts
 from wsemail.client.im import Incoming, InstantMessenger
-from wsemail.client.mail import Client, Page
+from wsemail.client.mail import Client, Page, ThreadPage
 from wsemail.client.newmail import HookRunner, NewMail
 from wsemail.client.partyline import Invitation
 from wsemail.protocol.drafts import SavedDraft
 from wsemail.protocol.errors import NotFound, WsemailError
-from wsemail.protocol.message import normalize_address
+from wsemail.protocol.message import MessageHeader, normalize_address
+from wsemail.tui.conversations import Conversations, is_thread_key
 from wsemail.tui.drafts import ComposeDraft, reopen
 from wsemail.tui.feedback import describe
 from wsemail.tui.mailbox import AddressBook, Mailbox
@@ -49,6 +56,12 @@ from wsemail.tui.widgets.inbox.header_table import HeaderTable
 
 FOLDER_TITLES = {"inbox": "Inbox", "sent": "Sent"}
 DRAFTS = "Drafts"
+MESSAGES, THREADS = "messages", "threads"
+SEARCH = ""  # the header table's folder while it shows search results
+SEARCH_HINT = (
+    "search the server: words, from: to: subject: has:attachment is:unread is:flagged "
+    "in:FOLDER before:YYYY-MM-DD after:YYYY-MM-DD — Enter searches, Esc goes back"
+)
 
 
 class HookFailed(Message):
@@ -67,8 +80,10 @@ class InboxScreen(WorkScreen[None]):
         Binding("i", "folder('inbox')", "Inbox"),
         Binding("s", "folder('sent')", "Sent"),
         Binding("D", "folder('Drafts')", "Drafts", show=False),
-        Binding("slash", "filter", "Filter"),
-        Binding("escape", "clear_filter", "Clear filter", show=False),
+        Binding("slash", "search", "Search"),
+        Binding("t", "threads", "Threads", tooltip="conversations / messages"),
+        Binding("space", "toggle_thread", "Expand", show=False),
+        Binding("escape", "leave_search", "Back to the folder", show=False),
         Binding("ctrl+r", "reload", "Reload", show=False),
         Binding("F", "filters", "Filters", show=False),
         Binding("S", "server_status", "Server status", show=False),
@@ -107,6 +122,21 @@ class InboxScreen(WorkScreen[None]):
             self.draft = draft
             self.message_id = message_id
 
+    class ThreadsLoaded(Message):
+        """`page` is None when the fetch failed (already reported)."""
+
+        def __init__(self, generation: int, page: ThreadPage | None) -> None:
+            super().__init__()
+            self.generation = generation
+            self.page = page
+
+    class ThreadFetched(Message):
+        def __init__(self, generation: int, key: str, headers: list[MessageHeader]) -> None:
+            super().__init__()
+            self.generation = generation
+            self.key = key
+            self.headers = headers
+
     class InstantArrived(Message):
         def __init__(self, item: Incoming) -> None:
             super().__init__()
@@ -130,6 +160,11 @@ class InboxScreen(WorkScreen[None]):
         self.page_size = page_size
         self.poll_seconds = poll_seconds
         self.mailbox = Mailbox()
+        self.threads = Conversations()
+        self.view = MESSAGES  # or THREADS
+        self.search_query: str | None = None  # the table shows this search's results
+        self.folder_box: Mailbox | None = None  # the folder as it was before the search
+        self.not_searched = 0  # encrypted messages the search could not read
         self.generation = 0
         self.loading = False
         self.polling = False
@@ -142,7 +177,7 @@ class InboxScreen(WorkScreen[None]):
         with Horizontal(id="inbox-bar"):
             yield Label("", id="folder-label")
             yield Label("", id="inbox-status")
-        yield Input(placeholder="filter loaded headers: sender, recipient, subject", id="filter")
+        yield Input(placeholder=SEARCH_HINT, id="filter")
         yield HeaderTable(id="headers")
         yield KeyFooter()
 
@@ -164,18 +199,30 @@ class InboxScreen(WorkScreen[None]):
         return self.query_one(HeaderTable)
 
     @property
-    def filter_text(self) -> str:
-        field = self.query_one("#filter", Input)
-        return field.value if field.display else ""
+    def showing_threads(self) -> bool:
+        return self.view == THREADS and self.search_query is None
 
     def _update_status(self) -> None:
         box = self.mailbox
-        self.query_one("#folder-label", Label).update(FOLDER_TITLES.get(box.folder, box.folder))
-        shown = self.table.row_count
-        parts = [f"{len(box.headers)} loaded"]
-        if self.filter_text:
-            parts.insert(0, f"{shown} match")
-        if box.loaded and box.more:
+        title = FOLDER_TITLES.get(box.folder, box.folder)
+        if self.search_query is not None:
+            title = f"Search: {self.search_query}"
+        elif self.view == THREADS:
+            title += " · conversations"
+        self.query_one("#folder-label", Label).update(title)
+        if self.showing_threads:
+            parts = [f"{len(self.threads.threads)} conversations loaded"]
+            more = self.threads.loaded and self.threads.more
+        elif self.search_query is not None:
+            parts = [f"{len(box.headers)} found"]
+            more = box.loaded and box.more
+            if self.not_searched:
+                many = "s were" if self.not_searched > 1 else " was"
+                parts.append(f"{self.not_searched} encrypted message{many} not searched")
+        else:
+            parts = [f"{len(box.headers)} loaded"]
+            more = box.loaded and box.more
+        if more:
             parts.append("more on server")
         if self.loading:
             parts.append("loading…")
@@ -184,31 +231,54 @@ class InboxScreen(WorkScreen[None]):
         self.query_one("#inbox-status", Label).update(" · ".join(parts))
 
     def _show_all(self) -> None:
-        self.table.show(self.mailbox.matching(self.filter_text))
+        if self.showing_threads:
+            self.table.show(self.threads.rows())
+        else:
+            self.table.show(self.mailbox.headers)
         self._update_status()
+
+    def _header(self, message_id: str) -> MessageHeader | None:
+        """A loaded header, whichever view shows it."""
+        return self.mailbox.get(message_id) or self.threads.get(message_id)
 
     # loading ------------------------------------------------------------------------------
     def _load_folder(self, folder: str) -> None:
         self.generation += 1
+        self.search_query, self.folder_box = None, None
         self.mailbox = Mailbox(folder)
+        self.threads = Conversations(folder, expanded=self.threads.expanded)
         self.loading = False
         self.table.set_folder(folder)
         self.table.show([])
         self._load_more()
 
     def _load_more(self) -> None:
-        if self.loading or not self.mailbox.more:
+        if self.loading:
+            return
+        if self.showing_threads:
+            if self.threads.more:
+                self.loading = True
+                self._update_status()
+                self.fetch_threads(self.threads.folder, self.threads.next_cursor, self.generation)
+            return
+        if not self.mailbox.more:
             return
         self.loading = True
         self._update_status()
-        self.fetch_page(self.mailbox.folder, self.mailbox.next_cursor, self.generation)
+        box = self.mailbox
+        self.fetch_page(box.folder, box.next_cursor, self.generation, self.search_query)
 
     @work(thread=True, group="page")
-    def fetch_page(self, folder: str, cursor: str | None, generation: int) -> None:
+    def fetch_page(
+        self, folder: str, cursor: str | None, generation: int, query: str | None = None
+    ) -> None:
         try:
-            page = self.client.list_headers(folder, limit=self.page_size, cursor=cursor)
+            if query is not None:
+                page = self.client.search(query, limit=self.page_size, cursor=cursor)
+            else:
+                page = self.client.list_headers(folder, limit=self.page_size, cursor=cursor)
         except Exception as exc:
-            self.fail("Cannot list messages", exc)
+            self.fail("Cannot search" if query is not None else "Cannot list messages", exc)
             self.post_message(self.PageLoaded(generation, None))
         else:
             usage = self._read_usage() if cursor is None else None
@@ -229,25 +299,50 @@ class InboxScreen(WorkScreen[None]):
         if event.usage is not None:
             self.usage = event.usage
         if event.page is None:
+            if self.search_query is not None and not self.mailbox.loaded:
+                self.action_leave_search()  # refused (the notice says why): the folder again
+                return
             self._update_status()  # keep the cursor: the next scroll or ctrl+r tries again
             return
         fresh = self.mailbox.add_page(event.page)
+        if self.search_query is not None:
+            self.not_searched = max(self.not_searched, event.page.encrypted_not_searched)
         self.book.learn(fresh)
-        if self.filter_text:
-            self._show_all()
-        else:
-            self.table.append(fresh)
-            self._update_status()
+        self.table.append(fresh)
+        self._update_status()
         self.call_after_refresh(self.table.check_near_end)
+
+    @work(thread=True, group="page")
+    def fetch_threads(self, folder: str, cursor: str | None, generation: int) -> None:
+        try:
+            page = self.client.list_threads(folder, limit=self.page_size, cursor=cursor)
+        except Exception as exc:
+            self.fail("Cannot list conversations", exc)
+            self.post_message(self.ThreadsLoaded(generation, None))
+        else:
+            self.post_message(self.ThreadsLoaded(generation, page))
+
+    def on_inbox_screen_threads_loaded(self, event: InboxScreen.ThreadsLoaded) -> None:
+        if event.generation != self.generation:
+            return
+        self.loading = False
+        if event.page is not None:
+            fresh = self.threads.add_page(event.page)
+            self.book.learn(h for c in fresh for h in c.headers)
+            self._show_all()
+            self.call_after_refresh(self.table.check_near_end)
+        else:
+            self._update_status()
 
     @on(HeaderTable.NearEnd)
     def _near_end(self) -> None:
         # asked again: rows may have arrived since the widget posted the message
-        if self.mailbox.loaded and self.table.near_end:
+        loaded = self.threads.loaded if self.showing_threads else self.mailbox.loaded
+        if loaded and self.table.near_end:
             self._load_more()
 
     def _poll_tick(self) -> None:
-        if self.loading or self.polling or not self.mailbox.loaded:
+        if self.loading or self.polling or not self.mailbox.loaded or self.search_query:
             return
         self.polling = True
         self.poll(self.mailbox.folder, self.generation)
@@ -319,7 +414,10 @@ class InboxScreen(WorkScreen[None]):
         self.app.bell()
         self.hooks.submit(mail.header)
         if mail.header.folder == self.mailbox.folder:
-            self._poll_tick()  # shown now, not at the next poll
+            if self.showing_threads and not self.loading:
+                self._load_folder(self.mailbox.folder)  # its conversation moves up
+            else:
+                self._poll_tick()  # shown now, not at the next poll
 
     def _hook_command(self) -> str:
         """(The hook's thread.) The hook as client.toml says now."""
@@ -334,7 +432,7 @@ class InboxScreen(WorkScreen[None]):
 
     def action_chat(self) -> None:
         message_id = self.table.selected_id
-        header = self.mailbox.get(message_id) if message_id is not None else None
+        header = self._header(message_id) if message_id is not None else None
         if header is None:
             self.action_new_chat()
             return
@@ -358,33 +456,103 @@ class InboxScreen(WorkScreen[None]):
 
     # actions ------------------------------------------------------------------------------
     def action_folder(self, folder: str) -> None:
-        if folder != self.mailbox.folder:
+        if folder != self.mailbox.folder or self.search_query is not None:
             self._load_folder(folder)
         self.table.focus()
 
     def action_reload(self) -> None:
-        self._load_folder(self.mailbox.folder)
+        if self.search_query is not None:
+            self._search(self.search_query)
+        else:
+            self._load_folder(self.mailbox.folder)
 
-    def action_filter(self) -> None:
+    # search -------------------------------------------------------------------------------
+    def action_search(self) -> None:
         field = self.query_one("#filter", Input)
         field.display = True
         field.focus()
 
-    def action_clear_filter(self) -> None:
+    @on(Input.Submitted, "#filter")
+    def _search_submitted(self, event: Input.Submitted) -> None:
+        query = event.value.strip()
+        event.input.display = False
+        self.table.focus()
+        if query:
+            self._search(query)
+        else:
+            self.action_leave_search()
+
+    def _search(self, query: str) -> None:
+        """Show the server's answer to `query` instead of the folder (kept for Esc)."""
+        self.generation += 1
+        if self.search_query is None:
+            self.folder_box = self.mailbox
+        self.search_query = query
+        self.not_searched = 0
+        self.mailbox = Mailbox(self.mailbox.folder)
+        self.loading = False
+        self.table.set_folder(SEARCH)  # results from every folder: the sender column
+        self.table.show([])
+        self._load_more()
+
+    def action_leave_search(self) -> None:
+        """Esc: close the search field; from a search's results, back to the folder."""
         field = self.query_one("#filter", Input)
         if field.display:
-            field.value = ""
             field.display = False
-            self._show_all()
             self.table.focus()
+            if self.search_query is None or field.value.strip() != self.search_query:
+                return  # a new query was being typed: the table stays as it was
+        field.value = ""
+        if self.search_query is None:
+            return
+        box, self.folder_box = self.folder_box, None
+        self.search_query = None
+        self.generation += 1  # answers still under way are for what was shown before
+        self.loading = False
+        if box is None or not box.loaded or self.showing_threads:
+            self._load_folder(self.mailbox.folder)
+            return
+        self.mailbox = box
+        self.table.set_folder(box.folder)
+        self._show_all()
+        self.call_after_refresh(self.table.check_near_end)
 
-    @on(Input.Changed, "#filter")
-    def _filter_changed(self) -> None:
+    # conversations ------------------------------------------------------------------------
+    def action_threads(self) -> None:
+        """Toggle between the folder's messages and its conversations."""
+        self.view = MESSAGES if self.view == THREADS else THREADS
+        self.threads.expanded.clear()
+        self._load_folder(self.mailbox.folder)
+        self.table.focus()
+
+    def action_toggle_thread(self) -> None:
+        key = self.table.selected_id
+        if key is not None and is_thread_key(key):
+            self._toggle(key)
+
+    def _toggle(self, key: str) -> None:
+        if self.threads.toggle(key) and self.threads.incomplete(key):
+            found = self.threads.find(key)
+            if found is not None:
+                self.fetch_thread(key, found.latest.id, self.generation)
         self._show_all()
 
-    @on(Input.Submitted, "#filter")
-    def _filter_done(self) -> None:
-        self.table.focus()
+    @work(thread=True, group="thread")
+    def fetch_thread(self, key: str, message_id: str, generation: int) -> None:
+        """The whole conversation, when the listing holds only its newest messages."""
+        try:
+            messages = self.client.thread(message_id, peek=True)
+        except Exception as exc:
+            self.fail("Cannot read the whole conversation", exc)
+        else:
+            headers = [m for m in messages if m.folder != "Trash"]
+            self.post_message(self.ThreadFetched(generation, key, list(headers)))
+
+    def on_inbox_screen_thread_fetched(self, event: InboxScreen.ThreadFetched) -> None:
+        if event.generation == self.generation and event.headers:
+            self.threads.whole[event.key] = event.headers
+            self._show_all()
 
     def action_filters(self) -> None:
         self.app.push_screen(FiltersScreen(self.client))
@@ -397,13 +565,19 @@ class InboxScreen(WorkScreen[None]):
         message_id = event.row_key.value
         if message_id is None:
             return
-        if self.mailbox.folder == DRAFTS:  # a draft opens where it is written
+        if is_thread_key(message_id):
+            self._toggle(message_id)
+            return
+        header = self._header(message_id)
+        folder = header.folder if header is not None else self.mailbox.folder
+        if folder == DRAFTS:  # a draft opens where it is written
             self.open_draft(message_id)
             return
         self._open_message(message_id)
 
     def _open_message(self, message_id: str) -> None:
         self.mailbox.mark_seen(message_id)
+        self.threads.mark_seen(message_id)
         self._show_all()
         self.app.push_screen(
             MessageScreen(self.client, self.book, message_id), self._message_closed
@@ -440,7 +614,10 @@ class InboxScreen(WorkScreen[None]):
         message_id = self.table.selected_id
         if message_id is None:
             return
-        header = self.mailbox.get(message_id)
+        if is_thread_key(message_id):
+            self.notify("expand the conversation (Enter) and pick a message", severity="warning")
+            return
+        header = self._header(message_id)
         subject = header.subject if header else ""
 
         def answered(yes: bool | None) -> None:
@@ -464,4 +641,7 @@ class InboxScreen(WorkScreen[None]):
 
     def _remove(self, message_id: str) -> None:
         self.mailbox.remove(message_id)
+        self.threads.remove(message_id)
+        if self.folder_box is not None:
+            self.folder_box.remove(message_id)
         self._show_all()
