@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from wsemail.client.mail import Conversation, ThreadPage
-from wsemail.protocol.message import MessageHeader
+from wsemail.protocol.message import Message, MessageHeader
 
 THREAD_KEY = "thread:"
 COLLAPSED, EXPANDED = "▸", "▾"
@@ -137,3 +137,35 @@ class Conversations:
                     replace(h, subject=CHILD + (h.subject or "(no subject)")) for h in messages
                 ]
         return shown
+
+
+def reply_order(messages: list[Message]) -> list[tuple[int, Message]]:
+    """A conversation (oldest first) as (depth, message): each reply right under what it
+    answers (by In-Reply-To, else the newest of its References that is here), replies to
+    one message oldest first; a message answering none of them starts at depth 0."""
+    by_id = {m.message_id: m for m in messages}
+    children: dict[str, list[Message]] = {}
+    roots: list[Message] = []
+    for message in messages:
+        named = [message.in_reply_to or "", *reversed(message.references)]
+        parent = next((p for p in named if p in by_id and p != message.message_id), None)
+        if parent is None:
+            roots.append(message)
+        else:
+            children.setdefault(parent, []).append(message)
+    ordered: list[tuple[int, Message]] = []
+    seen: set[int] = set()
+
+    def walk(message: Message, depth: int) -> None:
+        if id(message) in seen:  # a loop of references: each message once
+            return
+        seen.add(id(message))
+        ordered.append((depth, message))
+        for child in children.get(message.message_id, []):
+            walk(child, depth + 1)
+
+    for root in roots:
+        walk(root, 0)
+    for message in messages:  # caught in a loop with no root: still shown
+        walk(message, 0)
+    return ordered

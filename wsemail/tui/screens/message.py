@@ -1,7 +1,8 @@
 """In charge of reading one message: retrieve it, show it with its provenance and its
 on-demand attachments, fetch those (progress bar; the SHA-256 from the signed message is
-checked before a file is kept), and start a reply, reply-all or forward from it, or delete
-it after a confirm dialog.
+checked before a file is kept), and start a reply, reply-all or forward from it (a reply
+names its conversation: In-Reply-To, References), show its whole conversation (t), or
+delete it after a confirm dialog.
 
 A message carrying a form shows the form's text rendering (from its plug-in) and where its
 approval chain stands; a missing plug-in is fetched with i after a dialog that shows its
@@ -54,6 +55,7 @@ class MessageScreen(WorkScreen[str | None]):
         Binding("r", "reply", "Reply"),
         Binding("a", "reply_all", "Reply all"),
         Binding("f", "forward", "Forward"),
+        Binding("t", "thread", "Thread", tooltip="the whole conversation"),
         Binding("d,delete", "delete", "Delete"),
         Binding("g", "fetch", "Get files"),
         Binding("i", "install", "Install", tooltip="fetch and install the form's plug-in"),
@@ -335,6 +337,11 @@ class MessageScreen(WorkScreen[str | None]):
 
     def action_forward(self) -> None:
         self._start("forward")
+
+    def action_thread(self) -> None:
+        from wsemail.tui.screens.thread import ThreadScreen  # only when asked for
+
+        self.app.push_screen(ThreadScreen(self.client, self.message_id))
 
     def action_fetch(self) -> None:
         if not self.refs:
