@@ -256,7 +256,8 @@ async def test_help_lists_the_keys_of_the_screen(server: Running) -> None:
         await pilot.press("question_mark")
         await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
         keys = dict((d, k) for k, d in app.screen.keys)
-        assert keys["Compose"] == "c" and keys["Sent"] == "s" and "Filter" in keys
+        assert keys["Compose"] == "c" and keys["Sent"] == "s" and keys["Search"] == "/"
+        assert keys["Threads"] == "t" and keys["Back to the folder"] == "esc"
         order = [d for _, d in app.screen.keys]
         assert order[0] == "Compose"  # the screen's own keys first, navigation last
         assert order.index("Help") < order.index("Focus Next")
