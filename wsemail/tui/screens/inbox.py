@@ -281,7 +281,7 @@ class InboxScreen(WorkScreen[None]):
             self.fail("Cannot search" if query is not None else "Cannot list messages", exc)
             self.post_message(self.PageLoaded(generation, None))
         else:
-            usage = self._read_usage() if cursor is None else None
+            usage = self._read_usage() if cursor is None and query is None else None
             self.post_message(self.PageLoaded(generation, page, usage))
 
     def _read_usage(self) -> StorageUsage | None:
