@@ -8,7 +8,8 @@ SCENARIO (a prefix picks every scenario it starts: `mail` = the three mail ones)
   mail-queue  the receiving domain down then back; the sender killed mid-relay  (faults_mail)
   mail-full   the data dir's disk full, then freed (needs root for a tmpfs)     (faults_disk)
 
-Exits 1 when a scenario lost or duplicated anything (or failed to run), else 0.
+Exits 1 when a scenario lost or duplicated anything, stored a message it refused, left one
+unanswered, or failed to run; else 0.
 """
 
 from __future__ import annotations

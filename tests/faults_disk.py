@@ -76,9 +76,10 @@ def full_disk(root: Path, rounds: int, rng: random.Random, *, threads: int = 4) 
             sections={"limits": {"storage_reserve": RESERVE}},
             data_dirs={A: disk / A},
         )
+        load = Senders(bed, senders, recipients, rng, body=4000, pause=0.01)
         try:
             bed.start(A)
-            load = Senders(bed, senders, recipients, rng, body=4000, pause=0.01).start()
+            load.start()
             for number in range(rounds):
                 load.wait_for("acknowledged", 20)
                 filler = fill_to(disk, int(rng.uniform(0.2, 1.0) * RESERVE), f"filler{number}")
@@ -96,6 +97,7 @@ def full_disk(root: Path, rounds: int, rng: random.Random, *, threads: int = 4) 
             count.notes.update({f"transient {k}": n for k, n in load.errors.items()})
             tally(count, outcomes, bed.copies(recipients, senders))
         finally:
+            load.abort()  # after an error: no thread left sending
             bed.stop()
     count.seconds = time.monotonic() - started
     return count
