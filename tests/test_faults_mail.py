@@ -29,7 +29,7 @@ def test_a_server_killed_under_load_loses_and_duplicates_no_acknowledged_mail(
 def test_a_receiving_domain_down_then_back_gets_every_queued_message_once(
     tmp_path: Path,
 ) -> None:
-    count = faults_mail.receiver_down(tmp_path, 2, random.Random(16), threads=3)
+    count = faults_mail.receiver_down(tmp_path, 2, random.Random(16), threads=2)
     assert count.lost == 0 and count.duplicated == 0, count.line()
     assert count.ok, count.line()  # nothing refused stored, nothing left unanswered
     assert count.acknowledged > 0 and count.acknowledged == count.delivered, count.line()
@@ -41,7 +41,7 @@ def test_a_receiving_domain_down_then_back_gets_every_queued_message_once(
 def test_a_full_disk_refuses_mail_as_refused_and_keeps_what_it_acknowledged(
     tmp_path: Path,
 ) -> None:
-    count = faults_disk.full_disk(tmp_path, 2, random.Random(16), threads=3)
+    count = faults_disk.full_disk(tmp_path, 2, random.Random(16), threads=2)
     if count.skipped:
         pytest.skip(count.skipped)
     assert count.lost == 0 and count.duplicated == 0, count.line()
