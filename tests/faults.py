@@ -2,11 +2,12 @@
 
     scripts/faults [SCENARIO ...] [--quick] [--rounds N] [--seed S] [--keep DIR] [-v]
 
-SCENARIO (a prefix picks every scenario it starts: `mail` = the three mail ones):
+SCENARIO (a name, or a prefix for every scenario it starts: `mail` = the mail ones):
   im          IM push listener processes killed (SIGKILL) or stopped (SIGSTOP)  (faults_im)
   mail-kill9  the server killed (SIGKILL, some rounds SIGTERM) under load       (faults_mail)
   mail-queue  the receiving domain down then back; the sender killed mid-relay  (faults_mail)
   mail-full   the data dir's disk full, then freed (needs root for a tmpfs)     (faults_disk)
+  mail-full-receiver  the receiving domain's disk full, then freed (root)       (faults_disk)
 
 Exits 1 when a scenario lost or duplicated anything, stored a message it refused, left one
 unanswered, or failed to run; else 0.
@@ -63,6 +64,7 @@ SCENARIOS: dict[str, tuple[Scenario, int, int]] = {
         2,
     ),
     "mail-full": (lambda r, n, g, q: faults_disk.full_disk(r, n, g, threads=4), 4, 2),
+    "mail-full-receiver": (lambda r, n, g, q: faults_disk.receiver_full(r, n, g), 4, 2),
 }
 
 
@@ -71,7 +73,7 @@ def chosen(names: list[str]) -> list[str]:
         return list(SCENARIOS)
     picked: list[str] = []
     for name in names:
-        matches = [s for s in SCENARIOS if s.startswith(name)]
+        matches = [name] if name in SCENARIOS else [s for s in SCENARIOS if s.startswith(name)]
         if not matches:
             raise ValueError(f"no scenario {name!r} (there are: {', '.join(SCENARIOS)})")
         picked += [s for s in matches if s not in picked]

@@ -78,6 +78,8 @@ class Count:
     lost: int = 0
     duplicated: int = 0
     stored_after_refusal: int = 0
+    reads: int = 0  # full disk: lists and retrieves made while the disk was full
+    reads_refused: int = 0  # ... and refused (reads go on in the reserve)
     notes: Counter[str] = field(default_factory=Counter)  # faults made, and such
     seconds: float = 0.0
     skipped: str = ""
@@ -88,7 +90,13 @@ class Count:
         """Nothing lost or duplicated, nothing refused stored, and every message answered
         (a server that keeps failing one message for DRAIN seconds after the last fault
         is broken too)."""
-        return not (self.lost or self.duplicated or self.stored_after_refusal or self.unanswered)
+        return not (
+            self.lost
+            or self.duplicated
+            or self.stored_after_refusal
+            or self.unanswered
+            or self.reads_refused
+        )
 
     def line(self) -> str:
         if self.skipped:
@@ -389,6 +397,31 @@ def relaying(bed: Bed, deadline: float) -> None:
         time.sleep(0.02)
 
 
+def relayed(
+    bed: Bed,
+    count: Count,
+    outcomes: list[Outcome],
+    senders: list[str],
+    recipients: list[str],
+    wait: float,
+) -> None:
+    """Once a.test's queue is empty and every acknowledged message arrived (at most `wait`
+    seconds), count what b.test's users and a.test's sent folders hold, and the bounces."""
+    wanted = {(r, o.message_id) for o in outcomes if o.acknowledged for r in o.recipients}
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if not bed.queued(A) and wanted <= set(bed.copies(recipients, [])):
+            break
+        time.sleep(1.0)
+    time.sleep(1.0)  # a duplicate still on its way would arrive now
+    tally(count, outcomes, bed.copies(recipients, senders))
+    for sender in senders:  # a bounce would say why something was lost
+        with bed.client(sender) as client:
+            count.notes["bounces"] += sum(
+                h.sender.startswith("mailer-daemon@") for h in client.iter_headers()
+            )
+
+
 def receiver_down(
     root: Path,
     rounds: int,
@@ -432,19 +465,7 @@ def receiver_down(
                 bed.start(A)
         outcomes = load.stop()
         count.notes["queue peak"] = peak
-        wanted = {(r, o.message_id) for o in outcomes if o.acknowledged for r in o.recipients}
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:  # until a.test's queue is empty and all arrived
-            if not bed.queued(A) and wanted <= set(bed.copies(recipients, [])):
-                break
-            time.sleep(1.0)
-        time.sleep(1.0)  # a duplicate still on its way would arrive now
-        tally(count, outcomes, bed.copies(recipients, senders))
-        for sender in senders:  # a bounce would say why something was lost
-            with bed.client(sender) as client:
-                count.notes["bounces"] += sum(
-                    h.sender.startswith("mailer-daemon@") for h in client.iter_headers()
-                )
+        relayed(bed, count, outcomes, senders, recipients, wait)
     finally:
         load.abort()
         bed.stop()
