@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="\n".join((__doc__ or "").split("\n")[4:]),
     )
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO")
-    parser.add_argument("--quick", action="store_true", help="few rounds, about a minute")
+    parser.add_argument("--quick", action="store_true", help="few rounds, a minute or two in all")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of every scenario")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="keep data and logs here")

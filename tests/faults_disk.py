@@ -3,8 +3,10 @@
 Clients send while a filler file takes the disk down to a little slack; the mail fills the
 rest, and the server must refuse new mail with StorageFull (507) from then on; every other
 round it is killed (SIGKILL) and started again on the full disk; then the filler is
-removed and the server must take mail again (it looks every 5 s). Afterwards: every
-acknowledged message once in each mailbox, no refused one anywhere (`faults_mail.tally`).
+removed and the server must take mail again (it looks every 5 s). Reads made while the
+disk is full must be answered. Afterwards: every acknowledged message once in each
+mailbox, no refused one anywhere (`faults_mail.tally`). `receiver_full` does the same to
+the receiving domain of two: the sending server's queue must hold the mail meanwhile.
 """
 
 from __future__ import annotations

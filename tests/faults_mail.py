@@ -9,7 +9,8 @@ afterwards every recipient's mailbox listed through the client.
 - `receiver_down`: two domains; the receiving server is killed for a few seconds while the
   sending server's queue fills, then comes back; every other round the sending server is
   killed (SIGKILL) as well, while it relays the backlog.
-- `full_disk` (in `faults_disk`): the data dir on a small tmpfs that fills up.
+- `full_disk` and `receiver_full` (in `faults_disk`): the data dir of the server, or of
+  the receiving domain, on a small tmpfs that fills up.
 
 An acknowledged message must be in each recipient's mailbox (and the sender's sent folder)
 exactly once: one missing is lost, two copies are duplicated; a message that was refused
