@@ -156,7 +156,10 @@ def write_config(
     identity: Path,
     routes: dict[str, str],
     plugins: list[PluginSpec],
+    sections: dict[str, dict[str, Any]] | None = None,
 ) -> None:
+    """server.toml for a test bed node; `sections` adds tables such as
+    `{"queue": {"retry_base": 0.5}}` or `{"limits": {"storage_reserve": 1 << 20}}`."""
     lines = [
         f'domain = "{domain}"',
         'host = "127.0.0.1"',
@@ -171,6 +174,8 @@ def write_config(
         "[routes]",
         *(f'"{d}" = ["{url}"]' for d, url in routes.items()),
     ]
+    for table, values in (sections or {}).items():
+        lines += [f"[{table}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
     for spec in plugins:
         lines += ["[[plugins]]", f'ref = "{spec.ref}"', f"priority = {spec.priority}"]
         if spec.options:
@@ -186,11 +191,19 @@ class Node:
     process: subprocess.Popen[str] | None = None
     url: str = ""
 
-    def start(self, profile: Path | None = None) -> None:
+    def start(self, profile: Path | None = None, *, log: Path | None = None) -> None:
+        """Start `wsemail serve` and wait for its ready line; its log (stderr) goes to the
+        file `log` (appended) when given."""
         command = [sys.executable, "-m", "wsemail.cli", "serve", "--data-dir", str(self.data_dir)]
         if profile is not None and profile.suffix in (".prof", ".pstats"):
             command[1:1] = ["-m", "cProfile", "-o", str(profile)]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        if log is None:
+            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        else:
+            with log.open("a") as err:
+                self.process = subprocess.Popen(
+                    command, stdout=subprocess.PIPE, stderr=err, text=True
+                )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if " at " not in line:

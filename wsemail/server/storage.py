@@ -11,8 +11,10 @@ Full disk (`SpaceReserve`): the data dir keeps a reserve file. When a commit fai
 lack of space the store gives the reserve back to the file system and enters full mode:
 new mail (a Send, a relayed Deliver, a bounce, an SMTP message) is refused with the
 `StorageFull` fault (HTTP 507), while reads, deletes and their replay-cache rows go on in
-the reserve, so replay protection stays durable. Once the file system has room again the
-reserve is taken back and the server takes mail again.
+the reserve, so replay protection stays durable. The write-ahead log is checkpointed
+often enough (`checkpoint_pages`) that it never needs more than the reserve to start
+over. Once the file system has room again the reserve is taken back and the server takes
+mail again.
 """
 
 from __future__ import annotations
@@ -200,6 +202,16 @@ class SpaceReserve:
             self.full = False
             log.warning("storage has room again: taking new mail")
         return self.full
+
+
+def checkpoint_pages(reserve: int, page_size: int) -> int:
+    """Write-ahead-log pages between automatic checkpoints (`PRAGMA wal_autocheckpoint`)
+    for a data dir keeping `reserve` bytes: every commit appends the pages it changed to
+    the log, and only a checkpoint lets the log start over, so on a full disk the log may
+    grow by what the next checkpoint needs and the checkpoint may grow the database file
+    by as much. Half the reserve each, so that reads and deletes go on in it; SQLite's
+    1000 at most (the 8 MiB default reserve keeps it), 16 at least."""
+    return max(16, min(1000, reserve // max(page_size, 512) // 2))
 
 
 def _free(directory: Path) -> int:

@@ -30,6 +30,7 @@ from wsemail.server.storage import (
     FULL_REASON,
     SpaceReserve,
     check_database,
+    checkpoint_pages,
     explain,
     is_full,
 )
@@ -564,6 +565,10 @@ class SqliteStore:
 
     def _run(self) -> None:
         conn = connect(self.path)
+        if self.space is not None and self.space.size > 0:  # reads go on in the reserve
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            pages = checkpoint_pages(self.space.size, page_size)
+            conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
         last_sweep = 0.0
         try:
             while True:
@@ -603,16 +608,18 @@ class SqliteStore:
                 try:
                     result = work(tx)
                 except WsemailError as exc:  # an answer, not a bug
-                    conn.execute("ROLLBACK TO unit")
+                    _undo_unit(conn, exc)
                     outcomes.append((future, None, exc))
                 except sqlite3.Error as exc:
-                    conn.execute("ROLLBACK TO unit")
+                    _undo_unit(conn, exc)
                     outcomes.append((future, None, self._failed("unit of work failed", exc)))
                 except Exception as exc:  # a plug-in's bug must not take the batch down
-                    conn.execute("ROLLBACK TO unit")
+                    _undo_unit(conn, exc)
                     log.exception("unit of work failed")
                     outcomes.append((future, None, exc))
                 else:
+                    if not conn.in_transaction:  # it swallowed the error that ended it
+                        raise TransactionLost(StoreError("a unit of work hid a database error"))
                     outcomes.append((future, result, None))
                 conn.execute("RELEASE unit")
             self._current = None
@@ -623,11 +630,11 @@ class SqliteStore:
                     self.on_commit(time.perf_counter() - began, len(batch))
                 except Exception:
                     log.exception("commit observer failed")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, TransactionLost) as exc:
             self._current = None
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            failed = self._failed("commit failed", exc)
+            failed = self._failed("commit failed", _database_cause(exc))
             outcomes = [
                 (future, None, failed)
                 for _, future in batch
@@ -639,7 +646,7 @@ class SqliteStore:
             else:
                 future.set_result(result)
 
-    def _failed(self, what: str, exc: sqlite3.Error) -> WsemailError:
+    def _failed(self, what: str, exc: BaseException) -> WsemailError:
         """The error a failed unit or commit answers: StorageFull (one log line, and full
         mode) when the disk is full, else a StoreError with the traceback logged."""
         if is_full(exc):
@@ -650,6 +657,36 @@ class SqliteStore:
             return StorageFull(FULL_REASON)
         log.exception(what)
         return StoreError(f"{what}: {exc}")
+
+
+class TransactionLost(Exception):
+    """SQLite itself rolled the batch's whole transaction back inside a unit of work (it
+    may on SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY or SQLITE_NOMEM), undoing the units
+    before it too: the batch fails as a whole, answered by what caused it."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _undo_unit(conn: sqlite3.Connection, exc: BaseException) -> None:
+    """Roll one failed unit back to its savepoint, or raise TransactionLost when SQLite
+    already rolled back everything (there is no savepoint left, and the units before this
+    one are gone as well: none of them may be answered as done)."""
+    if not conn.in_transaction:
+        raise TransactionLost(exc) from exc
+    conn.execute("ROLLBACK TO unit")
+
+
+def _database_cause(exc: BaseException) -> BaseException:
+    """The SQLite error behind a lost transaction (through the causes a unit's own error
+    carries), so that a full disk is still answered as StorageFull."""
+    seen: BaseException | None = exc.cause if isinstance(exc, TransactionLost) else exc
+    while seen is not None:
+        if isinstance(seen, sqlite3.Error):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc.cause if isinstance(exc, TransactionLost) else exc
 
 
 def _sweep(tx: Tx) -> None:
