@@ -339,35 +339,6 @@ def test_a_version_7_store_gets_conversations_for_its_mail(tmp_path: Path) -> No
         store.close()
 
 
-def test_a_store_that_took_migration_8_as_a_placeholder_gets_it(tmp_path: Path) -> None:
-    """Between the reservation of migration 8 and its script, stores were made at version 9
-    with `SELECT 1` in its place: opened now, they get the real script."""
-    path = tmp_path / "reserved.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    scripts = [*MIGRATIONS[:7], "SELECT 1", MIGRATIONS[8]]
-    for number, script in enumerate(scripts, start=1):
-        for statement in statements(script):
-            conn.execute(statement)
-        conn.execute(f"PRAGMA user_version={number}")
-    conn.execute(
-        "INSERT INTO messages(id, owner, folder, arrival, message_id, sender, to_json, "
-        "cc_json, subject, date, size, body) VALUES ('o1', 'bob@localhost', 'inbox', 'inbox', "
-        "'<o@x>', 'a@x', '[]', '[]', 'old', '2026-01-01T00:00:00Z', 1, 'x')"
-    )
-    conn.close()
-    for _ in range(2):  # once, then nothing more to do
-        store = SqliteStore(path)
-        try:
-            rows = store.transact_sync(
-                lambda tx: tx.conn.execute(
-                    "SELECT id, thread FROM messages ORDER BY seq"
-                ).fetchall()
-            )
-            assert rows == [("o1", 1)]
-        finally:
-            store.close()
-
-
 def test_rows_stored_another_way_are_linked_by_the_trigger(server: Running) -> None:
     """An importer writing rows itself (thread left 0): the insert trigger links them as
     Tx.add_message does, merges included."""

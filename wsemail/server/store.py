@@ -93,17 +93,6 @@ def statements(script: str) -> list[str]:
     return found
 
 
-# Migrations that were once a placeholder ("SELECT 1", reserving the number while the
-# feature was written) and a table the real script creates: a store that took the
-# placeholder gets the real script when it is opened.
-PLACEHOLDERS = {8: "thread_links"}
-
-
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,))
-    return row.fetchone() is not None
-
-
 def migrate(conn: sqlite3.Connection) -> None:
     """Apply the migrations this database has not seen yet, in order."""
     conn.execute("BEGIN IMMEDIATE")
@@ -113,10 +102,6 @@ def migrate(conn: sqlite3.Connection) -> None:
             for statement in statements(script):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={number}")
-        for number, table in PLACEHOLDERS.items():  # taken as a placeholder: run it now
-            if version >= number and not _has_table(conn, table):
-                for statement in statements(MIGRATIONS[number - 1]):
-                    conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
