@@ -7,10 +7,15 @@
 - `forms`: form plug-ins on this device and the routed workflow.
 - `contacts`, `directory`, `completion`, `vcard`: personal contacts on the server, the
   address directory, address completion (contacts → directory → sent to), vCard files.
+- `httpx_cli`: keeps httpx's command-line tool (click, pygments) from loading with httpx.
 """
 
 from __future__ import annotations
 
-from wsemail.client.mail import Client, Page, SendResult
+from wsemail.client import httpx_cli
+
+httpx_cli.defer()  # before anything below imports httpx
+
+from wsemail.client.mail import Client, Page, SendResult  # noqa: E402
 
 __all__ = ["Client", "Page", "SendResult"]

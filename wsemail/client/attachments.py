@@ -21,18 +21,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from lxml import etree
 
 from wsemail.client.mail import RESPONSE_LIMITS, Client
-from wsemail.core.provenance import Provenance
 from wsemail.protocol import soap
 from wsemail.protocol.auth import timestamp
-from wsemail.protocol.dsig import Signer, add_timestamp
 from wsemail.protocol.errors import (
     RemoteFault,
     ServerError,
@@ -49,6 +45,15 @@ from wsemail.protocol.message import (
 )
 from wsemail.protocol.soap import WSSE, WSU, element, q, text_of
 from wsemail.protocol.xmlsafe import parse_untrusted
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from wsemail.core.provenance import Provenance
+
+# Keys, certificates and signatures (cryptography, signxml) load when a token is issued or a
+# request signed, not with the module: the inbox holds an IM client but signs nothing.
 
 EXTENSION_ID = "attachments"
 CHUNK = 1 << 20
@@ -270,6 +275,10 @@ class Attachments:
         now = datetime.now(UTC)
         if self._token is not None and self._token.expires - now > timedelta(minutes=2):
             return self._token
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         key = ec.generate_private_key(ec.SECP256R1())
         spki = key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -372,6 +381,10 @@ def fetch_request(
 ) -> bytes:
     """Msg8: FetchAttachment(Guid, Server, Nonce, IssuerCertificate) signed with the token's
     key (XMLDSIG over Body and Timestamp, the user certificate in KeyInfo)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from wsemail.protocol.dsig import Signer, add_timestamp
+
     env, header, body = soap.new_envelope()
     security = etree.SubElement(header, q("Security", WSSE), nsmap={"wsse": WSSE, "wsu": WSU})
     now = now or datetime.now(UTC)

@@ -38,19 +38,16 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
 from wsemail.client.attachments import Attachments, Token, _answer
 from wsemail.client.mail import Client, SendResult
 from wsemail.client.partyline import Invitation, Opened, PartyLine
-from wsemail.core.provenance import Provenance
 from wsemail.protocol import soap
 from wsemail.protocol.auth import timestamp
-from wsemail.protocol.dsig import Signer, add_timestamp
 from wsemail.protocol.errors import (
     NotFound,
     RequestInvalid,
@@ -61,6 +58,9 @@ from wsemail.protocol.errors import (
 )
 from wsemail.protocol.message import Draft, Message, domain_of, new_message_id, normalize_address
 from wsemail.protocol.soap import WSSE, WSU, element, int_of, parse_int, q, text_of
+
+if TYPE_CHECKING:
+    from wsemail.core.provenance import Provenance
 
 _log = logging.getLogger("wsemail.im")
 EXTENSION_ID = "im"
@@ -548,6 +548,10 @@ def direct_request(
 ) -> bytes:
     """DirectInstant(Server, Nonce, IssuerCertificate, Message) signed with the token's key
     (XMLDSIG over Body and Timestamp, the user certificate in KeyInfo)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from wsemail.protocol.dsig import Signer, add_timestamp
+
     env, header, body = soap.new_envelope()
     security = etree.SubElement(header, q("Security", WSSE), nsmap={"wsse": WSSE, "wsu": WSU})
     now = now or datetime.now(UTC)

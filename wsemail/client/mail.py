@@ -26,14 +26,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import httpx
-from cryptography import x509
 from lxml import etree
 
-from wsemail.core import provenance
-from wsemail.core.provenance import Provenance, server_domain
-from wsemail.pki import TrustStore
 from wsemail.protocol import soap
 from wsemail.protocol.auth import (
     IN_RESPONSE_TO,
@@ -47,7 +44,6 @@ from wsemail.protocol.auth import (
     parse_timestamp,
     timestamp_parts,
 )
-from wsemail.protocol.dsig import DS, cert_digest, verify_envelope
 from wsemail.protocol.errors import (
     MessageExpired,
     RemoteFault,
@@ -68,6 +64,16 @@ from wsemail.protocol.message import (
 )
 from wsemail.protocol.soap import WSSE, element, parse_int, q, text_of
 from wsemail.protocol.xmlsafe import XmlLimits, parse_untrusted
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from wsemail.core.provenance import Provenance
+    from wsemail.pki import TrustStore
+
+# Signatures, certificates and provenance (cryptography, signxml, the PKI) are imported by
+# the calls that check them: listing mail without trust roots never loads them, so a
+# client (and the TUI's first page) starts sooner.
 
 SERVICE_PATH = "/wsemail"  # where a server answers SOAP when the URL names no path
 RESPONSE_LIMITS = XmlLimits(max_bytes=64 << 20, max_depth=32, max_elements=1_000_000)
@@ -295,6 +301,8 @@ class Client:
         if authenticated:
             nonce = self.credentials.sign(header, body, self.now())
             if self.trust() is not None:
+                from wsemail.protocol.dsig import cert_digest
+
                 asks = element(header, SIGN_RESPONSE)
                 if self.server_certificate is not None:
                     digest = cert_digest(self.server_certificate)
@@ -326,6 +334,9 @@ class Client:
 
     def _checked_answer(self, root: etree._Element, nonce: str) -> etree._Element:
         """The verified response element of a signed answer to the request with `nonce`."""
+        from wsemail.core.provenance import server_domain
+        from wsemail.protocol.dsig import DS, cert_digest, verify_envelope
+
         trust = self.trust()
         assert trust is not None
         domain = domain_of(self.username)
@@ -534,6 +545,10 @@ class Client:
         if not self.trust_roots:
             return None
         if self._trust is None:
+            from cryptography import x509
+
+            from wsemail.pki import TrustStore
+
             try:
                 response = self._http.get(self.server + "/crl", extensions=self._extensions)
             except httpx.HTTPError as exc:
@@ -560,6 +575,8 @@ class Client:
         """Accept `cert` as `address`'s certificate from its domain's `issuing` CA, chained to
         this client's trust roots, as at the time `at` (a short-lived identity certificate
         that signed a direct instant message then), with the CRLs this client holds now."""
+        from wsemail.pki import TrustStore
+
         trust = self.trust()
         if trust is None:
             raise UntrustedSigner("no trust roots configured")
@@ -574,6 +591,9 @@ class Client:
     def verify(self, message: Message) -> tuple[Provenance, Message]:
         """Check a retrieved message's server signature (end-to-end provenance); the
         returned message's content comes from the verified signed form."""
+        from wsemail.core import provenance
+        from wsemail.core.provenance import server_domain
+
         trust = self.trust()
         signer = None if trust is None else (lambda cert: server_domain(trust, cert))
         return provenance.check(
@@ -584,6 +604,10 @@ class Client:
         """The server certificate a compact provenance names by digest, asked once of our
         own server (which verified it when it accepted the message); the caller still checks
         its chain, role and revocation."""
+        from cryptography import x509
+
+        from wsemail.protocol.dsig import cert_digest
+
         cert = self.certificates.get(digest)
         if cert is None:
             op = etree.Element(q("GetCertificate"))

@@ -21,11 +21,8 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import serialization
-
-from wsemail.client.attachments import Token
 from wsemail.protocol.errors import (
     Forbidden,
     RequestInvalid,
@@ -36,6 +33,9 @@ from wsemail.protocol.errors import (
 )
 from wsemail.protocol.message import domain_of
 from wsemail.protocol.soap import parse_int
+
+if TYPE_CHECKING:
+    from wsemail.client.attachments import Token
 
 _log = logging.getLogger("wsemail.im")
 CHANNEL_MARK = "wsemail-channel:"  # see wsemail.server.im.channel.ChannelInfo.invitation
@@ -97,6 +97,8 @@ def _client_context(token: Token | None) -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     if token is not None:  # ssl loads keys from files only: a private file, removed at once
+        from cryptography.hazmat.primitives import serialization
+
         pem = (
             token.key.private_bytes(
                 serialization.Encoding.PEM,
@@ -127,6 +129,8 @@ class PartyLine:
         self.address = ""
         self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._context = _client_context(token)
+        from cryptography.hazmat.primitives import serialization
+
         self._issuer = (
             base64.b64encode(token.issuer.public_bytes(serialization.Encoding.DER)).decode()
             if token is not None

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from textual.app import App
 from textual.binding import Binding
 
 from wsemail.client.mail import Client
-from wsemail.client.partyline import Invitation
+from wsemail.tui.autosave import AUTOSAVE_SECONDS
 from wsemail.tui.mailbox import AddressBook
-from wsemail.tui.screens.channel import ChannelScreen, Invited
-from wsemail.tui.screens.choose import ChooseScreen
-from wsemail.tui.screens.compose import AUTOSAVE_SECONDS, ComposeScreen
-from wsemail.tui.screens.help import HelpScreen
+from wsemail.tui.screens.base import Invited
 from wsemail.tui.screens.inbox import InboxScreen
 from wsemail.tui.screens.login import LoginScreen
-from wsemail.tui.screens.prompt import PromptScreen
 from wsemail.tui.signin import (
     NEW_ACCOUNT,
     ClientFactory,
@@ -34,6 +31,13 @@ from wsemail.tui.signin import (
     known_login,
     saved_accounts,
 )
+
+if TYPE_CHECKING:
+    from wsemail.client.partyline import Invitation
+
+# The screens a user opens later (compose, message, channel, help, prompts) are imported
+# when first opened, so a cold start shows the first page of the inbox sooner
+# (tests/test_layout.py keeps them out of `import wsemail.tui.app`).
 
 
 def saved_choices() -> list[LoginDefaults]:
@@ -132,6 +136,8 @@ class WsemailApp(App[None]):
 
     # accounts -----------------------------------------------------------------------------
     def action_accounts(self) -> None:
+        from wsemail.tui.screens.choose import ChooseScreen
+
         current = self.client
         if current is None or not isinstance(self.screen, InboxScreen):
             self.notify("Switch accounts from the inbox.", severity="warning")
@@ -185,9 +191,10 @@ class WsemailApp(App[None]):
     async def action_quit(self) -> None:
         """Quit; a message being written is kept in Drafts first (when it can be)."""
         for screen in self.screen_stack:
-            if isinstance(screen, ComposeScreen):
+            save = getattr(screen, "save_before_quit", None)  # a compose screen's draft
+            if callable(save):
                 try:
-                    await asyncio.to_thread(screen.save_before_quit)
+                    await asyncio.to_thread(save)
                 except Exception as exc:  # quitting must not fail: say so on the way out
                     self.log.warning(f"draft not saved: {exc}")
         self.exit()
@@ -198,6 +205,8 @@ class WsemailApp(App[None]):
 
     # party lines --------------------------------------------------------------------------
     def _in_channel(self, channel: str) -> bool:
+        from wsemail.tui.screens.channel import ChannelScreen
+
         return any(isinstance(s, ChannelScreen) and s.channel == channel for s in self.screen_stack)
 
     def on_invited(self, event: Invited) -> None:
@@ -217,6 +226,9 @@ class WsemailApp(App[None]):
         )
 
     def action_join_channel(self) -> None:
+        from wsemail.tui.screens.channel import ChannelScreen
+        from wsemail.tui.screens.prompt import PromptScreen
+
         if self.client is None or isinstance(self.screen, LoginScreen):
             return
         client = self.client
@@ -232,6 +244,8 @@ class WsemailApp(App[None]):
         self.push_screen(PromptScreen("Join the party line with channel id:"), answered)
 
     def action_help(self) -> None:
+        from wsemail.tui.screens.help import HelpScreen
+
         if isinstance(self.screen, HelpScreen):
             return
         screen: list[tuple[str, str]] = []  # the screen's own keys first

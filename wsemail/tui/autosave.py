@@ -15,6 +15,8 @@ from wsemail.client.drafts import Drafts
 from wsemail.client.mail import Client, SendResult
 from wsemail.protocol.drafts import SavedDraft
 
+AUTOSAVE_SECONDS = 5.0  # how often a changed draft is saved while one types
+
 
 @dataclass(frozen=True)
 class Content:

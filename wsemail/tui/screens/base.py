@@ -1,13 +1,18 @@
-"""In charge of what every network-using screen shares: reporting a worker's failure."""
+"""In charge of what every network-using screen shares: reporting a worker's failure, and
+`Invited`, how screens holding an IM push stream tell the app that a party-line invitation
+arrived (the app shows it with the key to join)."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from textual.message import Message
 from textual.screen import Screen
 
 from wsemail.tui.feedback import describe
+
+if TYPE_CHECKING:
+    from wsemail.client.partyline import Invitation
 
 ResultType = TypeVar("ResultType")
 
@@ -18,6 +23,14 @@ class Failed(Message):
     def __init__(self, text: str) -> None:
         super().__init__()
         self.text = text
+
+
+class Invited(Message):
+    """An invitation to a party line arrived by instant message."""
+
+    def __init__(self, invitation: Invitation) -> None:
+        super().__init__()
+        self.invitation = invitation
 
 
 class WorkScreen(Screen[ResultType]):

@@ -3,8 +3,8 @@ TLS 1.3 with a federated identity from the own server, the listener pinned by th
 invitation's fingerprint), the lines of every party live, sending with Enter, and leaving
 with Escape (the channel closes when the last party left).
 
-`Invited` is how screens holding an IM push stream tell the app that an invitation
-arrived; the app shows it with the key to join."""
+`Invited` (kept importable here) lives in `screens/base.py`, so the inbox and the app can
+post and handle it without loading this screen."""
 
 from __future__ import annotations
 
@@ -20,19 +20,12 @@ from wsemail.client.im import InstantMessenger
 from wsemail.client.mail import Client
 from wsemail.client.partyline import Invitation, PartyLine
 from wsemail.tui.partyline import ChannelSession, Event, describe_event
+from wsemail.tui.screens.base import Invited as Invited
 from wsemail.tui.screens.base import WorkScreen
 from wsemail.tui.widgets.chat.chat_log import ChatLog
 from wsemail.tui.widgets.footer import KeyFooter
 
 now = time.time  # when a line arrived (a seam for snapshots)
-
-
-class Invited(Message):
-    """An invitation to a party line arrived by instant message."""
-
-    def __init__(self, invitation: Invitation) -> None:
-        super().__init__()
-        self.invitation = invitation
 
 
 class ChannelScreen(WorkScreen[None]):

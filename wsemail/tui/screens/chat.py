@@ -20,8 +20,8 @@ from wsemail.protocol.errors import WsemailError
 from wsemail.tui.drafts import parse_addresses
 from wsemail.tui.feedback import describe
 from wsemail.tui.push import PushSession, notice_text, plain_address
-from wsemail.tui.screens.base import WorkScreen
-from wsemail.tui.screens.channel import ChannelScreen, Invited
+from wsemail.tui.screens.base import Invited, WorkScreen
+from wsemail.tui.screens.channel import ChannelScreen
 from wsemail.tui.screens.prompt import PromptScreen
 from wsemail.tui.widgets.chat.chat_log import ChatLog
 from wsemail.tui.widgets.footer import KeyFooter

@@ -44,7 +44,7 @@ from wsemail.core.forms import FormPlugin
 from wsemail.protocol.drafts import SavedDraft
 from wsemail.protocol.errors import NotFound, WsemailError
 from wsemail.protocol.message import Draft
-from wsemail.tui.autosave import Content, DraftKeeper
+from wsemail.tui.autosave import AUTOSAVE_SECONDS, Content, DraftKeeper
 from wsemail.tui.delivery import Options, send_directly, send_sealed
 from wsemail.tui.drafts import ComposeDraft, parse_addresses
 from wsemail.tui.feedback import describe
@@ -58,7 +58,6 @@ from wsemail.tui.widgets.footer import KeyFooter
 
 NO_FORM = "none — ctrl+f attaches one of your installed forms"
 DETACH = "-detach"
-AUTOSAVE_SECONDS = 5.0
 
 
 def editor_command() -> list[str]:

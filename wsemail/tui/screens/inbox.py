@@ -43,13 +43,8 @@ from wsemail.tui.feedback import describe
 from wsemail.tui.mailbox import AddressBook, Mailbox
 from wsemail.tui.push import PushSession, notice_text, plain_address
 from wsemail.tui.screens.admin import AdminStatusScreen
-from wsemail.tui.screens.base import WorkScreen
-from wsemail.tui.screens.channel import Invited
-from wsemail.tui.screens.chat import ChatScreen
-from wsemail.tui.screens.compose import ComposeScreen
+from wsemail.tui.screens.base import Invited, WorkScreen
 from wsemail.tui.screens.confirm import ConfirmScreen
-from wsemail.tui.screens.filters import FiltersScreen
-from wsemail.tui.screens.message import MessageScreen
 from wsemail.tui.screens.prompt import PromptScreen
 from wsemail.tui.widgets.footer import KeyFooter
 from wsemail.tui.widgets.inbox.header_table import HeaderTable
@@ -395,6 +390,8 @@ class InboxScreen(WorkScreen[None]):
         if item.kind == "mail":
             self._new_mail(NewMail.from_event(item))
             return
+        from wsemail.tui.screens.chat import ChatScreen  # (imported when first needed)
+
         if item.kind == "notice":
             if not isinstance(screen, ChatScreen):  # a chat screen shows its own
                 self.notify(notice_text(item), title="Instant message", severity="warning")
@@ -439,6 +436,8 @@ class InboxScreen(WorkScreen[None]):
         peer = header.sender
         if plain_address(peer) == plain_address(self.client.username):
             peer = next(iter([*header.to, *header.cc]), peer)  # own sent mail: its recipient
+        from wsemail.tui.screens.chat import ChatScreen
+
         self.app.push_screen(ChatScreen(self.client, peer))
 
     def action_new_chat(self) -> None:
@@ -450,6 +449,8 @@ class InboxScreen(WorkScreen[None]):
             except WsemailError as exc:
                 self.notify(describe(exc), title="Cannot chat", severity="error")
                 return
+            from wsemail.tui.screens.chat import ChatScreen
+
             self.app.push_screen(ChatScreen(self.client, peer))
 
         self.app.push_screen(PromptScreen("Chat with:", self.book), answered)
@@ -555,9 +556,13 @@ class InboxScreen(WorkScreen[None]):
             self._show_all()
 
     def action_filters(self) -> None:
+        from wsemail.tui.screens.filters import FiltersScreen
+
         self.app.push_screen(FiltersScreen(self.client))
 
     def action_compose(self) -> None:
+        from wsemail.tui.screens.compose import ComposeScreen
+
         self.app.push_screen(ComposeScreen(self.client, self.book, ComposeDraft()))
 
     @on(DataTable.RowSelected, "#headers")
@@ -576,6 +581,8 @@ class InboxScreen(WorkScreen[None]):
         self._open_message(message_id)
 
     def _open_message(self, message_id: str) -> None:
+        from wsemail.tui.screens.message import MessageScreen
+
         self.mailbox.mark_seen(message_id)
         self.threads.mark_seen(message_id)
         self._show_all()
@@ -602,6 +609,8 @@ class InboxScreen(WorkScreen[None]):
         def closed(_: bool | None) -> None:
             if self.mailbox.folder == DRAFTS:
                 self._load_folder(DRAFTS)  # sent, changed or discarded
+
+        from wsemail.tui.screens.compose import ComposeScreen
 
         screen = ComposeScreen(self.client, self.book, reopen(event.draft))
         self.app.push_screen(screen, closed)

@@ -1,0 +1,35 @@
+"""In charge of keeping httpx's command-line tool out of a wsemail process.
+
+`import httpx` runs `from ._main import main`, which loads click, pygments and rich's
+progress bars and syntax highlighting whenever they are installed (they are: the CLI and
+the TUI need them) — about 100 ms of a cold start for a tool wsemail never runs. `defer()`
+puts a stand-in `httpx._main` in place before httpx is imported: its `main` loads the real
+module when called, so `httpx.main` still works; nothing else of httpx changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
+NAME = "httpx._main"
+
+
+def _main(*args: Any, **kwargs: Any) -> Any:
+    """httpx's `main`, loaded on first call (the stand-in makes way for the real module)."""
+    if getattr(sys.modules.get(NAME), "deferred", False):
+        del sys.modules[NAME]
+    real = importlib.import_module(NAME)
+    return real.main(*args, **kwargs)
+
+
+def defer() -> None:
+    """Install the stand-in unless httpx (or its tool) is already imported."""
+    if "httpx" in sys.modules or NAME in sys.modules:
+        return
+    stand_in = types.ModuleType(NAME, "httpx's command-line tool, loaded when first run")
+    stand_in.main = _main  # type: ignore[attr-defined]
+    stand_in.deferred = True  # type: ignore[attr-defined]
+    sys.modules[NAME] = stand_in
