@@ -24,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "bench": {"", "protocol", "pki", "core", "client", "server", "bench"},
     "tui": {"", "protocol", "pki", "core", "client", "tui"},
     "cli": {"", "protocol", "pki", "core", "client", "server", "bench", "tui", "cli"},
+    "console": {"", "protocol", "client", "tui", "cli", "console"},  # the console script
     "": {"", "protocol", "client"},  # wsemail/__init__.py: the public surface
 }
 

@@ -72,3 +72,106 @@ def test_every_fault_subcode_maps_back_to_one_class() -> None:
             assert issubclass(cls, parent) and cls.status == parent.status, cls
         seen.setdefault(cls.subcode, cls)
     assert fault_classes()["wsemail:InvalidRequest"].__name__ == "RequestInvalid"
+
+
+# What a cold start of the terminal client must not load (issues 17 and 23): the CLI and
+# what only it needs, the server, the screens opened later (compose, message, chat, party
+# line, filters, help, forms), and signatures, certificates and provenance (cryptography,
+# signxml), which only a check of a signed answer or message loads. No timing here:
+# tests/bench_tui_inbox.py measures; this keeps the imports that made it slow out.
+NOT_AT_TUI_START = (
+    "typer",
+    "click",
+    "dkim",
+    "dns",
+    "pygments",  # httpx's command-line tool (wsemail/client/httpx_cli.py)
+    "wsemail.cli",
+    "wsemail.server",
+    "wsemail.bench",
+    "cryptography",
+    "signxml",
+    "wsemail.pki",
+    "wsemail.protocol.dsig",
+    "wsemail.core.provenance",
+    "wsemail.core.forms",
+    "wsemail.core.sieve",
+    "wsemail.client.forms",
+    "wsemail.client.usercerts",
+    "wsemail.tui.screens.compose",
+    "wsemail.tui.screens.message",
+    "wsemail.tui.screens.chat",
+    "wsemail.tui.screens.channel",
+    "wsemail.tui.screens.filters",
+    "wsemail.tui.screens.help",
+    "wsemail.tui.formscreen",
+    "wsemail.tui.delivery",
+    "textual.widgets._text_area",
+)
+
+
+def loaded_after(code: str, env: dict[str, str] | None = None) -> list[str]:
+    """Which of NOT_AT_TUI_START a fresh interpreter has loaded after running `code`."""
+    probe = (
+        f"import sys\ntry:\n    {code}\nexcept SystemExit:\n    pass\n"
+        f"print(','.join(m for m in {NOT_AT_TUI_START!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_tui_app_starts_without_the_cli_the_server_or_later_screens() -> None:
+    assert loaded_after("import wsemail.tui.app") == []
+
+
+def test_wsemail_tui_command_skips_the_cli(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The console script's fast path: `wsemail tui --account NAME` loads the app, not the
+    CLI (here it stops at the unknown account, with the CLI's one-line message)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSEMAIL_")}
+    env.update(HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path))
+    code = "sys.argv = ['wsemail', 'tui', '--account', 'nobody']; import wsemail.console; "
+    code += "wsemail.console.main()"
+    assert loaded_after(code, env) == []
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import wsemail.console as c; c.main()",
+            "tui",
+            "--account",
+            "nobody",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert run.returncode == 1
+    assert run.stderr.strip().startswith("wsemail: no account named 'nobody'"), run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_console_fast_path_takes_only_the_tui_options() -> None:
+    from wsemail.console import tui_options
+
+    assert tui_options(["tui"]) == {}
+    assert tui_options(["tui", "--server", "http://h/wsemail", "--user=a@b.test"]) == {
+        "--server": "http://h/wsemail",
+        "--user": "a@b.test",
+    }
+    assert tui_options(["tui", "--account", "work"]) == {"--account": "work"}
+    for other in (
+        [],
+        ["list"],
+        ["--version"],
+        ["tui", "--help"],
+        ["tui", "--user"],
+        ["tui", "--user", "--server", "x"],
+        ["tui", "--user", "a", "--user", "b"],
+        ["tui", "extra"],
+    ):
+        assert tui_options(other) is None, other
