@@ -164,6 +164,10 @@ def test_console_fast_path_takes_only_the_tui_options() -> None:
         "--user": "a@b.test",
     }
     assert tui_options(["tui", "--account", "work"]) == {"--account": "work"}
+    assert tui_options(["tui", "--web", "--server", "https://h/wsemail"]) == {
+        "--web": "",
+        "--server": "https://h/wsemail",
+    }
     for other in (
         [],
         ["list"],
@@ -173,5 +177,7 @@ def test_console_fast_path_takes_only_the_tui_options() -> None:
         ["tui", "--user", "--server", "x"],
         ["tui", "--user", "a", "--user", "b"],
         ["tui", "extra"],
+        ["tui", "--web=1"],
+        ["tui", "--web", "--web"],
     ):
         assert tui_options(other) is None, other

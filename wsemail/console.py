@@ -1,6 +1,7 @@
 """In charge of the `wsemail` console script: `wsemail tui` with no more than its own
-options (--server, --user, --account) starts the terminal client at once; everything else
-goes to the command line (`wsemail.cli.main`).
+options (--server, --user, --account, --web) starts the terminal client at once; everything
+else goes to the command line (`wsemail.cli.main`). `python -m wsemail.console` is the same
+(a browser session of `wsemail web` starts that way).
 
 The full command line imports every command group (typer, click, the server's DKIM and DNS
 code, the PKI…), over a second of a cold start the terminal client does not need. What this
@@ -13,7 +14,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-TUI_OPTIONS = ("--server", "--user", "--account")
+TUI_OPTIONS = ("--server", "--user", "--account")  # each with a value
+TUI_FLAGS = ("--web",)  # a session of `wsemail web`
 
 
 def tui_options(args: Sequence[str]) -> dict[str, str] | None:
@@ -24,8 +26,13 @@ def tui_options(args: Sequence[str]) -> dict[str, str] | None:
     rest = list(args[1:])
     while rest:
         name, has_value, value = rest.pop(0).partition("=")
-        if name not in TUI_OPTIONS or name in found:
+        if name in found or name not in TUI_OPTIONS + TUI_FLAGS:
             return None
+        if name in TUI_FLAGS:
+            if has_value:
+                return None
+            found[name] = ""
+            continue
         if not has_value:
             if not rest or rest[0].startswith("-"):
                 return None
@@ -50,12 +57,21 @@ def main() -> None:
     try:
         if options.get("--account"):
             session.selected_account = session.check_account_name(options["--account"])
-        from wsemail.tui.app import run
+        if "--web" in options:
+            from wsemail.tui.app import run_web
 
-        run(options.get("--server"), options.get("--user"))
+            run_web(options.get("--server") or "")
+        else:
+            from wsemail.tui.app import run
+
+            run(options.get("--server"), options.get("--user"))
     except WsemailError as exc:
         print(f"wsemail: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -29,10 +29,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wsemail.client.attachments import Attachments, safe_file_name
 from wsemail.client.mail import Client, SendResult
-from wsemail.core.provenance import Provenance
 from wsemail.protocol.errors import NotFound, SignatureInvalid, UsageError
 from wsemail.protocol.message import (
     MAX_REFERENCES,
@@ -42,6 +42,9 @@ from wsemail.protocol.message import (
     is_message_id,
     is_sealed_body,
 )
+
+if TYPE_CHECKING:
+    from wsemail.core.provenance import Provenance
 
 REPLY_PREFIX = "Re:"
 FORWARD_PREFIX = "Fwd:"

@@ -47,12 +47,13 @@ def is_loopback(host: str) -> bool:
 
 def tui_command(server: str) -> list[str]:
     """The command line of one browser session: this same wsemail (the venv's interpreter
-    with `-m wsemail.cli`, or the single-file build run by the same interpreter)."""
+    with `-m wsemail.console`, which starts the TUI without loading the whole CLI, or the
+    single-file build run by the same interpreter)."""
     me = sys.argv[0]
     if me and os.path.isfile(me) and zipfile.is_zipfile(me):  # dist/wsemail (a zipapp)
         base = [sys.executable, str(Path(me).absolute())]
     else:
-        base = [sys.executable, "-m", "wsemail.cli"]
+        base = [sys.executable, "-m", "wsemail.console"]
     return [*base, "tui", "--web", "--server", server]
 
 
