@@ -198,6 +198,8 @@ class MessageScreen(WorkScreen[str | None]):
         self._show()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "fetch":
+            return bool(self.refs)  # hidden without attachments: the footer is short at 80
         if action not in self.FORM_ACTIONS:
             return True
         if self.form is None:
@@ -344,9 +346,6 @@ class MessageScreen(WorkScreen[str | None]):
         self.app.push_screen(ThreadScreen(self.client, self.message_id))
 
     def action_fetch(self) -> None:
-        if not self.refs:
-            self.notify("This message has no attachments", severity="warning")
-            return
         bar = self.query_one("#fetch-progress", ProgressBar)
         bar.update(total=sum(delivery.wire_size(ref) for ref in self.refs) or 1, progress=0)
         bar.display = True
