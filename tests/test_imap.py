@@ -458,6 +458,20 @@ def test_folder_names_travel_in_modified_utf7(imap_server: Running) -> None:
     assert "日本語 & Co" in names
 
 
+def _idle_session(port: int) -> socket.socket:
+    """A raw session logged in as bob, INBOX selected, in IDLE (imaplib has no IDLE)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    lines = sock.makefile("rb")
+    lines.readline()  # greeting
+    for command in (f'a LOGIN bob@localhost "{PASSWORD}"', "b SELECT INBOX"):
+        sock.sendall(command.encode() + b"\r\n")
+        while not lines.readline().startswith(command[:2].encode()):
+            pass
+    sock.sendall(b"c IDLE\r\n")
+    assert lines.readline().startswith(b"+")
+    return sock
+
+
 def test_serve_imap_port_through_the_real_binary(tmp_path: Path) -> None:
     data_dir = tmp_path / "server"
     data_dir.mkdir()
@@ -484,10 +498,16 @@ def test_serve_imap_port_through_the_real_binary(tmp_path: Path) -> None:
         with imap:
             imap.login("bob@localhost", PASSWORD)
             assert imap.select("INBOX") == ("OK", [b"0"])
+        idling = [_idle_session(imap_port) for _ in range(3)]  # left open: the server stops
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        code = process.wait(timeout=30)
         log.close()
+    for sock in idling:
+        sock.close()
+    # sessions cut off in IDLE end cleanly: no task of theirs is left pending at the exit
+    assert code == 0
+    assert "Task was destroyed" not in (tmp_path / "serve.log").read_text()
     for args, words in (
         (["--imap-tls", "sometimes"], "--imap-tls"),
         (["--host", "0.0.0.0"], "loopback"),

@@ -354,28 +354,30 @@ class MessageCommands(SessionState):
         line_task = asyncio.ensure_future(self.reader.readline())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + IDLE_MAX
+        waiter: asyncio.Future[Any] | None = None
         try:
             while True:
                 self.wake.clear()
                 if self.folder is not None:
                     await self.report_updates()
                     await self.drain()
-                waiter = asyncio.ensure_future(self.wake.wait())
+                waiting = asyncio.ensure_future(self.wake.wait())
+                waiter = waiting
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    waiter.cancel()
                     raise Fatal("IDLE for too long")
                 done, _ = await asyncio.wait(
-                    {line_task, waiter},
+                    {line_task, waiting},
                     timeout=min(self.service.idle_poll, remaining),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-                waiter.cancel()
+                waiting.cancel()
                 if line_task in done:
                     break
-        finally:
-            if not line_task.done():
-                line_task.cancel()
+        finally:  # also when the session is cancelled (the server stopping) mid-wait
+            for pending in (line_task, waiter):
+                if pending is not None and not pending.done():
+                    pending.cancel()
         line = line_task.result()
         if not line:
             raise EOFError
