@@ -74,6 +74,9 @@ def fed(tmp_path: Path) -> Iterator[Federation]:
     federation.route_all()
     yield federation
     for running in servers.values():
+        for client in running.clients:  # clients hold connections to both servers
+            client.close()
+    for running in servers.values():
         running.stop()
 
 

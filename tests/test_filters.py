@@ -8,18 +8,16 @@ real signed mail across domains and through the SMTP gateway."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from email import message_from_bytes
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 from lxml import etree
-from test_federation import Federation, start_domain
+from test_federation import Federation, fed  # noqa: F401 -- fed: a fixture
 from test_smtp import sink, smtp_client, start_gateway, stop  # noqa: F401 -- sink: a fixture
 
 from wsemail.client.filters import Filters
-from wsemail.pki import create_root, write_crl
 from wsemail.protocol.errors import RequestInvalid
 from wsemail.protocol.soap import q
 from wsemail.server.addresses import records
@@ -186,21 +184,8 @@ def test_vacation_answers_once_per_sender_per_period(server: Running, cli: Cli) 
     assert "vacation: off" in cli("vacation", "show").stdout
 
 
-@pytest.fixture
-def fed(tmp_path: Path) -> Iterator[Federation]:
-    ca = tmp_path / "ca"
-    create_root(ca)
-    write_crl(ca)
-    servers = {d: start_domain(tmp_path, ca, d) for d in ("a.test", "b.test")}
-    federation = Federation(ca, servers)
-    federation.route_all()
-    yield federation
-    for running in servers.values():
-        running.stop()
-
-
 def test_vacation_reply_crosses_domains_signed_and_two_responders_do_not_loop(
-    fed: Federation,
+    fed: Federation,  # noqa: F811
 ) -> None:
     alice = fed.a.client("alice@a.test")
     bob = fed.b.client("bob@b.test")

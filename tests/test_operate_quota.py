@@ -8,34 +8,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from operate_helpers import one_line_failure
-from test_federation import Federation, start_domain
+from test_federation import Federation, fed  # noqa: F401 -- fed: a fixture
 
 from wsemail.client import admin
 from wsemail.client.attachments import Attachments
 from wsemail.client.drafts import Drafts
-from wsemail.pki import create_root, write_crl
 from wsemail.protocol.drafts import SavedDraft
 from wsemail.protocol.errors import QuotaExceeded
 
 from conftest import Cli, Running, inbox, wait_for, wsemail_binary
-
-
-@pytest.fixture
-def fed(tmp_path: Path) -> Iterator[Federation]:
-    ca = tmp_path / "ca"
-    create_root(ca)
-    write_crl(ca)
-    servers = {d: start_domain(tmp_path, ca, d) for d in ("a.test", "b.test")}
-    federation = Federation(ca, servers)
-    federation.route_all()
-    yield federation
-    for running in servers.values():
-        running.stop()
 
 
 def user_command(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -49,7 +34,7 @@ def user_command(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]
 
 
 def test_over_quota_the_receiving_domain_refuses_and_the_sender_gets_the_bounce(
-    fed: Federation,
+    fed: Federation,  # noqa: F811
 ) -> None:
     b_dir = fed.b.config.data_dir
     done = user_command("quota", "bob@b.test", "100", data_dir=b_dir)

@@ -7,18 +7,15 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
 from lxml import etree
-from test_federation import Federation, assert_refused, post, start_domain, stored
+from test_federation import Federation, assert_refused, fed, post, stored  # noqa: F401 -- fed: a fixture
 
 from wsemail.client import replies
 from wsemail.client.attachments import Attachments
 from wsemail.client.mail import Client
-from wsemail.pki import create_root, write_crl
 from wsemail.protocol.message import Message
 from wsemail.protocol.soap import q
 from wsemail.server.store import QueueRow
@@ -26,22 +23,7 @@ from wsemail.server.store import QueueRow
 from conftest import PASSWORD, Running, wait_for, wsemail_binary
 
 
-@pytest.fixture
-def fed(tmp_path: Path) -> Iterator[Federation]:
-    ca = tmp_path / "ca"
-    create_root(ca)
-    write_crl(ca)
-    servers = {d: start_domain(tmp_path, ca, d) for d in ("a.test", "b.test")}
-    federation = Federation(ca, servers)
-    federation.route_all()
-    yield federation
-    for running in servers.values():
-        for client in running.clients:  # clients hold connections to both servers
-            client.close()
-        running.stop()
-
-
-def reader(fed: Federation, running: Running, user: str) -> Client:
+def reader(fed: Federation, running: Running, user: str) -> Client:  # noqa: F811
     client = running.client(user)
     client.set_trust_roots([fed.ca / "root.pem"])
     return client
@@ -67,7 +49,7 @@ def signed_xml(running: Running, owner: str) -> list[bytes]:
     )
 
 
-def test_thread_headers_survive_relay_with_signatures_intact(fed: Federation) -> None:
+def test_thread_headers_survive_relay_with_signatures_intact(fed: Federation) -> None:  # noqa: F811
     alice, bob = reader(fed, fed.a, "alice@a.test"), reader(fed, fed.b, "bob@b.test")
     first = alice.send(["bob@b.test"], "Plan", "Shall we?")
     [original] = arrived(bob, 1)
@@ -98,7 +80,7 @@ def test_thread_headers_survive_relay_with_signatures_intact(fed: Federation) ->
         assert all(client.verify(m)[0].status in ("verified", "local") for m in whole)
 
 
-def _deliver(fed: Federation, references: list[str]) -> bytes:
+def _deliver(fed: Federation, references: list[str]) -> bytes:  # noqa: F811
     """A Deliver a.test's relay would send of a message answering `references`."""
     message = Message(
         id="",
@@ -124,7 +106,7 @@ def _deliver(fed: Federation, references: list[str]) -> bytes:
 
 
 def test_a_relay_that_rethreads_a_message_is_refused_and_nothing_is_stored(
-    fed: Federation,
+    fed: Federation,  # noqa: F811
 ) -> None:
     data = _deliver(fed, ["<first@a.test>", "<plan@a.test>"])
     assert b"&lt;plan@a.test&gt;</w:Reference>" in data and b"<w:InReplyTo>" in data
@@ -141,14 +123,14 @@ def test_a_relay_that_rethreads_a_message_is_refused_and_nothing_is_stored(
     assert fed.b.count("SELECT count(*) FROM thread_links") == 3
 
 
-def test_a_server_signing_malformed_references_is_refused(fed: Federation) -> None:
+def test_a_server_signing_malformed_references_is_refused(fed: Federation) -> None:  # noqa: F811
     before = stored(fed.b)
     for references in (["not-an-id"], [f"<r{n}@a.test>" for n in range(51)]):
         data = _deliver(fed, references)
         assert_refused(fed.b, post(fed.b, data), 400, "wsemail:InvalidRequest", before)
 
 
-def test_tampered_references_fail_the_readers_provenance_check(fed: Federation) -> None:
+def test_tampered_references_fail_the_readers_provenance_check(fed: Federation) -> None:  # noqa: F811
     alice, bob = reader(fed, fed.a, "alice@a.test"), reader(fed, fed.b, "bob@b.test")
     alice.send(["bob@b.test"], "Plan", "Shall we?")
     [original] = arrived(bob, 1)
@@ -213,7 +195,7 @@ def test_tampered_references_fail_the_readers_provenance_check(fed: Federation) 
 
 
 def test_bcc_across_domains_never_shows_in_a_to_recipients_signed_form(
-    fed: Federation,
+    fed: Federation,  # noqa: F811
 ) -> None:
     alice = reader(fed, fed.a, "alice@a.test")
     alice.send(["bob@b.test"], "Quiet", "for bob", bcc=["carol@b.test", "carol@a.test"])
@@ -248,7 +230,7 @@ def test_bcc_across_domains_never_shows_in_a_to_recipients_signed_form(
     assert alice.retrieve(answer).cc == []
 
 
-def test_forward_across_domains_carries_the_attachments(fed: Federation, tmp_path: Path) -> None:
+def test_forward_across_domains_carries_the_attachments(fed: Federation, tmp_path: Path) -> None:  # noqa: F811
     alice = reader(fed, fed.a, "alice@a.test")
     path = tmp_path / "plans.bin"
     path.write_bytes(bytes(range(256)) * 400)
