@@ -60,12 +60,16 @@ class Filters(DeliveryProcessor, ExtensionProcessor):
 
     # delivery ---------------------------------------------------------------------------
     def deliver(self, message: Message, recipient: str, env: Environment) -> Verdict:
+        text = records.script(env.tx, recipient)
+        away = records.vacation(env.tx, recipient)
+        if not text and away is None:
+            return Verdict.PASS  # most mailboxes: nothing to run, two key look-ups
         if env.tx.user(recipient) is None:
             return Verdict.PASS  # the local MTA says the user is unknown
         if env.tx.find_copy(recipient, "inbox", message.sender, message.message_id):
             return Verdict.PASS  # delivered before (a retry): the local MTA says so once
-        vacation.respond(message, recipient, env)
-        text = records.script(env.tx, recipient)
+        if away is not None:
+            vacation.respond(message, recipient, away, env)
         if not text:
             return Verdict.PASS
         try:

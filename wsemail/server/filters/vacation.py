@@ -44,10 +44,8 @@ def settings(subject: str, body: str, until: str | None, days: int, now: float) 
     return records.Vacation(subject, body, end, days)
 
 
-def respond(message: Message, recipient: str, env: Environment) -> None:
-    found = records.vacation(env.tx, recipient)
-    if found is None:
-        return
+def respond(message: Message, recipient: str, found: records.Vacation, env: Environment) -> None:
+    """Answer `message` for `recipient`, whose responder `found` is on, if the rules let it."""
     now = env.clock()
     if found.until is not None and now > found.until:
         return
