@@ -15,6 +15,7 @@ import httpx
 import pytest
 from lxml import etree
 
+from wsemail.bench.pgserver import PgServer, binaries
 from wsemail.client.mail import Client
 from wsemail.protocol.auth import Credentials, derive_key
 from wsemail.protocol.soap import SOAP, WSEMAIL
@@ -106,9 +107,47 @@ def start_server(
     return Running(controller, config, verify=verify)
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """One real PostgreSQL server for the session (Debian's binaries, initdb in a temporary
+    directory, a loopback port); tests take a fresh database each with `pg_url`."""
+    if binaries() is None:
+        pytest.fail("PostgreSQL is not installed: run scripts/install-system-deps")
+    pg = PgServer().start()
+    yield pg
+    pg.close()
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Running]:
-    running = start_server(tmp_path / "server")
+def pg_url(postgres: PgServer) -> str:
+    """A new empty database on the session's PostgreSQL server."""
+    return postgres.database()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `both_stores` run once on each store (through the `store_url` fixture,
+    which the `server` fixture uses)."""
+    if "store_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_stores"
+    ):
+        metafunc.parametrize("store_url", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The store a test's server runs on: "" (SQLite in the data dir) or the URL of a new
+    PostgreSQL database. Parametrised for tests marked `both_stores`; otherwise SQLite, or
+    PostgreSQL for the whole run with WSEMAIL_TEST_STORE=postgresql."""
+    kind = getattr(request, "param", os.environ.get("WSEMAIL_TEST_STORE", "sqlite"))
+    if kind == "sqlite":
+        return ""
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def server(tmp_path: Path, store_url: str) -> Iterator[Running]:
+    running = start_server(tmp_path / "server", store_url=store_url)
     yield running
     running.stop()
 

@@ -13,7 +13,7 @@ from wsemail.protocol.errors import UsageError
 from wsemail.server.addresses import records, rules
 from wsemail.server.addresses.records import Mapped
 from wsemail.server.config import ServerConfig
-from wsemail.server.store import SqliteStore, Tx
+from wsemail.server.store import BatchStore, Tx
 
 app = typer.Typer(
     help="Manage mapped addresses: aliases, role addresses, auto-responders.",
@@ -32,7 +32,7 @@ def _external(cfg: ServerConfig) -> list[str]:
 
 def _store(
     data_dir: Path | None, config: Path | None, domain: str | None, address: str = ""
-) -> tuple[ServerConfig, SqliteStore]:
+) -> tuple[ServerConfig, BatchStore]:
     cfg, store = _open(data_dir, config, domain, address)
     store.ensure_schema(records.COMPONENT, records.MIGRATIONS)
     return cfg, store

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from wsemail.server.config import load_config
+from wsemail.server.config import ServerConfig, check_store_url, load_config
 from wsemail.server.pipeline import PluginSpec
 
 SUBMISSION = "smtp-submission"
@@ -39,6 +39,12 @@ def serve(
     imap_tls: str = typer.Option(
         "auto", "--imap-tls", help="IMAP TLS: auto, implicit (IMAPS), starttls or none"
     ),
+    store: str | None = typer.Option(
+        None,
+        "--store",
+        help="postgresql://USER@HOST/DB: keep everything in that database, shared by "
+        "every node of the domain (default: SQLite in the data dir)",
+    ),
     demo: bool = typer.Option(False, "--demo", help="create two users and send a message"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="same as --log-level info"),
     log_format: str = typer.Option(
@@ -63,6 +69,8 @@ def serve(
     cfg = load_config(
         config, data_dir, domain=domain, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key
     )
+    if store is not None:
+        cfg.store_url = check_store_url(store)
 
     if smtp_port is not None:
         refs = {spec.ref for spec in cfg.plugins}
@@ -92,19 +100,20 @@ def serve(
     def ready(url: str) -> None:
         typer.echo(f"wsemail: serving {cfg.domain} at {url} (data in {cfg.data_dir})")
         if demo:
-            run_demo(url, cfg.data_dir, cfg.domain)
+            run_demo(url, cfg)
 
     serve_forever(cfg, on_ready=ready)
 
 
-def run_demo(url: str, data_dir: Path, domain: str) -> None:
+def run_demo(url: str, cfg: ServerConfig) -> None:
     """Two fresh demo accounts, one message between them, read back through the client."""
     from wsemail.cli.demo import command
     from wsemail.client.mail import Client
     from wsemail.server.accounts import set_user
-    from wsemail.server.store import SqliteStore
+    from wsemail.server.stores import open_store
 
-    store = SqliteStore(data_dir / "wsemail.db")
+    domain = cfg.domain
+    store = open_store(cfg)
     suffix = secrets.token_hex(2)
     people = {name: secrets.token_urlsafe(9) for name in (f"alice{suffix}", f"bob{suffix}")}
     try:

@@ -12,7 +12,8 @@ from wsemail.protocol.errors import UsageError
 from wsemail.protocol.message import domain_of
 from wsemail.server import accounts
 from wsemail.server.config import ServerConfig, load_config, recorded_domain
-from wsemail.server.store import SqliteStore
+from wsemail.server.store import BatchStore
+from wsemail.server.stores import open_store
 
 app = typer.Typer(help="Manage the accounts of a server's domain.", no_args_is_help=True)
 
@@ -25,7 +26,7 @@ DomainOpt = typer.Option(
 
 def _open(
     data_dir: Path | None, config: Path | None, domain: str | None = None, address: str = ""
-) -> tuple[ServerConfig, SqliteStore]:
+) -> tuple[ServerConfig, BatchStore]:
     """The server's config and store; its domain is --domain, else the one the data dir
     records (`wsemail serve` writes it), else server.toml's, else the default."""
     cfg = load_config(config, data_dir)
@@ -42,7 +43,7 @@ def _open(
                 f"`wsemail serve --domain {domain_of(address)}` once)"
             )
     cfg.prepare()
-    return cfg, SqliteStore(cfg.db_path)
+    return cfg, open_store(cfg)
 
 
 @app.command()

@@ -64,6 +64,12 @@ class StoreError(WsemailError):
     """The server's database refused an operation."""
 
 
+class StoreUnreachable(StoreError):
+    """The store's database server (PostgreSQL) cannot be reached at start (exit 2)."""
+
+    exit_code = 2
+
+
 class PluginError(WsemailError):
     """A plug-in is missing, cannot be imported, or does not fit its interface."""
 

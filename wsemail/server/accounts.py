@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from wsemail.protocol.auth import SALT_BYTES, derive_key
 from wsemail.protocol.errors import RemoteFault, UsageError
 from wsemail.protocol.message import domain_of, normalize_address
-from wsemail.server.store import SqliteStore, Tx, UserRecord
+from wsemail.server.store import BatchStore, Tx, UserRecord
 
 if TYPE_CHECKING:
     from wsemail.server.config import ServerConfig
@@ -29,7 +29,7 @@ def _address(address: str, domain: str) -> str:
 
 
 def set_user(
-    store: SqliteStore,
+    store: BatchStore,
     domain: str,
     address: str,
     password: str,
@@ -56,17 +56,17 @@ def set_user(
     return address
 
 
-def remove_user(store: SqliteStore, domain: str, address: str) -> None:
+def remove_user(store: BatchStore, domain: str, address: str) -> None:
     address = _address(address, domain)
     if not store.transact_sync(lambda tx: tx.remove_user(address)):
         raise UsageError(f"no such user: {address}")
 
 
-def list_users(store: SqliteStore) -> list[UserRecord]:
+def list_users(store: BatchStore) -> list[UserRecord]:
     return store.transact_sync(lambda tx: tx.users())
 
 
-def set_quota(store: SqliteStore, config: ServerConfig, address: str, size: str) -> dict[str, Any]:
+def set_quota(store: BatchStore, config: ServerConfig, address: str, size: str) -> dict[str, Any]:
     """Set (a size) or clear ("default") an account's own storage quota; its usage after."""
     from wsemail.core.units import parse_size
     from wsemail.server.operate import records

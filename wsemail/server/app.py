@@ -66,7 +66,7 @@ from wsemail.server.security import (
     signed_answer,
     wants_signed_answer,
 )
-from wsemail.server.store import SqliteStore, Tx, UserRecord
+from wsemail.server.store import BatchStore, Tx, UserRecord
 from wsemail.server.wsdl import wsdl_document
 
 log = logging.getLogger("wsemail.server")
@@ -154,7 +154,7 @@ class Server:
     """Everything one running domain server holds: config, store, pipeline, authenticator."""
 
     config: ServerConfig
-    store: SqliteStore
+    store: BatchStore
     pipeline: Pipeline
     auth: Authenticator
     clock: Callable[[], float] = time.time

@@ -3,7 +3,8 @@
 domain = "example.org"
 host = "127.0.0.1"
 port = 8025
-store = "sqlite-store"
+[store]
+url = "postgresql://wsemail@db.example.org/wsemail"  # the PostgreSQL store (default: SQLite)
 [tls]
 cert = "/etc/wsemail/cert.pem"
 key = "/etc/wsemail/key.pem"
@@ -94,7 +95,10 @@ class ServerConfig:
     domain: str = "localhost"
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    store: str = "sqlite-store"
+    store: str = "sqlite-store"  # the store plug-in; a store_url picks the PostgreSQL one
+    # [store] url (`wsemail serve --store URL`): "postgresql://…" keeps everything in that
+    # database, shared by every node and worker of the domain; "" the data dir's SQLite file
+    store_url: str = field(default="", repr=False)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_request_bytes: int = 4 << 20
@@ -208,7 +212,7 @@ def record_domain(config: ServerConfig) -> None:
 
 # every key server.toml may hold: a table's keys, or None for a table of free names
 # (routes: domain -> URLs; a plug-in's options go to the plug-in, which checks them)
-SIMPLE: dict[str, type] = {"domain": str, "host": str, "port": int, "store": str}
+SIMPLE: dict[str, type] = {"domain": str, "host": str, "port": int}
 SECTIONS: dict[str, dict[str, type]] = {
     "limits": {
         "max_request_bytes": int,
@@ -239,6 +243,7 @@ SECTIONS: dict[str, dict[str, type]] = {
 
 KNOWN: dict[str, Any] = {
     **dict.fromkeys([*SIMPLE, "data_dir"], 0),
+    "store": {"url"},  # or a plain string: the store plug-in's name
     **{name: set(keys) for name, keys in SECTIONS.items()},
     "tls": {"cert", "key"},
     "federation": {"identity", "trust_roots", "crls"},
@@ -307,6 +312,16 @@ def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
+def check_store_url(url: str) -> str:
+    """A store URL as [store] url and --store take it: "" (SQLite in the data dir) or
+    postgresql://… (postgres://… too)."""
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        raise UsageError(
+            f"unknown store URL scheme in {url.split('://')[0]!r}: use postgresql://USER@HOST/DB"
+        )
+    return url
+
+
 def load_config(path: Path | None, data_dir: Path | None = None, **overrides: Any) -> ServerConfig:
     """Read `path` (or DATA_DIR/server.toml when it exists) and apply the overrides."""
     config = ServerConfig()
@@ -341,6 +356,12 @@ def _apply(config: ServerConfig, raw: dict[str, Any], base: Path) -> None:
             for key, kind in keys.items():
                 if key in table:
                     setattr(config, key, kind(table[key]))
+        store = raw.get("store")
+        if isinstance(store, dict):
+            if "url" in store:
+                config.store_url = check_store_url(str(store["url"]))
+        elif store is not None:
+            config.store = str(store)
         quota = _section(raw, "quota")
         for key in ("per_user_bytes", "reserve_bytes"):
             if key in quota:

@@ -25,11 +25,12 @@ from wsemail.server.connguard import Peers, guarded
 from wsemail.server.delivery import deliver
 from wsemail.server.federation import Federation
 from wsemail.server.mailbox import maintenance as mailbox_maintenance
-from wsemail.server.pipeline import Pipeline, resolve_class
+from wsemail.server.pipeline import Pipeline
 from wsemail.server.relay import Relay, run_relay
 from wsemail.server.security import Authenticator
 from wsemail.server.storage import SpaceReserve
 from wsemail.server.store import SqliteStore
+from wsemail.server.stores import open_store
 
 log = logging.getLogger("wsemail.server")
 
@@ -39,10 +40,9 @@ def build_server(config: ServerConfig, *, clock: Callable[[], float] = time.time
     sit above the server object: the Deliver operation and the outbound relay."""
     secret = config.prepare()
     record_domain(config)
-    store_cls = resolve_class(config.store)
     space = SpaceReserve(config.data_dir, config.storage_reserve)
     space.start()  # before the store opens: on a full disk it frees the reserve
-    store = store_cls(config.db_path, clock=clock)
+    store = open_store(config, clock=clock)
     if isinstance(store, SqliteStore):
         store.space = space
     space.announce()

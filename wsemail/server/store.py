@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import queue
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 from wsemail.protocol.errors import StorageFull, StoreError, WsemailError
 from wsemail.protocol.message import Message, MessageHeader, is_sealed_body
 from wsemail.server.schema import MIGRATIONS
+from wsemail.server.sql import POSTGRESQL, SQLITE, Connection, pick
 from wsemail.server.storage import (
     FULL_REASON,
     SpaceReserve,
@@ -42,6 +44,14 @@ HEADER_COLUMNS = (
     "id, message_id, folder, sender, to_json, cc_json, subject, date, size, seen, instant, "
     "delete_if_undeliverable, flagged, answered"
 )
+
+
+_INSERT_COLUMNS = (
+    "id, owner, folder, message_id, sender, to_json, cc_json, subject, date, size, seen, body, "
+    "origin, signed_xml, instant, delete_if_undeliverable, flagged, answered, has_attachment, "
+    "sealed, arrival, in_reply_to, references_json, bcc_json"
+)
+_INSERT_MARKS = ",".join("?" * len(_INSERT_COLUMNS.split(",")))
 
 
 @dataclass(frozen=True, repr=False)
@@ -111,10 +121,14 @@ def migrate(conn: sqlite3.Connection) -> None:
 class Tx:
     """The data-access operations available inside one unit of work."""
 
-    def __init__(self, conn: sqlite3.Connection, now: float, *, full: bool = False) -> None:
-        self.conn = conn
+    def __init__(
+        self, conn: Connection, now: float, *, full: bool = False, dialect: str = SQLITE
+    ) -> None:
+        self.conn = conn  # a sqlite3 connection, or the PostgreSQL store's (same calls)
         self.now = now
         self.full = full  # the disk is full: no new mail (reads and deletes go on)
+        # which SQL the records modules speak here: SQLITE or POSTGRESQL (wsemail.server.sql)
+        self.dialect = dialect
 
     def _room_for_mail(self) -> None:
         if self.full:
@@ -128,15 +142,16 @@ class Tx:
         return row is not None
 
     def remember_nonce(self, principal: str, nonce: str, keep_seconds: float) -> bool:
-        """Insert (principal, nonce); False if it was already there."""
-        try:
+        """Insert (principal, nonce); False if it was already there (on a shared store:
+        accepted by any node, since the insert waits for a concurrent one to commit)."""
+        return (
             self.conn.execute(
-                "INSERT INTO nonces(principal, nonce, expires) VALUES (?,?,?)",
+                "INSERT INTO nonces(principal, nonce, expires) VALUES (?,?,?) "
+                "ON CONFLICT DO NOTHING",
                 (principal, nonce, self.now + keep_seconds),
-            )
-        except sqlite3.IntegrityError:
-            return False
-        return True
+            ).rowcount
+            > 0
+        )
 
     # accounts ---------------------------------------------------------------------------
     def user(self, address: str) -> UserRecord | None:
@@ -193,45 +208,50 @@ class Tx:
         # a new conversation is numbered by the copy's own seq, chosen here so that the row
         # is written once (the insert trigger of migration 8 only numbers rows that come
         # in another way, with thread 0)
-        cursor = self.conn.execute(
-            "INSERT INTO messages(seq, id, owner, folder, message_id, sender, to_json, cc_json, "
-            "subject, date, size, seen, body, origin, signed_xml, instant, "
-            "delete_if_undeliverable, flagged, answered, has_attachment, sealed, arrival, "
-            "in_reply_to, references_json, bcc_json, thread) "
-            "VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM messages),"
-            "?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
-            "coalesce(?, (SELECT coalesce(max(seq), 0) + 1 FROM messages)))",
-            (
-                public_id,
-                owner,
-                folder,
-                msg.message_id,
-                msg.sender,
-                json.dumps(msg.to),
-                json.dumps(msg.cc),
-                msg.subject,
-                msg.date,
-                msg.size,
-                int(msg.seen),
-                msg.body,
-                origin,
-                signed_xml,
-                int(msg.instant),
-                int(msg.instant and msg.delete_if_undeliverable),
-                int(msg.flagged),
-                int(msg.answered),
-                int(bool(msg.attachments)),
-                int(is_sealed_body(msg.body)),
-                folder,
-                msg.in_reply_to or "",
-                json.dumps(msg.references),
-                json.dumps(msg.bcc),
-                threads[0] if threads else None,
-            ),
+        values = (
+            public_id,
+            owner,
+            folder,
+            msg.message_id,
+            msg.sender,
+            json.dumps(msg.to),
+            json.dumps(msg.cc),
+            msg.subject,
+            msg.date,
+            msg.size,
+            int(msg.seen),
+            msg.body,
+            origin,
+            signed_xml,
+            int(msg.instant),
+            int(msg.instant and msg.delete_if_undeliverable),
+            int(msg.flagged),
+            int(msg.answered),
+            int(bool(msg.attachments)),
+            int(is_sealed_body(msg.body)),
+            folder,
+            msg.in_reply_to or "",
+            json.dumps(msg.references),
+            json.dumps(msg.bcc),
         )
-        assert cursor.lastrowid is not None
-        self._link(owner, keys, threads, cursor.lastrowid)
-        return public_id, cursor.lastrowid
+        if self.dialect == POSTGRESQL:  # several nodes insert at once: seq from a sequence
+            seq = int(self.conn.execute("SELECT nextval('messages_seq')").fetchone()[0])
+            self.conn.execute(
+                f"INSERT INTO messages(seq, {_INSERT_COLUMNS}, thread) "  # noqa: S608
+                f"VALUES (?,{_INSERT_MARKS},?)",
+                (seq, *values, threads[0] if threads else seq),
+            )
+        else:
+            cursor = self.conn.execute(
+                f"INSERT INTO messages(seq, {_INSERT_COLUMNS}, thread) "  # noqa: S608
+                f"VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM messages),{_INSERT_MARKS},"
+                "coalesce(?, (SELECT coalesce(max(seq), 0) + 1 FROM messages)))",
+                (*values, threads[0] if threads else None),
+            )
+            assert cursor.lastrowid is not None
+            seq = cursor.lastrowid
+        self._link(owner, keys, threads, seq)
+        return public_id, seq
 
     # conversations (wsemail/server/mailbox/threads.py; tables of schema.py migration 8) --
     def _conversations_of(self, owner: str, keys: list[str]) -> list[int]:
@@ -256,7 +276,8 @@ class Tx:
                     (thread, owner, *threads[1:]),
                 )
         self.conn.executemany(
-            "INSERT OR IGNORE INTO thread_links(owner, message_id, thread) VALUES (?,?,?)",
+            "INSERT INTO thread_links(owner, message_id, thread) VALUES (?,?,?) "
+            "ON CONFLICT DO NOTHING",
             [(owner, key, thread) for key in keys],
         )
 
@@ -301,7 +322,7 @@ class Tx:
     # certificates of relayed mail (compact provenance) ---------------------------------
     def put_certificate(self, digest: bytes, der: bytes) -> None:
         self.conn.execute(
-            "INSERT OR IGNORE INTO certificates(digest, der, added) VALUES (?,?,?)",
+            "INSERT INTO certificates(digest, der, added) VALUES (?,?,?) ON CONFLICT DO NOTHING",
             (digest, der, self.now),
         )
 
@@ -462,15 +483,20 @@ def header(row: tuple[Any, ...]) -> MessageHeader:
 _Job = tuple[Callable[[Tx], Any], "concurrent.futures.Future[Any]"]
 
 
-class SqliteStore:
-    """The embedded default store: one SQLite file in WAL mode, group-committed writes."""
+class BatchStore:
+    """What every store shares: one writer thread runs the units of work, group-committed.
 
-    name = "sqlite-store"
+    Units that arrive together share one transaction and one commit; each runs inside its
+    own SAVEPOINT, so one that fails is rolled back alone and the others still commit. A
+    subclass opens the connection (`_open`), says which errors are the database's
+    (`db_errors`) and how it begins a transaction (`_begin`).
+    """
 
-    def __init__(
-        self, path: Path | str, *, batch_max: int = 256, clock: Callable[[], float] = time.time
-    ) -> None:
-        self.path = Path(path)
+    name = "store"
+    dialect = SQLITE
+    db_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+
+    def __init__(self, *, batch_max: int = 256, clock: Callable[[], float] = time.time) -> None:
         self.batch_max = batch_max
         self.clock = clock
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -483,28 +509,27 @@ class SqliteStore:
         self._current: Tx | None = None  # the transaction the writer thread is in
         # the data dir's reserve and full-disk mode (set by the server; None: no reserve)
         self.space: SpaceReserve | None = None
-        check_database(self.path, len(MIGRATIONS))
-        conn = connect(self.path)
-        try:
-            migrate(conn)
-        except sqlite3.Error as exc:
-            message = f"cannot migrate {self.path}: {exc}"
-            raise StoreError(explain(exc, message, self.path)) from exc
-        finally:
-            conn.close()
 
     # public ------------------------------------------------------------------------------
-    def ensure_schema(self, component: str, migrations: list[str]) -> None:
+    def ensure_schema(self, component: str, migrations: dict[str, list[str]] | list[str]) -> None:
         """Apply a plug-in's own migrations (each a ;-separated script) that this database
-        has not seen yet, in order, once."""
+        has not seen yet, in order, once. `migrations` is SQLite's list, or a list per
+        dialect (wsemail.server.sql); a component without this store's dialect is refused
+        (StoreError)."""
+        mine = pick(self.dialect, migrations)
+        if mine is None:
+            raise StoreError(
+                f"{component} does not run on the {self.dialect} store yet: "
+                "leave it out of [plugins], or use the SQLite store"
+            )
 
         def work(tx: Tx) -> None:
             row = tx.conn.execute(
                 "SELECT version FROM components WHERE name=?", (component,)
             ).fetchone()
             version = row[0] if row else 0
-            for number, script in enumerate(migrations[version:], start=version + 1):
-                for statement in statements(script):
+            for number, script in enumerate(mine[version:], start=version + 1):
+                for statement in self.statements(script):
                     tx.conn.execute(statement)
                 tx.conn.execute(
                     "INSERT INTO components(name, version) VALUES (?,?) "
@@ -513,6 +538,10 @@ class SqliteStore:
                 )
 
         self.transact_sync(work)
+
+    @staticmethod
+    def statements(script: str) -> list[str]:
+        return statements(script)
 
     async def transact(self, work: Callable[[Tx], T]) -> T:
         """Run `work` in the writer thread; resolves after its transaction committed."""
@@ -541,6 +570,24 @@ class SqliteStore:
             self._jobs.put(None)
             thread.join()
 
+    # what a subclass provides -----------------------------------------------------------
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def _begin(self, conn: Any) -> None:
+        conn.execute("BEGIN")
+
+    def _usable(self, conn: Any) -> Any:
+        """The connection to run the next batch on (a subclass may reconnect)."""
+        return conn
+
+    def _tx(self, conn: Any, now: float) -> Tx:
+        return Tx(conn, now, dialect=self.dialect)
+
+    def _failed(self, what: str, exc: BaseException) -> WsemailError:
+        log.exception(what)
+        return StoreError(f"{what}: {exc}")
+
     # writer thread ----------------------------------------------------------------------
     def _ensure_thread(self) -> None:
         with self._lock:
@@ -549,11 +596,7 @@ class SqliteStore:
                 self._thread.start()
 
     def _run(self) -> None:
-        conn = connect(self.path)
-        if self.space is not None and self.space.size > 0:  # reads go on in the reserve
-            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            pages = checkpoint_pages(self.space.size, page_size)
-            conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
+        conn = self._open()
         last_sweep = 0.0
         try:
             while True:
@@ -574,18 +617,20 @@ class SqliteStore:
                 if now - last_sweep > 60:
                     batch.insert(0, (_sweep, concurrent.futures.Future()))
                     last_sweep = now
+                conn = self._usable(conn)
                 self._commit(conn, batch, now)
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Job], now: float) -> None:
+    def _commit(self, conn: Any, batch: list[_Job], now: float) -> None:
         outcomes: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
         began = time.perf_counter()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            tx = self._current = Tx(
-                conn, now, full=self.space is not None and self.space.still_full()
-            )
+            if conn is None:  # the subclass could not connect: the whole batch fails
+                raise TransactionLost(StoreError("the store is not reachable"))
+            self._begin(conn)
+            tx = self._current = self._tx(conn, now)
             for work, future in batch:
                 if not future.set_running_or_notify_cancel():
                     continue  # the caller gave up (request cancelled): do not do its work
@@ -595,7 +640,7 @@ class SqliteStore:
                 except WsemailError as exc:  # an answer, not a bug
                     _undo_unit(conn, exc)
                     outcomes.append((future, None, exc))
-                except sqlite3.Error as exc:
+                except self.db_errors as exc:
                     _undo_unit(conn, exc)
                     outcomes.append((future, None, self._failed("unit of work failed", exc)))
                 except Exception as exc:  # a plug-in's bug must not take the batch down
@@ -615,11 +660,13 @@ class SqliteStore:
                     self.on_commit(time.perf_counter() - began, len(batch))
                 except Exception:
                     log.exception("commit observer failed")
-        except (sqlite3.Error, TransactionLost) as exc:
+        except (*self.db_errors, TransactionLost) as exc:  # type: ignore[misc]
             self._current = None
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            failed = self._failed("commit failed", _database_cause(exc))
+            if conn is not None:
+                with contextlib.suppress(*self.db_errors):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+            failed = self._failed("commit failed", self._database_cause(exc))
             outcomes = [
                 (future, None, failed)
                 for _, future in batch
@@ -631,6 +678,52 @@ class SqliteStore:
             else:
                 future.set_result(result)
 
+    def _database_cause(self, exc: BaseException) -> BaseException:
+        """The database error behind a lost transaction (through the causes a unit's own
+        error carries), so that a full disk is still answered as StorageFull."""
+        seen: BaseException | None = exc.cause if isinstance(exc, TransactionLost) else exc
+        while seen is not None:
+            if isinstance(seen, self.db_errors):
+                return seen
+            seen = seen.__cause__ or seen.__context__
+        return exc.cause if isinstance(exc, TransactionLost) else exc
+
+
+class SqliteStore(BatchStore):
+    """The embedded default store: one SQLite file in WAL mode, group-committed writes
+    (synchronous=FULL: an answer is sent only after the commit reached the disk)."""
+
+    name = "sqlite-store"
+
+    def __init__(
+        self, path: Path | str, *, batch_max: int = 256, clock: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(batch_max=batch_max, clock=clock)
+        self.path = Path(path)
+        check_database(self.path, len(MIGRATIONS))
+        conn = connect(self.path)
+        try:
+            migrate(conn)
+        except sqlite3.Error as exc:
+            message = f"cannot migrate {self.path}: {exc}"
+            raise StoreError(explain(exc, message, self.path)) from exc
+        finally:
+            conn.close()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = connect(self.path)
+        if self.space is not None and self.space.size > 0:  # reads go on in the reserve
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            pages = checkpoint_pages(self.space.size, page_size)
+            conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
+        return conn
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+
+    def _tx(self, conn: sqlite3.Connection, now: float) -> Tx:
+        return Tx(conn, now, full=self.space is not None and self.space.still_full())
+
     def _failed(self, what: str, exc: BaseException) -> WsemailError:
         """The error a failed unit or commit answers: StorageFull (one log line, and full
         mode) when the disk is full, else a StoreError with the traceback logged."""
@@ -640,38 +733,30 @@ class SqliteStore:
             else:
                 log.error("%s: %s is full", what, self.path.parent)
             return StorageFull(FULL_REASON)
-        log.exception(what)
-        return StoreError(f"{what}: {exc}")
+        return super()._failed(what, exc)
 
 
 class TransactionLost(Exception):
-    """SQLite itself rolled the batch's whole transaction back inside a unit of work (it
-    may on SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY or SQLITE_NOMEM), undoing the units
-    before it too: the batch fails as a whole, answered by what caused it."""
+    """The database itself rolled the batch's whole transaction back inside a unit of work
+    (SQLite may on SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY or SQLITE_NOMEM; PostgreSQL when
+    the connection is lost), undoing the units before it too: the batch fails as a whole,
+    answered by what caused it."""
 
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.cause = cause
 
 
-def _undo_unit(conn: sqlite3.Connection, exc: BaseException) -> None:
-    """Roll one failed unit back to its savepoint, or raise TransactionLost when SQLite
-    already rolled back everything (there is no savepoint left, and the units before this
-    one are gone as well: none of them may be answered as done)."""
+def _undo_unit(conn: Any, exc: BaseException) -> None:
+    """Roll one failed unit back to its savepoint, or raise TransactionLost when the
+    database already rolled back everything (there is no savepoint left, and the units
+    before this one are gone as well: none of them may be answered as done)."""
     if not conn.in_transaction:
         raise TransactionLost(exc) from exc
-    conn.execute("ROLLBACK TO unit")
-
-
-def _database_cause(exc: BaseException) -> BaseException:
-    """The SQLite error behind a lost transaction (through the causes a unit's own error
-    carries), so that a full disk is still answered as StorageFull."""
-    seen: BaseException | None = exc.cause if isinstance(exc, TransactionLost) else exc
-    while seen is not None:
-        if isinstance(seen, sqlite3.Error):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return exc.cause if isinstance(exc, TransactionLost) else exc
+    try:
+        conn.execute("ROLLBACK TO unit")
+    except Exception as lost:  # the connection itself is gone
+        raise TransactionLost(exc) from lost
 
 
 def _sweep(tx: Tx) -> None:

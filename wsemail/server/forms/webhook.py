@@ -41,7 +41,7 @@ import httpx
 
 from wsemail.protocol.errors import RequestInvalid
 from wsemail.protocol.soap import parse_int
-from wsemail.server.store import SqliteStore, Tx
+from wsemail.server.store import BatchStore, Tx
 
 log = logging.getLogger("wsemail.forms")
 COMPONENT = "forms"
@@ -164,7 +164,7 @@ class Webhook:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: BatchStore,
         *,
         base_delay: float = 2.0,
         max_delay: float = 600.0,

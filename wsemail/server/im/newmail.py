@@ -23,7 +23,7 @@ from typing import Any
 
 from wsemail.server.im import records
 from wsemail.server.im.hub import event
-from wsemail.server.store import SqliteStore, Tx
+from wsemail.server.store import BatchStore, Tx
 
 log = logging.getLogger("wsemail.im")
 PAGE = 64  # events read at a time for one session
@@ -34,7 +34,7 @@ class MailFeed:
     """The store side of new-mail events: where a session starts, what it is sent next,
     and which owners a commit may have given new mail (to wake their sessions)."""
 
-    def __init__(self, store: SqliteStore, wake: Callable[[list[str]], Any]) -> None:
+    def __init__(self, store: BatchStore, wake: Callable[[list[str]], Any]) -> None:
         self.store = store
         self.wake = wake
         self._lock = threading.Lock()

@@ -46,7 +46,7 @@ from wsemail.server.ratelimit import RateLimiter, peer_key
 from wsemail.server.smtp import dkim_keys, dmarc, spf
 from wsemail.server.smtp.mime import Incoming, Part, from_mime
 from wsemail.server.smtp.mx import MailDns
-from wsemail.server.store import SqliteStore, Tx
+from wsemail.server.store import BatchStore, Tx
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server
@@ -369,7 +369,7 @@ def loaded_attachments(server: Server) -> OnDemandAttachments | None:
 
 
 async def write_parts(
-    store: SqliteStore,
+    store: BatchStore,
     plugin: OnDemandAttachments,
     owner: str,
     parts: list[Part],
@@ -427,7 +427,7 @@ async def unknown_local_user(server: Server, address: str) -> str | None:
     return None if found else "550 5.1.1 no such user here"
 
 
-async def discard_parts(store: SqliteStore, plugin: OnDemandAttachments, guids: list[str]) -> None:
+async def discard_parts(store: BatchStore, plugin: OnDemandAttachments, guids: list[str]) -> None:
     """Remove the files and rows of `write_parts` (the message they were for was refused)."""
     blobs = plugin.blobs
     assert blobs is not None

@@ -1,0 +1,58 @@
+"""The SQL dialects the stores speak, for the records modules that hold a feature's SQL.
+
+Each feature keeps all of its SQL in its records module. Most statements are written once
+in the subset both engines take (`?` parameters, `ON CONFLICT ... DO NOTHING/UPDATE`,
+`RETURNING`, `CASE`, `coalesce`); the PostgreSQL store's connection turns `?` into its own
+placeholders. Where the engines differ (full-text search, JSON functions, sequences,
+triggers, partial-index hints, schema migrations) a records module asks `tx.dialect` and
+keeps both versions side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+SQLITE = "sqlite"
+POSTGRESQL = "postgresql"
+DIALECTS = (SQLITE, POSTGRESQL)
+
+
+def pick(dialect: str, migrations: dict[str, list[str]] | list[str]) -> list[str] | None:
+    """A component's migrations for `dialect`: a plain list is SQLite's alone (None for
+    another dialect: that component does not run on it yet)."""
+    if isinstance(migrations, list):
+        return migrations if dialect == SQLITE else None
+    return migrations.get(dialect)
+
+
+class Cursor(Protocol):
+    """What the records modules read from a statement (sqlite3's and psycopg's cursors)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    @property
+    def lastrowid(self) -> int | None: ...  # SQLite's alone (PostgreSQL: RETURNING)
+
+    def fetchone(self) -> Any: ...
+
+    def fetchmany(self, size: int = ..., /) -> list[Any]: ...
+
+    def close(self) -> None: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """The calls a unit of work makes on its store's connection (sqlite3's, or the
+    PostgreSQL store's PgConnection)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> Cursor: ...
+
+    @property
+    def in_transaction(self) -> bool: ...
