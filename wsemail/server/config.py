@@ -99,6 +99,7 @@ class ServerConfig:
     # [store] url (`wsemail serve --store URL`): "postgresql://…" keeps everything in that
     # database, shared by every node and worker of the domain; "" the data dir's SQLite file
     store_url: str = field(default="", repr=False)
+    worker: int = 0  # which of `wsemail serve --workers N` this process is (0: the first)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_request_bytes: int = 4 << 20
@@ -188,6 +189,22 @@ class ServerConfig:
                 encoding="utf-8",
             )
         return secret_file.read_bytes()
+
+
+def node_id(config: ServerConfig) -> str:
+    """This process among the nodes and workers sharing a store: the data dir's random id
+    (made once) and the worker number. A restarted process is the same node again."""
+    path = config.data_dir / "node-id"
+    try:
+        node = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        node = secrets.token_hex(8)
+        try:
+            with open(path, "x", encoding="ascii") as out:
+                out.write(node + "\n")
+        except FileExistsError:  # a sibling worker made it first
+            node = path.read_text(encoding="ascii").strip()
+    return f"{node}/{config.worker}"
 
 
 def recorded_domain(data_dir: Path) -> str | None:

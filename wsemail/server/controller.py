@@ -20,7 +20,7 @@ import uvloop
 
 from wsemail.protocol.errors import UsageError
 from wsemail.server.app import Server
-from wsemail.server.config import ServerConfig, record_domain
+from wsemail.server.config import ServerConfig, node_id, record_domain
 from wsemail.server.connguard import Peers, guarded
 from wsemail.server.delivery import deliver
 from wsemail.server.federation import Federation
@@ -28,6 +28,7 @@ from wsemail.server.mailbox import maintenance as mailbox_maintenance
 from wsemail.server.pipeline import Pipeline
 from wsemail.server.relay import Relay, run_relay
 from wsemail.server.security import Authenticator
+from wsemail.server.sql import POSTGRESQL
 from wsemail.server.storage import SpaceReserve
 from wsemail.server.store import SqliteStore
 from wsemail.server.stores import open_store
@@ -43,6 +44,7 @@ def build_server(config: ServerConfig, *, clock: Callable[[], float] = time.time
     space = SpaceReserve(config.data_dir, config.storage_reserve)
     space.start()  # before the store opens: on a full disk it frees the reserve
     store = open_store(config, clock=clock)
+    store.node = node_id(config)
     if isinstance(store, SqliteStore):
         store.space = space
     space.announce()
@@ -163,9 +165,18 @@ async def serve_with_relay(runner: uvicorn.Server, sock: socket.socket, server: 
     """uvicorn, the outbound relay and the Trash sweep on one loop; they stop with serving."""
     relay = asyncio.create_task(run_relay(server))
     trash = asyncio.create_task(mailbox_maintenance.run(server))
+    shared = None
+    if server.store.dialect == POSTGRESQL:  # several nodes may share the failure counts
+        from wsemail.server.postgres.failures import SharedFailures
+
+        shared = asyncio.create_task(SharedFailures(server).run())
     try:
         await runner.serve(sockets=[sock])
     finally:
+        if shared is not None:
+            shared.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await shared
         trash.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await trash

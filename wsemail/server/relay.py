@@ -79,7 +79,8 @@ class Relay:
         """Deliver due rows until cancelled; woken early when a send queues something."""
         self._loop = asyncio.get_running_loop()
         self._http = httpx.AsyncClient(verify=self.federation.tls_context(), timeout=30)
-        released = await self.server.store.transact(lambda tx: tx.release_leases())
+        node = self.server.store.node
+        released = await self.server.store.transact(lambda tx: tx.release_leases(node))
         if released:
             log.info("took back %d leased row(s) from before a restart", released)
         try:
@@ -99,7 +100,8 @@ class Relay:
     async def run_once(self) -> int:
         """One pass over the due rows; returns how many rows it handled."""
         lease, limit = self.config.relay_lease, self.config.batch_max * 8
-        rows = await self.server.store.transact(lambda tx: tx.lease_due(lease, limit))
+        node = self.server.store.node
+        rows = await self.server.store.transact(lambda tx: tx.lease_due(lease, limit, node))
         by_domain: dict[str, list[QueueRow]] = defaultdict(list)
         for row in rows:
             by_domain[row.domain].append(row)

@@ -77,6 +77,9 @@ class Authenticator:
         self.per_user = RateLimiter(failures_per_user, failure_window, clock=clock)
         self.per_peer = RateLimiter(failures_per_peer, failure_window, clock=clock)
         self._password_cache: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()
+        # told of every failure (username, peer key) when several nodes share the counts
+        # (wsemail/server/postgres/failures.py); None: this process counts alone
+        self.on_failure: Callable[[str, str], None] | None = None
 
     # salts ------------------------------------------------------------------------------
     def fake_salt(self, username: str) -> bytes:
@@ -95,6 +98,12 @@ class Authenticator:
 
     def record_failure(self, username: str, peer: str) -> None:
         where = peer_key(peer)
+        self.count_failure(username, where)
+        if self.on_failure is not None:
+            self.on_failure(username, where)
+
+    def count_failure(self, username: str, where: str) -> None:
+        """Count one failure of `username` from peer key `where` (here, or at another node)."""
         self.per_user.hit(f"{username}\n{where}")
         self.per_peer.hit(where)
 

@@ -348,24 +348,39 @@ class Tx:
             ),
         )
 
-    def lease_due(self, lease_seconds: float, limit: int) -> list[QueueRow]:
-        """Take up to `limit` rows that are due (or whose lease expired) for delivery."""
+    def lease_due(self, lease_seconds: float, limit: int, node: str = "") -> list[QueueRow]:
+        """Take up to `limit` rows that are due (or whose lease expired) for delivery, for
+        `node`. On PostgreSQL several nodes lease at once: rows another node is leasing
+        right now are skipped (FOR UPDATE SKIP LOCKED), so each row goes to one node."""
+        lock = " FOR UPDATE SKIP LOCKED" if self.dialect == POSTGRESQL else ""
+        holder = ", leased_by=?" if self.dialect == POSTGRESQL else ""
+        args: tuple[Any, ...] = (self.now + lease_seconds,)
+        if holder:
+            args += (node,)
         rows = self.conn.execute(
-            "UPDATE queue SET state='leased', lease_until=? WHERE id IN (SELECT id FROM queue "
-            "WHERE (state IN ('queued','deferred') AND next_attempt<=?) OR "
-            "(state='leased' AND lease_until<?) ORDER BY next_attempt LIMIT ?) "
+            f"UPDATE queue SET state='leased', lease_until=?{holder} WHERE id IN (SELECT id "  # noqa: S608
+            "FROM queue WHERE (state IN ('queued','deferred') AND next_attempt<=?) OR "
+            f"(state='leased' AND lease_until<?) ORDER BY next_attempt LIMIT ?{lock}) "
             "RETURNING id, message_id, sender, domain, payload, recipients_json, attempts, "
             "created, notified",
-            (self.now + lease_seconds, self.now, self.now, limit),
+            (*args, self.now, self.now, limit),
         ).fetchall()
         return [
             QueueRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], bool(r[8]))
             for r in rows
         ]
 
-    def release_leases(self) -> int:
-        """At start-up: rows a crashed predecessor had leased are due again (one relay per
-        SQLite store; several processes sharing a store would rely on lease expiry)."""
+    def release_leases(self, node: str = "") -> int:
+        """At start-up: rows a crashed predecessor had leased are due again. On SQLite that
+        is every leased row (one relay per store); on PostgreSQL only the rows this node
+        (`node`: the same data dir and worker) held — other nodes' leases run out by
+        themselves if those nodes are gone."""
+        if self.dialect == POSTGRESQL:
+            return self.conn.execute(
+                "UPDATE queue SET state='queued', lease_until=NULL, leased_by=NULL "
+                "WHERE state='leased' AND leased_by=?",
+                (node,),
+            ).rowcount
         return self.conn.execute(
             "UPDATE queue SET state='queued', lease_until=NULL WHERE state='leased'"
         ).rowcount
@@ -509,6 +524,9 @@ class BatchStore:
         self._current: Tx | None = None  # the transaction the writer thread is in
         # the data dir's reserve and full-disk mode (set by the server; None: no reserve)
         self.space: SpaceReserve | None = None
+        # which process this is among the nodes and workers sharing a store (set by the
+        # server: data dir and worker), for the outbound queue's leases
+        self.node = ""
 
     # public ------------------------------------------------------------------------------
     def ensure_schema(self, component: str, migrations: dict[str, list[str]] | list[str]) -> None:

@@ -89,7 +89,8 @@ MIGRATIONS: list[str] = [
         lease_until DOUBLE PRECISION,
         created DOUBLE PRECISION NOT NULL,
         last_error TEXT,
-        notified INTEGER NOT NULL DEFAULT 0
+        notified INTEGER NOT NULL DEFAULT 0,
+        leased_by TEXT
     );
     CREATE INDEX queue_due ON queue(state, next_attempt);
     CREATE TABLE deliveries(
@@ -121,6 +122,14 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY(owner, message_id)
     );
     CREATE INDEX thread_links_thread ON thread_links(owner, thread);
+    CREATE TABLE auth_failures(
+        id BIGSERIAL PRIMARY KEY,
+        node TEXT NOT NULL,
+        username TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX auth_failures_age ON auth_failures(at);
     CREATE FUNCTION messages_thread_insert() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
         keys TEXT[];

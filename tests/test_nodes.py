@@ -1,0 +1,117 @@
+"""One domain on two nodes over one real PostgreSQL database: any node answers any request,
+the replay cache and the failed-login counts are shared, and the outbound queue is relayed
+once by some node."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from wsemail.pki import create_root, write_crl
+from wsemail.protocol.errors import RateLimited
+from wsemail.server.pipeline import PluginSpec
+
+from conftest import PASSWORD, Running, fault_subcode, inbox, start_server, wait_for
+from test_federation import Federation, start_domain
+from test_rejections import SEND, signed
+
+
+CORE = [  # TEMPORARY while the plug-ins are ported
+    PluginSpec("relay-policy", 10, {"allow": ["*"]}),
+    PluginSpec("size-limit", 20),
+    PluginSpec("local-delivery", 1000),
+    PluginSpec("sqlite-queue", 1000),
+]
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, pg_url: str) -> Iterator[tuple[Running, Running]]:
+    """Nodes a and b of localhost over one database (each with its own data dir)."""
+    a = start_server(tmp_path / "node-a", store_url=pg_url, failures_per_user=3, plugins=CORE)
+    b = start_server(tmp_path / "node-b", store_url=pg_url, users=False, failures_per_user=3, plugins=CORE)
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def test_mail_sent_at_one_node_is_listed_at_the_other(nodes: tuple[Running, Running]) -> None:
+    a, b = nodes
+    a.client("alice@localhost").send(["bob@localhost"], "Across nodes", "hello")
+    assert inbox(b, "bob@localhost") == ["Across nodes"]
+    header = b.client("bob@localhost").list_headers().headers[0]
+    a.client("bob@localhost").delete(header.id)  # deleted at a: gone from b's listing too
+    assert "Across nodes" not in inbox(b, "bob@localhost")
+
+
+def test_a_request_accepted_at_one_node_is_refused_as_a_replay_at_the_other(
+    nodes: tuple[Running, Running],
+) -> None:
+    a, b = nodes
+    data = signed(a.credentials(), SEND)
+    assert a.post(data).status_code == 200
+    before = b.stored()
+    replayed = b.post(data)
+    assert replayed.status_code == 401 and fault_subcode(replayed) == "wsemail:Replay"
+    assert b"Traceback" not in replayed.content
+    assert b.stored() == before
+    assert inbox(b, "bob@localhost") == ["s"]  # stored once, and b still serves
+
+
+def test_failed_logins_at_one_node_count_at_the_other(nodes: tuple[Running, Running]) -> None:
+    a, b = nodes
+    for _ in range(3):
+        with pytest.raises(Exception):  # noqa: B017 - AuthenticationFailed
+            a.client("carol@localhost", "wrong password").list_headers()
+
+    def refused_at_b() -> bool:
+        try:
+            b.client("carol@localhost", "still wrong").list_headers()
+        except RateLimited:
+            return True
+        except Exception:  # AuthenticationFailed: b has not heard of a's failures yet
+            return False
+        raise AssertionError("a wrong password was accepted")
+
+    wait_for(refused_at_b, "node b to count node a's failures", timeout=10)
+    with pytest.raises(RateLimited):  # the right password too: this peer is limited
+        b.client("carol@localhost", PASSWORD).list_headers()
+    b.client("alice@localhost").list_headers()  # other users are not
+
+
+@pytest.fixture
+def fed_nodes(tmp_path: Path, pg_url: str) -> Iterator[Federation]:
+    """a.test on two nodes over PostgreSQL, b.test on SQLite."""
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    servers = {
+        "a.test": start_domain(tmp_path, ca, "a.test", store_url=pg_url, plugins=CORE),
+        "b.test": start_domain(tmp_path, ca, "b.test"),
+    }
+    second = start_domain(tmp_path / "second", ca, "a.test", store_url=pg_url, users=False, plugins=CORE)
+    fed = Federation(ca, {**servers, "a2": second})
+    routes = {"a.test": [servers["a.test"].url], "b.test": [servers["b.test"].url]}
+    from wsemail.core.routing import StaticResolver
+
+    for running in fed.servers.values():
+        running.controller.server.federation.resolver = StaticResolver(routes)  # type: ignore[union-attr]
+    yield fed
+    for running in fed.servers.values():
+        for client in running.clients:
+            client.close()
+    for running in fed.servers.values():
+        running.stop()
+
+
+def test_both_nodes_relay_and_every_message_arrives_once(fed_nodes: Federation) -> None:
+    a1, a2, b = fed_nodes.servers["a.test"], fed_nodes.servers["a2"], fed_nodes.b
+    sent = 40
+    for n in range(sent):
+        node = a1 if n % 2 else a2
+        node.client("alice@a.test").send(["bob@b.test"], f"m{n}", "x")
+    wait_for(lambda: len(inbox(b, "bob@b.test")) >= sent, "every message at b.test", 30)
+    subjects = inbox(b, "bob@b.test")
+    assert sorted(subjects) == sorted(f"m{n}" for n in range(sent))  # each exactly once
+    assert a1.count("SELECT count(*) FROM queue") == 0
