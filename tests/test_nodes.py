@@ -30,7 +30,9 @@ CORE = [  # TEMPORARY while the plug-ins are ported
 def nodes(tmp_path: Path, pg_url: str) -> Iterator[tuple[Running, Running]]:
     """Nodes a and b of localhost over one database (each with its own data dir)."""
     a = start_server(tmp_path / "node-a", store_url=pg_url, failures_per_user=3, plugins=CORE)
-    b = start_server(tmp_path / "node-b", store_url=pg_url, users=False, failures_per_user=3, plugins=CORE)
+    b = start_server(
+        tmp_path / "node-b", store_url=pg_url, users=False, failures_per_user=3, plugins=CORE
+    )
     yield a, b
     a.stop()
     b.stop()
@@ -90,7 +92,9 @@ def fed_nodes(tmp_path: Path, pg_url: str) -> Iterator[Federation]:
         "a.test": start_domain(tmp_path, ca, "a.test", store_url=pg_url, plugins=CORE),
         "b.test": start_domain(tmp_path, ca, "b.test"),
     }
-    second = start_domain(tmp_path / "second", ca, "a.test", store_url=pg_url, users=False, plugins=CORE)
+    second = start_domain(
+        tmp_path / "second", ca, "a.test", store_url=pg_url, users=False, plugins=CORE
+    )
     fed = Federation(ca, {**servers, "a2": second})
     routes = {"a.test": [servers["a.test"].url], "b.test": [servers["b.test"].url]}
     from wsemail.core.routing import StaticResolver
