@@ -8,15 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_federation import Federation, start_domain
+from test_rejections import SEND, signed
 
 from wsemail.pki import create_root, write_crl
 from wsemail.protocol.errors import RateLimited
 from wsemail.server.pipeline import PluginSpec
 
 from conftest import PASSWORD, Running, fault_subcode, inbox, start_server, wait_for
-from test_federation import Federation, start_domain
-from test_rejections import SEND, signed
-
 
 CORE = [  # TEMPORARY while the plug-ins are ported
     PluginSpec("relay-policy", 10, {"allow": ["*"]}),
