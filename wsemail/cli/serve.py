@@ -45,6 +45,9 @@ def serve(
         help="postgresql://USER@HOST/DB: keep everything in that database, shared by "
         "every node of the domain (default: SQLite in the data dir)",
     ),
+    workers: int = typer.Option(
+        1, "--workers", min=1, max=64, help="processes serving (needs the PostgreSQL --store)"
+    ),
     demo: bool = typer.Option(False, "--demo", help="create two users and send a message"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="same as --log-level info"),
     log_format: str = typer.Option(
@@ -57,7 +60,7 @@ def serve(
     ),
 ) -> None:
     """Run a wsemail server (Ctrl-C stops it)."""
-    from wsemail.server.controller import serve_forever
+    from wsemail.server.controller import serve_forever, serve_workers
     from wsemail.server.operate import logs
 
     level = (log_level or ("info" if verbose else "warning")).lower()
@@ -98,11 +101,16 @@ def serve(
             cfg.plugins.append(PluginSpec("imap", 30, options))
 
     def ready(url: str) -> None:
-        typer.echo(f"wsemail: serving {cfg.domain} at {url} (data in {cfg.data_dir})")
+        where = "the PostgreSQL store" if cfg.store_url else f"data in {cfg.data_dir}"
+        many = f", {workers} workers" if workers > 1 else ""
+        typer.echo(f"wsemail: serving {cfg.domain} at {url} ({where}{many})")
         if demo:
             run_demo(url, cfg)
 
-    serve_forever(cfg, on_ready=ready)
+    if workers > 1:
+        serve_workers(cfg, workers, on_ready=ready)
+    else:
+        serve_forever(cfg, on_ready=ready)
 
 
 def run_demo(url: str, cfg: ServerConfig) -> None:

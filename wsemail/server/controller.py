@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import math
+import os
 import resource
+import select
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,12 +22,12 @@ from typing import Any
 import uvicorn
 import uvloop
 
-from wsemail.protocol.errors import UsageError
+from wsemail.protocol.errors import UsageError, WsemailError
 from wsemail.server.app import Server
 from wsemail.server.config import ServerConfig, node_id, record_domain
 from wsemail.server.connguard import Peers, guarded
 from wsemail.server.delivery import deliver
-from wsemail.server.federation import Federation
+from wsemail.server.federation import Federation, ensure_dev_pki
 from wsemail.server.mailbox import maintenance as mailbox_maintenance
 from wsemail.server.pipeline import Pipeline
 from wsemail.server.relay import Relay, run_relay
@@ -258,11 +262,18 @@ def raise_open_file_limit() -> int:
     return hard
 
 
-def serve_forever(config: ServerConfig, on_ready: Callable[[str], None] | None = None) -> None:
-    """Foreground serving for `wsemail serve`: Ctrl-C or SIGTERM stops it cleanly."""
+def serve_forever(
+    config: ServerConfig,
+    on_ready: Callable[[str], None] | None = None,
+    *,
+    sock: socket.socket | None = None,
+) -> None:
+    """Foreground serving for `wsemail serve`: Ctrl-C or SIGTERM stops it cleanly. `sock`:
+    a listening socket to serve on (a worker's, shared with its siblings)."""
     raise_open_file_limit()
     server = build_server(config)
-    sock = bind(config.host, config.port)
+    if sock is None:
+        sock = bind(config.host, config.port)
     runner = Runner(uvicorn_config(server), server)
     host, port = sock.getsockname()[:2]
     scheme = "https" if config.tls_cert else "http"
@@ -286,3 +297,113 @@ def serve_forever(config: ServerConfig, on_ready: Callable[[str], None] | None =
         sock.close()
         server.pipeline.close_all()
         server.store.close()
+
+
+NOT_STARTED = 70  # a worker's exit status when it failed before serving
+
+
+def serve_workers(
+    config: ServerConfig, workers: int, on_ready: Callable[[str], None] | None = None
+) -> None:
+    """`wsemail serve --workers N`: N processes serve one listening socket over one
+    PostgreSQL store, so every core serves. The parent binds the socket, forks the
+    workers, restarts one that dies, and stops them all on Ctrl-C or SIGTERM. Plug-ins
+    with listeners of their own (SMTP, IMAP) run in worker 0 only."""
+    if not config.store_url:
+        raise UsageError(
+            "--workers needs the PostgreSQL store (--store postgresql://…): a SQLite store "
+            "has one writer, so one process serves it"
+        )
+    raise_open_file_limit()
+    config.prepare()
+    record_domain(config)
+    open_store(config).close()  # reachable and migrated before any worker starts
+    if config.identity_dir is None:  # made once here, not by every worker at once
+        ensure_dev_pki(config)
+    sock = bind(config.host, config.port)
+    children: dict[int, int] = {}
+    stopping = False
+    failed = ""
+    ready_r, ready_w = os.pipe()  # each worker writes one byte once it serves
+
+    def spawn(worker: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker: serve, then leave without the parent's clean-up
+            started = False
+
+            def serving(_url: str) -> None:
+                nonlocal started
+                started = True
+                os.write(ready_w, b"!")
+
+            code = 0
+            try:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
+                mine = copy.copy(config)
+                mine.worker = worker
+                if worker:
+                    mine.plugins = [p for p in config.plugins if "port" not in p.options]
+                serve_forever(mine, serving, sock=sock)
+            except WsemailError as exc:
+                print(f"wsemail: worker {worker}: {exc}", file=sys.stderr, flush=True)
+                code = 1
+            except BaseException:
+                log.exception("worker %d failed", worker)
+                code = 1
+            finally:
+                os._exit(code if started else NOT_STARTED)
+        children[pid] = worker
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for worker in range(workers):
+            spawn(worker)
+        ready = 0
+        while ready < workers and not failed and not stopping:  # all serving, or one failed
+            if select.select([ready_r], [], [], 0.1)[0]:
+                ready += len(os.read(ready_r, workers))
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid:
+                children.pop(pid, None)
+                stop(signal.SIGTERM, None)
+                failed = (
+                    f"a worker could not start (exit status {os.waitstatus_to_exitcode(status)})"
+                )
+        if ready == workers and on_ready is not None:  # beside the wait: a demo needs them
+            host, port = sock.getsockname()[:2]
+            scheme = "https" if config.tls_cert else "http"
+            url = f"{scheme}://{host}:{port}/wsemail"
+            threading.Thread(target=on_ready, args=(url,), daemon=True).start()
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            worker = children.pop(pid, -1)
+            if worker < 0 or stopping:
+                continue
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == NOT_STARTED:
+                stop(signal.SIGTERM, None)  # it will not start the next time either
+                failed = f"worker {worker} could not start"
+                continue
+            log.warning("worker %d ended (status %d): starting it again", worker, status)
+            time.sleep(0.5)
+            spawn(worker)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+        os.close(ready_r)
+        os.close(ready_w)
+    if failed:
+        raise UsageError(failed)
