@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -23,11 +22,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from cryptography import x509
 from lxml import etree
 
+from wsemail.bench.nodes import free_port
 from wsemail.core.units import percentile
 from wsemail.protocol import soap
 from wsemail.protocol.auth import SIGN_RESPONSE, Credentials, derive_key
@@ -35,7 +36,11 @@ from wsemail.protocol.dsig import cert_digest
 from wsemail.protocol.message import Draft
 from wsemail.protocol.soap import q
 from wsemail.server.accounts import set_user
-from wsemail.server.store import SqliteStore
+from wsemail.server.config import ServerConfig
+from wsemail.server.stores import open_store
+
+if TYPE_CHECKING:
+    from wsemail.bench.pgserver import PgServer
 
 BENCH_PASSWORD = "bench password"  # noqa: S105 -- throw-away accounts in a temp dir
 
@@ -99,6 +104,27 @@ async def _client(
         writer.close()
 
 
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds of `pid` and its children (a server's workers, a database's backends)."""
+    total = 0.0
+    for child in _children(pid):
+        total += process_tree_cpu(child)
+    try:
+        return total + cpu_seconds(pid)
+    except FileNotFoundError:
+        return total
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ValueError):
+            continue
+    return found
+
+
 def run_bench(
     *,
     clients: int = 16,
@@ -106,13 +132,45 @@ def run_bench(
     data_dir: str | None = None,
     warmup: float = 1.0,
     signed_answers: bool = False,
+    store_url: str = "",
+    workers: int = 1,
 ) -> dict[str, float]:
+    """`store_url` "": SQLite in the data dir; "pg": a throwaway PostgreSQL server started
+    here (wsemail/bench/pgserver.py); else a postgresql:// URL of an empty database."""
     temp = None
     if data_dir is None:
         temp = tempfile.TemporaryDirectory(prefix="wsemail-bench-")
         data_dir = temp.name
     root = Path(data_dir)
-    store = SqliteStore(root / "wsemail.db")
+    pg = None
+    if store_url == "pg":
+        from wsemail.bench.pgserver import PgServer
+
+        pg = PgServer().start()
+        store_url = pg.database()
+    try:
+        return _run(root, clients, seconds, warmup, signed_answers, store_url, workers, pg, temp)
+    finally:
+        if pg is not None:
+            pg.close()
+        if temp is not None:
+            temp.cleanup()
+
+
+def _run(
+    root: Path,
+    clients: int,
+    seconds: float,
+    warmup: float,
+    signed_answers: bool,
+    store_url: str,
+    workers: int,
+    pg: PgServer | None,
+    temp: object,
+) -> dict[str, float]:
+    config = ServerConfig(data_dir=root, store_url=store_url)
+    root.mkdir(parents=True, exist_ok=True)
+    store = open_store(config)
     senders = [f"sender{i}@localhost" for i in range(clients)]
     recipient = "sink@localhost"
     existing = {u.address for u in store.transact_sync(lambda tx: tx.users())}
@@ -123,11 +181,11 @@ def run_bench(
     store.close()
     creds = [Credentials(a, derive_key(BENCH_PASSWORD, salts[a])) for a in senders]
 
-    server = subprocess.Popen(
-        [sys.executable, "-m", "wsemail.cli", "serve", "--data-dir", str(root), "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    command = [sys.executable, "-m", "wsemail.cli", "serve", "--data-dir", str(root)]
+    if store_url:
+        command += ["--store", store_url, "--workers", str(workers)]
+    port = "0" if workers == 1 else str(free_port())  # workers: the parent binds first
+    server = subprocess.Popen([*command, "--port", port], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
@@ -149,26 +207,41 @@ def run_bench(
                 for c in creds
             ]
             await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-            cpu0, gen0, wall0 = cpu_seconds(server.pid), time.process_time(), time.perf_counter()
+            db0 = process_tree_cpu(pg.pid) if pg is not None else 0.0
+            cpu0, gen0, wall0 = (
+                process_tree_cpu(server.pid),
+                time.process_time(),
+                time.perf_counter(),
+            )
             await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
-            cpu1, gen1, wall1 = cpu_seconds(server.pid), time.process_time(), time.perf_counter()
+            cpu1, gen1, wall1 = (
+                process_tree_cpu(server.pid),
+                time.process_time(),
+                time.perf_counter(),
+            )
+            db1 = process_tree_cpu(pg.pid) if pg is not None else 0.0
             await asyncio.gather(*tasks)
-            return cpu1 - cpu0, gen1 - gen0, wall1 - wall0, 0.0
+            return cpu1 - cpu0, gen1 - gen0, wall1 - wall0, db1 - db0
 
-        server_cpu, generator_cpu, wall, _ = asyncio.run(drive())
+        server_cpu, generator_cpu, wall, db_cpu = asyncio.run(drive())
     finally:
         server.terminate()
         server.wait(timeout=30)
         if server.stdout is not None:
             server.stdout.close()
 
-    with sqlite3.connect(root / "wsemail.db") as db:
-        stored = db.execute("SELECT count(*) FROM messages WHERE owner=?", (recipient,)).fetchone()[
-            0
-        ]
-        sent = db.execute("SELECT count(*) FROM messages WHERE folder='sent'").fetchone()[0]
-    if temp is not None:
-        temp.cleanup()
+    store = open_store(config)
+    try:
+        stored, sent = store.transact_sync(
+            lambda tx: (
+                tx.conn.execute(
+                    "SELECT count(*) FROM messages WHERE owner=?", (recipient,)
+                ).fetchone()[0],
+                tx.conn.execute("SELECT count(*) FROM messages WHERE folder='sent'").fetchone()[0],
+            )
+        )
+    finally:
+        store.close()
     accepted = len(tally.latencies)
     ms = [x * 1000 for x in tally.latencies] or [0.0]
     result = {
@@ -184,6 +257,8 @@ def run_bench(
         "latency_ms_max": round(max(ms), 2),
         "server_cpu_ms_per_send": round(server_cpu * 1000 / max(accepted, 1), 3),
         "server_cpu_cores": round(server_cpu / wall, 2),
+        "database_cpu_ms_per_send": round(db_cpu * 1000 / max(accepted, 1), 3),
+        "workers": workers,
         "generator_cpu_ms_per_send": round(generator_cpu * 1000 / max(accepted, 1), 3),
         "generator_cpu_cores": round(generator_cpu / wall, 2),
         "stored_inbox_copies": stored,
@@ -192,7 +267,7 @@ def run_bench(
     print(
         f"wsemail bench: {clients} clients, {wall:.1f} s measured after {warmup:.0f} s warm-up,"
         f" password-MAC auth, {'signed' if signed_answers else 'plain'} answers,"
-        " SQLite WAL synchronous=FULL"
+        + (f" PostgreSQL, {workers} worker(s)" if store_url else " SQLite WAL synchronous=FULL")
     )
     print(
         f"  accepted sends     {accepted} ({result['sends_per_second']}/s), refused {tally.refused}"
@@ -206,6 +281,8 @@ def run_bench(
         f"  server CPU         {result['server_cpu_ms_per_send']} ms per accepted send "
         f"({result['server_cpu_cores']} cores busy)"
     )
+    if pg is not None:
+        print(f"  database CPU       {result['database_cpu_ms_per_send']} ms per accepted send")
     print(
         f"  load generator CPU {result['generator_cpu_ms_per_send']} ms per send "
         f"({result['generator_cpu_cores']} cores busy)"

@@ -27,14 +27,28 @@ def bench(
     signed_answers: bool = typer.Option(
         False, "--signed-answers", help="ask for signed answers, as clients with trust roots do"
     ),
+    store: str = typer.Option(
+        "",
+        "--store",
+        help="postgresql://… (an empty database), or pg: a throwaway PostgreSQL started here "
+        "(default: SQLite in the data dir)",
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="server processes (--store)"),
 ) -> None:
     """Measure accepted sends/s, latency and server CPU per send on loopback."""
     if ctx.invoked_subcommand is not None:
         return
     from wsemail.bench.accept import run_bench
 
+    if workers > 1 and not store:
+        raise typer.BadParameter("--workers needs --store (the PostgreSQL store)")
     run_bench(
-        clients=clients, seconds=seconds, data_dir=data_dir or None, signed_answers=signed_answers
+        clients=clients,
+        seconds=seconds,
+        data_dir=data_dir or None,
+        signed_answers=signed_answers,
+        store_url=store,
+        workers=workers,
     )
 
 
