@@ -4,6 +4,7 @@ once by some node."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,11 +12,20 @@ import pytest
 from test_federation import Federation, start_domain
 from test_rejections import SEND, signed
 
+from wsemail.bench.pgserver import PgServer
 from wsemail.pki import create_root, write_crl
-from wsemail.protocol.errors import RateLimited
+from wsemail.protocol.errors import RateLimited, ServerBusy
 from wsemail.server.pipeline import PluginSpec
 
-from conftest import PASSWORD, Running, fault_subcode, inbox, start_server, wait_for
+from conftest import (
+    PASSWORD,
+    Running,
+    fault_subcode,
+    inbox,
+    start_server,
+    wait_for,
+    wsemail_binary,
+)
 
 CORE = [  # TEMPORARY while the plug-ins are ported
     PluginSpec("relay-policy", 10, {"allow": ["*"]}),
@@ -118,3 +128,62 @@ def test_both_nodes_relay_and_every_message_arrives_once(fed_nodes: Federation) 
     subjects = inbox(b, "bob@b.test")
     assert sorted(subjects) == sorted(f"m{n}" for n in range(sent))  # each exactly once
     assert a1.count("SELECT count(*) FROM queue") == 0
+
+
+def test_postgresql_stopped_mid_run_answers_busy_and_serves_again_when_back(
+    tmp_path: Path,
+) -> None:
+    pg = PgServer().start()
+    node = None
+    try:
+        node = start_server(tmp_path / "node", store_url=pg.database(), plugins=CORE)
+        alice = node.client("alice@localhost")
+        alice.send(["bob@localhost"], "before", "x")
+        pg.stop("immediate")  # as if the database host went away
+        for _ in range(3):
+            with pytest.raises(ServerBusy):
+                alice.send(["bob@localhost"], "while down", "x")
+        with pytest.raises(ServerBusy):
+            node.client("bob@localhost").list_headers()
+        pg.start()  # back on the same port: the node serves again without a restart
+
+        def sends() -> bool:
+            try:
+                alice.send(["bob@localhost"], "after", "x")
+            except ServerBusy:
+                return False
+            return True
+
+        wait_for(sends, "a send after PostgreSQL came back", timeout=30)
+        assert sorted(inbox(node, "bob@localhost")) == ["after", "before"]  # nothing else
+    finally:
+        if node is not None:
+            node.stop()
+        pg.close()
+
+
+def test_an_unreachable_store_at_start_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [wsemail_binary(), "serve", "--data-dir", str(tmp_path / "d"), "--port", "0",
+         "--store", "postgresql://nobody@127.0.0.1:1/nothing"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot open the store" in lines[0], result.stderr
+    bad = subprocess.run(
+        [wsemail_binary(), "serve", "--data-dir", str(tmp_path / "d"), "--store", "mysql://x"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "unknown store URL scheme" in bad.stderr
+    assert "Traceback" not in bad.stderr + result.stderr
+
+
+def test_workers_are_refused_on_the_sqlite_store(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [wsemail_binary(), "serve", "--data-dir", str(tmp_path / "d"), "--workers", "2"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "--workers needs the PostgreSQL store" in result.stderr
+    assert "Traceback" not in result.stderr

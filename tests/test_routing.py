@@ -371,3 +371,52 @@ def test_target_url() -> None:
 def test_bad_nameserver_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="cannot set up DNS"):
         SrvResolver(["not an address"])
+
+
+def test_the_srv_records_domain_dns_prints_for_several_nodes_route_by_their_weights(
+    tmp_path: Path,
+) -> None:
+    """`wsemail domain dns --node …` for a domain on three servers, published through a real
+    DNS server: senders find both nodes of priority 10 (by weight), the backup after them."""
+    from conftest import wsemail_binary
+
+    printed = subprocess.run(
+        [wsemail_binary(), "domain", "dns", "--data-dir", str(tmp_path / "d"),
+         "--domain", "n.test", "--node", "mx1.n.test:8443:10:75",
+         "--node", "mx2.n.test:8443:10:25", "--node", "backup.n.test:9443:20"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    srv = [line.split() for line in printed.splitlines() if " IN SRV " in line]
+    assert len(srv) == 3
+    records = [  # zone line: name ttl IN SRV priority weight port target
+        f"{f[0].rstrip('.')},{f[7].rstrip('.')},{f[6]},{f[4]},{f[5]}" for f in srv
+    ]
+    server = Dnsmasq(
+        tmp_path / "dnsmasq.log",
+        ["--local=/test/", *(f"--srv-host={r}" for r in records)],
+        probe="probe.test",
+    )
+    server.start()
+    try:
+        r = resolver(server, seed=2782)
+        firsts = Counter()
+        for _ in range(200):
+            targets = resolve(r, "n.test")
+            assert [(t.priority, t.port) for t in targets][2] == (20, 9443)
+            assert {t.host for t in targets[:2]} == {"mx1.n.test", "mx2.n.test"}
+            firsts[targets[0].host] += 1
+        assert firsts["mx1.n.test"] > firsts["mx2.n.test"] > 0  # 75:25
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("node", ["", ":1", "h:0", "h:x", "h:1:2:3:4", "h:70000"])
+def test_domain_dns_refuses_a_bad_node_in_one_line(tmp_path: Path, node: str) -> None:
+    from conftest import wsemail_binary
+
+    result = subprocess.run(
+        [wsemail_binary(), "domain", "dns", "--data-dir", str(tmp_path / "d"), "--node", node],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "--node" in result.stderr
+    assert "Traceback" not in result.stderr

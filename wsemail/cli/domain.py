@@ -28,12 +28,22 @@ def dns(
     port: int = typer.Option(443, "--port", help="the wsemail port published in SRV"),
     smtp_ip: str | None = typer.Option(None, "--smtp-ip", help="IPv4 the server sends from"),
     selector: str = typer.Option(dkim_keys.DEFAULT_SELECTOR, "--selector", help="DKIM selector"),
+    node: list[str] = typer.Option(
+        [],
+        "--node",
+        help="one of several servers of the domain, HOST[:PORT[:PRIORITY[:WEIGHT]]] "
+        "(repeat; priority and weight default to 10)",
+    ),
 ) -> None:
     """Print zone-file lines: DKIM TXT, SPF TXT, _wsemail._tcp SRV and MX."""
+    try:
+        nodes = [dkim_keys.parse_node(n, port) for n in node]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--node") from exc
     cfg = load_config(config, data_dir, domain=domain)
     key = dkim_keys.ensure_key(cfg.data_dir, cfg.domain, selector)
     for line in dkim_keys.dns_records(
-        cfg.domain, key, selector=selector, host=host, port=port, smtp_ip=smtp_ip
+        cfg.domain, key, selector=selector, host=host, port=port, smtp_ip=smtp_ip, nodes=nodes
     ):
         typer.echo(line)
 

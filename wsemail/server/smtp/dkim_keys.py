@@ -149,15 +149,46 @@ def dns_records(
     host: str | None = None,
     port: int = 443,
     smtp_ip: str | None = None,
+    nodes: list[tuple[str, int, int, int]] | None = None,
 ) -> list[str]:
-    """Zone-file lines to publish for `domain` (its server at `host`, default mail.domain)."""
+    """Zone-file lines to publish for `domain` (its server at `host`, default mail.domain).
+    `nodes`: the domain's several servers as (host, port, priority, weight), one SRV record
+    each (senders try lower priorities first, and share one priority by weight, RFC 2782)
+    and an MX per host."""
     host = host or f"mail.{domain}"
+    nodes = nodes or [(host, port, 10, 10)]
     key = public_record(private_pem)
     chunks = " ".join(f'"{key[i : i + 255]}"' for i in range(0, len(key), 255))
     spf = f"v=spf1 ip4:{smtp_ip} mx -all" if smtp_ip else "v=spf1 mx -all"
     return [
         f"{selector}._domainkey.{domain}. 3600 IN TXT {chunks}",
         f'{domain}. 3600 IN TXT "{spf}"',
-        f"_wsemail._tcp.{domain}. 3600 IN SRV 10 10 {port} {host}.",
-        f"{domain}. 3600 IN MX 10 {host}.",
+        *(f"_wsemail._tcp.{domain}. 3600 IN SRV {pri} {wt} {pt} {h}." for h, pt, pri, wt in nodes),
+        *(f"{domain}. 3600 IN MX {pri} {h}." for h, _, pri, _ in _hosts(nodes)),
     ]
+
+
+def _hosts(nodes: list[tuple[str, int, int, int]]) -> list[tuple[str, int, int, int]]:
+    """One node per host (the first), for the MX records."""
+    seen: dict[str, tuple[str, int, int, int]] = {}
+    for node in nodes:
+        seen.setdefault(node[0], node)
+    return list(seen.values())
+
+
+def parse_node(text: str, default_port: int = 443) -> tuple[str, int, int, int]:
+    """HOST[:PORT[:PRIORITY[:WEIGHT]]] (an empty or missing field: the default port,
+    priority 10, weight 10)."""
+    parts = text.strip().split(":")
+    if not parts[0] or len(parts) > 4:
+        raise ValueError(f"{text!r}: give HOST[:PORT[:PRIORITY[:WEIGHT]]]")
+    fields = [*parts[1:], *[""] * (4 - len(parts))]
+    try:
+        port, priority, weight = (
+            int(x) if x else d for x, d in zip(fields, (default_port, 10, 10), strict=True)
+        )
+    except ValueError:
+        raise ValueError(f"{text!r}: port, priority and weight are numbers") from None
+    if not 0 < port < 65536 or not 0 <= priority < 65536 or not 0 <= weight < 65536:
+        raise ValueError(f"{text!r}: port 1-65535, priority and weight 0-65535")
+    return parts[0].rstrip("."), port, priority, weight
