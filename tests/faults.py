@@ -8,6 +8,7 @@ SCENARIO (a name, or a prefix for every scenario it starts: `mail` = the mail on
   mail-queue  the receiving domain down then back; the sender killed mid-relay  (faults_mail)
   mail-full   the data dir's disk full, then freed (needs root for a tmpfs)     (faults_disk)
   mail-full-receiver  the receiving domain's disk full, then freed (root)       (faults_disk)
+  nodes-kill9 one domain on two nodes over PostgreSQL, killed in turn          (faults_nodes)
 
 Exits 1 when a scenario lost or duplicated anything, stored a message it refused, left one
 unanswered, or failed to run; else 0.
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import faults_disk  # noqa: E402
 import faults_im  # noqa: E402
 import faults_mail  # noqa: E402
+import faults_nodes  # noqa: E402
 from faults_mail import Count  # noqa: E402
 
 Scenario = Callable[[Path, int, random.Random, bool], Count]
@@ -65,6 +67,11 @@ SCENARIOS: dict[str, tuple[Scenario, int, int]] = {
     ),
     "mail-full": (lambda r, n, g, q: faults_disk.full_disk(r, n, g, threads=4), 4, 2),
     "mail-full-receiver": (lambda r, n, g, q: faults_disk.receiver_full(r, n, g), 4, 2),
+    "nodes-kill9": (
+        lambda r, n, g, q: faults_nodes.nodes_kill9(r, n, g, threads=3 if q else 6),
+        10,
+        3,
+    ),
 }
 
 

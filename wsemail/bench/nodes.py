@@ -24,7 +24,7 @@ from wsemail.protocol.message import Message, new_message_id
 from wsemail.server.accounts import set_user
 from wsemail.server.config import CONFIG_NAME
 from wsemail.server.pipeline import DeliveryProcessor, Environment, PluginSpec, Verdict
-from wsemail.server.store import SqliteStore
+from wsemail.server.store import BatchStore, SqliteStore
 
 
 class DiscardDelivery(DeliveryProcessor):
@@ -190,6 +190,7 @@ class Node:
     port: int
     process: subprocess.Popen[str] | None = None
     url: str = ""
+    store_url: str = ""  # the PostgreSQL store the node shares with others ("": SQLite)
 
     def start(self, profile: Path | None = None, *, log: Path | None = None) -> None:
         """Start `wsemail serve` and wait for its ready line; its log (stderr) goes to the
@@ -223,13 +224,31 @@ class Node:
             self.process.stdout.close()
 
     def count(self, sql: str, *args: object) -> int:
+        if self.store_url:
+            from wsemail.server.postgres.connection import PgConnection
+
+            conn = PgConnection.open(self.store_url)
+            try:
+                row = conn.execute(sql, args).fetchone()
+                return int(row[0]) if row else 0
+            finally:
+                conn.close()
         with sqlite3.connect(self.data_dir / "wsemail.db", timeout=10) as db:
             return int(db.execute(sql, args).fetchone()[0])
 
 
-def add_users(db: Path, domain: str, addresses: list[str]) -> dict[str, bytes]:
-    """Create accounts (scrypt once each) and return each one's MAC key."""
-    store = SqliteStore(db)
+def add_users(
+    db: Path, domain: str, addresses: list[str], *, store_url: str = ""
+) -> dict[str, bytes]:
+    """Create accounts (scrypt once each) and return each one's MAC key; in the data dir's
+    SQLite file `db`, or in the PostgreSQL store of `store_url`."""
+    store: BatchStore
+    if store_url:
+        from wsemail.server.postgres.store import PostgresStore
+
+        store = PostgresStore(store_url)
+    else:
+        store = SqliteStore(db)
     try:
         for address in addresses:
             set_user(store, domain, address, PASSWORD)

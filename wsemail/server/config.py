@@ -266,7 +266,7 @@ KNOWN: dict[str, Any] = {
     "federation": {"identity", "trust_roots", "crls"},
     "routes": None,
     "dns": {"nameservers", "port"},
-    "queue": {"retry_base", "retry_max", "delay_notice", "lifetime", "batch_max"},
+    "queue": {"retry_base", "retry_max", "delay_notice", "lifetime", "batch_max", "lease"},
     "quota": {"per_user_bytes", "reserve_bytes"},
     "metrics": {"token"},
     "plugins": {"ref", "priority", "options"},
@@ -422,6 +422,10 @@ def _apply(config: ServerConfig, raw: dict[str, Any], base: Path) -> None:
                 setattr(config, key, float(queue[key]))
         if "batch_max" in queue:
             config.batch_max = int(queue["batch_max"])
+        if "lease" in queue:  # how long a node may hold rows it relays before others take them
+            config.relay_lease = float(queue["lease"])
+            if not 1 <= config.relay_lease <= 86400:
+                raise ValueError("[queue] lease must be between 1 and 86400 seconds")
         if "plugins" in raw:
             config.plugins = [
                 PluginSpec(str(p["ref"]), int(p.get("priority", 100)), dict(p.get("options", {})))
