@@ -42,7 +42,6 @@ from wsemail.protocol.errors import (
     Forbidden,
     InvalidSecurity,
     RemoteFault,
-    ReplayDetected,
     RequestInvalid,
     RequestTimeout,
     ServerBusy,
@@ -473,14 +472,14 @@ class Server:
         inner = _carried_operation(op)
 
         def check(tx: Tx) -> UserRecord:
-            if tx.nonce_seen(address, nonce.decode("ascii")):
-                raise ReplayDetected("this request was already received")
+            # remembered first (ReplayDetected when it is already there); a refusal below
+            # rolls the unit back, and the nonce with it
+            self.auth.remember(tx, address, nonce.decode("ascii"))
             if not verifier.active(tx, address, cert):
                 raise UntrustedSigner("certificate revoked or not issued here")
             user = tx.user(address)
             if user is None:
                 raise AuthenticationFailed(FAILED)
-            self.auth.remember(tx, address, nonce.decode("ascii"))
             return user
 
         return Login(address, inner, check)

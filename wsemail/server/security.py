@@ -131,9 +131,10 @@ class Authenticator:
     def verify_mac(
         self, tx: Tx, token: UsernameToken, nonce: str, operation: str, body_c14n: bytes
     ) -> UserRecord:
-        """Nonce not seen → MAC; then remember the nonce in this transaction."""
-        if tx.nonce_seen(token.username, nonce):
-            raise ReplayDetected("this request was already received")
+        """Nonce not seen → MAC. The nonce is remembered first, in one statement (an insert
+        that finds it already there is the replay); a MAC that does not match raises, and
+        the unit's rollback forgets the nonce again."""
+        self.remember(tx, token.username, nonce)
         user = tx.user(token.username)
         key = user.key if user is not None else self.fake_key(token.username)
         expected = compute_mac(
@@ -141,7 +142,6 @@ class Authenticator:
         )
         if not mac_matches(expected, token.password) or user is None:
             raise AuthenticationFailed(FAILED)
-        self.remember(tx, token.username, nonce)
         return user
 
     def remember(self, tx: Tx, username: str, nonce: str) -> None:

@@ -135,12 +135,6 @@ class Tx:
             raise StorageFull(FULL_REASON)
 
     # replay cache -----------------------------------------------------------------------
-    def nonce_seen(self, principal: str, nonce: str) -> bool:
-        row = self.conn.execute(
-            "SELECT 1 FROM nonces WHERE principal=? AND nonce=?", (principal, nonce)
-        ).fetchone()
-        return row is not None
-
     def remember_nonce(self, principal: str, nonce: str, keep_seconds: float) -> bool:
         """Insert (principal, nonce); False if it was already there (on a shared store:
         accepted by any node, since the insert waits for a concurrent one to commit)."""
@@ -593,7 +587,13 @@ class BatchStore:
         raise NotImplementedError
 
     def _begin(self, conn: Any) -> None:
-        conn.execute("BEGIN")
+        """Begin the batch's transaction and its first unit's savepoint."""
+        self._control(conn, "BEGIN", "SAVEPOINT unit")
+
+    def _control(self, conn: Any, *statements: str) -> None:
+        """Transaction control statements, in order (a subclass may send them at once)."""
+        for statement in statements:
+            conn.execute(statement)
 
     def _usable(self, conn: Any) -> Any:
         """The connection to run the next batch on (a subclass may reconnect)."""
@@ -647,12 +647,16 @@ class BatchStore:
         try:
             if conn is None:  # the subclass could not connect: the whole batch fails
                 raise TransactionLost(StoreError("the store is not reachable"))
-            self._begin(conn)
             tx = self._current = self._tx(conn, now)
+            opened = False  # BEGIN is sent with the first unit's SAVEPOINT
             for work, future in batch:
                 if not future.set_running_or_notify_cancel():
                     continue  # the caller gave up (request cancelled): do not do its work
-                conn.execute("SAVEPOINT unit")
+                if opened:
+                    self._control(conn, "RELEASE unit", "SAVEPOINT unit")
+                else:
+                    self._begin(conn)
+                    opened = True
                 try:
                     result = work(tx)
                 except WsemailError as exc:  # an answer, not a bug
@@ -669,9 +673,10 @@ class BatchStore:
                     if not conn.in_transaction:  # it swallowed the error that ended it
                         raise TransactionLost(StoreError("a unit of work hid a database error"))
                     outcomes.append((future, result, None))
-                conn.execute("RELEASE unit")
             self._current = None
-            conn.execute("COMMIT")
+            if not opened:
+                return  # every caller gave up: nothing was done
+            self._control(conn, "RELEASE unit", "COMMIT")
             self.commits += 1
             if self.on_commit is not None:
                 try:
@@ -737,7 +742,7 @@ class SqliteStore(BatchStore):
         return conn
 
     def _begin(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
+        self._control(conn, "BEGIN IMMEDIATE", "SAVEPOINT unit")
 
     def _tx(self, conn: sqlite3.Connection, now: float) -> Tx:
         return Tx(conn, now, full=self.space is not None and self.space.still_full())

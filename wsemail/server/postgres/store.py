@@ -102,6 +102,9 @@ class PostgresStore(BatchStore):
             self._broken_since = time.monotonic()
             log.error("the store is not reachable: %s", " ".join(str(exc).split())[:200])
 
+    def _control(self, conn: Any, *statements: str) -> None:
+        conn.execute("; ".join(statements))  # one round trip (the simple query protocol)
+
     def _tx(self, conn: Any, now: float) -> Tx:
         return Tx(conn, now, dialect=POSTGRESQL)
 
