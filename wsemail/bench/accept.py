@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from cryptography import x509
 from lxml import etree
 
 from wsemail.bench.nodes import free_port
+from wsemail.bench.report import process_tree_cpu
 from wsemail.core.units import percentile
 from wsemail.protocol import soap
 from wsemail.protocol.auth import SIGN_RESPONSE, Credentials, derive_key
@@ -49,11 +49,6 @@ BENCH_PASSWORD = "bench password"  # noqa: S105 -- throw-away accounts in a temp
 class Tally:
     latencies: list[float] = field(default_factory=list)
     refused: int = 0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _envelope(creds: Credentials, recipient: str, n: int, known: str | None) -> bytes:
@@ -102,27 +97,6 @@ async def _client(
                 tally.refused += 1
     finally:
         writer.close()
-
-
-def process_tree_cpu(pid: int) -> float:
-    """CPU seconds of `pid` and its children (a server's workers, a database's backends)."""
-    total = 0.0
-    for child in _children(pid):
-        total += process_tree_cpu(child)
-    try:
-        return total + cpu_seconds(pid)
-    except FileNotFoundError:
-        return total
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ValueError):
-            continue
-    return found
 
 
 def run_bench(

@@ -242,13 +242,7 @@ def add_users(
 ) -> dict[str, bytes]:
     """Create accounts (scrypt once each) and return each one's MAC key; in the data dir's
     SQLite file `db`, or in the PostgreSQL store of `store_url`."""
-    store: BatchStore
-    if store_url:
-        from wsemail.server.postgres.store import PostgresStore
-
-        store = PostgresStore(store_url)
-    else:
-        store = SqliteStore(db)
+    store = _open(db, store_url)
     try:
         for address in addresses:
             set_user(store, domain, address, PASSWORD)
@@ -258,7 +252,7 @@ def add_users(
     return {a: derive_key(PASSWORD, salts[a]) for a in addresses}
 
 
-def prime(db: Path, owners: list[str], size: int) -> None:
+def prime(db: Path, owners: list[str], size: int, *, store_url: str = "") -> None:
     """About six messages in each client's inbox before the run."""
 
     def work(tx: Any) -> None:
@@ -283,11 +277,19 @@ def prime(db: Path, owners: list[str], size: int) -> None:
                     ),
                 )
 
-    store = SqliteStore(db)
+    store = _open(db, store_url)
     try:
         store.transact_sync(work)
     finally:
         store.close()
+
+
+def _open(db: Path, store_url: str) -> BatchStore:
+    if store_url:
+        from wsemail.server.postgres.store import PostgresStore
+
+        return PostgresStore(store_url)
+    return SqliteStore(db)
 
 
 # -- the load generator ---------------------------------------------------------------------

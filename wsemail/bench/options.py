@@ -58,8 +58,22 @@ class Options:
     data_dir: Path | None = None
     seed: int | None = None
     signed_answers: bool = False  # clients ask for signed answers (certificate by digest)
+    # the local domain on `nodes` servers over one PostgreSQL store: a postgresql:// URL of
+    # an empty database, or "pg" for a throwaway server started by the test bed
+    nodes: int = 1
+    store: str = ""
 
     def check(self) -> None:
+        if not 1 <= self.nodes <= 16:
+            raise UsageError("--nodes must be between 1 and 16")
+        if self.nodes > 1 and not self.store:
+            raise UsageError("--nodes needs --store (postgresql://… or pg): the nodes share it")
+        if (
+            self.store
+            and self.store != "pg"
+            and not self.store.startswith(("postgresql://", "postgres://"))
+        ):
+            raise UsageError("--store is a postgresql:// URL, or pg for a throwaway server")
         if self.clients < 1 or self.clients > 256:
             raise UsageError("--clients must be between 1 and 256")
         if self.duration is None and self.requests < 1:

@@ -35,6 +35,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds of `pid` and its children (a server's workers, a database's backends)."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ValueError):
+            continue
+        total += sum(process_tree_cpu(child) for child in children)
+    try:
+        return total + cpu_seconds(pid)
+    except FileNotFoundError:
+        return total
+
+
 # -- the run ------------------------------------------------------------------------------
 
 
@@ -167,6 +182,7 @@ def print_report(r: dict[str, Any]) -> None:
     print(
         f"\n  CPU ms per request: local server {cpu['local']}, external server "
         f"{cpu['external']}, load generator {cpu['generator']}"
+        + (f", PostgreSQL {cpu['database']}" if r.get("nodes") else "")
     )
     if r.get("queue_left"):
         print(f"  warning: {r['queue_left']} queue rows were still undelivered at the end")

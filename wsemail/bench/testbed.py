@@ -37,7 +37,7 @@ from wsemail.bench.nodes import (
     write_config,
 )
 from wsemail.bench.options import EXTERNAL, FEEDER, LOCAL, OPS, Options, parse_mix, py_spy
-from wsemail.bench.report import cpu_seconds, plot, print_report, summarise
+from wsemail.bench.report import cpu_seconds, plot, print_report, process_tree_cpu, summarise
 from wsemail.pki import create_root, issue_server, write_crl
 from wsemail.protocol.auth import Credentials
 from wsemail.protocol.dsig import cert_digest
@@ -58,26 +58,47 @@ def run_testbed(options: Options, *, quiet: bool = False) -> dict[str, Any]:
         if root.exists() and any(root.iterdir()):
             raise UsageError(f"--data-dir {root} must be empty or absent")
         root.mkdir(parents=True, exist_ok=True)
+    pg = None
     try:
-        return _run(options, root, quiet)
+        store_url = options.store
+        if store_url == "pg":
+            from wsemail.bench.pgserver import PgServer
+
+            pg = PgServer().start()
+            store_url = pg.database()
+        return _run(options, root, quiet, store_url, pg.pid if pg is not None else None)
     finally:
+        if pg is not None:
+            pg.close()
         if temp is not None:
             temp.cleanup()
 
 
-def _run(options: Options, root: Path, quiet: bool) -> dict[str, Any]:
+def _run(
+    options: Options, root: Path, quiet: bool, store_url: str, db_pid: int | None
+) -> dict[str, Any]:
     say: Callable[[str], None] = (lambda _: None) if quiet else (lambda m: print(m, flush=True))
     ca = root / "ca"
     create_root(ca, name="wsemail test bed root")
     write_crl(ca)
-    local = Node(LOCAL, root / LOCAL, free_port())
+    locals_ = [
+        Node(
+            LOCAL,
+            root / (LOCAL if n == 0 else f"{LOCAL}-{n + 1}"),
+            free_port(),
+            store_url=store_url,
+        )
+        for n in range(options.nodes)
+    ]
+    local = locals_[0]
     external = Node(EXTERNAL, root / EXTERNAL, free_port())
     to_external = CountingProxy(external.port).start()
     to_local = CountingProxy(local.port).start()
-    nodes = [local, external]
+    nodes = [*locals_, external]
+    sections = {"store": {"url": store_url}} if store_url else None
     try:
         for node, proxy, other, plugins in (
-            (local, to_external, EXTERNAL, list(DEFAULT_PLUGINS)),
+            *((n, to_external, EXTERNAL, list(DEFAULT_PLUGINS)) for n in locals_),
             (
                 external,
                 to_local,
@@ -87,7 +108,8 @@ def _run(options: Options, root: Path, quiet: bool) -> dict[str, Any]:
         ):
             node.data_dir.mkdir(mode=0o700)
             identity = root / f"{node.domain}-identity"
-            issue_server(ca, node.domain, identity)
+            if not identity.exists():  # one identity for every node of a domain
+                issue_server(ca, node.domain, identity)
             write_config(
                 node.data_dir,
                 domain=node.domain,
@@ -96,23 +118,28 @@ def _run(options: Options, root: Path, quiet: bool) -> dict[str, Any]:
                 identity=identity,
                 routes={other: f"https://127.0.0.1:{proxy.port}/wsemail"},
                 plugins=plugins,
+                sections=sections if node.domain == LOCAL else None,
             )
         local_users = [f"client{i}@{LOCAL}" for i in range(options.clients)]
         external_users = [f"reader{i}@{EXTERNAL}" for i in range(options.clients)]
         say(f"testbed: creating {2 * options.clients + 1} accounts (scrypt each)")
         local.data_dir.joinpath("wsemail.db")
-        keys = add_users(local.data_dir / "wsemail.db", LOCAL, local_users)
+        keys = add_users(local.data_dir / "wsemail.db", LOCAL, local_users, store_url=store_url)
         feeder_key = add_users(
             external.data_dir / "wsemail.db", EXTERNAL, [*external_users, FEEDER]
         )
-        prime(local.data_dir / "wsemail.db", local_users, options.size)
+        prime(local.data_dir / "wsemail.db", local_users, options.size, store_url=store_url)
         local.start(options.profile)
+        for node in locals_[1:]:
+            node.start()
         external.start()
         spy = None
         if options.profile is not None and options.profile.suffix not in (".prof", ".pstats"):
             spy = _start_py_spy(options.profile, local)
         say(
-            f"testbed: {LOCAL} at {local.url}, {EXTERNAL} at {external.url}; "
+            f"testbed: {LOCAL} at {', '.join(n.url for n in locals_)}"
+            + (f" (PostgreSQL, {options.nodes} nodes)" if store_url else "")
+            + f", {EXTERNAL} at {external.url}; "
             f"{options.clients} clients, "
             + (
                 f"{options.duration:g} s"
@@ -123,7 +150,15 @@ def _run(options: Options, root: Path, quiet: bool) -> dict[str, Any]:
         )
         context = ssl.create_default_context(cafile=str(ca / "root.pem"))
         result = _drive(
-            options, local, external, context, keys, feeder_key[FEEDER], local_users, external_users
+            options,
+            locals_,
+            external,
+            context,
+            keys,
+            feeder_key[FEEDER],
+            local_users,
+            external_users,
+            db_pid,
         )
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -188,17 +223,26 @@ def _start_py_spy(target: Path, node: Node) -> subprocess.Popen[bytes]:
 
 def _drive(
     options: Options,
-    local: Node,
+    locals_: list[Node],
     external: Node,
     context: ssl.SSLContext,
     keys: dict[str, bytes],
     feeder_key: bytes,
     local_users: list[str],
     external_users: list[str],
+    db_pid: int | None,
 ) -> dict[str, Any]:
     rng = random.Random(options.seed)  # noqa: S311 -- load mix, not security
-    assert local.process is not None and external.process is not None
-    local_pid, external_pid = local.process.pid, external.process.pid
+    local = locals_[0]
+    assert all(n.process is not None for n in locals_) and external.process is not None
+    local_pids = [n.process.pid for n in locals_ if n.process is not None]
+    external_pid = external.process.pid
+
+    def local_cpu() -> float:
+        return sum(process_tree_cpu(pid) for pid in local_pids)
+
+    def db_cpu() -> float:
+        return process_tree_cpu(db_pid) if db_pid is not None else 0.0
 
     async def main() -> tuple[list[Client], dict[str, int], float, dict[str, float]]:
         stop_at = None
@@ -207,9 +251,13 @@ def _drive(
             pem = (local.data_dir.parent / f"{LOCAL}-identity" / "server.pem").read_bytes()
             digest = cert_digest(x509.load_pem_x509_certificate(pem))
             plan.known = base64.b64encode(digest).decode("ascii")
-        clients = [
-            Client(Credentials(u, keys[u]), Connection(local.url, context, LOCAL), plan)
-            for u in local_users
+        clients = [  # client i talks to node i mod N
+            Client(
+                Credentials(u, keys[u]),
+                Connection(locals_[i % len(locals_)].url, context, LOCAL),
+                plan,
+            )
+            for i, u in enumerate(local_users)
         ]
         await asyncio.gather(*(c.conn.open() for c in clients))
         stop = asyncio.Event()
@@ -226,7 +274,8 @@ def _drive(
         )
         interval = options.clients / options.rate if options.rate else None
         cpu0 = {
-            "local": cpu_seconds(local_pid),
+            "database": db_cpu(),
+            "local": local_cpu(),
             "external": cpu_seconds(external_pid),
             "generator": time.process_time(),
         }
@@ -241,7 +290,8 @@ def _drive(
         )
         wall = time.perf_counter() - started
         cpu = {
-            "local": cpu_seconds(local_pid) - cpu0["local"],
+            "database": db_cpu() - cpu0["database"],
+            "local": local_cpu() - cpu0["local"],
             "external": cpu_seconds(external_pid) - cpu0["external"],
             "generator": time.process_time() - cpu0["generator"],
         }
@@ -257,6 +307,8 @@ def _drive(
     except ImportError:  # pragma: no cover - uvloop is a server dependency
         clients, feed_counts, wall, cpu = asyncio.run(main())
     result = summarise(options, clients, feed_counts, wall, cpu)
+    if options.store:
+        result["nodes"] = len(locals_)
     if options.plot is not None:
         plot(
             {op: [x for c in clients for x in c.tallies[op].latencies] for op in OPS}, options.plot

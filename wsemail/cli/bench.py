@@ -78,6 +78,10 @@ def testbed(
     signed_answers: bool = typer.Option(
         False, "--signed-answers", help="clients ask for signed answers (certificate by digest)"
     ),
+    nodes: int = typer.Option(1, "--nodes", help="servers of the local domain (needs --store)"),
+    store: str = typer.Option(
+        "", "--store", help="the local domain's PostgreSQL store: postgresql://… or pg (throwaway)"
+    ),
 ) -> None:
     """The paper's test bed: local + external server over TLS, N clients, Tables 1 and 2."""
     from wsemail.bench.testbed import Options, parse_mix, run_testbed
@@ -95,6 +99,8 @@ def testbed(
         data_dir=data_dir,
         seed=seed,
         signed_answers=signed_answers,
+        nodes=nodes,
+        store=store,
     )
     result = run_testbed(options, quiet=as_json)
     if as_json:
