@@ -27,6 +27,8 @@ from wsemail.protocol.message import Draft
 
 from conftest import Cli, Running, start_server, wsemail_binary
 
+pytestmark = pytest.mark.both_stores  # the server fixture: on SQLite and on PostgreSQL
+
 
 def _state(server: Running) -> Any:
     def read(tx: Any) -> Any:
@@ -161,8 +163,8 @@ def test_draft_refusals_change_nothing(server: Running) -> None:
     assert [d.id for d in drafts.list()] == [kept.id]
 
 
-def test_drafts_count_in_the_quota_and_the_size_limit(tmp_path: Path) -> None:
-    running = start_server(tmp_path / "s", quota_per_user_bytes=2000)
+def test_drafts_count_in_the_quota_and_the_size_limit(tmp_path: Path, store_url: str) -> None:
+    running = start_server(tmp_path / "s", store_url=store_url, quota_per_user_bytes=2000)
     try:
         drafts = Drafts(running.client())
         small = drafts.save(SavedDraft(subject="small", body="x" * 1000))

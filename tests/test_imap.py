@@ -14,6 +14,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,8 +64,11 @@ def fetched(data: list[Any]) -> bytes:
 
 
 @pytest.fixture
-def imap_server(tmp_path: Path) -> Iterator[Running]:
-    running = start_server(tmp_path / "server", plugins=with_imap(idle_poll=60.0))
+def imap_server(tmp_path: Path, store_url: str) -> Iterator[Running]:
+    """SQLite; also PostgreSQL for the tests marked both_stores."""
+    running = start_server(
+        tmp_path / "server", store_url=store_url, plugins=with_imap(idle_poll=60.0)
+    )
     yield running
     running.stop()
 
@@ -79,6 +83,7 @@ def folder_of(running: Running, subject: str) -> list[str]:
     return [r[0] for r in rows]
 
 
+@pytest.mark.both_stores
 def test_imaplib_syncs_reads_flags_moves_and_deletes(imap_server: Running) -> None:
     alice = imap_server.client("alice@localhost")
     for n in range(3):
@@ -165,6 +170,7 @@ def test_imaplib_syncs_reads_flags_moves_and_deletes(imap_server: Running) -> No
     assert imap_server.client("bob@localhost").list_headers() is not None
 
 
+@pytest.mark.both_stores
 def test_append_to_sent_and_drafts_only(imap_server: Running) -> None:
     draft = (
         b"From: bob@localhost\r\nTo: alice@localhost\r\nSubject: unfinished\r\n"
@@ -250,8 +256,9 @@ def idle_until_delivered(imap_server: Running) -> None:
         assert stream.readline().startswith(b"c OK")
 
 
-def test_uidvalidity_and_uidnext_never_go_back(tmp_path: Path) -> None:
-    running = start_server(tmp_path / "s", plugins=with_imap())
+@pytest.mark.both_stores
+def test_uidvalidity_and_uidnext_never_go_back(tmp_path: Path, store_url: str) -> None:
+    running = start_server(tmp_path / "s", store_url=store_url, plugins=with_imap())
     try:
         alice = running.client("alice@localhost")
         alice.send(["bob@localhost"], "one", "1")
@@ -270,7 +277,8 @@ def test_uidvalidity_and_uidnext_never_go_back(tmp_path: Path) -> None:
         data_dir = running.config.data_dir
     finally:
         running.stop()
-    running = start_server(data_dir, plugins=with_imap())  # restarted: state is on disk
+    # restarted: the state is in the store
+    running = start_server(data_dir, store_url=store_url, plugins=with_imap())
     try:
         with connect(running) as imap:
             imap.login("bob@localhost", PASSWORD)
@@ -447,6 +455,7 @@ def test_encrypted_mail_is_delivered_as_is(imap_server: Running) -> None:
         assert message.get_content().decode("utf-8") == sealed  # byte for byte
 
 
+@pytest.mark.both_stores
 def test_folder_names_travel_in_modified_utf7(imap_server: Running) -> None:
     with connect(imap_server) as imap:
         imap.login("bob@localhost", PASSWORD)
@@ -521,6 +530,7 @@ def test_serve_imap_port_through_the_real_binary(tmp_path: Path) -> None:
         assert words in done.stderr
 
 
+@pytest.mark.both_stores
 def test_changes_made_through_soap_reach_an_open_session(imap_server: Running) -> None:
     alice = imap_server.client("alice@localhost")
     for n in range(3):
@@ -554,3 +564,60 @@ def test_authenticate_plain_with_a_continuation(imap_server: Running) -> None:
             "PLAIN", lambda _: b"alice@localhost\0bob@localhost\0" + PASSWORD.encode()
         )
     assert "AUTHENTICATIONFAILED" in str(refused.value)
+
+
+def test_two_nodes_hand_out_each_uid_once(tmp_path: Path, pg_url: str) -> None:
+    """Two nodes of one domain over one PostgreSQL database, mail arriving at both while an
+    IMAP session on each syncs the same folder: every message gets one UID, the same on
+    both nodes (the folder's row is locked while UIDs are handed out)."""
+    plugins = [
+        PluginSpec("relay-policy", 10, {"allow": ["*"]}),
+        PluginSpec("size-limit", 20),
+        PluginSpec("local-delivery", 1000),
+        PluginSpec("sqlite-queue", 1000),
+        PluginSpec("imap", 30, {"port": 0}),
+    ]
+    a = start_server(tmp_path / "a", store_url=pg_url, plugins=plugins)
+    b = start_server(tmp_path / "b", store_url=pg_url, users=False, plugins=plugins)
+    try:
+        sessions = [connect(a), connect(b)]
+        for imap in sessions:
+            imap.login("bob@localhost", PASSWORD)
+        senders = [a.client("alice@localhost"), b.client("carol@localhost")]
+        done = threading.Event()
+        failures: list[object] = []
+
+        def sync(imap: imaplib.IMAP4) -> None:  # each SELECT hands out the UIDs of what is new
+            while not done.is_set():
+                status, _ = imap.select("INBOX")
+                if status != "OK":
+                    failures.append(status)
+
+        syncing = [threading.Thread(target=sync, args=(imap,)) for imap in sessions]
+        for thread in syncing:
+            thread.start()
+        try:
+            for n in range(12):
+                senders[n % 2].send(["bob@localhost"], f"n{n}", "x")
+        finally:
+            done.set()
+            for thread in syncing:
+                thread.join()
+        assert failures == []
+        seen = []
+        for imap in sessions:
+            imap.select("INBOX")
+            _, data = imap.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            found = {}
+            for part in data:
+                if isinstance(part, tuple):
+                    uid = re.search(rb"UID (\d+)", part[0])
+                    assert uid is not None
+                    found[int(uid.group(1))] = bytes(part[1]).strip()
+            seen.append(found)
+            imap.logout()
+        assert seen[0] == seen[1] and sorted(seen[0]) == list(range(1, 13))
+        assert len(set(seen[0].values())) == 12
+    finally:
+        b.stop()
+        a.stop()

@@ -18,6 +18,8 @@ from wsemail.protocol.errors import MessageTooLarge, QuotaExceeded, RemoteFault
 
 from conftest import Cli, Running, start_server
 
+pytestmark = pytest.mark.both_stores  # the server fixture: on SQLite and on PostgreSQL
+
 BODIES = {
     "plain": "hello\n",
     "Grüße – ☃ unicode": "no line end at the end",
@@ -227,8 +229,8 @@ def test_bad_folders_and_options_are_refused(server: Running, cli: Cli, tmp_path
     assert not (tmp_path / "m").exists()
 
 
-def test_import_limits_refuse_the_whole_request(tmp_path: Path) -> None:
-    running = start_server(tmp_path / "s", quota_per_user_bytes=3000)
+def test_import_limits_refuse_the_whole_request(tmp_path: Path, store_url: str) -> None:
+    running = start_server(tmp_path / "s", store_url=store_url, quota_per_user_bytes=3000)
     try:
         bob = running.client("bob@localhost")
         items = [

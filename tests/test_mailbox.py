@@ -8,10 +8,14 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from wsemail.server.mailbox import maintenance
 from wsemail.server.store import MIGRATIONS, SqliteStore, statements
 
 from conftest import Cli, Running, start_server
+
+pytestmark = pytest.mark.both_stores  # the server fixture: on SQLite and on PostgreSQL
 
 DAY = 86400.0
 
@@ -58,8 +62,8 @@ def test_delete_moves_to_trash_and_a_delete_in_trash_is_final(server: Running) -
     assert server.count("SELECT count(*) FROM messages WHERE owner='bob@localhost'") == 1
 
 
-def test_trash_older_than_its_age_is_emptied(tmp_path: Path) -> None:
-    running = start_server(tmp_path / "s", trash_days=30.0)
+def test_trash_older_than_its_age_is_emptied(tmp_path: Path, store_url: str) -> None:
+    running = start_server(tmp_path / "s", store_url=store_url, trash_days=30.0)
     try:
         bob = running.client("bob@localhost")
         old, recent, kept = _inbox_of_bob(running, ["old", "recent", "kept"])
@@ -80,8 +84,8 @@ def test_trash_older_than_its_age_is_emptied(tmp_path: Path) -> None:
         running.stop()
 
 
-def test_trash_days_zero_keeps_trash_until_deleted(tmp_path: Path) -> None:
-    running = start_server(tmp_path / "s", trash_days=0.0)
+def test_trash_days_zero_keeps_trash_until_deleted(tmp_path: Path, store_url: str) -> None:
+    running = start_server(tmp_path / "s", store_url=store_url, trash_days=0.0)
     try:
         bob = running.client("bob@localhost")
         (only,) = _inbox_of_bob(running, ["x"])

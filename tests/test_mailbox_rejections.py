@@ -13,6 +13,8 @@ from wsemail.protocol.soap import element, q
 
 from conftest import Cli, Running
 
+pytestmark = pytest.mark.both_stores  # the server fixture: on SQLite and on PostgreSQL
+
 
 def _state(server: Running) -> Any:
     def read(tx: Any) -> Any:

@@ -22,6 +22,8 @@ from wsemail.server.store import MIGRATIONS, SqliteStore, statements
 
 from conftest import Cli, Running, wsemail_binary
 
+pytestmark = pytest.mark.both_stores  # the server fixture: on SQLite and on PostgreSQL
+
 ALICE, BOB, CAROL = "alice@localhost", "bob@localhost", "carol@localhost"
 
 

@@ -9,6 +9,10 @@ migration) keep what IMAP needs and the messages table has not:
 `sync` brings one folder's UIDs up to date with the messages table (whatever moved them:
 SOAP, the TUI, another IMAP session): rows of messages that left the folder go, messages
 new to it get the next UIDs in arrival order. Every function runs inside a transaction.
+
+On the PostgreSQL store several nodes may sync one folder at once: `sync` takes the row
+lock of the folder's imap_folders row first (SELECT ... FOR UPDATE), so UIDs are handed out
+by one transaction at a time and the next one sees them (read committed).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from wsemail.server.sql import POSTGRESQL
 from wsemail.server.store import Tx
 
-MIGRATIONS = [
+SQLITE_MIGRATIONS = [
     """
     CREATE TABLE imap_folders(
         owner TEXT NOT NULL,
@@ -42,6 +47,29 @@ MIGRATIONS = [
     CREATE UNIQUE INDEX imap_uids_seq ON imap_uids(owner, folder, seq)
     """,
 ]
+POSTGRESQL_MIGRATIONS = [
+    """
+    CREATE TABLE imap_folders(
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        uidvalidity BIGINT NOT NULL,
+        uidnext BIGINT NOT NULL,
+        PRIMARY KEY(owner, name)
+    );
+    CREATE TABLE imap_uids(
+        owner TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        uid BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        draft INTEGER NOT NULL DEFAULT 0,
+        rendered_size BIGINT,
+        PRIMARY KEY(owner, folder, uid)
+    );
+    CREATE UNIQUE INDEX imap_uids_seq ON imap_uids(owner, folder, seq)
+    """,
+]
+MIGRATIONS = {"sqlite": SQLITE_MIGRATIONS, "postgresql": POSTGRESQL_MIGRATIONS}
 
 _CHUNK = 500
 _COPY_COLUMNS = (
@@ -119,33 +147,41 @@ class FolderState:
 def fingerprint(tx: Tx, owner: str, folder: str) -> tuple[object, ...]:
     """A cheap digest of the folder (its messages, their flags, its UIDs): when it is
     unchanged, nothing needs reporting and `sync` can be skipped."""
+    total = "coalesce(sum({}), 0)" if tx.dialect == POSTGRESQL else "total({})"
     messages = tx.conn.execute(
-        "SELECT count(*), total(seq * (1 + seen + 2*flagged + 4*answered)) FROM messages "
-        "WHERE owner=? AND folder=?",
+        f"SELECT count(*), {total.format('seq * (1 + seen + 2*flagged + 4*answered)')} "  # noqa: S608
+        "FROM messages WHERE owner=? AND folder=?",
         (owner, folder),
     ).fetchone()
     uids = tx.conn.execute(
-        "SELECT count(*), total(seq * (1 + deleted + 2*draft)), max(uid) FROM imap_uids "
-        "WHERE owner=? AND folder=?",
+        f"SELECT count(*), {total.format('seq * (1 + deleted + 2*draft)')}, max(uid) "  # noqa: S608
+        "FROM imap_uids WHERE owner=? AND folder=?",
         (owner, folder),
     ).fetchone()
     return (*messages, *uids)
 
 
 def _state(tx: Tx, owner: str, folder: str) -> tuple[int, int]:
-    row = tx.conn.execute(
-        "SELECT uidvalidity, uidnext FROM imap_folders WHERE owner=? AND name=?", (owner, folder)
-    ).fetchone()
+    """(UIDVALIDITY, UIDNEXT) of the folder, made on first use; on PostgreSQL its row is
+    locked until the transaction ends (another node's sync of the folder waits)."""
+    sql = "SELECT uidvalidity, uidnext FROM imap_folders WHERE owner=? AND name=?"
+    if tx.dialect == POSTGRESQL:
+        sql += " FOR UPDATE"
+    row = tx.conn.execute(sql, (owner, folder)).fetchone()
     if row is not None:
         return int(row[0]), int(row[1])
     last = tx.conn.execute(
         "SELECT max(uidvalidity) FROM imap_folders WHERE owner=?", (owner,)
     ).fetchone()[0]
     validity = max(int(time.time()), int(last or 0) + 1) & 0xFFFFFFFF or 1
-    tx.conn.execute(
-        "INSERT INTO imap_folders(owner, name, uidvalidity, uidnext) VALUES (?,?,?,1)",
+    made = tx.conn.execute(
+        "INSERT INTO imap_folders(owner, name, uidvalidity, uidnext) VALUES (?,?,?,1) "
+        "ON CONFLICT DO NOTHING",
         (owner, folder, validity),
-    )
+    ).rowcount
+    if not made:  # another node made it meanwhile: take (and lock) its row
+        row = tx.conn.execute(sql, (owner, folder)).fetchone()
+        return int(row[0]), int(row[1])
     return validity, 1
 
 
@@ -164,7 +200,8 @@ def sync(
         (owner, folder, owner, folder),
     )
     new = conn.execute(  # a wsemail draft (SaveDraft, the TUI) comes with \\Draft
-        "SELECT seq, draft IS NOT NULL FROM messages m WHERE owner=? AND folder=? AND NOT "
+        "SELECT seq, CASE WHEN draft IS NULL THEN 0 ELSE 1 END FROM messages m "
+        "WHERE owner=? AND folder=? AND NOT "
         "EXISTS (SELECT 1 FROM imap_uids u WHERE u.owner=? AND u.folder=? AND u.seq=m.seq) "
         "ORDER BY seq",
         (owner, folder, owner, folder),
@@ -294,13 +331,13 @@ def copy(
 ) -> int:
     """A new mailbox copy of message `seq` in `folder` (a copy never counts as an arrival:
     its `arrival` is its own id, so delivery idempotency is not touched); its seq."""
-    cursor = tx.conn.execute(
+    row = tx.conn.execute(
         f"INSERT INTO messages(id, arrival, trashed_at, {_COPY_COLUMNS}) SELECT ?, ?, ?, "  # noqa: S608
-        f"{_COPY_COLUMNS.replace('folder', '?', 1)} FROM messages WHERE owner=? AND seq=?",
+        f"{_COPY_COLUMNS.replace('folder', '?', 1)} FROM messages WHERE owner=? AND seq=? "
+        "RETURNING seq",
         (public_id, "imap:" + public_id, trashed_at, folder, owner, seq),
-    )
-    assert cursor.lastrowid is not None
-    return int(cursor.lastrowid)
+    ).fetchone()
+    return int(row[0])
 
 
 def seq_of(tx: Tx, owner: str, public_id: str) -> int:

@@ -8,7 +8,8 @@ guess):
                                           after inclusive)
 
 Terms are ANDed. Words become quoted FTS5 phrases (the user's text never reaches FTS5 as
-syntax); the same `Query` maps onto PostgreSQL's tsquery (phraseto_tsquery per term).
+syntax); on PostgreSQL the same terms (`Query.texts`) are bound as parameters, each a
+phraseto_tsquery or an address match (mailbox/records.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class Query:
     """A parsed query: FTS5 terms (ANDed) and the filters on the stored columns."""
 
     terms: list[str] = field(default_factory=list)
+    # the same terms as (column, text): column None for every text column, else "subject",
+    # "sender" or "recipients" (PostgreSQL binds the text as a parameter)
+    texts: list[tuple[str | None, str]] = field(default_factory=list)
     flags: dict[str, bool] = field(default_factory=dict)  # seen / flagged / answered
     has_attachment: bool = False
     folder: str | None = None  # as typed; resolved against the user's folders
@@ -103,6 +107,7 @@ def parse(raw: str) -> Query:
             text = quoted if quoted is not None else head
             if _words(text):
                 query.terms.append(f"{{{' '.join(_ALL_TEXT)}}} : {_phrase(text)}")
+                query.texts.append((None, text))
             continue
         name, value = operator.group(1).lower(), operator.group(2)
         if quoted is not None:
@@ -123,6 +128,7 @@ def _apply(query: Query, name: str, value: str) -> None:
         if not _words(value):
             raise RequestInvalid(f"{name}: needs a word")
         query.terms.append(f"{_TEXT_COLUMNS[name]} : {_phrase(value)}")
+        query.texts.append((_TEXT_COLUMNS[name], value))
     elif name == "has":
         if value.lower() not in ("attachment", "attachments"):
             raise RequestInvalid("has: knows only has:attachment")

@@ -1,7 +1,9 @@
 """Every SQL string of the mailbox feature. The tables (folders, the flag and Trash columns
 of messages, messages_fts and its triggers) come from schema.py's migration 6; the `draft`
 and `imported` columns from migration 9; the conversation columns, thread_links and the
-triggers that keep them from migration 8."""
+triggers that keep them from migration 8. On the PostgreSQL store the same tables come from
+postgres/schema.py: folder names are compared through lower() (its unique index), and
+search reads the GIN index `messages_text` (see `_pg_matches`) where SQLite reads FTS5."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from wsemail.protocol.errors import RequestInvalid, StorageFull
 from wsemail.protocol.message import SYSTEM_FOLDERS, Message, MessageHeader, is_sealed_body
 from wsemail.server.mailbox.names import DRAFTS, TRASH, system_folder
 from wsemail.server.mailbox.query import Query
+from wsemail.server.sql import POSTGRESQL
 from wsemail.server.storage import FULL_REASON
 from wsemail.server.store import HEADER_COLUMNS, MESSAGE_COLUMNS, Tx, header, message
 
@@ -39,9 +42,10 @@ def resolve(tx: Tx, owner: str, name: str) -> str | None:
     found = system_folder(name)
     if found is not None:
         return found
-    row = tx.conn.execute(
-        "SELECT name FROM folders WHERE owner=? AND name=?", (owner, name)
-    ).fetchone()
+    sql = "SELECT name FROM folders WHERE owner=? AND name=?"  # name: COLLATE NOCASE
+    if tx.dialect == POSTGRESQL:
+        sql = "SELECT name FROM folders WHERE owner=? AND lower(name)=lower(?)"
+    row = tx.conn.execute(sql, (owner, name)).fetchone()
     return str(row[0]) if row else None
 
 
@@ -49,14 +53,17 @@ def folders(tx: Tx, owner: str) -> list[FolderInfo]:
     counts = {
         r[0]: (int(r[1]), int(r[2] or 0))
         for r in tx.conn.execute(
-            "SELECT folder, count(*), sum(seen=0) FROM messages WHERE owner=? GROUP BY folder",
+            "SELECT folder, count(*), sum(CASE WHEN seen=0 THEN 1 ELSE 0 END) FROM messages "
+            "WHERE owner=? GROUP BY folder",
             (owner,),
         )
     }
+    order = "lower(name), name" if tx.dialect == POSTGRESQL else "name COLLATE NOCASE"
     own = [
         r[0]
         for r in tx.conn.execute(
-            "SELECT name FROM folders WHERE owner=? ORDER BY name COLLATE NOCASE", (owner,)
+            f"SELECT name FROM folders WHERE owner=? ORDER BY {order}",  # noqa: S608
+            (owner,),
         )
     ]
     return [
@@ -66,9 +73,14 @@ def folders(tx: Tx, owner: str) -> list[FolderInfo]:
 
 
 def create_folder(tx: Tx, owner: str, name: str) -> None:
-    tx.conn.execute(
-        "INSERT INTO folders(owner, name, created) VALUES (?,?,?)", (owner, name, tx.now)
-    )
+    """Make `owner`'s folder `name` (checked free by `resolve` first; on a shared store
+    another node may have made it since: then it is refused the same way)."""
+    made = tx.conn.execute(
+        "INSERT INTO folders(owner, name, created) VALUES (?,?,?) ON CONFLICT DO NOTHING",
+        (owner, name, tx.now),
+    ).rowcount
+    if not made:
+        raise RequestInvalid(f"a folder named {name!r} exists")
 
 
 def rename_folder(tx: Tx, owner: str, old: str, new: str) -> None:
@@ -179,13 +191,15 @@ def search(
     if high is not None:
         before = high + 1 if before is None else min(before, high + 1)
     match = query.match
-    if match is None:
+    if match is not None and tx.dialect == POSTGRESQL:
+        rows: list[Any] = _pg_matches(tx, query, where, args, limit, before)
+    elif match is None:
         if before is not None:
             where.append("m.seq<?")
             args.append(before)
         sql = f"SELECT m.seq, {_M_COLUMNS} FROM messages m WHERE {' AND '.join(where)} "  # noqa: S608
         sql += "ORDER BY m.seq DESC LIMIT ?"
-        rows: list[Any] = tx.conn.execute(sql, [*args, limit]).fetchall()
+        rows = tx.conn.execute(sql, [*args, limit]).fetchall()
     else:
         rows = _newest_matches(tx, owner, match, " AND ".join(where), args, limit, before, low)
     return [(r[0], header(r[1:])) for r in rows]
@@ -222,6 +236,50 @@ def _newest_matches(
         raise RequestInvalid("the search query cannot be run") from exc
 
 
+# the expression of postgres/schema.py's GIN index `messages_text` (written the same, so
+# that the planner uses the index): subject, body unless sealed, sender, recipients
+_PG_TEXT = (
+    "to_tsvector('simple', m.subject || ' ' || CASE WHEN m.sealed=1 THEN '' ELSE m.body END "
+    "|| ' ' || m.sender || ' ' || m.to_json || ' ' || m.cc_json)"
+)
+# an address column as the words FTS5's tokenizer sees in it, space-delimited
+_PG_WORDS = "(' ' || regexp_replace(lower({}), '[^[:alnum:]]+', ' ', 'g') || ' ')"
+_PG_COLUMNS = {"sender": "m.sender", "recipients": "m.to_json || ' ' || m.cc_json"}
+
+
+def words_pattern(text: str) -> str:
+    """A LIKE pattern finding the words of `text` in a row of _PG_WORDS, in order and next
+    to each other (as an FTS5 phrase); it holds no LIKE wildcard of the user's."""
+    words = "".join(c if c.isalnum() else " " for c in text.lower()).split()
+    return "% " + " ".join(words) + " %"
+
+
+def _pg_matches(
+    tx: Tx, query: Query, where: list[str], args: list[object], limit: int, before: int | None
+) -> list[Any]:
+    """PostgreSQL: each word or phrase a phraseto_tsquery on the GIN index `messages_text`
+    (subject: also on the subject alone); from: and to: the words of the address column, so
+    that `from:alice` finds alice@a.test, whose address the text-search parser keeps as one
+    word. Every piece of the user's text is a parameter."""
+    where, args = list(where), list(args)
+    for column, text in query.texts:
+        if column in _PG_COLUMNS:
+            where.append(f"{_PG_WORDS.format(_PG_COLUMNS[column])} LIKE ?")
+            args.append(words_pattern(text))
+            continue
+        where.append(f"{_PG_TEXT} @@ phraseto_tsquery('simple', ?)")
+        args.append(text)
+        if column == "subject":
+            where.append("to_tsvector('simple', m.subject) @@ phraseto_tsquery('simple', ?)")
+            args.append(text)
+    if before is not None:
+        where.append("m.seq<?")
+        args.append(before)
+    sql = f"SELECT m.seq, {_M_COLUMNS} FROM messages m WHERE {' AND '.join(where)} "  # noqa: S608
+    sql += "ORDER BY m.seq DESC LIMIT ?"
+    return tx.conn.execute(sql, [*args, limit]).fetchall()
+
+
 def _date_bounds(tx: Tx, owner: str, query: Query) -> tuple[int | None, int | None]:
     """The seq range that can hold messages of the query's dates (None low: none can),
     read from the (owner, date) index; mail arrives roughly in date order, so the newest-
@@ -246,7 +304,12 @@ def _date_bounds(tx: Tx, owner: str, query: Query) -> tuple[int | None, int | No
 
 def sealed_count(tx: Tx, owner: str, folder: str | None) -> int:
     """How many of `owner`'s messages in the searched folders have encrypted bodies."""
-    if folder is None:  # named: the planner would walk every row of the owner instead
+    if folder is None and tx.dialect == POSTGRESQL:  # no index hints: the planner picks
+        row = tx.conn.execute(
+            "SELECT count(*) FROM messages WHERE owner=? AND sealed=1 AND folder<>?",
+            (owner, TRASH),
+        ).fetchone()
+    elif folder is None:  # named: the planner would walk every row of the owner instead
         row = tx.conn.execute(
             "SELECT count(*) FROM messages INDEXED BY messages_sealed "
             "WHERE owner=? AND sealed=1 AND folder<>?",
@@ -567,10 +630,10 @@ def conversations(
     sql = (
         f"SELECT thread, total, unread, {HEADER_COLUMNS} FROM ("  # noqa: S608
         f"SELECT seq, thread, {HEADER_COLUMNS}, count(*) OVER whole AS total, "
-        "sum(seen=0) OVER whole AS unread, "
+        "sum(CASE WHEN seen=0 THEN 1 ELSE 0 END) OVER whole AS unread, "
         "row_number() OVER (PARTITION BY thread ORDER BY seq DESC) AS newest "
         f"FROM messages WHERE owner=? AND thread IN ({marks}) AND {_scope(trash)} "
-        "WINDOW whole AS (PARTITION BY thread)) WHERE newest<=? ORDER BY seq"
+        "WINDOW whole AS (PARTITION BY thread)) AS t WHERE newest<=? ORDER BY seq"
     )
     found: dict[int, Conversation] = {}
     for row in tx.conn.execute(sql, (owner, *threads, TRASH, per_thread)):
