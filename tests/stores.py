@@ -6,20 +6,26 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import Running
 from wsemail.server.config import DEFAULT_PLUGINS
+from wsemail.server.pipeline import PluginSpec
+
+from conftest import Running
 
 # default plug-ins that do not run on the PostgreSQL store yet (issue 20: shrinks as each
 # feature is ported); a server on PostgreSQL starts without them
 NOT_ON_POSTGRESQL = frozenset({"aliases", "im", "contacts", "directory", "filters", "operate"})
 
 
-def on_store(store_url: str) -> dict[str, object]:
-    """start_server settings for a server on `store_url` ("" SQLite, else PostgreSQL)."""
+def on_store(store_url: str, plugins: list[PluginSpec] | None = None) -> dict[str, object]:
+    """start_server settings for a server on `store_url` ("" SQLite, else PostgreSQL) with
+    `plugins` (the defaults when None), less those that do not run on its store yet."""
+    chosen = list(DEFAULT_PLUGINS if plugins is None else plugins)
     if not store_url:
-        return {"store_url": ""}
-    plugins = [p for p in DEFAULT_PLUGINS if p.ref not in NOT_ON_POSTGRESQL]
-    return {"store_url": store_url, "plugins": plugins}
+        return {"store_url": "", "plugins": chosen}
+    return {
+        "store_url": store_url,
+        "plugins": [p for p in chosen if p.ref not in NOT_ON_POSTGRESQL],
+    }
 
 
 def another_store(store_url: str, request: pytest.FixtureRequest) -> str:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from lxml import etree
+from stores import another_store, on_postgres, on_store
 from test_federation import start_domain
 
 from wsemail.client.attachments import Attachments, Token, fetch_request, safe_file_name
@@ -41,7 +42,6 @@ from wsemail.protocol.message import AttachmentRef
 from wsemail.protocol.soap import q
 
 from conftest import PASSWORD, Running, fault_subcode, wait_for, wsemail_binary
-from stores import another_store, on_postgres, on_store
 
 WSEMAIL = [wsemail_binary()]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
+from stores import on_store
 
 from wsemail.client.mail import Client
 from wsemail.protocol.errors import InsufficientStorage, QuotaExceeded, RemoteFault
@@ -19,7 +20,6 @@ from wsemail.server.config import DEFAULT_PLUGINS, load_config
 from wsemail.server.pipeline import PluginSpec
 
 from conftest import Running, start_server
-from stores import on_store
 
 BIG = [
     *(s for s in DEFAULT_PLUGINS if s.ref != "attachments"),

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from lxml import etree
+from stores import another_store, on_store
 from test_federation import start_domain
 
 from wsemail.client.mail import Client
@@ -56,7 +57,6 @@ from wsemail.server.store import Tx
 
 from certs import key_usage
 from conftest import Running, fault_subcode, wait_for
-from stores import another_store, on_store
 
 PLUGINS = list(DEFAULT_PLUGINS)
 SUBJECT = "Quarterly plans zebra-umbrella"
@@ -106,7 +106,7 @@ def two_domains(
     create_root(ca)
     write_crl(ca)
     servers = {
-        d: start_domain(tmp_path, ca, d, **{"plugins": PLUGINS, **on_store(url)})
+        d: start_domain(tmp_path, ca, d, **on_store(url, PLUGINS))
         for d, url in zip(("a.test", "b.test"), stores, strict=True)
     }
     from test_federation import Federation

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
+from stores import another_store, on_postgres
 from test_usercerts import BODY, SUBJECT, Fed, db_bytes, two_domains
 
 from wsemail.client.attachments import Attachments
@@ -31,7 +32,6 @@ from wsemail.client.usercerts.filecrypt import CHUNK, HEADER, TAG, decrypt_file,
 from wsemail.protocol.errors import Forbidden, SignatureInvalid, UsageError, WsemailError
 
 from conftest import Running, wait_for
-from stores import another_store, on_postgres
 
 FILE_NAME = "merger-plan-okapi.pdf"
 MARKER = b"CONFIDENTIAL-okapi-merger-terms "
