@@ -8,10 +8,11 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from lxml import etree
+from stores import another_store, on_postgres, on_store
 from test_federation import start_domain
 
 from wsemail.client.attachments import Attachments, Token, fetch_request, safe_file_name
@@ -64,11 +66,12 @@ class Fed:
 
 
 @pytest.fixture
-def fed(tmp_path: Path) -> Iterator[Fed]:
+def fed(tmp_path: Path, store_url: str, request: pytest.FixtureRequest) -> Iterator[Fed]:
     ca = tmp_path / "ca"
     create_root(ca)
     write_crl(ca)
-    a, b = (start_domain(tmp_path, ca, d) for d in ("a.test", "b.test"))
+    stores = {"a.test": store_url, "b.test": another_store(store_url, request)}
+    a, b = (start_domain(tmp_path, ca, d, **on_store(stores[d])) for d in ("a.test", "b.test"))
     routes = {"a.test": [a.url], "b.test": [b.url]}
     for running in (a, b):
         assert running.controller.server.federation is not None
@@ -79,6 +82,21 @@ def fed(tmp_path: Path) -> Iterator[Fed]:
             client.close()
     a.stop()
     b.stop()
+
+
+def held(running: Running) -> list[str]:
+    """The attachments whose bytes `running` holds: files under its data dir on SQLite,
+    chunk rows on PostgreSQL."""
+    if on_postgres(running):
+        return sorted(
+            running.controller.server.store.transact_sync(
+                lambda tx: [
+                    r[0] for r in tx.conn.execute("SELECT DISTINCT guid FROM attachment_chunks")
+                ]
+            )
+        )
+    folder = running.config.data_dir / "attachments" / "blobs"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
 def make_file(path: Path, size: int) -> str:
@@ -181,6 +199,7 @@ def forged_token(
 # --- the end-to-end path ---------------------------------------------------------------------
 
 
+@pytest.mark.both_stores
 def test_fifty_megabytes_on_demand_from_alice_to_bob(fed: Fed, tmp_path: Path) -> None:
     size = 50 << 20
     source = tmp_path / "big.bin"
@@ -204,9 +223,9 @@ def test_fifty_megabytes_on_demand_from_alice_to_bob(fed: Fed, tmp_path: Path) -
     fetch_s = time.perf_counter() - started
     assert file_sha(out) == expected and out.stat().st_size == size
     # bytes on a.test live under a server-generated name; b.test holds none of them
-    stored = list((fed.a.config.data_dir / "attachments" / "blobs").iterdir())
-    assert [p.name for p in stored] == [uploaded.guid]
-    assert not list((fed.b.config.data_dir / "attachments" / "blobs").iterdir())
+    assert held(fed.a) == [uploaded.guid]
+    assert held(fed.b) == []
+    assert not list((fed.a.config.data_dir / "attachments" / "tmp").iterdir())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     print(
         f"\n50 MB: upload {size / upload_s / 1e6:.0f} MB/s, fetch {size / fetch_s / 1e6:.0f} MB/s,"
@@ -270,6 +289,7 @@ def test_cli_sends_lists_fetches_and_audits(fed: Fed, tmp_path: Path) -> None:
     assert "notes.txt" in run("alice@a.test", fed.a, "attachments", sent_id)
 
 
+@pytest.mark.both_stores
 def test_an_interrupted_download_resumes_with_a_byte_range(fed: Fed, tmp_path: Path) -> None:
     guid = send_with(fed, tmp_path, ["bob@b.test"], 3_000_000)
     ref = ref_for(fed, "bob@b.test", guid)
@@ -292,13 +312,23 @@ def test_an_interrupted_download_resumes_with_a_byte_range(fed: Fed, tmp_path: P
     assert events == 1
 
 
+@pytest.mark.both_stores
 def test_bytes_that_differ_from_the_signed_hash_are_not_accepted(fed: Fed, tmp_path: Path) -> None:
     guid = send_with(fed, tmp_path, ["bob@b.test"], 100_000)
     ref = ref_for(fed, "bob@b.test", guid)
-    blob = fed.a.config.data_dir / "attachments" / "blobs" / guid
-    data = bytearray(blob.read_bytes())
-    data[500] ^= 1
-    blob.write_bytes(bytes(data))
+    if on_postgres(fed.a):  # one bit of the stored chunk flipped
+        fed.a.controller.server.store.transact_sync(
+            lambda tx: tx.conn.execute(
+                "UPDATE attachment_chunks SET data=set_byte(data, 500, get_byte(data, 500) # 1)"
+                " WHERE guid=? AND n=0",
+                (guid,),
+            )
+        )
+    else:
+        blob = fed.a.config.data_dir / "attachments" / "blobs" / guid
+        data = bytearray(blob.read_bytes())
+        data[500] ^= 1
+        blob.write_bytes(bytes(data))
     with pytest.raises(SignatureInvalid):
         fed.box(fed.b, "bob@b.test").fetch(ref, tmp_path / "tampered")
     assert not (tmp_path / "tampered").exists() and not (tmp_path / "tampered.part").exists()
@@ -480,6 +510,7 @@ def test_path_traversal_in_names_is_refused_and_nothing_stored(
     assert safe_file_name(name) not in ("", ".", "..") and "/" not in safe_file_name(name)
 
 
+@pytest.mark.both_stores
 def test_an_upload_that_differs_from_its_announcement_leaves_nothing(
     fed: Fed, tmp_path: Path
 ) -> None:
@@ -495,7 +526,7 @@ def test_an_upload_that_differs_from_its_announcement_leaves_nothing(
     response = alice.client.http.put(url, content=b"x" * 10, extensions={"sni_hostname": "a.test"})
     assert response.status_code == 400
     assert fed.a.count("SELECT count(*) FROM attachment_blobs") == 0
-    assert not list((fed.a.config.data_dir / "attachments" / "blobs").iterdir())
+    assert held(fed.a) == []
     assert not list((fed.a.config.data_dir / "attachments" / "tmp").iterdir())
     again = alice.client.http.put(url, content=b"x" * 1000, extensions={"sni_hostname": "a.test"})
     assert again.status_code == 403  # the ticket was good once
@@ -503,6 +534,7 @@ def test_an_upload_that_differs_from_its_announcement_leaves_nothing(
         alice.client.send(["bob@b.test"], "x", attachments=[ticket.findtext(q("Guid")) or ""])
 
 
+@pytest.mark.both_stores
 def test_a_revoked_attachment_is_not_served(fed: Fed, one: AttachmentRef) -> None:
     alice = fed.box(fed.a, "alice@a.test")
     bob = fed.box(fed.b, "bob@b.test")
@@ -515,7 +547,7 @@ def test_a_revoked_attachment_is_not_served(fed: Fed, one: AttachmentRef) -> Non
     url = httpx.URL(one.url).copy_with(path=path, query=f"ticket={ticket}".encode())
     late = bob.client.http.get(url, extensions={"sni_hostname": "a.test"})
     assert late.status_code == 403
-    assert not (fed.a.config.data_dir / "attachments" / "blobs" / one.guid).exists()
+    assert one.guid not in held(fed.a)
 
 
 def test_a_replaced_attachment_points_to_its_newer_version(
@@ -531,18 +563,75 @@ def test_a_replaced_attachment_points_to_its_newer_version(
     assert bob.fetch(ref, tmp_path / "v2").stat().st_size == 2000
 
 
+@pytest.mark.both_stores
 def test_orphaned_uploads_are_swept(fed: Fed, tmp_path: Path) -> None:
     alice = fed.box(fed.a, "alice@a.test")
     source = tmp_path / "orphan.bin"
     source.write_bytes(b"o" * 5000)
     uploaded = alice.upload(source)  # never sent
-    (fed.a.config.data_dir / "attachments" / "blobs" / ("f" * 32)).write_bytes(b"stray")
+    assert held(fed.a) == [uploaded.guid]
+    if on_postgres(fed.a):  # bytes no row owns
+        fed.a.controller.server.store.transact_sync(
+            lambda tx: tx.conn.execute(
+                "INSERT INTO attachment_chunks(guid, n, data) VALUES (?, 0, ?)", ("f" * 32, b"x")
+            )
+        )
+    else:
+        (fed.a.config.data_dir / "attachments" / "blobs" / ("f" * 32)).write_bytes(b"stray")
+    assert len(held(fed.a)) == 2
     plugin = next(
         e.plugin for e in fed.a.controller.server.pipeline.listing() if e.name == "attachments"
     )
     plugin.orphan_after = -1  # type: ignore[attr-defined]
     plugin.sweep()  # type: ignore[attr-defined]
     assert fed.a.count("SELECT count(*) FROM attachment_blobs") == 0
-    assert not list((fed.a.config.data_dir / "attachments" / "blobs").iterdir())
+    assert held(fed.a) == []
     with pytest.raises(RemoteFault):
         alice.client.send(["bob@b.test"], "late", attachments=[uploaded.guid])
+
+
+# --- several nodes of one domain (PostgreSQL store) ------------------------------------------
+
+
+def test_an_attachment_uploaded_through_one_node_is_fetched_through_another(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Two nodes of a.test over one PostgreSQL database, each with its own data dir: alice
+    uploads through node 1 and sends through node 2; carol fetches through node 2 (token,
+    authorization and bytes); neither data dir keeps the bytes."""
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    one = start_domain(tmp_path, ca, "a.test", **on_store(pg_url))
+    shutil.copytree(tmp_path / "a.test-identity", tmp_path / "node2" / "a.test-identity")
+    two = start_domain(tmp_path / "node2", ca, "a.test", **on_store(pg_url))
+    fed = Fed(ca, tmp_path, one, two)
+    try:
+        source = tmp_path / "plan.bin"
+        expected = make_file(source, 3 * (1 << 20) + 12_345)  # four chunk rows
+        uploaded = fed.box(one, "alice@a.test").upload(source)
+        two.client("alice@a.test").send(
+            ["carol@a.test"], "plan", "the plan", attachments=[uploaded.guid]
+        )
+        carol = fed.box(two, "carol@a.test")
+        [ref] = carol.list(newest(carol.client)).refs
+        assert ref.url == one.url and ref.sha256 == expected
+        fetched = carol.fetch(replace(ref, url=two.url), tmp_path / "fetched.bin")
+        assert file_sha(fetched) == expected
+        events = "SELECT event FROM attachment_audit WHERE address='carol@a.test' ORDER BY seq"
+        assert [
+            r[0]
+            for r in one.controller.server.store.transact_sync(
+                lambda tx: tx.conn.execute(events).fetchall()
+            )
+        ] == ["authorized", "download"]  # node 1 reads what node 2 logged
+        for node in (one, two):  # the bytes live in the database only
+            assert held(node) == [uploaded.guid]
+            folder = node.config.data_dir / "attachments"
+            assert not (folder / "blobs").exists() and not list((folder / "tmp").iterdir())
+    finally:
+        for node in (one, two):
+            for client in node.clients:
+                client.close()
+        one.stop()
+        two.stop()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
+from stores import on_store
 
 from wsemail.client.mail import Client
 from wsemail.protocol.errors import InsufficientStorage, QuotaExceeded, RemoteFault
@@ -50,12 +51,18 @@ def refused(running: Running, client: Client, size: int, fault: type[RemoteFault
 
 
 @pytest.fixture
-def small_quota(tmp_path: Path) -> Iterator[Running]:
-    running = start_server(tmp_path / "srv", quota_per_user_bytes=1_000_000, quota_reserve_bytes=0)
+def small_quota(tmp_path: Path, store_url: str) -> Iterator[Running]:
+    running = start_server(
+        tmp_path / "srv",
+        quota_per_user_bytes=1_000_000,
+        quota_reserve_bytes=0,
+        **on_store(store_url),
+    )
     yield running
     running.stop()
 
 
+@pytest.mark.both_stores
 def test_announced_uploads_beyond_the_per_user_quota_are_refused(small_quota: Running) -> None:
     alice, bob = small_quota.client("alice@localhost"), small_quota.client("bob@localhost")
     begin(alice, 600_000)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
+from stores import on_store
 from test_federation import start_domain
 
 from wsemail.client.attachments import Attachments, Token
@@ -82,7 +83,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def dom(tmp_path: Path) -> Iterator[Domain]:
+def dom(tmp_path: Path, store_url: str) -> Iterator[Domain]:
     ca = tmp_path / "ca"
     create_root(ca)
     write_crl(ca)
@@ -90,7 +91,7 @@ def dom(tmp_path: Path) -> Iterator[Domain]:
         *(spec for spec in DEFAULT_PLUGINS if spec.ref != "forms"),
         PluginSpec("forms", 40, {"rules": [RULE]}),
     ]
-    running = start_domain(tmp_path, ca, "a.test", plugins=plugins)
+    running = start_domain(tmp_path, ca, "a.test", **on_store(store_url, plugins))
     for name in ("pat", "dave"):
         set_user(running.controller.server.store, "a.test", f"{name}@a.test", PASSWORD)
     yield Domain(ca, running, tmp_path)
@@ -182,6 +183,7 @@ def test_timesheet_computes_totals_and_round_trips_in_its_namespace(
         plugin.validate({"days": days})
 
 
+@pytest.mark.both_stores
 def test_requisition_of_7500_routes_through_purchasing_with_delegation(
     dom: Domain, built: dict[str, Path]
 ) -> None:

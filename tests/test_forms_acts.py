@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from lxml import etree
+from stores import on_store
 from test_federation import start_domain
 
 from wsemail.client.attachments import Attachments, Token
@@ -57,18 +59,32 @@ class Dom:
         return workflow.countersign(self.running.client(user), self.token(user), signed)
 
 
-@pytest.fixture(scope="module")
-def dom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dom]:
-    tmp = tmp_path_factory.mktemp("acts")
+@contextmanager
+def a_domain(tmp: Path, store_url: str = "") -> Iterator[Dom]:
     ca = tmp / "ca"
     create_root(ca, now=PAST)
     issue_server(ca, "a.test", tmp / "a.test-identity", now=PAST)
     write_crl(ca, days=30, now=PAST)
-    running = start_domain(tmp, ca, "a.test")
+    running = start_domain(tmp, ca, "a.test", **on_store(store_url))
     for name in USERS:
         set_user(running.controller.server.store, "a.test", f"{name}@a.test", PASSWORD)
-    yield Dom(ca, running)
-    running.stop()
+    try:
+        yield Dom(ca, running)
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def dom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dom]:
+    with a_domain(tmp_path_factory.mktemp("acts")) as made:
+        yield made
+
+
+@pytest.fixture
+def dom_on_store(tmp_path: Path, store_url: str) -> Iterator[Dom]:
+    """a.test on the store of the test (both stores: see the both_stores mark)."""
+    with a_domain(tmp_path, store_url) as made:
+        yield made
 
 
 def form(route: list[Step]) -> FormDocument:
@@ -143,10 +159,12 @@ def test_an_act_of_another_user_is_not_stamped(dom: Dom) -> None:
     refused_stamp(dom, "pat@a.test", act, UntrustedSigner, "not by pat@a.test")
 
 
-def test_one_decision_per_signer_and_step(dom: Dom) -> None:
+@pytest.mark.both_stores
+def test_one_decision_per_signer_and_step(dom_on_store: Dom) -> None:
     """pat approves; her client, retrying after a lost Send, signs the same approval again:
     stamped again. Rejecting the same step of the same form, or delegating it: refused by
     her server, nothing stored."""
+    dom = dom_on_store
     doc = form([Step("manager", ("pat@a.test",))])
     token = dom.token("pat@a.test")
     chain = approvals.Chain(doc.route())

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from stores import on_store
 from test_federation import start_domain
 from test_forms import ITEMS_500, Domain, built, requisition  # noqa: F401  (built: a fixture)
 
@@ -95,6 +96,7 @@ class Shop:
     lifetime: float
     options: dict[str, object] = field(default_factory=dict)
     running: Running | None = None
+    store_url: str = ""  # "" SQLite in the data dir, else a PostgreSQL database
 
     def start(self) -> Domain:
         options = {
@@ -108,7 +110,9 @@ class Shop:
             *(spec for spec in DEFAULT_PLUGINS if spec.ref != "forms"),
             PluginSpec("forms", 40, options),
         ]
-        self.running = start_domain(self.tmp, self.ca, "a.test", plugins=plugins)
+        self.running = start_domain(
+            self.tmp, self.ca, "a.test", **on_store(self.store_url, plugins)
+        )
         return Domain(self.ca, self.running, self.tmp)
 
     def stop(self) -> None:
@@ -132,13 +136,17 @@ class Shop:
 
 
 def make_shop(
-    tmp_path: Path, fail: int, lifetime: float = 3600.0, receiver: Receiver | None = None
+    tmp_path: Path,
+    fail: int,
+    lifetime: float = 3600.0,
+    receiver: Receiver | None = None,
+    store_url: str = "",
 ) -> Shop:
     ca = tmp_path / "ca"
     if not (ca / "root.pem").exists():
         create_root(ca)
         write_crl(ca)
-    return Shop(ca, tmp_path, receiver or Receiver(fail), lifetime)
+    return Shop(ca, tmp_path, receiver or Receiver(fail), lifetime, store_url=store_url)
 
 
 @pytest.fixture
@@ -157,12 +165,14 @@ def finish_a_form(dom: Domain, built: dict[str, Path]) -> None:  # noqa: F811
     assert chain.complete and to == ["carol@a.test"]
 
 
+@pytest.mark.both_stores
 def test_a_failing_receiver_gets_the_form_again_with_the_same_key_until_it_takes_it(
     tmp_path: Path,
     shops: list[Shop],
     built: dict[str, Path],  # noqa: F811
+    store_url: str,
 ) -> None:
-    shop = make_shop(tmp_path, fail=3)
+    shop = make_shop(tmp_path, fail=3, store_url=store_url)
     shops.append(shop)
     dom = shop.start()
     finish_a_form(dom, built)
@@ -181,12 +191,14 @@ def test_a_failing_receiver_gets_the_form_again_with_the_same_key_until_it_takes
     assert shop.rows() == [("delivered", 4, got[0][0])] and len(got) == 4
 
 
+@pytest.mark.both_stores
 def test_a_pending_hand_off_survives_a_restart(
     tmp_path: Path,
     shops: list[Shop],
     built: dict[str, Path],  # noqa: F811
+    store_url: str,
 ) -> None:
-    shop = make_shop(tmp_path, fail=10**6)  # the program is down for now
+    shop = make_shop(tmp_path, fail=10**6, store_url=store_url)  # the program is down for now
     shops.append(shop)
     dom = shop.start()
     finish_a_form(dom, built)

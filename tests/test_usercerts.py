@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from lxml import etree
+from stores import another_store, on_store
 from test_federation import start_domain
 
 from wsemail.client.mail import Client
@@ -92,16 +93,22 @@ class Fed:
 
 
 @contextmanager
-def two_domains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fed]:
+def two_domains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stores: tuple[str, str] = ("", "")
+) -> Iterator[Fed]:
     """a.test and b.test with the usercerts plug-in, routed to each other, keys on disk
-    under tmp_path (also used by tests/test_usercerts_attachments.py)."""
+    under tmp_path (also used by tests/test_usercerts_attachments.py); `stores`: a.test's
+    and b.test's store URLs ("" SQLite)."""
     monkeypatch.setenv("WSEMAIL_KEYS_DIR", str(tmp_path / "keys"))
     monkeypatch.setenv("WSEMAIL_KEY_PASSPHRASE", "device passphrase")
     monkeypatch.setenv("WSEMAIL_DIRECTORY_CACHE", str(tmp_path / "directory-cache"))
     ca = tmp_path / "ca"
     create_root(ca)
     write_crl(ca)
-    servers = {d: start_domain(tmp_path, ca, d, plugins=PLUGINS) for d in ("a.test", "b.test")}
+    servers = {
+        d: start_domain(tmp_path, ca, d, **on_store(url, PLUGINS))
+        for d, url in zip(("a.test", "b.test"), stores, strict=True)
+    }
     from test_federation import Federation
 
     Federation(ca, servers).route_all()
@@ -113,8 +120,11 @@ def two_domains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fed
 
 
 @pytest.fixture
-def fed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fed]:
-    with two_domains(tmp_path, monkeypatch) as federation:
+def fed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_url: str, request: pytest.FixtureRequest
+) -> Iterator[Fed]:
+    stores = (store_url, another_store(store_url, request))
+    with two_domains(tmp_path, monkeypatch, stores) as federation:
         yield federation
 
 
@@ -256,6 +266,7 @@ def test_the_directory_refuses_untrusted_certificates(fed: Fed, tmp_path: Path) 
         accept(roots, "carol@b.test", good)
 
 
+@pytest.mark.both_stores
 def test_a_revoked_certificate_is_neither_published_nor_accepted(fed: Fed) -> None:
     bob_key = fed.key("bob@b.test")
     with fed.directory() as directory:
@@ -274,6 +285,7 @@ def test_a_revoked_certificate_is_neither_published_nor_accepted(fed: Fed) -> No
         )
 
 
+@pytest.mark.both_stores
 def test_tampered_ciphertext_and_foreign_signatures_are_refused(fed: Fed) -> None:
     alice_key, bob_key = fed.key("alice@a.test"), fed.key("bob@b.test")
     carol_key = fed.key("carol@a.test")
@@ -350,6 +362,7 @@ def test_rsa_oaep_key_transport_round_trips(tmp_path: Path) -> None:
     assert decrypt_element(encrypted, [KeyPair(key, (cert,))]).text == "hello"
 
 
+@pytest.mark.both_stores
 def test_certificate_login_with_replay_and_revocation(fed: Fed) -> None:
     alice_key = fed.key("alice@a.test")
     a = fed.a

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
+from stores import another_store, on_postgres
 from test_usercerts import BODY, SUBJECT, Fed, db_bytes, two_domains
 
 from wsemail.client.attachments import Attachments
@@ -37,8 +38,11 @@ MARKER = b"CONFIDENTIAL-okapi-merger-terms "
 
 
 @pytest.fixture
-def fed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fed]:
-    with two_domains(tmp_path, monkeypatch) as federation:
+def fed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_url: str, request: pytest.FixtureRequest
+) -> Iterator[Fed]:
+    stores = (store_url, another_store(store_url, request))
+    with two_domains(tmp_path, monkeypatch, stores) as federation:
         yield federation
 
 
@@ -69,6 +73,18 @@ def server_bytes(running: Running) -> bytes:
 
 def blob_path(running: Running, guid: str) -> Path:
     return running.config.data_dir / "attachments" / "blobs" / guid
+
+
+def blob_bytes(running: Running, guid: str) -> bytes:
+    """The stored bytes of an attachment: its file (SQLite), its chunk rows (PostgreSQL)."""
+    if not on_postgres(running):
+        return blob_path(running, guid).read_bytes()
+    rows = running.controller.server.store.transact_sync(
+        lambda tx: tx.conn.execute(
+            "SELECT data FROM attachment_chunks WHERE guid=? ORDER BY n", (guid,)
+        ).fetchall()
+    )
+    return b"".join(bytes(r[0]) for r in rows)
 
 
 def send_file(fed: Fed, alice: UserKey, source: Path, directory: Directory) -> None:
@@ -365,6 +381,7 @@ def test_cli_send_encrypt_attach_list_fetch_on_a_second_device(fed: Fed, tmp_pat
     assert fed.a.count("SELECT count(*) FROM attachment_blobs") == blobs
 
 
+@pytest.mark.both_stores
 def test_unsigned_encrypted_mail_with_files_opens_across_and_within_a_domain(
     fed: Fed, tmp_path: Path
 ) -> None:
@@ -407,6 +424,7 @@ def test_unsigned_encrypted_mail_with_files_opens_across_and_within_a_domain(
     assert fetch_encrypted(carol, mine[0], tmp_path / "three").read_bytes() == plain
 
 
+@pytest.mark.both_stores
 def test_a_broken_encrypted_download_resumes(fed: Fed, tmp_path: Path) -> None:
     alice_key, bob_key = fed.key("alice@a.test"), fed.key("bob@b.test")
     source = tmp_path / FILE_NAME
@@ -417,7 +435,7 @@ def test_a_broken_encrypted_download_resumes(fed: Fed, tmp_path: Path) -> None:
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     # what a download cut off after 1.5 chunks leaves: ciphertext only, never plaintext
-    half = blob_path(fed.a, item.ref.guid).read_bytes()[: CHUNK + CHUNK // 2]
+    half = blob_bytes(fed.a, item.ref.guid)[: CHUNK + CHUNK // 2]
     (downloads / f"{FILE_NAME}.encrypted.part").write_bytes(half)
     bob = box(fed, "bob@b.test")
     seen: list[int] = []

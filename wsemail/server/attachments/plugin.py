@@ -43,10 +43,12 @@ from wsemail.protocol.errors import (
 from wsemail.protocol.message import NAME_BYTES, AttachmentRef, Message
 from wsemail.protocol.soap import element, parse_int, q, text_of, texts_of
 from wsemail.server.attachments import federated, records
+from wsemail.server.attachments.chunks import Blobs, ChunkStore
 from wsemail.server.attachments.storage import BlobStore
 from wsemail.server.attachments.streams import UPLOAD_PATH, Streams, base_url
 from wsemail.server.operate.records import limit_for
 from wsemail.server.pipeline import Environment, ExtensionProcessor, SendingProcessor, dispatch
+from wsemail.server.sql import POSTGRESQL
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server
@@ -98,7 +100,7 @@ class OnDemandAttachments(SendingProcessor, ExtensionProcessor):
         self.orphan_after = float(orphan_after)
         self.sweep_interval = float(sweep_interval)
         self.server: Server | None = None
-        self.blobs: BlobStore | None = None
+        self.blobs: Blobs | None = None
         self._last_sweep = 0.0
         self._sweeping = threading.Lock()
 
@@ -107,7 +109,9 @@ class OnDemandAttachments(SendingProcessor, ExtensionProcessor):
         self.server = server
         server.store.ensure_schema(self.name, records.MIGRATIONS)
         root = Path(self.directory) if self.directory else server.config.data_dir / "attachments"
-        self.blobs = BlobStore(root)
+        # the bytes: files under the data dir on SQLite; chunk rows that every node of the
+        # domain reads on PostgreSQL (the data dir keeps only the spool of running uploads)
+        self.blobs = ChunkStore(server.store, root) if self._shared(server) else BlobStore(root)
         streams = Streams(server, self.blobs, self._url, self._maybe_sweep)
 
         async def issue(srv: Server, envelope: soap.ReceivedEnvelope, peer: str) -> etree._Element:
@@ -121,6 +125,11 @@ class OnDemandAttachments(SendingProcessor, ExtensionProcessor):
         server.routes[UPLOAD_PATH] = streams.upload
         server.routes[federated.DOWNLOAD_PATH] = streams.download
         self.sweep(startup=True)
+
+    @staticmethod
+    def _shared(server: Any) -> bool:
+        """The store is shared by several nodes (PostgreSQL)."""
+        return bool(server.store.dialect == POSTGRESQL)
 
     def _url(self, scope: Scope) -> str:
         return self.public_url or base_url(scope)
@@ -138,23 +147,24 @@ class OnDemandAttachments(SendingProcessor, ExtensionProcessor):
 
     # orphan sweep -----------------------------------------------------------------------
     def sweep(self, *, startup: bool = False) -> int:
-        """Forget uploads never sent (or, at start-up, interrupted) and remove their files."""
+        """Forget uploads never sent (or, at start-up, interrupted) and remove their files.
+        On a shared store another node's upload may be running: interrupted uploads are
+        then forgotten once they are `orphan_after` old, like unsent ones."""
         assert self.server is not None and self.blobs is not None
         blobs = self.blobs
+        interrupted = startup and not self._shared(self.server)
         with self._sweeping:
             self._last_sweep = time.monotonic()
 
             def work(tx: Any) -> set[str]:
                 cutoff = tx.now - self.orphan_after
                 stale = records.stale(tx, cutoff)
-                if startup:
-                    rows = tx.conn.execute(
-                        "SELECT guid FROM attachment_blobs WHERE state='uploading'"
-                    )
-                    stale += [r[0] for r in rows]
+                if interrupted:
+                    stale += records.interrupted(tx)
                 for guid in stale:
                     records.forget(tx, guid)
-                return records.live_guids(tx)
+                # chunk rows are swept by the database itself (ChunkStore.sweep)
+                return records.live_guids(tx) if isinstance(blobs, BlobStore) else set()
 
             live = self.server.store.transact_sync(work)
             grace = None if startup else time.time() - self.orphan_after
@@ -216,6 +226,7 @@ class OnDemandAttachments(SendingProcessor, ExtensionProcessor):
         assert self.server is not None
         # the account's own quota when one is set (wsemail user quota), else the default
         quota = limit_for(tx, owner, self.server.config.quota_per_user_bytes)
+        records.lock_owner(tx, owner)  # nodes sharing a store: one check of owner at a time
         used = records.owner_bytes(tx, owner)
         if used + size > quota:
             raise QuotaExceeded(
@@ -300,6 +311,9 @@ class OnDemandAttachments(SendingProcessor, ExtensionProcessor):
     def _remove_after_commit(self, env: Environment, guid: str) -> None:
         blobs = self.blobs
         assert blobs is not None
+        if isinstance(blobs, ChunkStore):  # rows: they go in the same transaction
+            records.drop_chunks(env.tx, guid)
+            return
         env.after_commit.append(lambda: blobs.remove(guid))
 
 

@@ -1,6 +1,7 @@
 """In charge of the attachment plug-in's rows: uploads and their state, the recipients of
 each attachment, one-time upload and download tickets (stored as SHA-256 digests, never in
-clear), and the audit log of fetches. Every function runs inside a store transaction.
+clear), the audit log of fetches, and on the PostgreSQL store the bytes themselves as
+chunk rows. Every function runs inside a store transaction.
 
     pending ─(bytes streamed, fsynced, renamed)→ stored ─(Send)→ bound ─(Revoke)→ revoked
                                                              └─(Replace)→ superseded
@@ -13,9 +14,10 @@ import json
 import secrets
 from dataclasses import dataclass
 
+from wsemail.server.sql import POSTGRESQL, SQLITE
 from wsemail.server.store import Tx
 
-MIGRATIONS = [
+SQLITE_MIGRATIONS = [
     """
     CREATE TABLE attachment_blobs(
         guid TEXT PRIMARY KEY,
@@ -56,6 +58,58 @@ MIGRATIONS = [
     CREATE INDEX attachment_audit_guid ON attachment_audit(guid, seq)
     """
 ]
+# the same tables on PostgreSQL, plus the bytes themselves: chunk rows of CHUNK_BYTES
+# (every node of the domain reads them; wsemail.server.attachments.chunks)
+POSTGRESQL_MIGRATIONS = [
+    """
+    CREATE TABLE attachment_blobs(
+        guid TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        sha256 TEXT,
+        base_url TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL,
+        upload_ticket TEXT UNIQUE,
+        ticket_expires DOUBLE PRECISION NOT NULL,
+        message_id TEXT,
+        replaced_by TEXT,
+        created DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX attachment_blobs_message ON attachment_blobs(message_id);
+    CREATE TABLE attachment_recipients(
+        guid TEXT NOT NULL,
+        address TEXT NOT NULL,
+        PRIMARY KEY(guid, address)
+    );
+    CREATE TABLE attachment_tickets(
+        ticket TEXT PRIMARY KEY,
+        guid TEXT NOT NULL,
+        address TEXT NOT NULL,
+        expires DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE attachment_audit(
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        guid TEXT NOT NULL,
+        address TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        event TEXT NOT NULL,
+        first_byte BIGINT NOT NULL DEFAULT 0,
+        last_byte BIGINT NOT NULL DEFAULT -1
+    );
+    CREATE INDEX attachment_audit_guid ON attachment_audit(guid, seq);
+    CREATE TABLE attachment_chunks(
+        guid TEXT NOT NULL,
+        n BIGINT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY(guid, n)
+    );
+    ALTER TABLE attachment_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+    """
+]
+MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
+_QUOTA_LOCK = 0x77736174  # pg_advisory_xact_lock(class, owner): one quota check at a time
 
 ACTIVE = ("bound",)
 
@@ -128,6 +182,8 @@ def forget(tx: Tx, guid: str) -> None:
     tx.conn.execute("DELETE FROM attachment_blobs WHERE guid=?", (guid,))
     tx.conn.execute("DELETE FROM attachment_recipients WHERE guid=?", (guid,))
     tx.conn.execute("DELETE FROM attachment_tickets WHERE guid=?", (guid,))
+    if tx.dialect == POSTGRESQL:  # the bytes are rows there: they go with the upload
+        drop_chunks(tx, guid)
 
 
 def get(tx: Tx, guid: str) -> Blob | None:
@@ -143,7 +199,7 @@ def bind(tx: Tx, guid: str, message_id: str, recipients: list[str]) -> None:
         (message_id, guid),
     )
     tx.conn.executemany(
-        "INSERT OR IGNORE INTO attachment_recipients(guid, address) VALUES (?,?)",
+        "INSERT INTO attachment_recipients(guid, address) VALUES (?,?) ON CONFLICT DO NOTHING",
         [(guid, r) for r in recipients],
     )
 
@@ -259,6 +315,23 @@ def stale(tx: Tx, older_than: float) -> list[str]:
     return [r[0] for r in rows]
 
 
+def interrupted(tx: Tx) -> list[str]:
+    """Uploads (and mail the SMTP gateway was writing) still running: at start-up on the
+    SQLite store, none of them will ever finish."""
+    rows = tx.conn.execute("SELECT guid FROM attachment_blobs WHERE state='uploading'")
+    return [r[0] for r in rows]
+
+
+def lock_owner(tx: Tx, owner: str) -> None:
+    """On PostgreSQL, one quota check of `owner` at a time across the domain's nodes (held
+    until the transaction ends: a concurrent BeginUpload on another node waits and then
+    counts this one's row). SQLite's single writer serializes them already."""
+    if tx.dialect == POSTGRESQL:
+        tx.conn.execute(
+            "SELECT pg_advisory_xact_lock(CAST(? AS INTEGER), hashtext(?))", (_QUOTA_LOCK, owner)
+        )
+
+
 def owner_bytes(tx: Tx, owner: str) -> int:
     """What `owner` keeps here or announced: every upload not revoked or superseded."""
     row = tx.conn.execute(
@@ -286,3 +359,42 @@ def live_guids(tx: Tx) -> set[str]:
 
 def dump(value: object) -> str:
     return json.dumps(value, sort_keys=True)
+
+
+# attachment bytes as chunk rows (PostgreSQL store only; wsemail.server.attachments.chunks) --
+def put_chunk(tx: Tx, guid: str, number: int, data: bytes) -> None:
+    tx.conn.execute(
+        "INSERT INTO attachment_chunks(guid, n, data) VALUES (?,?,?) "
+        "ON CONFLICT(guid, n) DO UPDATE SET data=excluded.data",
+        (guid, number, data),
+    )
+
+
+def chunk(tx: Tx, guid: str, number: int) -> bytes | None:
+    row = tx.conn.execute(
+        "SELECT data FROM attachment_chunks WHERE guid=? AND n=?", (guid, number)
+    ).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def drop_chunks(tx: Tx, guid: str) -> None:
+    tx.conn.execute("DELETE FROM attachment_chunks WHERE guid=?", (guid,))
+
+
+def sweep_chunks(tx: Tx) -> int:
+    """Remove the chunks of every upload that is gone, revoked or superseded; how many
+    uploads lost theirs. Decided row by row in one statement, so that an upload another
+    node starts meanwhile (its row commits before its first chunk) keeps its bytes."""
+    rows = tx.conn.execute(
+        "DELETE FROM attachment_chunks c WHERE NOT EXISTS (SELECT 1 FROM attachment_blobs b "
+        "WHERE b.guid=c.guid AND b.state IN ('pending','uploading','stored','bound')) "
+        "RETURNING guid"
+    ).fetchall()
+    return len({r[0] for r in rows})
+
+
+def has_chunks(tx: Tx, guid: str) -> bool:
+    return (
+        tx.conn.execute("SELECT 1 FROM attachment_chunks WHERE guid=? AND n=0", (guid,)).fetchone()
+        is not None
+    )

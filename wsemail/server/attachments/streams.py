@@ -37,6 +37,7 @@ from wsemail.protocol.errors import (
 )
 from wsemail.protocol.soap import element, parse_int, q
 from wsemail.server.attachments import records
+from wsemail.server.attachments.chunks import Blobs
 from wsemail.server.attachments.storage import BlobStore
 from wsemail.server.connguard import Pace
 from wsemail.server.storage import FULL_REASON, is_full
@@ -96,7 +97,7 @@ class Streams:
     def __init__(
         self,
         server: Server,
-        blobs: BlobStore,
+        blobs: Blobs,
         public_url: Callable[[Scope], str],
         after_upload: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
@@ -245,9 +246,9 @@ class Streams:
         if partial:
             headers.append((b"content-range", f"bytes {first}-{last}/{blob.size}".encode()))
         try:
-            handle = open(self.blobs.path(blob.guid), "rb")  # noqa: SIM115 -- closed below
+            handle = await asyncio.to_thread(self.blobs.open, blob.guid)  # closed below
         except OSError:
-            log.exception("attachment %s is missing on disk", blob.guid)
+            log.exception("attachment %s is missing from storage", blob.guid)
             await _fault(ServerError("the attachment is not available"))(scope, _none, send)
             return
         with handle:

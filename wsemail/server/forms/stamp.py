@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import sqlite3
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -31,6 +30,7 @@ from wsemail.protocol import soap
 from wsemail.protocol.errors import Forbidden, ReplayDetected, RequestInvalid
 from wsemail.protocol.soap import element, q, text_of
 from wsemail.server.attachments.federated import verify_own_user_request
+from wsemail.server.sql import POSTGRESQL, SQLITE
 from wsemail.server.store import Tx
 
 if TYPE_CHECKING:
@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsemail.forms")
 OPERATION = "Countersign"
 COMPONENT = "forms-stamps"
-MIGRATIONS = [
-    """
+MIGRATIONS = {
+    SQLITE: [
+        """
     CREATE TABLE forms_acts(
         form_id TEXT NOT NULL,
         step INTEGER NOT NULL,
@@ -50,24 +51,36 @@ MIGRATIONS = [
         PRIMARY KEY(form_id, step, signer)
     )
     """
-]
+    ],
+    POSTGRESQL: [
+        """
+    CREATE TABLE forms_acts(
+        form_id TEXT NOT NULL,
+        step BIGINT NOT NULL,
+        signer TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY(form_id, step, signer)
+    )
+    """
+    ],
+}
 
 
 def _once(tx: Tx, claim: stamps.Claim) -> None:
-    try:
-        tx.conn.execute(
-            "INSERT INTO forms_acts(form_id, step, signer, decision, at) VALUES (?,?,?,?,?)",
-            (claim.form_id, claim.step, claim.signer, claim.decision, tx.now),
-        )
-    except sqlite3.IntegrityError:
-        row = tx.conn.execute(
-            "SELECT decision FROM forms_acts WHERE form_id=? AND step=? AND signer=?",
-            (claim.form_id, claim.step, claim.signer),
-        ).fetchone()
-        if row is None or row[0] != claim.decision:
-            raise Forbidden(
-                f"{claim.signer} already acted on step {claim.step} of {claim.form_id}"
-            ) from None
+    inserted = tx.conn.execute(
+        "INSERT INTO forms_acts(form_id, step, signer, decision, at) VALUES (?,?,?,?,?) "
+        "ON CONFLICT DO NOTHING",
+        (claim.form_id, claim.step, claim.signer, claim.decision, tx.now),
+    ).rowcount
+    if inserted:
+        return
+    row = tx.conn.execute(
+        "SELECT decision FROM forms_acts WHERE form_id=? AND step=? AND signer=?",
+        (claim.form_id, claim.step, claim.signer),
+    ).fetchone()
+    if row is None or row[0] != claim.decision:
+        raise Forbidden(f"{claim.signer} already acted on step {claim.step} of {claim.form_id}")
 
 
 async def countersign(server: Server, envelope: soap.ReceivedEnvelope, peer: str) -> etree._Element:

@@ -9,6 +9,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 
+from wsemail.server.sql import POSTGRESQL
 from wsemail.server.store import QueueRow, Tx
 
 COMPONENT = "operate"
@@ -80,6 +81,8 @@ def set_limit(tx: Tx, address: str, limit: int | None) -> None:
 def override_of(tx: Tx, address: str) -> int | None:
     """`address`'s own quota, if one is set (None also while the table does not exist:
     other features ask before this one has run its migration)."""
+    if tx.dialect == POSTGRESQL and not _exists(tx, "operate_quotas"):
+        return None  # a failed statement would end PostgreSQL's transaction: ask first
     try:
         row = tx.conn.execute(
             "SELECT limit_bytes FROM operate_quotas WHERE address=?", (address,)
@@ -87,6 +90,10 @@ def override_of(tx: Tx, address: str) -> int | None:
     except sqlite3.OperationalError:
         return None
     return int(row[0]) if row else None
+
+
+def _exists(tx: Tx, table: str) -> bool:
+    return tx.conn.execute("SELECT to_regclass(?)", (table,)).fetchone()[0] is not None
 
 
 def limit_for(tx: Tx, address: str, default: int) -> int:

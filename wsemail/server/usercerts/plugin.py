@@ -34,6 +34,7 @@ from wsemail.protocol.errors import Forbidden, NotFound, RemoteFault, RequestInv
 from wsemail.protocol.message import domain_of, normalize_address
 from wsemail.protocol.soap import element, int_of, parse_int, q, text_of
 from wsemail.server.pipeline import Environment, ExtensionProcessor
+from wsemail.server.sql import POSTGRESQL, SQLITE
 from wsemail.server.store import Tx
 
 if TYPE_CHECKING:
@@ -43,8 +44,9 @@ log = logging.getLogger("wsemail.usercerts")
 EXTENSION_ID = "usercerts"
 MIN_LIFETIME = timedelta(days=1)
 MAX_LIFETIME_DAYS = 36_525  # what IssueCertificate reads (then cut to the plug-in's maximum)
-MIGRATIONS = [
-    """
+MIGRATIONS = {
+    SQLITE: [
+        """
     CREATE TABLE user_certs (
         serial TEXT PRIMARY KEY,
         address TEXT NOT NULL,
@@ -55,7 +57,22 @@ MIGRATIONS = [
     );
     CREATE INDEX user_certs_address ON user_certs(address, issued)
     """
-]
+    ],
+    POSTGRESQL: [
+        """
+    CREATE TABLE user_certs (
+        serial TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        der BYTEA NOT NULL,
+        issued DOUBLE PRECISION NOT NULL,
+        expires DOUBLE PRECISION NOT NULL,
+        revoked DOUBLE PRECISION
+    );
+    CREATE INDEX user_certs_address ON user_certs(address, issued);
+    CREATE INDEX user_certs_revoked ON user_certs(serial) WHERE revoked IS NOT NULL
+    """
+    ],
+}
 
 
 def der64(cert: x509.Certificate | x509.CertificateRevocationList) -> str:
@@ -275,23 +292,32 @@ class UserCertificates(ExtensionProcessor):
             raise Forbidden(f"{server.config.domain} publishes certificates of its own users only")
         now = server.clock()
 
-        def work(tx: Tx) -> bytes | None:
+        def work(tx: Tx) -> tuple[bytes | None, int | None]:
             row = tx.conn.execute(
                 "SELECT der FROM user_certs WHERE address=? AND revoked IS NULL AND expires>? "
                 "ORDER BY issued DESC LIMIT 1",
                 (address, now),
             ).fetchone()
-            return None if row is None else bytes(row[0])
+            revoked = None
+            if tx.dialect == POSTGRESQL:  # another node of the domain may have revoked some
+                found = tx.conn.execute(
+                    "SELECT count(*) FROM user_certs WHERE revoked IS NOT NULL"
+                ).fetchone()
+                revoked = int(found[0])
+            return None if row is None else bytes(row[0]), revoked
 
-        der = await server.store.transact(work)
+        der, revoked = await server.store.transact(work)
         if der is None:
             raise NotFound(f"{address} has no certificate for encrypted mail")
         identity = self._identity()
+        crl = self.current_crl()
+        if revoked is not None and len(crl) != revoked:  # revoked through another node
+            crl = self.publish_crl()
         result = etree.Element(q("LookupCertificateResponse"))
         element(result, "Address", address)
         element(result, "Certificate", base64.b64encode(der).decode("ascii"))
         element(result, "IssuerCertificate", der64(identity.issuing_cert))
-        element(result, "Crl", der64(self.current_crl()))
+        element(result, "Crl", der64(crl))
         assert server.federation is not None
         for crl in _pem_crls(server.federation.crl_pem()):
             element(result, "Crl", der64(crl))
