@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from store_helpers import store_server
 from test_federation import Federation, start_domain
 
 from wsemail.pki import create_root, write_crl
@@ -20,6 +21,16 @@ from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.pipeline import AddressMap, Claim, Environment, PluginSpec
 
 from conftest import Cli, Running, wait_for, wsemail_binary
+
+pytestmark = pytest.mark.both_stores
+
+
+@pytest.fixture
+def server(tmp_path: Path, store_url: str) -> Iterator[Running]:
+    """conftest's server, on each store (with the plug-ins that run on it)."""
+    running = store_server(tmp_path / "server", store_url)
+    yield running
+    running.stop()
 
 
 def alias(running: Running, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -6,10 +6,12 @@ and every refusal with nothing stored."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from lxml import etree
+from store_helpers import store_server
 
 from wsemail.client.completion import Completer, complete
 from wsemail.client.contacts import Contact, Contacts
@@ -20,6 +22,8 @@ from wsemail.protocol.soap import element, q
 from wsemail.server.accounts import set_user
 
 from conftest import PASSWORD, Cli, Running
+
+pytestmark = pytest.mark.both_stores
 
 VCARDS = """BEGIN:VCARD
 VERSION:3.0
@@ -41,6 +45,14 @@ FN:Phone Only
 TEL:+1 555 0100
 END:VCARD
 """
+
+
+@pytest.fixture
+def server(tmp_path: Path, store_url: str) -> Iterator[Running]:
+    """conftest's server, on each store (with the plug-ins that run on it)."""
+    running = store_server(tmp_path / "server", store_url)
+    yield running
+    running.stop()
 
 
 def contacts_of(running: Running, owner: str) -> int:

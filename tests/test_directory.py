@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
+from store_helpers import plugins_for, store_server
 from test_federation import Federation, post, start_domain
 
 from wsemail.client.directory import AddressDirectory
@@ -23,7 +24,9 @@ from wsemail.server.directory import federated
 from wsemail.server.directory.search import Request
 from wsemail.server.pipeline import PluginSpec
 
-from conftest import PASSWORD, Cli, Running, fault_subcode, start_server
+from conftest import PASSWORD, Cli, Running, fault_subcode
+
+pytestmark = pytest.mark.both_stores
 
 
 def plugins(**options: object) -> list[PluginSpec]:
@@ -53,13 +56,23 @@ def add_users(running: Running, *names: str) -> None:
 
 
 @pytest.fixture
-def fed(tmp_path: Path) -> Iterator[Federation]:
+def server(tmp_path: Path, store_url: str) -> Iterator[Running]:
+    """conftest's server, on each store (with the plug-ins that run on it)."""
+    running = store_server(tmp_path / "server", store_url)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def fed(tmp_path: Path, store_url: str) -> Iterator[Federation]:
+    """a.test (SQLite) asks b.test (on each store: its rate limits are rows on PostgreSQL)."""
     ca = tmp_path / "ca"
     create_root(ca)
     write_crl(ca)
+    b_plugins = plugins_for(store_url, plugins(peer_searches_per_minute=6))
     servers = {
         "a.test": start_domain(tmp_path, ca, "a.test"),
-        "b.test": start_domain(tmp_path, ca, "b.test", plugins=plugins(peer_searches_per_minute=6)),
+        "b.test": start_domain(tmp_path, ca, "b.test", plugins=b_plugins, store_url=store_url),
     }
     federation = Federation(ca, servers)
     federation.route_all()
@@ -98,7 +111,7 @@ def test_a_short_query_is_refused_with_nothing_stored(server: Running) -> None:
     assert found(carol.search("al").entries) == ["alice@localhost"]  # still answers
 
 
-def test_an_operator_may_allow_a_full_listing(tmp_path: Path) -> None:
+def test_an_operator_may_allow_a_full_listing(tmp_path: Path, store_url: str) -> None:
     toml = tmp_path / "server.toml"
     toml.write_text(
         "".join(
@@ -109,7 +122,7 @@ def test_an_operator_may_allow_a_full_listing(tmp_path: Path) -> None:
         + '[[plugins]]\nref = "directory"\noptions = { allow_dump = true, max_results = 2 }\n',
         encoding="utf-8",
     )
-    running = start_server(tmp_path / "s", plugins=load_config(toml).plugins)
+    running = store_server(tmp_path / "s", store_url, plugins=load_config(toml).plugins)
     try:
         for user in ("alice@localhost", "bob@localhost", "carol@localhost"):
             book(running, user).publish(user.split("@")[0].title())
@@ -119,8 +132,10 @@ def test_an_operator_may_allow_a_full_listing(tmp_path: Path) -> None:
         running.stop()
 
 
-def test_pages_stop_at_the_result_cap_and_cursors_cannot_be_edited(tmp_path: Path) -> None:
-    running = start_server(tmp_path / "s", plugins=plugins(max_results=5, page=2))
+def test_pages_stop_at_the_result_cap_and_cursors_cannot_be_edited(
+    tmp_path: Path, store_url: str
+) -> None:
+    running = store_server(tmp_path / "s", store_url, plugins=plugins(max_results=5, page=2))
     try:
         names = [f"tester{n}" for n in range(7)]
         add_users(running, *names)
@@ -151,8 +166,8 @@ def test_pages_stop_at_the_result_cap_and_cursors_cannot_be_edited(tmp_path: Pat
         running.stop()
 
 
-def test_directory_searches_are_rate_limited_per_user(tmp_path: Path) -> None:
-    running = start_server(tmp_path / "s", plugins=plugins(searches_per_minute=3))
+def test_directory_searches_are_rate_limited_per_user(tmp_path: Path, store_url: str) -> None:
+    running = store_server(tmp_path / "s", store_url, plugins=plugins(searches_per_minute=3))
     try:
         book(running, "bob@localhost").publish("Bob")
         alice = book(running, "alice@localhost")

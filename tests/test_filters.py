@@ -8,12 +8,14 @@ real signed mail across domains and through the SMTP gateway."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from email import message_from_bytes
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 from lxml import etree
+from store_helpers import store_server
 from test_federation import Federation, fed  # noqa: F401 -- fed: a fixture
 from test_smtp import sink, smtp_client, start_gateway, stop  # noqa: F401 -- sink: a fixture
 
@@ -23,6 +25,8 @@ from wsemail.protocol.soap import q
 from wsemail.server.addresses import records
 
 from conftest import Cli, Running, wait_for
+
+pytestmark = pytest.mark.both_stores
 
 SCRIPT = """require ["fileinto", "imap4flags"];
 # invoices, starred, into their folder
@@ -35,6 +39,14 @@ if address :is :domain "from" "junk.test" { discard; }
 if header :matches "subject" "*[junk]*" { discard; }
 if address :is "from" "carol@localhost" { redirect "bob@localhost"; }
 """
+
+
+@pytest.fixture
+def server(tmp_path: Path, store_url: str) -> Iterator[Running]:
+    """conftest's server, on each store (with the plug-ins that run on it)."""
+    running = store_server(tmp_path / "server", store_url)
+    yield running
+    running.stop()
 
 
 def folder(running: Running, user: str, name: str) -> Counter[str]:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from operate_helpers import one_line_failure
+from store_helpers import store_server
 from test_federation import Federation, fed  # noqa: F401 -- fed: a fixture
 
 from wsemail.client import admin
@@ -21,6 +23,15 @@ from wsemail.protocol.drafts import SavedDraft
 from wsemail.protocol.errors import QuotaExceeded
 
 from conftest import Cli, Running, inbox, wait_for, wsemail_binary
+
+
+@pytest.fixture
+def server(tmp_path: Path, store_url: str) -> Iterator[Running]:
+    """conftest's server, on each store for the tests marked both_stores (with the plug-ins
+    that run on it)."""
+    running = store_server(tmp_path / "server", store_url)
+    yield running
+    running.stop()
 
 
 def user_command(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -59,6 +70,7 @@ def test_over_quota_the_receiving_domain_refuses_and_the_sender_gets_the_bounce(
     assert refusals["total"] == 1
 
 
+@pytest.mark.both_stores
 def test_a_quota_below_usage_is_accepted_and_only_blocks_new_mail(
     server: Running, cli: Cli
 ) -> None:
@@ -112,6 +124,7 @@ def test_a_quota_below_usage_is_accepted_and_only_blocks_new_mail(
     assert listed[-1].startswith("storage: ") and "over quota" not in listed[-1]
 
 
+@pytest.mark.both_stores
 def test_quota_commands_refuse_bad_input_in_one_line(server: Running, cli: Cli) -> None:
     bad_size = one_line_failure(
         cli("admin", "quota", "bob@localhost", "lots", user="admin@localhost", check=False), 2
@@ -132,6 +145,7 @@ def test_quota_commands_refuse_bad_input_in_one_line(server: Running, cli: Cli) 
     assert server.client("bob@localhost").list_headers().headers == []  # still answers
 
 
+@pytest.mark.both_stores
 def test_usage_follows_deliveries_and_final_deletes(server: Running) -> None:
     """The totals the quota check reads (kept by the operate component's triggers) agree
     with the mailboxes after deliveries, a move to Trash and a final delete."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 from operate_helpers import holding_a, one_line_failure, run
+from store_helpers import store_server
 
 import wsemail
 from wsemail.client import admin
@@ -18,7 +19,9 @@ from wsemail.client.mail import Client
 from wsemail.pki import create_root, write_crl
 from wsemail.protocol.errors import Forbidden, UnknownRecipient
 from wsemail.protocol.soap import q
-from wsemail.server.operate.records import MIGRATIONS as OPERATE_MIGRATIONS
+from wsemail.server.operate import records
+from wsemail.server.operate.records import SQLITE_MIGRATIONS as OPERATE_MIGRATIONS
+from wsemail.server.postgres import schema as pg_schema
 from wsemail.server.schema import MIGRATIONS
 
 from conftest import PASSWORD, Running, inbox, wait_for
@@ -172,3 +175,30 @@ def test_admin_queue_lists_retries_and_bounces_one_message(tmp_path: Path, ca: P
         assert a.count("SELECT count(*) FROM queue") == 1  # the first still waits
     finally:
         a.stop()
+
+
+@pytest.mark.both_stores
+def test_admin_status_names_the_store_its_size_and_schema(tmp_path: Path, store_url: str) -> None:
+    running = store_server(tmp_path / "s", store_url)
+    try:
+        running.client().send(["bob@localhost"], "Kept", "x" * 50)
+        status = admin.status(running.client("admin@localhost"))
+        store = status["store"]
+        assert status["messages"] == 2 and store["size"] > 0
+        if store_url:  # the database's size as PostgreSQL counts it, its schema_version
+            assert store["kind"] == "postgresql-store"
+            assert store["schema"] == len(pg_schema.MIGRATIONS)
+            assert store["components"]["operate"] == len(records.POSTGRESQL_MIGRATIONS)
+            size = running.count("SELECT pg_database_size(current_database())")
+            assert abs(store["size"] - size) < size // 2
+        else:
+            assert store["kind"] == "sqlite-store" and store["schema"] == len(MIGRATIONS)
+            assert store["components"]["operate"] == len(OPERATE_MIGRATIONS)
+        # the quota totals the triggers keep agree with the mailboxes on both stores
+        usage = admin.storage_usage(running.client("bob@localhost"))
+        assert usage is not None and usage.messages == 1
+        assert usage.message_bytes == running.count(
+            "SELECT sum(size) FROM messages WHERE owner='bob@localhost'"
+        )
+    finally:
+        running.stop()

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wsemail.server.sql import POSTGRESQL, SQLITE
 from wsemail.server.store import Tx
 
 COMPONENT = "addresses"
 KINDS = ("alias", "role", "autoresponse")
-MIGRATIONS = [
+SQLITE_MIGRATIONS = [
     """
     CREATE TABLE mapped_addresses(
         address TEXT PRIMARY KEY,
@@ -26,6 +27,25 @@ MIGRATIONS = [
     )
     """,
 ]
+POSTGRESQL_MIGRATIONS = [
+    """
+    CREATE TABLE mapped_addresses(
+        address TEXT COLLATE "C" PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('alias', 'role', 'autoresponse')),
+        subject TEXT NOT NULL DEFAULT '',
+        body TEXT NOT NULL DEFAULT '',
+        created DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE mapped_targets(
+        address TEXT COLLATE "C" NOT NULL
+            REFERENCES mapped_addresses(address) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        target TEXT NOT NULL,
+        PRIMARY KEY(address, target)
+    )
+    """,
+]
+MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ at most) and the addresses that user sent mail to (`contacts_seen`: how often, w
 dismissed or not). Every query names the owner: no function reads another user's rows. A
 removed account takes its rows with it (trigger on `users`). Every function runs inside a
 store transaction.
+
+Addresses compare without regard to case: SQLite's columns say COLLATE NOCASE, PostgreSQL's
+unique indexes are on lower(address) and the look-ups say lower(address)=lower(?)
+(`_same`). Names sort by their folded key in byte order on both (COLLATE "C" there).
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
+from wsemail.server.sql import POSTGRESQL, SQLITE
 from wsemail.server.store import Tx
 
-MIGRATIONS = [
+SQLITE_MIGRATIONS = [
     """
     CREATE TABLE contacts(
         id TEXT PRIMARY KEY,
@@ -50,6 +55,48 @@ MIGRATIONS = [
     END
     """
 ]
+POSTGRESQL_MIGRATIONS = [
+    """
+    CREATE TABLE contacts(
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        name_key TEXT COLLATE "C" NOT NULL,
+        org TEXT NOT NULL DEFAULT '',
+        note TEXT NOT NULL DEFAULT '',
+        created DOUBLE PRECISION NOT NULL,
+        updated DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX contacts_owner ON contacts(owner, name_key, id);
+    CREATE TABLE contact_emails(
+        owner TEXT NOT NULL,
+        address TEXT NOT NULL,
+        contact TEXT NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX contact_emails_key ON contact_emails(owner, lower(address));
+    CREATE INDEX contact_emails_contact ON contact_emails(contact, position);
+    CREATE TABLE contacts_seen(
+        owner TEXT NOT NULL,
+        address TEXT NOT NULL,
+        times BIGINT NOT NULL,
+        last DOUBLE PRECISION NOT NULL,
+        dismissed INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX contacts_seen_key ON contacts_seen(owner, lower(address));
+    CREATE INDEX contacts_seen_recent ON contacts_seen(owner, last);
+    CREATE FUNCTION contacts_user_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM contact_emails WHERE owner=OLD.address;
+        DELETE FROM contacts WHERE owner=OLD.address;
+        DELETE FROM contacts_seen WHERE owner=OLD.address;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER contacts_user_removed AFTER DELETE ON users
+        FOR EACH ROW EXECUTE FUNCTION contacts_user_removed();
+    """
+]
+MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
 
 
 @dataclass
@@ -76,6 +123,11 @@ def _like(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+def _same(tx: Tx, column: str = "address") -> str:
+    """`column` equals the next parameter, without regard to case."""
+    return f"lower({column})=lower(?)" if tx.dialect == POSTGRESQL else f"{column}=?"
+
+
 def count(tx: Tx, owner: str) -> int:
     row = tx.conn.execute("SELECT count(*) FROM contacts WHERE owner=?", (owner,)).fetchone()
     return int(row[0])
@@ -86,7 +138,7 @@ def owners_of(tx: Tx, owner: str, emails: list[str]) -> set[str]:
     found: set[str] = set()
     for address in emails:
         row = tx.conn.execute(
-            "SELECT contact FROM contact_emails WHERE owner=? AND address=?", (owner, address)
+            f"SELECT contact FROM contact_emails WHERE owner=? AND {_same(tx)}", (owner, address)
         ).fetchone()
         if row is not None:
             found.add(row[0])
@@ -147,7 +199,7 @@ def get(tx: Tx, owner: str, contact_id: str) -> Contact | None:
 
 def by_address(tx: Tx, owner: str, address: str) -> Contact | None:
     row = tx.conn.execute(
-        "SELECT contact FROM contact_emails WHERE owner=? AND address=?", (owner, address)
+        f"SELECT contact FROM contact_emails WHERE owner=? AND {_same(tx)}", (owner, address)
     ).fetchone()
     return None if row is None else get(tx, owner, row[0])
 
@@ -182,12 +234,13 @@ def record_seen(tx: Tx, owner: str, addresses: list[str], keep: int) -> None:
     fresh = False
     for address in addresses:
         updated = tx.conn.execute(
-            "UPDATE contacts_seen SET times=times+1, last=? WHERE owner=? AND address=?",
+            f"UPDATE contacts_seen SET times=times+1, last=? WHERE owner=? AND {_same(tx)}",
             (tx.now, owner, address),
         ).rowcount
         if not updated:
-            tx.conn.execute(
-                "INSERT INTO contacts_seen(owner, address, times, last) VALUES (?,?,1,?)",
+            tx.conn.execute(  # a conflict: another node counted it just now
+                "INSERT INTO contacts_seen(owner, address, times, last) VALUES (?,?,1,?) "
+                "ON CONFLICT DO NOTHING",
                 (owner, address, tx.now),
             )
             fresh = True
@@ -202,10 +255,12 @@ def record_seen(tx: Tx, owner: str, addresses: list[str], keep: int) -> None:
 def seen(tx: Tx, owner: str, prefix: str, limit: int) -> list[Seen]:
     """Addresses `owner` sent to that are not a contact and not dismissed, most recent
     first, starting with `prefix` (any case) when given."""
+    same = (
+        "lower(e.address)=lower(s.address)" if tx.dialect == POSTGRESQL else "e.address=s.address"
+    )
     sql = (
         "SELECT address, times, last FROM contacts_seen s WHERE owner=? AND dismissed=0 "
-        "AND NOT EXISTS (SELECT 1 FROM contact_emails e WHERE e.owner=s.owner "
-        "AND e.address=s.address)"
+        f"AND NOT EXISTS (SELECT 1 FROM contact_emails e WHERE e.owner=s.owner AND {same})"
     )
     args: list[object] = [owner]
     if prefix:
@@ -219,7 +274,7 @@ def seen(tx: Tx, owner: str, prefix: str, limit: int) -> list[Seen]:
 def dismiss(tx: Tx, owner: str, address: str) -> bool:
     return (
         tx.conn.execute(
-            "UPDATE contacts_seen SET dismissed=1 WHERE owner=? AND address=?", (owner, address)
+            f"UPDATE contacts_seen SET dismissed=1 WHERE owner=? AND {_same(tx)}", (owner, address)
         ).rowcount
         > 0
     )

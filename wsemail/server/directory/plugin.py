@@ -11,9 +11,11 @@
 
 Every search, local or for a peer, counts against the asking user's rate limit
 (`searches_per_minute`, token buckets of `wsemail.server.ratelimit`); a peer domain's
-searches together also count against `peer_searches_per_minute`. Options (server.toml
-`[[plugins]] ref = "directory"`): `min_query`, `max_query`, `page`, `max_page`,
-`max_results`, `allow_dump` (an empty or short query lists everyone, no result cap),
+searches together also count against `peer_searches_per_minute`. On the PostgreSQL store
+the buckets are rows (`records.take`, in the search's unit of work), so every node of the
+domain counts against the same allowance; on SQLite (one process) they are in memory.
+Options (server.toml `[[plugins]] ref = "directory"`): `min_query`, `max_query`, `page`,
+`max_page`, `max_results`, `allow_dump` (an empty or short query lists everyone, no result cap),
 `searches_per_minute`, `peer_searches_per_minute`, `federated` (answer other domains).
 """
 
@@ -32,6 +34,7 @@ from wsemail.protocol.soap import element, q, text_of
 from wsemail.server.directory import federated, records, search
 from wsemail.server.pipeline import Environment, ExtensionProcessor, dispatch
 from wsemail.server.ratelimit import RateLimiter
+from wsemail.server.sql import POSTGRESQL
 from wsemail.server.store import Tx, UserRecord
 
 if TYPE_CHECKING:
@@ -41,6 +44,8 @@ log = logging.getLogger("wsemail.directory")
 EXTENSION_ID = "directory"
 SEARCH = "Directory"
 _DOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?$")
+WINDOW = 60.0  # the rate limits count searches per minute
+SWEEP_EVERY = 1000  # searches between two clean-ups of idle buckets in the database
 
 
 class AddressDirectory(ExtensionProcessor):
@@ -78,14 +83,15 @@ class AddressDirectory(ExtensionProcessor):
         self.cursors: search.Cursors | None = None
         self.per_user: RateLimiter | None = None
         self.per_domain: RateLimiter | None = None
+        self._taken = 0  # searches counted in the database by this process
 
     # wiring -------------------------------------------------------------------------------
     def attach(self, server: Any) -> None:
         self.server = server
         server.store.ensure_schema(self.name, records.MIGRATIONS)
         self.cursors = search.Cursors(server.auth.secret)
-        self.per_user = RateLimiter(self.searches_per_minute, 60.0, clock=server.clock)
-        self.per_domain = RateLimiter(self.peer_searches_per_minute, 60.0, clock=server.clock)
+        self.per_user = RateLimiter(self.searches_per_minute, WINDOW, clock=server.clock)
+        self.per_domain = RateLimiter(self.peer_searches_per_minute, WINDOW, clock=server.clock)
         server.operations[SEARCH] = self.search
         server.operations[federated.OPERATION] = self.answer_peer
 
@@ -95,9 +101,18 @@ class AddressDirectory(ExtensionProcessor):
             server.operations.pop(SEARCH, None)
             server.operations.pop(federated.OPERATION, None)
 
-    def _count(self, limiter: RateLimiter | None, key: str, what: str) -> None:
+    def _count(self, tx: Tx, limiter: RateLimiter | None, key: str, what: str) -> None:
+        """One search against `key`'s allowance (RateLimited when it is used up)."""
         assert limiter is not None
-        if not limiter.allow(key):
+        if tx.dialect == POSTGRESQL:
+            kind = "domain" if limiter is self.per_domain else "user"
+            allowed = records.take(tx, f"{kind}:{key}", limiter.limit, limiter.window)
+            self._taken += 1
+            if self._taken % SWEEP_EVERY == 0:
+                records.forget_idle(tx, limiter.window)
+        else:
+            allowed = limiter.allow(key)
+        if not allowed:
             raise RateLimited(f"too many directory searches {what}; try again in a minute")
 
     # the extension: one's own listing -------------------------------------------------------
@@ -138,7 +153,7 @@ class AddressDirectory(ExtensionProcessor):
 
             def local(tx: Tx, user: UserRecord) -> search.Answer:
                 request = search.Request.from_xml(op, policy)
-                self._count(self.per_user, user.address, "from you")
+                self._count(tx, self.per_user, user.address, "from you")
                 return search.answer(tx, request, policy, cursors)
 
             found = await server.authenticated(envelope, peer, local)
@@ -148,7 +163,7 @@ class AddressDirectory(ExtensionProcessor):
             if not _DOMAIN.match(domain) or "." not in domain:
                 raise RequestInvalid(f"not a domain: {domain[:80]!r}")
             request = search.Request.from_xml(op, policy)
-            self._count(self.per_user, user.address, "from you")
+            self._count(tx, self.per_user, user.address, "from you")
             return user.address, request
 
         asker, request = await server.authenticated(envelope, peer, remote)
@@ -165,11 +180,11 @@ class AddressDirectory(ExtensionProcessor):
         policy, cursors = self.policy, self.cursors
         assert cursors is not None
         request = search.Request.from_xml(query.operation, policy)
-        self._count(self.per_domain, query.origin, f"from {query.origin}")
-        self._count(self.per_user, query.asker, "from you")
         check = federated.remember(server, query)
 
         def work(tx: Tx) -> search.Answer:
+            self._count(tx, self.per_domain, query.origin, f"from {query.origin}")
+            self._count(tx, self.per_user, query.asker, "from you")
             check(tx)
             return search.answer(tx, request, policy, cursors)
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wsemail.server.sql import POSTGRESQL, SQLITE
 from wsemail.server.store import Tx
 
 COMPONENT = "filters"
-MIGRATIONS = [
+SQLITE_MIGRATIONS = [
     """
     CREATE TABLE sieve_scripts(
         owner TEXT PRIMARY KEY,
@@ -31,6 +32,29 @@ MIGRATIONS = [
     )
     """,
 ]
+POSTGRESQL_MIGRATIONS = [
+    """
+    CREATE TABLE sieve_scripts(
+        owner TEXT PRIMARY KEY,
+        script TEXT NOT NULL,
+        updated DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE vacations(
+        owner TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        body TEXT NOT NULL,
+        until DOUBLE PRECISION,
+        days BIGINT NOT NULL
+    );
+    CREATE TABLE vacation_replies(
+        owner TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY(owner, sender)
+    )
+    """,
+]
+MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,24 @@
 """In charge of the operate feature's rows and queries: per-user storage quota overrides
 (its own table, component schema `operate`), what each user keeps on the server, and the
 queue rows an administrator lists, retries or bounces. Every function runs inside a store
-transaction."""
+transaction.
+
+Other features ask for quotas before this component's tables exist (or without it loaded):
+what exists is read from the `components` table (`_has`), on both stores, rather than
+trying a statement and catching the error (on PostgreSQL a failed statement ends the
+whole transaction)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 
-from wsemail.server.sql import POSTGRESQL
+from wsemail.server.sql import POSTGRESQL, SQLITE
 from wsemail.server.store import QueueRow, Tx
 
 COMPONENT = "operate"
-MIGRATIONS = [
+ATTACHMENTS = "attachments"  # the attachment plug-in's component (table attachment_blobs)
+SQLITE_MIGRATIONS = [
     """
     CREATE TABLE operate_quotas(
         address TEXT PRIMARY KEY,
@@ -47,6 +52,56 @@ MIGRATIONS = [
     END
     """,
 ]
+# the final shape at once; the triggers are in place (and hold off other writers of
+# `messages`) before the totals are counted, so no copy is missed or counted twice
+POSTGRESQL_MIGRATIONS = [
+    """
+    CREATE TABLE operate_quotas(
+        address TEXT PRIMARY KEY,
+        limit_bytes BIGINT NOT NULL,
+        changed DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE operate_usage(
+        owner TEXT PRIMARY KEY,
+        messages BIGINT NOT NULL,
+        bytes BIGINT NOT NULL
+    );
+    CREATE FUNCTION operate_usage_change() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP IN ('DELETE', 'UPDATE') THEN
+            UPDATE operate_usage SET messages=messages-1, bytes=bytes-OLD.size
+            WHERE owner=OLD.owner;
+        END IF;
+        IF TG_OP IN ('INSERT', 'UPDATE') THEN
+            INSERT INTO operate_usage AS u(owner, messages, bytes) VALUES (NEW.owner, 1, NEW.size)
+            ON CONFLICT(owner) DO UPDATE SET messages=u.messages+1, bytes=u.bytes+NEW.size;
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER operate_usage_insert AFTER INSERT OR DELETE ON messages
+        FOR EACH ROW EXECUTE FUNCTION operate_usage_change();
+    CREATE TRIGGER operate_usage_update AFTER UPDATE OF owner, size ON messages
+        FOR EACH ROW WHEN (OLD.owner IS DISTINCT FROM NEW.owner OR OLD.size <> NEW.size)
+        EXECUTE FUNCTION operate_usage_change();
+    INSERT INTO operate_usage(owner, messages, bytes)
+        SELECT owner, count(*), coalesce(sum(size), 0) FROM messages GROUP BY owner;
+    """,
+]
+MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
+# the tables read here that may not exist yet: the component that makes each, and from
+# which of its versions on, per dialect
+_SINCE = {
+    "operate_quotas": (COMPONENT, {SQLITE: 1, POSTGRESQL: 1}),
+    "operate_usage": (COMPONENT, {SQLITE: 2, POSTGRESQL: 1}),
+    "attachment_blobs": (ATTACHMENTS, {SQLITE: 1, POSTGRESQL: 1}),
+}
+
+
+def _has(tx: Tx, table: str) -> bool:
+    """Whether `table` exists here (its component's migrations made it)."""
+    component, since = _SINCE[table]
+    row = tx.conn.execute("SELECT version FROM components WHERE name=?", (component,)).fetchone()
+    return row is not None and int(row[0]) >= since[tx.dialect]
 
 
 @dataclass(frozen=True)
@@ -81,19 +136,12 @@ def set_limit(tx: Tx, address: str, limit: int | None) -> None:
 def override_of(tx: Tx, address: str) -> int | None:
     """`address`'s own quota, if one is set (None also while the table does not exist:
     other features ask before this one has run its migration)."""
-    if tx.dialect == POSTGRESQL and not _exists(tx, "operate_quotas"):
-        return None  # a failed statement would end PostgreSQL's transaction: ask first
-    try:
-        row = tx.conn.execute(
-            "SELECT limit_bytes FROM operate_quotas WHERE address=?", (address,)
-        ).fetchone()
-    except sqlite3.OperationalError:
+    if not _has(tx, "operate_quotas"):
         return None
+    row = tx.conn.execute(
+        "SELECT limit_bytes FROM operate_quotas WHERE address=?", (address,)
+    ).fetchone()
     return int(row[0]) if row else None
-
-
-def _exists(tx: Tx, table: str) -> bool:
-    return tx.conn.execute("SELECT to_regclass(?)", (table,)).fetchone()[0] is not None
 
 
 def limit_for(tx: Tx, address: str, default: int) -> int:
@@ -107,14 +155,12 @@ def _attachment_bytes(tx: Tx, address: str | None) -> dict[str, int]:
     where = "state IN ('pending','uploading','stored','bound')" + (
         " AND owner=?" if address else ""
     )
-    try:
-        rows = tx.conn.execute(
-            f"SELECT owner, coalesce(sum(size), 0) FROM attachment_blobs WHERE {where} "
-            "GROUP BY owner",
-            (address,) if address else (),
-        ).fetchall()
-    except sqlite3.OperationalError:
+    if not _has(tx, "attachment_blobs"):
         return {}
+    rows = tx.conn.execute(
+        f"SELECT owner, coalesce(sum(size), 0) FROM attachment_blobs WHERE {where} GROUP BY owner",
+        (address,) if address else (),
+    ).fetchall()
     return {r[0]: int(r[1]) for r in rows}
 
 
@@ -122,11 +168,11 @@ def _mailboxes(tx: Tx, address: str | None) -> dict[str, tuple[int, int]]:
     """(messages, bytes) per owner (one owner, or all): from the trigger-kept totals, or
     counted from the mailboxes while this component's tables do not exist yet."""
     where, args = (" WHERE owner=?", (address,)) if address else ("", ())
-    try:
+    if _has(tx, "operate_usage"):
         rows = tx.conn.execute(
             f"SELECT owner, messages, bytes FROM operate_usage{where}", args
         ).fetchall()
-    except sqlite3.OperationalError:
+    else:
         rows = tx.conn.execute(
             f"SELECT owner, count(*), coalesce(sum(size), 0) FROM messages{where} GROUP BY owner",
             args,
@@ -150,15 +196,14 @@ def usage(tx: Tx, address: str, default: int) -> Usage:
 def room_left(tx: Tx, address: str, default: int) -> int:
     """Bytes `address` may still receive (negative: over quota) — the delivery check's
     one read of the totals and the override, plus the attachment uploads."""
-    try:
-        used, override = tx.conn.execute(
-            "SELECT (SELECT bytes FROM operate_usage WHERE owner=?), "
-            "(SELECT limit_bytes FROM operate_quotas WHERE address=?)",
-            (address, address),
-        ).fetchone()
-    except sqlite3.OperationalError:  # before this component's migrations ran
+    if not _has(tx, "operate_usage"):  # before this component's migrations ran
         counted = usage(tx, address, default)
         return counted.limit - counted.used
+    used, override = tx.conn.execute(
+        "SELECT (SELECT bytes FROM operate_usage WHERE owner=?), "
+        "(SELECT limit_bytes FROM operate_quotas WHERE address=?)",
+        (address, address),
+    ).fetchone()
     limit = default if override is None else int(override)
     attached = _attachment_bytes(tx, address).get(address, 0)
     return limit - int(used or 0) - attached
@@ -168,13 +213,12 @@ def usage_all(tx: Tx, default: int) -> list[Usage]:
     """Every account's usage, by address."""
     per_owner = _mailboxes(tx, None)
     attached = _attachment_bytes(tx, None)
-    try:
+    overrides = {}
+    if _has(tx, "operate_quotas"):
         overrides = {
             r[0]: int(r[1])
             for r in tx.conn.execute("SELECT address, limit_bytes FROM operate_quotas")
         }
-    except sqlite3.OperationalError:
-        overrides = {}
     return [
         Usage(
             user.address,
@@ -242,9 +286,20 @@ def take_for_bounce(tx: Tx, row_id: int) -> QueueRow | None:
 
 def schema_versions(tx: Tx) -> tuple[int, dict[str, int]]:
     """The core schema version and each component's."""
-    core = int(tx.conn.execute("PRAGMA user_version").fetchone()[0])
+    if tx.dialect == POSTGRESQL:
+        core = int(tx.conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0)
+    else:
+        core = int(tx.conn.execute("PRAGMA user_version").fetchone()[0])
     components = {r[0]: int(r[1]) for r in tx.conn.execute("SELECT name, version FROM components")}
     return core, components
+
+
+def database_bytes(tx: Tx) -> int | None:
+    """What the PostgreSQL database holds on its server's disks (None on SQLite: the size
+    of its file is read from the data dir)."""
+    if tx.dialect != POSTGRESQL:
+        return None
+    return int(tx.conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
 
 
 def counts(tx: Tx) -> tuple[int, int]:

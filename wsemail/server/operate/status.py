@@ -30,7 +30,8 @@ def package_version() -> str:
 
 
 def store_size(db_path: Path) -> int:
-    """The database file with its write-ahead log and shared-memory index."""
+    """The SQLite database file with its write-ahead log and shared-memory index (the
+    PostgreSQL store reports pg_database_size instead: records.database_bytes)."""
     total = 0
     for suffix in ("", "-wal", "-shm"):
         path = db_path.with_name(db_path.name + suffix)
@@ -75,11 +76,12 @@ def gather(
         }
     )
     core, components = records.schema_versions(tx)
+    size = records.database_bytes(tx)
     store = element(root, "Store")
     store.attrib.update(
         {
             "kind": getattr(server.store, "name", type(server.store).__name__),
-            "size": str(store_size(config.db_path)),
+            "size": str(store_size(config.db_path) if size is None else size),
             "schema": str(core),
             "components": " ".join(f"{name}:{v}" for name, v in sorted(components.items())),
         }
