@@ -5,6 +5,7 @@ the real `wsemail` binary pointed at the server's store when it works on it dire
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from wsemail.server.config import DEFAULT_PLUGINS
@@ -44,5 +45,5 @@ def cli_sees_store(running: Running) -> None:
         return
     path = running.config.data_dir / "server.toml"
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if "[store]" not in text:
+    if not re.search(r"^\s*\[store\]", text, re.MULTILINE):  # the template's is a comment
         path.write_text(f'{text}\n[store]\nurl = "{url}"\n', encoding="utf-8")
