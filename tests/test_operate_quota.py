@@ -142,6 +142,13 @@ def test_quota_commands_refuse_bad_input_in_one_line(server: Running, cli: Cli) 
         user_command("quota", "bob@localhost", "5 bananas", data_dir=data_dir), 2
     )
     assert server.count("SELECT count(*) FROM operate_quotas") == 0  # nothing set
+    # the command works on the store the server runs on ([store] url on PostgreSQL)
+    done = user_command("quota", "bob@localhost", "100", data_dir=data_dir)
+    assert done.stdout.strip() == "bob@localhost: 100 B (own quota), 0 B used", done.stderr
+    usage = admin.storage_usage(server.client("bob@localhost"))
+    assert usage is not None and usage.limit == 100
+    assert user_command("quota", "bob@localhost", "default", data_dir=data_dir).returncode == 0
+    assert server.count("SELECT count(*) FROM operate_quotas") == 0
     assert server.client("bob@localhost").list_headers().headers == []  # still answers
 
 
