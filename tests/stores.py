@@ -1,8 +1,10 @@
 """Store helpers for tests that build their own servers: the settings of a server on a
-store, a second database of the same kind for another domain, and which store a running
-server has."""
+store, a second database of the same kind for another domain, which store a running
+server has, and the real binary's commands on a data dir pointed at the server's store."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -13,7 +15,7 @@ from conftest import Running
 
 # default plug-ins that do not run on the PostgreSQL store yet (issue 20: shrinks as each
 # feature is ported); a server on PostgreSQL starts without them
-NOT_ON_POSTGRESQL = frozenset({"aliases", "im", "contacts", "directory", "filters", "operate"})
+NOT_ON_POSTGRESQL = frozenset({"im"})
 
 
 def on_store(store_url: str, plugins: list[PluginSpec] | None = None) -> dict[str, object]:
@@ -39,3 +41,16 @@ def another_store(store_url: str, request: pytest.FixtureRequest) -> str:
 
 def on_postgres(running: Running) -> bool:
     return bool(running.controller.server.store.dialect == "postgresql")
+
+
+def cli_sees_store(running: Running) -> None:
+    """Make `wsemail … --data-dir DIR` (alias, user quota) open `running`'s store: on
+    PostgreSQL its data dir's server.toml names the database (on SQLite the file in the data
+    dir is the store already)."""
+    url = running.config.store_url
+    if not url:
+        return
+    path = running.config.data_dir / "server.toml"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if not re.search(r"^\s*\[store\]", text, re.MULTILINE):  # the template's is a comment
+        path.write_text(f'{text}\n[store]\nurl = "{url}"\n', encoding="utf-8")

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from store_helpers import store_server
+from stores import cli_sees_store, on_store
 from test_federation import Federation, start_domain
 
 from wsemail.pki import create_root, write_crl
@@ -20,7 +20,7 @@ from wsemail.protocol.message import Message
 from wsemail.server.config import DEFAULT_PLUGINS
 from wsemail.server.pipeline import AddressMap, Claim, Environment, PluginSpec
 
-from conftest import Cli, Running, wait_for, wsemail_binary
+from conftest import Cli, Running, start_server, wait_for, wsemail_binary
 
 pytestmark = pytest.mark.both_stores
 
@@ -28,7 +28,8 @@ pytestmark = pytest.mark.both_stores
 @pytest.fixture
 def server(tmp_path: Path, store_url: str) -> Iterator[Running]:
     """conftest's server, on each store (with the plug-ins that run on it)."""
-    running = store_server(tmp_path / "server", store_url)
+    running = start_server(tmp_path / "server", **on_store(store_url))
+    cli_sees_store(running)
     yield running
     running.stop()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
-from store_helpers import store_server
+from stores import cli_sees_store, on_store
 
 from wsemail.client.completion import Completer, complete
 from wsemail.client.contacts import Contact, Contacts
@@ -21,7 +21,7 @@ from wsemail.protocol.errors import NotFound, RequestInvalid
 from wsemail.protocol.soap import element, q
 from wsemail.server.accounts import set_user
 
-from conftest import PASSWORD, Cli, Running
+from conftest import PASSWORD, Cli, Running, start_server
 
 pytestmark = pytest.mark.both_stores
 
@@ -50,7 +50,8 @@ END:VCARD
 @pytest.fixture
 def server(tmp_path: Path, store_url: str) -> Iterator[Running]:
     """conftest's server, on each store (with the plug-ins that run on it)."""
-    running = store_server(tmp_path / "server", store_url)
+    running = start_server(tmp_path / "server", **on_store(store_url))
+    cli_sees_store(running)
     yield running
     running.stop()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
-from store_helpers import plugins_for, store_server
+from stores import cli_sees_store, on_store
 from test_federation import Federation, post, start_domain
 
 from wsemail.client.directory import AddressDirectory
@@ -24,7 +24,7 @@ from wsemail.server.directory import federated
 from wsemail.server.directory.search import Request
 from wsemail.server.pipeline import PluginSpec
 
-from conftest import PASSWORD, Cli, Running, fault_subcode
+from conftest import PASSWORD, Cli, Running, fault_subcode, start_server
 
 pytestmark = pytest.mark.both_stores
 
@@ -58,7 +58,8 @@ def add_users(running: Running, *names: str) -> None:
 @pytest.fixture
 def server(tmp_path: Path, store_url: str) -> Iterator[Running]:
     """conftest's server, on each store (with the plug-ins that run on it)."""
-    running = store_server(tmp_path / "server", store_url)
+    running = start_server(tmp_path / "server", **on_store(store_url))
+    cli_sees_store(running)
     yield running
     running.stop()
 
@@ -69,10 +70,10 @@ def fed(tmp_path: Path, store_url: str) -> Iterator[Federation]:
     ca = tmp_path / "ca"
     create_root(ca)
     write_crl(ca)
-    b_plugins = plugins_for(store_url, plugins(peer_searches_per_minute=6))
+    b_store = on_store(store_url, plugins(peer_searches_per_minute=6))
     servers = {
         "a.test": start_domain(tmp_path, ca, "a.test"),
-        "b.test": start_domain(tmp_path, ca, "b.test", plugins=b_plugins, store_url=store_url),
+        "b.test": start_domain(tmp_path, ca, "b.test", **b_store),
     }
     federation = Federation(ca, servers)
     federation.route_all()
@@ -122,7 +123,7 @@ def test_an_operator_may_allow_a_full_listing(tmp_path: Path, store_url: str) ->
         + '[[plugins]]\nref = "directory"\noptions = { allow_dump = true, max_results = 2 }\n',
         encoding="utf-8",
     )
-    running = store_server(tmp_path / "s", store_url, plugins=load_config(toml).plugins)
+    running = start_server(tmp_path / "s", **on_store(store_url, load_config(toml).plugins))
     try:
         for user in ("alice@localhost", "bob@localhost", "carol@localhost"):
             book(running, user).publish(user.split("@")[0].title())
@@ -135,7 +136,7 @@ def test_an_operator_may_allow_a_full_listing(tmp_path: Path, store_url: str) ->
 def test_pages_stop_at_the_result_cap_and_cursors_cannot_be_edited(
     tmp_path: Path, store_url: str
 ) -> None:
-    running = store_server(tmp_path / "s", store_url, plugins=plugins(max_results=5, page=2))
+    running = start_server(tmp_path / "s", **on_store(store_url, plugins(max_results=5, page=2)))
     try:
         names = [f"tester{n}" for n in range(7)]
         add_users(running, *names)
@@ -167,7 +168,7 @@ def test_pages_stop_at_the_result_cap_and_cursors_cannot_be_edited(
 
 
 def test_directory_searches_are_rate_limited_per_user(tmp_path: Path, store_url: str) -> None:
-    running = store_server(tmp_path / "s", store_url, plugins=plugins(searches_per_minute=3))
+    running = start_server(tmp_path / "s", **on_store(store_url, plugins(searches_per_minute=3)))
     try:
         book(running, "bob@localhost").publish("Bob")
         alice = book(running, "alice@localhost")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
-from store_helpers import store_server
+from stores import cli_sees_store, on_store
 from test_federation import Federation, fed  # noqa: F401 -- fed: a fixture
 from test_smtp import sink, smtp_client, start_gateway, stop  # noqa: F401 -- sink: a fixture
 
@@ -24,7 +24,7 @@ from wsemail.protocol.errors import RequestInvalid
 from wsemail.protocol.soap import q
 from wsemail.server.addresses import records
 
-from conftest import Cli, Running, wait_for
+from conftest import Cli, Running, start_server, wait_for
 
 pytestmark = pytest.mark.both_stores
 
@@ -44,7 +44,8 @@ if address :is "from" "carol@localhost" { redirect "bob@localhost"; }
 @pytest.fixture
 def server(tmp_path: Path, store_url: str) -> Iterator[Running]:
     """conftest's server, on each store (with the plug-ins that run on it)."""
-    running = store_server(tmp_path / "server", store_url)
+    running = start_server(tmp_path / "server", **on_store(store_url))
+    cli_sees_store(running)
     yield running
     running.stop()
 

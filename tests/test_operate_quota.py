@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from operate_helpers import one_line_failure
-from store_helpers import store_server
+from stores import cli_sees_store, on_store
 from test_federation import Federation, fed  # noqa: F401 -- fed: a fixture
 
 from wsemail.client import admin
@@ -22,14 +22,15 @@ from wsemail.client.drafts import Drafts
 from wsemail.protocol.drafts import SavedDraft
 from wsemail.protocol.errors import QuotaExceeded
 
-from conftest import Cli, Running, inbox, wait_for, wsemail_binary
+from conftest import Cli, Running, inbox, start_server, wait_for, wsemail_binary
 
 
 @pytest.fixture
 def server(tmp_path: Path, store_url: str) -> Iterator[Running]:
     """conftest's server, on each store for the tests marked both_stores (with the plug-ins
     that run on it)."""
-    running = store_server(tmp_path / "server", store_url)
+    running = start_server(tmp_path / "server", **on_store(store_url))
+    cli_sees_store(running)
     yield running
     running.stop()
 
@@ -177,6 +178,7 @@ def test_usage_follows_deliveries_and_final_deletes(server: Running) -> None:
     assert used() == (2, 62)
 
 
+@pytest.mark.both_stores
 def test_an_accounts_own_quota_also_bounds_its_drafts_and_uploads(server: Running) -> None:
     admin_client = server.client("admin@localhost")
     admin.set_quota(admin_client, "bob@localhost", "1K")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 from operate_helpers import holding_a, one_line_failure, run
-from store_helpers import store_server
+from stores import on_store
 
 import wsemail
 from wsemail.client import admin
@@ -24,7 +24,7 @@ from wsemail.server.operate.records import SQLITE_MIGRATIONS as OPERATE_MIGRATIO
 from wsemail.server.postgres import schema as pg_schema
 from wsemail.server.schema import MIGRATIONS
 
-from conftest import PASSWORD, Running, inbox, wait_for
+from conftest import PASSWORD, Running, inbox, start_server, wait_for
 
 
 @pytest.fixture
@@ -179,7 +179,7 @@ def test_admin_queue_lists_retries_and_bounces_one_message(tmp_path: Path, ca: P
 
 @pytest.mark.both_stores
 def test_admin_status_names_the_store_its_size_and_schema(tmp_path: Path, store_url: str) -> None:
-    running = store_server(tmp_path / "s", store_url)
+    running = start_server(tmp_path / "s", **on_store(store_url))
     try:
         running.client().send(["bob@localhost"], "Kept", "x" * 50)
         status = admin.status(running.client("admin@localhost"))
