@@ -182,6 +182,12 @@ def test_another_users_contacts_are_never_visible(server: Running) -> None:
     bob.add(Contact("Bob's Friend", ["friend@x.test"]))
     assert alice.get(mine.id).name == "Secret Friend"
     assert [c.name for c in bob.export()] == ["Bob's Friend"]
+    # an address is one contact's whatever its case (SQLite: COLLATE NOCASE; PostgreSQL: a
+    # unique index on lower(address)), as written when shown
+    bob.add(Contact("Mixed Case", ["Pat.Smith@x.test"]))
+    with pytest.raises(RequestInvalid, match="already in your contacts"):
+        bob.add(Contact("Again", ["pat.smith@x.test"]))
+    assert bob.get("PAT.SMITH@x.test").emails == ["Pat.Smith@x.test"]
 
 
 def test_addresses_sent_to_are_offered_for_adding(cli: Cli, server: Running) -> None:
