@@ -16,6 +16,8 @@ from typing import Any, Protocol
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
 DIALECTS = (SQLITE, POSTGRESQL)
+# pg_advisory_xact_lock key held while a schema is migrated: one node at a time
+SCHEMA_LOCK = 0x77736D61
 
 
 def pick(dialect: str, migrations: dict[str, list[str]] | list[str]) -> list[str] | None:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from wsemail.protocol.errors import StorageFull, StoreError, WsemailError
 from wsemail.protocol.message import Message, MessageHeader, is_sealed_body
 from wsemail.server.schema import MIGRATIONS
-from wsemail.server.sql import POSTGRESQL, SQLITE, Connection, pick
+from wsemail.server.sql import POSTGRESQL, SCHEMA_LOCK, SQLITE, Connection, pick
 from wsemail.server.storage import (
     FULL_REASON,
     SpaceReserve,
@@ -536,6 +536,8 @@ class BatchStore:
             )
 
         def work(tx: Tx) -> None:
+            if tx.dialect == POSTGRESQL:  # nodes starting at once: one migrates, others wait
+                tx.conn.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
             row = tx.conn.execute(
                 "SELECT version FROM components WHERE name=?", (component,)
             ).fetchone()

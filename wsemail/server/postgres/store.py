@@ -24,12 +24,11 @@ import psycopg
 from wsemail.protocol.errors import ServerBusy, StoreError, StoreUnreachable, WsemailError
 from wsemail.server.postgres.connection import PgConnection
 from wsemail.server.postgres.schema import MIGRATIONS
-from wsemail.server.sql import POSTGRESQL
+from wsemail.server.sql import POSTGRESQL, SCHEMA_LOCK
 from wsemail.server.store import BatchStore, Tx
 
 log = logging.getLogger("wsemail.store")
 UNREACHABLE = "the mail store (PostgreSQL) is not reachable: try again shortly"
-_SCHEMA_LOCK = 0x77736D61  # pg_advisory_xact_lock key: one node migrates at a time
 
 
 def redacted(url: str) -> str:
@@ -124,7 +123,7 @@ def migrate(conn: PgConnection) -> None:
     """Apply the core migrations this database has not seen yet, one node at a time."""
     conn.execute("BEGIN")
     try:
-        conn.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)")
         row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
         version = int(row[0] or 0) if row else 0
