@@ -102,6 +102,9 @@ class Push:
     recipient: str
     message: Message
     data: bytes
+    # the recipient also has sessions on another node (`nodes`), told of it too: none here
+    # is no reason to move it on at once (the acknowledgement deadline is)
+    shared: bool = False
 
 
 def event(kind: str, payload: dict[str, Any], event_id: str | None = None) -> bytes:
@@ -148,6 +151,10 @@ class Hub:
         self._pending: dict[str, Push] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        # told (any thread) the address whose count of instant sessions here changed
+        self.on_presence: Callable[[str], object] | None = None
+        # (in a unit of work) tells the other nodes of a notice for an address (`nodes`)
+        self.on_notice: Callable[[Tx, str, dict[str, Any]], object] | None = None
 
     # presence ---------------------------------------------------------------------------
     def live(self, address: str) -> int:
@@ -184,12 +191,23 @@ class Hub:
         if push is None:
             return
         if loop is None or loop.is_closed():
-            self.fallback(push)
+            if not push.shared:
+                self.fallback(push)
             return
         try:
             loop.call_soon_threadsafe(self._deliver, push)
         except RuntimeError:  # the loop stopped meanwhile
-            self.fallback(push)
+            if not push.shared:
+                self.fallback(push)
+
+    def push_here(self, push: Push) -> None:
+        """(Any thread.) A push another node released for a recipient with sessions here:
+        to them, with no fallback (the acknowledgement deadline moves it on)."""
+        with self._lock:
+            loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._put_all, push.recipient, push.data, push.push_id)
 
     def notify(self, address: str, data: bytes) -> None:
         """A best-effort event (no fallback) to every live session of `address`."""
@@ -216,7 +234,7 @@ class Hub:
         return delivered
 
     def _deliver(self, push: Push) -> None:
-        if self._put_all(push.recipient, push.data, push.push_id) == 0:
+        if self._put_all(push.recipient, push.data, push.push_id) == 0 and not push.shared:
             self.fallback(push)
 
     def wake_mail(self, addresses: list[str]) -> None:
@@ -296,7 +314,16 @@ class Hub:
             self._sessions.setdefault(address, mine)[session.id] = session
             self._count += 1
             self._loop = asyncio.get_running_loop()
+        if instant:
+            self._presence(address)
         return session
+
+    def _presence(self, address: str) -> None:
+        if self.on_presence is not None:
+            try:
+                self.on_presence(address)
+            except Exception:
+                log.exception("presence of %r not shared", address)
 
     def _drop(self, session: Session) -> None:
         with self._lock:
@@ -309,6 +336,8 @@ class Hub:
         session.ended = True
         with contextlib.suppress(asyncio.QueueFull):  # full: the stream sees `ended`
             session.queue.put_nowait(None)
+        if session.instant:
+            self._presence(session.address)
 
     def close(self) -> None:
         """End every stream (the plug-in is unloaded or the server stops)."""

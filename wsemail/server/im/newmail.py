@@ -11,6 +11,12 @@ missed. Each session reads them from the store by its own cursor, woken after a 
 that may have added some (`Hub.wake_mail`): a wake-up that finds nothing costs one query,
 one that is lost is made up by the next, and a client that reconnects with the last cursor
 it printed gets what arrived meanwhile, each once. Events are kept `KEEP` seconds.
+
+On the PostgreSQL store several nodes share the events: the trigger also NOTIFYs the owner
+when its transaction commits, and each node's one listening connection (`nodes.Nodes`)
+wakes that owner's sessions, whichever node the mail came through. While it listens the
+in-process checks are not needed; when it (re)connects, one check makes up for what it may
+have missed.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ class MailFeed:
         self._mark = 0  # the newest event whose owners were woken
         self._queued = False  # a check waits in the store's queue
         self._pruned = 0.0
+        # true while a listener hears every node's commits (PostgreSQL: `nodes.Nodes`)
+        self.heard: Callable[[], bool] | None = None
 
     def attach(self, tx: Tx) -> None:
         records.install_new_mail_trigger(tx)
@@ -62,7 +70,14 @@ class MailFeed:
 
     def check_soon(self) -> None:
         """(Any thread, the store's writer too.) Once the units now running have
-        committed, wake the sessions of everyone with new mail. Checks coalesce."""
+        committed, wake the sessions of everyone with new mail. Checks coalesce. Not
+        needed while the listener hears every commit (PostgreSQL)."""
+        if self.heard is not None and self.heard():
+            return
+        self.check_now()
+
+    def check_now(self) -> None:
+        """(Any thread.) Like `check_soon`, even while a listener hears every commit."""
         with self._lock:
             if self._queued:
                 return

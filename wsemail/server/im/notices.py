@@ -71,8 +71,8 @@ def notice(env: Environment, message: Message, recipient: str, hub: Hub) -> None
         body=body,
     )
     env.tx.add_message(sender, "inbox", mail)
-    data = event(
-        "notice",
-        {"kind": "undeliverable", "recipient": recipient, "message_id": message.message_id},
-    )
+    payload = {"kind": "undeliverable", "recipient": recipient, "message_id": message.message_id}
+    data = event("notice", payload)
     env.after_commit.append(lambda: hub.notify(sender, data))
+    if hub.on_notice is not None:  # the sender's sessions on the other nodes
+        hub.on_notice(env.tx, sender, payload)

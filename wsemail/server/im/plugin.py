@@ -61,10 +61,12 @@ from wsemail.server.pipeline import (
     Verdict,
     dispatch,
 )
+from wsemail.server.sql import POSTGRESQL
 from wsemail.server.store import Tx
 
 if TYPE_CHECKING:
     from wsemail.server.app import Server
+    from wsemail.server.im.nodes import Nodes
 
 log = logging.getLogger("wsemail.im")
 EXTENSION_ID = "im"
@@ -142,6 +144,7 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         # (from any thread) with the owners a commit gave new mail, as the hub is
         self.mail_listeners: list[Callable[[list[str]], Any]] = []
         self._channels: Channels | None = None
+        self._nodes: Nodes | None = None  # the other nodes of this domain (PostgreSQL)
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
 
@@ -168,6 +171,11 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             max_sessions=self.max_sessions,
             mail=mail,
         )
+        if server.store.dialect == POSTGRESQL:  # several nodes may share the database
+            from wsemail.server.im.nodes import Nodes
+
+            self._nodes = Nodes(server.store, self._hub, mail, push_payload)
+            self._nodes.start()
         # no session is live yet: whatever waited for one before this start moves on now
         after: list[Any] = []
         moved = server.store.transact_sync(lambda tx: self._sweep(tx, float("inf"), after))
@@ -210,6 +218,9 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             direct.unregister(server)
         if self._hub is not None:
             self._hub.close()
+        if self._nodes is not None:
+            self._nodes.close()
+            self._nodes = None
         if self._channels is not None:
             self._channels.close()
 
@@ -241,14 +252,17 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             log.info("IM from %r to %r refused: %s", message.sender, recipient, reason)
             raise Rejected(f"{recipient} does not take instant messages from you ({reason})")
         push_id = secrets.token_hex(12)
-        hub = self.hub
-        if hub.live(recipient):
+        hub, nodes = self.hub, self._nodes
+        elsewhere = nodes.elsewhere(tx, recipient) if nodes is not None else 0
+        if hub.live(recipient) or elsewhere:
             data = event("message", push_payload(message, recipient, push_id), push_id)
             records.record(
                 tx, push_id, recipient, message.sender, message.message_id, message.body, "pending"
             )
             records.add_pending(tx, push_id, recipient, message, tx.now + self.ack_timeout)
-            hub.hold(Push(push_id, recipient, message, data))
+            if nodes is not None and elsewhere:  # the other nodes push it to theirs
+                nodes.announce_push(tx, recipient, push_id)
+            hub.hold(Push(push_id, recipient, message, data, shared=bool(elsewhere)))
             env.after_commit.append(lambda: hub.release(push_id))
             self._release_when_committed(push_id)
             return "pushed"
@@ -358,6 +372,8 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
                 log.exception("moving unacknowledged instant messages on failed")
             if self._hub is not None:
                 self._hub.reap()
+            if self._nodes is not None:
+                self._nodes.beat()
             if self._mail is not None:
                 try:
                     self._mail.check_soon()
@@ -445,13 +461,16 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         hub = self.hub
         principal = env.principal
         env.after_commit.append(lambda: hub.acked(principal, acked))
+        if self._nodes is not None:  # the session may be on another node
+            self._nodes.announce_acked(env.tx, principal, acked)
         return result
 
     def _who(self, op: etree._Element, env: Environment) -> etree._Element:
         """Presence of the named addresses (or of everyone online here) as the caller may
         see it: someone who would refuse the caller's instant messages shows as offline."""
         asked = [normalize_address(a) for a in texts_of(op, "Address")][:100]
-        online = self.hub.online()
+        nodes = self._nodes
+        online = self.hub.online() if nodes is None else nodes.online(env.tx)
         names = asked or sorted(a for a in online if a != env.principal)
         result = etree.Element(q("Presence"))
         for address in names:

@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 from lxml import etree
 
 from wsemail.protocol.message import Message, MessageHeader
+from wsemail.server.sql import POSTGRESQL, SQLITE
 from wsemail.server.store import HEADER_COLUMNS, Tx, header
 
-MIGRATIONS = [
+SQLITE_MIGRATIONS = [
     """
     CREATE TABLE im_tickets(
         digest TEXT PRIMARY KEY,
@@ -74,10 +75,95 @@ MIGRATIONS = [
     """,
 ]
 
+# Several nodes write new-mail events at once, so an event's number is drawn when its
+# transaction commits (a deferred trigger, under a transaction-scoped advisory lock taken
+# just before the commit): numbers then follow the commit order, and a session that has read
+# event n never finds an event below n committed later. The same trigger NOTIFYs channel
+# `NEW_MAIL_CHANNEL` with the owner, delivered to every node's listener when the
+# transaction commits (`wsemail.server.im.nodes`). `im_nodes` and `im_presence` say which
+# node holds whose live sessions (PostgreSQL only: on SQLite one process holds them all).
+NEW_MAIL_CHANNEL = "wsemail_new_mail"
+IM_CHANNEL = "wsemail_im"  # pushes, acknowledgements and notices for another node
+NEW_MAIL_LOCK = 0x77736D6E  # pg_advisory_xact_lock key: one committer numbers events at a time
+POSTGRESQL_MIGRATIONS = [
+    f"""
+    CREATE TABLE im_tickets(
+        digest TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE im_acl(
+        owner TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('allow', 'block')),
+        pattern TEXT NOT NULL,
+        PRIMARY KEY(owner, kind, pattern)
+    );
+    CREATE TABLE im_history(
+        seq BIGSERIAL PRIMARY KEY,
+        push_id TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    CREATE INDEX im_history_owner ON im_history(owner, seq);
+    CREATE TABLE im_missed(
+        owner TEXT NOT NULL,
+        id TEXT NOT NULL,
+        PRIMARY KEY(owner, id)
+    );
+    CREATE TABLE im_pending(
+        push_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        deadline DOUBLE PRECISION NOT NULL,
+        message BYTEA NOT NULL,
+        origin TEXT,
+        signed_xml BYTEA
+    );
+    CREATE INDEX im_pending_deadline ON im_pending(deadline);
+    CREATE INDEX im_pending_owner ON im_pending(owner, deadline);
+    CREATE SEQUENCE im_new_mail_ev;
+    CREATE TABLE im_new_mail(
+        ev BIGINT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        copy TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX im_new_mail_owner ON im_new_mail(owner, ev);
+    CREATE INDEX im_new_mail_at ON im_new_mail(at);
+    CREATE FUNCTION im_new_mail_arrived() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_advisory_xact_lock({NEW_MAIL_LOCK});
+        INSERT INTO im_new_mail(ev, owner, copy, at)
+            VALUES (nextval('im_new_mail_ev'), NEW.owner, NEW.id, extract(epoch FROM now()));
+        PERFORM pg_notify('{NEW_MAIL_CHANNEL}', NEW.owner);
+        RETURN NULL;
+    END $$;
+    CREATE CONSTRAINT TRIGGER im_new_mail_arrived AFTER INSERT ON messages
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+        WHEN (NEW.seen = 0 AND NEW.arrival NOT IN ('sent', 'Drafts', 'Trash'))
+        EXECUTE FUNCTION im_new_mail_arrived();
+    CREATE TABLE im_nodes(
+        node TEXT PRIMARY KEY,
+        alive_until DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE im_presence(
+        node TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        sessions INTEGER NOT NULL,
+        PRIMARY KEY(owner, node)
+    )
+    """,
+]
+MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
+
 # New mail is a copy that arrives unread in any folder but sent, Drafts and Trash: whatever
 # wrote it (a Send to a local user, a Deliver, the SMTP gateway, a bounce, a notice, a
 # Sieve filing), in the same unit of work, so a rolled-back delivery leaves no event.
 # Made at every start (IF NOT EXISTS): a core migration that rebuilds `messages` drops it.
+# (PostgreSQL's is made once, by its migration 1 above.)
 NEW_MAIL_TRIGGER = """
 CREATE TRIGGER IF NOT EXISTS im_new_mail_arrived AFTER INSERT ON messages
 WHEN new.seen = 0 AND new.arrival NOT IN ('sent', 'Drafts', 'Trash')
@@ -124,7 +210,7 @@ def acl(tx: Tx, owner: str) -> dict[str, list[str]]:
 def set_acl(tx: Tx, owner: str, kind: str, pattern: str, present: bool) -> None:
     if present:
         tx.conn.execute(
-            "INSERT OR IGNORE INTO im_acl(owner, kind, pattern) VALUES (?,?,?)",
+            "INSERT INTO im_acl(owner, kind, pattern) VALUES (?,?,?) ON CONFLICT DO NOTHING",
             (owner, kind, pattern),
         )
     else:
@@ -174,7 +260,9 @@ def history(tx: Tx, owner: str, peer: str | None, limit: int) -> list[Entry]:
 
 
 def mark_missed(tx: Tx, owner: str, public_id: str) -> None:
-    tx.conn.execute("INSERT OR IGNORE INTO im_missed(owner, id) VALUES (?,?)", (owner, public_id))
+    tx.conn.execute(
+        "INSERT INTO im_missed(owner, id) VALUES (?,?) ON CONFLICT DO NOTHING", (owner, public_id)
+    )
 
 
 def missed(tx: Tx, owner: str) -> list[str]:
@@ -258,11 +346,17 @@ def acknowledge(tx: Tx, owner: str, push_id: str) -> str:
 
 # new mail ----------------------------------------------------------------------------------
 def install_new_mail_trigger(tx: Tx) -> None:
-    tx.conn.execute(NEW_MAIL_TRIGGER)
+    if tx.dialect != POSTGRESQL:
+        tx.conn.execute(NEW_MAIL_TRIGGER)
 
 
 def new_mail_mark(tx: Tx) -> int:
-    """The newest new-mail event ever (pruned ones too): a new session starts after it."""
+    """The newest new-mail event ever (pruned ones too): a new session starts after it.
+    (PostgreSQL: the newest committed one kept; a number drawn by a transaction still
+    committing is not a mark, or its event would be skipped.)"""
+    if tx.dialect == POSTGRESQL:
+        row = tx.conn.execute("SELECT max(ev) FROM im_new_mail").fetchone()
+        return int(row[0] or 0) if row else 0
     row = tx.conn.execute("SELECT seq FROM sqlite_sequence WHERE name='im_new_mail'").fetchone()
     return int(row[0]) if row else 0
 
@@ -297,3 +391,62 @@ def new_mail(
 def prune_new_mail(tx: Tx, before: float) -> int:
     """Forget new-mail events older than `before` (a reconnecting client replays less)."""
     return tx.conn.execute("DELETE FROM im_new_mail WHERE at<?", (before,)).rowcount
+
+
+# several nodes (PostgreSQL only) -----------------------------------------------------------
+def node_alive(tx: Tx, node: str, until: float) -> None:
+    """`node` is alive until `until`; nodes silent for a minute are forgotten."""
+    tx.conn.execute(
+        "INSERT INTO im_nodes(node, alive_until) VALUES (?,?) "
+        "ON CONFLICT(node) DO UPDATE SET alive_until=excluded.alive_until",
+        (node, until),
+    )
+    tx.conn.execute("DELETE FROM im_nodes WHERE alive_until<?", (tx.now - 60,))
+    tx.conn.execute("DELETE FROM im_presence WHERE node NOT IN (SELECT node FROM im_nodes)")
+
+
+def forget_node(tx: Tx, node: str) -> None:
+    tx.conn.execute("DELETE FROM im_presence WHERE node=?", (node,))
+    tx.conn.execute("DELETE FROM im_nodes WHERE node=?", (node,))
+
+
+def set_presence(tx: Tx, node: str, owner: str, sessions: int) -> None:
+    """`owner` holds `sessions` live sessions that take instant messages on `node`."""
+    if sessions:
+        tx.conn.execute(
+            "INSERT INTO im_presence(node, owner, sessions) VALUES (?,?,?) "
+            "ON CONFLICT(owner, node) DO UPDATE SET sessions=excluded.sessions",
+            (node, owner, sessions),
+        )
+    else:
+        tx.conn.execute("DELETE FROM im_presence WHERE node=? AND owner=?", (node, owner))
+
+
+_ELSEWHERE = (
+    "SELECT p.owner, sum(p.sessions) FROM im_presence p JOIN im_nodes n ON n.node=p.node "
+    "WHERE p.node<>? AND n.alive_until>?"
+)
+
+
+def live_elsewhere(tx: Tx, owner: str, node: str) -> int:
+    """`owner`'s live sessions on the other nodes that are alive."""
+    row = tx.conn.execute(_ELSEWHERE + " AND p.owner=? GROUP BY p.owner", (node, tx.now, owner))
+    found = row.fetchone()
+    return int(found[1]) if found else 0
+
+
+def online_elsewhere(tx: Tx, node: str) -> dict[str, int]:
+    """Everyone's live sessions on the other nodes that are alive."""
+    rows = tx.conn.execute(_ELSEWHERE + " GROUP BY p.owner", (node, tx.now))
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def pending_one(tx: Tx, push_id: str) -> Pending | None:
+    """One push still waiting for its acknowledgement."""
+    row = tx.conn.execute(_PENDING + " WHERE push_id=?", (push_id,)).fetchone()
+    return None if row is None else _pending(row)
+
+
+def announce(tx: Tx, payload: str) -> None:
+    """Tell every node's listener (on `IM_CHANNEL`) once this transaction commits."""
+    tx.conn.execute("SELECT pg_notify(?, ?)", (IM_CHANNEL, payload))
