@@ -22,7 +22,10 @@ from conftest import Running, inbox, start_server, wait_for
 
 sys.path.insert(0, str(Path(__file__).parent))
 import faults_im  # noqa: E402
-from test_im_scale import with_im  # noqa: E402
+
+from im_stores import ported_plugins  # noqa: E402
+
+pytestmark = pytest.mark.both_stores
 
 BOB = "bob@localhost"
 
@@ -48,13 +51,14 @@ class Taking:
         self.thread.join(10)
 
 
-def running_with(tmp_path: Path, **options: object) -> Running:
-    return start_server(tmp_path / "s", plugins=with_im(heartbeat=1, **options))
+def running_with(tmp_path: Path, store_url: str = "", **options: object) -> Running:
+    plugins = ported_plugins(store_url, heartbeat=1, **options)
+    return start_server(tmp_path / "s", store_url=store_url, plugins=plugins)
 
 
 @pytest.fixture
-def quick(tmp_path: Path) -> Iterator[Running]:
-    running = running_with(tmp_path, ack_timeout=0.5)
+def quick(tmp_path: Path, store_url: str) -> Iterator[Running]:
+    running = running_with(tmp_path, store_url, ack_timeout=0.5)
     yield running
     running.stop()
 
@@ -117,15 +121,15 @@ def test_unacknowledged_delete_if_undeliverable_is_dropped_and_the_sender_told(
     silent.close()
 
 
-def test_a_push_pending_at_a_restart_reaches_the_mailbox(tmp_path: Path) -> None:
-    first = running_with(tmp_path, ack_timeout=120)
+def test_a_push_pending_at_a_restart_reaches_the_mailbox(tmp_path: Path, store_url: str) -> None:
+    first = running_with(tmp_path, store_url, ack_timeout=120)
     bob = InstantMessenger(first.client(BOB))
     silent = Taking(bob.listen(ack=False))
     sent = InstantMessenger(first.client("alice@localhost")).send(BOB, "before the restart")
     wait_for(lambda: silent.ids(), "the push")
     silent.close()
     first.stop()
-    again = running_with(tmp_path, ack_timeout=120)
+    again = running_with(tmp_path, store_url, ack_timeout=120)
     try:
         assert outcome(again, sent.message_id) == "acked=0 copies=1"
         assert again.count("SELECT count(*) FROM im_pending") == 0

@@ -144,8 +144,9 @@ def test_a_recipient_on_both_nodes_gets_one_push_per_session_and_it_moves_on_onc
         wait_for(lambda: on_a.of("message") and on_b.of("message"), "a push on each node")
         # not acknowledged: moved on by one node's sweeper into the mailbox, once
         wait_for(
-            lambda: [h.subject for h in a.client(BOB).list_headers().headers]
-            == ["Instant message"],
+            lambda: (
+                [h.subject for h in a.client(BOB).list_headers().headers] == ["Instant message"]
+            ),
             "the fallback copy",
         )
         assert len(on_a.of("message")) == len(on_b.of("message")) == 1

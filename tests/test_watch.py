@@ -12,6 +12,7 @@ import queue
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,8 +24,20 @@ from wsemail.client.session import Account, ClientConfig, load_accounts, save_ac
 from wsemail.protocol.soap import q, text_of
 
 from conftest import Cli, Running, fault_subcode, start_server, wait_for, wsemail_binary
+from im_stores import ported_plugins
 
 BOB = "bob@localhost"
+pytestmark = pytest.mark.both_stores
+
+
+@pytest.fixture
+def server(tmp_path: Path, store_url: str) -> Iterator[Running]:
+    """conftest's, with the plug-ins that run on the store under test."""
+    running = start_server(
+        tmp_path / "server", store_url=store_url, plugins=ported_plugins(store_url)
+    )
+    yield running
+    running.stop()
 
 
 class Watching:
