@@ -12,16 +12,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from lxml import etree
+from test_im_scale import hub_of
 
+from wsemail.bench.pgserver import PgServer
 from wsemail.client.im import InstantMessenger
+from wsemail.protocol.errors import ServerBusy
 from wsemail.protocol.soap import q, text_of
+from wsemail.server.im.nodes import Nodes
 
 from conftest import Running, start_server, wait_for
 from im_stores import ported_plugins
 
 BOB = "bob@localhost"
+
+
+def nodes_of(running: Running) -> Nodes:
+    found = hub_of(running)._nodes
+    assert found is not None
+    return found
 
 
 class Wire:
@@ -157,3 +168,67 @@ def test_a_recipient_on_both_nodes_gets_one_push_per_session_and_it_moves_on_onc
         on_b.close()
         b.stop()
         a.stop()
+
+
+def test_the_nodes_listen_again_when_the_database_comes_back(tmp_path: Path) -> None:
+    pg = PgServer().start()  # its own: stopped and started again here
+    try:
+        url = pg.database()
+        plugins = ported_plugins(url, heartbeat=1)
+        a = start_server(tmp_path / "a", store_url=url, plugins=plugins)
+        b = start_server(tmp_path / "b", store_url=url, plugins=plugins)
+        wire = Wire(a, BOB, "&mail=now")
+        listeners = [nodes_of(a).listener, nodes_of(b).listener]
+        try:
+            wait_for(lambda: all(li.connected.is_set() for li in listeners), "both listening")
+            pg.stop()
+            wait_for(lambda: not any(li.connected.is_set() for li in listeners), "both cut off")
+            pg.start()
+            wait_for(lambda: all(li.connected.is_set() for li in listeners), "both back")
+            alice_b = InstantMessenger(b.client())
+
+            def sent() -> bool:
+                try:
+                    alice_b.send(BOB, "after the restart")
+                except ServerBusy:  # B's writer finds its connection broken once
+                    return False
+                return True
+
+            wait_for(sent, "a send through node B")
+            wait_for(lambda: wire.of("message"), "the push on node A")
+            [(_, push_id, data)] = wire.of("message")
+            assert data["body"] == "after the restart"
+            assert InstantMessenger(a.client(BOB)).ack([push_id]) == {push_id: "acked"}
+            b.client().send([BOB], "mail after the restart", "x")
+            wait_for(lambda: wire.of("mail"), "the new-mail event on node A")
+            assert [m[2]["subject"] for m in wire.of("mail")] == ["mail after the restart"]
+        finally:
+            wire.close()
+            b.stop()
+            a.stop()
+    finally:
+        pg.close()
+
+
+def test_a_push_announced_while_a_listener_was_cut_off_still_arrives_once(
+    nodes: tuple[Running, Running], pg_url: str
+) -> None:
+    a, b = nodes
+    wire = Wire(a, BOB)
+    try:
+        alice_b = InstantMessenger(b.client())
+        wait_for(lambda: alice_b.who([BOB])[0].status == "online", "bob online as B sees him")
+        with psycopg.connect(pg_url, autocommit=True) as db:  # every node's LISTEN cut off
+            cut = db.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname=current_database() AND query LIKE 'LISTEN%'"
+            ).fetchone()
+        assert cut is not None and cut[0] == 2
+        alice_b.send(BOB, "while nobody listened")  # heard, or sent on reconnecting: once
+        wait_for(lambda: wire.of("message"), "the push on node A")
+        wait_for(lambda: nodes_of(a).listener.connected.is_set(), "node A listening again")
+        [(_, push_id, _)] = wire.of("message")
+        assert InstantMessenger(a.client(BOB)).ack([push_id]) == {push_id: "acked"}
+        assert len(wire.of("message")) == 1
+    finally:
+        wire.close()

@@ -202,12 +202,15 @@ class Hub:
 
     def push_here(self, push: Push) -> None:
         """(Any thread.) A push another node released for a recipient with sessions here:
-        to them, with no fallback (the acknowledgement deadline moves it on)."""
+        to those of them not sent it yet, with no fallback (the acknowledgement deadline
+        moves it on)."""
         with self._lock:
             loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._put_all, push.recipient, push.data, push.push_id)
+                loop.call_soon_threadsafe(
+                    self._put_all, push.recipient, push.data, push.push_id, True
+                )
 
     def notify(self, address: str, data: bytes) -> None:
         """A best-effort event (no fallback) to every live session of `address`."""
@@ -217,9 +220,13 @@ class Hub:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._put_all, address, data)
 
-    def _put_all(self, address: str, data: bytes, push_id: str | None = None) -> int:
+    def _put_all(
+        self, address: str, data: bytes, push_id: str | None = None, only_new: bool = False
+    ) -> int:
         with self._lock:
             sessions = [s for s in self._sessions.get(address, {}).values() if s.instant]
+        if only_new:  # not to a session that has it and has not acknowledged it yet
+            sessions = [s for s in sessions if push_id not in s.unacked]
         delivered = 0
         deadline = time.monotonic() + self.ack_timeout
         for session in sessions:

@@ -60,7 +60,7 @@ class Nodes:
             url,
             [records.NEW_MAIL_CHANNEL, records.IM_CHANNEL],
             self._heard,
-            on_reconnect=mail.check_now,
+            on_reconnect=self._reconnected,
             name="wsemail-im-nodes",
         )
 
@@ -147,6 +147,29 @@ class Nodes:
             self.hub.acked(address, [str(i) for i in what["ids"]])
         elif what["kind"] == "notice":
             self.hub.notify(address, event("notice", dict(what["data"])))
+
+    def _reconnected(self) -> None:
+        """Listening (again): what the other nodes announced meanwhile was not heard. New
+        mail is looked for; what waits for an acknowledgement goes to the sessions here
+        that were not sent it."""
+        self.mail.check_now()
+        for address in self.hub.online():
+            self._waiting(address)
+
+    def _waiting(self, address: str) -> None:
+        hub, payload = self.hub, self.payload
+
+        def done(future: Any) -> None:
+            if future.cancelled() or future.exception() is not None:
+                return  # the deadline moves them on
+            for p in future.result():
+                data = event("message", payload(p.message, address, p.push_id), p.push_id)
+                hub.push_here(Push(p.push_id, address, p.message, data, shared=True))
+
+        def waiting(tx: Tx) -> list[records.Pending]:
+            return records.pending_for(tx, address, tx.now)
+
+        self.store.submit(waiting).add_done_callback(done)
 
     def _push(self, address: str, push_id: str) -> None:
         """A push another node released: read it (still pending?) and send it here."""

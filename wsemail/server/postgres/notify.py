@@ -82,7 +82,10 @@ class Listener:
             if not got:
                 continue
             got += [(n.channel, n.payload) for n in conn.notifies(timeout=0)]
-            self._call(lambda got=got: self.on_notify(got))  # type: ignore[misc]
+            self._tell(got)
+
+    def _tell(self, got: list[tuple[str, str]]) -> None:
+        self._call(lambda: self.on_notify(got))
 
     def _call(self, callback: Callable[[], object] | None) -> None:
         if callback is None:
