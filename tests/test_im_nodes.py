@@ -232,3 +232,26 @@ def test_a_push_announced_while_a_listener_was_cut_off_still_arrives_once(
         assert len(wire.of("message")) == 1
     finally:
         wire.close()
+
+
+def test_a_node_starting_leaves_the_pushes_another_node_waits_on(
+    tmp_path: Path, pg_url: str
+) -> None:
+    plugins = ported_plugins(pg_url, heartbeat=1, ack_timeout=60)
+    a = start_server(tmp_path / "a", store_url=pg_url, plugins=plugins)
+    b = start_server(tmp_path / "b", store_url=pg_url, plugins=plugins)
+    wire = Wire(a, BOB)
+    try:
+        alice_b = InstantMessenger(b.client())
+        wait_for(lambda: alice_b.who([BOB])[0].status == "online", "bob online as B sees him")
+        alice_b.send(BOB, "wait for me")
+        wait_for(lambda: wire.of("message"), "the push on node A")
+        b.stop()
+        b = start_server(tmp_path / "b", store_url=pg_url, plugins=plugins)
+        [(_, push_id, _)] = wire.of("message")
+        assert InstantMessenger(b.client(BOB)).ack([push_id]) == {push_id: "acked"}
+        assert a.count(f"SELECT count(*) FROM messages WHERE owner='{BOB}'") == 0  # noqa: S608
+    finally:
+        wire.close()
+        b.stop()
+        a.stop()

@@ -176,9 +176,11 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
 
             self._nodes = Nodes(server.store, self._hub, mail, push_payload)
             self._nodes.start()
-        # no session is live yet: whatever waited for one before this start moves on now
+        # no session is live here yet: whatever waited for one before this start moves on
+        # now (but for a recipient live on another node, which may still be sent it)
         after: list[Any] = []
-        moved = server.store.transact_sync(lambda tx: self._sweep(tx, float("inf"), after))
+        held = self._nodes.elsewhere if self._nodes is not None else None
+        moved = server.store.transact_sync(lambda tx: self._sweep(tx, float("inf"), after, held))
         _run_all(after)
         if moved:
             log.info("%d instant message(s) unacknowledged before the start moved on", moved)
@@ -340,13 +342,23 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             records.set_outcome(tx, push_id, "mailbox")
         after.extend(env.after_commit)  # the caller runs them once the unit has committed
 
-    def _sweep(self, tx: Tx, now: float, after: list[Any]) -> int:
-        """Move on every pending push whose deadline is past `now`."""
+    def _sweep(
+        self,
+        tx: Tx,
+        now: float,
+        after: list[Any],
+        held: Callable[[Tx, str], int] | None = None,
+    ) -> int:
+        """Move on every pending push whose deadline is past `now` (but those whose
+        recipient `held` says is live elsewhere)."""
         after.clear()
         moved = 0
         while True:
             late = records.overdue(tx, now)
+            before = moved
             for pending in late:
+                if held is not None and held(tx, pending.owner):
+                    continue
                 if not records.take_pending(tx, pending.push_id):
                     continue
                 moved += 1
@@ -355,7 +367,7 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
                 except WsemailError as exc:  # e.g. the recipient was removed meanwhile
                     log.warning("instant message %s dropped: %s", pending.push_id, exc)
                     records.set_outcome(tx, pending.push_id, "dropped")
-            if len(late) < 200:
+            if len(late) < 200 or moved == before:
                 return moved
 
     def _sweeping(self) -> None:
