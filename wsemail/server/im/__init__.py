@@ -10,6 +10,8 @@ flagged `Instant` are pushed to the recipient's live sessions, else kept in the 
     policy   who may send an instant message to whom (allow / block lists, other domains)
     direct   `DirectInstant`: a user-signed message straight to the recipient's server
     channel  the party line: TLS 1.3 listeners, admission of invited users, relay of lines
+    nodes    several nodes on one PostgreSQL store: shared presence, pushes, acks and new
+             mail told to the other nodes (NOTIFY / LISTEN)
     records  the plug-in's tables: stream tickets, access lists, history, missed messages,
              pushes waiting for an acknowledgement, new-mail events
 """
