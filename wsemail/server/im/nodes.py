@@ -53,7 +53,9 @@ class Nodes:
         self.hub = hub
         self.mail = mail
         self.payload = payload  # (message, recipient, push id) → the push's JSON data
-        self.node = secrets.token_hex(8)
+        # this process among the others (the store's: the data dir's id and the worker; a
+        # restarted process is the same node again)
+        self.node = store.node or secrets.token_hex(8)
         self._beat = 0.0
         url = str(getattr(store, "url", ""))
         self.listener = Listener(
@@ -65,7 +67,11 @@ class Nodes:
         )
 
     def start(self) -> None:
-        self.store.transact_sync(lambda tx: records.node_alive(tx, self.node, tx.now + ALIVE))
+        def alive(tx: Tx) -> None:
+            records.forget_node(tx, self.node)  # sessions of this node before a crash
+            records.node_alive(tx, self.node, tx.now + ALIVE)
+
+        self.store.transact_sync(alive)
         self.hub.on_presence = self._presence
         self.hub.on_notice = self.announce_notice
         self.mail.heard = self.listener.connected.is_set
