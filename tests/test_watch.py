@@ -27,12 +27,12 @@ from conftest import Cli, Running, fault_subcode, start_server, wait_for, wsemai
 from im_stores import ported_plugins
 
 BOB = "bob@localhost"
-pytestmark = pytest.mark.both_stores
 
 
 @pytest.fixture
 def server(tmp_path: Path, store_url: str) -> Iterator[Running]:
-    """conftest's, with the plug-ins that run on the store under test."""
+    """conftest's, with the plug-ins that run on the store under test (both stores for the
+    tests of the new-mail feed itself; its usage and option checks on SQLite)."""
     running = start_server(
         tmp_path / "server", store_url=store_url, plugins=ported_plugins(store_url)
     )
@@ -101,6 +101,7 @@ def requests_by(running: Running, user: str) -> int:
     return running.count(f"SELECT count(*) FROM nonces WHERE principal='{user}'")  # noqa: S608
 
 
+@pytest.mark.both_stores
 def test_watch_prints_one_line_per_new_message_from_the_push_stream(cli: Cli) -> None:
     running = cli.server
     watching = watch(cli)
@@ -181,6 +182,7 @@ def test_watch_piped_into_head_ends_with_exit_0_when_head_is_done(cli: Cli) -> N
         pipeline.close()
 
 
+@pytest.mark.both_stores
 def test_watch_exec_runs_the_hook_with_the_message_in_its_environment(
     cli: Cli, tmp_path: Path
 ) -> None:
@@ -229,6 +231,7 @@ def test_watch_with_a_wrong_password_is_one_line_and_exit_2(cli: Cli) -> None:
     assert cli.server.client(BOB).list_headers().headers == []  # the server still answers
 
 
+@pytest.mark.both_stores
 def test_a_stream_resumed_after_a_cursor_gets_what_arrived_meanwhile_once(
     server: Running,
 ) -> None:
@@ -260,6 +263,7 @@ def test_a_stream_resumed_after_a_cursor_gets_what_arrived_meanwhile_once(
         assert stream.mail_cursor == everything[-1][0]
 
 
+@pytest.mark.both_stores
 def test_a_mail_only_session_is_not_online_and_takes_no_instant_messages(cli: Cli) -> None:
     running = cli.server
     watching = watch(cli)
