@@ -15,7 +15,7 @@ from conftest import Running
 
 # default plug-ins that do not run on the PostgreSQL store yet (issue 20: shrinks as each
 # feature is ported); a server on PostgreSQL starts without them
-NOT_ON_POSTGRESQL = frozenset({"im"})
+NOT_ON_POSTGRESQL: frozenset[str] = frozenset()
 
 
 def on_store(store_url: str, plugins: list[PluginSpec] | None = None) -> dict[str, object]:

@@ -22,8 +22,8 @@ from conftest import Running, inbox, start_server, wait_for
 
 sys.path.insert(0, str(Path(__file__).parent))
 import faults_im  # noqa: E402
-
-from im_stores import ported_plugins  # noqa: E402
+from stores import on_store  # noqa: E402
+from test_im_scale import with_im  # noqa: E402
 
 pytestmark = pytest.mark.both_stores
 
@@ -52,8 +52,7 @@ class Taking:
 
 
 def running_with(tmp_path: Path, store_url: str = "", **options: object) -> Running:
-    plugins = ported_plugins(store_url, heartbeat=1, **options)
-    return start_server(tmp_path / "s", store_url=store_url, plugins=plugins)
+    return start_server(tmp_path / "s", **on_store(store_url, with_im(heartbeat=1, **options)))
 
 
 @pytest.fixture

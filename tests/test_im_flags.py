@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 from rich.cells import cell_len
+from stores import on_store
 
 from wsemail.server.store import MIGRATIONS, SqliteStore
 from wsemail.tui.mailbox import INSTANT, markers
 
 from conftest import Cli, Running, start_server, wait_for
-from im_stores import ported_plugins
 
 pytestmark = pytest.mark.both_stores
 
@@ -24,9 +24,7 @@ pytestmark = pytest.mark.both_stores
 @pytest.fixture
 def server(tmp_path: Path, store_url: str) -> Iterator[Running]:
     """conftest's, with the plug-ins that run on the store under test."""
-    running = start_server(
-        tmp_path / "server", store_url=store_url, plugins=ported_plugins(store_url)
-    )
+    running = start_server(tmp_path / "server", **on_store(store_url))
     yield running
     running.stop()
 

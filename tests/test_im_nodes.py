@@ -1,8 +1,9 @@
 """Two nodes of one domain over one PostgreSQL database (issue 20): a listener whose push
 stream is held by node A is told of new mail and sent the instant messages that come in
 through node B, each once on the wire (read raw, not through the client that drops
-repeats); presence and acknowledgements cross nodes too; the party line invitation names the
-node that opened it."""
+repeats); presence and acknowledgements cross nodes; an unacknowledged push moves on once;
+the nodes listen again after the database restarts or their LISTEN connection is cut; a
+node that starts leaves alone the pushes another node waits on."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import httpx
 import psycopg
 import pytest
 from lxml import etree
-from test_im_scale import hub_of
+from stores import on_store
+from test_im_scale import hub_of, with_im
 
 from wsemail.bench.pgserver import PgServer
 from wsemail.client.im import InstantMessenger
@@ -24,7 +26,6 @@ from wsemail.protocol.soap import q, text_of
 from wsemail.server.im.nodes import Nodes
 
 from conftest import Running, start_server, wait_for
-from im_stores import ported_plugins
 
 BOB = "bob@localhost"
 
@@ -81,9 +82,9 @@ class Wire:
 
 @pytest.fixture
 def nodes(tmp_path: Path, pg_url: str) -> Iterator[tuple[Running, Running]]:
-    plugins = ported_plugins(pg_url, heartbeat=1)
-    a = start_server(tmp_path / "a", store_url=pg_url, plugins=plugins)
-    b = start_server(tmp_path / "b", store_url=pg_url, plugins=plugins)
+    settings = on_store(pg_url, with_im(heartbeat=1))
+    a = start_server(tmp_path / "a", **settings)
+    b = start_server(tmp_path / "b", **settings)
     yield a, b
     b.stop()
     a.stop()
@@ -144,9 +145,9 @@ def test_an_instant_message_sent_through_node_b_is_pushed_by_node_a_once(
 def test_a_recipient_on_both_nodes_gets_one_push_per_session_and_it_moves_on_once(
     tmp_path: Path, pg_url: str
 ) -> None:
-    plugins = ported_plugins(pg_url, heartbeat=1, ack_timeout=0.5)
-    a = start_server(tmp_path / "a", store_url=pg_url, plugins=plugins)
-    b = start_server(tmp_path / "b", store_url=pg_url, plugins=plugins)
+    settings = on_store(pg_url, with_im(heartbeat=1, ack_timeout=0.5))
+    a = start_server(tmp_path / "a", **settings)
+    b = start_server(tmp_path / "b", **settings)
     on_a, on_b = Wire(a, BOB), Wire(b, BOB)
     try:
         alice_b = InstantMessenger(b.client())
@@ -174,18 +175,27 @@ def test_the_nodes_listen_again_when_the_database_comes_back(tmp_path: Path) -> 
     pg = PgServer().start()  # its own: stopped and started again here
     try:
         url = pg.database()
-        plugins = ported_plugins(url, heartbeat=1)
-        a = start_server(tmp_path / "a", store_url=url, plugins=plugins)
-        b = start_server(tmp_path / "b", store_url=url, plugins=plugins)
+        settings = on_store(url, with_im(heartbeat=1))
+        a = start_server(tmp_path / "a", **settings)
+        b = start_server(tmp_path / "b", **settings)
         wire = Wire(a, BOB, "&mail=now")
         listeners = [nodes_of(a).listener, nodes_of(b).listener]
         try:
             wait_for(lambda: all(li.connected.is_set() for li in listeners), "both listening")
+            alice_b = InstantMessenger(b.client())
+            wait_for(lambda: alice_b.who([BOB])[0].status == "online", "bob online at B")
             pg.stop()
             wait_for(lambda: not any(li.connected.is_set() for li in listeners), "both cut off")
             pg.start()
             wait_for(lambda: all(li.connected.is_set() for li in listeners), "both back")
-            alice_b = InstantMessenger(b.client())
+
+            def online() -> bool:  # node A said it is alive again
+                try:
+                    return alice_b.who([BOB])[0].status == "online"
+                except ServerBusy:  # B's writer finds its connection broken once
+                    return False
+
+            wait_for(online, "bob online as B sees him")
 
             def sent() -> bool:
                 try:
@@ -237,9 +247,9 @@ def test_a_push_announced_while_a_listener_was_cut_off_still_arrives_once(
 def test_a_node_starting_leaves_the_pushes_another_node_waits_on(
     tmp_path: Path, pg_url: str
 ) -> None:
-    plugins = ported_plugins(pg_url, heartbeat=1, ack_timeout=60)
-    a = start_server(tmp_path / "a", store_url=pg_url, plugins=plugins)
-    b = start_server(tmp_path / "b", store_url=pg_url, plugins=plugins)
+    settings = on_store(pg_url, with_im(heartbeat=1, ack_timeout=60))
+    a = start_server(tmp_path / "a", **settings)
+    b = start_server(tmp_path / "b", **settings)
     wire = Wire(a, BOB)
     try:
         alice_b = InstantMessenger(b.client())
@@ -247,7 +257,7 @@ def test_a_node_starting_leaves_the_pushes_another_node_waits_on(
         alice_b.send(BOB, "wait for me")
         wait_for(lambda: wire.of("message"), "the push on node A")
         b.stop()
-        b = start_server(tmp_path / "b", store_url=pg_url, plugins=plugins)
+        b = start_server(tmp_path / "b", **settings)
         [(_, push_id, _)] = wire.of("message")
         assert InstantMessenger(b.client(BOB)).ack([push_id]) == {push_id: "acked"}
         assert a.count(f"SELECT count(*) FROM messages WHERE owner='{BOB}'") == 0  # noqa: S608

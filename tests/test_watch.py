@@ -18,13 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 from lxml import etree
+from stores import on_store
 
 from wsemail.client.im import InstantMessenger
 from wsemail.client.session import Account, ClientConfig, load_accounts, save_accounts
 from wsemail.protocol.soap import q, text_of
 
 from conftest import Cli, Running, fault_subcode, start_server, wait_for, wsemail_binary
-from im_stores import ported_plugins
 
 BOB = "bob@localhost"
 
@@ -33,9 +33,7 @@ BOB = "bob@localhost"
 def server(tmp_path: Path, store_url: str) -> Iterator[Running]:
     """conftest's, with the plug-ins that run on the store under test (both stores for the
     tests of the new-mail feed itself; its usage and option checks on SQLite)."""
-    running = start_server(
-        tmp_path / "server", store_url=store_url, plugins=ported_plugins(store_url)
-    )
+    running = start_server(tmp_path / "server", **on_store(store_url))
     yield running
     running.stop()
 

@@ -100,7 +100,16 @@ class Nodes:
         """The count of `address`'s sessions here changed: written by the writer thread,
         which reads it when it runs (so the last write holds the latest count)."""
         hub, node = self.hub, self.node
-        self.store.submit(lambda tx: records.set_presence(tx, node, address, hub.live(address)))
+
+        def write(tx: Tx) -> None:
+            records.set_presence(tx, node, address, hub.live(address))
+
+        def done(future: Any) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                self.store.submit(write)  # once more (the writer connects again); after
+                # that the next (re)connection of the listener writes every count
+
+        self.store.submit(write).add_done_callback(done)
 
     def elsewhere(self, tx: Tx, address: str) -> int:
         """`address`'s live sessions on the other nodes."""
@@ -157,7 +166,21 @@ class Nodes:
     def _reconnected(self) -> None:
         """Listening (again): what the other nodes announced meanwhile was not heard. New
         mail is looked for; what waits for an acknowledgement goes to the sessions here
-        that were not sent it."""
+        that were not sent it. This node first says again that it is alive (after an
+        outage longer than ALIVE the others take it for gone) and who is live here (a
+        change written while the database was away was lost)."""
+        hub, node = self.hub, self.node
+
+        def alive(tx: Tx) -> None:
+            records.node_alive(tx, node, tx.now + ALIVE)
+            records.sync_presence(tx, node, hub.online())
+
+        for _ in range(2):  # the writer's connection may be stale too: the first unit finds out
+            try:
+                self.store.submit(alive).result(10)
+                break
+            except Exception as exc:  # the next unit connects again
+                log.info("node %s not marked alive yet: %s", self.node, exc)
         self.mail.check_now()
         for address in self.hub.online():
             self._waiting(address)
@@ -177,13 +200,17 @@ class Nodes:
 
         self.store.submit(waiting).add_done_callback(done)
 
-    def _push(self, address: str, push_id: str) -> None:
+    def _push(self, address: str, push_id: str, tries: int = 3) -> None:
         """A push another node released: read it (still pending?) and send it here."""
         hub, payload = self.hub, self.payload
 
         def done(future: Any) -> None:
-            if future.cancelled() or future.exception() is not None:
-                return  # the deadline moves it on
+            if future.cancelled():
+                return
+            if future.exception() is not None:  # e.g. the writer found its connection gone
+                if tries > 1:
+                    self._push(address, push_id, tries - 1)
+                return  # else the deadline moves it on
             pending = future.result()
             if pending is None or pending.owner != address:
                 return  # acknowledged or moved on meanwhile

@@ -422,6 +422,15 @@ def set_presence(tx: Tx, node: str, owner: str, sessions: int) -> None:
         tx.conn.execute("DELETE FROM im_presence WHERE node=? AND owner=?", (node, owner))
 
 
+def sync_presence(tx: Tx, node: str, counts: dict[str, int]) -> None:
+    """`node`'s live sessions are `counts` (address → sessions), and nothing else."""
+    tx.conn.execute("DELETE FROM im_presence WHERE node=?", (node,))
+    tx.conn.executemany(
+        "INSERT INTO im_presence(node, owner, sessions) VALUES (?,?,?)",
+        [(node, owner, sessions) for owner, sessions in counts.items() if sessions],
+    )
+
+
 _ELSEWHERE = (
     "SELECT p.owner, sum(p.sessions) FROM im_presence p JOIN im_nodes n ON n.node=p.node "
     "WHERE p.node<>? AND n.alive_until>?"
