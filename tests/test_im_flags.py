@@ -6,27 +6,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from rich.cells import cell_len
-from stores import on_store
 
 from wsemail.server.store import MIGRATIONS, SqliteStore
 from wsemail.tui.mailbox import INSTANT, markers
 
-from conftest import Cli, Running, start_server, wait_for
+from conftest import Cli, Running, wait_for
 
 pytestmark = pytest.mark.both_stores
-
-
-@pytest.fixture
-def server(tmp_path: Path, store_url: str) -> Iterator[Running]:
-    """conftest's, with the plug-ins that run on the store under test."""
-    running = start_server(tmp_path / "server", **on_store(store_url))
-    yield running
-    running.stop()
 
 
 def test_local_offline_im_keeps_its_flag_in_list_and_retrieve(server: Running, cli: Cli) -> None:

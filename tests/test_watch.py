@@ -12,13 +12,11 @@ import queue
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from lxml import etree
-from stores import on_store
 
 from wsemail.client.im import InstantMessenger
 from wsemail.client.session import Account, ClientConfig, load_accounts, save_accounts
@@ -27,15 +25,6 @@ from wsemail.protocol.soap import q, text_of
 from conftest import Cli, Running, fault_subcode, start_server, wait_for, wsemail_binary
 
 BOB = "bob@localhost"
-
-
-@pytest.fixture
-def server(tmp_path: Path, store_url: str) -> Iterator[Running]:
-    """conftest's, with the plug-ins that run on the store under test (both stores for the
-    tests of the new-mail feed itself; its usage and option checks on SQLite)."""
-    running = start_server(tmp_path / "server", **on_store(store_url))
-    yield running
-    running.stop()
 
 
 class Watching:
