@@ -31,11 +31,6 @@ from wsemail.protocol.errors import ServerBusy, TransportError
 from wsemail.server.config import DEFAULT_PLUGINS
 
 A, B = "a.test", "b.test"
-A_PLUGINS = [  # TEMPORARY while the plug-ins are ported to PostgreSQL: then DEFAULT_PLUGINS
-    p
-    for p in DEFAULT_PLUGINS
-    if p.ref in ("relay-policy", "size-limit", "local-delivery", "sqlite-queue")
-]
 
 
 class FailoverClient:
@@ -90,7 +85,7 @@ class NodesBed(Bed):
                 ca=self.ca,
                 identity=identities[domain],
                 routes=routes,
-                plugins=list(A_PLUGINS if on_pg else DEFAULT_PLUGINS),
+                plugins=list(DEFAULT_PLUGINS),
                 sections={"queue": queue, **({"store": {"url": url}} if on_pg else {})},
             )
             self.nodes[name] = Node(domain, data, ports[name], store_url=url if on_pg else "")

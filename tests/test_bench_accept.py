@@ -15,12 +15,6 @@ from conftest import wsemail_binary
 def test_bench_prints_figures_and_finds_every_accepted_send(
     tmp_path: Path, store: list[str]
 ) -> None:
-    if store:  # TEMPORARY while the plug-ins are ported to PostgreSQL
-        (tmp_path / "d").mkdir()
-        plugins = ["relay-policy", "size-limit", "local-delivery", "sqlite-queue"]
-        (tmp_path / "d" / "server.toml").write_text(
-            "".join(f'[[plugins]]\nref = "{p}"\n' for p in plugins)
-        )
     result = subprocess.run(
         [wsemail_binary(), "bench", "--clients", "2", "--seconds", "0.5", *store,
          "--data-dir", str(tmp_path / "d")],

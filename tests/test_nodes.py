@@ -15,7 +15,6 @@ from test_rejections import SEND, signed
 from wsemail.bench.pgserver import PgServer
 from wsemail.pki import create_root, write_crl
 from wsemail.protocol.errors import RateLimited, ServerBusy
-from wsemail.server.pipeline import PluginSpec
 
 from conftest import (
     PASSWORD,
@@ -27,21 +26,12 @@ from conftest import (
     wsemail_binary,
 )
 
-CORE = [  # TEMPORARY while the plug-ins are ported
-    PluginSpec("relay-policy", 10, {"allow": ["*"]}),
-    PluginSpec("size-limit", 20),
-    PluginSpec("local-delivery", 1000),
-    PluginSpec("sqlite-queue", 1000),
-]
-
 
 @pytest.fixture
 def nodes(tmp_path: Path, pg_url: str) -> Iterator[tuple[Running, Running]]:
     """Nodes a and b of localhost over one database (each with its own data dir)."""
-    a = start_server(tmp_path / "node-a", store_url=pg_url, failures_per_user=3, plugins=CORE)
-    b = start_server(
-        tmp_path / "node-b", store_url=pg_url, users=False, failures_per_user=3, plugins=CORE
-    )
+    a = start_server(tmp_path / "node-a", store_url=pg_url, failures_per_user=3)
+    b = start_server(tmp_path / "node-b", store_url=pg_url, users=False, failures_per_user=3)
     yield a, b
     a.stop()
     b.stop()
@@ -98,12 +88,10 @@ def fed_nodes(tmp_path: Path, pg_url: str) -> Iterator[Federation]:
     create_root(ca)
     write_crl(ca)
     servers = {
-        "a.test": start_domain(tmp_path, ca, "a.test", store_url=pg_url, plugins=CORE),
+        "a.test": start_domain(tmp_path, ca, "a.test", store_url=pg_url),
         "b.test": start_domain(tmp_path, ca, "b.test"),
     }
-    second = start_domain(
-        tmp_path / "second", ca, "a.test", store_url=pg_url, users=False, plugins=CORE
-    )
+    second = start_domain(tmp_path / "second", ca, "a.test", store_url=pg_url, users=False)
     fed = Federation(ca, {**servers, "a2": second})
     routes = {"a.test": [servers["a.test"].url], "b.test": [servers["b.test"].url]}
     from wsemail.core.routing import StaticResolver
@@ -136,7 +124,7 @@ def test_postgresql_stopped_mid_run_answers_busy_and_serves_again_when_back(
     pg = PgServer().start()
     node = None
     try:
-        node = start_server(tmp_path / "node", store_url=pg.database(), plugins=CORE)
+        node = start_server(tmp_path / "node", store_url=pg.database())
         alice = node.client("alice@localhost")
         alice.send(["bob@localhost"], "before", "x")
         pg.stop("immediate")  # as if the database host went away
