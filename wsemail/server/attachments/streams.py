@@ -38,6 +38,7 @@ from wsemail.protocol.errors import (
 from wsemail.protocol.soap import element, parse_int, q
 from wsemail.server.attachments import records
 from wsemail.server.attachments.chunks import Blobs
+from wsemail.server.attachments.spool import Spool
 from wsemail.server.attachments.storage import BlobStore
 from wsemail.server.connguard import Pace
 from wsemail.server.storage import FULL_REASON, is_full
@@ -148,20 +149,24 @@ class Streams:
             # a stall of read_timeout, or a pace below the minimum rate, ends it
             pace = Pace(self.server.config, total=None)
             with open(tmp, "wb") as out:
-                while True:
-                    async with asyncio.timeout_at(pace.deadline(size)):
-                        message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise RequestInvalid("the client went away during the upload")
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > blob.size:
-                        raise TooLarge("more bytes than announced")
-                    if chunk:
-                        digest.update(chunk)
-                        out.write(chunk)
-                    if not message.get("more_body", False):
-                        break
+                spool = Spool(out, digest)  # hashes and writes off the event loop
+                try:
+                    while True:
+                        async with asyncio.timeout_at(pace.deadline(size)):
+                            message = await receive()
+                        if message["type"] == "http.disconnect":
+                            raise RequestInvalid("the client went away during the upload")
+                        chunk = message.get("body", b"")
+                        size += len(chunk)
+                        if size > blob.size:
+                            raise TooLarge("more bytes than announced")
+                        if chunk:
+                            await spool.add(chunk)
+                        if not message.get("more_body", False):
+                            break
+                    await spool.finish()
+                finally:
+                    await spool.settle()
             if size != blob.size:
                 raise RequestInvalid(f"received {size} bytes, {blob.size} were announced")
             await asyncio.to_thread(self.blobs.commit, tmp, blob.guid)
