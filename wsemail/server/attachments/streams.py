@@ -49,7 +49,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wsemail.attachments")
 UPLOAD_PATH = "/wsemail/attachments/upload"
-CHUNK = 1 << 20
+# a download is read in pieces of this size (each sent before the next is read): what one
+# download holds besides the TLS buffers; 1 MB took ~2 MB more peak RSS for no speed gain
+READ_CHUNK = 256 << 10
 _RANGE = re.compile(r"^bytes=([0-9]{1,19})-([0-9]{0,19})$", re.ASCII)
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
@@ -270,7 +272,7 @@ class Streams:
             handle.seek(first)
             remaining = length
             while remaining > 0:
-                chunk = await asyncio.to_thread(handle.read, min(CHUNK, remaining))
+                chunk = await asyncio.to_thread(handle.read, min(READ_CHUNK, remaining))
                 if not chunk:
                     break
                 remaining -= len(chunk)
