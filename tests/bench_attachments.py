@@ -1,14 +1,21 @@
 """Benchmark, not a test (pytest does not collect it): a 1 GB on-demand attachment from
 alice@a.test to bob@b.test between two real TLS servers on loopback. Reports upload and fetch
-throughput and the peak RSS of the process that runs both servers and the client.
+throughput, the CPU they took and the peak RSS of the process that runs both servers and the
+client (most of it is that process's start: the imports, two servers, the test CA).
 
-    WSEMAIL_BENCH_ATTACHMENT_MB=1024 .venv/bin/python tests/bench_attachments.py
+    WSEMAIL_BENCH_ATTACHMENT_MB=1024 .venv/bin/python tests/bench_attachments.py [--split]
+
+`--split`: the two servers run in a process of their own and the client is the real
+`wsemail send --attach --on-demand` and `wsemail fetch`, one process each; reports the peak
+RSS of each of them (the servers' before and after the transfers).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,10 +29,21 @@ from wsemail.core.routing import StaticResolver  # noqa: E402
 from wsemail.pki import create_root, write_crl  # noqa: E402
 
 
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     megabytes = int(os.environ.get("WSEMAIL_BENCH_ATTACHMENT_MB", "0"))
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve":
+        serve(Path(sys.argv[2]), sys.argv[3])
+        return
     if megabytes <= 0:
         print("set WSEMAIL_BENCH_ATTACHMENT_MB (e.g. 1024) to run this benchmark")
+        return
+    if sys.argv[1:] == ["--split"]:
+        split(megabytes)
         return
     from test_attachments import Fed, start_domain
 
@@ -46,23 +64,24 @@ def main() -> None:
             expected = make_file(source, size)
             rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
             alice = fed.box(a, "alice@a.test")
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), _cpu()
             uploaded = alice.upload(source)
-            upload_s = time.perf_counter() - started
+            upload_s, upload_cpu = time.perf_counter() - started, _cpu() - cpu
             alice.client.send(["bob@b.test"], "big", "", attachments=[uploaded.guid])
             source.unlink()
             bob = fed.box(b, "bob@b.test")
             [ref] = bob.list(newest(bob.client)).refs
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), _cpu()
             out = bob.fetch(ref, tmp / "fetched.bin")
-            fetch_s = time.perf_counter() - started
+            fetch_s, fetch_cpu = time.perf_counter() - started, _cpu() - cpu
             assert file_sha(out) == expected
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
             print(
                 f"{megabytes} MB over TLS on loopback: upload {size / upload_s / 1e6:.0f} MB/s "
                 f"({upload_s:.1f} s), fetch + SHA-256 check {size / fetch_s / 1e6:.0f} MB/s "
                 f"({fetch_s:.1f} s); peak RSS of servers + client {rss} MB "
-                f"({rss_before} MB before the transfer)"
+                f"({rss_before} MB before the transfer); CPU (user + system, all threads) "
+                f"{upload_cpu:.1f} s upload, {fetch_cpu:.1f} s fetch"
             )
         finally:
             for running in (a, b):
@@ -70,6 +89,139 @@ def main() -> None:
                     client.close()
             a.stop()
             b.stop()
+
+
+def _memory(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of a running process, in MB."""
+    found = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            found[key] = int(value.split()[0]) // 1024
+    return found
+
+
+def serve(tmp: Path, domain: str) -> None:
+    """One domain's server for `--split`: its URL on stdout, then the routes to both domains
+    from stdin; serves until stdin closes."""
+    from test_attachments import start_domain
+
+    running = start_domain(tmp, tmp / "ca", domain)
+    print(running.url, flush=True)
+    routes = json.loads(sys.stdin.readline())
+    assert running.controller.server.federation is not None
+    running.controller.server.federation.resolver = StaticResolver(routes)
+    print("routed", flush=True)
+    sys.stdin.read()
+    running.stop()
+
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a running process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cli(tmp: Path, url: str, user: str, *args: str) -> tuple[str, float, int, float]:
+    """Run the real `wsemail` client: (stdout, seconds, its peak RSS in MB, its CPU s)."""
+    from conftest import PASSWORD, wsemail_binary
+
+    env = {
+        "WSEMAIL_SERVER": url,
+        "WSEMAIL_USER": user,
+        "WSEMAIL_PASSWORD": PASSWORD,
+        "WSEMAIL_CACERT": str(tmp / "ca" / "root.pem"),
+        "WSEMAIL_TRUST_ROOTS": str(tmp / "ca" / "root.pem"),
+        "WSEMAIL_TLS_NAME": user.partition("@")[2],
+        "WSEMAIL_CLIENT_CONFIG": str(tmp / "client.toml"),
+        "PATH": "/usr/bin:/bin",
+    }
+    if "PYTHONPATH" in os.environ:  # comparing versions side by side
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    started = time.perf_counter()
+    out = tmp / "cli.out"
+    with open(out, "wb") as stdout:
+        child = subprocess.Popen([wsemail_binary(), *args], env=env, stdout=stdout)
+        _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    assert os.waitstatus_to_exitcode(status) == 0, f"wsemail {args[0]} failed"
+    cpu = usage.ru_utime + usage.ru_stime
+    return out.read_text(), seconds, usage.ru_maxrss // 1024, cpu
+
+
+def split(megabytes: int) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        create_root(tmp / "ca")
+        write_crl(tmp / "ca")
+        servers = {
+            domain: subprocess.Popen(
+                [sys.executable, __file__, "--serve", str(tmp), domain],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for domain in ("a.test", "b.test")
+        }
+        try:
+            routes = {d: [_line(s)] for d, s in servers.items()}
+            for server in servers.values():
+                assert server.stdin is not None
+                server.stdin.write(json.dumps(routes) + "\n")
+                server.stdin.flush()
+                assert _line(server) == "routed"
+            size = megabytes << 20
+            source = tmp / "big.bin"
+            expected = make_file(source, size)
+            before = {d: _memory(s.pid) for d, s in servers.items()}
+            cpu = _cpu_of(servers["a.test"].pid)
+            _, upload_s, upload_rss, upload_cpu = _cli(
+                tmp, routes["a.test"][0], "alice@a.test",
+                "send", "--to", "bob@b.test", "-s", "big", "--body", "",
+                "--attach", str(source), "--on-demand",
+            )  # fmt: skip
+            upload_server_cpu = _cpu_of(servers["a.test"].pid) - cpu
+            uploaded = {d: _memory(s.pid) for d, s in servers.items()}
+            source.unlink()
+            message = ""
+            for _ in range(100):  # until the relay has delivered it to b.test
+                listed, *_ = _cli(tmp, routes["b.test"][0], "bob@b.test", "list", "--json")
+                if listed.strip():
+                    message = json.loads(listed.splitlines()[0])["id"]
+                    break
+                time.sleep(0.2)
+            out = tmp / "fetched"
+            out.mkdir()
+            cpu = _cpu_of(servers["a.test"].pid)
+            _, fetch_s, fetch_rss, fetch_cpu = _cli(
+                tmp, routes["b.test"][0], "bob@b.test", "fetch", message, "-o", str(out)
+            )
+            fetch_server_cpu = _cpu_of(servers["a.test"].pid) - cpu
+            assert file_sha(out / "big.bin") == expected
+            after = {d: _memory(s.pid) for d, s in servers.items()}
+            print(
+                f"{megabytes} MB, split: `wsemail send --attach` {upload_s:.1f} s, CPU "
+                f"{upload_cpu:.1f} s, peak RSS {upload_rss} MB (a.test's CPU "
+                f"{upload_server_cpu:.1f} s); `wsemail fetch` {fetch_s:.1f} s, CPU "
+                f"{fetch_cpu:.1f} s, peak RSS {fetch_rss} MB (a.test's CPU "
+                f"{fetch_server_cpu:.1f} s); "
+                + "; ".join(
+                    f"{d} server peak RSS {before[d]['VmHWM']} MB before the transfers, "
+                    f"{uploaded[d]['VmHWM']} MB after the upload, {after[d]['VmHWM']} MB after "
+                    "the fetch"
+                    for d in servers
+                )
+            )
+        finally:
+            for server in servers.values():
+                if server.stdin is not None:
+                    server.stdin.close()
+                server.wait(60)
+
+
+def _line(server: subprocess.Popen[str]) -> str:
+    assert server.stdout is not None
+    return server.stdout.readline().strip()
 
 
 if __name__ == "__main__":

@@ -534,6 +534,57 @@ def test_an_upload_that_differs_from_its_announcement_leaves_nothing(
         alice.client.send(["bob@b.test"], "x", attachments=[ticket.findtext(q("Guid")) or ""])
 
 
+def _upload_url(box: Attachments, size: int) -> httpx.URL:
+    request = etree.Element(q("BeginUpload"))
+    etree.SubElement(request, q("Name")).text = "big.bin"
+    etree.SubElement(request, q("Size")).text = str(size)
+    ticket = box.client.extension("attachments", request)
+    assert ticket is not None
+    return httpx.URL(box.client.server).copy_with(
+        path=ticket.findtext(q("Path")), query=f"ticket={ticket.findtext(q('Ticket'))}".encode()
+    )
+
+
+def _nothing_stored(running: Running) -> bool:
+    folder = running.config.data_dir / "attachments"
+    return (
+        running.count("SELECT count(*) FROM attachment_blobs") == 0
+        and not list((folder / "blobs").iterdir())
+        and not list((folder / "tmp").iterdir())
+    )
+
+
+def test_an_upload_longer_than_announced_is_cut_off_after_megabytes_written(fed: Fed) -> None:
+    # several batches are on disk (hashed and written off the event loop) when the excess
+    # arrives: they are waited for, then removed
+    alice = fed.box(fed.a, "alice@a.test")
+    url = _upload_url(alice, 3 << 20)
+    pieces = (bytes([n]) * (1 << 20) for n in range(5))
+    response = alice.client.http.put(url, content=pieces, extensions={"sni_hostname": "a.test"})
+    assert response.status_code == 413
+    assert fault_subcode(response) == "wsemail:TooLarge"
+    assert _nothing_stored(fed.a)
+    alice.upload_stream([b"x" * 1000], 1000, "small.bin")  # still serving uploads
+
+
+def test_an_upload_broken_off_midway_leaves_nothing(fed: Fed) -> None:
+    alice = fed.box(fed.a, "alice@a.test")
+    url = _upload_url(alice, 8 << 20)
+
+    class BrokenOff(Exception):
+        pass
+
+    def pieces() -> Iterator[bytes]:
+        for n in range(3):
+            yield bytes([n]) * (1 << 20)
+        raise BrokenOff
+
+    with pytest.raises(BrokenOff):
+        alice.client.http.put(url, content=pieces(), extensions={"sni_hostname": "a.test"})
+    wait_for(lambda: _nothing_stored(fed.a), "the broken upload to be forgotten")
+    alice.upload_stream([b"x" * 1000], 1000, "small.bin")  # still serving uploads
+
+
 @pytest.mark.both_stores
 def test_a_revoked_attachment_is_not_served(fed: Fed, one: AttachmentRef) -> None:
     alice = fed.box(fed.a, "alice@a.test")

@@ -362,8 +362,11 @@ class Attachments:
                     raise ServerError(f"HTTP {response.status_code} from {ref.url}")
                 if response.status_code == 200 and have:  # the server sent everything again
                     have, digest = 0, hashlib.sha256()
-                with open(part, "ab" if have else "wb") as out:
-                    for chunk in response.iter_bytes(CHUNK):
+                # the pieces as they come off the connection (a TLS record each, up to 16 KB):
+                # iter_bytes(CHUNK) would join them into CHUNK-sized copies; the file's own
+                # buffer gathers them into CHUNK-sized writes instead
+                with open(part, "ab" if have else "wb", buffering=CHUNK) as out:
+                    for chunk in response.iter_bytes():
                         if have + len(chunk) > ref.size:
                             raise SignatureInvalid(f"{ref.name}: more bytes than signed")
                         out.write(chunk)

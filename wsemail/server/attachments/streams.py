@@ -38,6 +38,7 @@ from wsemail.protocol.errors import (
 from wsemail.protocol.soap import element, parse_int, q
 from wsemail.server.attachments import records
 from wsemail.server.attachments.chunks import Blobs
+from wsemail.server.attachments.spool import Spool
 from wsemail.server.attachments.storage import BlobStore
 from wsemail.server.connguard import Pace
 from wsemail.server.storage import FULL_REASON, is_full
@@ -48,7 +49,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wsemail.attachments")
 UPLOAD_PATH = "/wsemail/attachments/upload"
-CHUNK = 1 << 20
+# a download is read in pieces of this size (each sent before the next is read): what one
+# download holds besides the TLS buffers; 1 MB took ~2 MB more peak RSS for no speed gain
+READ_CHUNK = 256 << 10
 _RANGE = re.compile(r"^bytes=([0-9]{1,19})-([0-9]{0,19})$", re.ASCII)
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
@@ -148,20 +151,24 @@ class Streams:
             # a stall of read_timeout, or a pace below the minimum rate, ends it
             pace = Pace(self.server.config, total=None)
             with open(tmp, "wb") as out:
-                while True:
-                    async with asyncio.timeout_at(pace.deadline(size)):
-                        message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise RequestInvalid("the client went away during the upload")
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > blob.size:
-                        raise TooLarge("more bytes than announced")
-                    if chunk:
-                        digest.update(chunk)
-                        out.write(chunk)
-                    if not message.get("more_body", False):
-                        break
+                spool = Spool(out, digest)  # hashes and writes off the event loop
+                try:
+                    while True:
+                        async with asyncio.timeout_at(pace.deadline(size)):
+                            message = await receive()
+                        if message["type"] == "http.disconnect":
+                            raise RequestInvalid("the client went away during the upload")
+                        chunk = message.get("body", b"")
+                        size += len(chunk)
+                        if size > blob.size:
+                            raise TooLarge("more bytes than announced")
+                        if chunk:
+                            await spool.add(chunk)
+                        if not message.get("more_body", False):
+                            break
+                    await spool.finish()
+                finally:
+                    await spool.settle()
             if size != blob.size:
                 raise RequestInvalid(f"received {size} bytes, {blob.size} were announced")
             await asyncio.to_thread(self.blobs.commit, tmp, blob.guid)
@@ -265,7 +272,7 @@ class Streams:
             handle.seek(first)
             remaining = length
             while remaining > 0:
-                chunk = await asyncio.to_thread(handle.read, min(CHUNK, remaining))
+                chunk = await asyncio.to_thread(handle.read, min(READ_CHUNK, remaining))
                 if not chunk:
                     break
                 remaining -= len(chunk)
