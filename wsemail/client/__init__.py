@@ -8,13 +8,15 @@
 - `contacts`, `directory`, `completion`, `vcard`: personal contacts on the server, the
   address directory, address completion (contacts → directory → sent to), vCard files.
 - `httpx_cli`: keeps httpx's command-line tool (click, pygments) from loading with httpx.
+- `httpcore_trio`: keeps trio (installed by the test extras) from loading with httpcore.
 """
 
 from __future__ import annotations
 
-from wsemail.client import httpx_cli
+from wsemail.client import httpcore_trio, httpx_cli
 
 httpx_cli.defer()  # before anything below imports httpx
+httpcore_trio.skip()
 
 from wsemail.client.mail import Client, Page, SendResult  # noqa: E402
 
