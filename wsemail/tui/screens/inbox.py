@@ -86,15 +86,18 @@ class InboxScreen(WorkScreen[None]):
     ]
 
     class PageLoaded(Message):
-        """`page` is None when the fetch failed (already reported); `usage` comes with a
-        folder's first page (None: the server did not say)."""
+        """`page` is None when the fetch failed (already reported)."""
 
-        def __init__(
-            self, generation: int, page: Page | None, usage: StorageUsage | None = None
-        ) -> None:
+        def __init__(self, generation: int, page: Page | None) -> None:
             super().__init__()
             self.generation = generation
             self.page = page
+
+    class UsageRead(Message):
+        """The storage used, read after a folder's first page is shown."""
+
+        def __init__(self, usage: StorageUsage) -> None:
+            super().__init__()
             self.usage = usage
 
     class Polled(Message):
@@ -276,8 +279,15 @@ class InboxScreen(WorkScreen[None]):
             self.fail("Cannot search" if query is not None else "Cannot list messages", exc)
             self.post_message(self.PageLoaded(generation, None))
         else:
-            usage = self._read_usage() if cursor is None and query is None else None
-            self.post_message(self.PageLoaded(generation, page, usage))
+            self.post_message(self.PageLoaded(generation, page))
+            if cursor is None and query is None:  # after the page: it shows without waiting
+                self._post_usage()
+
+    def _post_usage(self) -> None:
+        """In a worker: read the storage used and post it (nothing when it cannot be read)."""
+        usage = self._read_usage()
+        if usage is not None:
+            self.post_message(self.UsageRead(usage))
 
     def _read_usage(self) -> StorageUsage | None:
         """The user's storage against their quota (None when it cannot be read: the
@@ -291,8 +301,6 @@ class InboxScreen(WorkScreen[None]):
         if event.generation != self.generation:
             return
         self.loading = False
-        if event.usage is not None:
-            self.usage = event.usage
         if event.page is None:
             if self.search_query is not None and not self.mailbox.loaded:
                 self.action_leave_search()  # refused (the notice says why): the folder again
@@ -306,6 +314,10 @@ class InboxScreen(WorkScreen[None]):
         self.table.append(fresh)
         self._update_status()
         self.call_after_refresh(self.table.check_near_end)
+
+    def on_inbox_screen_usage_read(self, event: InboxScreen.UsageRead) -> None:
+        self.usage = event.usage
+        self._update_status()
 
     @work(thread=True, group="page")
     def fetch_threads(self, folder: str, cursor: str | None, generation: int) -> None:
