@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from textual.app import App
 from textual.binding import Binding
 
-from wsemail.client.mail import Client
+from wsemail.client.mail import Client, Page
 from wsemail.tui.autosave import AUTOSAVE_SECONDS
 from wsemail.tui.mailbox import AddressBook
 from wsemail.tui.screens.base import Invited
@@ -24,6 +24,7 @@ from wsemail.tui.signin import (
     NEW_ACCOUNT,
     ClientFactory,
     LoginDefaults,
+    Session,
     account_choice_needed,
     account_login,
     check_chosen_account,
@@ -114,25 +115,27 @@ class WsemailApp(App[None]):
                 factory=self.client_factory,
                 choices=self.choices,
                 saving=self.saving,
+                page_size=self.page_size,
             ),
             self.signed_in,
         )
 
-    def _inbox(self, client: Client) -> InboxScreen:
+    def _inbox(self, client: Client, first_page: Page) -> InboxScreen:
         return InboxScreen(
             client,
             self.address_book,
+            first_page=first_page,
             page_size=self.page_size,
             poll_seconds=self.poll_seconds,
             im_notify=self.im_notify,
         )
 
-    def signed_in(self, client: Client | None) -> None:
-        if client is None:
+    def signed_in(self, session: Session | None) -> None:
+        if session is None:
             self.exit()
             return
-        self.client = client
-        self.push_screen(self._inbox(client))
+        self.client = session.client
+        self.push_screen(self._inbox(session.client, session.inbox))
 
     # accounts -----------------------------------------------------------------------------
     def action_accounts(self) -> None:
@@ -167,7 +170,11 @@ class WsemailApp(App[None]):
                 return
             defaults = chosen or LoginDefaults(current.server, first_run=True)
             screen = LoginScreen(
-                defaults, factory=self.client_factory, cancellable=True, saving=self.saving
+                defaults,
+                factory=self.client_factory,
+                cancellable=True,
+                saving=self.saving,
+                page_size=self.page_size,
             )
             self.push_screen(screen, self.switched)
 
@@ -175,16 +182,16 @@ class WsemailApp(App[None]):
             ChooseScreen("Switch to account:", [*rows, (NEW_ACCOUNT, "New account…")]), answered
         )
 
-    def switched(self, client: Client | None) -> None:
+    def switched(self, session: Session | None) -> None:
         """Signed in to another account: its inbox replaces the old one (whose unmount
         closes the push stream), then the old client closes. None: stay where one was."""
         old = self.client
-        if client is None or old is None:
+        if session is None or old is None:
             return
-        self.client = client
+        client = self.client = session.client
         self.address_book = AddressBook()
         self.invitations.clear()
-        self.switch_screen(self._inbox(client))
+        self.switch_screen(self._inbox(client, session.inbox))
         old.close()
         self.notify(f"Signed in as {client.username}.", title="Accounts")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wsemail.client import session
-from wsemail.client.mail import Client
+from wsemail.client.mail import Client, Page
 from wsemail.protocol.errors import WsemailError
 
 ClientFactory = Callable[[str, str, str], Client]
@@ -135,6 +135,15 @@ def default_client(server: str, user: str, password: str) -> Client:
     )
 
 
+@dataclass(frozen=True)
+class Session:
+    """A client whose password the server has accepted, and the answer that showed it: the
+    first `page_size` headers of the inbox, which the inbox shows without asking again."""
+
+    client: Client
+    inbox: Page
+
+
 def open_session(
     server: str,
     user: str,
@@ -142,19 +151,20 @@ def open_session(
     factory: ClientFactory = default_client,
     *,
     trust_roots: str = "",
-) -> Client:
-    """A client whose password the server has accepted (one cheap ListHeaders); federation
+    page_size: int = 50,
+) -> Session:
+    """Sign in: the inbox's first page is the first authenticated request; federation
     roots typed into the form are used from this first answer on, not after a restart."""
     client = factory(server.strip(), user.strip(), password)
     try:
         roots = [Path(p.strip()) for p in trust_roots.split(os.pathsep) if p.strip()]
         if roots:
             client.set_trust_roots(roots)
-        client.list_headers(limit=1)
+        inbox = client.list_headers("inbox", limit=page_size)
     except BaseException:
         client.close()
         raise
-    return client
+    return Session(client, inbox)
 
 
 def save_account(

@@ -145,6 +145,7 @@ class InboxScreen(WorkScreen[None]):
         client: Client,
         book: AddressBook,
         *,
+        first_page: Page | None = None,
         page_size: int = 50,
         poll_seconds: float = 5.0,
         im_notify: bool = True,
@@ -156,6 +157,7 @@ class InboxScreen(WorkScreen[None]):
         self.client = client
         self.book = book
         self.page_size = page_size
+        self.first_page = first_page  # the inbox's, brought by the sign-in: shown at once
         self.poll_seconds = poll_seconds
         self.mailbox = Mailbox()
         self.threads = Conversations()
@@ -183,7 +185,8 @@ class InboxScreen(WorkScreen[None]):
         self.sub_title = self.client.username
         self.query_one("#filter", Input).display = False
         self.query_one(HeaderTable).focus()
-        self._load_folder("inbox")
+        first, self.first_page = self.first_page, None
+        self._load_folder("inbox", first)
         if self.poll_seconds > 0:
             self._poll_timer = self.set_interval(self.poll_seconds, self._poll_tick)
         if self.im_notify:
@@ -240,7 +243,8 @@ class InboxScreen(WorkScreen[None]):
         return self.mailbox.get(message_id) or self.threads.get(message_id)
 
     # loading ------------------------------------------------------------------------------
-    def _load_folder(self, folder: str) -> None:
+    def _load_folder(self, folder: str, first: Page | None = None) -> None:
+        """Show `folder` from its first page: `first` when given, else asked for."""
         self.generation += 1
         self.search_query, self.folder_box = None, None
         self.mailbox = Mailbox(folder)
@@ -248,7 +252,11 @@ class InboxScreen(WorkScreen[None]):
         self.loading = False
         self.table.set_folder(folder)
         self.table.show([])
-        self._load_more()
+        if first is None:
+            self._load_more()
+            return
+        self._show_page(first)
+        self.read_usage()
 
     def _load_more(self) -> None:
         if self.loading:
@@ -289,6 +297,10 @@ class InboxScreen(WorkScreen[None]):
         if usage is not None:
             self.post_message(self.UsageRead(usage))
 
+    @work(thread=True, group="usage")
+    def read_usage(self) -> None:
+        self._post_usage()
+
     def _read_usage(self) -> StorageUsage | None:
         """The user's storage against their quota (None when it cannot be read: the
         status bar then shows the last value it had)."""
@@ -307,9 +319,13 @@ class InboxScreen(WorkScreen[None]):
                 return
             self._update_status()  # keep the cursor: the next scroll or ctrl+r tries again
             return
-        fresh = self.mailbox.add_page(event.page)
+        self._show_page(event.page)
+
+    def _show_page(self, page: Page) -> None:
+        """Add a page of headers below those shown."""
+        fresh = self.mailbox.add_page(page)
         if self.search_query is not None:
-            self.not_searched = max(self.not_searched, event.page.encrypted_not_searched)
+            self.not_searched = max(self.not_searched, page.encrypted_not_searched)
         self.book.learn(fresh)
         self.table.append(fresh)
         self._update_status()

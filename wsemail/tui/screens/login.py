@@ -19,7 +19,6 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Checkbox, Header, Input, Label, Select
 
-from wsemail.client.mail import Client
 from wsemail.protocol.errors import WsemailError
 from wsemail.tui.feedback import describe
 from wsemail.tui.screens.base import Failed, WorkScreen
@@ -27,6 +26,7 @@ from wsemail.tui.signin import (
     NEW_ACCOUNT,
     ClientFactory,
     LoginDefaults,
+    Session,
     default_client,
     open_session,
     save_account,
@@ -34,16 +34,17 @@ from wsemail.tui.signin import (
 from wsemail.tui.widgets.footer import KeyFooter
 
 
-class LoginScreen(WorkScreen[Client]):
-    """Dismisses with a checked Client (or None when cancelled: `cancellable` only)."""
+class LoginScreen(WorkScreen[Session]):
+    """Dismisses with a checked client and the inbox's first `page_size` headers (or None
+    when cancelled: `cancellable` only)."""
 
     CSS_PATH = "login.tcss"
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     class SignedIn(Message):
-        def __init__(self, client: Client, warning: str = "") -> None:
+        def __init__(self, session: Session, warning: str = "") -> None:
             super().__init__()
-            self.client = client
+            self.session = session
             self.warning = warning
 
     def __init__(
@@ -54,9 +55,11 @@ class LoginScreen(WorkScreen[Client]):
         choices: Sequence[LoginDefaults] = (),
         cancellable: bool = False,
         saving: bool = True,
+        page_size: int = 50,
     ) -> None:
         super().__init__()
         self.defaults = defaults
+        self.page_size = page_size
         self.saving = saving
         self.factory = factory
         self.choices = {c.account: c for c in choices if c.account}
@@ -189,11 +192,19 @@ class LoginScreen(WorkScreen[Client]):
         self, server: str, address: str, password: str, save: bool, remember: bool, roots: str
     ) -> None:
         try:
-            client = open_session(server, address, password, self.factory, trust_roots=roots)
+            signed_in = open_session(
+                server,
+                address,
+                password,
+                self.factory,
+                trust_roots=roots,
+                page_size=self.page_size,
+            )
         except Exception as exc:
             self.fail("Sign-in failed", exc)
             return
         warning = ""
+        client = signed_in.client
         if save and self.saving:
             try:
                 save_account(
@@ -201,12 +212,12 @@ class LoginScreen(WorkScreen[Client]):
                 )
             except WsemailError as exc:
                 warning = f"Signed in, but {describe(exc)}"
-        self.post_message(self.SignedIn(client, warning))
+        self.post_message(self.SignedIn(signed_in, warning))
 
     def on_login_screen_signed_in(self, event: LoginScreen.SignedIn) -> None:
         if event.warning:
             self.app.notify(event.warning, title="wsemail", severity="warning", timeout=10)
-        self.dismiss(event.client)
+        self.dismiss(event.session)
 
     def on_failed(self, event: Failed) -> None:
         # WorkScreen.on_failed (run after this one: Textual walks the MRO) shows the error
