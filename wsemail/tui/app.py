@@ -23,6 +23,7 @@ from wsemail.tui.screens.login import LoginScreen
 from wsemail.tui.signin import (
     NEW_ACCOUNT,
     ClientFactory,
+    EarlySignIn,
     LoginDefaults,
     Session,
     account_choice_needed,
@@ -107,6 +108,13 @@ class WsemailApp(App[None]):
         self.client: Client | None = None
         self.address_book = AddressBook()
         self.invitations: dict[str, Invitation] = {}  # channel id → not yet joined
+        # everything known (the login screen signs in at once): begin now, not after
+        # Textual has started
+        self.early = (
+            EarlySignIn(self.defaults, client_factory, page_size)
+            if self.defaults.complete and not self.choices
+            else None
+        )
 
     def on_mount(self) -> None:
         self.push_screen(
@@ -116,6 +124,7 @@ class WsemailApp(App[None]):
                 choices=self.choices,
                 saving=self.saving,
                 page_size=self.page_size,
+                early=self.early,
             ),
             self.signed_in,
         )
@@ -207,6 +216,8 @@ class WsemailApp(App[None]):
         self.exit()
 
     def on_unmount(self) -> None:
+        if self.early is not None:
+            self.early.discard()
         if self.client is not None:
             self.client.close()
 

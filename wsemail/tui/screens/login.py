@@ -25,6 +25,7 @@ from wsemail.tui.screens.base import Failed, WorkScreen
 from wsemail.tui.signin import (
     NEW_ACCOUNT,
     ClientFactory,
+    EarlySignIn,
     LoginDefaults,
     Session,
     default_client,
@@ -56,10 +57,12 @@ class LoginScreen(WorkScreen[Session]):
         cancellable: bool = False,
         saving: bool = True,
         page_size: int = 50,
+        early: EarlySignIn | None = None,
     ) -> None:
         super().__init__()
         self.defaults = defaults
         self.page_size = page_size
+        self.early = early  # the sign-in with `defaults` begun as the app was made
         self.saving = saving
         self.factory = factory
         self.choices = {c.account: c for c in choices if c.account}
@@ -191,15 +194,18 @@ class LoginScreen(WorkScreen[Session]):
     def sign_in(
         self, server: str, address: str, password: str, save: bool, remember: bool, roots: str
     ) -> None:
+        early, self.early = self.early, None
         try:
-            signed_in = open_session(
-                server,
-                address,
-                password,
-                self.factory,
-                trust_roots=roots,
-                page_size=self.page_size,
-            )
+            signed_in = early.take(server, address, password, roots) if early else None
+            if signed_in is None:
+                signed_in = open_session(
+                    server,
+                    address,
+                    password,
+                    self.factory,
+                    trust_roots=roots,
+                    page_size=self.page_size,
+                )
         except Exception as exc:
             self.fail("Sign-in failed", exc)
             return
