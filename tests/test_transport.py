@@ -62,6 +62,39 @@ def test_tls_for_the_client_cli_and_a_third_party_toolkit(tmp_path: Path) -> Non
         running.stop()
 
 
+def test_tls_checks_hold_with_the_bundle_read_at_the_first_handshake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client reads its CA bundle when it first connects over TLS (wsemail/client/tls.py):
+    the host name is still checked, SSL_CERT_FILE is honoured as httpx honours it, and an
+    unreadable bundle refuses the connection rather than skipping the check."""
+    ca, cert, key = make_tls_files(tmp_path)
+    running = start_server(tmp_path / "s", tls_cert=cert, tls_key=key)
+    try:
+        with (
+            Client(
+                running.url, "alice@localhost", PASSWORD, verify=str(ca), tls_name="a.test"
+            ) as wrong_name,
+            pytest.raises(TransportError),
+        ):
+            wrong_name.list_headers()  # the certificate names localhost and 127.0.0.1 only
+        with (
+            Client(
+                running.url, "alice@localhost", PASSWORD, verify=str(tmp_path / "none.pem")
+            ) as no_bundle,
+            pytest.raises(TransportError),
+        ):
+            no_bundle.list_headers()
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+        with Client(running.url, "alice@localhost", PASSWORD) as trusting:
+            assert trusting.list_headers().headers == []
+        # the server still answers, and the refused clients stored nothing
+        with Client(running.url, "bob@localhost", PASSWORD, verify=str(ca)) as bob:
+            assert bob.list_headers().headers == []
+    finally:
+        running.stop()
+
+
 def test_password_text_is_refused_without_tls_from_a_remote_peer(tmp_path: Path) -> None:
     running = start_server(tmp_path / "s")
     try:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import httpx
 from lxml import etree
 
+from wsemail.client.tls import client_context
 from wsemail.protocol import soap
 from wsemail.protocol.auth import (
     IN_RESPONSE_TO,
@@ -174,8 +175,9 @@ class Client:
         self.username = normalize_address(username)
         self._password = password
         self._credentials = credentials
-        if isinstance(verify, str):  # a CA bundle file of our own (WSEMAIL_CACERT)
-            verify = ssl.create_default_context(cafile=verify)
+        if verify is True or isinstance(verify, str):  # str: our own CA bundle (WSEMAIL_CACERT)
+            # httpx's checks, the bundle read at the first TLS handshake (none for http://)
+            verify = client_context(verify if isinstance(verify, str) else None)
         self._http = httpx.Client(
             transport=transport,
             verify=verify,
