@@ -189,8 +189,8 @@ class InboxScreen(WorkScreen[None]):
         self._load_folder("inbox", first)
         if self.poll_seconds > 0:
             self._poll_timer = self.set_interval(self.poll_seconds, self._poll_tick)
-        if self.im_notify:
-            self.listen()
+        if self.im_notify:  # once the first page is drawn: its thread would slow the drawing
+            self.call_after_refresh(self.listen)
 
     def on_unmount(self) -> None:
         self.push.close()
@@ -256,7 +256,7 @@ class InboxScreen(WorkScreen[None]):
             self._load_more()
             return
         self._show_page(first)
-        self.read_usage()
+        self.call_after_refresh(self.read_usage)  # after the page is drawn
 
     def _load_more(self) -> None:
         if self.loading:
