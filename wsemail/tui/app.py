@@ -59,7 +59,9 @@ class WsemailApp(App[None]):
     passwords on this machine."""
 
     TITLE = "wsemail"
-    CSS_PATH = "app.tcss"
+    # the inbox's own CSS too: read while the sign-in runs, so showing the inbox does not
+    # re-parse the stylesheet and restyle every widget (Textual does for a screen's new CSS)
+    CSS_PATH = ["app.tcss", "screens/inbox.tcss"]
     BINDINGS = [
         Binding("question_mark,f1", "help", "Help"),
         Binding(
