@@ -90,7 +90,10 @@ class HeaderTable(DataTable[Text | str]):
         fixed = sum(width or 0 for _, _, width in COLUMNS)
         padding = 2 * self.cell_padding * len(COLUMNS)
         scrollbar = self.styles.scrollbar_size_vertical
-        return max(MIN_SUBJECT, self.size.width - fixed - padding - scrollbar)
+        # before its first layout the table has no size yet: take the terminal's width (it
+        # fills it), so the first page is not laid out twice; a resize corrects any guess
+        width = self.size.width or self.app.size.width
+        return max(MIN_SUBJECT, width - fixed - padding - scrollbar)
 
     def _ensure_columns(self) -> None:
         width = self._subject_width()
