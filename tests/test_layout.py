@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -103,6 +104,11 @@ NOT_AT_TUI_START = (
     "wsemail.tui.screens.channel",
     "wsemail.tui.screens.filters",
     "wsemail.tui.screens.help",
+    "wsemail.tui.screens.prompt",
+    "wsemail.tui.screens.confirm",
+    "wsemail.tui.screens.admin",
+    "wsemail.client.completion",
+    "trio",  # httpcore's trio backend (wsemail/client/httpcore_trio.py), when installed
     "wsemail.tui.formscreen",
     "wsemail.tui.delivery",
     "textual.widgets._text_area",
@@ -124,6 +130,27 @@ def loaded_after(code: str, env: dict[str, str] | None = None) -> list[str]:
 
 def test_tui_app_starts_without_the_cli_the_server_or_later_screens() -> None:
     assert loaded_after("import wsemail.tui.app") == []
+
+
+def test_a_client_loads_neither_trio_nor_a_ca_bundle_for_an_http_server() -> None:
+    """The first httpx client (the sign-in's) imports httpcore without its trio backend, and
+    reads no CA bundle for an http:// server; trio stays importable afterwards."""
+    code = (
+        "import wsemail.tui.app, wsemail.client.mail as m\n"
+        "    c = m.Client('http://127.0.0.1:9/wsemail', 'a@b.test', 'x')\n"
+        "    assert not c.http._transport._pool._ssl_context._loaded\n"  # httpx's insides
+        "    c.close()"
+    )
+    assert loaded_after(code) == []
+    if importlib.util.find_spec("trio") is None:
+        return
+    out = subprocess.run(
+        [sys.executable, "-c", "import wsemail.client.mail as m, httpx, trio; httpx.Client()"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
 
 
 def test_wsemail_tui_command_skips_the_cli(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -11,19 +11,22 @@ run under it) nothing changes.
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.machinery
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from importlib.abc import Loader
 
 MODULE = "httpcore"  # its __init__ imports the trio backend and the locks that use trio
 
 
-class _WithoutTrio(importlib.abc.Loader):
+class _WithoutTrio:  # a loader (importlib.abc costs ~10 ms to import, so no base class)
     """Runs `loader` with trio hidden (an import of it raises ImportError meanwhile)."""
 
-    def __init__(self, loader: importlib.abc.Loader) -> None:
+    def __init__(self, loader: Loader) -> None:
         self.loader = loader
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
@@ -41,7 +44,7 @@ class _WithoutTrio(importlib.abc.Loader):
                 del sys.modules["trio"]
 
 
-class _Finder(importlib.abc.MetaPathFinder):
+class _Finder:  # a meta path finder
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
@@ -50,7 +53,7 @@ class _Finder(importlib.abc.MetaPathFinder):
         _remove()
         spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
         if spec is not None and spec.loader is not None and "trio" not in sys.modules:
-            spec.loader = _WithoutTrio(spec.loader)
+            spec.loader = cast("Loader", _WithoutTrio(spec.loader))
         return spec
 
 

@@ -42,10 +42,7 @@ from wsemail.tui.drafts import ComposeDraft, reopen
 from wsemail.tui.feedback import describe
 from wsemail.tui.mailbox import AddressBook, Mailbox
 from wsemail.tui.push import PushSession, notice_text, plain_address
-from wsemail.tui.screens.admin import AdminStatusScreen
 from wsemail.tui.screens.base import Invited, WorkScreen
-from wsemail.tui.screens.confirm import ConfirmScreen
-from wsemail.tui.screens.prompt import PromptScreen
 from wsemail.tui.widgets.footer import KeyFooter
 from wsemail.tui.widgets.inbox.header_table import HeaderTable
 
@@ -401,6 +398,8 @@ class InboxScreen(WorkScreen[None]):
 
     def action_server_status(self) -> None:
         """The server status screen (an admin account; others see the refusal there)."""
+        from wsemail.tui.screens.admin import AdminStatusScreen  # (imported when first needed)
+
         self.app.push_screen(AdminStatusScreen(self.client))
 
     # instant messages ---------------------------------------------------------------------
@@ -480,6 +479,8 @@ class InboxScreen(WorkScreen[None]):
             from wsemail.tui.screens.chat import ChatScreen
 
             self.app.push_screen(ChatScreen(self.client, peer))
+
+        from wsemail.tui.screens.prompt import PromptScreen  # (imported when first needed)
 
         self.app.push_screen(PromptScreen("Chat with:", self.book), answered)
 
@@ -660,6 +661,8 @@ class InboxScreen(WorkScreen[None]):
         def answered(yes: bool | None) -> None:
             if yes:
                 self.delete(message_id)
+
+        from wsemail.tui.screens.confirm import ConfirmScreen  # (imported when first needed)
 
         self.app.push_screen(ConfirmScreen(f"Delete “{subject}”?", yes="Delete"), answered)
 
