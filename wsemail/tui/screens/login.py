@@ -17,6 +17,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
+from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Header, Input, Label, Select
 
 from wsemail.protocol.errors import WsemailError
@@ -74,53 +75,62 @@ class LoginScreen(WorkScreen[Session]):
             self.shown = next(iter(self.choices))
         self.busy = False
 
+    @property
+    def auto(self) -> bool:
+        """Everything is known: sign in at once; the form is composed only if that fails."""
+        return self.defaults.complete and not self.choices
+
     def compose(self) -> ComposeResult:
         yield Header()
-        with Vertical(id="login-form"):
-            yield Label(self._title(), id="login-title")
-            if self.choices:
-                with Horizontal(classes="login-row"):
-                    yield Label("Account", classes="login-label")
-                    options = [
-                        (f"{c.account}  ({c.user})", c.account) for c in self.choices.values()
-                    ]
-                    yield Select(
-                        [*options, ("New account…", NEW_ACCOUNT)],
-                        value=self.shown,
-                        allow_blank=False,
-                        compact=True,
-                        id="login-account",
-                    )
-            for label, name, value, placeholder in (
-                ("Server", "server", self.defaults.server, "https://…/wsemail"),
-                ("Address", "address", self.defaults.user, "you@example.org"),
-                ("Password", "password", self.defaults.password, ""),
-                (
-                    "Trust roots",
-                    "roots",
-                    self.defaults.trust_roots,
-                    "optional: federation root certificate path(s)",
-                ),
-            ):
-                with Horizontal(classes="login-row"):
-                    yield Label(label, classes="login-label")
-                    yield Input(
-                        value,
-                        id=f"login-{name}",
-                        placeholder=placeholder,
-                        password=name == "password",
-                        compact=True,
-                    )
-            if self.saving:
-                yield Checkbox(
+        if not self.auto:
+            yield self._form()
+        yield Label("", id="login-status")
+        yield KeyFooter()
+
+    def _form(self) -> Vertical:
+        rows: list[Widget] = [Label(self._title(), id="login-title")]
+        if self.choices:
+            options = [(f"{c.account}  ({c.user})", c.account) for c in self.choices.values()]
+            select = Select(
+                [*options, ("New account…", NEW_ACCOUNT)],
+                value=self.shown,
+                allow_blank=False,
+                compact=True,
+                id="login-account",
+            )
+            rows.append(
+                Horizontal(Label("Account", classes="login-label"), select, classes="login-row")
+            )
+        for label, name, value, placeholder in (
+            ("Server", "server", self.defaults.server, "https://…/wsemail"),
+            ("Address", "address", self.defaults.user, "you@example.org"),
+            ("Password", "password", self.defaults.password, ""),
+            (
+                "Trust roots",
+                "roots",
+                self.defaults.trust_roots,
+                "optional: federation root certificate path(s)",
+            ),
+        ):
+            field = Input(
+                value,
+                id=f"login-{name}",
+                placeholder=placeholder,
+                password=name == "password",
+                compact=True,
+            )
+            rows.append(Horizontal(Label(label, classes="login-label"), field, classes="login-row"))
+        if self.saving:
+            rows.append(
+                Checkbox(
                     "Remember the password in the OS keyring",
                     self.setup,
                     id="login-remember",
                     compact=True,
                 )
-            yield Button("Sign in", id="login-submit", variant="primary", compact=True)
-        yield Label("", id="login-status")
-        yield KeyFooter()
+            )
+        rows.append(Button("Sign in", id="login-submit", variant="primary", compact=True))
+        return Vertical(*rows, id="login-form")
 
     def _title(self) -> str:
         if self.setup:
@@ -130,9 +140,19 @@ class LoginScreen(WorkScreen[Session]):
         return "Sign in to your wsemail server"
 
     def on_mount(self) -> None:
-        if self.defaults.complete and not self.choices:
+        if self.auto:
             self.add_class("-auto")
-            self.submit()
+            d = self.defaults
+            self.busy = True
+            self._signing_in(d.user.strip())
+            self.sign_in(
+                d.server.strip(),
+                d.user.strip(),
+                d.password,
+                self.setup,
+                self.setup,
+                d.trust_roots.strip(),
+            )
         elif self.choices:
             self.query_one("#login-account", Select).focus()
         else:
@@ -185,10 +205,13 @@ class LoginScreen(WorkScreen[Session]):
             self._focus_first_empty()
             return
         self.busy = True
-        self.query_one("#login-status", Label).update(f"Signing in as {address} …")
+        self._signing_in(address)
         remember = self.saving and self.query_one("#login-remember", Checkbox).value
         roots = self.query_one("#login-roots", Input).value.strip()
         self.sign_in(server, address, password, self.setup or remember, remember, roots)
+
+    def _signing_in(self, address: str) -> None:
+        self.query_one("#login-status", Label).update(f"Signing in as {address} …")
 
     @work(thread=True, exclusive=True, group="login")
     def sign_in(
@@ -226,8 +249,14 @@ class LoginScreen(WorkScreen[Session]):
         self.dismiss(event.session)
 
     def on_failed(self, event: Failed) -> None:
-        # WorkScreen.on_failed (run after this one: Textual walks the MRO) shows the error
+        event.prevent_default()  # WorkScreen.on_failed runs once the form is shown
         self.busy = False
+        self.call_later(self._show_form, event)
+
+    async def _show_form(self, event: Failed) -> None:
+        if not self.query("#login-form"):  # signed in at once until now: compose the form
+            await self.mount(self._form(), before="#login-status")
         self.remove_class("-auto")
         self.query_one("#login-status", Label).update("")
-        self.query_one("#login-password", Input).focus()
+        self.set_focus(self.query_one("#login-password", Input))
+        super().on_failed(event)  # the notice saying why
