@@ -42,7 +42,8 @@ async def test_the_status_screen_shows_the_server_and_refreshes_live(server: Run
     app = make_app(server, "admin@localhost")
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: in_inbox(app))
-        assert "storage: 106 B of 10.0 GB used (0%)" in status_bar(app)
+        # the storage used is read once the first page is shown
+        await wait_for(pilot, lambda: "storage: 106 B of 10.0 GB used (0%)" in status_bar(app))
         await pilot.press("S")
         await wait_for(pilot, lambda: isinstance(app.screen, AdminStatusScreen))
         screen = status_screen(app)
