@@ -1,7 +1,9 @@
 """In charge of signing in: what the login form starts with (flags, WSEMAIL_* environment,
 the chosen or default account of client.toml and the OS keyring, as `wsemail.client.session`
-finds them), the accounts one may switch between, opening a checked client session, and
-saving an account set up in the form. Pure Python (no Textual)."""
+finds them), the accounts one may switch between, opening a checked client session (its
+first request is the inbox's first page; with everything known it begins in a thread as the
+app is made: `EarlySignIn`), and saving an account set up in the form. Pure Python (no
+Textual)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """In charge of signing in: server URL, address and password, checked against the server.
 
 When everything is already known (flags, WSEMAIL_* environment, client.toml + keyring) the
-form stays hidden and the screen signs in at once; a refusal shows the form and a
-notification. On first run (nothing configured) the form sets up an account: on success it
-is saved to client.toml and, with "remember" ticked, its password to the OS keyring. With
-several accounts the form starts with a choice of them (and "New account…"). With `saving`
-off (a browser session of `wsemail web`) nothing is saved on this machine: no account, no
-keyring entry, and no "remember" box."""
+screen signs in at once (taking over the app's `EarlySignIn`) without composing the form; a
+refusal mounts the form, then a notification says why. On first run (nothing configured)
+the form sets up an account: on success it is saved to client.toml and, with "remember"
+ticked, its password to the OS keyring. With several accounts the form starts with a choice
+of them (and "New account…"). With `saving` off (a browser session of `wsemail web`)
+nothing is saved on this machine: no account, no keyring entry, and no "remember" box."""
 
 from __future__ import annotations
 
