@@ -134,7 +134,12 @@ async def test_a_form_message_footer_keeps_help_in_80_columns(
     app = make_app(dom.running, "bob@a.test", client_factory=dom.client)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(
-            pilot, lambda: isinstance(app.screen, InboxScreen) and app.screen.table.row_count == 1
+            pilot,
+            lambda: (
+                isinstance(app.screen, InboxScreen)
+                and app.screen.mailbox.loaded  # (shown: its table is composed)
+                and app.screen.table.row_count == 1
+            ),
         )
         await pilot.press("enter")
         await wait_for(

@@ -156,7 +156,11 @@ async def test_form_plugin_fetched_after_confirm_then_shown_and_approved(
     async with app.run_test(size=(100, 36)) as pilot:
         await wait_for(
             pilot,
-            lambda: isinstance(app.screen, InboxScreen) and app.screen.table.row_count == 1,
+            lambda: (
+                isinstance(app.screen, InboxScreen)
+                and app.screen.mailbox.loaded  # (shown: its table is composed)
+                and app.screen.table.row_count == 1
+            ),
         )
         await pilot.press("enter")
         await wait_for(
@@ -206,7 +210,12 @@ async def test_form_plugin_fetched_after_confirm_then_shown_and_approved(
 
 async def open_form(app: WsemailApp, pilot: Any) -> MessageScreen:
     await wait_for(
-        pilot, lambda: isinstance(app.screen, InboxScreen) and app.screen.table.row_count == 1
+        pilot,
+        lambda: (
+            isinstance(app.screen, InboxScreen)
+            and app.screen.mailbox.loaded  # (shown: its table is composed)
+            and app.screen.table.row_count == 1
+        ),
     )
     await pilot.press("enter")
     await wait_for(
