@@ -23,7 +23,6 @@ from wsemail.tui.screens.login import LoginScreen
 from wsemail.tui.signin import (
     NEW_ACCOUNT,
     ClientFactory,
-    EarlySignIn,
     LoginDefaults,
     Session,
     account_choice_needed,
@@ -110,13 +109,6 @@ class WsemailApp(App[None]):
         self.client: Client | None = None
         self.address_book = AddressBook()
         self.invitations: dict[str, Invitation] = {}  # channel id → not yet joined
-        # everything known (the login screen signs in at once): begin now, not after
-        # Textual has started
-        self.early = (
-            EarlySignIn(self.defaults, client_factory, page_size)
-            if self.defaults.complete and not self.choices
-            else None
-        )
 
     def on_mount(self) -> None:
         self.push_screen(
@@ -126,7 +118,6 @@ class WsemailApp(App[None]):
                 choices=self.choices,
                 saving=self.saving,
                 page_size=self.page_size,
-                early=self.early,
             ),
             self.signed_in,
         )
@@ -218,8 +209,6 @@ class WsemailApp(App[None]):
         self.exit()
 
     def on_unmount(self) -> None:
-        if self.early is not None:
-            self.early.discard()
         if self.client is not None:
             self.client.close()
 

@@ -1,16 +1,13 @@
 """In charge of signing in: what the login form starts with (flags, WSEMAIL_* environment,
 the chosen or default account of client.toml and the OS keyring, as `wsemail.client.session`
 finds them), the accounts one may switch between, opening a checked client session (its
-first request is the inbox's first page; with everything known it begins in a thread as the
-app is made: `EarlySignIn`), and saving an account set up in the form. Pure Python (no
-Textual)."""
+first request is the inbox's first page, which the inbox then shows), and saving an account
+set up in the form. Pure Python (no Textual)."""
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,69 +166,6 @@ def open_session(
         client.close()
         raise
     return Session(client, inbox)
-
-
-class EarlySignIn:
-    """`open_session` with everything already known, begun in a thread of its own as the
-    app is made: the first requests and the key derivation (scrypt) run while Textual
-    starts. The login screen takes its outcome (once) when its form still holds the same
-    values; one not taken closes its client."""
-
-    def __init__(self, defaults: LoginDefaults, factory: ClientFactory, page_size: int) -> None:
-        self._form = _form(defaults.server, defaults.user, defaults.password, defaults.trust_roots)
-        self._outcome: Future[Session] = Future()
-        self._taken = False
-        self._lock = threading.Lock()
-        threading.Thread(
-            target=self._sign_in,
-            args=(defaults, factory, page_size),
-            name="wsemail-sign-in",
-            daemon=True,
-        ).start()
-
-    def _sign_in(self, defaults: LoginDefaults, factory: ClientFactory, page_size: int) -> None:
-        try:
-            found = open_session(
-                defaults.server,
-                defaults.user,
-                defaults.password,
-                factory,
-                trust_roots=defaults.trust_roots,
-                page_size=page_size,
-            )
-        except BaseException as exc:  # the login screen raises it again where it waits
-            self._outcome.set_exception(exc)
-        else:
-            self._outcome.set_result(found)
-
-    def take(self, server: str, user: str, password: str, trust_roots: str) -> Session | None:
-        """Wait for the outcome and return it (or raise what the sign-in raised) when it was
-        made with these values and not taken yet; otherwise None (sign in afresh)."""
-        with self._lock:
-            if self._taken:
-                return None
-            self._taken = True
-        if _form(server, user, password, trust_roots) != self._form:
-            self._outcome.add_done_callback(_close)
-            return None
-        return self._outcome.result()
-
-    def discard(self) -> None:
-        """Not wanted after all (the app ends): its client closes once there is one."""
-        with self._lock:
-            if self._taken:
-                return
-            self._taken = True
-        self._outcome.add_done_callback(_close)
-
-
-def _form(server: str, user: str, password: str, trust_roots: str) -> tuple[str, ...]:
-    return server.strip(), user.strip(), password, trust_roots.strip()
-
-
-def _close(outcome: Future[Session]) -> None:
-    if outcome.exception() is None:
-        outcome.result().client.close()
 
 
 def save_account(

@@ -1,8 +1,8 @@
 """In charge of signing in: server URL, address and password, checked against the server.
 
 When everything is already known (flags, WSEMAIL_* environment, client.toml + keyring) the
-screen signs in at once (taking over the app's `EarlySignIn`) without composing the form; a
-refusal mounts the form, then a notification says why. On first run (nothing configured)
+screen signs in at once without composing the form; a refusal mounts the form, then a
+notification says why. On first run (nothing configured)
 the form sets up an account: on success it is saved to client.toml and, with "remember"
 ticked, its password to the OS keyring. With several accounts the form starts with a choice
 of them (and "New account…"). With `saving` off (a browser session of `wsemail web`)
@@ -26,7 +26,6 @@ from wsemail.tui.screens.base import Failed, WorkScreen
 from wsemail.tui.signin import (
     NEW_ACCOUNT,
     ClientFactory,
-    EarlySignIn,
     LoginDefaults,
     Session,
     default_client,
@@ -58,12 +57,10 @@ class LoginScreen(WorkScreen[Session]):
         cancellable: bool = False,
         saving: bool = True,
         page_size: int = 50,
-        early: EarlySignIn | None = None,
     ) -> None:
         super().__init__()
         self.defaults = defaults
         self.page_size = page_size
-        self.early = early  # the sign-in with `defaults` begun as the app was made
         self.saving = saving
         self.factory = factory
         self.choices = {c.account: c for c in choices if c.account}
@@ -217,18 +214,15 @@ class LoginScreen(WorkScreen[Session]):
     def sign_in(
         self, server: str, address: str, password: str, save: bool, remember: bool, roots: str
     ) -> None:
-        early, self.early = self.early, None
         try:
-            signed_in = early.take(server, address, password, roots) if early else None
-            if signed_in is None:
-                signed_in = open_session(
-                    server,
-                    address,
-                    password,
-                    self.factory,
-                    trust_roots=roots,
-                    page_size=self.page_size,
-                )
+            signed_in = open_session(
+                server,
+                address,
+                password,
+                self.factory,
+                trust_roots=roots,
+                page_size=self.page_size,
+            )
         except Exception as exc:
             self.fail("Sign-in failed", exc)
             return
