@@ -113,7 +113,7 @@ def postgres() -> Iterator[PgServer]:
     directory, a loopback port); tests take a fresh database each with `pg_url`."""
     if binaries() is None:
         pytest.fail("PostgreSQL is not installed: run scripts/install-system-deps")
-    pg = PgServer().start()
+    pg = PgServer(durable=False).start()
     yield pg
     pg.close()
 

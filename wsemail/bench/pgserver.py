@@ -40,7 +40,10 @@ def _version(path: str) -> int:
 class PgServer:
     """initdb + pg_ctl start in `root` (a new temporary directory unless given)."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, *, durable: bool = True) -> None:
+        """`durable=False` (the tests): no fsync and no synchronous commit. A test stops
+        wsemail processes, never the machine, and PostgreSQL's files in the page cache
+        survive its own stop; benchmarks and fault scenarios keep the durable default."""
         bindir = binaries()
         if bindir is None:
             raise UsageError("PostgreSQL is not installed: run scripts/install-system-deps")
@@ -55,6 +58,7 @@ class PgServer:
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
         self.root.chmod(0o700)
         self.running = False
+        self.durable = durable
 
     def _run(self, *args: str, log: bool = False) -> None:
         result = subprocess.run(
@@ -73,6 +77,8 @@ class PgServer:
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
             "-c max_connections=200 -c shared_buffers=64MB"
         )
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options,
             "-l", str(self.root / "log"), "-w", "-t", "60", "start",
