@@ -175,3 +175,42 @@ def test_workers_are_refused_on_the_sqlite_store(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "--workers needs the PostgreSQL store" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_unit_that_loses_a_deadlock_to_another_node_runs_again(pg_url: str) -> None:
+    """Two processes' units lock two rows in opposite orders: PostgreSQL aborts one of them;
+    its store rolls it back to its savepoint and runs it again, and both complete."""
+    import threading
+
+    from wsemail.server.postgres.store import PostgresStore
+    from wsemail.server.store import Tx
+
+    one, two = PostgresStore(pg_url), PostgresStore(pg_url)
+    both_locked = threading.Barrier(2, timeout=10)
+    runs: list[str] = []
+
+    def create(tx: Tx) -> None:
+        tx.conn.execute("CREATE TABLE pair(k INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
+        tx.conn.execute("INSERT INTO pair VALUES (1, 0), (2, 0)")
+
+    def locker(first: int, second: int, name: str) -> object:
+        def work(tx: Tx) -> None:
+            runs.append(name)
+            tx.conn.execute("UPDATE pair SET v=v+1 WHERE k=?", (first,))
+            if runs.count(name) == 1:  # the first run meets the other in the middle
+                both_locked.wait()
+            tx.conn.execute("UPDATE pair SET v=v+1 WHERE k=?", (second,))
+
+        return work
+
+    try:
+        one.transact_sync(create)
+        a = one.submit(locker(1, 2, "a"))  # type: ignore[arg-type]
+        b = two.submit(locker(2, 1, "b"))  # type: ignore[arg-type]
+        a.result(30), b.result(30)
+        assert sorted(runs) in (["a", "a", "b"], ["a", "b", "b"])  # one ran twice
+        rows = one.transact_sync(lambda tx: tx.conn.execute("SELECT v FROM pair").fetchall())
+        assert [r[0] for r in rows] == [2, 2]  # each unit's updates counted once
+    finally:
+        one.close()
+        two.close()

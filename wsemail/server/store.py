@@ -608,6 +608,24 @@ class BatchStore:
         log.exception(what)
         return StoreError(f"{what}: {exc}")
 
+    def _retryable(self, exc: BaseException) -> bool:
+        """A conflict with another process's transaction that running the unit again may
+        not meet (a deadlock's victim, a serialization failure)."""
+        return False
+
+    def _attempt(self, conn: Any, tx: Tx, work: Callable[[Tx], T]) -> T:
+        """Run one unit; a unit that lost a conflict with another writer (another node) is
+        rolled back to its savepoint and run again, up to three times in all."""
+        for tries in range(3):
+            try:
+                return work(tx)
+            except self.db_errors as exc:
+                if tries == 2 or not self._retryable(exc) or not conn.in_transaction:
+                    raise
+                conn.execute("ROLLBACK TO unit")
+                log.info("unit of work ran into another writer (%s): running it again", exc)
+        raise AssertionError("unreachable")
+
     # writer thread ----------------------------------------------------------------------
     def _ensure_thread(self) -> None:
         with self._lock:
@@ -660,7 +678,7 @@ class BatchStore:
                     self._begin(conn)
                     opened = True
                 try:
-                    result = work(tx)
+                    result = self._attempt(conn, tx, work)
                 except WsemailError as exc:  # an answer, not a bug
                     _undo_unit(conn, exc)
                     outcomes.append((future, None, exc))

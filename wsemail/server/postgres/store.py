@@ -104,6 +104,11 @@ class PostgresStore(BatchStore):
     def _control(self, conn: Any, *statements: str) -> None:
         conn.execute("; ".join(statements))  # one round trip (the simple query protocol)
 
+    def _retryable(self, exc: BaseException) -> bool:
+        return isinstance(
+            exc, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure
+        )
+
     def _tx(self, conn: Any, now: float) -> Tx:
         return Tx(conn, now, dialect=POSTGRESQL)
 
