@@ -516,6 +516,8 @@ class BatchStore:
         # it carried; set by the metrics (runs in the writer thread: keep it cheap)
         self.on_commit: Callable[[float, int], None] | None = None
         self._current: Tx | None = None  # the transaction the writer thread is in
+        # units that lost a conflict with another process, by how often (run again later)
+        self._tries: dict[concurrent.futures.Future[Any], int] = {}
         # the data dir's reserve and full-disk mode (set by the server; None: no reserve)
         self.space: SpaceReserve | None = None
         # which process this is among the nodes and workers sharing a store (set by the
@@ -613,19 +615,6 @@ class BatchStore:
         not meet (a deadlock's victim, a serialization failure)."""
         return False
 
-    def _attempt(self, conn: Any, tx: Tx, work: Callable[[Tx], T]) -> T:
-        """Run one unit; a unit that lost a conflict with another writer (another node) is
-        rolled back to its savepoint and run again, up to three times in all."""
-        for tries in range(3):
-            try:
-                return work(tx)
-            except self.db_errors as exc:
-                if tries == 2 or not self._retryable(exc) or not conn.in_transaction:
-                    raise
-                conn.execute("ROLLBACK TO unit")
-                log.info("unit of work ran into another writer (%s): running it again", exc)
-        raise AssertionError("unreachable")
-
     # writer thread ----------------------------------------------------------------------
     def _ensure_thread(self) -> None:
         with self._lock:
@@ -669,8 +658,9 @@ class BatchStore:
                 raise TransactionLost(StoreError("the store is not reachable"))
             tx = self._current = self._tx(conn, now)
             opened = False  # BEGIN is sent with the first unit's SAVEPOINT
+            again: list[_Job] = []  # units that lost a conflict: run in the next batch
             for work, future in batch:
-                if not future.set_running_or_notify_cancel():
+                if not (future.running() or future.set_running_or_notify_cancel()):
                     continue  # the caller gave up (request cancelled): do not do its work
                 if opened:
                     self._control(conn, "RELEASE unit", "SAVEPOINT unit")
@@ -678,12 +668,18 @@ class BatchStore:
                     self._begin(conn)
                     opened = True
                 try:
-                    result = self._attempt(conn, tx, work)
+                    result = work(tx)
                 except WsemailError as exc:  # an answer, not a bug
                     _undo_unit(conn, exc)
                     outcomes.append((future, None, exc))
                 except self.db_errors as exc:
                     _undo_unit(conn, exc)
+                    if self._retryable(exc) and self._tries.get(future, 0) < 2:
+                        # another process's transaction waits for a lock an earlier unit
+                        # of this batch holds: after this commit the unit meets none
+                        self._tries[future] = self._tries.get(future, 0) + 1
+                        again.append((work, future))
+                        continue
                     outcomes.append((future, None, self._failed("unit of work failed", exc)))
                 except Exception as exc:  # a plug-in's bug must not take the batch down
                     _undo_unit(conn, exc)
@@ -697,6 +693,8 @@ class BatchStore:
             if not opened:
                 return  # every caller gave up: nothing was done
             self._control(conn, "RELEASE unit", "COMMIT")
+            for job in again:
+                self._jobs.put(job)
             self.commits += 1
             if self.on_commit is not None:
                 try:
@@ -709,13 +707,19 @@ class BatchStore:
                 with contextlib.suppress(*self.db_errors):
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-            failed = self._failed("commit failed", self._database_cause(exc))
-            outcomes = [
-                (future, None, failed)
-                for _, future in batch
-                if future.running() or future.set_running_or_notify_cancel()
-            ]
+            cause = self._database_cause(exc)
+            failed = self._failed("commit failed", cause)
+            outcomes = []
+            for work, future in batch:
+                if not (future.running() or future.set_running_or_notify_cancel()):
+                    continue
+                if self._retryable(cause) and self._tries.get(future, 0) < 2:
+                    self._tries[future] = self._tries.get(future, 0) + 1
+                    self._jobs.put((work, future))  # the whole batch lost: run it again
+                else:
+                    outcomes.append((future, None, failed))
         for future, result, error in outcomes:
+            self._tries.pop(future, None)
             if error is not None:
                 future.set_exception(error)
             else:

@@ -113,14 +113,14 @@ class PostgresStore(BatchStore):
         return Tx(conn, now, dialect=POSTGRESQL)
 
     def _failed(self, what: str, exc: BaseException) -> WsemailError:
+        if self._retryable(exc):  # OperationalErrors too, but the database is there
+            log.warning("%s: %s", what, " ".join(str(exc).split())[:200])
+            return ServerBusy("the mail store is busy: try again")
         if isinstance(exc, psycopg.OperationalError) or (
             isinstance(exc, StoreError) and "not reachable" in str(exc)
         ):
             self._note_broken(exc)
             return ServerBusy(UNREACHABLE)
-        if isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
-            log.warning("%s: %s", what, exc)
-            return ServerBusy("the mail store is busy: try again")
         return super()._failed(what, exc)
 
 
