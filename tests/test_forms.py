@@ -464,3 +464,40 @@ def test_wheel_rejections_install_nothing(
         attempt(older, renamed)
     before = (root / "registry.json").read_text()
     assert json.loads(before)["timesheet"]["version"] == "1.0.0"
+
+
+def test_a_wheel_published_through_one_node_is_served_by_the_other(
+    tmp_path: Path, pg_url: str, built: dict[str, Path]
+) -> None:
+    """On a shared PostgreSQL store the published wheels are rows: node 2 serves what an
+    administrator published through node 1 (files in node 1's data dir would not be)."""
+    import httpx
+
+    def get(url: str, verify: str) -> httpx.Response:
+        import ssl
+
+        context = ssl.create_default_context(cafile=verify)
+        with httpx.Client(verify=context, timeout=10) as http:
+            return http.get(url, extensions={"sni_hostname": "a.test"})
+
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    first = start_domain(tmp_path, ca, "a.test", store_url=pg_url)
+    second = start_domain(tmp_path / "second", ca, "a.test", store_url=pg_url, users=False)
+    try:
+        wheel = built["timesheet"]
+        sig = publish(Domain(ca, first, tmp_path), wheel)
+        verify = str(ca / "root.pem")
+        for name, data in ((wheel.name, wheel.read_bytes()), (sig.name, sig.read_bytes())):
+            got = get(workflow.wheel_location(second.url, name), verify)
+            assert got.status_code == 200 and got.content == data
+        assert not any(tmp_path.rglob(wheel.name + ".sig.tmp"))
+        assert not any((tmp_path / "second").rglob(wheel.name))  # not a file on node 2
+        missing = get(workflow.wheel_location(second.url, "none-1.0-py3-none-any.whl"), verify)
+        assert missing.status_code == 404
+    finally:
+        for running in (first, second):
+            for client in running.clients:
+                client.close()
+            running.stop()

@@ -58,7 +58,7 @@ from wsemail.protocol.errors import Forbidden, PluginError, RemoteFault, Request
 from wsemail.protocol.message import Message, domain_of
 from wsemail.protocol.soap import element, q, text_of
 from wsemail.server.attachments.federated import issue_token
-from wsemail.server.forms import autofill, stamp
+from wsemail.server.forms import autofill, stamp, wheelrows
 from wsemail.server.forms import webhook as hand_off
 from wsemail.server.mapping import role_members
 from wsemail.server.pipeline import (
@@ -68,6 +68,7 @@ from wsemail.server.pipeline import (
     SendingProcessor,
     Verdict,
 )
+from wsemail.server.sql import POSTGRESQL
 
 log = logging.getLogger("wsemail.forms")
 EXTENSION_ID = "forms"
@@ -121,6 +122,7 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             for who, fields in (employees or {}).items()
         }
         self.server: Any = None
+        self.shared = False  # wheels as rows of a shared store (PostgreSQL), not files
 
     @staticmethod
     def _rule(raw: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +146,10 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         self.root = Path(self.directory) if self.directory else server.config.data_dir / "forms"
         self.root.mkdir(parents=True, exist_ok=True)
         server.routes[WHEEL_PATH] = self.serve
+        # on a shared PostgreSQL store the wheels are rows every node serves (wheelrows.py)
+        self.shared = server.store.dialect == POSTGRESQL
+        if self.shared:
+            server.store.ensure_schema(wheelrows.COMPONENT, wheelrows.MIGRATIONS)
         employees = self.employees
 
         async def signed_autofill(
@@ -291,6 +297,9 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             raise RequestInvalid("Wheel and Signature are base64") from exc
         if not wheel or not signature or len(wheel) > MAX_WHEEL:
             raise RequestInvalid("a wheel and its signature are required")
+        if self.shared:
+            wheelrows.put(env.tx, [(file_name, wheel), (f"{file_name}.sig", signature)])
+            return _published(file_name)
         root = self.root
         assert root is not None
         stored = [(root / file_name, wheel), (root / f"{file_name}.sig", signature)]
@@ -302,10 +311,7 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
                 tmp.replace(path)
 
         env.after_commit.append(write)
-        result = etree.Element(q("Published"))
-        element(result, "File", file_name)
-        element(result, "Path", WHEEL_PATH)
-        return result
+        return _published(file_name)
 
     # the wheel route --------------------------------------------------------------------
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -313,6 +319,14 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         root = self.root
         if scope["method"] != "GET" or len(files) != 1 or not _FILE.match(files[0]):
             response = Response("bad request\n", status_code=400, media_type="text/plain")
+        elif self.shared:
+            name = files[0]
+            data = await self.server.store.transact(lambda tx: wheelrows.get(tx, name))
+            response = (
+                Response("no such wheel\n", status_code=404, media_type="text/plain")
+                if data is None
+                else Response(data, media_type="application/octet-stream")
+            )
         elif root is None or not (root / files[0]).is_file():
             response = Response("no such wheel\n", status_code=404, media_type="text/plain")
         else:
@@ -320,3 +334,10 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
                 (root / files[0]).read_bytes(), media_type="application/octet-stream"
             )
         await response(scope, receive, send)
+
+
+def _published(file_name: str) -> etree._Element:
+    result = etree.Element(q("Published"))
+    element(result, "File", file_name)
+    element(result, "Path", WHEEL_PATH)
+    return result
