@@ -28,9 +28,17 @@ def test_bench_prints_figures_and_finds_every_accepted_send(
         assert "PostgreSQL, 2 worker(s)" in result.stdout and "database" in lines
 
 
-def test_bench_workers_need_the_postgresql_store() -> None:
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--workers", "2"], "--workers needs --store"),
+        (["--seconds", "-1"], "--seconds"),
+        (["--clients", "0"], "--clients"),
+    ],
+)
+def test_bench_refuses_bad_options_in_one_line(args: list[str], said: str) -> None:
     result = subprocess.run(
-        [wsemail_binary(), "bench", "--workers", "2"], capture_output=True, text=True, timeout=60
+        [wsemail_binary(), "bench", *args], capture_output=True, text=True, timeout=60
     )
-    assert result.returncode == 2 and "--workers needs --store" in result.stderr
+    assert result.returncode == 2 and said in result.stderr
     assert "Traceback" not in result.stderr

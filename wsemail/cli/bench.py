@@ -21,8 +21,8 @@ app = typer.Typer(
 @app.callback()
 def bench(
     ctx: typer.Context,
-    clients: int = typer.Option(16, help="concurrent clients"),
-    seconds: float = typer.Option(5.0, help="how long to send"),
+    clients: int = typer.Option(16, min=1, max=1024, help="concurrent clients"),
+    seconds: float = typer.Option(5.0, min=0.1, max=3600, help="how long to send"),
     data_dir: str = typer.Option("", help="server data dir (default: a temporary one)"),
     signed_answers: bool = typer.Option(
         False, "--signed-answers", help="ask for signed answers, as clients with trust roots do"
