@@ -214,3 +214,14 @@ def test_a_unit_that_loses_a_deadlock_to_another_node_runs_again(pg_url: str) ->
     finally:
         one.close()
         two.close()
+
+
+def test_both_nodes_give_an_unknown_name_the_same_fake_salt(
+    nodes: tuple[Running, Running],
+) -> None:
+    """The server secret is the domain's, kept in the database: a name without an account
+    gets the same salt from every node, so asking two nodes does not tell it apart."""
+    a, b = nodes
+    for name in ("nobody@localhost", "someone.else@localhost"):
+        assert a.client().get_salt(name) == b.client().get_salt(name)
+    assert a.client().get_salt("alice@localhost") == b.client().get_salt("alice@localhost")

@@ -50,6 +50,9 @@ def build_server(config: ServerConfig, *, clock: Callable[[], float] = time.time
     space.start()  # before the store opens: on a full disk it frees the reserve
     store = open_store(config, clock=clock)
     store.node = node_id(config)
+    shared = getattr(store, "shared_secret", None)
+    if shared is not None:  # several nodes: one secret for all of them
+        secret = shared(secret)
     if isinstance(store, SqliteStore):
         store.space = space
     space.announce()

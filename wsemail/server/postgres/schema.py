@@ -130,6 +130,10 @@ MIGRATIONS: list[str] = [
         at DOUBLE PRECISION NOT NULL
     );
     CREATE INDEX auth_failures_age ON auth_failures(at);
+    CREATE TABLE server_secret(
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        secret BYTEA NOT NULL
+    );
     CREATE FUNCTION messages_thread_insert() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
         keys TEXT[];

@@ -104,6 +104,21 @@ class PostgresStore(BatchStore):
     def _control(self, conn: Any, *statements: str) -> None:
         conn.execute("; ".join(statements))  # one round trip (the simple query protocol)
 
+    def shared_secret(self, proposed: bytes) -> bytes:
+        """The domain's server secret (fake salts for unknown names, directory cursors),
+        one for every node: the first node to ask stores `proposed` (its data dir's), every
+        later one gets that. Nodes with secrets of their own would give different fake
+        salts for the same unknown name, and so tell it apart from a real one."""
+
+        def work(tx: Tx) -> bytes:
+            tx.conn.execute(
+                "INSERT INTO server_secret(one, secret) VALUES (1, ?) ON CONFLICT DO NOTHING",
+                (proposed,),
+            )
+            return bytes(tx.conn.execute("SELECT secret FROM server_secret").fetchone()[0])
+
+        return self.transact_sync(work)
+
     def _retryable(self, exc: BaseException) -> bool:
         return isinstance(
             exc, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure
