@@ -48,8 +48,12 @@ class Federation:
             federation.resolver = StaticResolver(routes)
 
 
-def start_domain(tmp: Path, ca: Path, domain: str, **settings: object) -> Running:
-    identity = tmp / f"{domain}-identity"
+def start_domain(
+    tmp: Path, ca: Path, domain: str, *, identity: Path | None = None, **settings: object
+) -> Running:
+    """`domain`'s server in tmp/DOMAIN with the federation identity in tmp/DOMAIN-identity
+    (issued on first use), or `identity` (another node of a domain started before)."""
+    identity = identity or tmp / f"{domain}-identity"
     if not identity.exists():
         issue_server(ca, domain, identity)
     return start_server(
