@@ -2,10 +2,13 @@
 channel opened at node 1 lives in node 1's process; a participant signed in and listening
 at node 2 is invited through node 2's push stream, joins with a certificate from node 2 and
 talks with participants of node 1; a user of the domain who was not invited is refused even
-at the other node, and the channel keeps working."""
+at the other node, and the channel keeps working. A node of a shared store whose party lines
+would bind a wildcard address and name the domain (which may reach another node) warns at
+start; `channel_advertise` names the node itself."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -120,3 +123,60 @@ def test_a_party_line_with_members_on_two_nodes(nodes: Fed) -> None:
 
     channels = plugin(one).channels
     wait_for(lambda: channels.get(invitation.channel) is None, "the channel to close")
+
+
+def test_a_node_of_a_shared_store_warns_when_its_invitations_would_name_the_domain(
+    tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="wsemail.im")
+    ca = tmp_path / "ca"
+    create_root(ca)
+    write_crl(ca)
+    wildcard = {"channel_host": "0.0.0.0"}  # noqa: S104 -- nothing binds until a channel opens
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "wsemail.im"]
+
+    named = start_domain(
+        tmp_path,
+        ca,
+        "a.test",
+        store_url=pg_url,
+        plugins=plugins(**wildcard, channel_advertise="node1.a.test"),
+    )
+    try:
+        assert plugin(named).channels.advertise_host == "node1.a.test"
+        assert warnings() == []
+    finally:
+        named.stop()
+
+    unnamed = start_domain(
+        tmp_path / "node2",
+        ca,
+        "a.test",
+        identity=tmp_path / "a.test-identity",
+        store_url=pg_url,
+        plugins=plugins(**wildcard),
+        users=False,
+    )
+    try:
+        [warning] = warnings()
+        assert "'a.test'" in warning and "channel_advertise" in warning
+        assert plugin(unnamed).channels.advertise_host == "a.test"  # a warning, not a refusal
+        assert unnamed.client(BOB).list_headers().headers == []  # and the node serves
+    finally:
+        unnamed.stop()
+
+    caplog.clear()  # one node alone (SQLite): the domain's name is the node's
+    alone = start_domain(
+        tmp_path / "alone",
+        ca,
+        "a.test",
+        identity=tmp_path / "a.test-identity",
+        plugins=plugins(**wildcard),
+    )
+    try:
+        assert plugin(alone).channels.advertise_host == "a.test"
+        assert warnings() == []
+    finally:
+        alone.stop()

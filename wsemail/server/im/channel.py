@@ -92,6 +92,32 @@ class ChannelInfo:
         )
 
 
+WILDCARDS = ("", "0.0.0.0", "::")  # noqa: S104 -- only compared
+
+
+def advertised_host(bind: str, advertise: str | None, domain: str) -> str:
+    """The host invitations name: `advertise` when the operator set it; else the address
+    the listeners bind; for a wildcard bind the domain's name, which reaches the listener
+    only when the domain is served by this machine alone (a node of several must set
+    `advertise`: see `shared_store_warning`)."""
+    if advertise:
+        return advertise
+    return domain if bind in WILDCARDS else bind
+
+
+def shared_store_warning(bind: str, advertise: str | None, domain: str) -> str | None:
+    """For a node whose store other nodes may share: why its invitations could send
+    participants to another node than the one holding the channel (None when they cannot)."""
+    if advertise or bind not in WILDCARDS:
+        return None
+    return (
+        f"party lines listen on a wildcard address and their invitations name {domain!r}, "
+        "which may reach another node of the domain than the one holding the channel: set "
+        "the im plug-in's channel_advertise (or channel_host) to this node's own name or "
+        "address"
+    )
+
+
 def server_context(identity_dir: Path, root_files: Iterable[Path]) -> ssl.SSLContext:
     """TLS 1.3 only, the federation server certificate, client certificates required and
     chained to the federation roots (never the system store)."""

@@ -176,6 +176,7 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
 
             self._nodes = Nodes(server.store, self._hub, mail, push_payload)
             self._nodes.start()
+            self._check_advertised(server)
         # no session is live here yet: whatever waited for one before this start moves on
         # now (but for a recipient live on another node, which may still be sent it)
         after: list[Any] = []
@@ -189,6 +190,17 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         self._stop.clear()
         self._sweeper = threading.Thread(target=self._sweeping, name="wsemail-im-acks", daemon=True)
         self._sweeper.start()
+
+    def _check_advertised(self, server: Server) -> None:
+        """A node of a shared store: warn at start when its party lines' invitations could
+        name another node (once per node, in worker 0; none without a federation identity)."""
+        config = server.config
+        if config.identity_dir is None or config.worker != 0:
+            return
+        bind = self.channel_host or config.host
+        warning = channel.shared_store_warning(bind, self.channel_advertise, config.domain)
+        if warning is not None:
+            log.warning("%s", warning)
 
     def _new_mail(self, owners: list[str]) -> None:
         self.hub.wake_mail(owners)
@@ -544,8 +556,7 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             federation = server.federation
             identity_dir = server.config.identity_dir
             bind = self.channel_host or server.config.host
-            wildcard = bind in ("", "0.0.0.0", "::")  # noqa: S104 -- only compared
-            advertise = self.channel_advertise or (server.config.domain if wildcard else bind)
+            advertise = channel.advertised_host(bind, self.channel_advertise, server.config.domain)
 
             def admit(der: bytes | None, issuer: object) -> str:
                 federation.refresh_crls()
