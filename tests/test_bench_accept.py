@@ -17,13 +17,17 @@ def test_bench_prints_figures_and_finds_every_accepted_send(
 ) -> None:
     result = subprocess.run(
         [wsemail_binary(), "bench", "--clients", "2", "--seconds", "0.5", *store,
-         "--data-dir", str(tmp_path / "d")],
+         "--mailbox", "40", "--data-dir", str(tmp_path / "d")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert "refused 0" in lines["accepted"]
     assert "server" in lines and "durable" in lines
+    assert "40 messages in the inbox before" in result.stdout
+    accepted = int(lines["accepted"].split()[2])
+    inbox, sent = int(lines["durable"].split()[1]), int(lines["durable"].split()[4])
+    assert inbox == sent >= 40 + accepted > 40  # seeded, warm-up and measured sends, once each
     if store:
         assert "PostgreSQL, 2 worker(s)" in result.stdout and "database" in lines
 
@@ -34,6 +38,7 @@ def test_bench_prints_figures_and_finds_every_accepted_send(
         (["--workers", "2"], "--workers needs --store"),
         (["--seconds", "-1"], "--seconds"),
         (["--clients", "0"], "--clients"),
+        (["--mailbox", "-1"], "--mailbox"),
     ],
 )
 def test_bench_refuses_bad_options_in_one_line(args: list[str], said: str) -> None:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -33,7 +33,7 @@ from wsemail.core.units import percentile
 from wsemail.protocol import soap
 from wsemail.protocol.auth import SIGN_RESPONSE, Credentials, derive_key
 from wsemail.protocol.dsig import cert_digest
-from wsemail.protocol.message import Draft
+from wsemail.protocol.message import Draft, Message
 from wsemail.protocol.soap import q
 from wsemail.server.accounts import set_user
 from wsemail.server.config import ServerConfig
@@ -41,6 +41,7 @@ from wsemail.server.stores import open_store
 
 if TYPE_CHECKING:
     from wsemail.bench.pgserver import PgServer
+    from wsemail.server.store import BatchStore, Tx
 
 BENCH_PASSWORD = "bench password"  # noqa: S105 -- throw-away accounts in a temp dir
 
@@ -108,9 +109,12 @@ def run_bench(
     signed_answers: bool = False,
     store_url: str = "",
     workers: int = 1,
+    mailbox: int = 5000,
 ) -> dict[str, float]:
     """`store_url` "": SQLite in the data dir; "pg": a throwaway PostgreSQL server started
-    here (wsemail/bench/pgserver.py); else a postgresql:// URL of an empty database."""
+    here (wsemail/bench/pgserver.py); else a postgresql:// URL of an empty database.
+    `mailbox`: messages in the recipient's inbox before the run (a live server's mailboxes
+    are not empty; the database's statistics are taken after they are stored)."""
     temp = None
     if data_dir is None:
         temp = tempfile.TemporaryDirectory(prefix="wsemail-bench-")
@@ -123,12 +127,51 @@ def run_bench(
         pg = PgServer().start()
         store_url = pg.database()
     try:
-        return _run(root, clients, seconds, warmup, signed_answers, store_url, workers, pg, temp)
+        return _run(root, clients, seconds, warmup, signed_answers, store_url, workers, pg, mailbox)
     finally:
         if pg is not None:
             pg.close()
         if temp is not None:
             temp.cleanup()
+
+
+def _seed(store: BatchStore, recipient: str, senders: list[str], count: int) -> None:
+    """`count` messages in `recipient`'s inbox (and their senders' sent folders), as the
+    accept path stores them, before the server starts; kept across runs in --data-dir."""
+    have = store.transact_sync(
+        lambda tx: tx.conn.execute(
+            "SELECT count(*) FROM messages WHERE owner=?", (recipient,)
+        ).fetchone()[0]
+    )
+    for start in range(int(have), count, 500):
+
+        def batch(tx: Tx, start: int = start) -> None:
+            for n in range(start, min(start + 500, count)):
+                sender = senders[n % len(senders)]
+                copy = Message(
+                    id="",
+                    message_id=f"<seed-{n}@localhost>",
+                    folder="inbox",
+                    sender=sender,
+                    to=[recipient],
+                    cc=[],
+                    subject=f"seed {n}",
+                    date="2026-01-01T00:00:00Z",
+                    size=64,
+                    seen=n % 3 == 0,
+                    body=f"seed message {n} " * 4,
+                )
+                tx.add_message(sender, "sent", replace(copy, folder="sent", seen=True))
+                tx.add_message(recipient, "inbox", copy)
+
+        store.transact_sync(batch)
+
+
+def _analyze(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE")
 
 
 def _run(
@@ -140,7 +183,7 @@ def _run(
     store_url: str,
     workers: int,
     pg: PgServer | None,
-    temp: object,
+    mailbox: int,
 ) -> dict[str, float]:
     config = ServerConfig(data_dir=root, store_url=store_url)
     root.mkdir(parents=True, exist_ok=True)
@@ -152,7 +195,10 @@ def _run(
         if address not in existing:
             set_user(store, "localhost", address, BENCH_PASSWORD)
     salts = {u.address: u.salt for u in store.transact_sync(lambda tx: tx.users())}
+    _seed(store, recipient, senders, mailbox)
     store.close()
+    if store_url:  # the statistics autovacuum keeps in a live database (none in a new one)
+        _analyze(store_url)
     creds = [Credentials(a, derive_key(BENCH_PASSWORD, salts[a])) for a in senders]
 
     command = [sys.executable, "-m", "wsemail.cli", "serve", "--data-dir", str(root)]
@@ -237,11 +283,13 @@ def _run(
         "generator_cpu_cores": round(generator_cpu / wall, 2),
         "stored_inbox_copies": stored,
         "stored_sent_copies": sent,
+        "mailbox": mailbox,
     }
     print(
         f"wsemail bench: {clients} clients, {wall:.1f} s measured after {warmup:.0f} s warm-up,"
         f" password-MAC auth, {'signed' if signed_answers else 'plain'} answers,"
         + (f" PostgreSQL, {workers} worker(s)" if store_url else " SQLite WAL synchronous=FULL")
+        + f", {mailbox} messages in the inbox before"
     )
     print(
         f"  accepted sends     {accepted} ({result['sends_per_second']}/s), refused {tally.refused}"
@@ -263,7 +311,7 @@ def _run(
     )
     print(
         f"  durable            {stored} inbox + {sent} sent copies in the database "
-        "(includes warm-up sends)"
+        "(includes warm-up sends and the ones before)"
     )
     return result
 

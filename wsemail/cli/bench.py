@@ -34,6 +34,9 @@ def bench(
         "(default: SQLite in the data dir)",
     ),
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="server processes (--store)"),
+    mailbox: int = typer.Option(
+        5000, "--mailbox", min=0, max=1_000_000, help="messages in the inbox before the run"
+    ),
 ) -> None:
     """Measure accepted sends/s, latency and server CPU per send on loopback."""
     if ctx.invoked_subcommand is not None:
@@ -49,6 +52,7 @@ def bench(
         signed_answers=signed_answers,
         store_url=store,
         workers=workers,
+        mailbox=mailbox,
     )
 
 

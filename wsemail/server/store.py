@@ -52,6 +52,23 @@ _INSERT_COLUMNS = (
     "sealed, arrival, in_reply_to, references_json, bcc_json"
 )
 _INSERT_MARKS = ",".join("?" * len(_INSERT_COLUMNS.split(",")))
+# the same values typed for PostgreSQL's INSERT … SELECT (a parameter there is not typed by
+# its column): size bigint, flags integer, signed_xml bytea, the rest text
+_PG_TYPES = {"size": "bigint", "signed_xml": "bytea"} | {
+    c: "integer"
+    for c in (
+        "seen",
+        "instant",
+        "delete_if_undeliverable",
+        "flagged",
+        "answered",
+        "has_attachment",
+        "sealed",
+    )  # fmt: skip
+}
+_TYPED_MARKS = ",".join(
+    f"?::{_PG_TYPES.get(c.strip(), 'text')}" for c in _INSERT_COLUMNS.split(",")
+)
 
 
 @dataclass(frozen=True, repr=False)
@@ -122,9 +139,18 @@ class Tx:
     """The data-access operations available inside one unit of work."""
 
     def __init__(
-        self, conn: Connection, now: float, *, full: bool = False, dialect: str = SQLITE
+        self,
+        conn: Connection,
+        now: float,
+        *,
+        full: bool = False,
+        dialect: str = SQLITE,
+        lasting: set[str] | None = None,
     ) -> None:
         self.conn = conn  # a sqlite3 connection, or the PostgreSQL store's (same calls)
+        # facts about this database that stay true once seen (a component's tables exist):
+        # the store's own set, so that each is read once per process, not per request
+        self.lasting = lasting if lasting is not None else set()
         self.now = now
         self.full = full  # the disk is full: no new mail (reads and deletes go on)
         # which SQL the records modules speak here: SQLITE or POSTGRESQL (wsemail.server.sql)
@@ -198,7 +224,6 @@ class Tx:
             public_id = "_" + public_id[1:]
         keys = list(dict.fromkeys([msg.message_id, msg.in_reply_to or "", *msg.references]))
         keys = [k for k in keys if k]
-        threads = self._conversations_of(owner, keys)
         # a new conversation is numbered by the copy's own seq, chosen here so that the row
         # is written once (the insert trigger of migration 8 only numbers rows that come
         # in another way, with thread 0)
@@ -228,23 +253,26 @@ class Tx:
             json.dumps(msg.references),
             json.dumps(msg.bcc),
         )
-        if self.dialect == POSTGRESQL:  # several nodes insert at once: seq from a sequence
-            seq = int(self.conn.execute("SELECT nextval('messages_seq')").fetchone()[0])
-            self.conn.execute(
-                f"INSERT INTO messages(seq, {_INSERT_COLUMNS}, thread) "  # noqa: S608
-                f"VALUES (?,{_INSERT_MARKS},?)",
-                (seq, *values, threads[0] if threads else seq),
-            )
-        else:
-            cursor = self.conn.execute(
-                f"INSERT INTO messages(seq, {_INSERT_COLUMNS}, thread) "  # noqa: S608
-                f"VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM messages),{_INSERT_MARKS},"
-                "coalesce(?, (SELECT coalesce(max(seq), 0) + 1 FROM messages)))",
-                (*values, threads[0] if threads else None),
-            )
-            assert cursor.lastrowid is not None
-            seq = cursor.lastrowid
-        self._link(owner, keys, threads, seq)
+        if self.dialect == POSTGRESQL:
+            seq, threads = self._insert_linked(owner, keys, values)
+            self._merge(owner, threads)
+            return public_id, seq
+        threads = self._conversations_of(owner, keys)
+        cursor = self.conn.execute(
+            f"INSERT INTO messages(seq, {_INSERT_COLUMNS}, thread) "  # noqa: S608
+            f"VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM messages),{_INSERT_MARKS},"
+            "coalesce(?, (SELECT coalesce(max(seq), 0) + 1 FROM messages)))",
+            (*values, threads[0] if threads else None),
+        )
+        assert cursor.lastrowid is not None
+        seq = cursor.lastrowid
+        self._merge(owner, threads)
+        self.conn.execute(
+            "INSERT INTO thread_links(owner, message_id, thread) VALUES "  # noqa: S608
+            + ",".join(["(?,?,?)"] * len(keys))
+            + " ON CONFLICT DO NOTHING",
+            [v for key in keys for v in (owner, key, threads[0] if threads else seq)],
+        )
         return public_id, seq
 
     # conversations (wsemail/server/mailbox/threads.py; tables of schema.py migration 8) --
@@ -258,22 +286,37 @@ class Tx:
         )
         return sorted({int(r[0]) for r in rows})
 
-    def _link(self, owner: str, keys: list[str], threads: list[int], seq: int) -> None:
-        """After inserting copy `seq`: every id it names belongs to its conversation, and
-        conversations it links are merged into the oldest."""
-        thread = threads[0] if threads else seq
+    def _insert_linked(
+        self, owner: str, keys: list[str], values: tuple[Any, ...]
+    ) -> tuple[int, list[int]]:
+        """PostgreSQL: insert the copy and link its ids in one statement (one round trip):
+        its seq is drawn from the sequence (several nodes insert at once), its conversation
+        is the oldest its ids name, else its own seq. Returns (seq, the conversations named,
+        oldest first)."""
+        row = self.conn.execute(
+            "WITH t AS (SELECT coalesce(array_agg(DISTINCT thread ORDER BY thread), '{}') "
+            "AS threads FROM thread_links WHERE owner=?::text AND message_id=ANY(?::text[])), "
+            f"ins AS (INSERT INTO messages(seq, {_INSERT_COLUMNS}, thread) "  # noqa: S608
+            f"SELECT s, {_TYPED_MARKS}, coalesce(t.threads[1], s) "
+            "FROM nextval('messages_seq') AS s, t RETURNING seq, thread), "
+            "links AS (INSERT INTO thread_links(owner, message_id, thread) "
+            "SELECT ?::text, k, ins.thread FROM ins, unnest(?::text[]) AS k "
+            "ON CONFLICT DO NOTHING) "
+            "SELECT ins.seq, t.threads FROM ins, t",
+            (owner, keys, *values, owner, keys),
+        ).fetchone()
+        return int(row[0]), [int(t) for t in row[1]]
+
+    def _merge(self, owner: str, threads: list[int]) -> None:
+        """A copy whose ids name several conversations merges them into the oldest (its
+        own): the other ones' copies and links move to it."""
         if len(threads) > 1:
             marks = ",".join("?" * (len(threads) - 1))
             for table in ("messages", "thread_links"):
                 self.conn.execute(
                     f"UPDATE {table} SET thread=? WHERE owner=? AND thread IN ({marks})",  # noqa: S608
-                    (thread, owner, *threads[1:]),
+                    (threads[0], owner, *threads[1:]),
                 )
-        self.conn.executemany(
-            "INSERT INTO thread_links(owner, message_id, thread) VALUES (?,?,?) "
-            "ON CONFLICT DO NOTHING",
-            [(owner, key, thread) for key in keys],
-        )
 
     def list_headers(
         self, owner: str, folder: str, limit: int, before_seq: int | None, unread_only: bool
@@ -516,6 +559,7 @@ class BatchStore:
         # it carried; set by the metrics (runs in the writer thread: keep it cheap)
         self.on_commit: Callable[[float, int], None] | None = None
         self._current: Tx | None = None  # the transaction the writer thread is in
+        self._lasting: set[str] = set()  # Tx.lasting
         # units that lost a conflict with another process, by how often (run again later)
         self._tries: dict[concurrent.futures.Future[Any], int] = {}
         # the data dir's reserve and full-disk mode (set by the server; None: no reserve)
@@ -604,7 +648,7 @@ class BatchStore:
         return conn
 
     def _tx(self, conn: Any, now: float) -> Tx:
-        return Tx(conn, now, dialect=self.dialect)
+        return Tx(conn, now, dialect=self.dialect, lasting=self._lasting)
 
     def _failed(self, what: str, exc: BaseException) -> WsemailError:
         log.exception(what)
@@ -769,7 +813,8 @@ class SqliteStore(BatchStore):
         self._control(conn, "BEGIN IMMEDIATE", "SAVEPOINT unit")
 
     def _tx(self, conn: sqlite3.Connection, now: float) -> Tx:
-        return Tx(conn, now, full=self.space is not None and self.space.still_full())
+        full = self.space is not None and self.space.still_full()
+        return Tx(conn, now, full=full, lasting=self._lasting)
 
     def _failed(self, what: str, exc: BaseException) -> WsemailError:
         """The error a failed unit or commit answers: StorageFull (one log line, and full

@@ -98,10 +98,16 @@ _SINCE = {
 
 
 def _has(tx: Tx, table: str) -> bool:
-    """Whether `table` exists here (its component's migrations made it)."""
+    """Whether `table` exists here (its component's migrations made it; once it does, it
+    stays: remembered by the store)."""
+    if f"table:{table}" in tx.lasting:
+        return True
     component, since = _SINCE[table]
     row = tx.conn.execute("SELECT version FROM components WHERE name=?", (component,)).fetchone()
-    return row is not None and int(row[0]) >= since[tx.dialect]
+    found = row is not None and int(row[0]) >= since[tx.dialect]
+    if found:
+        tx.lasting.add(f"table:{table}")
+    return found
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,7 @@ class PostgresStore(BatchStore):
         )
 
     def _tx(self, conn: Any, now: float) -> Tx:
-        return Tx(conn, now, dialect=POSTGRESQL)
+        return Tx(conn, now, dialect=POSTGRESQL, lasting=self._lasting)
 
     def _failed(self, what: str, exc: BaseException) -> WsemailError:
         if self._retryable(exc):  # OperationalErrors too, but the database is there
