@@ -11,7 +11,9 @@ import pytest
 from conftest import wsemail_binary
 
 
-@pytest.mark.parametrize("store", [[], ["--store", "pg", "--workers", "2"]], ids=["sqlite", "pg"])
+@pytest.mark.parametrize(
+    "store", [[], ["--store", "pg", "--workers", "2", "--recipients", "3"]], ids=["sqlite", "pg"]
+)
 def test_bench_prints_figures_and_finds_every_accepted_send(
     tmp_path: Path, store: list[str]
 ) -> None:
@@ -24,7 +26,7 @@ def test_bench_prints_figures_and_finds_every_accepted_send(
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert "refused 0" in lines["accepted"]
     assert "server" in lines and "durable" in lines
-    assert "40 messages in the inbox before" in result.stdout
+    assert "40 messages in the inboxes before" in result.stdout
     accepted = int(lines["accepted"].split()[2])
     inbox, sent = int(lines["durable"].split()[1]), int(lines["durable"].split()[4])
     assert inbox == sent >= 40 + accepted > 40  # seeded, warm-up and measured sends, once each

@@ -39,6 +39,9 @@ class Watching:
             stdin=subprocess.DEVNULL,
             text=True,
             env=env,
+            # Ctrl-C as in a terminal, even when this suite runs as a background job of a
+            # shell without job control (which starts it, and so its children, ignoring it)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.errors: list[str] = []

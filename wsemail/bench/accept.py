@@ -110,11 +110,14 @@ def run_bench(
     store_url: str = "",
     workers: int = 1,
     mailbox: int = 5000,
+    recipients: int = 1,
 ) -> dict[str, float]:
     """`store_url` "": SQLite in the data dir; "pg": a throwaway PostgreSQL server started
     here (wsemail/bench/pgserver.py); else a postgresql:// URL of an empty database.
-    `mailbox`: messages in the recipient's inbox before the run (a live server's mailboxes
-    are not empty; the database's statistics are taken after they are stored)."""
+    `mailbox`: messages in the recipients' inboxes before the run (a live server's
+    mailboxes are not empty; the database's statistics are taken after they are stored).
+    `recipients`: client n sends to recipient n mod `recipients` (1: every copy goes to one
+    mailbox, whose totals row every delivery updates)."""
     temp = None
     if data_dir is None:
         temp = tempfile.TemporaryDirectory(prefix="wsemail-bench-")
@@ -127,7 +130,10 @@ def run_bench(
         pg = PgServer().start()
         store_url = pg.database()
     try:
-        return _run(root, clients, seconds, warmup, signed_answers, store_url, workers, pg, mailbox)
+        return _run(
+            root, clients, seconds, warmup, signed_answers, store_url, workers, pg,
+            (mailbox, recipients),
+        )  # fmt: skip
     finally:
         if pg is not None:
             pg.close()
@@ -135,12 +141,12 @@ def run_bench(
             temp.cleanup()
 
 
-def _seed(store: BatchStore, recipient: str, senders: list[str], count: int) -> None:
-    """`count` messages in `recipient`'s inbox (and their senders' sent folders), as the
-    accept path stores them, before the server starts; kept across runs in --data-dir."""
+def _seed(store: BatchStore, recipients: list[str], senders: list[str], count: int) -> None:
+    """`count` messages in the `recipients`' inboxes (and their senders' sent folders), as
+    the accept path stores them, before the server starts; kept across runs in --data-dir."""
     have = store.transact_sync(
         lambda tx: tx.conn.execute(
-            "SELECT count(*) FROM messages WHERE owner=?", (recipient,)
+            "SELECT count(*) FROM messages WHERE arrival='inbox'"
         ).fetchone()[0]
     )
     for start in range(int(have), count, 500):
@@ -148,6 +154,7 @@ def _seed(store: BatchStore, recipient: str, senders: list[str], count: int) -> 
         def batch(tx: Tx, start: int = start) -> None:
             for n in range(start, min(start + 500, count)):
                 sender = senders[n % len(senders)]
+                recipient = recipients[n % len(recipients)]
                 copy = Message(
                     id="",
                     message_id=f"<seed-{n}@localhost>",
@@ -183,19 +190,20 @@ def _run(
     store_url: str,
     workers: int,
     pg: PgServer | None,
-    mailbox: int,
+    sizes: tuple[int, int],
 ) -> dict[str, float]:
+    mailbox, count = sizes
     config = ServerConfig(data_dir=root, store_url=store_url)
     root.mkdir(parents=True, exist_ok=True)
     store = open_store(config)
     senders = [f"sender{i}@localhost" for i in range(clients)]
-    recipient = "sink@localhost"
+    sinks = ["sink@localhost"] if count == 1 else [f"sink{i}@localhost" for i in range(count)]
     existing = {u.address for u in store.transact_sync(lambda tx: tx.users())}
-    for address in [*senders, recipient]:
+    for address in [*senders, *sinks]:
         if address not in existing:
             set_user(store, "localhost", address, BENCH_PASSWORD)
     salts = {u.address: u.salt for u in store.transact_sync(lambda tx: tx.users())}
-    _seed(store, recipient, senders, mailbox)
+    _seed(store, sinks, senders, mailbox)
     store.close()
     if store_url:  # the statistics autovacuum keeps in a live database (none in a new one)
         _analyze(store_url)
@@ -223,8 +231,10 @@ def _run(
             measure_from = start + warmup
             stop_at = measure_from + seconds
             tasks = [
-                asyncio.create_task(_client(url, c, recipient, stop_at, measure_from, tally, known))
-                for c in creds
+                asyncio.create_task(
+                    _client(url, c, sinks[n % count], stop_at, measure_from, tally, known)
+                )
+                for n, c in enumerate(creds)
             ]
             await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
             db0 = process_tree_cpu(pg.pid) if pg is not None else 0.0
@@ -254,9 +264,9 @@ def _run(
     try:
         stored, sent = store.transact_sync(
             lambda tx: (
-                tx.conn.execute(
-                    "SELECT count(*) FROM messages WHERE owner=?", (recipient,)
-                ).fetchone()[0],
+                tx.conn.execute("SELECT count(*) FROM messages WHERE arrival='inbox'").fetchone()[
+                    0
+                ],
                 tx.conn.execute("SELECT count(*) FROM messages WHERE folder='sent'").fetchone()[0],
             )
         )
@@ -284,12 +294,13 @@ def _run(
         "stored_inbox_copies": stored,
         "stored_sent_copies": sent,
         "mailbox": mailbox,
+        "recipients": count,
     }
     print(
         f"wsemail bench: {clients} clients, {wall:.1f} s measured after {warmup:.0f} s warm-up,"
         f" password-MAC auth, {'signed' if signed_answers else 'plain'} answers,"
         + (f" PostgreSQL, {workers} worker(s)" if store_url else " SQLite WAL synchronous=FULL")
-        + f", {mailbox} messages in the inbox before"
+        + f", {count} recipient(s), {mailbox} messages in the inboxes before"
     )
     print(
         f"  accepted sends     {accepted} ({result['sends_per_second']}/s), refused {tally.refused}"

@@ -35,7 +35,10 @@ def bench(
     ),
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="server processes (--store)"),
     mailbox: int = typer.Option(
-        5000, "--mailbox", min=0, max=1_000_000, help="messages in the inbox before the run"
+        5000, "--mailbox", min=0, max=1_000_000, help="messages in the inboxes before the run"
+    ),
+    recipients: int = typer.Option(
+        1, "--recipients", min=1, max=1024, help="mailboxes the clients send to (client n: n mod N)"
     ),
 ) -> None:
     """Measure accepted sends/s, latency and server CPU per send on loopback."""
@@ -53,6 +56,7 @@ def bench(
         store_url=store,
         workers=workers,
         mailbox=mailbox,
+        recipients=recipients,
     )
 
 
