@@ -4,14 +4,20 @@ once by some node."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from test_federation import Federation, start_domain
 from test_rejections import SEND, signed
 
+from wsemail.bench.nodes import free_port
 from wsemail.bench.pgserver import PgServer
 from wsemail.pki import create_root, write_crl
 from wsemail.protocol.errors import RateLimited, ServerBusy
@@ -225,3 +231,90 @@ def test_both_nodes_give_an_unknown_name_the_same_fake_salt(
     for name in ("nobody@localhost", "someone.else@localhost"):
         assert a.client().get_salt(name) == b.client().get_salt(name)
     assert a.client().get_salt("alice@localhost") == b.client().get_salt("alice@localhost")
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _socket_pids(port: int, state: str) -> list[int]:
+    """The pids owning this machine's TCP sockets on local `port` in `state` (ss)."""
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", state, f"( sport = :{port} )"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return [int(p.split("=")[1]) for p in re.findall(r"pid=\d+", out)]
+
+
+def test_workers_listen_each_share_the_connections_and_come_back_when_killed(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """`serve --workers 2`: a listening socket per worker on the one port (SO_REUSEPORT),
+    connections spread over both, a SIGKILLed worker started again and serving."""
+    port = free_port()
+    log = (tmp_path / "stderr").open("w")  # a file: a pipe nobody reads would fill up
+    server = subprocess.Popen(
+        [wsemail_binary(), "serve", "--data-dir", str(tmp_path / "d"), "--store", pg_url,
+         "--workers", "2", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=log, text=True,
+    )  # fmt: skip
+    held: list[socket.socket] = []
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert f":{port}/wsemail" in line, line
+        url = f"http://127.0.0.1:{port}/wsemail"
+        workers = _children(server.pid)
+        assert len(workers) == 2
+        wait_for(lambda: sorted(_socket_pids(port, "listening")) == sorted(workers), "listeners")
+        for _ in range(32):  # each accepted by one worker or the other (2**-31: all by one)
+            held.append(socket.create_connection(("127.0.0.1", port)))
+        wait_for(lambda: len(_socket_pids(port, "established")) == 32, "32 accepted")
+        assert set(_socket_pids(port, "established")) == workers
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(_children(server.pid)) == 2 and victim not in _children(server.pid),
+                 "the killed worker started again", timeout=30)  # fmt: skip
+        again = _children(server.pid)
+        wait_for(lambda: sorted(_socket_pids(port, "listening")) == sorted(again), "listeners")
+        for _ in range(8):  # whichever worker takes it, it answers
+            assert httpx.get(url + "?wsdl", timeout=10).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+        assert server.stdout is not None
+        server.stdout.close()
+        log.close()
+    assert "Traceback" not in (tmp_path / "stderr").read_text()
+    with socket.socket() as sock:  # nobody listens there any more (TIME_WAIT aside)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+
+
+def test_workers_on_a_taken_port_are_one_line_and_nothing_serves(
+    tmp_path: Path, pg_url: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [wsemail_binary(), "serve", "--data-dir", str(tmp_path / "d"), "--store", pg_url,
+             "--workers", "2", "--port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode != 0
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], lines
+        assert _socket_pids(port, "listening") == [os.getpid()]  # the taker alone

@@ -74,10 +74,15 @@ def build_server(config: ServerConfig, *, clock: Callable[[], float] = time.time
     return server
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, *, shared: bool = False, listen: bool = True) -> socket.socket:
+    """A listening TCP socket on host:port (UsageError when that is taken). `shared`: with
+    SO_REUSEPORT, so that several workers each listen on the port with a socket of their
+    own and the kernel spreads new connections over them; `listen=False` only holds it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     # accepted connections inherit this: without it a response written as headers + body
     # waits ~40 ms for the peer's delayed ACK (Nagle)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -87,7 +92,8 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise UsageError(f"cannot listen on {host}:{port}: {reason}") from exc
-    sock.listen(2048)
+    if listen:
+        sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
@@ -322,10 +328,13 @@ NOT_STARTED = 70  # a worker's exit status when it failed before serving
 def serve_workers(
     config: ServerConfig, workers: int, on_ready: Callable[[str], None] | None = None
 ) -> None:
-    """`wsemail serve --workers N`: N processes serve one listening socket over one
-    PostgreSQL store, so every core serves. The parent binds the socket, forks the
-    workers, restarts one that dies, and stops them all on Ctrl-C or SIGTERM. Plug-ins
-    with listeners of their own (SMTP, IMAP) run in worker 0 only."""
+    """`wsemail serve --workers N`: N processes serve one port over one PostgreSQL store,
+    so every core serves. The parent holds the port, forks the workers, restarts one that
+    dies, and stops them all on Ctrl-C or SIGTERM. Each worker listens with a socket of
+    its own (SO_REUSEPORT): the kernel spreads connections over them, where one shared
+    socket let whichever worker woke first accept a whole burst of keep-alive
+    connections (measured: 16 bench connections split 16:0 at times). Plug-ins with
+    listeners of their own (SMTP, IMAP) run in worker 0 only."""
     if not config.store_url:
         raise UsageError(
             "--workers needs the PostgreSQL store (--store postgresql://…): a SQLite store "
@@ -337,7 +346,11 @@ def serve_workers(
     open_store(config).close()  # reachable and migrated before any worker starts
     if config.identity_dir is None:  # made once here, not by every worker at once
         ensure_dev_pki(config)
-    sock = bind(config.host, config.port)
+    # taken by nobody (a plain bind fails if anyone listens there, SO_REUSEPORT or not),
+    # then held, not listened on, for the workers to listen on and to come back to
+    with bind(config.host, config.port, listen=False) as probe:
+        port = probe.getsockname()[1]
+    sock = bind(config.host, port, shared=True, listen=False)
     children: dict[int, int] = {}
     stopping = False
     failed = ""
@@ -361,7 +374,7 @@ def serve_workers(
                 mine.worker = worker
                 if worker:
                     mine.plugins = [p for p in config.plugins if "port" not in p.options]
-                serve_forever(mine, serving, sock=sock)
+                serve_forever(mine, serving, sock=bind(config.host, port, shared=True))
             except WsemailError as exc:
                 print(f"wsemail: worker {worker}: {exc}", file=sys.stderr, flush=True)
                 code = 1
