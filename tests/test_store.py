@@ -68,3 +68,32 @@ def test_migrations_with_triggers_and_semicolons_in_literals_apply_whole(tmp_pat
         assert store.transact_sync(read) == ([("x;y", 1)], ["added; x;y"])
     finally:
         store.close()
+
+
+def test_a_fact_is_remembered_only_when_the_unit_that_learned_it_did_its_work(
+    tmp_path: Path,
+) -> None:
+    """Tx.learn: a component's tables made and seen by a unit that then fails are rolled
+    back with it, so the store must not remember them as there."""
+    store = SqliteStore(tmp_path / "s.db")
+
+    def made_then_failed(tx: Tx) -> None:
+        tx.conn.execute("CREATE TABLE extra (x INTEGER)")
+        tx.learn("table:extra")
+        assert tx.known("table:extra")
+        raise RuntimeError("the unit fails after seeing its own table")
+
+    def made(tx: Tx) -> None:
+        tx.conn.execute("CREATE TABLE extra (x INTEGER)")
+        tx.learn("table:extra")
+
+    try:
+        try:
+            store.transact_sync(made_then_failed)
+        except RuntimeError:
+            pass
+        assert not store.transact_sync(lambda tx: tx.known("table:extra"))
+        store.transact_sync(made)  # the table could not have been there: CREATE succeeds
+        assert store.transact_sync(lambda tx: tx.known("table:extra"))
+    finally:
+        store.close()

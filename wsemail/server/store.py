@@ -148,13 +148,22 @@ class Tx:
         lasting: set[str] | None = None,
     ) -> None:
         self.conn = conn  # a sqlite3 connection, or the PostgreSQL store's (same calls)
-        # facts about this database that stay true once seen (a component's tables exist):
-        # the store's own set, so that each is read once per process, not per request
+        # facts about this database that stay true once committed (a component's tables
+        # exist): the store's own set, so that each is read once per process, not per
+        # request; what this unit of work learned joins it when the unit's work commits
         self.lasting = lasting if lasting is not None else set()
+        self.learned: set[str] = set()
         self.now = now
         self.full = full  # the disk is full: no new mail (reads and deletes go on)
         # which SQL the records modules speak here: SQLITE or POSTGRESQL (wsemail.server.sql)
         self.dialect = dialect
+
+    def known(self, fact: str) -> bool:
+        return fact in self.lasting or fact in self.learned
+
+    def learn(self, fact: str) -> None:
+        """`fact` holds for good once this unit of work commits (`known` from then on)."""
+        self.learned.add(fact)
 
     def _room_for_mail(self) -> None:
         if self.full:
@@ -702,6 +711,7 @@ class BatchStore:
                 raise TransactionLost(StoreError("the store is not reachable"))
             tx = self._current = self._tx(conn, now)
             opened = False  # BEGIN is sent with the first unit's SAVEPOINT
+            learned: set[str] = set()  # Tx.learn of the units that did their work
             again: list[_Job] = []  # units that lost a conflict: run in the next batch
             for work, future in batch:
                 if not (future.running() or future.set_running_or_notify_cancel()):
@@ -711,6 +721,7 @@ class BatchStore:
                 else:
                     self._begin(conn)
                     opened = True
+                tx.learned = set()
                 try:
                     result = work(tx)
                 except WsemailError as exc:  # an answer, not a bug
@@ -732,11 +743,13 @@ class BatchStore:
                 else:
                     if not conn.in_transaction:  # it swallowed the error that ended it
                         raise TransactionLost(StoreError("a unit of work hid a database error"))
+                    learned |= tx.learned
                     outcomes.append((future, result, None))
             self._current = None
             if not opened:
                 return  # every caller gave up: nothing was done
             self._control(conn, "RELEASE unit", "COMMIT")
+            self._lasting |= learned
             for job in again:
                 self._jobs.put(job)
             self.commits += 1

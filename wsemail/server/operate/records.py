@@ -100,13 +100,13 @@ _SINCE = {
 def _has(tx: Tx, table: str) -> bool:
     """Whether `table` exists here (its component's migrations made it; once it does, it
     stays: remembered by the store)."""
-    if f"table:{table}" in tx.lasting:
+    if tx.known(f"table:{table}"):
         return True
     component, since = _SINCE[table]
     row = tx.conn.execute("SELECT version FROM components WHERE name=?", (component,)).fetchone()
     found = row is not None and int(row[0]) >= since[tx.dialect]
     if found:
-        tx.lasting.add(f"table:{table}")
+        tx.learn(f"table:{table}")
     return found
 
 
