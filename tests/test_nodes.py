@@ -222,6 +222,55 @@ def test_a_unit_that_loses_a_deadlock_to_another_node_runs_again(pg_url: str) ->
         two.close()
 
 
+def test_copies_for_the_same_owners_in_opposite_orders_at_two_nodes_do_not_deadlock(
+    pg_url: str,
+) -> None:
+    """Two nodes' units store copies for owners x and y in opposite orders, each waiting
+    for the other in the middle: the owners' totals change at commit under one lock, so
+    neither waits on the other's rows, both run once, and each copy is counted once."""
+    import threading
+
+    from wsemail.protocol.message import Message
+    from wsemail.server.operate import records as operate
+    from wsemail.server.postgres.store import PostgresStore
+    from wsemail.server.store import Tx
+
+    one, two = PostgresStore(pg_url), PostgresStore(pg_url)
+    one.ensure_schema(operate.COMPONENT, operate.MIGRATIONS)
+    middle = threading.Barrier(2, timeout=10)
+    runs: list[str] = []
+
+    def copy(n: str) -> Message:
+        return Message(
+            id="", message_id=f"<{n}@localhost>", folder="inbox", sender="s@localhost",
+            to=["x@localhost"], cc=[], subject=n, date="2026-12-05T00:00:00Z", size=10, seen=False,
+        )  # fmt: skip
+
+    def storer(first: str, second: str, name: str) -> object:
+        def work(tx: Tx) -> None:
+            runs.append(name)
+            tx.add_message(first, "inbox", copy(f"{name}1"))
+            middle.wait()  # the other unit holds its first copy too
+            tx.add_message(second, "inbox", copy(f"{name}2"))
+
+        return work
+
+    try:
+        a = one.submit(storer("x@localhost", "y@localhost", "a"))  # type: ignore[arg-type]
+        b = two.submit(storer("y@localhost", "x@localhost", "b"))  # type: ignore[arg-type]
+        a.result(30), b.result(30)
+        assert sorted(runs) == ["a", "b"]  # neither lost a deadlock and ran again
+        totals = one.transact_sync(
+            lambda tx: tx.conn.execute(
+                "SELECT owner, messages, bytes FROM operate_usage ORDER BY owner"
+            ).fetchall()
+        )
+        assert [tuple(r) for r in totals] == [("x@localhost", 2, 20), ("y@localhost", 2, 20)]
+    finally:
+        one.close()
+        two.close()
+
+
 def test_both_nodes_give_an_unknown_name_the_same_fake_salt(
     nodes: tuple[Running, Running],
 ) -> None:

@@ -18,6 +18,11 @@ POSTGRESQL = "postgresql"
 DIALECTS = (SQLITE, POSTGRESQL)
 # pg_advisory_xact_lock key held while a schema is migrated: one node at a time
 SCHEMA_LOCK = 0x77736D61
+# PostgreSQL advisory lock taken at commit time by the deferred triggers that keep
+# cross-row bookkeeping (new-mail event numbers, mailbox totals): one committing
+# transaction at a time does it, so nodes' commits never wait on each other's rows in
+# opposite orders (a deadlock, a 100 ms wait at least)
+COMMIT_LOCK = 0x77736D6E
 
 
 def pick(dialect: str, migrations: dict[str, list[str]] | list[str]) -> list[str] | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from lxml import etree
 
 from wsemail.protocol.message import Message, MessageHeader
-from wsemail.server.sql import POSTGRESQL, SQLITE
+from wsemail.server.sql import COMMIT_LOCK, POSTGRESQL, SQLITE
 from wsemail.server.store import HEADER_COLUMNS, Tx, header
 
 SQLITE_MIGRATIONS = [
@@ -84,7 +84,7 @@ SQLITE_MIGRATIONS = [
 # node holds whose live sessions (PostgreSQL only: on SQLite one process holds them all).
 NEW_MAIL_CHANNEL = "wsemail_new_mail"
 IM_CHANNEL = "wsemail_im"  # pushes, acknowledgements and notices for another node
-NEW_MAIL_LOCK = 0x77736D6E  # pg_advisory_xact_lock key: one committer numbers events at a time
+NEW_MAIL_LOCK = COMMIT_LOCK  # one committer numbers events at a time (wsemail.server.sql)
 POSTGRESQL_MIGRATIONS = [
     f"""
     CREATE TABLE im_tickets(

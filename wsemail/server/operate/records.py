@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from wsemail.server.sql import POSTGRESQL, SQLITE
+from wsemail.server.sql import COMMIT_LOCK, POSTGRESQL, SQLITE
 from wsemail.server.store import QueueRow, Tx
 
 COMPONENT = "operate"
@@ -85,6 +85,33 @@ POSTGRESQL_MIGRATIONS = [
         EXECUTE FUNCTION operate_usage_change();
     INSERT INTO operate_usage(owner, messages, bytes)
         SELECT owner, count(*), coalesce(sum(size), 0) FROM messages GROUP BY owner;
+    """,
+    # 2: the totals change at commit (deferred), under the commit lock: two nodes' batches
+    # that store copies for the same owners in opposite orders no longer deadlock on the
+    # totals rows (each held from its insert to the commit before); a quota check sees the
+    # copies of earlier batches, not those of earlier units in its own batch
+    f"""
+    CREATE OR REPLACE FUNCTION operate_usage_change() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_advisory_xact_lock({COMMIT_LOCK});
+        IF TG_OP IN ('DELETE', 'UPDATE') THEN
+            UPDATE operate_usage SET messages=messages-1, bytes=bytes-OLD.size
+            WHERE owner=OLD.owner;
+        END IF;
+        IF TG_OP IN ('INSERT', 'UPDATE') THEN
+            INSERT INTO operate_usage AS u(owner, messages, bytes) VALUES (NEW.owner, 1, NEW.size)
+            ON CONFLICT(owner) DO UPDATE SET messages=u.messages+1, bytes=u.bytes+NEW.size;
+        END IF;
+        RETURN NULL;
+    END $$;
+    DROP TRIGGER operate_usage_insert ON messages;
+    DROP TRIGGER operate_usage_update ON messages;
+    CREATE CONSTRAINT TRIGGER operate_usage_insert AFTER INSERT OR DELETE ON messages
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION operate_usage_change();
+    CREATE CONSTRAINT TRIGGER operate_usage_update AFTER UPDATE OF owner, size ON messages
+        DEFERRABLE INITIALLY DEFERRED
+        FOR EACH ROW WHEN (OLD.owner IS DISTINCT FROM NEW.owner OR OLD.size <> NEW.size)
+        EXECUTE FUNCTION operate_usage_change();
     """,
 ]
 MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
