@@ -340,7 +340,12 @@ def test_workers_listen_each_share_the_connections_and_come_back_when_killed(
         for sock in held:
             sock.close()
         server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=60) == 0
+        try:
+            assert server.wait(timeout=60) == 0
+        finally:
+            if server.poll() is None:  # never left behind, whatever failed
+                server.kill()
+                server.wait(timeout=30)
         assert server.stdout is not None
         server.stdout.close()
         log.close()
@@ -349,6 +354,31 @@ def test_workers_listen_each_share_the_connections_and_come_back_when_killed(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
         sock.listen()
+
+
+def test_workers_end_when_their_parent_is_killed(tmp_path: Path, pg_url: str) -> None:
+    server = subprocess.Popen(
+        [wsemail_binary(), "serve", "--data-dir", str(tmp_path / "d"), "--store", pg_url,
+         "--workers", "2", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None and " at " in server.stdout.readline()
+        workers = _children(server.pid)
+        assert len(workers) == 2
+        server.kill()  # SIGKILL: no chance to stop them itself
+        server.wait(timeout=30)
+
+        def gone() -> bool:
+            return not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+        wait_for(gone, "the workers to end with their parent", timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=30)
+        assert server.stdout is not None
+        server.stdout.close()
 
 
 def test_workers_on_a_taken_port_are_one_line_and_nothing_serves(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import ctypes
 import gc
 import logging
 import math
@@ -301,17 +302,27 @@ def serve_forever(
     host, port = sock.getsockname()[:2]
     scheme = "https" if config.tls_cert else "http"
 
+    early: list[int] = []  # SIGINT/SIGTERM before uvicorn took the signals over
+
     async def main() -> None:
         task = asyncio.create_task(serve_with_relay(runner, sock, server))
         while not runner.started and not task.done():
+            runner.should_exit = runner.should_exit or bool(early)
             await asyncio.sleep(0.01)
-        if runner.started and on_ready is not None:
+        if early:  # asked to stop while starting: stop once started, not serve on
+            runner.should_exit = True
+        elif runner.started and on_ready is not None:
             await asyncio.to_thread(on_ready, f"{scheme}://{host}:{port}/wsemail")
         await task
 
     # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the
-    # handler that was there before it: make that a no-op so the store closes cleanly.
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # handler that was there before it: that one only notes it, so the store closes
+    # cleanly; a signal that comes before uvicorn's handlers are in place is noted too
+    # (a worker told to stop while it starts must not go on serving: it was lost before)
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: early.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         uvloop.run(main())
     finally:
@@ -323,6 +334,18 @@ def serve_forever(
 
 
 NOT_STARTED = 70  # a worker's exit status when it failed before serving
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _end_with(parent: int) -> None:
+    """A worker is sent SIGTERM when its parent ends, however it ends (Linux): a
+    supervisor killed with SIGKILL must not leave its workers serving unsupervised."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it ended before the request above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def serve_workers(
@@ -356,8 +379,19 @@ def serve_workers(
     failed = ""
     ready_r, ready_w = os.pipe()  # each worker writes one byte once it serves
 
+    parent = os.getpid()
+
+    held = {signal.SIGINT, signal.SIGTERM}
+
     def spawn(worker: int) -> None:
-        pid = os.fork()
+        # a stop that comes while a worker is forked waits until it is in `children`:
+        # handled between the fork and that, it would miss the new worker (found serving on)
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+            raise
         if pid == 0:  # the worker: serve, then leave without the parent's clean-up
             started = False
 
@@ -368,8 +402,10 @@ def serve_workers(
 
             code = 0
             try:
-                for sig in (signal.SIGINT, signal.SIGTERM):
+                for sig in held:
                     signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+                _end_with(parent)
                 mine = copy.copy(config)
                 mine.worker = worker
                 if worker:
@@ -384,6 +420,7 @@ def serve_workers(
             finally:
                 os._exit(code if started else NOT_STARTED)
         children[pid] = worker
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -428,7 +465,8 @@ def serve_workers(
                 continue
             log.warning("worker %d ended (status %d): starting it again", worker, status)
             time.sleep(0.5)
-            spawn(worker)
+            if not stopping:  # told to stop meanwhile: start nothing new
+                spawn(worker)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
