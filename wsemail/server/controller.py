@@ -421,6 +421,9 @@ def serve_workers(
                 os._exit(code if started else NOT_STARTED)
         children[pid] = worker
         signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+        if stopping:  # handled meanwhile all the same (by another thread's delivery)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
