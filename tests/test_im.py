@@ -58,6 +58,16 @@ class Fed:
         self.streams.append(listening)
         return listening
 
+    def close(self) -> None:
+        """End the live sessions, the clients and both servers."""
+        for listening in self.streams:
+            listening.close()
+        for running in (self.a, self.b):
+            for client in running.clients:
+                client.close()
+        self.b.stop()
+        self.a.stop()
+
 
 class Listening:
     """A live session read by a background thread."""
@@ -98,13 +108,7 @@ def fed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fed]:
     route(a, b)
     federation = Fed(ca, tmp_path, a, b)
     yield federation
-    for listening in federation.streams:
-        listening.close()
-    for running in (a, b):
-        for client in running.clients:
-            client.close()
-    a.stop()
-    b.stop()
+    federation.close()
 
 
 def stored_for(running: Running, user: str) -> int:

@@ -45,13 +45,7 @@ def nodes(tmp_path: Path, pg_url: str) -> Iterator[Fed]:
     )
     fed = Fed(ca, tmp_path, one, two)
     yield fed
-    for listening in fed.streams:
-        listening.close()
-    for running in (one, two):
-        for client in running.clients:
-            client.close()
-    two.stop()
-    one.stop()
+    fed.close()
 
 
 def seen_until(party: PartyLine, match: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:

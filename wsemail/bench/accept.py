@@ -144,12 +144,7 @@ def run_bench(
 def _seed(store: BatchStore, recipients: list[str], senders: list[str], count: int) -> None:
     """`count` messages in the `recipients`' inboxes (and their senders' sent folders), as
     the accept path stores them, before the server starts; kept across runs in --data-dir."""
-    have = store.transact_sync(
-        lambda tx: tx.conn.execute(
-            "SELECT count(*) FROM messages WHERE arrival='inbox'"
-        ).fetchone()[0]
-    )
-    for start in range(int(have), count, 500):
+    for start in range(store.transact_sync(_inbox_copies), count, 500):
 
         def batch(tx: Tx, start: int = start) -> None:
             for n in range(start, min(start + 500, count)):
@@ -172,6 +167,10 @@ def _seed(store: BatchStore, recipients: list[str], senders: list[str], count: i
                 tx.add_message(recipient, "inbox", copy)
 
         store.transact_sync(batch)
+
+
+def _inbox_copies(tx: Tx) -> int:
+    return int(tx.conn.execute("SELECT count(*) FROM messages WHERE arrival='inbox'").fetchone()[0])
 
 
 def _analyze(url: str) -> None:
@@ -264,9 +263,7 @@ def _run(
     try:
         stored, sent = store.transact_sync(
             lambda tx: (
-                tx.conn.execute("SELECT count(*) FROM messages WHERE arrival='inbox'").fetchone()[
-                    0
-                ],
+                _inbox_copies(tx),
                 tx.conn.execute("SELECT count(*) FROM messages WHERE folder='sent'").fetchone()[0],
             )
         )

@@ -52,10 +52,21 @@ SQLITE_MIGRATIONS = [
     END
     """,
 ]
-# the final shape at once; the triggers are in place (and hold off other writers of
+# the body of the PostgreSQL totals trigger (migration 1 ran it per row at once; 2 at commit)
+_USAGE_CHANGE = """        IF TG_OP IN ('DELETE', 'UPDATE') THEN
+            UPDATE operate_usage SET messages=messages-1, bytes=bytes-OLD.size
+            WHERE owner=OLD.owner;
+        END IF;
+        IF TG_OP IN ('INSERT', 'UPDATE') THEN
+            INSERT INTO operate_usage AS u(owner, messages, bytes) VALUES (NEW.owner, 1, NEW.size)
+            ON CONFLICT(owner) DO UPDATE SET messages=u.messages+1, bytes=u.bytes+NEW.size;
+        END IF;
+        RETURN NULL;
+"""
+# PostgreSQL: the final shape at once; the triggers are in place (and hold off other writers of
 # `messages`) before the totals are counted, so no copy is missed or counted twice
 POSTGRESQL_MIGRATIONS = [
-    """
+    f"""
     CREATE TABLE operate_quotas(
         address TEXT PRIMARY KEY,
         limit_bytes BIGINT NOT NULL,
@@ -68,16 +79,7 @@ POSTGRESQL_MIGRATIONS = [
     );
     CREATE FUNCTION operate_usage_change() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        IF TG_OP IN ('DELETE', 'UPDATE') THEN
-            UPDATE operate_usage SET messages=messages-1, bytes=bytes-OLD.size
-            WHERE owner=OLD.owner;
-        END IF;
-        IF TG_OP IN ('INSERT', 'UPDATE') THEN
-            INSERT INTO operate_usage AS u(owner, messages, bytes) VALUES (NEW.owner, 1, NEW.size)
-            ON CONFLICT(owner) DO UPDATE SET messages=u.messages+1, bytes=u.bytes+NEW.size;
-        END IF;
-        RETURN NULL;
-    END $$;
+{_USAGE_CHANGE}    END $$;
     CREATE TRIGGER operate_usage_insert AFTER INSERT OR DELETE ON messages
         FOR EACH ROW EXECUTE FUNCTION operate_usage_change();
     CREATE TRIGGER operate_usage_update AFTER UPDATE OF owner, size ON messages
@@ -94,16 +96,7 @@ POSTGRESQL_MIGRATIONS = [
     CREATE OR REPLACE FUNCTION operate_usage_change() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         PERFORM pg_advisory_xact_lock({COMMIT_LOCK});
-        IF TG_OP IN ('DELETE', 'UPDATE') THEN
-            UPDATE operate_usage SET messages=messages-1, bytes=bytes-OLD.size
-            WHERE owner=OLD.owner;
-        END IF;
-        IF TG_OP IN ('INSERT', 'UPDATE') THEN
-            INSERT INTO operate_usage AS u(owner, messages, bytes) VALUES (NEW.owner, 1, NEW.size)
-            ON CONFLICT(owner) DO UPDATE SET messages=u.messages+1, bytes=u.bytes+NEW.size;
-        END IF;
-        RETURN NULL;
-    END $$;
+{_USAGE_CHANGE}    END $$;
     DROP TRIGGER operate_usage_insert ON messages;
     DROP TRIGGER operate_usage_update ON messages;
     CREATE CONSTRAINT TRIGGER operate_usage_insert AFTER INSERT OR DELETE ON messages
