@@ -97,3 +97,73 @@ def test_a_fact_is_remembered_only_when_the_unit_that_learned_it_did_its_work(
         assert store.transact_sync(lambda tx: tx.known("table:extra"))
     finally:
         store.close()
+
+
+def test_a_unit_that_fails_after_many_pages_rolls_back_alone_without_a_temporary_file(
+    tmp_path: Path,
+) -> None:
+    """Units share a batch's transaction, each in a savepoint: a failing unit that wrote
+    hundreds of pages is undone alone, the unit before it commits; the pages to undo it
+    are kept in memory (no temporary sub-journal file: it cost two writes a page)."""
+    import os
+
+    from wsemail.protocol.errors import RequestInvalid
+
+    store = SqliteStore(tmp_path / "s.db")
+    gate, started = threading.Event(), threading.Event()
+
+    def blocker(tx: Tx) -> None:
+        started.set()
+        gate.wait(10)
+
+    def fill(tx: Tx, tag: str) -> None:
+        tx.conn.executemany(
+            "INSERT INTO t VALUES (?, ?)", [(f"{tag}{n}", "x" * 900) for n in range(400)]
+        )
+
+    def failing(tx: Tx) -> None:
+        fill(tx, "b")
+        raise RequestInvalid("refused after writing")
+
+    def temporary_files() -> list[str]:
+        names = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                names.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                continue
+        return [n for n in names if "etilqs" in n]
+
+    try:
+        store.transact_sync(lambda tx: tx.conn.execute("CREATE TABLE t (k TEXT UNIQUE, v TEXT)"))
+        first = store.submit(blocker)
+        assert started.wait(10)
+        ok = store.submit(lambda tx: fill(tx, "a"))  # these three share one batch
+        bad = store.submit(failing)
+        seen: list[list[str]] = []  # temporary files open while a unit's savepoint is live
+
+        def third(tx: Tx) -> None:
+            fill(tx, "c")
+            tx.conn.execute("UPDATE t SET v=upper(v) WHERE k LIKE 'a%'")  # pages of before
+            seen.append(temporary_files())
+
+        after = store.submit(third)
+        gate.set()
+        first.result(10)
+        ok.result(10)
+        after.result(10)
+        try:
+            bad.result(10)
+            raise AssertionError("the failing unit succeeded")
+        except RequestInvalid:
+            pass
+        keys = store.transact_sync(
+            lambda tx: {r[0][0] for r in tx.conn.execute("SELECT k FROM t").fetchall()}
+        )
+        assert keys == {"a", "c"}
+        count = store.transact_sync(lambda tx: tx.conn.execute("SELECT count(*) FROM t").fetchone())
+        assert count[0] == 800
+        assert seen == [[]]
+    finally:
+        gate.set()
+        store.close()
