@@ -48,7 +48,7 @@ def element(parent: etree._Element, local: str, text: str | None = None) -> etre
 
 
 def text_of(parent: etree._Element, local: str, default: str | None = None) -> str | None:
-    child = parent.find(q(local))
+    child = next(parent.iterchildren(q(local)), None)  # `find` without its path parser
     if child is None:
         return default
     return child.text or ""
@@ -81,7 +81,7 @@ def int_of(parent: etree._Element, local: str, lo: int, hi: int, default: int) -
 
 
 def texts_of(parent: etree._Element, local: str) -> list[str]:
-    return [c.text or "" for c in parent.findall(q(local))]
+    return [c.text or "" for c in parent.iterchildren(q(local))]
 
 
 def new_envelope() -> tuple[etree._Element, etree._Element, etree._Element]:

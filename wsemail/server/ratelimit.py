@@ -16,6 +16,7 @@ Peers are counted by `peer_key`: an IPv4 address, or the /64 network of an IPv6 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import threading
 import time
@@ -25,6 +26,7 @@ from collections.abc import Callable
 MAX_KEYS = 100_000
 
 
+@functools.lru_cache(maxsize=4096)  # every request asks, and a peer sends many
 def peer_key(host: str) -> str:
     """What a peer address is counted as: IPv4 as is (also when IPv4-mapped), IPv6 by /64."""
     try:

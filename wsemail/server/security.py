@@ -181,7 +181,7 @@ def wants_signed_answer(
     """The binding for a MAC-authenticated request that asked for a signed answer."""
     if header is None or not token.is_mac or not token.nonce:
         return None
-    asks = header.findall(q(SIGN_RESPONSE))
+    asks = list(header.iterchildren(q(SIGN_RESPONSE)))
     if len(asks) != 1:
         return None
     try:

@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import queue
-import secrets
 import sqlite3
 import threading
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from wsemail.protocol.errors import StorageFull, StoreError, WsemailError
-from wsemail.protocol.message import Message, MessageHeader, is_sealed_body
+from wsemail.protocol.message import Message, MessageHeader, is_sealed_body, ordered_token
 from wsemail.server.schema import MIGRATIONS
 from wsemail.server.sql import POSTGRESQL, SCHEMA_LOCK, SQLITE, Connection, pick
 from wsemail.server.storage import (
@@ -80,6 +79,12 @@ class UserRecord:
 
     def __repr__(self) -> str:
         return f"UserRecord(address={self.address!r}, admin={self.admin})"
+
+
+def new_public_id() -> str:
+    """The id a stored copy is known by to its owner (and on the command line): 9 random
+    bytes after the time it was made (`ordered_token`)."""
+    return ordered_token(9)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -228,9 +233,7 @@ class Tx:
         `origin` and `signed_xml` record the sending server and its signed form. The copy
         joins the conversation its message ids link it to (see `_conversation`)."""
         self._room_for_mail()
-        public_id = secrets.token_urlsafe(12)
-        if public_id.startswith("-"):  # ids are command-line arguments: never option-like
-            public_id = "_" + public_id[1:]
+        public_id = new_public_id()
         keys = list(dict.fromkeys([msg.message_id, msg.in_reply_to or "", *msg.references]))
         keys = [k for k in keys if k]
         # a new conversation is numbered by the copy's own seq, chosen here so that the row

@@ -27,7 +27,6 @@ from wsemail.server.imap.state import (
     No,
     SessionState,
     checked_name,
-    new_public_id,
     wire_name,
 )
 from wsemail.server.mailbox import records as mailbox
@@ -35,7 +34,7 @@ from wsemail.server.mailbox.limits import check_quota, check_size
 from wsemail.server.mailbox.names import DRAFTS, system_folder
 from wsemail.server.pipeline import Environment
 from wsemail.server.smtp.mime import from_mime
-from wsemail.server.store import Tx
+from wsemail.server.store import Tx, new_public_id
 
 _SPECIAL = {"sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Archive": "\\Archive"}
 

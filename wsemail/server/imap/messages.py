@@ -28,12 +28,11 @@ from wsemail.server.imap.state import (
     No,
     SessionState,
     flag_list,
-    new_public_id,
     uid_set,
 )
 from wsemail.server.mailbox import records as mailbox
 from wsemail.server.mailbox.names import TRASH
-from wsemail.server.store import Tx
+from wsemail.server.store import Tx, new_public_id
 
 
 class MessageCommands(SessionState):

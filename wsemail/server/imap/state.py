@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -232,11 +231,6 @@ def checked_name(name: str) -> str:
 
 def uid_set(uids: list[int]) -> str:
     return ",".join(str(u) for u in uids)
-
-
-def new_public_id() -> str:
-    public_id = secrets.token_urlsafe(12)
-    return "_" + public_id[1:] if public_id.startswith("-") else public_id
 
 
 def oneline(text: str) -> bytes:

@@ -8,7 +8,6 @@ search reads the GIN index `messages_text` (see `_pg_matches`) where SQLite read
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,7 +20,14 @@ from wsemail.server.mailbox.names import DRAFTS, TRASH, system_folder
 from wsemail.server.mailbox.query import Query
 from wsemail.server.sql import POSTGRESQL
 from wsemail.server.storage import FULL_REASON
-from wsemail.server.store import HEADER_COLUMNS, MESSAGE_COLUMNS, Tx, header, message
+from wsemail.server.store import (
+    HEADER_COLUMNS,
+    MESSAGE_COLUMNS,
+    Tx,
+    header,
+    message,
+    new_public_id,
+)
 
 _CHUNK = 500  # ids per IN (...) list, under SQLite's parameter limit
 _M_COLUMNS = ", ".join(f"m.{c.strip()}" for c in HEADER_COLUMNS.split(","))
@@ -361,18 +367,13 @@ class NewRow:
         return len(self.body.encode()) + len(self.subject.encode())
 
 
-def _new_id() -> str:
-    public_id = secrets.token_urlsafe(12)
-    return "_" + public_id[1:] if public_id.startswith("-") else public_id  # never option-like
-
-
 def insert(tx: Tx, owner: str, row: NewRow) -> str:
     """Store `row` in `owner`'s mailbox; returns its public id. It did not arrive: it is
     written seen and its flag set after, so no new-mail event is raised for it (the `im`
     plug-in's trigger fires on copies inserted unread)."""
     if tx.full:
         raise StorageFull(FULL_REASON)
-    public_id = _new_id()
+    public_id = new_public_id()
     tx.conn.execute(
         "INSERT INTO messages(id, owner, folder, message_id, sender, to_json, cc_json, "
         "subject, date, size, seen, body, origin, signed_xml, flagged, answered, sealed, "
