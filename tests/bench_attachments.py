@@ -5,9 +5,10 @@ client (most of it is that process's start: the imports, two servers, the test C
 
     WSEMAIL_BENCH_ATTACHMENT_MB=1024 .venv/bin/python tests/bench_attachments.py [--split]
 
-`--split`: the two servers run in a process of their own and the client is the real
-`wsemail send --attach --on-demand` and `wsemail fetch`, one process each; reports the peak
-RSS of each of them (the servers' before and after the transfers).
+`--split`: each server is the real `wsemail serve` (its own process, its server.toml with
+the routes to both domains) and the client is the real `wsemail send --attach --on-demand`
+and `wsemail fetch`, one process each; reports the peak RSS of each of them (the servers'
+before and after the transfers).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_attachments import file_sha, make_file, newest  # noqa: E402
 
 from wsemail.core.routing import StaticResolver  # noqa: E402
-from wsemail.pki import create_root, write_crl  # noqa: E402
+from wsemail.pki import create_root, issue_server, write_crl  # noqa: E402
 
 
 def _cpu() -> float:
@@ -36,9 +38,6 @@ def _cpu() -> float:
 
 def main() -> None:
     megabytes = int(os.environ.get("WSEMAIL_BENCH_ATTACHMENT_MB", "0"))
-    if len(sys.argv) == 4 and sys.argv[1] == "--serve":
-        serve(Path(sys.argv[2]), sys.argv[3])
-        return
     if megabytes <= 0:
         print("set WSEMAIL_BENCH_ATTACHMENT_MB (e.g. 1024) to run this benchmark")
         return
@@ -101,19 +100,55 @@ def _memory(pid: int) -> dict[str, int]:
     return found
 
 
-def serve(tmp: Path, domain: str) -> None:
-    """One domain's server for `--split`: its URL on stdout, then the routes to both domains
-    from stdin; serves until stdin closes."""
-    from test_attachments import start_domain
+def serve(
+    tmp: Path, domains: tuple[str, ...]
+) -> tuple[dict[str, subprocess.Popen[str]], dict[str, str]]:
+    """The real `wsemail serve` for each domain (TLS with its federation identity, routes to
+    every domain in its server.toml, alice, bob and carol as users), once each is ready;
+    and their URLs."""
+    from wsemail.bench.nodes import free_port, write_config
+    from wsemail.server.accounts import set_user
+    from wsemail.server.store import SqliteStore
 
-    running = start_domain(tmp, tmp / "ca", domain)
-    print(running.url, flush=True)
-    routes = json.loads(sys.stdin.readline())
-    assert running.controller.server.federation is not None
-    running.controller.server.federation.resolver = StaticResolver(routes)
-    print("routed", flush=True)
-    sys.stdin.read()
-    running.stop()
+    from conftest import PASSWORD, wsemail_binary
+
+    ports = {domain: free_port() for domain in domains}
+    routes = {d: f"https://127.0.0.1:{port}/wsemail" for d, port in ports.items()}
+    servers = {}
+    for domain in domains:
+        data_dir = tmp / domain
+        data_dir.mkdir(mode=0o700)
+        identity = tmp / f"{domain}-identity"
+        issue_server(tmp / "ca", domain, identity)
+        write_config(
+            data_dir,
+            domain=domain,
+            port=ports[domain],
+            ca=tmp / "ca",
+            identity=identity,
+            routes=routes,
+            plugins=[],  # the default ones
+            sections={"queue": {"retry_base": 0.2, "retry_max": 0.5}},
+        )
+        store = SqliteStore(data_dir / "wsemail.db")
+        try:
+            for user in ("alice", "bob", "carol"):
+                set_user(store, domain, f"{user}@{domain}", PASSWORD)
+        finally:
+            store.close()
+        env = {"PATH": "/usr/bin:/bin"}
+        if "PYTHONPATH" in os.environ:  # comparing versions side by side
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        servers[domain] = subprocess.Popen(
+            [wsemail_binary(), "serve", "--data-dir", str(data_dir)],
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+    for domain, server in servers.items():
+        line = _line(server)
+        assert f" at {routes[domain]} " in line, f"{domain} did not start: {line!r}"
+    return servers, routes
 
 
 def _cpu_of(pid: int) -> float:
@@ -154,29 +189,15 @@ def split(megabytes: int) -> None:
         tmp = Path(folder)
         create_root(tmp / "ca")
         write_crl(tmp / "ca")
-        servers = {
-            domain: subprocess.Popen(
-                [sys.executable, __file__, "--serve", str(tmp), domain],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for domain in ("a.test", "b.test")
-        }
+        servers, routes = serve(tmp, ("a.test", "b.test"))
         try:
-            routes = {d: [_line(s)] for d, s in servers.items()}
-            for server in servers.values():
-                assert server.stdin is not None
-                server.stdin.write(json.dumps(routes) + "\n")
-                server.stdin.flush()
-                assert _line(server) == "routed"
             size = megabytes << 20
             source = tmp / "big.bin"
             expected = make_file(source, size)
             before = {d: _memory(s.pid) for d, s in servers.items()}
             cpu = _cpu_of(servers["a.test"].pid)
             _, upload_s, upload_rss, upload_cpu = _cli(
-                tmp, routes["a.test"][0], "alice@a.test",
+                tmp, routes["a.test"], "alice@a.test",
                 "send", "--to", "bob@b.test", "-s", "big", "--body", "",
                 "--attach", str(source), "--on-demand",
             )  # fmt: skip
@@ -185,7 +206,7 @@ def split(megabytes: int) -> None:
             source.unlink()
             message = ""
             for _ in range(100):  # until the relay has delivered it to b.test
-                listed, *_ = _cli(tmp, routes["b.test"][0], "bob@b.test", "list", "--json")
+                listed, *_ = _cli(tmp, routes["b.test"], "bob@b.test", "list", "--json")
                 if listed.strip():
                     message = json.loads(listed.splitlines()[0])["id"]
                     break
@@ -194,7 +215,7 @@ def split(megabytes: int) -> None:
             out.mkdir()
             cpu = _cpu_of(servers["a.test"].pid)
             _, fetch_s, fetch_rss, fetch_cpu = _cli(
-                tmp, routes["b.test"][0], "bob@b.test", "fetch", message, "-o", str(out)
+                tmp, routes["b.test"], "bob@b.test", "fetch", message, "-o", str(out)
             )
             fetch_server_cpu = _cpu_of(servers["a.test"].pid) - cpu
             assert file_sha(out / "big.bin") == expected
@@ -214,8 +235,7 @@ def split(megabytes: int) -> None:
             )
         finally:
             for server in servers.values():
-                if server.stdin is not None:
-                    server.stdin.close()
+                server.send_signal(signal.SIGTERM)
                 server.wait(60)
 
 
