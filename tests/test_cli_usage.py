@@ -99,3 +99,38 @@ def test_user_add_takes_the_domain_the_data_dir_records(cli: Cli, tmp_path: Path
         check=False,
     )
     assert wrong.returncode == 1 and "data dir of localhost" in wrong.stderr
+
+
+def test_the_command_table_names_what_each_module_adds() -> None:
+    """`wsemail CMD` imports only CMD's module (wsemail.cli.MODULES): the table must say
+    exactly which commands each module adds, and together they are the whole CLI."""
+    import typer
+
+    from wsemail import cli
+
+    every: list[str] = []
+    for module, _, names in cli.MODULES:
+        app = cli.root_app()
+        cli.register(app, [module])
+        group = typer.main.get_command(app)
+        assert isinstance(group, typer.core.TyperGroup)
+        assert sorted(group.commands) == sorted(names), module
+        every += names
+    whole = cli.command(["--help"])
+    assert isinstance(whole, typer.core.TyperGroup)
+    assert sorted(whole.commands) == sorted(every)
+
+
+def test_a_command_loads_its_own_module_and_not_the_rest_of_the_cli() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nimport wsemail.cli as c\nsys.argv = ['wsemail', 'send', '--help']\n"
+        "try:\n    c.main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('wsemail.cli.', 'wsemail.server',"
+        " 'dkim', 'dns', 'cryptography', 'wsemail.client.usercerts'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "['wsemail.cli.mail']"

@@ -5,8 +5,10 @@ unreachable, 4 rejected by the server, 5 the server's storage is full (try later
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import click
@@ -16,43 +18,8 @@ from typer.exceptions import TyperException
 from typer.models import ParamMeta
 
 from wsemail import __version__ as wsemail_version
-from wsemail.cli import (
-    admin,
-    aliases,
-    archive,
-    attachments,
-    bench,
-    ca,
-    contacts,
-    conversations,
-    demo,
-    directory,
-    domain,
-    drafts,
-    filters,
-    forms,
-    im,
-    keys,
-    login,
-    mail,
-    mailbox,
-    plugins,
-    serve,
-    tui,
-    users,
-    watch,
-    web,
-)
 from wsemail.client import session
 from wsemail.protocol.errors import WsemailError
-
-app = typer.Typer(
-    name="wsemail",
-    help="Secure internet mail as web services: server, client and tools.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
 
 
 def _version(value: bool) -> None:
@@ -61,7 +28,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="print the version and exit"
@@ -70,31 +36,87 @@ def _root(
     """Secure internet mail as web services: server, client and tools."""
 
 
-serve.register(app)
-login.register(app)
-mail.register(app)
-conversations.register(app)
-mailbox.register(app)
-drafts.register(app)
-archive.register(app)
-app.add_typer(users.app, name="user")
-app.add_typer(aliases.app, name="alias")
-filters.register(app)
-app.add_typer(plugins.app, name="plugins")
-app.add_typer(admin.app, name="admin")
-app.add_typer(ca.app, name="ca")
-app.command("tui")(tui.tui)
-bench.register(app)
-domain.register(app)
-demo.register(app)
-attachments.register(app)
-forms.register(app)
-im.register(app)
-keys.register(app)
-contacts.register(app)
-directory.register(app)
-watch.register(app)
-web.register(app)
+def root_app() -> typer.Typer:
+    """The `wsemail` typer app, without its commands (see `register`)."""
+    app = typer.Typer(
+        name="wsemail",
+        help="Secure internet mail as web services: server, client and tools.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    app.callback()(_root)
+    return app
+
+
+# Each command group module, in the order `wsemail --help` lists them, with the commands it
+# adds: how it adds them (its `register(app)`, its typer `app` added under a name, or one
+# function) and their names. `main` imports only the module of the command it runs (the
+# whole CLI imports the server's DKIM and DNS code, the PKI, signatures… which `wsemail
+# send` or `wsemail serve` never use); help, a mistyped command or none imports them all.
+MODULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("serve", "register", ("serve",)),
+    ("login", "register", ("login", "logout", "accounts")),
+    ("mail", "register", ("send", "list", "retrieve", "delete")),
+    ("conversations", "register", ("thread", "reply", "forward")),
+    ("mailbox", "register", ("folders", "move", "flag", "search", "folder")),
+    ("drafts", "register", ("draft",)),
+    ("archive", "register", ("export", "import")),
+    ("users", "app", ("user",)),
+    ("aliases", "app", ("alias",)),
+    ("filters", "register", ("filters", "vacation")),
+    ("plugins", "app", ("plugins",)),
+    ("admin", "app", ("admin",)),
+    ("ca", "app", ("ca",)),
+    ("tui", "tui", ("tui",)),
+    ("bench", "register", ("bench",)),
+    ("domain", "register", ("domain",)),
+    ("demo", "register", ("demo",)),
+    ("attachments", "register", ("attachments", "fetch")),
+    ("forms", "register", ("forms",)),
+    ("im", "register", ("im",)),
+    ("keys", "register", ("keys",)),
+    ("contacts", "register", ("contacts",)),
+    ("directory", "register", ("directory",)),
+    ("watch", "register", ("watch",)),
+    ("web", "register", ("web",)),
+)
+COMMANDS = {name: module for module, _, names in MODULES for name in names}
+
+
+def register(app: typer.Typer, modules: Iterable[str]) -> None:
+    """Add the commands of `modules` (names in MODULES) to `app`, in MODULES' order."""
+    wanted = set(modules)
+    for module, how, names in MODULES:
+        if module not in wanted:
+            continue
+        found = importlib.import_module(f"wsemail.cli.{module}")
+        if how == "register":
+            found.register(app)
+        elif how == "app":
+            app.add_typer(found.app, name=names[0])
+        else:
+            app.command(names[0])(getattr(found, how))
+
+
+def modules_for(args: list[str]) -> list[str]:
+    """The command group modules `wsemail ARGS` needs: the one of its command, or all of
+    them for --help, --version, no command or a name that is not one (click's answer
+    lists or suggests the commands)."""
+    if args and args[0] in COMMANDS:
+        return [COMMANDS[args[0]]]
+    return [module for module, _, _ in MODULES]
+
+
+def command(args: list[str]) -> Any:
+    """The click command that runs `wsemail ARGS` (typer's: newer typer bundles its own
+    click)."""
+    app = root_app()
+    register(app, modules_for(args))
+    found = typer.main.get_command(app)
+    if isinstance(found, TyperGroup):
+        with_account_option(found)
+    return found
 
 
 def _choose_account(value: str | None) -> None:
@@ -176,10 +198,7 @@ def _account_param() -> Any:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        command = typer.main.get_command(app)
-        if isinstance(command, TyperGroup):
-            with_account_option(command)
-        result = command.main(standalone_mode=False)
+        result = command(sys.argv[1:]).main(standalone_mode=False)
     except (click.exceptions.Abort, typer.Abort):
         print("wsemail: aborted", file=sys.stderr)
         sys.exit(1)
