@@ -106,7 +106,7 @@ def test_the_command_table_names_what_each_module_adds() -> None:
     exactly which commands each module adds, and together they are the whole CLI."""
     import typer
 
-    from wsemail import cli
+    from wsemail.cli import commands as cli
 
     every: list[str] = []
     for module, _, names in cli.MODULES:
@@ -133,4 +133,32 @@ def test_a_command_loads_its_own_module_and_not_the_rest_of_the_cli() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "['wsemail.cli.mail']"
+    loaded = "['wsemail.cli.commands', 'wsemail.cli.mail', 'wsemail.cli.serving']"
+    assert out.stdout.strip().splitlines()[-1] == loaded
+
+
+def test_wsemail_serve_serves_in_a_process_without_the_command_line_parser(
+    tmp_path: Path,
+) -> None:
+    """The same process (id, command line) serves, executed again once the options are
+    parsed: typer and pydantic (its compiled core) are not in it."""
+    import os
+    import signal
+    import subprocess
+
+    from conftest import wsemail_binary
+
+    command = [wsemail_binary(), "serve", "--data-dir", str(tmp_path), "--port", "0"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSEMAIL_")}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as server:
+        try:
+            assert server.stdout is not None
+            line = server.stdout.readline()
+            assert line.startswith("wsemail: serving localhost at http://127.0.0.1:"), line
+            maps = Path(f"/proc/{server.pid}/maps").read_text()
+            assert "pydantic_core" not in maps and "_rust_notify" in maps  # uvicorn's, loaded
+            argv = Path(f"/proc/{server.pid}/cmdline").read_text().split("\0")
+            assert argv[1:-1] == command
+        finally:
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(30) == 0

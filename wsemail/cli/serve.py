@@ -1,17 +1,14 @@
 """`wsemail serve`: run one domain's server; with no arguments, the embedded default
-(domain localhost, SQLite under the platform data dir, created on first run)."""
+(domain localhost, SQLite under the platform data dir, created on first run). The options
+are parsed here; `wsemail.cli.serving` serves."""
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import typer
 
-from wsemail.server.config import ServerConfig, check_store_url, load_config
-from wsemail.server.pipeline import PluginSpec
-
-SUBMISSION = "smtp-submission"
+from wsemail.cli import serving
 
 
 def serve(
@@ -60,92 +57,28 @@ def serve(
     ),
 ) -> None:
     """Run a wsemail server (Ctrl-C stops it)."""
-    from wsemail.server.controller import serve_forever, serve_workers
-    from wsemail.server.operate import logs
-
-    level = (log_level or ("info" if verbose else "warning")).lower()
-    try:
-        logs.configure(log_format.lower(), level)
-    except ValueError as exc:
-        typer.echo(f"wsemail: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    cfg = load_config(
-        config, data_dir, domain=domain, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key
-    )
-    if store is not None:
-        cfg.store_url = check_store_url(store)
-
-    if smtp_port is not None:
-        refs = {spec.ref for spec in cfg.plugins}
-        if "smtp-inbound" not in refs:
-            cfg.plugins.append(
-                PluginSpec("smtp-inbound", 50, {"port": smtp_port, "host": cfg.host})
-            )
-        if "smtp-outbound" not in refs:
-            cfg.plugins.append(PluginSpec("smtp-outbound", 60))
-    if submission_port is not None:
-        refs = {spec.ref for spec in cfg.plugins}
-        if not refs & {SUBMISSION, "wsemail.server.smtp.plugins:SmtpSubmission"}:
-            cfg.plugins.append(
-                PluginSpec(SUBMISSION, 55, {"port": submission_port, "host": cfg.host})
-            )
-        if "smtp-outbound" not in refs:  # submitted mail may go to the Internet
-            cfg.plugins.append(PluginSpec("smtp-outbound", 60))
-
-    if imap_port is not None:
-        if imap_tls not in ("auto", "implicit", "starttls", "none"):
-            raise typer.BadParameter("--imap-tls is auto, implicit, starttls or none")
-        refs = {spec.ref for spec in cfg.plugins}
-        if not refs & {"imap", "wsemail.server.imap:Imap"}:
-            options = {"port": imap_port, "host": cfg.host, "tls": imap_tls}
-            cfg.plugins.append(PluginSpec("imap", 30, options))
-
-    def ready(url: str) -> None:
-        where = "the PostgreSQL store" if cfg.store_url else f"data in {cfg.data_dir}"
-        many = f", {workers} workers" if workers > 1 else ""
-        typer.echo(f"wsemail: serving {cfg.domain} at {url} ({where}{many})")
-        if demo:
-            run_demo(url, cfg)
-
-    if workers > 1:
-        serve_workers(cfg, workers, on_ready=ready)
-    else:
-        serve_forever(cfg, on_ready=ready)
-
-
-def run_demo(url: str, cfg: ServerConfig) -> None:
-    """Two fresh demo accounts, one message between them, read back through the client."""
-    from wsemail.cli.demo import command
-    from wsemail.client.mail import Client
-    from wsemail.server.accounts import set_user
-    from wsemail.server.stores import open_store
-
-    domain = cfg.domain
-    store = open_store(cfg)
-    suffix = secrets.token_hex(2)
-    people = {name: secrets.token_urlsafe(9) for name in (f"alice{suffix}", f"bob{suffix}")}
-    try:
-        for name, password in people.items():
-            set_user(store, domain, f"{name}@{domain}", password)
-    finally:
-        store.close()
-    (alice, alice_pw), (bob, bob_pw) = people.items()
-    with Client(url, f"{alice}@{domain}", alice_pw) as client:
-        sent = client.send(
-            [f"{bob}@{domain}"], "Hello from wsemail", "Signed, sealed, delivered over SOAP."
-        )
-    with Client(url, f"{bob}@{domain}", bob_pw) as client:
-        header = client.list_headers().headers[0]
-        message = client.retrieve(header.id)
-    typer.echo(
-        f"demo: {alice}@{domain} sent {sent.message_id}; {bob}@{domain} read "
-        f"{message.subject!r} from {message.sender}"
-    )
-    me = command()
-    typer.echo(
-        "demo: try it yourself in another terminal:\n"
-        f"  export WSEMAIL_SERVER={url} WSEMAIL_USER={bob}@{domain} "
-        f"WSEMAIL_PASSWORD={bob_pw}\n  {me} list && {me} retrieve {header.id}"
+    if imap_port is not None and imap_tls not in ("auto", "implicit", "starttls", "none"):
+        raise typer.BadParameter("--imap-tls is auto, implicit, starttls or none")
+    serving.launch(
+        {
+            "config": config,
+            "data_dir": data_dir,
+            "domain": domain,
+            "host": host,
+            "port": port,
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
+            "smtp_port": smtp_port,
+            "submission_port": submission_port,
+            "imap_port": imap_port,
+            "imap_tls": imap_tls,
+            "store": store,
+            "workers": workers,
+            "demo": demo,
+            "verbose": verbose,
+            "log_format": log_format,
+            "log_level": log_level,
+        }
     )
 
 
