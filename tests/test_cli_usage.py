@@ -102,7 +102,7 @@ def test_user_add_takes_the_domain_the_data_dir_records(cli: Cli, tmp_path: Path
 
 
 def test_the_command_table_names_what_each_module_adds() -> None:
-    """`wsemail CMD` imports only CMD's module (wsemail.cli.MODULES): the table must say
+    """`wsemail CMD` imports only CMD's module (cli.commands.MODULES): the table must say
     exactly which commands each module adds, and together they are the whole CLI."""
     import typer
 

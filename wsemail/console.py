@@ -3,8 +3,8 @@ options (--server, --user, --account, --web) starts the terminal client at once;
 else goes to the command line (`wsemail.cli.main`). `python -m wsemail.console` is the same
 (a browser session of `wsemail web` starts that way).
 
-The command line imports typer, click and the command's own group (`wsemail.cli.commands.MODULES`),
-a cold start the terminal client does not need. What this
+The command line imports typer, click and the command's own group
+(`wsemail.cli.commands.MODULES`), a cold start the terminal client does not need. What this
 fast path accepts, the CLI's `tui` command does the same way; anything else (`--help`, an
 unknown or repeated option, a missing value) is left to the CLI, which explains it.
 """
