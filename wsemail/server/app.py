@@ -315,23 +315,26 @@ class Server:
         size = 0
         pace = Pace(config, total=config.read_timeout)
         budget = READING_BUDGET * limit
-        stream = request.stream().__aiter__()
+        receive = request.receive  # the ASGI messages: one timeout moved along, not one each
         try:
-            while True:
-                try:
-                    async with asyncio.timeout_at(pace.deadline(size)):
-                        chunk = await anext(stream)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError as exc:
-                    raise RequestTimeout("timed out reading the request (too slow)") from exc
-                size += len(chunk)
-                if size > limit:
-                    raise TooLarge(f"request larger than {limit} bytes")
-                if self.reading + len(chunk) > budget:
-                    raise ServerBusy("too many requests being received; try again")
-                self.reading += len(chunk)
-                chunks.append(chunk)
+            async with asyncio.timeout_at(pace.deadline(0)) as window:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientDisconnect()
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise TooLarge(f"request larger than {limit} bytes")
+                    if self.reading + len(chunk) > budget:
+                        raise ServerBusy("too many requests being received; try again")
+                    self.reading += len(chunk)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+                    window.reschedule(pace.deadline(size))
+        except TimeoutError as exc:
+            raise RequestTimeout("timed out reading the request (too slow)") from exc
         finally:
             self.reading -= sum(len(c) for c in chunks)
         return b"".join(chunks)

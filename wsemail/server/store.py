@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from wsemail.protocol.errors import StorageFull, StoreError, WsemailError
 from wsemail.protocol.message import Message, MessageHeader, is_sealed_body, ordered_token
@@ -544,7 +544,61 @@ def header(row: tuple[Any, ...]) -> MessageHeader:
     )
 
 
-_Job = tuple[Callable[[Tx], Any], "concurrent.futures.Future[Any]"]
+class LoopAnswer:
+    """The caller of a unit of work on an event loop (`BatchStore.transact`). The writer
+    thread answers all of a batch's callers on one loop with one call into it after the
+    commit (`answer_on_loops`), not one wake-up per unit. It has the parts of a
+    concurrent.futures.Future the writer thread uses."""
+
+    __slots__ = ("future", "loop", "taken")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.taken = False
+
+    def running(self) -> bool:
+        return self.taken
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """False when the caller gave up (its request was cancelled): skip the unit."""
+        if self.future.cancelled():  # read from the writer thread: one flag, no harm
+            return False
+        self.taken = True
+        return True
+
+
+_Waiter = concurrent.futures.Future[Any] | LoopAnswer
+_Job = tuple[Callable[[Tx], Any], _Waiter]
+_Outcome = tuple[_Waiter, Any, BaseException | None]
+
+
+def answer(outcomes: list[_Outcome]) -> None:
+    """Answer the callers of a batch: futures at once, loop callers one call per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        waiter, result, error = outcome
+        if isinstance(waiter, LoopAnswer):
+            by_loop.setdefault(waiter.loop, []).append(outcome)
+        elif error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(result)
+    for loop, answers in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, answers)
+
+
+def _settle(answers: list[_Outcome]) -> None:
+    """(On the callers' loop.) Set each answer its caller still waits for."""
+    for waiter, result, error in answers:
+        assert isinstance(waiter, LoopAnswer)
+        if waiter.future.done():  # cancelled meanwhile
+            continue
+        if error is not None:
+            waiter.future.set_exception(error)
+        else:
+            waiter.future.set_result(result)
 
 
 class BatchStore:
@@ -573,7 +627,7 @@ class BatchStore:
         self._current: Tx | None = None  # the transaction the writer thread is in
         self._lasting: set[str] = set()  # Tx.lasting
         # units that lost a conflict with another process, by how often (run again later)
-        self._tries: dict[concurrent.futures.Future[Any], int] = {}
+        self._tries: dict[_Waiter, int] = {}
         # the data dir's reserve and full-disk mode (set by the server; None: no reserve)
         self.space: SpaceReserve | None = None
         # which process this is among the nodes and workers sharing a store (set by the
@@ -617,7 +671,10 @@ class BatchStore:
 
     async def transact(self, work: Callable[[Tx], T]) -> T:
         """Run `work` in the writer thread; resolves after its transaction committed."""
-        return await asyncio.wrap_future(self.submit(work))
+        waiter = LoopAnswer(asyncio.get_running_loop())
+        self._ensure_thread()
+        self._jobs.put((work, waiter))
+        return cast(T, await waiter.future)
 
     def transact_sync(self, work: Callable[[Tx], T]) -> T:
         current = self._current
@@ -707,7 +764,7 @@ class BatchStore:
                 conn.close()
 
     def _commit(self, conn: Any, batch: list[_Job], now: float) -> None:
-        outcomes: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
+        outcomes: list[_Outcome] = []
         began = time.perf_counter()
         try:
             if conn is None:  # the subclass could not connect: the whole batch fails
@@ -778,12 +835,9 @@ class BatchStore:
                     self._jobs.put((work, future))  # the whole batch lost: run it again
                 else:
                     outcomes.append((future, None, failed))
-        for future, result, error in outcomes:
+        for future, _, _ in outcomes:
             self._tries.pop(future, None)
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+        answer(outcomes)
 
     def _database_cause(self, exc: BaseException) -> BaseException:
         """The database error behind a lost transaction (through the causes a unit's own
