@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from wsemail.server.sql import POSTGRESQL, SQLITE
 from wsemail.server.store import Tx
 
+# 2: an owner's uploads by state (the quota of every delivery and upload reads them: without
+# it each delivered copy read the whole table)
+_BY_OWNER = "CREATE INDEX attachment_blobs_owner ON attachment_blobs(owner, state)"
 SQLITE_MIGRATIONS = [
     """
     CREATE TABLE attachment_blobs(
@@ -56,7 +59,8 @@ SQLITE_MIGRATIONS = [
         last_byte INTEGER NOT NULL DEFAULT -1
     );
     CREATE INDEX attachment_audit_guid ON attachment_audit(guid, seq)
-    """
+    """,
+    _BY_OWNER,
 ]
 # the same tables on PostgreSQL, plus the bytes themselves: chunk rows of CHUNK_BYTES
 # (every node of the domain reads them; wsemail.server.attachments.chunks)
@@ -106,7 +110,8 @@ POSTGRESQL_MIGRATIONS = [
         PRIMARY KEY(guid, n)
     );
     ALTER TABLE attachment_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
-    """
+    """,
+    _BY_OWNER,
 ]
 MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
 _QUOTA_LOCK = 0x77736174  # pg_advisory_xact_lock(class, owner): one quota check at a time
