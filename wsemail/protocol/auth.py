@@ -129,8 +129,8 @@ def mac_input(operation: str, username: str, nonce: str, created: str, body: byt
 def compute_mac(
     key: bytes, operation: str, username: str, nonce: str, created: str, body_c14n: bytes
 ) -> str:
-    raw = hmac.new(key, mac_input(operation, username, nonce, created, body_c14n), "sha256")
-    return base64.b64encode(raw.digest()).decode("ascii")
+    raw = hmac.digest(key, mac_input(operation, username, nonce, created, body_c14n), "sha256")
+    return base64.b64encode(raw).decode("ascii")
 
 
 @dataclass(repr=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import time
@@ -68,12 +69,16 @@ def ordered_token(random_bytes: int) -> str:
     one after another sit side by side in an index: storing one changes the index page the
     last one changed, not a random page (a random id cost a page write per index per copy).
     It never starts with "-", so it is never taken for a command-line option."""
-    ms = time.time_ns() // 1_000_000
+    return _time_digits(time.time_ns() // 1_000_000) + secrets.token_urlsafe(random_bytes)
+
+
+@functools.lru_cache(maxsize=64)  # ids made in the same millisecond share it
+def _time_digits(ms: int) -> str:
     digits = []
     for _ in range(7):
         ms, digit = divmod(ms, 62)
         digits.append(_BASE62[digit])
-    return "".join(reversed(digits)) + secrets.token_urlsafe(random_bytes)
+    return "".join(reversed(digits))
 
 
 def is_message_id(text: str) -> bool:
