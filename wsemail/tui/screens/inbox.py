@@ -64,6 +64,9 @@ class HookFailed(Message):
 
 class InboxScreen(WorkScreen[None]):
     CSS_PATH = "inbox.tcss"
+    # focused as it is composed, so the first page is drawn focused once (a focus given in
+    # on_mount arrives after that drawing and restyles and redraws the whole table)
+    AUTO_FOCUS = "#headers"
     BINDINGS = [
         Binding("c", "compose", "Compose"),
         Binding("m", "chat", "Chat"),
@@ -180,8 +183,6 @@ class InboxScreen(WorkScreen[None]):
 
     def on_mount(self) -> None:
         self.sub_title = self.client.username
-        self.query_one("#filter", Input).display = False
-        self.query_one(HeaderTable).focus()
         first, self.first_page = self.first_page, None
         self._load_folder("inbox", first)
         if self.poll_seconds > 0:
