@@ -108,6 +108,18 @@ NOT_AT_TUI_START = (
     "wsemail.tui.screens.confirm",
     "wsemail.tui.screens.admin",
     "wsemail.client.completion",
+    # what the inbox needs only after its first page: the IM push stream and new-mail hooks,
+    # the storage used, drafts and replies
+    "wsemail.client.im",
+    "wsemail.client.newmail",
+    "wsemail.client.partyline",
+    "wsemail.client.attachments",
+    "wsemail.client.admin",
+    "wsemail.client.drafts",
+    "wsemail.client.replies",
+    "wsemail.protocol.drafts",
+    "wsemail.tui.push",
+    "wsemail.tui.drafts",
     "trio",  # httpcore's trio backend (wsemail/client/httpcore_trio.py), when installed
     "wsemail.tui.formscreen",
     "wsemail.tui.delivery",

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from wsemail.client.drafts import Drafts
 from wsemail.client.mail import Client, SendResult
-from wsemail.protocol.drafts import SavedDraft
 
-AUTOSAVE_SECONDS = 5.0  # how often a changed draft is saved while one types
+if TYPE_CHECKING:
+    from wsemail.protocol.drafts import SavedDraft
+
+AUTOSAVE_SECONDS = 5.0  # how often a changed draft is saved while one types (the app reads
+# it at start, so the drafts modules are imported when a compose screen first keeps a draft)
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class DraftKeeper:
         thread: SavedDraft | None = None,
     ) -> None:
         """`thread`: a reply's In-Reply-To and References, kept in the draft it saves."""
+        from wsemail.client.drafts import Drafts
+        from wsemail.protocol.drafts import SavedDraft
+
         self.drafts = Drafts(client)
         self.saved = saved
         self.base = thread or SavedDraft()

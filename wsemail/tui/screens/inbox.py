@@ -19,6 +19,8 @@ Later, the marker column fills with provenance, attachment, form and IM markers 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -28,23 +30,26 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Header, Input, Label
 
 from wsemail.client import session
-from wsemail.client.admin import StorageUsage, storage_usage
-from wsemail.client.drafts import Drafts
-from wsemail.client.im import Incoming, InstantMessenger
 from wsemail.client.mail import Client, Page, ThreadPage
-from wsemail.client.newmail import HookRunner, NewMail
-from wsemail.client.partyline import Invitation
-from wsemail.protocol.drafts import SavedDraft
 from wsemail.protocol.errors import NotFound, WsemailError
 from wsemail.protocol.message import MessageHeader, normalize_address
 from wsemail.tui.conversations import Conversations, is_thread_key
-from wsemail.tui.drafts import ComposeDraft, reopen
 from wsemail.tui.feedback import describe
 from wsemail.tui.mailbox import AddressBook, Mailbox
-from wsemail.tui.push import PushSession, notice_text, plain_address
 from wsemail.tui.screens.base import Invited, WorkScreen
 from wsemail.tui.widgets.footer import KeyFooter
 from wsemail.tui.widgets.inbox.header_table import HeaderTable
+
+if TYPE_CHECKING:
+    from wsemail.client.admin import StorageUsage
+    from wsemail.client.im import Incoming
+    from wsemail.client.newmail import HookRunner, NewMail
+    from wsemail.protocol.drafts import SavedDraft
+    from wsemail.tui.push import PushSession
+
+# What only comes after the first page is imported where it is first needed: the IM push
+# stream and new-mail hooks (wsemail.client.im, newmail, partyline, attachments), the storage
+# used, drafts and replies (tests/test_layout.py keeps them out of a TUI start).
 
 FOLDER_TITLES = {"inbox": "Inbox", "sent": "Sent"}
 DRAFTS = "Drafts"
@@ -152,8 +157,8 @@ class InboxScreen(WorkScreen[None]):
     ) -> None:
         super().__init__()
         self.im_notify = im_notify
-        self.push = PushSession(InstantMessenger(client), mail=True)
-        self.hooks = HookRunner(self._hook_command, client, self._hook_failed)
+        self.push: PushSession | None = None  # the IM push stream, once the first page is shown
+        self.hooks: HookRunner | None = None  # runs the new-mail hook, from the first new mail
         self.client = client
         self.book = book
         self.page_size = page_size
@@ -191,7 +196,8 @@ class InboxScreen(WorkScreen[None]):
             self.call_after_refresh(self.listen)
 
     def on_unmount(self) -> None:
-        self.push.close()
+        if self.push is not None:
+            self.push.close()
 
     @property
     def table(self) -> HeaderTable:
@@ -302,6 +308,8 @@ class InboxScreen(WorkScreen[None]):
     def _read_usage(self) -> StorageUsage | None:
         """The user's storage against their quota (None when it cannot be read: the
         status bar then shows the last value it had)."""
+        from wsemail.client.admin import storage_usage
+
         try:
             return storage_usage(self.client)
         except Exception:  # the listing itself worked: no notice for the status bar
@@ -404,15 +412,28 @@ class InboxScreen(WorkScreen[None]):
         self.app.push_screen(AdminStatusScreen(self.client))
 
     # instant messages ---------------------------------------------------------------------
-    @work(thread=True, group="listen")
     def listen(self) -> None:
+        """Open the IM push stream (after the first page is drawn), unless gone already."""
+        from wsemail.client.im import InstantMessenger
+        from wsemail.tui.push import PushSession
+
+        if self.push is None and self.is_attached:
+            self.push = PushSession(InstantMessenger(self.client), mail=True)
+            self._listen(self.push)
+
+    @work(thread=True, group="listen")
+    def _listen(self, push: PushSession) -> None:
         try:
-            self.push.run(lambda item: self.post_message(self.InstantArrived(item)), lambda: None)
+            push.run(lambda item: self.post_message(self.InstantArrived(item)), lambda: None)
         except Exception as exc:
-            if not self.push.closed:
+            if not push.closed:
                 self.fail("Instant messages are not shown live", exc)
 
     def on_inbox_screen_instant_arrived(self, event: InboxScreen.InstantArrived) -> None:
+        from wsemail.client.newmail import NewMail
+        from wsemail.client.partyline import Invitation
+        from wsemail.tui.push import notice_text, plain_address
+
         item = event.item
         screen = self.app.screen
         if item.kind == "mail":
@@ -436,7 +457,11 @@ class InboxScreen(WorkScreen[None]):
 
     # new mail -------------------------------------------------------------------------------
     def _new_mail(self, mail: NewMail) -> None:
+        from wsemail.client.newmail import HookRunner
+
         self.app.bell()
+        if self.hooks is None:
+            self.hooks = HookRunner(self._hook_command, self.client, self._hook_failed)
         self.hooks.submit(mail.header)
         if mail.header.folder == self.mailbox.folder:
             if self.showing_threads and not self.loading:
@@ -461,6 +486,8 @@ class InboxScreen(WorkScreen[None]):
         if header is None:
             self.action_new_chat()
             return
+        from wsemail.tui.push import plain_address
+
         peer = header.sender
         if plain_address(peer) == plain_address(self.client.username):
             peer = next(iter([*header.to, *header.cc]), peer)  # own sent mail: its recipient
@@ -591,6 +618,7 @@ class InboxScreen(WorkScreen[None]):
         self.app.push_screen(FiltersScreen(self.client))
 
     def action_compose(self) -> None:
+        from wsemail.tui.drafts import ComposeDraft
         from wsemail.tui.screens.compose import ComposeScreen
 
         self.app.push_screen(ComposeScreen(self.client, self.book, ComposeDraft()))
@@ -622,6 +650,8 @@ class InboxScreen(WorkScreen[None]):
 
     @work(thread=True, group="draft")
     def open_draft(self, draft_id: str) -> None:
+        from wsemail.client.drafts import Drafts
+
         try:
             found = Drafts(self.client).get(draft_id)
         except NotFound:  # a message filed into Drafts (not a draft): shown as one
@@ -640,6 +670,7 @@ class InboxScreen(WorkScreen[None]):
             if self.mailbox.folder == DRAFTS:
                 self._load_folder(DRAFTS)  # sent, changed or discarded
 
+        from wsemail.tui.drafts import reopen
         from wsemail.tui.screens.compose import ComposeScreen
 
         screen = ComposeScreen(self.client, self.book, reopen(event.draft))
