@@ -8,6 +8,7 @@ import pytest
 from textual.widgets import Input, TextArea
 from tui_helpers import make_app, wait_for
 
+from wsemail.client.salts import SaltMemory
 from wsemail.tui.app import WsemailApp
 from wsemail.tui.screens.compose import ComposeScreen
 from wsemail.tui.screens.confirm import ConfirmScreen
@@ -63,6 +64,28 @@ async def test_known_credentials_skip_the_form_and_show_the_inbox(server: Runnin
         assert str(row[1]) == "bob@localhost"
         assert str(row[2]) == "hello"
         assert "1 loaded" in str(app.screen.query_one("#inbox-status").render())
+
+
+async def start_to_the_inbox(server: Running) -> None:
+    app = make_app(server)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: in_inbox(app))
+
+
+async def test_sign_in_remembers_the_salt_for_the_next_start(
+    server: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next start begins scrypt from the remembered salt (wsemail.client.salts); one
+    that no longer holds (a new password) only loses the head start."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    memory = SaltMemory.default()
+    assert memory.path == tmp_path / "cache" / "wsemail" / "salts.json"
+    salt = server.client().get_salt("alice@localhost")
+    for remembered in (None, salt, b"\x00" * 16):
+        if remembered is not None:
+            memory.put(server.url, "alice@localhost", remembered)
+        await start_to_the_inbox(server)
+        assert memory.get(server.url, "alice@localhost") == salt
 
 
 async def test_wrong_password_notifies_and_the_form_signs_in(server: Running) -> None:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import httpx
 from lxml import etree
 
+from wsemail.client.salts import KeyAhead, SaltMemory
 from wsemail.client.tls import client_context
 from wsemail.protocol import soap
 from wsemail.protocol.auth import (
@@ -159,6 +160,7 @@ class Client:
         trust_roots: list[Path] | None = None,
         tls_name: str | None = None,
         clock: Callable[[], float] = time.time,
+        salts: SaltMemory | None = None,
     ) -> None:
         if password is None and credentials is None:
             raise UsageError("a password is needed")
@@ -175,6 +177,15 @@ class Client:
         self.username = normalize_address(username)
         self._password = password
         self._credentials = credentials
+        # with `salts`: the salt of this account's last session; the key derivation begins
+        # from it now, while the client connects and asks the server for the salt
+        self._salts = salts
+        self._ahead: KeyAhead | None = None
+        self._new_salt: bytes | None = None  # to remember once the server accepted the key
+        if salts is not None and password is not None and credentials is None:
+            remembered = salts.get(server, self.username)
+            if remembered is not None:
+                self._ahead = KeyAhead(password, remembered)
         if verify is True or isinstance(verify, str):  # str: our own CA bundle (WSEMAIL_CACERT)
             # httpx's checks, the bundle read at the first TLS handshake (none for http://)
             verify = client_context(verify if isinstance(verify, str) else None)
@@ -236,7 +247,12 @@ class Client:
         if self._credentials is None:
             assert self._password is not None
             salt = self.get_salt(self.username)
-            self._credentials = Credentials(self.username, derive_key(self._password, salt))
+            ahead, self._ahead = self._ahead, None
+            key = ahead.key_for(salt) if ahead is not None else None
+            if key is None:
+                key = derive_key(self._password, salt)
+                self._new_salt = salt if self._salts is not None else None
+            self._credentials = Credentials(self.username, key)
             self._password = None
         return self._credentials
 
@@ -289,12 +305,17 @@ class Client:
         ):
             self.learn_clock()
         try:
-            return self._call(operation, authenticated)
+            answer = self._call(operation, authenticated)
         except MessageExpired as exc:
             if not authenticated or (exc.detail == STALE_ANSWER and not idempotent):
                 raise
             self.learn_clock()
-            return self._call(operation, authenticated)
+            answer = self._call(operation, authenticated)
+        if authenticated and self._new_salt is not None and self._salts is not None:
+            # the server accepted a key from this salt: the next session begins with it
+            self._salts.put(self.server, self.username, self._new_salt)
+            self._new_salt = None
+        return answer
 
     def _call(self, operation: etree._Element, authenticated: bool) -> etree._Element:
         env, header, body = soap.new_envelope()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from wsemail.client import session
 from wsemail.client.mail import Client, Page
+from wsemail.client.salts import SaltMemory
 from wsemail.protocol.errors import WsemailError
 
 ClientFactory = Callable[[str, str, str], Client]
@@ -133,6 +134,9 @@ def default_client(server: str, user: str, password: str) -> Client:
         verify=session.tls_verify(),
         trust_roots=roots,
         tls_name=tls_name or None,
+        # the key derivation begins from this account's salt of its last session, while
+        # the client connects and fetches the salt (wsemail.client.salts)
+        salts=SaltMemory.default(),
     )
 
 
