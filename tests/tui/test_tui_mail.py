@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from textual.widgets import Input, TextArea
+from textual.widgets._footer import FooterKey
 from tui_helpers import make_app, wait_for
 
 from wsemail.client.salts import SaltMemory
@@ -64,6 +65,24 @@ async def test_known_credentials_skip_the_form_and_show_the_inbox(server: Runnin
         assert str(row[1]) == "bob@localhost"
         assert str(row[2]) == "hello"
         assert "1 loaded" in str(app.screen.query_one("#inbox-status").render())
+
+
+def footer_actions(app: WsemailApp) -> set[str]:
+    return {key.action for key in app.screen.query(FooterKey)}
+
+
+async def test_the_footer_keeps_its_keys_while_they_do_not_change(server: Running) -> None:
+    app = make_app(server)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: in_inbox(app, 0) and "compose" in footer_actions(app))
+        keys = list(app.screen.query(FooterKey))
+        app.screen.refresh_bindings()  # the same keys: not composed again
+        await pilot.pause()
+        await pilot.pause()
+        assert list(app.screen.query(FooterKey)) == keys
+        await pilot.press("slash")  # the search field has the focus: other keys
+        await wait_for(pilot, lambda: "compose" not in footer_actions(app))
+        assert list(app.screen.query(FooterKey)) != keys
 
 
 async def start_to_the_inbox(server: Running) -> None:
