@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import httpx
 import pytest
-from textual.widgets import Input, TextArea
+from textual.widgets import Input, Label, TextArea
 from textual.widgets._footer import FooterKey
 from tui_helpers import make_app, wait_for
 
+from wsemail.client.mail import Client
 from wsemail.client.salts import SaltMemory
 from wsemail.tui.app import WsemailApp
 from wsemail.tui.screens.compose import ComposeScreen
@@ -67,8 +70,49 @@ async def test_known_credentials_skip_the_form_and_show_the_inbox(server: Runnin
         assert "1 loaded" in str(app.screen.query_one("#inbox-status").render())
 
 
+class HeldTransport(httpx.HTTPTransport):
+    """The real transport, each request held until `go` is set: the sign-in stays under way."""
+
+    def __init__(self, go: threading.Event) -> None:
+        super().__init__()
+        self.go = go
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.go.wait(30)
+        return super().handle_request(request)
+
+
 def footer_actions(app: WsemailApp) -> set[str]:
     return {key.action for key in app.screen.query(FooterKey)}
+
+
+async def test_known_credentials_show_the_inbox_at_once_while_signing_in(
+    server: Running,
+) -> None:
+    """Everything known: the inbox is the first screen and says it signs in; its keys wait
+    for the sign-in, then its first page shows."""
+    server.client("bob@localhost").send(["alice@localhost"], "hello", "hi alice")
+    go = threading.Event()
+
+    def held(url: str, user: str, password: str) -> Client:
+        return Client(url, user, password, transport=HeldTransport(go))
+
+    app = make_app(server, client_factory=held)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        screen = inbox(app)
+        status = screen.query_one("#inbox-status", Label)
+        assert str(status.render()) == "Signing in as alice@localhost …"
+        assert not screen.mailbox.loaded and "compose" not in footer_actions(app)
+        await pilot.press("c", "slash")  # nothing of the inbox's own before the sign-in
+        await pilot.pause()
+        assert app.screen is screen and not screen.query_one("#filter", Input).display
+        go.set()
+        await wait_for(pilot, lambda: in_inbox(app, 1))
+        assert str(status.render()).startswith("1 loaded")
+        await wait_for(pilot, lambda: "compose" in footer_actions(app))
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, ComposeScreen))
 
 
 async def test_the_footer_keeps_its_keys_while_they_do_not_change(server: Running) -> None:
@@ -83,6 +127,21 @@ async def test_the_footer_keeps_its_keys_while_they_do_not_change(server: Runnin
         await pilot.press("slash")  # the search field has the focus: other keys
         await wait_for(pilot, lambda: "compose" not in footer_actions(app))
         assert list(app.screen.query(FooterKey)) != keys
+
+
+async def test_a_server_url_that_is_none_asks_with_the_form(server: Running) -> None:
+    app = make_app(server)
+    app.defaults.server = "not a server"
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: any("not a server URL" in n for n in notes(app)))
+        screen = app.screen
+        assert isinstance(screen, LoginScreen) and not screen.has_class("-auto")
+        assert not any(isinstance(s, InboxScreen) for s in app.screen_stack)
+        field = screen.query_one("#login-server", Input)
+        field.value = server.url
+        screen.query_one("#login-password", Input).focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: in_inbox(app, 0))
 
 
 async def start_to_the_inbox(server: Running) -> None:

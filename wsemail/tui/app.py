@@ -1,4 +1,6 @@
-"""In charge of the Textual application: screen routing (sign in → inbox), the global keys,
+"""In charge of the Textual application: screen routing (sign in → inbox; with everything
+known the inbox is the first screen and says it signs in while the sign-in runs behind it,
+and the sign-in form comes over it only when that is refused), the global keys,
 the one wsemail Client the screens share, switching to another account from the inbox
 (ctrl+a: sign in to it, then the new inbox replaces the old, whose push stream and client
 close), and party-line invitations (announced once with
@@ -11,11 +13,14 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from textual import work
 from textual.app import App
 from textual.binding import Binding
+from textual.message import Message
 
 from wsemail.client.mail import Client, Page
 from wsemail.tui.autosave import AUTOSAVE_SECONDS
+from wsemail.tui.feedback import describe
 from wsemail.tui.mailbox import AddressBook
 from wsemail.tui.screens.base import Invited
 from wsemail.tui.screens.inbox import InboxScreen
@@ -31,6 +36,7 @@ from wsemail.tui.signin import (
     default_client,
     known_login,
     saved_accounts,
+    sign_in,
 )
 
 if TYPE_CHECKING:
@@ -109,24 +115,82 @@ class WsemailApp(App[None]):
         self.client: Client | None = None
         self.address_book = AddressBook()
         self.invitations: dict[str, Invitation] = {}  # channel id → not yet joined
+        self.signing_in: Client | None = None  # the start's sign-in, while under way
+
+    class SignInEnded(Message):
+        """The sign-in begun at start: `session`, or None and `refusal` (what went wrong)."""
+
+        def __init__(self, inbox: InboxScreen, session: Session | None, refusal: str) -> None:
+            super().__init__()
+            self.inbox = inbox
+            self.session = session
+            self.refusal = refusal
 
     def on_mount(self) -> None:
-        self.push_screen(
-            LoginScreen(
-                self.defaults,
-                factory=self.client_factory,
-                choices=self.choices,
-                saving=self.saving,
-                page_size=self.page_size,
-            ),
-            self.signed_in,
-        )
+        d = self.defaults
+        if d.complete and not self.choices:
+            # everything known: the inbox shows at once, saying it signs in, so it is
+            # composed and drawn while the sign-in waits on the server and on scrypt; a
+            # refusal brings the sign-in form over it
+            try:
+                client = self.client_factory(d.server.strip(), d.user.strip(), d.password)
+            except Exception as exc:  # not a server URL, not an address: the form says why
+                self._ask(refused=f"Sign-in failed: {describe(exc)}")
+                return
+            self.signing_in = client
+            inbox = self._inbox(client, None, signing_in=True)
+            self.push_screen(inbox)
+            self._sign_in(inbox, d.trust_roots.strip())
+            return
+        self._ask()
 
-    def _inbox(self, client: Client, first_page: Page) -> InboxScreen:
+    def _ask(self, refused: str = "", inbox: InboxScreen | None = None) -> None:
+        """The sign-in form (or a choice of accounts); signed in, the inbox shows: `inbox`
+        below the form, else a new one."""
+        login = LoginScreen(
+            self.defaults,
+            factory=self.client_factory,
+            choices=[] if refused else self.choices,
+            saving=self.saving,
+            page_size=self.page_size,
+            refused=refused,
+        )
+        if inbox is None:
+            self.push_screen(login, self.signed_in)
+            return
+
+        def signed_in(session: Session | None) -> None:
+            if session is not None:
+                self.client = session.client
+                inbox.signed_in(session.client, session.inbox)
+
+        self.push_screen(login, signed_in)
+
+    @work(thread=True, exclusive=True, group="sign-in")
+    def _sign_in(self, inbox: InboxScreen, trust_roots: str) -> None:
+        try:
+            session = sign_in(inbox.client, trust_roots=trust_roots, page_size=self.page_size)
+        except Exception as exc:
+            self.post_message(self.SignInEnded(inbox, None, f"Sign-in failed: {describe(exc)}"))
+        else:
+            self.post_message(self.SignInEnded(inbox, session, ""))
+
+    def on_wsemail_app_sign_in_ended(self, event: WsemailApp.SignInEnded) -> None:
+        self.signing_in = None
+        if event.session is None:
+            self._ask(event.refusal, event.inbox)
+            return
+        self.client = event.session.client
+        event.inbox.signed_in(event.session.client, event.session.inbox)
+
+    def _inbox(
+        self, client: Client, first_page: Page | None, *, signing_in: bool = False
+    ) -> InboxScreen:
         return InboxScreen(
             client,
             self.address_book,
             first_page=first_page,
+            signing_in=signing_in,
             page_size=self.page_size,
             poll_seconds=self.poll_seconds,
             im_notify=self.im_notify,
@@ -209,8 +273,9 @@ class WsemailApp(App[None]):
         self.exit()
 
     def on_unmount(self) -> None:
-        if self.client is not None:
-            self.client.close()
+        for client in (self.client, self.signing_in):
+            if client is not None:
+                client.close()
 
     # party lines --------------------------------------------------------------------------
     def _in_channel(self, channel: str) -> bool:

@@ -161,6 +161,11 @@ def open_session(
     """Sign in: the inbox's first page is the first authenticated request; federation
     roots typed into the form are used from this first answer on, not after a restart."""
     client = factory(server.strip(), user.strip(), password)
+    return sign_in(client, trust_roots=trust_roots, page_size=page_size)
+
+
+def sign_in(client: Client, *, trust_roots: str = "", page_size: int = 50) -> Session:
+    """`open_session` with a client already made (closed when the sign-in fails)."""
     try:
         roots = [Path(p.strip()) for p in trust_roots.split(os.pathsep) if p.strip()]
         if roots:

@@ -151,10 +151,14 @@ class InboxScreen(WorkScreen[None]):
         book: AddressBook,
         *,
         first_page: Page | None = None,
+        signing_in: bool = False,
         page_size: int = 50,
         poll_seconds: float = 5.0,
         im_notify: bool = True,
     ) -> None:
+        """`signing_in`: the app's sign-in with `client` is still under way; the screen
+        says so, and shows the inbox when `signed_in` brings its first page (nothing of its
+        own works meanwhile)."""
         super().__init__()
         self.im_notify = im_notify
         self.push: PushSession | None = None  # the IM push stream, once the first page is shown
@@ -175,6 +179,8 @@ class InboxScreen(WorkScreen[None]):
         self.polling = False
         self._poll_timer: Timer | None = None
         self.usage: StorageUsage | None = None  # storage used of the quota, when known
+        self.opened = not signing_in  # signed in: the folders can be shown
+        self.mounted = False
 
     # layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -187,6 +193,25 @@ class InboxScreen(WorkScreen[None]):
         yield KeyFooter()
 
     def on_mount(self) -> None:
+        self.mounted = True
+        if self.opened:
+            self._show_inbox()
+        else:
+            self._update_status()
+
+    def signed_in(self, client: Client, first_page: Page) -> None:
+        """The app's sign-in succeeded, with `client` (another than the screen was made with
+        when the sign-in form signed in anew): show its inbox from `first_page`."""
+        self.client, self.first_page = client, first_page
+        self.opened = True
+        if self.mounted:
+            self._show_inbox()
+            self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self.opened  # before the sign-in: none of the inbox's keys
+
+    def _show_inbox(self) -> None:
         self.sub_title = self.client.username
         first, self.first_page = self.first_page, None
         self._load_folder("inbox", first)
@@ -233,6 +258,8 @@ class InboxScreen(WorkScreen[None]):
             parts.append("loading…")
         if self.usage is not None:
             parts.append(self.usage.describe())
+        if not self.opened:
+            parts = [f"Signing in as {self.client.username} …"]
         self.query_one("#inbox-status", Label).update(" · ".join(parts))
 
     def _show_all(self) -> None:

@@ -1,8 +1,9 @@
 """In charge of signing in: server URL, address and password, checked against the server.
 
-When everything is already known (flags, WSEMAIL_* environment, client.toml + keyring) the
-screen signs in at once without composing the form; a refusal mounts the form, then a
-notification says why. On first run (nothing configured)
+When everything is already known (switching to a saved account with ctrl+a) the screen
+signs in at once without composing the form; a refusal mounts the form, then a notification
+says why. (At start the app signs in with what is known itself, behind the inbox; a refusal
+brings this screen with the form and why: `refused`.) On first run (nothing configured)
 the form sets up an account: on success it is saved to client.toml and, with "remember"
 ticked, its password to the OS keyring. With several accounts the form starts with a choice
 of them (and "New account…"). With `saving` off (a browser session of `wsemail web`)
@@ -57,9 +58,13 @@ class LoginScreen(WorkScreen[Session]):
         cancellable: bool = False,
         saving: bool = True,
         page_size: int = 50,
+        refused: str = "",
     ) -> None:
+        """`refused`: why signing in with `defaults` just failed (the app tried at once):
+        the screen starts with the form, the password field focused, and says so."""
         super().__init__()
         self.defaults = defaults
+        self.refused = refused
         self.page_size = page_size
         self.saving = saving
         self.factory = factory
@@ -75,7 +80,7 @@ class LoginScreen(WorkScreen[Session]):
     @property
     def auto(self) -> bool:
         """Everything is known: sign in at once; the form is composed only if that fails."""
-        return self.defaults.complete and not self.choices
+        return self.defaults.complete and not self.choices and not self.refused
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -150,6 +155,8 @@ class LoginScreen(WorkScreen[Session]):
                 self.setup,
                 d.trust_roots.strip(),
             )
+        elif self.refused:
+            self.on_failed(Failed(self.refused))  # the form, its password focused, and why
         elif self.choices:
             self.query_one("#login-account", Select).focus()
         else:
