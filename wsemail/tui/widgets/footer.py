@@ -8,6 +8,7 @@ mounts every key widget again. This one does so only when the keys it would show
 
 from __future__ import annotations
 
+from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer
 
@@ -35,6 +36,13 @@ class KeyFooter(Footer):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, show_command_palette=False, compact=True)
         self._composed: Shown | None = None  # the keys of the last recompose asked for
+
+    def compose(self) -> ComposeResult:
+        # the keys from the first drawing on (Textual's footer is empty until the screen
+        # first refreshes its bindings, then composes them and draws again)
+        self._bindings_ready = True
+        self._composed = shown_keys(self.screen)
+        yield from super().compose()
 
     def bindings_changed(self, screen: Screen[object]) -> None:
         if self.is_attached and screen is self.screen and screen.app.app_focus:
