@@ -120,6 +120,7 @@ NOT_AT_TUI_START = (
     "wsemail.protocol.drafts",
     "wsemail.tui.push",
     "wsemail.tui.drafts",
+    "wsemail.tui.screens.login",  # the sign-in form: with everything known, only if refused
     "trio",  # httpcore's trio backend (wsemail/client/httpcore_trio.py), when installed
     "wsemail.tui.formscreen",
     "wsemail.tui.delivery",

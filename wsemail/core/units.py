@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import statistics
-
 
 def byte_size(size: int, *, compact: bool = False) -> str:
     """Bytes in binary units: "512 B", "1.5 KB", "3.1 MB"; `compact` for narrow columns:
@@ -30,6 +28,8 @@ def percentile(values: list[float], pct: int) -> float:
         return 0.0
     if len(values) == 1:
         return float(values[0])
+    import statistics  # (here: the terminal client's start formats sizes, never percentiles)
+
     return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
 
 

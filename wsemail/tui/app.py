@@ -24,7 +24,6 @@ from wsemail.tui.feedback import describe
 from wsemail.tui.mailbox import AddressBook
 from wsemail.tui.screens.base import Invited
 from wsemail.tui.screens.inbox import InboxScreen
-from wsemail.tui.screens.login import LoginScreen
 from wsemail.tui.signin import (
     NEW_ACCOUNT,
     ClientFactory,
@@ -147,6 +146,8 @@ class WsemailApp(App[None]):
     def _ask(self, refused: str = "", inbox: InboxScreen | None = None) -> None:
         """The sign-in form (or a choice of accounts); signed in, the inbox shows: `inbox`
         below the form, else a new one."""
+        from wsemail.tui.screens.login import LoginScreen
+
         login = LoginScreen(
             self.defaults,
             factory=self.client_factory,
@@ -206,6 +207,7 @@ class WsemailApp(App[None]):
     # accounts -----------------------------------------------------------------------------
     def action_accounts(self) -> None:
         from wsemail.tui.screens.choose import ChooseScreen
+        from wsemail.tui.screens.login import LoginScreen
 
         current = self.client
         if current is None or not isinstance(self.screen, InboxScreen):
@@ -301,6 +303,7 @@ class WsemailApp(App[None]):
 
     def action_join_channel(self) -> None:
         from wsemail.tui.screens.channel import ChannelScreen
+        from wsemail.tui.screens.login import LoginScreen
         from wsemail.tui.screens.prompt import PromptScreen
 
         if self.client is None or isinstance(self.screen, LoginScreen):
