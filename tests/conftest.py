@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +24,11 @@ from wsemail.protocol.soap import SOAP, WSEMAIL
 from wsemail.server.accounts import set_user
 from wsemail.server.config import ServerConfig
 from wsemail.server.controller import ServerController
+
+# the user's cache folder (the terminal client's salt memory, directory caches) is the
+# test session's own: the suite never writes to ~/.cache of the machine it runs on
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="wsemail-test-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
 PASSWORD = "correct horse battery"
 USERS = ("alice@localhost", "bob@localhost", "carol@localhost")
