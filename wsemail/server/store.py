@@ -547,7 +547,7 @@ def header(row: tuple[Any, ...]) -> MessageHeader:
 class LoopAnswer:
     """The caller of a unit of work on an event loop (`BatchStore.transact`). The writer
     thread answers all of a batch's callers on one loop with one call into it after the
-    commit (`answer_on_loops`), not one wake-up per unit. It has the parts of a
+    commit (`answer`), not one wake-up per unit. It has the parts of a
     concurrent.futures.Future the writer thread uses."""
 
     __slots__ = ("future", "loop", "taken")
