@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -30,6 +31,7 @@ from wsemail.server.controller import ServerController
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="wsemail-test-cache-")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
+T = TypeVar("T")
 PASSWORD = "correct horse battery"
 USERS = ("alice@localhost", "bob@localhost", "carol@localhost")
 ADMIN = "admin@localhost"
@@ -228,3 +230,21 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float = 20) ->
 def inbox(running: Running, user: str) -> list[str]:
     """Subjects in `user`'s inbox, newest first."""
     return [h.subject for h in running.client(user).list_headers().headers]
+
+
+def sqlite_steps(conn: Any, call: Callable[[], T]) -> tuple[T, int]:
+    """`call()`'s result and about how many virtual-machine steps SQLite took for it on
+    `conn` (counted by hundreds): how much a query reads, without timing it."""
+    hundreds = 0
+
+    def count() -> int:
+        nonlocal hundreds
+        hundreds += 1
+        return 0
+
+    conn.set_progress_handler(count, 100)
+    try:
+        result = call()
+    finally:
+        conn.set_progress_handler(None, 100)
+    return result, hundreds * 100

@@ -19,7 +19,7 @@ from wsemail.protocol.soap import q
 from wsemail.server.config import DEFAULT_PLUGINS, load_config
 from wsemail.server.pipeline import PluginSpec
 
-from conftest import Running, start_server
+from conftest import Running, sqlite_steps, start_server
 
 BIG = [
     *(s for s in DEFAULT_PLUGINS if s.ref != "attachments"),
@@ -138,19 +138,14 @@ def test_an_owners_upload_total_reads_only_their_uploads(tmp_path: Path) -> None
         )
 
     def steps_of(tx: Tx) -> tuple[int, int, int]:
-        steps = [0]
-
-        def count() -> int:
-            steps[0] += 1
-            return 0
-
-        tx.conn.set_progress_handler(count, 100)  # type: ignore[attr-defined]
-        try:
-            mine = records.owner_bytes(tx, "user7@localhost")
-            counted = operate.usage(tx, "user8@localhost", 0).used
-        finally:
-            tx.conn.set_progress_handler(None, 100)  # type: ignore[attr-defined]
-        return mine, counted, steps[0] * 100
+        (mine, counted), steps = sqlite_steps(
+            tx.conn,
+            lambda: (
+                records.owner_bytes(tx, "user7@localhost"),
+                operate.usage(tx, "user8@localhost", 0).used,
+            ),
+        )
+        return mine, counted, steps
 
     try:
         store.transact_sync(fill)

@@ -13,7 +13,7 @@ import pytest
 from wsemail.server.mailbox import maintenance
 from wsemail.server.store import MIGRATIONS, SqliteStore, Tx, statements
 
-from conftest import Cli, Running, start_server
+from conftest import Cli, Running, sqlite_steps, start_server
 
 pytestmark = pytest.mark.both_stores  # the server fixture: on SQLite and on PostgreSQL
 
@@ -195,19 +195,8 @@ def test_the_sweep_on_a_delete_reads_only_expired_trash(tmp_path: Path) -> None:
         tx.conn.execute("UPDATE messages SET folder='Trash', trashed_at=?", (time.time(),))
 
     def sweep(tx: Tx) -> tuple[int, int]:
-        steps = [0]
-
-        def count() -> int:
-            steps[0] += 1
-            return 0
-
-        conn = tx.conn
-        conn.set_progress_handler(count, 100)
-        try:
-            gone = records.sweep_trash(tx, time.time() - 30 * DAY, "b@localhost")
-        finally:
-            conn.set_progress_handler(None, 100)
-        return gone, steps[0] * 100
+        cutoff = time.time() - 30 * DAY
+        return sqlite_steps(tx.conn, lambda: records.sweep_trash(tx, cutoff, "b@localhost"))
 
     try:
         store.transact_sync(fill)
