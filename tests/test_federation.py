@@ -662,10 +662,10 @@ def _restamp(fed: Federation, data: bytes, created: str, expires: str | None) ->
     return _resign(fed, etree.tostring(root))
 
 
-def _at(seconds: float) -> str:
+def _at(seconds: float, now: datetime | None = None) -> str:
     from wsemail.protocol.auth import timestamp
 
-    return timestamp(datetime.now(UTC) + timedelta(seconds=seconds))
+    return timestamp((now or datetime.now(UTC)) + timedelta(seconds=seconds))
 
 
 @pytest.mark.parametrize(
@@ -685,11 +685,12 @@ def test_a_deliver_with_an_expired_or_malformed_signed_timestamp_is_refused(
     fed: Federation, created: object, expires: object, status: int, subcode: str
 ) -> None:
     before = stored(fed.b)
+    now = datetime.now(UTC)  # one clock reading: "expires when created" must be the same ms
     data = _restamp(
         fed,
         _transaction(fed, ["bob@b.test"]),
-        created if isinstance(created, str) else _at(float(created)),  # type: ignore[arg-type]
-        expires if isinstance(expires, str) else _at(float(expires)),  # type: ignore[arg-type]
+        created if isinstance(created, str) else _at(float(created), now),  # type: ignore[arg-type]
+        expires if isinstance(expires, str) else _at(float(expires), now),  # type: ignore[arg-type]
     )
     response = post(fed.b, data)
     assert b"Traceback" not in response.content
