@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import httpx
 from lxml import etree
 
 from wsemail.core.provenance import signed_form
@@ -36,6 +35,7 @@ from wsemail.protocol.errors import NoRoute, RemoteFault, RoutingError, WsemailE
 from wsemail.protocol.message import Message, new_message_id
 from wsemail.protocol.soap import WSSE, WSU, element, q
 from wsemail.protocol.xmlsafe import XmlLimits, parse_untrusted
+from wsemail.server.peers import PeerClient, PeerError
 from wsemail.server.store import QueueRow, Tx
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class Relay:
         self.clock: Callable[[], float] = server.clock
         self.wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop `run` relays on
-        self._http: httpx.AsyncClient | None = None
+        self._http: PeerClient | None = None
         self.attempts = 0  # Deliver transactions sent, for tests and the benchmark
         self.random = random.Random()  # the jitter of retry delays (a test seam)
         # domains with deferred rows: a sign of life from one of them brings its rows forward
@@ -78,7 +78,7 @@ class Relay:
     async def run(self) -> None:
         """Deliver due rows until cancelled; woken early when a send queues something."""
         self._loop = asyncio.get_running_loop()
-        self._http = httpx.AsyncClient(verify=self.federation.tls_context(), timeout=30)
+        self._http = PeerClient(self.federation.tls_context(), timeout=30)
         node = self.server.store.node
         released = await self.server.store.transact(lambda tx: tx.release_leases(node))
         if released:
@@ -133,13 +133,10 @@ class Relay:
             self.attempts += 1
             try:
                 response = await self._http.post(
-                    url,
-                    content=data,
-                    headers={"content-type": soap.CONTENT_TYPE},
-                    extensions={"sni_hostname": domain},
+                    url, data, content_type=soap.CONTENT_TYPE, server_hostname=domain
                 )
-            except httpx.HTTPError as exc:
-                last_error = f"{url}: {exc!r}"
+            except PeerError as exc:
+                last_error = f"{url}: {exc}"
                 self._attempted(domain, False)
                 continue  # failover to the next target
             try:
@@ -149,7 +146,7 @@ class Relay:
                 soap.raise_if_fault(answer)
             except RemoteFault as exc:
                 self._attempted(domain, False)
-                if response.status_code in PERMANENT_STATUSES:
+                if response.status in PERMANENT_STATUSES:
                     await self.settle(batch, {}, permanent=f"{domain} refused: {exc.reason}")
                     return
                 last_error = f"{url}: {exc.reason}"
