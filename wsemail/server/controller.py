@@ -15,7 +15,6 @@ import resource
 import select
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -273,22 +272,16 @@ def raise_open_file_limit() -> int:
     return hard
 
 
-def tune_runtime() -> None:
+def tune_gc() -> None:
     """After start-up: what start-up made is kept out of every later collection (gc.freeze),
     and the young generation is collected every 20,000 allocations instead of 700 (a request
-    makes a few hundred objects that mostly die with it).
-
-    The store's writer thread gives up the GIL for every SQLite statement and must take it
-    back from the event loop's thread, which by default keeps it for up to 5 ms; a send's
-    dozen statements then waited more than they ran. Threads now switch after 1 ms
-    (`wsemail bench` and its test bed, alternating rounds: 8 % lower latency, up to a
-    quarter more sends/s). WSEMAIL_GC=default keeps Python's settings (for comparing)."""
+    makes a few hundred objects that mostly die with it). WSEMAIL_GC=default keeps Python's
+    settings (for comparing)."""
     if os.environ.get("WSEMAIL_GC") == "default":
         return
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    sys.setswitchinterval(0.001)
 
 
 def serve_forever(
@@ -303,7 +296,7 @@ def serve_forever(
     server = build_server(config)
     if sock is None:
         sock = bind(config.host, config.port)
-    tune_runtime()
+    tune_gc()
     runner = Runner(uvicorn_config(server), server)
     host, port = sock.getsockname()[:2]
     scheme = "https" if config.tls_cert else "http"
