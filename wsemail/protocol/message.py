@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from wsemail.protocol.errors import RequestInvalid
-from wsemail.protocol.soap import element, int_of, parse_int, q, text_of, texts_of
+from wsemail.protocol.soap import (
+    element,
+    escaped,
+    int_of,
+    parse_int,
+    q,
+    text_of,
+    texts_of,
+)
 
 _ADDRESS = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _MESSAGE_ID = re.compile(r"^<[!-;=?-~]{1,250}@[A-Za-z0-9.-]{1,253}>$")
@@ -344,6 +352,33 @@ class MessageHeader:
         if self.answered:
             element(node, "Answered", "true")
         return node
+
+    def xml_text(self, tag: str = "MessageHeader") -> str:
+        """What `to_xml` builds, as XML text in the urn:wsemail default namespace (for
+        `soap.from_text`: a page of headers is written as text and parsed once)."""
+        parts = [
+            f"<{tag}><Id>{escaped('Id', self.id)}</Id>"
+            f"<MessageId>{escaped('MessageId', self.message_id)}</MessageId>"
+            f"<Folder>{escaped('Folder', self.folder)}</Folder>"
+            f"<From>{escaped('From', self.sender)}</From>"
+        ]
+        parts += [f"<To>{escaped('To', address)}</To>" for address in self.to]
+        parts += [f"<Cc>{escaped('Cc', address)}</Cc>" for address in self.cc]
+        parts.append(
+            f"<Subject>{escaped('Subject', self.subject)}</Subject>"
+            f"<Date>{escaped('Date', self.date)}</Date><Size>{self.size}</Size>"
+            f"<Seen>{'true' if self.seen else 'false'}</Seen>"
+        )
+        if self.instant:
+            parts.append("<Instant>true</Instant>")
+        if self.delete_if_undeliverable:
+            parts.append("<DeleteIfUndeliverable>true</DeleteIfUndeliverable>")
+        if self.flagged:
+            parts.append("<Flagged>true</Flagged>")
+        if self.answered:
+            parts.append("<Answered>true</Answered>")
+        parts.append(f"</{tag}>")
+        return "".join(parts)
 
     @classmethod
     def from_xml(cls, node: etree._Element) -> MessageHeader:

@@ -47,6 +47,34 @@ def element(parent: etree._Element, local: str, text: str | None = None) -> etre
     return child
 
 
+# not in XML 1.0 (lxml refuses them as text): C0 controls but tab, LF and CR; surrogates;
+# U+FFFE and U+FFFF
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def escaped(local: str, text: str) -> str:
+    """`text` as the content of element `local` in XML text: what lxml writes for it (&, <
+    and > escaped, CR as &#13;). A character XML cannot carry is refused as `element` does."""
+    if _NOT_XML.search(text):
+        raise RequestInvalid(f"{local} contains control characters, which a request cannot carry")
+    if "&" in text:
+        text = text.replace("&", "&amp;")
+    if "<" in text:
+        text = text.replace("<", "&lt;")
+    if ">" in text:
+        text = text.replace(">", "&gt;")
+    if "\r" in text:
+        text = text.replace("\r", "&#13;")
+    return text
+
+
+def from_text(local: str, inner: str) -> etree._Element:
+    """The urn:wsemail element `local` holding `inner`, XML text this server wrote (with
+    `escaped` values). For a long answer, writing the text and parsing it once is about
+    three times faster than one SubElement per child (~1 µs each)."""
+    return etree.fromstring(f'<{local} xmlns="{WSEMAIL}">{inner}</{local}>')
+
+
 def text_of(parent: etree._Element, local: str, default: str | None = None) -> str | None:
     child = next(parent.iterchildren(q(local)), None)  # `find` without its path parser
     if child is None:

@@ -22,7 +22,7 @@ from lxml import etree
 
 from wsemail.protocol.errors import NotFound, RequestInvalid, ServerError
 from wsemail.protocol.message import Draft, Message, domain_of, new_message_id
-from wsemail.protocol.soap import element, int_of, q, text_of
+from wsemail.protocol.soap import element, from_text, int_of, q, text_of
 from wsemail.server.mailbox import drafts, importing, retrieval, threads
 from wsemail.server.mailbox import operations as mailbox
 from wsemail.server.mapping import deliver_locally
@@ -96,12 +96,10 @@ def list_headers(env: Environment, op: etree._Element) -> etree._Element:
     if unread not in ("true", "false", "1", "0"):
         raise RequestInvalid("UnreadOnly must be true or false")
     rows = env.tx.list_headers(env.principal, folder, limit + 1, before, unread in ("true", "1"))
-    result = etree.Element(q("ListHeadersResponse"))
-    for _, header in rows[:limit]:
-        header.to_xml(result)
+    inner = "".join(header.xml_text() for _, header in rows[:limit])
     if len(rows) > limit:
-        element(result, "NextCursor", str(rows[limit - 1][0]))
-    return result
+        inner += f"<NextCursor>{rows[limit - 1][0]}</NextCursor>"
+    return from_text("ListHeadersResponse", inner)
 
 
 def _message_id(op: etree._Element) -> str:

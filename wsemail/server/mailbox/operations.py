@@ -9,7 +9,7 @@ from collections.abc import Callable
 from lxml import etree
 
 from wsemail.protocol.errors import NotFound, RequestInvalid
-from wsemail.protocol.soap import element, int_of, q, text_of, texts_of
+from wsemail.protocol.soap import element, from_text, int_of, q, text_of, texts_of
 from wsemail.server.mailbox import records
 from wsemail.server.mailbox.names import DRAFTS, TRASH, check_name, system_folder
 from wsemail.server.mailbox.query import parse
@@ -165,13 +165,12 @@ def search(env: Environment, op: etree._Element) -> etree._Element:
     limit, before = _page_args(op)
     folder = folder_named(env, query.folder) if query.folder is not None else None
     rows = records.search(env.tx, env.principal, query, folder, limit + 1, before)
-    result = etree.Element(q("SearchResponse"))
     hidden = records.sealed_count(env.tx, env.principal, folder) if query.terms else 0
-    result.set("EncryptedNotSearched", str(hidden))
-    for _, found in rows[:limit]:
-        found.to_xml(result)
+    inner = "".join(found.xml_text() for _, found in rows[:limit])
     if len(rows) > limit:
-        element(result, "NextCursor", str(rows[limit - 1][0]))
+        inner += f"<NextCursor>{rows[limit - 1][0]}</NextCursor>"
+    result = from_text("SearchResponse", inner)
+    result.set("EncryptedNotSearched", str(hidden))
     return result
 
 

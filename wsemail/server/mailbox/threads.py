@@ -25,7 +25,7 @@ from collections.abc import Callable
 from lxml import etree
 
 from wsemail.protocol.errors import NotFound, RequestInvalid
-from wsemail.protocol.soap import element, int_of, q, text_of
+from wsemail.protocol.soap import element, from_text, int_of, q, text_of
 from wsemail.server.mailbox import records, retrieval
 from wsemail.server.mailbox.names import TRASH
 from wsemail.server.mailbox.operations import folder_named
@@ -62,19 +62,19 @@ def list_threads(env: Environment, op: etree._Element) -> etree._Element:
     found = records.conversations(
         env.tx, env.principal, [t for t, _ in shown], folder == TRASH, HEADERS_PER_THREAD
     )
-    result = etree.Element(q("ListThreadsResponse"))
+    parts: list[str] = []
     for thread, _ in shown:
         conversation = found.get(thread)
         if conversation is None:  # not possible in one transaction; never an empty Thread
             continue
-        node = element(result, "Thread")
-        element(node, "Count", str(conversation.count))
-        element(node, "Unread", str(conversation.unread))
-        for header in conversation.headers:
-            header.to_xml(node)
+        parts.append(
+            f"<Thread><Count>{conversation.count}</Count><Unread>{conversation.unread}</Unread>"
+        )
+        parts += [header.xml_text() for header in conversation.headers]
+        parts.append("</Thread>")
     if len(page) > limit:
-        element(result, "NextCursor", str(shown[-1][1]))
-    return result
+        parts.append(f"<NextCursor>{shown[-1][1]}</NextCursor>")
+    return from_text("ListThreadsResponse", "".join(parts))
 
 
 def get_thread(env: Environment, op: etree._Element) -> etree._Element:
