@@ -1,9 +1,9 @@
 """A page of message headers is written as XML text and parsed once (`MessageHeader.xml_text`,
 `soap.from_text`): the answer must be the XML that building it element by element gives
 (canonically the same; the bytes differ only where an empty element is written `<a/>`
-instead of `<a></a>`), whatever the headers hold, and a character XML cannot carry is refused the same way.
-The list, search and conversation answers that use it are covered end to end by their own
-tests (test_mailbox*, test_search*, test_threads)."""
+instead of `<a></a>`), whatever the headers hold, and a character XML cannot carry is
+refused the same way. The list, search and conversation answers that use it are covered
+end to end by their own tests (test_mailbox*, test_search*, test_threads)."""
 
 from __future__ import annotations
 

@@ -240,4 +240,46 @@ MIGRATIONS: list[str] = [
     ALTER TABLE messages ADD COLUMN draft TEXT;
     ALTER TABLE messages ADD COLUMN imported REAL
     """,
+    # 10: the full-text entries of a commit batch are written once, at its end. FTS5 writes
+    # what it holds as a new index segment at every savepoint, and every unit of work runs
+    # in one, so each stored copy made a segment of its own and the merges that follow
+    # (~6 index writes a send). A new copy now only notes its seq in messages_fts_pending;
+    # the store indexes the noted rows with their values at commit time (FTS_FLUSH, run
+    # between the last unit and COMMIT). A noted row that is changed or deleted before that
+    # has no entry to take out yet: the triggers leave it to the flush.
+    """
+    CREATE TABLE messages_fts_pending(seq INTEGER PRIMARY KEY);
+    DROP TRIGGER messages_fts_insert;
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT OR IGNORE INTO messages_fts_pending(seq) VALUES (new.seq);
+    END;
+    DROP TRIGGER messages_fts_delete;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, subject, body, sender, recipients, mailbox)
+        SELECT 'delete', old.seq, old.subject, CASE WHEN old.sealed THEN '' ELSE old.body END,
+            old.sender, old.to_json || ' ' || old.cc_json, hex(old.owner)
+        WHERE NOT EXISTS (SELECT 1 FROM messages_fts_pending WHERE seq=old.seq);
+        DELETE FROM messages_fts_pending WHERE seq=old.seq;
+    END;
+    DROP TRIGGER messages_fts_update;
+    CREATE TRIGGER messages_fts_update
+    AFTER UPDATE OF subject, body, sender, to_json, cc_json, sealed, owner ON messages
+    WHEN NOT EXISTS (SELECT 1 FROM messages_fts_pending WHERE seq=old.seq) BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, subject, body, sender, recipients, mailbox)
+        VALUES ('delete', old.seq, old.subject, CASE WHEN old.sealed THEN '' ELSE old.body END,
+            old.sender, old.to_json || ' ' || old.cc_json, hex(old.owner));
+        INSERT INTO messages_fts(rowid, subject, body, sender, recipients, mailbox) VALUES (
+            new.seq, new.subject, CASE WHEN new.sealed THEN '' ELSE new.body END,
+            new.sender, new.to_json || ' ' || new.cc_json, hex(new.owner));
+    END
+    """,
 ]
+
+# what the SQLite store runs at the end of every commit batch (migration 10)
+FTS_FLUSH = (
+    "INSERT INTO messages_fts(rowid, subject, body, sender, recipients, mailbox) "
+    "SELECT m.seq, m.subject, CASE WHEN m.sealed THEN '' ELSE m.body END, m.sender, "
+    "m.to_json || ' ' || m.cc_json, hex(m.owner) "
+    "FROM messages_fts_pending p JOIN messages m ON m.seq=p.seq",
+    "DELETE FROM messages_fts_pending",
+)

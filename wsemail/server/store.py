@@ -25,7 +25,7 @@ from typing import Any, TypeVar, cast
 
 from wsemail.protocol.errors import StorageFull, StoreError, WsemailError
 from wsemail.protocol.message import Message, MessageHeader, is_sealed_body, ordered_token
-from wsemail.server.schema import MIGRATIONS
+from wsemail.server.schema import FTS_FLUSH, MIGRATIONS
 from wsemail.server.sql import POSTGRESQL, SCHEMA_LOCK, SQLITE, Connection, pick
 from wsemail.server.storage import (
     FULL_REASON,
@@ -613,6 +613,9 @@ class BatchStore:
     name = "store"
     dialect = SQLITE
     db_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    # statements a batch runs after its last unit, before COMMIT (part of the transaction:
+    # if one fails, the batch fails)
+    finishing: tuple[str, ...] = ()
 
     def __init__(self, *, batch_max: int = 256, clock: Callable[[], float] = time.time) -> None:
         self.batch_max = batch_max
@@ -808,7 +811,7 @@ class BatchStore:
             self._current = None
             if not opened:
                 return  # every caller gave up: nothing was done
-            self._control(conn, "RELEASE unit", "COMMIT")
+            self._control(conn, "RELEASE unit", *self.finishing, "COMMIT")
             self._lasting |= learned
             for job in again:
                 self._jobs.put(job)
@@ -855,6 +858,7 @@ class SqliteStore(BatchStore):
     (synchronous=FULL: an answer is sent only after the commit reached the disk)."""
 
     name = "sqlite-store"
+    finishing = FTS_FLUSH  # the batch's full-text entries (schema.py, migration 10)
 
     def __init__(
         self, path: Path | str, *, batch_max: int = 256, clock: Callable[[], float] = time.time

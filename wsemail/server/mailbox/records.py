@@ -1,5 +1,6 @@
 """Every SQL string of the mailbox feature. The tables (folders, the flag and Trash columns
-of messages, messages_fts and its triggers) come from schema.py's migration 6; the `draft`
+of messages, messages_fts and its triggers) come from schema.py's migration 6 (since
+migration 10 a copy's full-text entry is written at the end of its commit batch); the `draft`
 and `imported` columns from migration 9; the conversation columns, thread_links and the
 triggers that keep them from migration 8. On the PostgreSQL store the same tables come from
 postgres/schema.py: folder names are compared through lower() (its unique index), and
