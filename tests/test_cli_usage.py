@@ -156,7 +156,7 @@ def test_wsemail_serve_serves_in_a_process_without_the_command_line_parser(
             line = server.stdout.readline()
             assert line.startswith("wsemail: serving localhost at http://127.0.0.1:"), line
             maps = Path(f"/proc/{server.pid}/maps").read_text()
-            assert "pydantic_core" not in maps and "_rust_notify" in maps  # uvicorn's, loaded
+            assert "pydantic_core" not in maps and "httptools" in maps  # uvicorn's, loaded
             argv = Path(f"/proc/{server.pid}/cmdline").read_text().split("\0")
             assert argv[1:-1] == command
         finally:

@@ -9,7 +9,9 @@ config overrides DNS for the domains it names (development, tests, private deplo
     NoRoute       permanent: NXDOMAIN, no SRV record, the "." target, a malformed domain
     RoutingError  temporary: timeout, SERVFAIL, REFUSED, no nameserver answered
 
-dnspython's exceptions are translated here and nowhere else.
+dnspython's exceptions are translated here and nowhere else. Its resolver (about 2 MB of
+a server's memory) is imported at the first SRV lookup: a server whose destinations all have
+static routes never loads it.
 """
 
 from __future__ import annotations
@@ -21,18 +23,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
-import dns.asyncresolver
 import dns.exception
-import dns.message
 import dns.name
-import dns.rdatatype
-import dns.resolver
-from dns.rdtypes.IN.SRV import SRV
 
 from wsemail.protocol.errors import NoRoute, RoutingError, UsageError
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
 
 log = logging.getLogger("wsemail.routing")
 
@@ -165,19 +165,35 @@ class SrvResolver:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        try:
-            self._resolver = dns.asyncresolver.Resolver(configure=nameservers is None)
-            if nameservers is not None:
-                self._resolver.port = port  # before the nameservers, which take it on
-                self._resolver.nameservers = list(nameservers)
-        except (dns.exception.DNSException, ValueError, OSError) as exc:
-            raise UsageError(f"cannot set up DNS resolution: {exc}") from exc
-        self._resolver.timeout = timeout
-        self._resolver.lifetime = timeout
-        self._resolver.cache = None  # ours below, on the injected clock
+        self.nameservers = nameservers
+        self.port = port
+        self.timeout = timeout
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._resolver: dns.asyncresolver.Resolver | None = None
+        if nameservers is not None:  # named ones are checked now (the system's at first use)
+            self._dns()
+
+    def _dns(self) -> dns.asyncresolver.Resolver:
+        """dnspython's resolver, made (and imported) when first needed; UsageError if the
+        nameservers given or the system's configuration cannot be used."""
+        if self._resolver is not None:
+            return self._resolver
+        import dns.asyncresolver
+
+        try:
+            resolver = dns.asyncresolver.Resolver(configure=self.nameservers is None)
+            if self.nameservers is not None:
+                resolver.port = self.port  # before the nameservers, which take it on
+                resolver.nameservers = list(self.nameservers)
+        except (dns.exception.DNSException, ValueError, OSError) as exc:
+            raise UsageError(f"cannot set up DNS resolution: {exc}") from exc
+        resolver.timeout = self.timeout
+        resolver.lifetime = self.timeout
+        resolver.cache = None  # ours below, on the injected clock
+        self._resolver = resolver
+        return resolver
 
     async def resolve(self, domain: str) -> list[Target]:
         name = normalize_domain(domain)
@@ -197,9 +213,16 @@ class SrvResolver:
                 self._cache.popitem(last=False)
 
     async def _lookup(self, name: str) -> _Entry:
+        import dns.resolver
+        from dns.rdtypes.IN.SRV import SRV
+
         qname = f"{SERVICE}.{name}."
         try:
-            answer = await self._resolver.resolve(qname, "SRV", search=False)
+            resolver = self._dns()
+        except UsageError as exc:
+            raise RoutingError(f"DNS for {name} failed: {exc}") from exc
+        try:
+            answer = await resolver.resolve(qname, "SRV", search=False)
         except dns.resolver.NXDOMAIN as exc:
             return self._negative(
                 name, f"{name} has no wsemail service ({qname} does not exist)", exc
@@ -240,6 +263,9 @@ class SrvResolver:
 
 def _negative_ttl(exc: dns.exception.DNSException) -> float:
     """RFC 2308: the SOA's TTL and minimum bound a negative answer; none given: 60 s."""
+    import dns.message
+    import dns.rdatatype
+
     found = exc.kwargs.get("responses") or {}  # NXDOMAIN: by qname; NoAnswer: one
     responses = [*found.values(), exc.kwargs.get("response")]
     for response in responses:

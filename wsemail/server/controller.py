@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 import uvloop
@@ -37,6 +37,7 @@ from wsemail.server.security import Authenticator
 from wsemail.server.sql import POSTGRESQL
 from wsemail.server.storage import SpaceReserve
 from wsemail.server.store import SqliteStore
+from wsemail.server.uvicorn_lazy import websocket_protocol
 from wsemail.server.stores import open_store
 
 log = logging.getLogger("wsemail.server")
@@ -112,6 +113,7 @@ def uvicorn_config(server: Server, **extra: Any) -> uvicorn.Config:
         server.asgi(),
         loop="uvloop",
         http=guarded(server.peers),  # httptools with header deadline and per-peer caps
+        ws=cast("type[asyncio.Protocol]", websocket_protocol),  # imported when first used
         lifespan="off",
         access_log=False,
         log_config=None,
