@@ -2,21 +2,51 @@
 
 The headless library: the client, the message values and the error tree. The server lives
 in `wsemail.server`, the command line in `wsemail.cli`, the terminal UI in `wsemail.tui`.
+
+The names below are imported when first used (`wsemail.Client`, `from wsemail import
+Message`): a process that only serves, such as `wsemail serve`, imports `wsemail` as the
+parent of `wsemail.server` and does not load the client with it.
 """
 
 from __future__ import annotations
 
-from wsemail.client import Client, Page, SendResult
-from wsemail.protocol.errors import (
-    AuthenticationFailed,
-    NotFound,
-    Rejected,
-    RemoteFault,
-    TransportError,
-    UsageError,
-    WsemailError,
-)
-from wsemail.protocol.message import Draft, Message, MessageHeader
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# before anything imports httpx or httpcore (the client and the server's relay both do)
+from wsemail.client import httpcore_trio, httpx_cli
+
+if TYPE_CHECKING:
+    from wsemail.client import Client, Page, SendResult
+    from wsemail.protocol.errors import (
+        AuthenticationFailed,
+        NotFound,
+        Rejected,
+        RemoteFault,
+        TransportError,
+        UsageError,
+        WsemailError,
+    )
+    from wsemail.protocol.message import Draft, Message, MessageHeader
+
+httpx_cli.defer()
+httpcore_trio.skip()
+
+_HOMES = {
+    "AuthenticationFailed": "wsemail.protocol.errors",
+    "Client": "wsemail.client",
+    "Draft": "wsemail.protocol.message",
+    "Message": "wsemail.protocol.message",
+    "MessageHeader": "wsemail.protocol.message",
+    "NotFound": "wsemail.protocol.errors",
+    "Page": "wsemail.client",
+    "Rejected": "wsemail.protocol.errors",
+    "RemoteFault": "wsemail.protocol.errors",
+    "SendResult": "wsemail.client",
+    "TransportError": "wsemail.protocol.errors",
+    "UsageError": "wsemail.protocol.errors",
+    "WsemailError": "wsemail.protocol.errors",
+}
 
 __all__ = [
     "AuthenticationFailed",
@@ -34,3 +64,16 @@ __all__ = [
     "WsemailError",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'wsemail' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -9,15 +9,30 @@
   address directory, address completion (contacts → directory → sent to), vCard files.
 - `httpx_cli`: keeps httpx's command-line tool (click, pygments) from loading with httpx.
 - `httpcore_trio`: keeps trio (installed by the test extras) from loading with httpcore.
+
+`Client`, `Page` and `SendResult` are imported from `mail` when first used, so importing
+this package (as `wsemail` does, for the two helpers) loads neither httpx nor lxml.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from wsemail.client import httpcore_trio, httpx_cli
 
-httpx_cli.defer()  # before anything below imports httpx
+if TYPE_CHECKING:
+    from wsemail.client.mail import Client, Page, SendResult
+
+httpx_cli.defer()  # before anything imports httpx
 httpcore_trio.skip()
 
-from wsemail.client.mail import Client, Page, SendResult  # noqa: E402
-
 __all__ = ["Client", "Page", "SendResult"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module 'wsemail.client' has no attribute {name!r}")
+    value = getattr(importlib.import_module("wsemail.client.mail"), name)
+    globals()[name] = value
+    return value
