@@ -52,8 +52,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
 from wsemail.protocol.errors import UsageError
 from wsemail.protocol.xmlsafe import XmlLimits
 from wsemail.server.pipeline import PluginSpec
@@ -86,6 +84,8 @@ def default_data_dir() -> Path:
     env = os.environ.get("WSEMAIL_DATA_DIR")
     if env:
         return Path(env)
+    import platformdirs  # only here: a data dir given (the usual case) does not need it
+
     return Path(platformdirs.user_data_dir("wsemail", appauthor=False)) / "server"
 
 
@@ -341,9 +341,7 @@ def check_store_url(url: str) -> str:
 
 def load_config(path: Path | None, data_dir: Path | None = None, **overrides: Any) -> ServerConfig:
     """Read `path` (or DATA_DIR/server.toml when it exists) and apply the overrides."""
-    config = ServerConfig()
-    if data_dir is not None:
-        config.data_dir = data_dir
+    config = ServerConfig() if data_dir is None else ServerConfig(data_dir=data_dir)
     if path is None and (config.data_dir / CONFIG_NAME).exists():
         path = config.data_dir / CONFIG_NAME
     if path is not None:

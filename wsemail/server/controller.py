@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import ctypes
 import gc
 import logging
 import math
@@ -37,8 +36,8 @@ from wsemail.server.security import Authenticator
 from wsemail.server.sql import POSTGRESQL
 from wsemail.server.storage import SpaceReserve
 from wsemail.server.store import SqliteStore
-from wsemail.server.uvicorn_lazy import websocket_protocol
 from wsemail.server.stores import open_store
+from wsemail.server.uvicorn_lazy import websocket_protocol
 
 log = logging.getLogger("wsemail.server")
 
@@ -344,6 +343,8 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 def _end_with(parent: int) -> None:
     """A worker is sent SIGTERM when its parent ends, however it ends (Linux): a
     supervisor killed with SIGKILL must not leave its workers serving unsupervised."""
+    import ctypes  # a worker's only
+
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # it ended before the request above

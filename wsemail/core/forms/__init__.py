@@ -2,14 +2,48 @@
 (`contract`), form documents (`document`), signed approval chains (`approvals`) and signed
 wheels with their checks (`wheels`). Headless and side-free: the client installs and fills
 forms (`wsemail.client.forms`), the server routes and verifies them (`wsemail.server.forms`).
+
+The names below are imported from their module when first used, so importing one module of
+the package (a server reading form documents) does not load the others (the wheels'
+installer, the approval chains).
 """
 
 from __future__ import annotations
 
-from wsemail.core.forms.approvals import Chain, Entry
-from wsemail.core.forms.contract import GROUP, SCREEN_GROUP, Field, FormInvalid, FormPlugin, Step
-from wsemail.core.forms.document import WF, FormDocument, FormError, PluginRef, is_form_body
-from wsemail.core.forms.wheels import Installed, WheelRefused, plugin_dir
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wsemail.core.forms.approvals import Chain, Entry
+    from wsemail.core.forms.contract import (
+        GROUP,
+        SCREEN_GROUP,
+        Field,
+        FormInvalid,
+        FormPlugin,
+        Step,
+    )
+    from wsemail.core.forms.document import WF, FormDocument, FormError, PluginRef, is_form_body
+    from wsemail.core.forms.wheels import Installed, WheelRefused, plugin_dir
+
+_HOMES = {
+    "Chain": "approvals",
+    "Entry": "approvals",
+    "GROUP": "contract",
+    "SCREEN_GROUP": "contract",
+    "Field": "contract",
+    "FormInvalid": "contract",
+    "FormPlugin": "contract",
+    "Step": "contract",
+    "WF": "document",
+    "FormDocument": "document",
+    "FormError": "document",
+    "PluginRef": "document",
+    "is_form_body": "document",
+    "Installed": "wheels",
+    "WheelRefused": "wheels",
+    "plugin_dir": "wheels",
+}
 
 __all__ = [
     "GROUP",
@@ -29,3 +63,12 @@ __all__ = [
     "is_form_body",
     "plugin_dir",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:  # a submodule not imported yet: the import system imports it
+        raise AttributeError(f"module 'wsemail.core.forms' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"wsemail.core.forms.{home}"), name)
+    globals()[name] = value
+    return value

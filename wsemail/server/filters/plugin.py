@@ -21,11 +21,10 @@ import logging
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from wsemail.core.sieve import Action, Script, SieveError, evaluate, parse, view_of
 from wsemail.protocol.errors import RemoteFault, RequestInvalid
 from wsemail.protocol.message import Message, domain_of, normalize_address
 from wsemail.protocol.soap import parse_int, q
@@ -40,13 +39,22 @@ from wsemail.server.pipeline import (
     dispatch,
 )
 
+if TYPE_CHECKING:
+    from wsemail.core.sieve import Action, Script
+
 log = logging.getLogger("wsemail.filters")
 EXTENSION_ID = "filters"
+
+# The Sieve parser and evaluator (`wsemail.core.sieve`: sievelib, and the email package for
+# a message's headers) are imported when a script is first set or run: most mailboxes have
+# none, and a server that never meets one does not load them (about 1 MB).
 
 
 @lru_cache(maxsize=256)
 def _compiled(text: str) -> Script:
-    return parse(text)
+    from wsemail.core import sieve
+
+    return sieve.parse(text)
 
 
 class Filters(DeliveryProcessor, ExtensionProcessor):
@@ -72,12 +80,14 @@ class Filters(DeliveryProcessor, ExtensionProcessor):
             vacation.respond(message, recipient, away, env)
         if not text:
             return Verdict.PASS
+        from wsemail.core import sieve
+
         try:
             script = _compiled(text)
-        except SieveError as exc:  # stored by an older version that took more
+        except sieve.SieveError as exc:  # stored by an older version that took more
             log.warning("script of %s no longer parses (%s): kept in inbox", recipient, exc)
             return Verdict.PASS
-        actions = evaluate(script, view_of(message))
+        actions = sieve.evaluate(script, sieve.view_of(message))
         for action in self.safe(actions, message, recipient, env):
             self.apply(action, message, recipient, env)
         return Verdict.TAKEN
@@ -86,6 +96,8 @@ class Filters(DeliveryProcessor, ExtensionProcessor):
         self, actions: list[Action], message: Message, recipient: str, env: Environment
     ) -> list[Action]:
         """The actions, with a redirect that would loop replaced by a keep."""
+        from wsemail.core import sieve
+
         out: list[Action] = []
         for action in actions:
             if action.kind == "redirect" and (
@@ -94,7 +106,7 @@ class Filters(DeliveryProcessor, ExtensionProcessor):
                 or action.target in mapping.forwarded_through(message)
             ):
                 log.warning("redirect of %s to %s would loop: kept", recipient, action.target)
-                action = Action("keep")
+                action = sieve.Action("keep")
             if action not in out:
                 out.append(action)
         return out
@@ -144,9 +156,11 @@ class Filters(DeliveryProcessor, ExtensionProcessor):
         if not text.strip():
             records.remove_script(env.tx, env.principal)
             return answer
+        from wsemail.core import sieve
+
         try:
-            script = parse(text)
-        except SieveError as exc:
+            script = sieve.parse(text)
+        except sieve.SieveError as exc:
             raise RequestInvalid(f"script refused: {exc}") from exc
         for act in script.walk():
             if (
@@ -215,6 +229,8 @@ class Filters(DeliveryProcessor, ExtensionProcessor):
 def _redirect_reach(address: str, env: Environment) -> set[str]:
     """The local mailboxes mail redirected to `address` reaches: through mapped addresses
     and the redirects of those mailboxes' own scripts, MAX_DEPTH steps at most."""
+    from wsemail.core import sieve
+
     reached: set[str] = set()
     todo = [address]
     for _ in range(mapping.MAX_DEPTH):
@@ -229,7 +245,7 @@ def _redirect_reach(address: str, env: Environment) -> set[str]:
                 text = records.script(env.tx, owner)
                 try:
                     script = _compiled(text) if text else None
-                except SieveError:
+                except sieve.SieveError:
                     script = None
                 if script is not None:
                     found += [a.argument for a in script.walk() if a.name == "redirect"]

@@ -49,7 +49,6 @@ from lxml import etree
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from wsemail.core.forms import approvals
 from wsemail.core.forms.contract import Step
 from wsemail.core.forms.document import WHEEL_PATH, FormDocument, FormError, is_form_body
 from wsemail.pki import read_cert
@@ -231,6 +230,8 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         chain outside this transaction (`finished`) before anything is posted."""
         if self.webhook is None or not is_form_body(message.body):
             return Verdict.PASS
+        from wsemail.core.forms import approvals  # approval chains: a form's, loaded then
+
         try:
             doc = FormDocument.parse(message.body)
             if recipient != doc.sender or domain_of(doc.sender) != env.domain:
@@ -258,6 +259,8 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         this server's roots and CRLs and is finished (approved or rejected); None when it
         is not finished; FormError / a security fault when it does not verify. Runs in
         the webhook worker, outside any transaction, in time linear in the acts."""
+        from wsemail.core.forms import approvals
+
         doc = FormDocument.parse(str(payload["xml"]))
         roots, crls = self._trust_material()
         chain = approvals.verify(doc, roots, crls)

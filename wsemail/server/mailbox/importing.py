@@ -27,7 +27,6 @@ from wsemail.server.mailbox import records
 from wsemail.server.mailbox.limits import max_message_bytes, quota_of, used_bytes
 from wsemail.server.mailbox.names import DRAFTS, TRASH, check_name
 from wsemail.server.pipeline import Environment
-from wsemail.server.smtp.mime import from_mime
 
 MAX_PER_REQUEST = 500
 ORIGIN = "import"
@@ -78,6 +77,9 @@ def import_messages(env: Environment, op: etree._Element) -> etree._Element:
     element(result, "Folder", folder)
     counts = {"imported": 0, "duplicate": 0}
     items = []
+    # the MIME reader (the email package, html2text: ~1 MB) is loaded by the first import
+    from wsemail.server.smtp.mime import from_mime
+
     for index, node in enumerate(nodes, 1):
         raw = _raw(node, index)
         if limit is not None and len(raw) > limit:

@@ -8,6 +8,9 @@ live push sessions and party lines).
 server.toml's `[metrics] token`; anyone else gets 403. /healthz answers 200 when the store
 answers and the queue is not stuck (no row overdue by more than `stuck_after` seconds),
 503 otherwise; it says no more than that and needs no token.
+
+The numbers are kept by `tally.py` between scrapes; prometheus_client prints them, loaded by
+the first scrape.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from wsemail.server.operate.tally import Counter, Gauge, Histogram, Tally, families
 
 METRICS_PATH = "/metrics"
 HEALTH_PATH = "/healthz"
@@ -37,70 +40,77 @@ def is_loopback(host: str) -> bool:
 
 
 class Metrics:
-    """One server's metrics, in a registry of their own (several servers may share a
-    process: tests, the testbed)."""
+    """One server's metrics, of its own (several servers may share a process: tests, the
+    testbed)."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
         self.requests = Counter(
             "wsemail_requests",
             "SOAP requests answered, by operation and outcome (ok or the fault subcode)",
             ["operation", "outcome"],
-            registry=r,
         )
         self.latency = Histogram(
             "wsemail_request_seconds",
             "time from the request's arrival to its answer, by operation",
             ["operation"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
         self.relay_attempts = Counter(
             "wsemail_relay_attempts",
             "signed Deliver transactions sent, by destination domain",
             ["domain"],
-            registry=r,
         )
         self.relay_failures = Counter(
             "wsemail_relay_failures",
             "Deliver transactions that got no results (unreachable, refused), by domain",
             ["domain"],
-            registry=r,
         )
         self.commit_seconds = Histogram(
             "wsemail_store_commit_seconds",
             "time one store transaction (a group commit) took, BEGIN to COMMIT",
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
         self.deliveries = Counter(
-            "wsemail_deliveries", "copies delivered into mailboxes on this server", registry=r
+            "wsemail_deliveries", "copies delivered into mailboxes on this server"
         )
         self.refusals = Counter(
             "wsemail_refusals",
             "messages refused (a Send or Deliver refused, a recipient rejected)",
-            registry=r,
         )
         self.queue_depth = Gauge(
             "wsemail_queue_depth",
             "outbound messages waiting, by destination domain",
             ["domain"],
-            registry=r,
         )
         self.queue_oldest = Gauge(
             "wsemail_queue_oldest_seconds",
             "age of the oldest waiting message, by destination domain",
             ["domain"],
-            registry=r,
         )
-        self.push_sessions = Gauge("wsemail_push_sessions", "live IM push sessions", registry=r)
-        self.party_lines = Gauge("wsemail_party_lines", "open party lines", registry=r)
-        self.users = Gauge("wsemail_users", "accounts on this server", registry=r)
-        self.messages = Gauge("wsemail_messages", "mailbox copies stored", registry=r)
+        self.push_sessions = Gauge("wsemail_push_sessions", "live IM push sessions")
+        self.party_lines = Gauge("wsemail_party_lines", "open party lines")
+        self.users = Gauge("wsemail_users", "accounts on this server")
+        self.messages = Gauge("wsemail_messages", "mailbox copies stored")
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The Prometheus text of every metric, in the order above."""
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        registry = CollectorRegistry()  # of this scrape's families only
+        registry.register(
+            _Families(families(m for m in vars(self).values() if isinstance(m, Tally)))
+        )
+        return generate_latest(registry)
+
+
+class _Families:
+    """A prometheus_client collector of the families of one scrape."""
+
+    def __init__(self, found: list[Any]) -> None:
+        self.found = found
+
+    def collect(self) -> list[Any]:
+        return self.found
 
 
 Snapshot = Callable[[], Awaitable[None]]  # refreshes the scrape-time gauges
@@ -123,6 +133,8 @@ def metrics_route(metrics: Metrics, token: Callable[[], str], refresh: Snapshot)
             )
         else:
             await refresh()
+            from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
             response = Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
         await response(scope, receive, send)
 
