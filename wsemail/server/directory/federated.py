@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import httpx
 from lxml import etree
 
 from wsemail.core.people import display_name
@@ -53,6 +52,8 @@ from wsemail.server.directory import search
 from wsemail.server.store import Tx
 
 if TYPE_CHECKING:
+    import httpx
+
     from wsemail.server.app import Server
 
 log = logging.getLogger("wsemail.directory")
@@ -112,6 +113,8 @@ async def ask(server: Server, domain: str, asker: str, request: search.Request) 
     except RoutingError as exc:
         raise ServerBusy(f"cannot resolve {domain} now; try again later") from exc
     last = f"no server of {domain} answered"
+    import httpx  # a server that never asks another's directory does not load it
+
     async with httpx.AsyncClient(verify=federation.tls_context(), timeout=TIMEOUT) as http:
         for target in targets:
             data, nonce = query_envelope(server, domain, asker, request)

@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import httpx
 from cryptography import x509
 from lxml import etree
 from starlette.responses import Response
@@ -99,6 +98,8 @@ class FormsPlugin(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
         self.rules = [self._rule(r) for r in rules or []]
         self.root: Path | None = None
         if webhook is not None:
+            import httpx  # only with a webhook
+
             url = httpx.URL(str(webhook))
             if url.scheme not in ("http", "https") or not url.host:
                 raise ValueError(f"forms webhook must be an http(s) URL, not {webhook!r}")

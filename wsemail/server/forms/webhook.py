@@ -38,13 +38,15 @@ from dataclasses import dataclass, replace
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from wsemail.protocol.errors import RequestInvalid
 from wsemail.protocol.soap import parse_int
 from wsemail.server.sql import POSTGRESQL, SQLITE
 from wsemail.server.store import BatchStore, Tx
+
+if TYPE_CHECKING:
+    import httpx  # imported by the worker thread (only a server with a webhook runs one)
 
 log = logging.getLogger("wsemail.forms")
 COMPONENT = "forms"
@@ -223,6 +225,8 @@ class Webhook:
 
     # the loop ---------------------------------------------------------------------------
     def _run(self) -> None:
+        import httpx
+
         with httpx.Client(
             timeout=self.timeout, verify=self.verify, transport=self.transport
         ) as http:
@@ -264,6 +268,8 @@ class Webhook:
 
     def _post(self, http: httpx.Client, item: Due) -> Outcome:
         """POST once; of a non-2xx answer's body only the first chunk(s) are read."""
+        import httpx
+
         headers = {"content-type": "application/json", HEADER: item.key}
         try:
             with http.stream("POST", item.url, content=item.payload, headers=headers) as response:
@@ -334,6 +340,8 @@ class Webhook:
 
 def _excerpt(response: httpx.Response) -> str:
     """The start of an answer's body, whitespace folded, for the log (read no further)."""
+    import httpx
+
     body = b""
     try:
         for chunk in response.iter_bytes():
