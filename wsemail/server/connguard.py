@@ -11,7 +11,8 @@
 A refused connection gets a one-off SOAP `Busy` fault (503, connection: close) and is
 closed at once. Requests in flight per peer are counted here too (`Peers`), taken by the
 endpoint once the body is read. Idle keep-alive connections are closed by uvicorn after
-`keepalive_timeout` (see `controller.uvicorn_config`).
+`keepalive_timeout` (see `controller.uvicorn_config`). What an answer may hold in the
+server's buffers while the peer reads slowly is bounded per connection (`WRITE_HIGH_WATER`).
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ class Peers:
             self.inflight.pop(peer, None)
 
 
+# how much of an answer the peer has not taken yet waits in the server's own buffers before
+# the answer's writer waits too: uvloop's plain TCP default, where its TLS transport allows
+# 512 KB (with the TLS records of the last write beside it: a 1 GB download held ~0.6 MB
+# more); answers of SOAP calls are smaller than this
+WRITE_HIGH_WATER = 64 << 10
 BUSY = _refusal(503, "Service Unavailable", "the server is out of connections; try again")
 TOO_MANY = _refusal(503, "Service Unavailable", "too many connections from your address")
 TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
@@ -131,6 +137,7 @@ class GuardedProtocol(HttpToolsProtocol):
             transport.close()
             return
         self._counted = True
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:

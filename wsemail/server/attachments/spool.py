@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, BinaryIO
 if TYPE_CHECKING:
     import hashlib
 
-CHUNK = 256 << 10
+CHUNK = 1 << 20
 
 
 class Spool:

@@ -50,8 +50,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsemail.attachments")
 UPLOAD_PATH = "/wsemail/attachments/upload"
 # a download is read in pieces of this size (each sent before the next is read): what one
-# download holds besides the TLS buffers; 1 MB took ~2 MB more peak RSS for no speed gain
-READ_CHUNK = 256 << 10
+# download holds besides the TLS buffers; 1 MB took ~2 MB more peak RSS for no speed gain,
+# 256 KB ~0.4 MB more than 128 KB (1 GB: same seconds, 0.25 s less of the server's CPU)
+READ_CHUNK = 128 << 10
 _RANGE = re.compile(r"^bytes=([0-9]{1,19})-([0-9]{0,19})$", re.ASCII)
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
