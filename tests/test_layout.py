@@ -221,3 +221,127 @@ def test_console_fast_path_takes_only_the_tui_options() -> None:
         ["tui", "--web", "--web"],
     ):
         assert tui_options(other) is None, other
+
+
+# What `wsemail serve` must not load before a request needs it (issue 23, the server's
+# memory): the command line's parser and uvicorn's (typer, click, pydantic, the reload
+# supervisors), the client, the terminal UI, and the parts of plug-ins that run only for
+# some requests: the relay's HTTP client (at its first transaction), dnspython's resolver
+# (at the first SRV look-up), prometheus_client (at the first scrape of /metrics), the
+# Sieve filters (a script set or run), the MIME reader (ImportMessages, the SMTP and IMAP
+# plug-ins), the forms' wheels and approval chains, WebSockets (an upgrade request).
+NOT_AT_SERVE_START = (
+    "typer",
+    "click",
+    "pydantic",
+    "textual",
+    "rich",
+    "watchfiles",
+    "multiprocessing",
+    "uvicorn.supervisors",
+    "websockets",
+    "wsemail.client.mail",
+    "wsemail.tui",
+    "httpx",
+    "httpcore",
+    "anyio._backends._asyncio",
+    "dns.resolver",
+    "dns.asyncresolver",
+    "prometheus_client",
+    "sievelib",
+    "wsemail.core.sieve",
+    "email.policy",
+    "html2text",
+    "wsemail.server.smtp.mime",
+    "wsemail.server.imap",
+    "platformdirs",
+    "wsemail.core.forms.wheels",
+    "wsemail.core.forms.approvals",
+    "ctypes",
+    "xml.sax.saxutils",
+)
+
+_SERVE_AND_LIST_MODULES = """
+import atexit, sys
+atexit.register(lambda: open(sys.argv[1], "w").write("\\n".join(sorted(sys.modules))))
+import wsemail.cli
+wsemail.cli.main()
+"""
+
+
+def test_wsemail_serve_starts_without_what_only_some_requests_need(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The process `wsemail serve` serves in (executed again with its parsed options), with
+    every default plug-in, started, a message sent from one local user to another and read,
+    and stopped: the modules it had loaded by then leave out NOT_AT_SERVE_START."""
+    import json
+    import os
+    import signal
+
+    from wsemail.client.mail import Client
+    from wsemail.server.accounts import set_user
+    from wsemail.server.store import SqliteStore
+
+    from conftest import PASSWORD
+
+    store = SqliteStore(tmp_path / "wsemail.db")
+    try:
+        for user in ("alice", "bob"):
+            set_user(store, "localhost", f"{user}@localhost", PASSWORD)
+    finally:
+        store.close()
+
+    options = {
+        "config": None,
+        "data_dir": str(tmp_path),
+        "domain": None,
+        "host": None,
+        "port": 0,
+        "tls_cert": None,
+        "tls_key": None,
+        "smtp_port": None,
+        "submission_port": None,
+        "imap_port": None,
+        "imap_tls": "auto",
+        "store": None,
+        "workers": 1,
+        "demo": False,
+        "verbose": False,
+        "log_format": "text",
+        "log_level": None,
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSEMAIL_")}
+    env["WSEMAIL_SERVE_OPTIONS"] = json.dumps(options)
+    listed = tmp_path / "modules.txt"
+    command = [sys.executable, "-c", _SERVE_AND_LIST_MODULES, str(listed)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as server:
+        try:
+            assert server.stdout is not None
+            line = server.stdout.readline()
+            assert line.startswith("wsemail: serving localhost at http://127.0.0.1:"), line
+            url = line.split(" at ", 1)[1].split()[0]
+            with Client(url, "alice@localhost", PASSWORD) as alice:
+                alice.send(["bob@localhost"], "hello", "ordinary mail")
+            with Client(url, "bob@localhost", PASSWORD) as bob:
+                [header] = bob.list_headers().headers
+                assert bob.retrieve(header.id).subject == "hello"
+        finally:
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(30) == 0
+    loaded = set(listed.read_text().split())
+    assert "wsemail.server.controller" in loaded  # it did serve from this process
+    assert [m for m in NOT_AT_SERVE_START if m in loaded] == []
+
+
+def test_uvicorn_command_still_loads_when_called_in_a_server_process() -> None:
+    """The server keeps uvicorn's command line out (`server/uvicorn_lazy.py`), yet
+    `uvicorn.Server` is uvicorn's own and `uvicorn.main` still runs the command."""
+    code = (
+        "import sys, wsemail.server, uvicorn, uvicorn.server\n"
+        "assert 'click' not in sys.modules and uvicorn.Server is uvicorn.server.Server\n"
+        "try:\n    uvicorn.main(['--version'])\nexcept SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "assert 'click' in sys.modules and uvicorn.main.name == 'main', uvicorn.main\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Running uvicorn "), out.stdout

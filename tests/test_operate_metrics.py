@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -207,3 +208,68 @@ def test_without_the_operate_plugin_there_are_no_routes_and_status_still_answers
     samples = scrape(server)
     assert samples["wsemail_requests_total"][(("operation", "Send"), ("outcome", "ok"))] == 1
     assert httpx.get(base(server) + "/healthz", timeout=10).status_code == 200
+
+
+def test_metrics_text_is_what_prometheus_client_prints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The numbers are counted without prometheus_client (it loads at the first scrape), and
+    a scrape prints what its own Counter, Gauge and Histogram print for the same calls,
+    `_created` times included (the clock is fixed)."""
+    import itertools
+    import time
+
+    import prometheus_client as client
+
+    from wsemail.server.operate import tally
+    from wsemail.server.operate.metrics import LATENCY_BUCKETS, Metrics
+
+    def exercise(m: Any) -> None:
+        m.requests.labels("Send", "ok").inc()
+        m.requests.labels("Send", "ok").inc()
+        m.requests.labels("ListHeaders", "FailedAuthentication").inc()
+        m.latency.labels("Send").observe(0.0031)
+        m.latency.labels("Send").observe(12.5)
+        m.latency.labels("GetSalt").observe(0.001)
+        m.relay_attempts.labels("b.test").inc()
+        m.relay_failures.labels("b.test").inc()
+        m.commit_seconds.observe(0.002)
+        m.deliveries.inc()
+        m.refusals.inc(3)
+        m.queue_depth.labels("b.test").set(4)
+        m.queue_depth.clear()
+        m.queue_depth.labels("c.test").set(1)
+        m.queue_oldest.labels("c.test").set(2.5)
+        m.users.set(4)
+        m.party_lines.set(1)
+
+    template = vars(Metrics())  # names, help texts, labels
+
+    class Theirs:
+        """The same metrics as prometheus_client's objects, in a registry of their own."""
+
+        def __init__(self) -> None:
+            self.registry = r = client.CollectorRegistry(auto_describe=True)
+            for name, metric in template.items():
+                kind = {tally.Counter: client.Counter, tally.Gauge: client.Gauge}
+                labels = list(metric.labelnames)
+                if isinstance(metric, tally.Histogram):
+                    made: Any = client.Histogram(
+                        metric.name, metric.documentation, labels, registry=r,
+                        buckets=LATENCY_BUCKETS,
+                    )  # fmt: skip
+                else:
+                    made = kind[type(metric)](metric.name, metric.documentation, labels, registry=r)
+                setattr(self, name, made)
+
+    texts = []
+    for make in (Metrics, Theirs):
+        monkeypatch.setattr(time, "time", itertools.count(1000.0).__next__)
+        made = make()
+        exercise(made)
+        rendered = (
+            made.render() if isinstance(made, Metrics) else client.generate_latest(made.registry)
+        )
+        texts.append(rendered.decode())
+        monkeypatch.undo()
+    assert texts[0] == texts[1]
+    assert 'wsemail_request_seconds_bucket{le="0.005",operation="Send"} 1.0' in texts[0]
+    assert "wsemail_requests_created" in texts[0]
