@@ -3,8 +3,8 @@ connection, connections kept alive per (host, port, TLS name) and reused.
 
 The relay sends every Deliver through it. It speaks only what a peer's answer needs —
 HTTP/1.1, a Content-Length or chunked body, keep-alive or close — over asyncio's own TLS
-(httpx carried its general machinery into every relayed batch: about a tenth of the
-server's Python in the test bed). A request on a kept connection that the peer closed
+(httpx carried its general machinery into every relayed batch: about 7 % of the local
+server's active Python in the test bed). A request on a kept connection that the peer closed
 meanwhile (its keep-alive ran out) is sent once more on a new one, which is safe for what
 goes through here: a peer recognises a Deliver it already took and answers as before.
 """
