@@ -129,6 +129,7 @@ def test_an_owners_upload_total_reads_only_their_uploads(tmp_path: Path) -> None
 
     store = SqliteStore(tmp_path / "s.db")
     store.ensure_schema("attachments", records.MIGRATIONS)
+    store.ensure_schema(operate.COMPONENT, operate.MIGRATIONS)
 
     def fill(tx: Tx) -> None:
         tx.conn.executemany(
@@ -137,20 +138,21 @@ def test_an_owners_upload_total_reads_only_their_uploads(tmp_path: Path) -> None
             [(f"g{n}", f"user{n}@localhost") for n in range(3000)],
         )
 
-    def steps_of(tx: Tx) -> tuple[int, int, int]:
-        (mine, counted), steps = sqlite_steps(
+    def steps_of(tx: Tx) -> tuple[int, int, int, int]:
+        (mine, counted, room), steps = sqlite_steps(
             tx.conn,
             lambda: (
                 records.owner_bytes(tx, "user7@localhost"),
                 operate.usage(tx, "user8@localhost", 0).used,
+                operate.room_left(tx, "user9@localhost", 100),  # a delivery's quota check
             ),
         )
-        return mine, counted, steps
+        return mine, counted, room, steps
 
     try:
         store.transact_sync(fill)
-        mine, counted, steps = store.transact_sync(steps_of)
-        assert (mine, counted) == (10, 10)
+        mine, counted, room, steps = store.transact_sync(steps_of)
+        assert (mine, counted, room) == (10, 10, 90)
         assert steps < 1000, steps
     finally:
         store.close()

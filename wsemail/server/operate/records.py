@@ -175,12 +175,13 @@ def limit_for(tx: Tx, address: str, default: int) -> int:
     return default if found is None else found
 
 
+_COUNTED = "state IN ('pending','uploading','stored','bound')"  # uploads a quota counts
+
+
 def _attachment_bytes(tx: Tx, address: str | None) -> dict[str, int]:
     """Upload bytes per owner that count against the quota (the attachment plug-in's
     table, when it exists: the same states its own quota counts)."""
-    where = "state IN ('pending','uploading','stored','bound')" + (
-        " AND owner=?" if address else ""
-    )
+    where = _COUNTED + (" AND owner=?" if address else "")
     if not _has(tx, "attachment_blobs"):
         return {}
     rows = tx.conn.execute(
@@ -225,14 +226,19 @@ def room_left(tx: Tx, address: str, default: int) -> int:
     if not _has(tx, "operate_usage"):  # before this component's migrations ran
         counted = usage(tx, address, default)
         return counted.limit - counted.used
-    used, override = tx.conn.execute(
+    sql = (
         "SELECT (SELECT bytes FROM operate_usage WHERE owner=?), "
-        "(SELECT limit_bytes FROM operate_quotas WHERE address=?)",
-        (address, address),
-    ).fetchone()
+        "(SELECT limit_bytes FROM operate_quotas WHERE address=?)"
+    )
+    args = [address, address]
+    if _has(tx, "attachment_blobs"):  # the uploads counted in the same statement
+        sql += (
+            f", (SELECT coalesce(sum(size), 0) FROM attachment_blobs WHERE {_COUNTED} AND owner=?)"
+        )
+        args.append(address)
+    used, override, *attached = tx.conn.execute(sql, args).fetchone()
     limit = default if override is None else int(override)
-    attached = _attachment_bytes(tx, address).get(address, 0)
-    return limit - int(used or 0) - attached
+    return limit - int(used or 0) - int(attached[0] if attached else 0)
 
 
 def usage_all(tx: Tx, default: int) -> list[Usage]:
