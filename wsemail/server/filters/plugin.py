@@ -68,10 +68,9 @@ class Filters(DeliveryProcessor, ExtensionProcessor):
 
     # delivery ---------------------------------------------------------------------------
     def deliver(self, message: Message, recipient: str, env: Environment) -> Verdict:
-        text = records.script(env.tx, recipient)
-        away = records.vacation(env.tx, recipient)
+        text, away = records.at_delivery(env.tx, recipient)
         if not text and away is None:
-            return Verdict.PASS  # most mailboxes: nothing to run, two key look-ups
+            return Verdict.PASS  # most mailboxes: nothing to run, one look-up
         if env.tx.user(recipient) is None:
             return Verdict.PASS  # the local MTA says the user is unknown
         if env.tx.find_copy(recipient, "inbox", message.sender, message.message_id):

@@ -89,6 +89,19 @@ def vacation(tx: Tx, owner: str) -> Vacation | None:
     return Vacation(row[0], row[1], row[2], int(row[3])) if row else None
 
 
+def at_delivery(tx: Tx, owner: str) -> tuple[str | None, Vacation | None]:
+    """`owner`'s Sieve script and vacation settings, in one statement (a delivery reads
+    both for every recipient)."""
+    row = tx.conn.execute(
+        "SELECT s.script, v.subject, v.body, v.until, v.days "
+        "FROM (SELECT CAST(? AS TEXT) AS who) w "
+        "LEFT JOIN sieve_scripts s ON s.owner=w.who LEFT JOIN vacations v ON v.owner=w.who",
+        (owner,),
+    ).fetchone()
+    away = Vacation(row[1], row[2], row[3], int(row[4])) if row[4] is not None else None
+    return (None if row[0] is None else str(row[0])), away
+
+
 def put_vacation(tx: Tx, owner: str, settings: Vacation) -> None:
     """Turn the responder on (again): whom it answered before is forgotten."""
     tx.conn.execute(
