@@ -100,3 +100,17 @@ def test_a_character_xml_cannot_carry_is_refused_as_element_refuses_it(bad: str)
         written([header(bad)], None)
     assert "control characters" in str(by_text.value)
     assert type(by_tree.value) is type(by_text.value)
+
+
+def test_headers_made_from_the_same_recipient_list_do_not_share_it() -> None:
+    """A copy's To and Cc are decoded once per distinct JSON text (store.header): each
+    header still gets lists of its own."""
+    from wsemail.server.store import header as from_row
+
+    row = ("id1", "<m@x>", "inbox", "a@x", '["b@x", "c@x"]', "[]", "s", "d", 1, 0, 0, 0, 0, 0)
+    first, second = from_row(row), from_row(row)
+    first.to.append("changed@x")
+    first.cc.append("changed@x")
+    assert second.to == ["b@x", "c@x"]
+    assert second.cc == []
+    assert from_row(row).to == ["b@x", "c@x"]

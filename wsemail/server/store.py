@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import queue
@@ -524,6 +525,14 @@ def message(row: tuple[Any, ...]) -> Message:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _addresses(text: str) -> tuple[str, ...]:
+    """A copy's To or Cc from its JSON column. The same lists come back again and again (a
+    mailbox's own address, the people it writes with): a page of 50 headers decoded 100 of
+    them, two-thirds of the time it took to make the headers."""
+    return tuple(json.loads(text))
+
+
 def header(row: tuple[Any, ...]) -> MessageHeader:
     """A MessageHeader from the HEADER_COLUMNS of a row."""
     return MessageHeader(
@@ -531,8 +540,8 @@ def header(row: tuple[Any, ...]) -> MessageHeader:
         message_id=row[1],
         folder=row[2],
         sender=row[3],
-        to=json.loads(row[4]),
-        cc=json.loads(row[5]),
+        to=list(_addresses(row[4])),
+        cc=list(_addresses(row[5])),
         subject=row[6],
         date=row[7],
         size=row[8],
