@@ -9,27 +9,18 @@ module when called, so `httpx.main` still works; nothing else of httpx changes.
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
 from typing import Any
+
+from wsemail.core import standin
 
 NAME = "httpx._main"
 
 
 def _main(*args: Any, **kwargs: Any) -> Any:
-    """httpx's `main`, loaded on first call (the stand-in makes way for the real module)."""
-    if getattr(sys.modules.get(NAME), "deferred", False):
-        del sys.modules[NAME]
-    real = importlib.import_module(NAME)
-    return real.main(*args, **kwargs)
+    """httpx's `main`, loaded on first call."""
+    return standin.real(NAME).main(*args, **kwargs)
 
 
 def defer() -> None:
     """Install the stand-in unless httpx (or its tool) is already imported."""
-    if "httpx" in sys.modules or NAME in sys.modules:
-        return
-    stand_in = types.ModuleType(NAME, "httpx's command-line tool, loaded when first run")
-    stand_in.main = _main  # type: ignore[attr-defined]
-    stand_in.deferred = True  # type: ignore[attr-defined]
-    sys.modules[NAME] = stand_in
+    standin.install(NAME, "httpx's command-line tool, loaded when first run", {"main": _main})

@@ -24,14 +24,14 @@ import sys
 import types
 from typing import Any
 
+from wsemail.core import standin
+
 NAME = "uvicorn.main"
 
 
 def _real() -> types.ModuleType:
     """The real `uvicorn.main` (the stand-in makes way for it on first use)."""
-    if getattr(sys.modules.get(NAME), "deferred", False):
-        del sys.modules[NAME]
-    real = importlib.import_module(NAME)
+    real = standin.real(NAME)
     package = sys.modules["uvicorn"]
     package.main = real.main  # type: ignore[attr-defined]  # the import set it to the module
     return real
@@ -57,14 +57,11 @@ def _attribute(name: str) -> Any:
 
 def defer() -> None:
     """Install the stand-in unless uvicorn (or its command) is already imported."""
-    if "uvicorn" in sys.modules or NAME in sys.modules:
-        return
-    stand_in = types.ModuleType(NAME, "uvicorn's command line, loaded when first used")
-    stand_in.main = _main  # type: ignore[attr-defined]
-    stand_in.run = _run  # type: ignore[attr-defined]
-    stand_in.__getattr__ = _attribute  # type: ignore[method-assign]
-    stand_in.deferred = True  # type: ignore[attr-defined]
-    sys.modules[NAME] = stand_in
+    standin.install(
+        NAME,
+        "uvicorn's command line, loaded when first used",
+        {"main": _main, "run": _run, "__getattr__": _attribute},
+    )
 
 
 def websocket_protocol(**kwargs: Any) -> asyncio.Protocol:
