@@ -10,11 +10,11 @@ parent of `wsemail.server` and does not load the client with it.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 # before anything imports httpx or httpcore (the client and the server's relay both do)
 from wsemail.client import httpcore_trio, httpx_cli
+from wsemail.core import standin
 
 if TYPE_CHECKING:
     from wsemail.client import Client, Page, SendResult
@@ -66,13 +66,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'wsemail' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+__getattr__ = standin.names_from(__name__, globals(), _HOMES)
 
 
 def __dir__() -> list[str]:

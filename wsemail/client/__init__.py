@@ -16,10 +16,10 @@ this package (as `wsemail` does, for the two helpers) loads neither httpx nor lx
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from wsemail.client import httpcore_trio, httpx_cli
+from wsemail.core import standin
 
 if TYPE_CHECKING:
     from wsemail.client.mail import Client, Page, SendResult
@@ -30,9 +30,4 @@ httpcore_trio.skip()
 __all__ = ["Client", "Page", "SendResult"]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in __all__:
-        raise AttributeError(f"module 'wsemail.client' has no attribute {name!r}")
-    value = getattr(importlib.import_module("wsemail.client.mail"), name)
-    globals()[name] = value
-    return value
+__getattr__ = standin.names_from(__name__, globals(), dict.fromkeys(__all__, "wsemail.client.mail"))

@@ -4,7 +4,9 @@ a name or two) but that loads much more, put in its place until one of its names
 `install` puts the stand-in in `sys.modules` before the package is imported; its
 attributes load the real module through `real`, which lets the stand-in make way.
 Used for httpx's command-line tool (`client/httpx_cli.py`) and uvicorn's
-(`server/uvicorn_lazy.py`).
+(`server/uvicorn_lazy.py`). `names_from` is the same for a package's own names: its
+`__getattr__` imports a name's module when the name is first used (`wsemail`,
+`wsemail.client`, `wsemail.core.forms`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -33,3 +35,21 @@ def real(name: str) -> types.ModuleType:
     if getattr(sys.modules.get(name), "deferred", False):
         del sys.modules[name]
     return importlib.import_module(name)
+
+
+def names_from(
+    package: str, namespace: dict[str, Any], homes: Mapping[str, str]
+) -> Callable[[str], Any]:
+    """A package's `__getattr__` for names imported when first used: `homes` maps each name
+    to the module that defines it; a name found is kept in `namespace` (the package's
+    globals), so the next use is a plain look-up."""
+
+    def __getattr__(name: str) -> Any:
+        home = homes.get(name)
+        if home is None:  # a submodule not imported yet: the import system imports it
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(home), name)
+        namespace[name] = value
+        return value
+
+    return __getattr__

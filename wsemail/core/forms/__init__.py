@@ -10,8 +10,9 @@ installer, the approval chains).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from wsemail.core import standin
 
 if TYPE_CHECKING:
     from wsemail.core.forms.approvals import Chain, Entry
@@ -65,10 +66,6 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:  # a submodule not imported yet: the import system imports it
-        raise AttributeError(f"module 'wsemail.core.forms' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"wsemail.core.forms.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = standin.names_from(
+    __name__, globals(), {name: f"{__name__}.{home}" for name, home in _HOMES.items()}
+)
