@@ -383,3 +383,30 @@ def test_a_form_whose_chain_does_not_verify_is_checked_by_the_worker_and_never_p
     assert "not handed on" in error and "does not cover" in error
     assert len(shop.receiver.got) == 1  # only the genuine one was posted
     assert carol.list_headers().headers  # the server still answers
+
+
+@pytest.mark.both_stores
+def test_hand_offs_taken_but_not_tried_when_stopping_are_due_again(
+    tmp_path: Path, store_url: str
+) -> None:
+    """A pass that takes due hand-offs (on PostgreSQL: leased to this node for the whole
+    pass) and finds the server stopping gives them back: the next start, or another node,
+    tries them at once instead of after the lease (minutes)."""
+    from wsemail.server.config import ServerConfig
+    from wsemail.server.forms import webhook
+    from wsemail.server.store import SqliteStore
+    from wsemail.server.stores import open_store
+
+    store = open_store(ServerConfig(data_dir=tmp_path, store_url=store_url))
+    try:
+        hook = webhook.Webhook(store)
+        store.ensure_schema(webhook.COMPONENT, webhook.MIGRATIONS)
+        store.transact_sync(lambda tx: webhook.record(tx, "http://127.0.0.1:9/", {"n": 1}, 3600))
+        hook._stop.set()  # the server stops while the pass holds what it took
+        wait = hook.run_once(None)  # type: ignore[arg-type]  # nothing is posted
+        assert wait == 0.0  # due now, not after the lease
+        due = store.transact_sync(lambda tx: webhook._due(tx, 0.0))
+        assert [d.payload for d in due] == [b'{"n": 1}']
+    finally:
+        store.close()
+    assert isinstance(store, SqliteStore) == (store_url == "")

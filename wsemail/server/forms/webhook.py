@@ -27,6 +27,7 @@ federation roots (`tls_context`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -243,8 +244,10 @@ class Webhook:
         """POST every due hand-off once; seconds until the next one is due."""
         lease = BATCH * (self.timeout + 5.0)  # a whole pass, each POST up to its timeout
         due = self.store.transact_sync(lambda tx: _due(tx, lease))
-        for item in due:
-            if self._stop.is_set():
+        for index, item in enumerate(due):
+            if self._stop.is_set():  # stopping: the ones not tried are due again at once
+                untried = [d.id for d in due[index:]]
+                self.store.transact_sync(functools.partial(_release, ids=untried))
                 break
             ready = self._prepared(item)
             if isinstance(ready, Outcome):
@@ -379,6 +382,16 @@ def _due(tx: Tx, lease: float) -> list[Due]:
             (tx.now, BATCH),
         ).fetchall()
     return [Due(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
+
+
+def _release(tx: Tx, ids: list[int]) -> None:
+    """Give back the leases of hand-offs taken but not tried (the server is stopping): a
+    node started next, or another node, tries them at once, not when the lease runs out."""
+    marks = ",".join("?" * len(ids))
+    tx.conn.execute(
+        f"UPDATE forms_webhook SET next_attempt=? WHERE state='pending' AND id IN ({marks})",  # noqa: S608
+        (tx.now, *ids),
+    )
 
 
 def _next_wait(ceiling: float) -> Callable[[Tx], float]:
