@@ -56,7 +56,7 @@ from wsemail.protocol.xmlsafe import c14n, parse_untrusted
 from wsemail.server.config import ServerConfig
 from wsemail.server.connguard import Pace, Peers
 from wsemail.server.federation import Federation
-from wsemail.server.operations import AUTHENTICATED
+from wsemail.server.operations import AUTHENTICATED, QUICK
 from wsemail.server.pipeline import Environment, Pipeline
 from wsemail.server.security import (
     FAILED,
@@ -364,7 +364,8 @@ class Server:
             raise RequestInvalid(f"unknown operation {name!r}")
         login = await self.login(envelope, peer)
         request = login.request
-        operation = AUTHENTICATED[etree.QName(request).localname]
+        operation_name = etree.QName(request).localname
+        operation = AUTHENTICATED[operation_name]
         if record is not None:
             record.operation = self._operation_label(request)
 
@@ -383,7 +384,7 @@ class Server:
             )
             return operation(env, request), env
 
-        result, env = await self.run_authenticated(login, peer, work)
+        result, env = await self.run_authenticated(login, peer, work, quick=operation_name in QUICK)
         for callback in env.after_commit:
             callback()
         return result
@@ -488,17 +489,23 @@ class Server:
         return Login(address, inner, check)
 
     async def run_authenticated(
-        self, login: Login, peer: str, work: Callable[[Tx, UserRecord], T]
+        self,
+        login: Login,
+        peer: str,
+        work: Callable[[Tx, UserRecord], T],
+        *,
+        quick: bool = False,
     ) -> T:
         """Run `work` for the user `login` names in one unit of work that first completes
         the credential check (nonce not seen → MAC / certificate active → nonce remembered),
-        so the replay row commits with the effect or not at all."""
+        so the replay row commits with the effect or not at all. `quick`: a unit of a few
+        statements (`BatchStore.transact`)."""
 
         def unit(tx: Tx) -> T:
             return work(tx, login.check(tx))
 
         with self._counting_failures(lambda: login.username, peer):
-            result = await self.store.transact(unit)
+            result = await self.store.transact(unit, quick=quick)
         _ANSWER.set(login.answer)
         record = _RECORD.get()
         if record is not None:
@@ -537,7 +544,7 @@ class Server:
             self.auth.check_token(token)
         if token.nonce is not None:
             nonce = self.auth.canonical_nonce(token)
-        user = await self.store.transact(lambda tx: tx.user(username))
+        user = await self.store.transact(lambda tx: tx.user(username), quick=True)
         await self.auth.check_password(user, username, token.password)
         assert user is not None
 
@@ -558,7 +565,7 @@ class Server:
             username = normalize_address(raw)
         except RemoteFault:
             username = raw[:320]
-        user = await self.store.transact(lambda tx: tx.user(username))
+        user = await self.store.transact(lambda tx: tx.user(username), quick=True)
         salt = user.salt if user is not None else self.auth.fake_salt(username)
         result = etree.Element(q("GetSaltResponse"))
         element(result, "Salt", base64.b64encode(salt).decode("ascii"))

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from wsemail.server.app import Server
 
 log = logging.getLogger("wsemail.delivery")
+# copies a Deliver may store and still run on the event loop (see `deliver`)
+QUICK_COPIES = 32
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,10 @@ async def deliver(server: Server, root: etree._Element) -> etree._Element:
                     node.set("Reason", reason)
         return result, env
 
-    result, env = await server.store.transact(work)
+    # a transaction of a few copies is quick (BatchStore.transact); a large one runs in the
+    # writer thread
+    copies = sum(len(item.recipients) for item in inbound)
+    result, env = await server.store.transact(work, quick=copies <= QUICK_COPIES)
     for callback in env.after_commit:  # e.g. an IM push, once the delivery is on disk
         callback()
     if server.relay is not None:  # the origin is up: what waits for it need not wait longer

@@ -28,7 +28,7 @@ from wsemail.server.mailbox import operations as mailbox
 from wsemail.server.mapping import deliver_locally
 from wsemail.server.pipeline import Environment
 
-__all__ = ["AUTHENTICATED", "deliver_locally"]
+__all__ = ["AUTHENTICATED", "QUICK", "deliver_locally"]
 
 MAX_PAGE = 500
 
@@ -180,3 +180,29 @@ AUTHENTICATED: dict[str, Callable[[Environment, etree._Element], etree._Element]
     **importing.OPERATIONS,
     **threads.OPERATIONS,
 }
+
+# the operations whose unit of work is a few statements on one mailbox's rows (a page of
+# at most MAX_PAGE, a message, its copies — a send reaches at most MAX_RECIPIENTS): run on
+# the event loop with the others of its turn (see BatchStore.transact). Not here: a
+# search, a folder renamed or deleted whole, an import, a plug-in's extension — they may
+# take long, and run in the writer thread
+QUICK = frozenset(
+    {
+        "Send",
+        "ListHeaders",
+        "Retrieve",
+        "Delete",
+        "GetCertificate",
+        "ListFolders",
+        "CreateFolder",
+        "Move",
+        "SetFlags",
+        "ListThreads",
+        "GetThread",
+        "SaveDraft",
+        "GetDraft",
+        "ListDrafts",
+        "DeleteDraft",
+        "SendDraft",
+    }
+)

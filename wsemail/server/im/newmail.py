@@ -21,6 +21,7 @@ have missed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -46,6 +47,7 @@ class MailFeed:
         self._lock = threading.Lock()
         self._mark = 0  # the newest event whose owners were woken
         self._queued = False  # a check waits in the store's queue
+        self._checks: set[asyncio.Task[Any]] = set()  # checks run on a loop (kept referenced)
         self._pruned = 0.0
         # true while a listener hears every node's commits (PostgreSQL: `nodes.Nodes`)
         self.heard: Callable[[], bool] | None = None
@@ -77,7 +79,9 @@ class MailFeed:
         self.check_now()
 
     def check_now(self) -> None:
-        """(Any thread.) Like `check_soon`, even while a listener hears every commit."""
+        """(Any thread.) Like `check_soon`, even while a listener hears every commit. On
+        a loop whose store runs quick units there, the check is one of them (after the
+        batch now running); elsewhere it waits in the writer thread's queue."""
         with self._lock:
             if self._queued:
                 return
@@ -98,6 +102,16 @@ class MailFeed:
             if owners:
                 self.wake(owners)
 
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None and self.store.runs_on_loop:  # a quick unit on this loop
+            task = loop.create_task(self.store.transact(check, quick=True))
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+            task.add_done_callback(done)
+            return
         self.store.submit(check).add_done_callback(done)
 
     def prune_now(self, every: float = 600.0) -> None:

@@ -1,0 +1,165 @@
+"""Quick units of work on SQLite run on the event loop that asks for them (one batch per
+loop turn), everything else in the writer thread; one batch at a time either way."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from wsemail.protocol.errors import RequestInvalid
+from wsemail.server.store import SqliteStore, Tx
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    store = SqliteStore(tmp_path / "s.db")
+    store.transact_sync(lambda tx: tx.conn.execute("CREATE TABLE t (k TEXT UNIQUE)"))
+    return store
+
+
+def _rows(store: SqliteStore) -> list[str]:
+    return [
+        r[0]
+        for r in store.transact_sync(
+            lambda tx: tx.conn.execute("SELECT k FROM t ORDER BY k").fetchall()
+        )
+    ]
+
+
+def _insert(key: str):  # type: ignore[no-untyped-def]
+    def work(tx: Tx) -> int:
+        tx.conn.execute("INSERT INTO t VALUES (?)", (key,))
+        return threading.get_ident()
+
+    return work
+
+
+def test_quick_units_of_one_turn_share_a_commit_on_the_loop_and_fail_alone(
+    store: SqliteStore,
+) -> None:
+    def failing(tx: Tx) -> None:
+        tx.conn.execute("INSERT INTO t VALUES ('bad')")
+        raise RequestInvalid("refused after writing")
+
+    async def main() -> list[object]:
+        before = store.commits
+        results = await asyncio.gather(
+            *(store.transact(_insert(f"k{n}"), quick=True) for n in range(5)),
+            store.transact(failing, quick=True),
+            store.transact(_insert("k5"), quick=True),
+            return_exceptions=True,
+        )
+        assert store.commits == before + 1  # one transaction, one fsync, for all seven
+        return [*results, threading.get_ident()]
+
+    try:
+        *results, loop_thread = asyncio.run(main())
+        assert isinstance(results[5], RequestInvalid)
+        assert [r for i, r in enumerate(results) if i != 5] == [loop_thread] * 6  # on the loop
+        assert _rows(store) == [f"k{n}" for n in range(6)]  # the failing unit undone alone
+    finally:
+        store.close()
+
+
+def test_a_unit_not_quick_runs_in_the_writer_thread(store: SqliteStore) -> None:
+    async def main() -> tuple[int, int]:
+        return await store.transact(_insert("slow")), threading.get_ident()
+
+    try:
+        ran_in, loop_thread = asyncio.run(main())
+        assert ran_in != loop_thread
+        assert _rows(store) == ["slow"]
+    finally:
+        store.close()
+
+
+def test_the_loop_does_not_wait_for_a_batch_of_the_writer_thread(store: SqliteStore) -> None:
+    """While the writer thread is in a long batch, quick units wait without blocking the
+    loop (its timers fire); the thread's end of the batch sends the loop back to them."""
+    gate, started = threading.Event(), threading.Event()
+
+    def blocker(tx: Tx) -> None:
+        tx.conn.execute("INSERT INTO t VALUES ('long')")
+        started.set()
+        gate.wait(10)
+
+    def after(tx: Tx) -> tuple[int, int]:
+        tx.conn.execute("INSERT INTO t VALUES ('quick')")
+        return threading.get_ident(), tx.conn.execute("SELECT count(*) FROM t").fetchone()[0]
+
+    async def main() -> tuple[tuple[int, int], int, int]:
+        long = store.submit(blocker)
+        assert started.wait(10)
+        quick = asyncio.ensure_future(store.transact(after, quick=True))
+        ticks = 0
+        for _ in range(5):  # the loop is not blocked by the writer thread's batch
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not quick.done()
+        gate.set()
+        answer = await asyncio.wait_for(quick, 10)
+        long.result(10)
+        return answer, ticks, threading.get_ident()
+
+    try:
+        (ran_in, seen), ticks, loop_thread = asyncio.run(main())
+        assert ticks == 5
+        assert (ran_in, seen) == (loop_thread, 2)  # on the loop, after the long batch
+        assert _rows(store) == ["long", "quick"]
+    finally:
+        gate.set()
+        store.close()
+
+
+def test_a_quick_unit_that_needs_the_store_again_joins_its_own_transaction(
+    store: SqliteStore,
+) -> None:
+    def outer(tx: Tx) -> int:
+        tx.conn.execute("INSERT INTO t VALUES ('outer')")
+        return store.transact_sync(
+            lambda inner: inner.conn.execute("SELECT count(*) FROM t").fetchone()[0]
+        )
+
+    async def main() -> int:
+        return await asyncio.wait_for(store.transact(outer, quick=True), 10)
+
+    try:
+        assert asyncio.run(main()) == 1  # it saw its own row: the same transaction
+        assert _rows(store) == ["outer"]
+    finally:
+        store.close()
+
+
+def test_a_cancelled_quick_caller_is_skipped_and_the_others_commit(store: SqliteStore) -> None:
+    async def main() -> None:
+        kept = asyncio.ensure_future(store.transact(_insert("kept"), quick=True))
+        given_up = asyncio.ensure_future(store.transact(_insert("given-up"), quick=True))
+        await asyncio.sleep(0)  # both queued for the loop's turn
+        given_up.cancel()
+        await kept
+        with pytest.raises(asyncio.CancelledError):
+            await given_up
+
+    try:
+        asyncio.run(main())
+        assert _rows(store) == ["kept"]
+    finally:
+        store.close()
+
+
+def test_close_ends_the_writer_thread_and_the_connection_after_units_on_both(
+    store: SqliteStore,
+) -> None:
+    async def main() -> None:
+        await store.transact(_insert("a"), quick=True)
+        await store.transact(_insert("b"))
+
+    asyncio.run(main())
+    writer = store._thread  # noqa: SLF001
+    assert writer is not None and writer.is_alive()
+    store.close()
+    assert not writer.is_alive()
+    assert store._conn is None  # noqa: SLF001 -- the one connection both used is closed
