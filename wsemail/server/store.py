@@ -40,6 +40,9 @@ from wsemail.server.storage import (
 )
 
 log = logging.getLogger("wsemail.store")
+# passes over an event loop's ready callbacks that a batch of quick units waits for more
+# (BatchStore._turn)
+GATHER_PASSES = 4
 T = TypeVar("T")
 
 HEADER_COLUMNS = (
@@ -724,13 +727,15 @@ class BatchStore:
         self._jobs.put((work, waiter))
         return cast(T, await waiter.future)
 
-    def _turn(self, loop: asyncio.AbstractEventLoop, seen: int) -> None:
+    def _turn(self, loop: asyncio.AbstractEventLoop, seen: int, passes: int = 0) -> None:
         """(On `loop`.) Run the quick units the loop gathered once a pass over its ready
-        callbacks added none: the requests read in one turn reach their units a few
-        callbacks apart, and one commit for all of them is what makes the batch pay."""
+        callbacks added none (or after GATHER_PASSES passes: under a steady stream the
+        first units would wait ever longer): the requests read in one turn reach their
+        units a few callbacks apart, and one commit for all of them is what makes the
+        batch pay."""
         waiting = self._on_loop.get(loop, [])
-        if seen < len(waiting) < self.batch_max:
-            loop.call_soon(self._turn, loop, len(waiting))
+        if seen < len(waiting) < self.batch_max and passes < GATHER_PASSES:
+            loop.call_soon(self._turn, loop, len(waiting), passes + 1)
             return
         if not waiting:
             return
