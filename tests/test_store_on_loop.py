@@ -163,3 +163,35 @@ def test_close_ends_the_writer_thread_and_the_connection_after_units_on_both(
     store.close()
     assert not writer.is_alive()
     assert store._conn is None  # noqa: SLF001 -- the one connection both used is closed
+
+
+def test_a_loop_whose_units_found_another_loops_batch_running_is_sent_back_to_them(
+    store: SqliteStore,
+) -> None:
+    """Two event loops (threads) with quick units: the one that finds the other's batch
+    running waits without blocking, and is woken when that batch is done."""
+    gate, started = threading.Event(), threading.Event()
+
+    def blocker(tx: Tx) -> None:
+        tx.conn.execute("INSERT INTO t VALUES ('first')")
+        started.set()
+        gate.wait(10)
+
+    other = threading.Thread(target=lambda: asyncio.run(store.transact(blocker, quick=True)))
+    other.start()
+
+    async def main() -> None:
+        assert started.wait(10)
+        mine = asyncio.ensure_future(store.transact(_insert("second"), quick=True))
+        await asyncio.sleep(0.05)
+        assert not mine.done()  # the other loop's batch holds the store
+        gate.set()
+        await asyncio.wait_for(mine, 10)
+
+    try:
+        asyncio.run(main())
+        other.join(10)
+        assert _rows(store) == ["first", "second"]
+    finally:
+        gate.set()
+        store.close()
