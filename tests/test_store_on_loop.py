@@ -195,3 +195,38 @@ def test_a_loop_whose_units_found_another_loops_batch_running_is_sent_back_to_th
     finally:
         gate.set()
         store.close()
+
+
+def test_a_loop_does_not_sleep_in_the_lock_another_process_holds(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """Another process writing (a `wsemail user` command while the server runs): the loop's
+    batch goes to the writer thread, which waits for the lock; the loop goes on serving."""
+    import sqlite3
+
+    other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t VALUES ('other')")
+
+    async def main() -> tuple[int, int, int]:
+        quick = asyncio.ensure_future(store.transact(_insert("mine"), quick=True))
+        ticks = 0
+        for _ in range(5):  # the loop is not blocked by the other process's lock
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not quick.done()
+        other.execute("COMMIT")
+        return await asyncio.wait_for(quick, 10), ticks, threading.get_ident()
+
+    try:
+        ran_in, ticks, loop_thread = asyncio.run(main())
+        assert ticks == 5 and ran_in != loop_thread  # it waited in the writer thread
+        assert _rows(store) == ["mine", "other"]
+
+        async def again() -> int:  # and the next quick unit is back on the loop
+            return await store.transact(_insert("next"), quick=True)
+
+        assert asyncio.run(again()) == threading.get_ident()
+    finally:
+        other.close()
+        store.close()

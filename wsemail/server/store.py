@@ -43,6 +43,8 @@ log = logging.getLogger("wsemail.store")
 # passes over an event loop's ready callbacks that a batch of quick units waits for more
 # (BatchStore._turn)
 GATHER_PASSES = 4
+# how long a statement waits for another process's write lock (the writer thread's batches)
+BUSY_TIMEOUT_MS = 10_000
 T = TypeVar("T")
 
 HEADER_COLUMNS = (
@@ -96,11 +98,16 @@ def new_public_id() -> str:
 def connect(path: Path) -> sqlite3.Connection:
     """Open the database with the pragmas every connection needs."""
     try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        conn = sqlite3.connect(
+            path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     except sqlite3.Error as exc:
         raise StoreError(explain(exc, f"cannot open database {path}: {exc}", path)) from exc
     return conn
@@ -747,7 +754,7 @@ class BatchStore:
             return
         try:
             self._on_loop.pop(loop, None)
-            self._batch(waiting)
+            self._batch(waiting, on_loop=True)
         finally:
             self._batch_lock.release()
         if self._on_loop:  # other loops' units that found the lock taken
@@ -799,6 +806,12 @@ class BatchStore:
     def _begin(self, conn: Any) -> None:
         """Begin the batch's transaction and its first unit's savepoint."""
         self._control(conn, "BEGIN", "SAVEPOINT unit")
+
+    def _claim(self, conn: Any) -> bool:
+        """(On a loop, before its batch.) Begin the batch's transaction if that needs no
+        waiting; False if another process holds the store (or it failed: the writer thread
+        meets the error again and answers it)."""
+        return True
 
     def _control(self, conn: Any, *statements: str) -> None:
         """Transaction control statements, in order (a subclass may send them at once)."""
@@ -853,9 +866,10 @@ class BatchStore:
         self._ensure_thread()
         self._jobs.put(job)
 
-    def _batch(self, batch: list[_Job]) -> None:
+    def _batch(self, batch: list[_Job], *, on_loop: bool = False) -> None:
         """(Holding the batch lock, in the writer thread or on a loop.) Commit `batch`, with
-        the periodic sweep in front of it once a minute."""
+        the periodic sweep in front of it once a minute. On a loop, a store another process
+        holds (`_claim`) sends the batch to the writer thread, which waits for it."""
         now = self.clock()
         if now - self._last_sweep > 60:
             batch.insert(0, (_sweep, concurrent.futures.Future()))
@@ -863,6 +877,10 @@ class BatchStore:
         if not self._connected:
             self._conn, self._connected = self._open(), True
         self._conn = self._usable(self._conn)
+        if on_loop and not self._claim(self._conn):
+            for job in batch:
+                self._again(job)
+            return
         self._current_thread = threading.get_ident()
         try:
             self._commit(self._conn, batch, now)
@@ -912,8 +930,10 @@ class BatchStore:
                     learned |= tx.learned
                     outcomes.append((future, result, None))
             self._current = None
-            if not opened:
-                return  # every caller gave up: nothing was done
+            if not opened:  # every caller gave up: nothing was done
+                if conn.in_transaction:  # begun by `_claim`
+                    conn.execute("ROLLBACK")
+                return
             self._control(conn, "RELEASE unit", *self.finishing, "COMMIT")
             self._lasting |= learned
             for job in again:
@@ -992,7 +1012,23 @@ class SqliteStore(BatchStore):
         return conn
 
     def _begin(self, conn: sqlite3.Connection) -> None:
-        self._control(conn, "BEGIN IMMEDIATE", "SAVEPOINT unit")
+        if conn.in_transaction:  # begun by `_claim`
+            self._control(conn, "SAVEPOINT unit")
+        else:
+            self._control(conn, "BEGIN IMMEDIATE", "SAVEPOINT unit")
+
+    def _claim(self, conn: sqlite3.Connection) -> bool:
+        # the write lock without the busy handler: a loop must not sleep in it while
+        # another process (a `wsemail user` command, say) writes
+        try:
+            conn.execute("PRAGMA busy_timeout=0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        except sqlite3.Error:
+            return False
+        return True
 
     def _tx(self, conn: sqlite3.Connection, now: float) -> Tx:
         full = self.space is not None and self.space.still_full()
