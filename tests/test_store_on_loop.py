@@ -230,3 +230,26 @@ def test_a_loop_does_not_sleep_in_the_lock_another_process_holds(
     finally:
         other.close()
         store.close()
+
+
+def test_the_minutely_sweep_runs_when_every_unit_is_quick(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = SqliteStore(tmp_path / "s.db", clock=lambda: now[0])
+
+    def nonces(tx: Tx) -> int:
+        return int(tx.conn.execute("SELECT count(*) FROM nonces").fetchone()[0])
+
+    try:
+        store.transact_sync(lambda tx: tx.remember_nonce("a@x.test", "n1", 500))  # until 1500
+        now[0] = 2000.0  # a minute later: the sweep is due, the nonce expired
+
+        async def main() -> tuple[int, int]:
+            return await store.transact(lambda tx: threading.get_ident(), quick=True), (
+                threading.get_ident()
+            )
+
+        ran_in, loop_thread = asyncio.run(main())
+        assert ran_in == loop_thread  # the request's unit on the loop
+        assert store.transact_sync(nonces) == 0  # swept, in the writer thread (queued first)
+    finally:
+        store.close()
