@@ -10,6 +10,7 @@ keeps both versions side by side.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -63,3 +64,28 @@ class Connection(Protocol):
 
     @property
     def in_transaction(self) -> bool: ...
+
+
+def statements(script: str) -> list[str]:
+    """The SQL statements of a migration script, split where SQLite itself says a statement
+    is complete (`sqlite3.complete_statement`): a ';' inside a string literal, a comment or
+    a trigger's BEGIN ... END body does not end one."""
+    found: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        while ";" in pending:
+            # the shortest prefix ending at a ';' that SQLite takes as a whole statement
+            cut = -1
+            for index, char in enumerate(pending):
+                if char == ";" and sqlite3.complete_statement(pending[: index + 1]):
+                    cut = index + 1
+                    break
+            if cut < 0:
+                break
+            statement, pending = pending[:cut].strip(), pending[cut:]
+            if statement.strip(";").strip():
+                found.append(statement)
+    if pending.strip():
+        found.append(pending.strip())  # the last statement may go without its ';'
+    return found

@@ -1,6 +1,6 @@
 """The PostgreSQL store (`[store] url = "postgresql://…"`, `wsemail serve --store URL`).
 
-The same unit-of-work model as the SQLite store (wsemail/server/store.py): one writer
+The same unit-of-work model as the SQLite store (wsemail/server/batches.py): one writer
 connection per process runs the units that arrive together in one transaction, each in
 its own SAVEPOINT, and answers only after COMMIT returned. Several processes (nodes of
 one domain, workers on one machine) share the database: the replay cache, the
@@ -22,10 +22,11 @@ from typing import Any
 import psycopg
 
 from wsemail.protocol.errors import ServerBusy, StoreError, StoreUnreachable, WsemailError
+from wsemail.server.batches import BatchStore
 from wsemail.server.postgres.connection import PgConnection
 from wsemail.server.postgres.schema import MIGRATIONS
 from wsemail.server.sql import POSTGRESQL, SCHEMA_LOCK
-from wsemail.server.store import BatchStore, Tx
+from wsemail.server.tx import Tx
 
 log = logging.getLogger("wsemail.store")
 UNREACHABLE = "the mail store (PostgreSQL) is not reachable: try again shortly"
