@@ -253,3 +253,38 @@ def test_the_minutely_sweep_runs_when_every_unit_is_quick(tmp_path: Path) -> Non
         assert store.transact_sync(nonces) == 0  # swept, in the writer thread (queued first)
     finally:
         store.close()
+
+
+def test_a_store_that_cannot_be_opened_answers_its_callers(tmp_path: Path) -> None:
+    """The database file gone and a directory in its place: every caller, on a loop or in
+    a thread, gets StoreError at once (no unit hangs, no callback dies on the loop); once
+    the file can be opened again the store serves."""
+    import shutil
+
+    from wsemail.protocol.errors import StoreError
+
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    store.close()  # the connection goes; the next batch opens it again
+    saved = tmp_path / "saved.db"
+    shutil.move(path, saved)
+    path.mkdir()
+
+    async def main() -> list[object]:
+        return await asyncio.wait_for(
+            asyncio.gather(
+                store.transact(lambda tx: 1, quick=True),
+                store.transact(lambda tx: 2),
+                return_exceptions=True,
+            ),
+            10,
+        )
+
+    try:
+        answers = asyncio.run(main())
+        assert all(isinstance(a, StoreError) for a in answers), answers
+        path.rmdir()
+        shutil.move(saved, path)
+        assert asyncio.run(asyncio.wait_for(store.transact(lambda tx: 3, quick=True), 10)) == 3
+    finally:
+        store.close()

@@ -347,9 +347,14 @@ class BatchStore:
                 self._again(sweep)
             else:
                 batch.insert(0, sweep)
-        if not self._connected:
-            self._conn, self._connected = self._open(), True
-        self._conn = self._usable(self._conn)
+        try:
+            if not self._connected:
+                self._conn, self._connected = self._open(), True
+            self._conn = self._usable(self._conn)
+        except Exception as exc:  # the store cannot be opened: the callers get the error
+            failed = self._failed("cannot open the store", exc)
+            answer([(w, None, failed) for _, w in batch if w.set_running_or_notify_cancel()])
+            return  # (not connected: the next batch tries again)
         if on_loop and not self._claim(self._conn):
             for job in batch:
                 self._again(job)
