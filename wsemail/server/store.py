@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from wsemail.protocol.errors import StorageFull, StoreError, WsemailError
-from wsemail.server.batches import BatchStore, LoopAnswer, TransactionLost
+from wsemail.server.batches import BatchStore
 from wsemail.server.schema import FTS_FLUSH, MIGRATIONS
 from wsemail.server.sql import statements
 from wsemail.server.storage import (
@@ -44,10 +44,8 @@ __all__ = [
     "MESSAGE_COLUMNS",
     "MIGRATIONS",
     "BatchStore",
-    "LoopAnswer",
     "QueueRow",
     "SqliteStore",
-    "TransactionLost",
     "Tx",
     "UserRecord",
     "connect",
