@@ -146,6 +146,7 @@ class Hub:
         self.max_sessions = min(max_sessions, budget)
         self.send_timeout = max(2 * heartbeat, 30.0)  # a peer that stopped reading
         self._count = 0
+        self._following = 0  # sessions that follow new mail
         self._lock = threading.Lock()
         self._sessions: dict[str, dict[str, Session]] = {}
         self._pending: dict[str, Push] = {}
@@ -172,6 +173,10 @@ class Hub:
     def count(self) -> int:
         with self._lock:
             return self._count
+
+    def follows_mail(self) -> bool:
+        """Whether a session here follows new mail (read without the lock: one int)."""
+        return self._following > 0
 
     # pushes -----------------------------------------------------------------------------
     def hold(self, push: Push) -> None:
@@ -338,6 +343,8 @@ class Hub:
             if mine.pop(session.id, None) is None:
                 return
             self._count -= 1
+            if session.mail_wake is not None:
+                self._following -= 1
             if not mine:
                 self._sessions.pop(session.address, None)
         session.ended = True
@@ -385,8 +392,12 @@ class Hub:
                 session.unacked[push.push_id] = time.monotonic() + self.ack_timeout
             if cursor is not None:  # registered first: a commit from now on wakes it
                 session.mail_cursor = cursor
-                session.mail_wake = asyncio.Event()
-                session.mail_wake.set()  # what arrived after `cursor` goes out at once
+                wake = asyncio.Event()
+                wake.set()  # what arrived after `cursor` goes out at once
+                with self._lock:  # (the sweeper may drop the session meanwhile)
+                    session.mail_wake = wake
+                    if session.id in self._sessions.get(address, {}):
+                        self._following += 1
         except RemoteFault as exc:
             body = soap.fault(exc)
             headers = [(b"content-type", soap.CONTENT_TYPE.encode())]

@@ -51,6 +51,9 @@ class MailFeed:
         self._pruned = 0.0
         # true while a listener hears every node's commits (PostgreSQL: `nodes.Nodes`)
         self.heard: Callable[[], bool] | None = None
+        # true while someone here follows new mail (a session, a plug-in's listener); while
+        # nobody does, commits are not checked (None: always checked)
+        self.listening: Callable[[], bool] | None = None
 
     def attach(self, tx: Tx) -> None:
         records.install_new_mail_trigger(tx)
@@ -60,7 +63,15 @@ class MailFeed:
         """Where a new session starts: after `since`, or after the newest event (`now`, or
         a cursor from a server whose events started over)."""
         newest = records.new_mail_mark(tx)
+        if not self._followed():
+            # the checks skipped while nobody followed: what came before this session
+            # concerns only this session, which reads it from its cursor itself
+            with self._lock:
+                self._mark = max(self._mark, newest)
         return newest if since is None or since > newest else since
+
+    def _followed(self) -> bool:
+        return self.listening is None or self.listening()
 
     async def pull(self, owner: str, after: int) -> tuple[list[bytes], int, bool]:
         """The next events of `owner` after `after`: (SSE events, new cursor, more)."""
@@ -73,8 +84,11 @@ class MailFeed:
     def check_soon(self) -> None:
         """(Any thread, the store's writer too.) Once the units now running have
         committed, wake the sessions of everyone with new mail. Checks coalesce. Not
-        needed while the listener hears every commit (PostgreSQL)."""
+        needed while the listener hears every commit (PostgreSQL), nor while nobody here
+        follows new mail (a session that starts then reads from its own cursor)."""
         if self.heard is not None and self.heard():
+            return
+        if not self._followed():
             return
         self.check_now()
 

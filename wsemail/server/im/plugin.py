@@ -171,6 +171,8 @@ class InstantMessaging(SendingProcessor, DeliveryProcessor, ExtensionProcessor):
             max_sessions=self.max_sessions,
             mail=mail,
         )
+        hub = self._hub
+        mail.listening = lambda: hub.follows_mail() or bool(self.mail_listeners)
         if server.store.dialect == POSTGRESQL:  # several nodes may share the database
             from wsemail.server.im.nodes import Nodes
 

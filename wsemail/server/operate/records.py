@@ -176,6 +176,12 @@ def limit_for(tx: Tx, address: str, default: int) -> int:
 
 
 _COUNTED = "state IN ('pending','uploading','stored','bound')"  # uploads a quota counts
+# the size of an upload a quota counts, else NULL: for the check at every delivered copy,
+# where `state IN (list)` would build a temporary b-tree for the list each time
+_COUNTED_SIZE = (
+    "CASE state WHEN 'pending' THEN size WHEN 'uploading' THEN size "
+    "WHEN 'stored' THEN size WHEN 'bound' THEN size END"
+)
 
 
 def _attachment_bytes(tx: Tx, address: str | None) -> dict[str, int]:
@@ -232,9 +238,7 @@ def room_left(tx: Tx, address: str, default: int) -> int:
     )
     args = [address, address]
     if _has(tx, "attachment_blobs"):  # the uploads counted in the same statement
-        sql += (
-            f", (SELECT coalesce(sum(size), 0) FROM attachment_blobs WHERE {_COUNTED} AND owner=?)"
-        )
+        sql += f", (SELECT coalesce(sum({_COUNTED_SIZE}), 0) FROM attachment_blobs WHERE owner=?)"
         args.append(address)
     used, override, *attached = tx.conn.execute(sql, args).fetchone()
     limit = default if override is None else int(override)
