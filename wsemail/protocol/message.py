@@ -12,6 +12,7 @@ from lxml import etree
 
 from wsemail.protocol.errors import RequestInvalid
 from wsemail.protocol.soap import (
+    Children,
     element,
     escaped,
     int_of,
@@ -109,15 +110,19 @@ def thread_fields_to_xml(parent: etree._Element, in_reply_to: str | None, refs: 
         element(parent, "Reference", ref)
 
 
-def thread_fields(parent: etree._Element, *, strict: bool = True) -> tuple[str | None, list[str]]:
+def thread_fields(
+    parent: etree._Element | Children, *, strict: bool = True
+) -> tuple[str | None, list[str]]:
     """In-Reply-To and References of a Message / Draft / signed Content element. `strict`
     (what a server takes in, and what a reader checks in a signed form): each a message id
     like <unique@domain>, at most MAX_REFERENCES, else RequestInvalid naming the value."""
-    in_reply_to = text_of(parent, "InReplyTo")
-    refs = texts_of(parent, "Reference")
+    fields = parent if isinstance(parent, Children) else Children(parent)
+    replies_to = fields.texts("InReplyTo")
+    in_reply_to = replies_to[0] if replies_to else None
+    refs = fields.texts("Reference")
     if not strict:
         return in_reply_to or None, refs
-    if len(parent.findall(q("InReplyTo"))) > 1:
+    if len(replies_to) > 1:
         raise RequestInvalid("a message has at most one InReplyTo")
     if len(refs) > MAX_REFERENCES:
         raise RequestInvalid(f"References names at most {MAX_REFERENCES} message ids")
@@ -226,12 +231,16 @@ def headers_of(parent: etree._Element) -> list[tuple[str, str]]:
     return found
 
 
-def instant_flags(parent: etree._Element) -> tuple[bool, bool]:
+def instant_flags(parent: etree._Element | Children) -> tuple[bool, bool]:
     """The two IM flags (instant, delete if undeliverable) of a Message / Draft / signed
     Content element."""
     flags = []
     for tag in ("Instant", "DeleteIfUndeliverable"):
-        raw = (text_of(parent, tag, "false") or "false").strip().lower()
+        if isinstance(parent, Children):
+            found = parent.text(tag, "false")
+        else:
+            found = text_of(parent, tag, "false")
+        raw = (found or "false").strip().lower()
         if raw not in ("true", "false", "1", "0"):
             raise RequestInvalid(f"{tag} must be true or false")
         flags.append(raw in ("true", "1"))
@@ -277,27 +286,28 @@ class Draft:
     def from_xml(cls, msg: etree._Element | None) -> Draft:
         if msg is None:
             raise RequestInvalid("Send needs a Message")
-        to = [normalize_address(a) for a in texts_of(msg, "To")]
-        cc = [normalize_address(a) for a in texts_of(msg, "Cc")]
-        bcc = [normalize_address(a) for a in texts_of(msg, "Bcc")]
+        fields = Children(msg)  # one pass over its children for all the fields
+        to = [normalize_address(a) for a in fields.texts("To")]
+        cc = [normalize_address(a) for a in fields.texts("Cc")]
+        bcc = [normalize_address(a) for a in fields.texts("Bcc")]
         if not to and not cc:  # a message only to blind copies would show no recipient
             raise RequestInvalid("a message needs at least one To or Cc recipient")
         if len(to) + len(cc) + len(bcc) > MAX_RECIPIENTS:
             raise RequestInvalid(f"at most {MAX_RECIPIENTS} recipients")
-        subject = text_of(msg, "Subject", "") or ""
+        subject = fields.text("Subject", "") or ""
         if len(subject) > MAX_SUBJECT or "\n" in subject or "\r" in subject:
             raise RequestInvalid("Subject must be one line of at most 998 characters")
-        message_id = text_of(msg, "MessageId")
-        instant, delete = instant_flags(msg)
-        in_reply_to, refs = thread_fields(msg)
+        message_id = fields.text("MessageId")
+        instant, delete = instant_flags(fields)
+        in_reply_to, refs = thread_fields(fields)
         named = set(to) | set(cc)
         return cls(
             to=to,
             cc=cc,
             subject=subject,
-            body=text_of(msg, "Body", "") or "",
+            body=fields.text("Body", "") or "",
             message_id=check_message_id(message_id) if message_id else None,
-            attachments=texts_of(msg, "AttachmentId"),
+            attachments=fields.texts("AttachmentId"),
             instant=instant,
             delete_if_undeliverable=delete,
             bcc=[a for a in dict.fromkeys(bcc) if a not in named],
