@@ -3,6 +3,58 @@
 
 from __future__ import annotations
 
+# the body of the insert trigger for a row inserted with thread 0 (migrations 8 and 11)
+_THREAD_INSERT = """
+        INSERT OR IGNORE INTO thread_links(owner, message_id, thread)
+            SELECT new.owner, k.value, new.seq FROM (SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)) AS k;
+        UPDATE messages SET thread=(
+            SELECT min(thread) FROM thread_links WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)))
+        WHERE (new.in_reply_to<>'' OR new.references_json<>'[]') AND (
+            SELECT count(DISTINCT thread) FROM thread_links
+            WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)))>1
+        AND owner=new.owner AND thread IN (
+            SELECT thread FROM thread_links WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)))
+        AND thread<>(
+            SELECT min(thread) FROM thread_links WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)));
+        UPDATE thread_links SET thread=(
+            SELECT min(thread) FROM thread_links WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)))
+        WHERE (new.in_reply_to<>'' OR new.references_json<>'[]') AND (
+            SELECT count(DISTINCT thread) FROM thread_links
+            WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)))>1
+        AND owner=new.owner AND thread IN (
+            SELECT thread FROM thread_links WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)))
+        AND thread<>(
+            SELECT min(thread) FROM thread_links WHERE owner=new.owner AND message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)));
+        UPDATE messages SET thread=(SELECT thread FROM thread_links
+            WHERE owner=new.owner AND message_id=new.message_id) WHERE seq=new.seq;
+"""
+
 MIGRATIONS: list[str] = [
     # 1: accounts, mailboxes, replay cache, outbound queue
     """
@@ -177,56 +229,9 @@ MIGRATIONS: list[str] = [
         WHERE l.owner=messages.owner AND l.message_id=messages.message_id);
     CREATE INDEX messages_thread ON messages(owner, thread, seq);
     CREATE INDEX messages_folder_thread ON messages(owner, folder, thread, seq);
-    CREATE TRIGGER messages_thread_insert AFTER INSERT ON messages WHEN new.thread=0 BEGIN
-        INSERT OR IGNORE INTO thread_links(owner, message_id, thread)
-            SELECT new.owner, k.value, new.seq FROM (SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)) AS k;
-        UPDATE messages SET thread=(
-            SELECT min(thread) FROM thread_links WHERE owner=new.owner AND message_id IN (
-                SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)))
-        WHERE (new.in_reply_to<>'' OR new.references_json<>'[]') AND (
-            SELECT count(DISTINCT thread) FROM thread_links
-            WHERE owner=new.owner AND message_id IN (
-                SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)))>1
-        AND owner=new.owner AND thread IN (
-            SELECT thread FROM thread_links WHERE owner=new.owner AND message_id IN (
-                SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)))
-        AND thread<>(
-            SELECT min(thread) FROM thread_links WHERE owner=new.owner AND message_id IN (
-                SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)));
-        UPDATE thread_links SET thread=(
-            SELECT min(thread) FROM thread_links WHERE owner=new.owner AND message_id IN (
-                SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)))
-        WHERE (new.in_reply_to<>'' OR new.references_json<>'[]') AND (
-            SELECT count(DISTINCT thread) FROM thread_links
-            WHERE owner=new.owner AND message_id IN (
-                SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)))>1
-        AND owner=new.owner AND thread IN (
-            SELECT thread FROM thread_links WHERE owner=new.owner AND message_id IN (
-                SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)))
-        AND thread<>(
-            SELECT min(thread) FROM thread_links WHERE owner=new.owner AND message_id IN (
-                SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)));
-        UPDATE messages SET thread=(SELECT thread FROM thread_links
-            WHERE owner=new.owner AND message_id=new.message_id) WHERE seq=new.seq;
-    END;
+    CREATE TRIGGER messages_thread_insert AFTER INSERT ON messages WHEN new.thread=0 BEGIN"""
+    + _THREAD_INSERT
+    + """    END;
     CREATE TRIGGER messages_thread_delete AFTER DELETE ON messages BEGIN
         DELETE FROM thread_links WHERE owner=old.owner AND thread=old.thread AND NOT EXISTS (
             SELECT 1 FROM messages WHERE owner=old.owner AND thread=old.thread);
@@ -272,6 +277,38 @@ MIGRATIONS: list[str] = [
             new.seq, new.subject, CASE WHEN new.sealed THEN '' ELSE new.body END,
             new.sender, new.to_json || ' ' || new.cc_json, hex(new.owner));
     END
+    """,
+    # 11: a copy's own message id is found through `messages` itself, not a link of its own:
+    # the copies' unique index now begins (owner, message_id), which answers "which of this
+    # mailbox's copies have this id" and keeps one sender's copies of a mailbox side by side
+    # (ids sort by time) instead of one index page per sender. `Tx.add_message` links only
+    # the ids a copy names (In-Reply-To, References): for a copy that names none, no link
+    # row and no write to the links' two b-trees (26 % of a send's WAL frames; measured).
+    # A deleted copy whose conversation lives on leaves a link for its id (the delete
+    # trigger), so a later reply that names only it still finds the conversation, as
+    # before. A row inserted another way (thread 0) first links the ids its insert trigger
+    # is about to look up that copies already have, then links and merges as migration 8.
+    """
+    DROP INDEX messages_once;
+    CREATE UNIQUE INDEX messages_once ON messages(owner, message_id, arrival, sender);
+    DROP TRIGGER messages_thread_delete;
+    CREATE TRIGGER messages_thread_delete AFTER DELETE ON messages BEGIN
+        INSERT OR IGNORE INTO thread_links(owner, message_id, thread)
+            SELECT old.owner, old.message_id, old.thread WHERE EXISTS (
+                SELECT 1 FROM messages WHERE owner=old.owner AND thread=old.thread);
+        DELETE FROM thread_links WHERE owner=old.owner AND thread=old.thread AND NOT EXISTS (
+            SELECT 1 FROM messages WHERE owner=old.owner AND thread=old.thread);
+    END;
+    DROP TRIGGER messages_thread_insert;
+    CREATE TRIGGER messages_thread_insert AFTER INSERT ON messages WHEN new.thread=0 BEGIN
+        INSERT OR IGNORE INTO thread_links(owner, message_id, thread)
+            SELECT m.owner, m.message_id, m.thread FROM messages m
+            WHERE m.owner=new.owner AND m.thread<>0 AND m.message_id IN (
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json));"""
+    + _THREAD_INSERT
+    + """    END
     """,
 ]
 

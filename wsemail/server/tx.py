@@ -199,19 +199,18 @@ class Tx:
             seq, threads = self._insert_linked(owner, keys, values)
             self._merge(owner, threads)
             return public_id, seq
-        if len(keys) == 1:  # no In-Reply-To or References: one conversation at most
-            ((seq, thread),) = self.conn.execute(
+        # (SQLite, schema migration 11) the copies that have one of these ids are found
+        # in `messages`; links are kept only for the ids a copy names
+        named = [k for k in keys if k != msg.message_id]
+        if not named:  # no In-Reply-To or References: one conversation at most
+            ((seq,),) = self.conn.execute(
                 f"INSERT INTO messages(seq, {_INSERT_COLUMNS}, thread) "  # noqa: S608
                 f"VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM messages),{_INSERT_MARKS},"
                 "coalesce((SELECT thread FROM thread_links WHERE owner=? AND message_id=?), "
-                "(SELECT coalesce(max(seq), 0) + 1 FROM messages))) RETURNING seq, thread",
-                (*values, owner, keys[0]),
+                "(SELECT thread FROM messages WHERE owner=? AND message_id=? LIMIT 1), "
+                "(SELECT coalesce(max(seq), 0) + 1 FROM messages))) RETURNING seq",
+                (*values, owner, msg.message_id, owner, msg.message_id),
             ).fetchall()
-            self.conn.execute(
-                "INSERT INTO thread_links(owner, message_id, thread) VALUES (?,?,?) "
-                "ON CONFLICT DO NOTHING",
-                (owner, keys[0], thread),
-            )
             return public_id, int(seq)
         threads = self._conversations_of(owner, keys)
         cursor = self.conn.execute(
@@ -225,9 +224,9 @@ class Tx:
         self._merge(owner, threads)
         self.conn.execute(
             "INSERT INTO thread_links(owner, message_id, thread) VALUES "  # noqa: S608
-            + ",".join(["(?,?,?)"] * len(keys))
+            + ",".join(["(?,?,?)"] * len(named))
             + " ON CONFLICT DO NOTHING",
-            [v for key in keys for v in (owner, key, threads[0] if threads else seq)],
+            [v for key in named for v in (owner, key, threads[0] if threads else seq)],
         )
         return public_id, seq
 
@@ -237,8 +236,9 @@ class Tx:
         oldest (lowest number) first."""
         marks = ",".join("?" * len(keys))
         rows = self.conn.execute(  # by primary key (no ORDER BY: it would pick the other index)
-            f"SELECT thread FROM thread_links WHERE owner=? AND message_id IN ({marks})",  # noqa: S608
-            (owner, *keys),
+            f"SELECT thread FROM thread_links WHERE owner=? AND message_id IN ({marks}) "  # noqa: S608
+            f"UNION SELECT thread FROM messages WHERE owner=? AND message_id IN ({marks})",
+            (owner, *keys, owner, *keys),
         )
         return sorted({int(r[0]) for r in rows})
 

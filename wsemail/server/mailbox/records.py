@@ -453,12 +453,18 @@ def draft_json(draft: SavedDraft) -> str:
 
 def mark_answered(tx: Tx, owner: str, message_id: str) -> int:
     """Mark answered (and seen) `owner`'s copies of the message `message_id` (not drafts):
-    a reply sent from a draft answered it. Found through its conversation (indexed)."""
+    a reply sent from a draft answered it. Found by its id (SQLite: the copies' unique
+    index begins with it) or through its conversation (PostgreSQL, indexed)."""
+    if tx.dialect == POSTGRESQL:
+        return tx.conn.execute(
+            "UPDATE messages SET answered=1, seen=1 WHERE owner=? AND thread=("
+            "SELECT thread FROM thread_links WHERE owner=? AND message_id=?) "
+            "AND message_id=? AND draft IS NULL",
+            (owner, owner, message_id, message_id),
+        ).rowcount
     return tx.conn.execute(
-        "UPDATE messages SET answered=1, seen=1 WHERE owner=? AND thread=("
-        "SELECT thread FROM thread_links WHERE owner=? AND message_id=?) "
-        "AND message_id=? AND draft IS NULL",
-        (owner, owner, message_id, message_id),
+        "UPDATE messages SET answered=1, seen=1 WHERE owner=? AND message_id=? AND draft IS NULL",
+        (owner, message_id),
     ).rowcount
 
 
