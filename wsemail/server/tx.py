@@ -202,7 +202,7 @@ class Tx:
         # (SQLite, schema migration 11) the copies that have one of these ids are found
         # in `messages`; links are kept only for the ids a copy names
         named = [k for k in keys if k != msg.message_id]
-        if not named:  # no In-Reply-To or References: one conversation at most
+        if not named and msg.message_id:  # names no other id: one conversation at most
             ((seq,),) = self.conn.execute(
                 f"INSERT INTO messages(seq, {_INSERT_COLUMNS}, thread) "  # noqa: S608
                 f"VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM messages),{_INSERT_MARKS},"
@@ -222,12 +222,13 @@ class Tx:
         assert cursor.lastrowid is not None
         seq = cursor.lastrowid
         self._merge(owner, threads)
-        self.conn.execute(
-            "INSERT INTO thread_links(owner, message_id, thread) VALUES "  # noqa: S608
-            + ",".join(["(?,?,?)"] * len(named))
-            + " ON CONFLICT DO NOTHING",
-            [v for key in named for v in (owner, key, threads[0] if threads else seq)],
-        )
+        if named:
+            self.conn.execute(
+                "INSERT INTO thread_links(owner, message_id, thread) VALUES "  # noqa: S608
+                + ",".join(["(?,?,?)"] * len(named))
+                + " ON CONFLICT DO NOTHING",
+                [v for key in named for v in (owner, key, threads[0] if threads else seq)],
+            )
         return public_id, seq
 
     # conversations (wsemail/server/mailbox/threads.py; tables of schema.py migration 8) --
