@@ -117,6 +117,48 @@ TOO_MANY = _refusal(503, "Service Unavailable", "too many connections from your 
 TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
+class OneWrite:
+    """The transport uvicorn's cycle writes one answer through: the head of an answer of
+    known length (Content-Length) goes out with the first piece of its body, in one write
+    — one system call, one TLS record (uvicorn writes them apart: two of each). Anything
+    else goes at once: a `100 Continue` (the client waits for it before it sends the body),
+    a streamed answer's head (an event stream's first event may be minutes away)."""
+
+    __slots__ = ("_transport", "_head", "_started")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._head = b""
+        self._started = False
+
+    def write(self, data: bytes) -> None:
+        if not self._started:
+            if data.startswith(b"HTTP/1.1 100 "):
+                self._transport.write(data)
+                return
+            self._started = True
+            if data.find(b"\r\ncontent-length:") != -1:
+                self._head = data
+                return
+        elif self._head:
+            data, self._head = self._head + data, b""
+        if data:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        """Send a head still held (an answer that ended without a body)."""
+        if self._head:
+            head, self._head = self._head, b""
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:  # is_closing, get_extra_info, …
+        return getattr(self._transport, name)
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits above (`guarded(peers)` binds them)."""
 
@@ -155,10 +197,14 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+        if self.cycle is not None:  # (None: an upgrade uvicorn refused)
+            self.cycle.transport = OneWrite(self.transport)  # type: ignore[assignment]
 
     def on_response_complete(self) -> None:
         # idle from here on: uvicorn's keep-alive timer closes the connection
         self._disarm()
+        if self.cycle is not None and isinstance(self.cycle.transport, OneWrite):
+            self.cycle.transport.flush()
         super().on_response_complete()
 
     def _arm(self) -> None:
