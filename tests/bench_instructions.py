@@ -12,14 +12,18 @@ then the count runs over the next SENDS sends (16 clients at once) and stops.
     .venv/bin/python tests/bench_instructions.py [SENDS] [TREE]
 
 TREE: another checkout's directory holding `wsemail/` (e.g. `git archive` of an older
-commit), to compare with this one in the same way. Valgrind runs the server ~50 times
-slower, so its batches are larger than in `wsemail bench`: per-batch costs count less.
+commit), to compare with this one in the same way. Each tree seeds its own data dir with
+its own code (kept in the temp dir as `wsemail-instructions-<hash of the path>`; a newer
+tree upgrades an older one's at start, as a real upgrade would: delete it to start
+afresh). Valgrind runs the server ~50 times slower, so its batches are larger than in
+`wsemail bench`: per-batch costs count less.
 """
 
 from __future__ import annotations
 
 import asyncio
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -34,8 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = 16
 
 
-def _seeded(template: Path) -> None:
-    """A data dir with the bench's users and 5,000 messages (made once, then copied)."""
+def _seeded(template: Path, tree: Path) -> None:
+    """A data dir with the bench's users and 5,000 messages, made by `tree`'s own code (its
+    schema: an older tree must not run on a newer schema), once, then copied."""
     if (template / "wsemail.db").exists():
         return
     subprocess.run(
@@ -51,7 +56,8 @@ def _seeded(template: Path) -> None:
         ],
         check=True,
         stdout=subprocess.DEVNULL,
-        cwd=ROOT,
+        cwd=tree,
+        env=dict(os.environ, PYTHONPATH=str(tree)),
     )
 
 
@@ -89,8 +95,9 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="wsemail-instructions-"))
     try:
-        template = Path(tempfile.gettempdir()) / "wsemail-instructions-template"
-        _seeded(template)
+        mark = hashlib.sha256(str(tree).encode()).hexdigest()[:12]
+        template = Path(tempfile.gettempdir()) / f"wsemail-instructions-{mark}"
+        _seeded(template, tree)
         data = work / "data"
         shutil.copytree(template, data)
         store = open_store(ServerConfig(data_dir=data))
