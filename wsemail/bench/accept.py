@@ -62,6 +62,22 @@ def _envelope(creds: Credentials, recipient: str, n: int, known: str | None) -> 
     return soap.serialize(env)
 
 
+async def post(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, data: bytes
+) -> bytes:
+    """One POST of `data` on a kept-alive connection (`head`: its request line and fixed
+    header lines); the answer read whole (by its Content-Length). Returns its status line."""
+    writer.write(head + b"Content-Length: %d\r\n\r\n" % len(data) + data)
+    status_line = await reader.readuntil(b"\r\n")
+    headers = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in headers.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    await reader.readexactly(length)
+    return status_line
+
+
 async def _client(
     url: str,
     creds: Credentials,
@@ -82,14 +98,7 @@ async def _client(
         while (now := time.perf_counter()) < stop_at:
             data = _envelope(creds, recipient, n, known)
             n += 1
-            writer.write(head + b"Content-Length: %d\r\n\r\n" % len(data) + data)
-            status_line = await reader.readuntil(b"\r\n")
-            headers = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in headers.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            await reader.readexactly(length)
+            status_line = await post(reader, writer, head, data)
             if now < measure_from:
                 continue
             if b" 200 " in status_line:

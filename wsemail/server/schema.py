@@ -3,57 +3,42 @@
 
 from __future__ import annotations
 
+# the message ids a row inserted with thread 0 names: its own, In-Reply-To, References
+_IDS = """
+                SELECT new.message_id AS value
+                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
+                UNION SELECT value FROM json_each(new.references_json)"""
+
+
+def _merged(table: str) -> str:
+    """The insert trigger's statement that moves `table`'s rows of the other conversations
+    a new row's ids name into the oldest one (only when they name more than one)."""
+    oldest = f"""
+            SELECT min(thread) FROM thread_links WHERE owner=new.owner AND message_id IN ({_IDS})"""
+    return f"""
+        UPDATE {table} SET thread=({oldest})
+        WHERE (new.in_reply_to<>'' OR new.references_json<>'[]') AND (
+            SELECT count(DISTINCT thread) FROM thread_links
+            WHERE owner=new.owner AND message_id IN ({_IDS}))>1
+        AND owner=new.owner AND thread IN (
+            SELECT thread FROM thread_links WHERE owner=new.owner AND message_id IN ({_IDS}))
+        AND thread<>({oldest});"""
+
+
 # the body of the insert trigger for a row inserted with thread 0 (migrations 8 and 11)
-_THREAD_INSERT = """
+_THREAD_INSERT = (
+    """
         INSERT OR IGNORE INTO thread_links(owner, message_id, thread)
             SELECT new.owner, k.value, new.seq FROM (SELECT new.message_id AS value
                 UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)) AS k;
-        UPDATE messages SET thread=(
-            SELECT min(thread) FROM thread_links WHERE owner=new.owner AND message_id IN (
-                SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)))
-        WHERE (new.in_reply_to<>'' OR new.references_json<>'[]') AND (
-            SELECT count(DISTINCT thread) FROM thread_links
-            WHERE owner=new.owner AND message_id IN (
-                SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)))>1
-        AND owner=new.owner AND thread IN (
-            SELECT thread FROM thread_links WHERE owner=new.owner AND message_id IN (
-                SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)))
-        AND thread<>(
-            SELECT min(thread) FROM thread_links WHERE owner=new.owner AND message_id IN (
-                SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)));
-        UPDATE thread_links SET thread=(
-            SELECT min(thread) FROM thread_links WHERE owner=new.owner AND message_id IN (
-                SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)))
-        WHERE (new.in_reply_to<>'' OR new.references_json<>'[]') AND (
-            SELECT count(DISTINCT thread) FROM thread_links
-            WHERE owner=new.owner AND message_id IN (
-                SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)))>1
-        AND owner=new.owner AND thread IN (
-            SELECT thread FROM thread_links WHERE owner=new.owner AND message_id IN (
-                SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)))
-        AND thread<>(
-            SELECT min(thread) FROM thread_links WHERE owner=new.owner AND message_id IN (
-                SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json)));
+                UNION SELECT value FROM json_each(new.references_json)) AS k;"""
+    + _merged("messages")
+    + _merged("thread_links")
+    + """
         UPDATE messages SET thread=(SELECT thread FROM thread_links
             WHERE owner=new.owner AND message_id=new.message_id) WHERE seq=new.seq;
 """
+)
 
 MIGRATIONS: list[str] = [
     # 1: accounts, mailboxes, replay cache, outbound queue
@@ -303,10 +288,9 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER messages_thread_insert AFTER INSERT ON messages WHEN new.thread=0 BEGIN
         INSERT OR IGNORE INTO thread_links(owner, message_id, thread)
             SELECT m.owner, m.message_id, m.thread FROM messages m
-            WHERE m.owner=new.owner AND m.thread<>0 AND m.message_id IN (
-                SELECT new.message_id AS value
-                UNION SELECT new.in_reply_to WHERE new.in_reply_to<>''
-                UNION SELECT value FROM json_each(new.references_json));"""
+            WHERE m.owner=new.owner AND m.thread<>0 AND m.message_id IN ("""
+    + _IDS
+    + """);"""
     + _THREAD_INSERT
     + """    END
     """,
